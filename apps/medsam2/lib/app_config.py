@@ -1,0 +1,76 @@
+"""The app's settings, parsed once from ``--conf`` strings into typed values."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from medsam2_engine.checkpoints import DEFAULT_PRESET, ModelPreset, get_preset, preset_for_config_file
+from medsam2_engine.engine import EngineSettings
+from medsam2_engine.propagation import EarlyStop
+from medsam2_engine.sessions import SessionLimits
+
+DEFAULT_LABELS = ("lesion", "organ", "vessel", "bone", "other")
+
+
+class ConfError(ValueError):
+    """A ``--conf`` value could not be understood."""
+
+
+def _flag(conf: dict, key: str, default: bool) -> bool:
+    value = str(conf.get(key, default)).strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ConfError(f"--conf {key} must be true or false, got {conf[key]!r}")
+
+
+def _number(conf: dict, key: str, default, kind=float):
+    try:
+        return kind(conf.get(key, default))
+    except (TypeError, ValueError) as err:
+        raise ConfError(f"--conf {key} must be a number, got {conf[key]!r}") from err
+
+
+@dataclass
+class AppConfig:
+    preset: ModelPreset
+    model_dir: Path
+    checkpoint: str | None
+    device: str
+    labels: list
+    allow_download: bool
+    engine: EngineSettings = field(default_factory=EngineSettings)
+
+    @classmethod
+    def from_conf(cls, app_dir: str, conf: dict) -> "AppConfig":
+        config_file = conf.get("model_config")
+        preset = preset_for_config_file(config_file) if config_file else get_preset(conf.get("model", DEFAULT_PRESET))
+        labels = [name.strip() for name in str(conf.get("labels", ",".join(DEFAULT_LABELS))).split(",")]
+        labels = [name for name in labels if name]
+        if not labels:
+            raise ConfError("--conf labels needs at least one label name")
+        engine = EngineSettings(
+            early_stop=EarlyStop(
+                enabled=_flag(conf, "early_stop", True),
+                patience=_number(conf, "early_stop_patience", 3, int),
+                score_threshold=_number(conf, "early_stop_score", 0.0),
+            ),
+            feature_cache_mb=_number(conf, "feature_cache_mb", 2048.0),
+            limits=SessionLimits(
+                max_sessions=_number(conf, "max_sessions", 8, int),
+                max_memory_mb=_number(conf, "session_memory_mb", 4096.0),
+                idle_timeout_s=_number(conf, "session_timeout_s", 1800.0),
+            ),
+        )
+        return cls(
+            preset=preset,
+            model_dir=Path(conf.get("model_dir", os.path.join(app_dir, "model"))),
+            checkpoint=conf.get("checkpoint") or None,
+            device=conf.get("device", "auto"),
+            labels=labels,
+            allow_download=_flag(conf, "download", True),
+            engine=engine,
+        )

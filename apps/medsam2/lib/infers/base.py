@@ -1,0 +1,87 @@
+"""What the 2D and 3D tasks share: errors as HTTP answers, result writing, model status."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+from fastapi import HTTPException
+from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
+from monailabel.transform.writer import Writer
+
+from medsam2_engine.checkpoints import CheckpointError
+from medsam2_engine.model_source import ModelNotReady, ModelSource
+from medsam2_engine.prompts import PromptError
+from medsam2_engine.volume_io import ImageReadError, Volume
+from medsam2_engine.windowing import CT_WINDOW_PRESETS, WindowError
+
+logger = logging.getLogger(__name__)
+
+RANDOM_WEIGHTS_WARNING = "UNTRAINED RANDOM WEIGHTS: this mask proves the plumbing only, not accuracy"
+WINDOW_CHOICES = ["auto", *CT_WINDOW_PRESETS, "percentile"]
+MODALITY_CHOICES = ["auto", "CT", "MR", "other"]
+
+
+class Sam2Task(InferTask):
+    """An interactive (``deepgrow``) task: the Slicer module and OHIF list these for clicks."""
+
+    def __init__(self, models: ModelSource, labels: list, dimension: int, description: str, config: dict):
+        super().__init__(type=InferType.DEEPGROW, labels=list(labels), dimension=dimension,
+                         description=description, config=config)
+        self.models = models
+
+    def is_valid(self) -> bool:
+        # Listed even when the checkpoint is missing, so /info can say why it is not ready.
+        return True
+
+    def info(self):
+        info = super().info()
+        info["model_status"] = self.models.status()
+        return info
+
+    def __call__(self, request):
+        try:
+            return self.run(request)
+        except (PromptError, WindowError, ImageReadError, ValueError) as err:
+            logger.warning("bad %s request: %s", self.__class__.__name__, err)
+            raise HTTPException(status_code=400, detail=str(err)) from err
+        except (ModelNotReady, CheckpointError) as err:
+            logger.error("model not ready: %s", err)
+            raise HTTPException(status_code=503, detail=f"model not ready: {err}") from err
+
+    def run(self, request):
+        raise NotImplementedError
+
+    @staticmethod
+    def write(request: dict, volume: Volume, label_map: np.ndarray, result: dict):
+        """Write ``label_map`` on the image's grid with MONAI Label's writer."""
+        data = {
+            "image_path": volume.path,
+            "pred": label_map,
+            "image_meta_dict": {"affine": volume.affine if label_map.ndim == 3 else None},
+            "result_extension": request.get("result_extension") or _default_extension(volume.path),
+            "result_dtype": request.get("result_dtype") or "uint8",
+            "result_compress": request.get("result_compress", False),
+            "result": result,
+        }
+        return Writer(label="pred", json="result")(data)
+
+    @staticmethod
+    def common_json(result, timings: dict) -> dict:
+        out = {
+            "model": {"checkpoint": result.checkpoint, "random_weights": result.random_weights},
+            "window": result.window,
+            "modality": result.modality,
+            "stages": timings,
+        }
+        if result.random_weights:
+            out["warning"] = RANDOM_WEIGHTS_WARNING
+        return out
+
+
+def _default_extension(path: str) -> str:
+    lowered = (path or "").lower()
+    for ext in (".nii.gz", ".nii", ".nrrd", ".png"):
+        if lowered.endswith(ext):
+            return ext
+    return ".nii.gz"  # DICOM series folders and everything else

@@ -1,0 +1,81 @@
+"""MedSAM-2 2D: clicks or a box on a photograph, radiograph, or one slice of a volume."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from medsam2_engine.image2d import ImageSegmenter
+from medsam2_engine.prompts import PromptError
+from medsam2_engine.volume_io import load_image
+
+from .base import MODALITY_CHOICES, WINDOW_CHOICES, Sam2Task
+from .request import parse_request, session_key_for
+
+
+class Interactive2D(Sam2Task):
+    def __init__(self, segmenter: ImageSegmenter, labels: list):
+        super().__init__(
+            segmenter.models,
+            labels,
+            dimension=2,
+            description="MedSAM-2 2D: click or box on a 2D image or on one slice",
+            config={"window": WINDOW_CHOICES, "modality": MODALITY_CHOICES},
+        )
+        self.segmenter = segmenter
+
+    def run(self, request):
+        started = time.perf_counter()
+        path = request["image"]
+        volume = load_image(path)
+        parsed = parse_request(request, volume.spatial_shape, self.labels)
+        if len(parsed.prompts) != 1:
+            raise PromptError(f"the 2D model segments one label per request, got {sorted(parsed.prompts)}")
+        label, prompts = next(iter(parsed.prompts.items()))
+        slice_index = self._slice(request, prompts, volume) if volume.is_3d else None
+        result = self.segmenter.segment(
+            volume,
+            prompts,
+            session_key=session_key_for(request),
+            slice_index=slice_index,
+            window=parsed.window,
+            modality=parsed.modality,
+        )
+        if volume.is_3d:
+            # Slicer imports a 2D result as a full volume with only this slice filled
+            label_map = np.zeros(volume.array.shape, np.uint8)
+            label_map[:, :, result.slice_index] = result.mask
+        else:
+            label_map = result.mask.astype(np.uint8)
+        out = self.common_json(result, result.timings)
+        out.update(
+            {
+                "label_names": {label: 1},
+                "slice": result.slice_index,
+                "predicted_iou": round(result.predicted_iou, 4),
+                "embedding_reused": result.embedding_reused,
+            }
+        )
+        file_name, out = self.write(request, volume, label_map, out)
+        out["latencies"] = {"total": round(time.perf_counter() - started, 4)}
+        return file_name, out
+
+    @staticmethod
+    def _slice(request: dict, prompts, volume) -> int:
+        """The slice to segment: ``slice`` if given, else where the prompts are."""
+        prompted = prompts.slices()
+        if request.get("slice") not in (None, ""):
+            try:
+                k = int(request["slice"])
+            except (TypeError, ValueError) as err:
+                raise PromptError(f"slice: expected a slice index, got {request['slice']!r}") from err
+            if not 0 <= k < volume.num_slices:
+                raise PromptError(f"slice: {k} is outside [0, {volume.num_slices - 1}]")
+            if prompted and k not in prompted:
+                raise PromptError(f"slice: {k}, but the prompts are on slices {prompted}")
+            return k
+        if len(prompted) == 1:
+            return prompted[0]
+        # Slicer appends each new click, so the last one marks the slice being worked on
+        return prompts.clicks[-1].k if prompts.clicks else prompts.boxes[-1].k

@@ -1,0 +1,70 @@
+"""MONAI Label app serving Medical SAM 2: interactive 3D and 2D segmentation.
+
+    monailabel start_server --app apps/medsam2 --studies sample-data/studies \\
+        [--conf model medsam2] [--conf checkpoint PATH|random] [--conf labels liver,spleen]
+
+Settings (all ``--conf``): model (a preset, default medsam2), model_config (a yaml of
+one's own instead), checkpoint, model_dir, device (auto/cpu/cuda), labels, download,
+early_stop, early_stop_patience, early_stop_score, feature_cache_mb, max_sessions,
+session_memory_mb, session_timeout_s. See the README for what each does.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+# MONAI Label takes the app folder off sys.path once main.py is loaded; hydra builds the
+# model by importing medsam2_engine later, so the folder has to stay importable.
+_APP_DIR = os.path.dirname(os.path.abspath(__file__))
+if _APP_DIR not in sys.path:
+    sys.path.insert(0, _APP_DIR)
+
+from monailabel.interfaces.app import MONAILabelApp  # noqa: E402
+
+from lib.app_config import AppConfig  # noqa: E402
+from lib.infers.interactive_2d import Interactive2D  # noqa: E402
+from lib.infers.interactive_3d import Interactive3D  # noqa: E402
+from medsam2_engine.engine import VolumeSegmenter  # noqa: E402
+from medsam2_engine.image2d import ImageSegmenter  # noqa: E402
+from medsam2_engine.model_source import ModelSource  # noqa: E402
+
+logger = logging.getLogger(__name__)
+
+
+class MedSam2App(MONAILabelApp):
+    def __init__(self, app_dir, studies, conf):
+        self.settings = AppConfig.from_conf(app_dir, conf)
+        self.models = ModelSource(
+            self.settings.preset,
+            self.settings.model_dir,
+            checkpoint=self.settings.checkpoint,
+            device=self.settings.device,
+        )
+        self.models.ensure_available(allow_download=self.settings.allow_download)
+        self.volume_segmenter = VolumeSegmenter(self.models, self.settings.engine)
+        self.image_segmenter = ImageSegmenter(self.models, self.settings.engine.limits)
+        super().__init__(
+            app_dir=app_dir,
+            studies=studies,
+            conf=conf,
+            name="MedSAM-2",
+            description="Medical SAM 2: interactive 3D and 2D segmentation with SAM 2's memory bank",
+            version="0.1.0",
+            labels=self.settings.labels,
+        )
+
+    def init_infers(self):
+        return {
+            "medsam2_3d": Interactive3D(self.volume_segmenter, self.settings.labels),
+            "medsam2_2d": Interactive2D(self.image_segmenter, self.settings.labels),
+        }
+
+    def init_trainers(self):
+        return {}
+
+    def info(self):
+        info = super().info()
+        info["medsam2"] = self.models.status()
+        return info

@@ -1,0 +1,260 @@
+"""The 3D engine: a volume and prompts in, one mask per label out, sessions kept between calls.
+
+This module knows nothing of MONAI Label; the app's task classes adapt it to the server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .frames import SliceFrames, image_to_slice
+from .model_source import ModelSource
+from .predictor import FeatureCache
+from .prompts import FramePrompt, LabelPrompts
+from .propagation import OBJ_ID, EarlyStop, Propagation, propagate_both_ways
+from .sessions import Session, SessionLimits, SessionStore, image_stamp, window_key
+from .volume_io import Volume, load_image
+from .windowing import choose_window, guess_modality
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class EngineSettings:
+    early_stop: EarlyStop = field(default_factory=EarlyStop)
+    feature_cache_mb: float = 2048.0
+    limits: SessionLimits = field(default_factory=SessionLimits)
+
+
+@dataclass
+class LabelTrack:
+    """One label's SAM 2 inference state and what the user has prompted so far."""
+
+    state: dict
+    frame_prompts: dict = field(default_factory=dict)  # slice -> FramePrompt.key()
+    mask: np.ndarray | None = None
+    propagation: Propagation | None = None
+    early_stop: EarlyStop | None = None
+
+    def memory_bytes(self) -> int:
+        frames = len(self.state["output_dict_per_obj"][0]["non_cond_frame_outputs"]) if self.state["obj_ids"] else 0
+        per_frame = 3 * (self.state["images"].image_size // 4) ** 2 * 4  # low-res logits + bf16 memory
+        mask_bytes = self.mask.nbytes if self.mask is not None else 0
+        return frames * per_frame + mask_bytes
+
+
+@dataclass
+class LabelResult:
+    label: str
+    mask: np.ndarray  # bool, the volume's shape, voxel order
+    prompted_slices: list
+    slices: dict  # k -> {"object_score", "predicted_iou", "area"}
+    passes: list
+    reused: bool  # prompts unchanged: the session's previous result
+
+
+@dataclass
+class VolumeResult:
+    volume: Volume
+    labels: dict  # label -> LabelResult
+    window: dict
+    modality: str
+    timings: dict
+    session: dict
+    random_weights: bool
+    checkpoint: str
+    warnings: list = field(default_factory=list)
+
+
+def autocast_for(device: str):
+    """bf16 autocast on CUDA, scoped to one call; plain float32 elsewhere."""
+    if str(device).startswith("cuda"):
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+class VolumeSegmenter:
+    def __init__(self, models: ModelSource, settings: EngineSettings | None = None):
+        self.models = models
+        self.settings = settings or EngineSettings()
+        self.sessions = SessionStore(self.settings.limits)
+        self._preloaded: tuple | None = None  # (stamp, Volume) read by volume() for the next call
+
+    def volume(self, session_key: tuple, image) -> Volume:
+        """The image as the next ``segment`` call will see it (read once, kept by the session)."""
+        if isinstance(image, Volume):
+            return image
+        stamp = image_stamp(image)
+        session = self.sessions.get(session_key)
+        if session is not None and session.image_stamp == stamp:
+            return session.volume
+        if self._preloaded is None or self._preloaded[0] != stamp:
+            self._preloaded = (stamp, load_image(image))
+        return self._preloaded[1]
+
+    # -- sessions -----------------------------------------------------------------------
+    def _open_session(self, key, image, loaded, window, modality, timings) -> Session:
+        started = time.perf_counter()
+        if isinstance(image, Volume):
+            volume = image
+        elif self._preloaded is not None and self._preloaded[0] == image_stamp(image):
+            volume = self._preloaded[1]
+        else:
+            volume = load_image(image)
+        self._preloaded = None
+        if not volume.is_3d:
+            raise ValueError(f"expected a 3D volume, got shape {volume.array.shape} from {volume.path or 'array'}")
+        timings["load"] = time.perf_counter() - started
+        requested = window_key(window, modality)
+        declared = modality if modality not in (None, "", "auto") else volume.declared_modality
+        modality = guess_modality(volume.array, declared)
+        chosen = choose_window(volume.array, modality, window)
+        image_size = loaded.model.image_size
+        frames = SliceFrames(volume.array, chosen, image_size)
+        cache = FeatureCache(int(self.settings.feature_cache_mb * 1024 * 1024))
+        session = Session(
+            key=key,
+            image_stamp=image_stamp(image),
+            model_version=loaded.version,
+            window_key=requested,
+            volume=volume,
+            frames=frames,
+            window=chosen,
+            feature_cache=cache,
+        )
+        session.modality = modality
+        return session
+
+    def _session_for(self, key, image, loaded, window, modality, reset, timings) -> tuple:
+        session = self.sessions.get(key)
+        reason = None
+        if session is None:
+            reason = "new"
+        elif reset:
+            reason = "reset by request"
+        elif session.model_version != loaded.version:
+            reason = "model weights changed"
+        elif session.image_stamp != image_stamp(image):
+            reason = "image changed"
+        elif session.window_key != window_key(window, modality):
+            reason = "window changed"
+        if reason is not None:
+            session = self._open_session(key, image, loaded, window, modality, timings)
+        return session, reason
+
+    # -- the call -----------------------------------------------------------------------
+    def segment(
+        self,
+        image,
+        prompts: dict,
+        session_key: tuple = ("default",),
+        window=None,
+        modality: str | None = None,
+        reset: bool = False,
+        reset_labels=(),
+        early_stop: EarlyStop | None = None,
+    ) -> VolumeResult:
+        """Segment each label in ``prompts`` (label -> LabelPrompts) in ``image`` (path or Volume).
+
+        ``reset`` starts the whole session over; ``reset_labels`` forgets only those labels'
+        prompts and keeps the session's encoded slices.
+        """
+        timings: dict = {}
+        started = time.perf_counter()
+        loaded = self.models.get()
+        session, reason = self._session_for(session_key, image, loaded, window, modality, reset, timings)
+        for label in reset_labels:
+            session.tracks.pop(label, None)
+        predictor = loaded.model
+        encoder_before = session.feature_cache.misses
+        results = {}
+        with torch.inference_mode(), autocast_for(self.models.device):
+            for label, label_prompts in prompts.items():
+                results[label] = self._segment_label(
+                    predictor, session, label, label_prompts, early_stop or self.settings.early_stop, timings
+                )
+        self.sessions.put(session)
+        timings["total"] = time.perf_counter() - started
+        cache = session.feature_cache
+        return VolumeResult(
+            volume=session.volume,
+            labels=results,
+            window=session.window.to_json(),
+            modality=session.modality,
+            timings={k: round(v, 4) for k, v in timings.items()},
+            session={
+                "key": list(session_key),
+                "started": reason,
+                "labels": sorted(session.tracks),
+                "slices_encoded": cache.misses - encoder_before,
+                "feature_cache_slices": len(cache),
+                "feature_cache_mb": round(cache.bytes / 2**20, 1),
+            },
+            random_weights=loaded.random_weights,
+            checkpoint=loaded.checkpoint,
+        )
+
+    def _segment_label(
+        self, predictor, session: Session, label: str, prompts: LabelPrompts, early_stop: EarlyStop, timings
+    ) -> LabelResult:
+        wanted = {k: p for k, p in prompts.by_frame().items()}
+        track = session.tracks.get(label)
+        if not wanted:
+            session.tracks.pop(label, None)
+            empty = np.zeros(session.volume.array.shape, dtype=bool)
+            return LabelResult(label, empty, [], {}, [], reused=False)
+        if track is None:
+            t0 = time.perf_counter()
+            track = LabelTrack(state=predictor.init_state_from_frames(session.frames, session.feature_cache))
+            timings["init_state"] = timings.get("init_state", 0.0) + time.perf_counter() - t0
+            session.tracks[label] = track
+        changed = {k: p for k, p in wanted.items() if track.frame_prompts.get(k) != p.key()}
+        removed = [k for k in track.frame_prompts if k not in wanted]
+        t0 = time.perf_counter()
+        for k in removed:
+            predictor.clear_all_prompts_in_frame(track.state, k, OBJ_ID, need_output=False)
+            track.frame_prompts.pop(k)
+        for k, frame_prompt in sorted(changed.items()):
+            self._add_prompt(predictor, track.state, k, frame_prompt)
+            track.frame_prompts[k] = frame_prompt.key()
+        timings["prompts"] = timings.get("prompts", 0.0) + time.perf_counter() - t0
+
+        same_rule = track.early_stop == early_stop  # another stopping rule gives another result
+        if not changed and not removed and same_rule and track.mask is not None:
+            return self._label_result(label, track, wanted, reused=True)
+        propagation = propagate_both_ways(predictor, track.state, early_stop)
+        track.early_stop = dataclasses.replace(early_stop)
+        timings["propagation"] = timings.get("propagation", 0.0) + propagation.seconds
+        mask = np.zeros(session.volume.array.shape, dtype=bool)
+        for k, output in propagation.outputs.items():
+            mask[:, :, k] = image_to_slice(output.mask)
+        track.mask, track.propagation = mask, propagation
+        return self._label_result(label, track, wanted, reused=False)
+
+    @staticmethod
+    def _add_prompt(predictor, state: dict, k: int, prompt: FramePrompt) -> None:
+        points = np.asarray(prompt.points, dtype=np.float32).reshape(-1, 2) if prompt.points else None
+        labels = np.asarray(prompt.labels, dtype=np.int32) if prompt.points else None
+        predictor.add_new_points_or_box(
+            state, frame_idx=k, obj_id=OBJ_ID, points=points, labels=labels, box=prompt.box, clear_old_points=True
+        )
+
+    @staticmethod
+    def _label_result(label, track: LabelTrack, wanted: dict, reused: bool) -> LabelResult:
+        slices = {
+            int(k): {
+                "object_score": round(out.object_score, 4),
+                "predicted_iou": None if out.predicted_iou is None else round(out.predicted_iou, 4),
+                "area": int(out.mask.sum()),
+            }
+            for k, out in sorted(track.propagation.outputs.items())
+        }
+        passes = [vars(p) for p in track.propagation.passes]
+        return LabelResult(label, track.mask, sorted(wanted), slices, passes, reused)

@@ -1,0 +1,78 @@
+"""Slices of a volume as SAM 2 video frames, made in memory on demand.
+
+SAM 2's video predictor reads ``state["images"][t]`` as a ``(3, S, S)`` float tensor,
+normalised with ImageNet statistics. ``SliceFrames`` provides exactly that without JPEG
+folders or 8-bit quantisation: each slice is windowed, laid out as an image, resized to
+the model's ``image_size`` and normalised only when the predictor asks for it.
+
+Layout: the array is ``[i, j, k]``; slice ``k`` becomes an image whose rows are ``j`` and
+columns ``i`` (the usual radiological view of an ITK image), so a voxel ``(i, j)`` is the
+SAM 2 point ``(x=i, y=j)``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .windowing import Window
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def slice_to_image(plane: np.ndarray) -> np.ndarray:
+    """``[i, j]`` or ``[i, j, c]`` plane to an image ``[rows=j, cols=i(, c)]``."""
+    return np.swapaxes(plane, 0, 1)
+
+
+def image_to_slice(image: np.ndarray) -> np.ndarray:
+    """Inverse of :func:`slice_to_image` for a 2D mask ``[rows, cols]``."""
+    return np.swapaxes(image, 0, 1)
+
+
+def to_model_input(image01: np.ndarray, image_size: int) -> torch.Tensor:
+    """An ``[H, W]`` or ``[H, W, 3]`` image in [0, 1] to a normalised ``(3, S, S)`` tensor."""
+    tensor = torch.from_numpy(np.ascontiguousarray(image01, dtype=np.float32))
+    tensor = tensor.unsqueeze(0).expand(3, -1, -1) if tensor.ndim == 2 else tensor.permute(2, 0, 1)
+    tensor = F.interpolate(
+        tensor.unsqueeze(0), size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True
+    )[0]
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    return (tensor - mean) / std
+
+
+class SliceFrames:
+    """A lazily computed sequence of SAM 2 frames, one per slice along the last axis."""
+
+    def __init__(self, array: np.ndarray, window: Window, image_size: int, is_rgb: bool = False):
+        if array.ndim == 2 or (is_rgb and array.ndim == 3):
+            array = array[:, :, None] if not is_rgb else array[:, :, None, :]
+        self._array = array
+        self._window = window
+        self._is_rgb = is_rgb
+        self.image_size = int(image_size)
+        # original image size of each frame, as SAM 2 names it (rows, cols)
+        self.video_height = array.shape[1]
+        self.video_width = array.shape[0]
+
+    def __len__(self) -> int:
+        return self._array.shape[2]
+
+    def image01(self, index: int) -> np.ndarray:
+        """The windowed slice as an image in [0, 1] (rows=j, cols=i)."""
+        plane = self._array[:, :, index]
+        if self._is_rgb:
+            return slice_to_image(np.clip(plane / 255.0, 0.0, 1.0).astype(np.float32))
+        return slice_to_image(self._window.apply(plane))
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"frame {index} out of range for {len(self)} frames")
+        return to_model_input(self.image01(int(index) % len(self)), self.image_size)
+
+    def stack(self) -> torch.Tensor:
+        """All frames as one ``(T, 3, S, S)`` tensor (for tests and sam2's own predictor)."""
+        return torch.stack([self[t] for t in range(len(self))])

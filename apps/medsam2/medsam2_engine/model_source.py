@@ -1,0 +1,171 @@
+"""Which checkpoint to serve, whether it is ready, and reloading it when the file changes."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from .checkpoints import (
+    CHECKPOINT_ENV,
+    FINETUNED_NAME,
+    RANDOM_WEIGHTS,
+    CheckpointError,
+    ModelPreset,
+    build_model,
+    download,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class ModelNotReady(RuntimeError):
+    """No usable checkpoint: the message says which file to place where."""
+
+
+def pick_device(requested: str = "auto") -> str:
+    if requested in ("", "auto", None):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {requested!r} requested but CUDA is not available")
+    return requested
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    checkpoint: str
+    version: int
+    stamp: tuple | None
+
+    @property
+    def random_weights(self) -> bool:
+        return self.checkpoint == RANDOM_WEIGHTS
+
+
+def file_stamp(path: str) -> tuple | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
+
+
+class ModelSource:
+    """Resolves the checkpoint on every request and rebuilds the model when it changed.
+
+    Order: an explicit checkpoint (``--conf checkpoint`` or ``$MEDSAM2_CHECKPOINT``),
+    then a fine-tuned ``model/finetuned.pt``, then the preset's official file in ``model/``.
+    """
+
+    def __init__(
+        self,
+        preset: ModelPreset,
+        model_dir: str | os.PathLike,
+        checkpoint: str | None = None,
+        device: str = "auto",
+        extra_overrides: dict | None = None,
+    ):
+        self.preset = preset
+        self.model_dir = Path(model_dir)
+        self.explicit = checkpoint or os.environ.get(CHECKPOINT_ENV) or None
+        self.device = pick_device(device)
+        self.extra_overrides = extra_overrides or {}
+        self._loaded: LoadedModel | None = None
+        self._versions = 0
+        self._lock = threading.RLock()
+        self.last_error: str | None = None
+
+    @property
+    def finetuned_path(self) -> Path:
+        return self.model_dir / FINETUNED_NAME
+
+    @property
+    def official_path(self) -> Path:
+        return self.model_dir / self.preset.filename
+
+    def resolve(self) -> str:
+        """The checkpoint to use now, or raise ModelNotReady saying what to place where."""
+        if self.explicit:
+            if self.explicit == RANDOM_WEIGHTS or os.path.isfile(self.explicit):
+                return self.explicit
+            raise ModelNotReady(f"checkpoint {self.explicit} (from --conf checkpoint / ${CHECKPOINT_ENV}) not found")
+        if self.finetuned_path.is_file():
+            return str(self.finetuned_path)
+        if self.official_path.is_file():
+            return str(self.official_path)
+        raise ModelNotReady(
+            f"no checkpoint for model {self.preset.name}: download {self.preset.url} and place it at "
+            f"{self.official_path}, or start with --conf checkpoint PATH (or 'random' for untrained weights)"
+        )
+
+    def ensure_available(self, allow_download: bool = True) -> None:
+        """At start-up: fetch the official file if nothing usable is there; never raises."""
+        try:
+            self.resolve()
+            return
+        except ModelNotReady as err:
+            if self.explicit or not allow_download:
+                self.last_error = str(err)
+                logger.error("model not ready: %s", err)
+                return
+        try:
+            download(self.preset, self.model_dir)
+            self.last_error = None
+        except CheckpointError as err:
+            self.last_error = str(err)
+            logger.error("model not ready: %s", err)
+
+    def get(self) -> LoadedModel:
+        """The model for this request, reloaded if the checkpoint file changed."""
+        with self._lock:
+            try:
+                path = self.resolve()
+            except ModelNotReady as err:
+                self.last_error = str(err)
+                if self._loaded is None:
+                    raise
+                logger.warning("%s; still serving %s", err, self._loaded.checkpoint)
+                return self._loaded
+            stamp = None if path == RANDOM_WEIGHTS else file_stamp(path)
+            if self._loaded is not None and self._loaded.checkpoint == path and self._loaded.stamp == stamp:
+                return self._loaded
+            try:
+                self._load(path, stamp)
+            except CheckpointError as err:
+                self.last_error = str(err)
+                if self._loaded is None:
+                    raise
+                logger.error("checkpoint %s changed but cannot be loaded (%s); still serving %s", path, err,
+                             self._loaded.checkpoint)
+            return self._loaded
+
+    def _load(self, path: str, stamp) -> None:
+        action = "reloading" if self._loaded is not None else "loading"
+        logger.info("%s model %s from %s on %s", action, self.preset.name, path, self.device)
+        model = build_model(self.preset, path, self.device, self.extra_overrides)
+        self._versions += 1
+        self._loaded = LoadedModel(model, path, self._versions, stamp)
+        self.last_error = None
+
+    def status(self) -> dict:
+        """For /info: is the model ready, which file, and if not, why."""
+        try:
+            path = self.resolve()
+            ready = self.last_error is None or self._loaded is not None
+            reason = self.last_error
+        except ModelNotReady as err:
+            path, ready, reason = None, self._loaded is not None, str(err)
+        return {
+            "ready": ready,
+            "model": self.preset.name,
+            "image_size": self.preset.image_size,
+            "checkpoint": path,
+            "random_weights": path == RANDOM_WEIGHTS,
+            "device": self.device,
+            "reason": reason,
+        }

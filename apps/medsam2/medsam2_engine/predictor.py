@@ -1,0 +1,126 @@
+"""sam2's video predictor, adapted to in-memory slices and a per-session feature cache.
+
+Three small changes, each by extending sam2 rather than rewriting it:
+
+- ``init_state_from_frames`` lets sam2 build its own inference state from a
+  :class:`~medsam2_engine.frames.SliceFrames` (sam2 itself only reads JPEG folders/MP4);
+- ``_get_image_feature`` consults a :class:`FeatureCache` first, so a correction never
+  re-runs the image encoder on a slice it has already seen;
+- the mask decoder's predicted IoU, which sam2 computes and then drops, is kept in each
+  frame's output as ``predicted_iou`` so results can say how sure the model was.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+
+import torch
+from sam2 import sam2_video_predictor as _sam2_video_module
+from sam2.sam2_video_predictor import SAM2VideoPredictor
+
+from .frames import SliceFrames
+
+_install_lock = threading.Lock()
+
+
+def _install_in_memory_loader() -> None:
+    """Teach sam2's frame loader to accept SliceFrames; other inputs go to sam2's own loader."""
+    with _install_lock:
+        original = _sam2_video_module.load_video_frames
+        if getattr(original, "accepts_slice_frames", False):
+            return
+
+        def load_video_frames(video_path, *args, **kwargs):
+            if isinstance(video_path, SliceFrames):
+                return video_path, video_path.video_height, video_path.video_width
+            return original(video_path, *args, **kwargs)
+
+        load_video_frames.accepts_slice_frames = True
+        _sam2_video_module.load_video_frames = load_video_frames
+
+
+class FeatureCache:
+    """Image-encoder outputs per frame, least recently used evicted beyond ``max_bytes``.
+
+    Only the FPN features differ between frames; the positional encodings depend on the
+    feature map's size alone, so one copy is shared (it is larger than the features).
+    """
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = int(max_bytes)
+        self._frames: OrderedDict = OrderedDict()
+        self._pos_enc = None
+        self.bytes = 0
+        self.hits = 0
+        self.misses = 0
+
+    @staticmethod
+    def _size(fpn) -> int:
+        return sum(t.numel() * t.element_size() for t in fpn)
+
+    def get(self, frame_idx: int):
+        fpn = self._frames.get(frame_idx)
+        if fpn is None:
+            self.misses += 1
+            return None
+        self.hits += 1
+        self._frames.move_to_end(frame_idx)
+        return {"backbone_fpn": list(fpn), "vision_pos_enc": list(self._pos_enc)}
+
+    def put(self, frame_idx: int, backbone_out: dict) -> None:
+        if frame_idx in self._frames or self.max_bytes <= 0:
+            return
+        fpn = tuple(backbone_out["backbone_fpn"])
+        if self._pos_enc is None:
+            self._pos_enc = tuple(backbone_out["vision_pos_enc"])
+        self._frames[frame_idx] = fpn
+        self.bytes += self._size(fpn)
+        while self.bytes > self.max_bytes and len(self._frames) > 1:
+            _, evicted = self._frames.popitem(last=False)
+            self.bytes -= self._size(evicted)
+
+    def __len__(self) -> int:
+        return len(self._frames)
+
+
+class VolumePredictor(SAM2VideoPredictor):
+    """A SAM2VideoPredictor over in-memory slices with cached features."""
+
+    def init_state_from_frames(self, frames: SliceFrames, feature_cache: FeatureCache | None = None) -> dict:
+        _install_in_memory_loader()
+        # sam2 warms up on frame 0 inside init_state; route that through the cache too.
+        self._pending_cache = feature_cache
+        try:
+            state = self.init_state(video_path=frames, offload_video_to_cpu=True)
+        finally:
+            self._pending_cache = None
+        state["feature_cache"] = feature_cache
+        return state
+
+    def _get_image_feature(self, inference_state, frame_idx, batch_size):
+        cache = inference_state.get("feature_cache", getattr(self, "_pending_cache", None))
+        if cache is not None and frame_idx not in inference_state["cached_features"]:
+            backbone_out = cache.get(frame_idx)
+            if backbone_out is not None:
+                # sam2 keeps (image, features); it never reads the image back, so a
+                # one-pixel stand-in avoids holding a full-resolution frame per slice.
+                placeholder = torch.zeros(1, 3, 1, 1, device=backbone_out["backbone_fpn"][0].device)
+                inference_state["cached_features"] = {frame_idx: (placeholder, backbone_out)}
+        features = super()._get_image_feature(inference_state, frame_idx, batch_size)
+        if cache is not None:
+            cache.put(frame_idx, inference_state["cached_features"][frame_idx][1])
+        return features
+
+    def _track_step(self, *args, **kwargs):
+        current_out, sam_outputs, high_res_features, pix_feat = super()._track_step(*args, **kwargs)
+        ious = sam_outputs[2]
+        # the decoder picks the best of several masks by IoU when it outputs several
+        self._last_predicted_iou = ious.max(dim=-1).values.float()
+        return current_out, sam_outputs, high_res_features, pix_feat
+
+    def _run_single_frame_inference(self, *args, **kwargs):
+        self._last_predicted_iou = None
+        compact_out, pred_masks = super()._run_single_frame_inference(*args, **kwargs)
+        compact_out["predicted_iou"] = self._last_predicted_iou
+        return compact_out, pred_masks

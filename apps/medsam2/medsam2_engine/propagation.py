@@ -1,0 +1,111 @@
+"""Carrying one label's mask through the volume, both ways, stopping where it ends.
+
+Forward runs from the first prompted slice to the last slice; backward from the first
+prompted slice to slice 0. Every prompted slice is a conditioning frame, so slices
+between prompts see all of them. Beyond the last prompted slice in a direction, the
+pass stops once SAM 2's object score says the structure is gone for ``patience``
+slices in a row: a small lesion does not cost a pass over the whole scan.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+logger = logging.getLogger(__name__)
+
+OBJ_ID = 1  # one SAM 2 object per inference state; each label has its own state
+
+
+@dataclass
+class EarlyStop:
+    enabled: bool = True
+    patience: int = 3  # consecutive empty slices beyond the last prompt
+    score_threshold: float = 0.0  # object score logit at or below which the object is absent
+
+
+@dataclass
+class SliceOutput:
+    mask: np.ndarray  # bool image [rows, cols]
+    object_score: float
+    predicted_iou: float | None
+
+
+@dataclass
+class PassReport:
+    direction: str
+    start: int
+    last: int | None = None
+    slices: int = 0
+    stopped_early: bool = False
+
+
+@dataclass
+class Propagation:
+    outputs: dict = field(default_factory=dict)  # slice -> SliceOutput
+    passes: list = field(default_factory=list)
+    seconds: float = 0.0
+
+
+def _frame_output(state: dict, frame_idx: int) -> dict | None:
+    obj_out = state["output_dict_per_obj"][0]
+    return obj_out["cond_frame_outputs"].get(frame_idx) or obj_out["non_cond_frame_outputs"].get(frame_idx)
+
+
+def _slice_output(state: dict, frame_idx: int, video_res_masks: torch.Tensor) -> SliceOutput:
+    out = _frame_output(state, frame_idx) or {}
+    score = out.get("object_score_logits")
+    iou = out.get("predicted_iou")
+    return SliceOutput(
+        mask=(video_res_masks[0, 0] > 0.0).cpu().numpy(),
+        object_score=float(score.flatten()[0]) if score is not None else float("nan"),
+        predicted_iou=float(iou.flatten()[0]) if iou is not None else None,
+    )
+
+
+def forget_propagated_slices(state: dict) -> None:
+    """Drop earlier propagation results so the new pass depends on the prompts only.
+
+    Prompted slices live in ``cond_frame_outputs`` and are kept.
+    """
+    for obj_out in state["output_dict_per_obj"].values():
+        obj_out["non_cond_frame_outputs"].clear()
+
+
+def propagate_both_ways(predictor, state: dict, early_stop: EarlyStop, log_every: int = 50) -> Propagation:
+    """Run the forward and backward passes; returns every slice reached, with its scores."""
+    cond_frames = sorted(state["output_dict_per_obj"][0]["cond_frame_outputs"]) if state["obj_ids"] else []
+    cond_frames = sorted(set(cond_frames) | set(state["temp_output_dict_per_obj"][0]["cond_frame_outputs"]))
+    if not cond_frames:
+        raise ValueError("no prompted slice to propagate from")
+    first, last = cond_frames[0], cond_frames[-1]
+    num_frames = state["num_frames"]
+    result = Propagation()
+    started = time.perf_counter()
+    forget_propagated_slices(state)
+    for reverse, last_prompt in ((False, last), (True, first)):
+        report = PassReport("backward" if reverse else "forward", first)
+        absent_run = 0
+        stream = predictor.propagate_in_video(state, start_frame_idx=first, reverse=reverse)
+        for frame_idx, _, video_res_masks in stream:
+            output = _slice_output(state, frame_idx, video_res_masks)
+            result.outputs[frame_idx] = output
+            report.last, report.slices = frame_idx, report.slices + 1
+            if report.slices % log_every == 0:
+                logger.info("%s pass: %d slices, now at %d of %d", report.direction, report.slices, frame_idx,
+                            num_frames)
+            beyond_prompts = frame_idx < last_prompt if reverse else frame_idx > last_prompt
+            if early_stop.enabled and beyond_prompts:
+                absent = output.object_score <= early_stop.score_threshold or not output.mask.any()
+                absent_run = absent_run + 1 if absent else 0
+                if absent_run >= early_stop.patience:
+                    report.stopped_early = True
+                    stream.close()
+                    break
+        result.passes.append(report)
+    result.seconds = time.perf_counter() - started
+    return result

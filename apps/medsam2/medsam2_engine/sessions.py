@@ -1,0 +1,124 @@
+"""Interactive sessions: one per (client, image), bounded in number, memory and idle time."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+logger = logging.getLogger(__name__)
+
+
+def image_stamp(image) -> tuple:
+    """Identifies an image's content: a path with its file stamp, or an in-memory array."""
+    if hasattr(image, "array"):
+        return ("array", id(image.array))
+    from .model_source import file_stamp
+
+    return (str(image), file_stamp(str(image)))
+
+
+def window_key(window, modality) -> tuple:
+    """The request's windowing choice; a different one needs the frames made again."""
+    return (tuple(window) if isinstance(window, (list, tuple)) else window, modality)
+
+
+@dataclass
+class SessionLimits:
+    max_sessions: int = 8
+    max_memory_mb: float = 4096.0
+    idle_timeout_s: float = 1800.0
+
+
+@dataclass
+class Session:
+    """What survives between two requests of one user on one image."""
+
+    key: tuple
+    image_stamp: tuple  # (path, mtime_ns, size): a changed file is a new image
+    model_version: int
+    window_key: tuple
+    volume: Any
+    frames: Any
+    window: Any
+    feature_cache: Any
+    tracks: dict = field(default_factory=dict)  # label -> LabelTrack
+    last_used: float = field(default_factory=time.monotonic)
+
+    def memory_bytes(self) -> int:
+        total = self.feature_cache.bytes if self.feature_cache is not None else 0
+        total += self.volume.array.nbytes
+        return total + sum(track.memory_bytes() for track in self.tracks.values())
+
+
+class SessionStore:
+    """Least-recently-used sessions, evicted beyond the limits or after idling too long."""
+
+    def __init__(self, limits: SessionLimits | None = None, clock: Callable[[], float] = time.monotonic):
+        self.limits = limits or SessionLimits()
+        self._clock = clock
+        self._sessions: OrderedDict = OrderedDict()
+        self._lock = threading.RLock()
+        self.evictions = 0
+
+    def get(self, key: tuple) -> Session | None:
+        with self._lock:
+            self.expire()
+            session = self._sessions.get(key)
+            if session is not None:
+                session.last_used = self._clock()
+                self._sessions.move_to_end(key)
+            return session
+
+    def put(self, session: Session) -> None:
+        with self._lock:
+            session.last_used = self._clock()
+            self._sessions[session.key] = session
+            self._sessions.move_to_end(session.key)
+            self.enforce_limits(keep=session.key)
+
+    def drop(self, key: tuple) -> None:
+        with self._lock:
+            self._sessions.pop(key, None)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._sessions.clear()
+
+    def expire(self) -> None:
+        now = self._clock()
+        for key in [k for k, s in self._sessions.items() if now - s.last_used > self.limits.idle_timeout_s]:
+            logger.info("session %s expired after %.0f s idle", key, now - self._sessions[key].last_used)
+            del self._sessions[key]
+            self.evictions += 1
+
+    def enforce_limits(self, keep: tuple | None = None) -> None:
+        """Evict least recently used sessions (never ``keep``) until within the limits."""
+        with self._lock:
+            limit_bytes = self.limits.max_memory_mb * 1024 * 1024
+            while len(self._sessions) > 1:
+                too_many = len(self._sessions) > self.limits.max_sessions
+                too_big = self.memory_bytes() > limit_bytes
+                if not (too_many or too_big):
+                    break
+                victim = next((k for k in self._sessions if k != keep), None)
+                if victim is None:
+                    break
+                reason = "too many sessions" if too_many else "session memory limit"
+                logger.info("evicting session %s (%s)", victim, reason)
+                del self._sessions[victim]
+                self.evictions += 1
+
+    def memory_bytes(self) -> int:
+        with self._lock:
+            return sum(s.memory_bytes() for s in self._sessions.values())
+
+    def keys(self) -> list:
+        with self._lock:
+            return list(self._sessions)
+
+    def __len__(self) -> int:
+        return len(self._sessions)

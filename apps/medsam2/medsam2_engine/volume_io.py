@@ -1,0 +1,133 @@
+"""Reading images and writing masks on exactly the input grid.
+
+Arrays are kept in voxel index order ``[i, j, k]`` (MONAI's convention for both the ITK
+and the NiBabel readers), so a client's voxel click ``[i, j, k]`` indexes the array
+directly. The affine is MONAI's RAS affine; writing it back through MONAI's ITK writer
+restores the file's own (LPS) geometry.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+IMAGE_2D_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+
+
+class ImageReadError(ValueError):
+    """The image file or series could not be read."""
+
+
+@dataclass
+class Volume:
+    """An image in voxel index order with its geometry.
+
+    ``array`` is ``[i, j, k]`` for a volume, ``[i, j]`` for a grey 2D image and
+    ``[i, j, c]`` with ``is_rgb`` for a colour photograph.
+    """
+
+    array: np.ndarray
+    affine: np.ndarray
+    path: str = ""
+    declared_modality: str | None = None
+    is_rgb: bool = False
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def is_3d(self) -> bool:
+        return self.array.ndim == 3 and not self.is_rgb
+
+    @property
+    def spatial_shape(self) -> tuple:
+        return tuple(self.array.shape[:2]) if self.is_rgb else tuple(self.array.shape)
+
+    @property
+    def num_slices(self) -> int:
+        return self.array.shape[2] if self.is_3d else 1
+
+
+def _modality_from_meta(meta: dict) -> str | None:
+    value = meta.get("0008|0060") or meta.get("modality")
+    return str(value).strip() or None if value is not None else None
+
+
+def load_image(path: str | os.PathLike) -> Volume:
+    """Load NIfTI, NRRD, MHA, a DICOM series folder, or a 2D image file."""
+    from monai.data import ITKReader, PILReader
+    from monai.transforms import LoadImage
+
+    path = str(path)
+    if not os.path.exists(path):
+        raise ImageReadError(f"image not found: {path}")
+    is_2d_file = path.lower().endswith(IMAGE_2D_SUFFIXES)
+    reader = PILReader() if is_2d_file else ITKReader(affine_lps_to_ras=True)
+    try:
+        image = LoadImage(reader=reader, image_only=True)(path)
+    except Exception as err:  # the readers raise many types; name the file instead
+        raise ImageReadError(f"could not read image {path}: {err}") from err
+
+    array = np.asarray(image)
+    meta = dict(getattr(image, "meta", {}) or {})
+    affine = np.asarray(getattr(image, "affine", np.eye(4)), dtype=np.float64)
+    is_rgb = False
+    if is_2d_file and array.ndim == 3:
+        if array.shape[2] in (3, 4):
+            array, is_rgb = array[..., :3], True
+        else:
+            raise ImageReadError(f"unexpected 2D image shape {array.shape} in {path}")
+    if array.ndim == 3 and not is_rgb and array.shape[2] == 1:
+        array = array[..., 0]
+    if array.ndim == 3 and is_rgb and np.allclose(array[..., 0], array[..., 1]) and np.allclose(
+        array[..., 0], array[..., 2]
+    ):
+        array, is_rgb = array[..., 0], False
+    if array.ndim not in (2, 3):
+        raise ImageReadError(f"expected a 2D or 3D image, got shape {array.shape} from {path}")
+    return Volume(
+        array=array.astype(np.float32),
+        affine=affine,
+        path=path,
+        declared_modality=_modality_from_meta(meta),
+        is_rgb=is_rgb,
+        meta={k: v for k, v in meta.items() if isinstance(v, (str, int, float))},
+    )
+
+
+def atomic_write(target: str | os.PathLike, write) -> str:
+    """Call ``write(tmp_path)`` then rename onto ``target``: readers never see half a file."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    suffix = "".join(target.suffixes)
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=str(target.parent))
+    os.close(fd)
+    try:
+        write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes files private; give the usual mode
+        os.replace(tmp, target)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return str(target)
+
+
+def save_mask(path: str | os.PathLike, mask: np.ndarray, like: Volume, dtype=np.uint8) -> str:
+    """Write ``mask`` (voxel order, same spatial shape as ``like``) with ``like``'s geometry."""
+    from monai.data import ITKWriter
+
+    if tuple(mask.shape) != like.spatial_shape:
+        raise ValueError(f"mask shape {mask.shape} does not match image {like.spatial_shape}")
+
+    def write(tmp: str) -> None:
+        writer = ITKWriter(output_dtype=dtype, affine_lps_to_ras=True)
+        writer.set_data_array(mask.astype(dtype), channel_dim=None)
+        writer.set_metadata({"affine": like.affine, "original_affine": like.affine}, resample=False)
+        writer.write(tmp, compress=True)
+
+    return atomic_write(path, write)
