@@ -43,9 +43,17 @@ def write_small_config(path: Path) -> Path:
     return path
 
 
-def write_small_checkpoint(path: Path, seed: int = 0) -> Path:
-    """Untrained weights, seeded, saved as ``{"model": state_dict}`` like an official file."""
+def write_small_checkpoint(path: Path, seed: int = 0, object_present: bool = True) -> Path:
+    """Untrained weights, seeded, saved as ``{"model": state_dict}`` like an official file.
+
+    With ``object_present`` the object-score head's last bias is raised so the untrained
+    model reports the object everywhere; otherwise its random score hides most masks and
+    tests of corrections or several labels would compare empty masks with empty masks.
+    """
     torch.manual_seed(seed)
     model = build_model(small_preset(), "random")
+    if object_present:
+        with torch.no_grad():
+            model.sam_mask_decoder.pred_obj_score_head.layers[2].bias.fill_(8.0)
     save_checkpoint(model, path)
     return path

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .frames import SliceFrames, image_to_slice
+from .frames import SliceFrames, image_to_slice, slice_to_image
 from .model_source import ModelSource
 from .predictor import FeatureCache
 from .prompts import FramePrompt, LabelPrompts
@@ -240,6 +240,9 @@ class VolumeSegmenter:
 
     @staticmethod
     def _add_prompt(predictor, state: dict, k: int, prompt: FramePrompt) -> None:
+        if prompt.mask is not None:
+            predictor.add_new_mask(state, frame_idx=k, obj_id=OBJ_ID, mask=torch.from_numpy(slice_to_image(prompt.mask)))
+            return
         points = np.asarray(prompt.points, dtype=np.float32).reshape(-1, 2) if prompt.points else None
         labels = np.asarray(prompt.labels, dtype=np.int32) if prompt.points else None
         predictor.add_new_points_or_box(

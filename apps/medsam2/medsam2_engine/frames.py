@@ -47,6 +47,8 @@ def to_model_input(image01: np.ndarray, image_size: int) -> torch.Tensor:
 class SliceFrames:
     """A lazily computed sequence of SAM 2 frames, one per slice along the last axis."""
 
+    in_memory_frames = True  # recognised by VolumePredictor.init_state_from_frames
+
     def __init__(self, array: np.ndarray, window: Window, image_size: int, is_rgb: bool = False):
         if array.ndim == 2 or (is_rgb and array.ndim == 3):
             array = array[:, :, None] if not is_rgb else array[:, :, None, :]

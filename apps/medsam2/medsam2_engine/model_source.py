@@ -104,19 +104,26 @@ class ModelSource:
         )
 
     def ensure_available(self, allow_download: bool = True) -> None:
-        """At start-up: fetch the official file if nothing usable is there; never raises."""
+        """At start-up: fetch the official file if nothing usable is there, then load it.
+
+        Never raises: a server without a usable model still starts and says why in /info.
+        """
         try:
             self.resolve()
-            return
         except ModelNotReady as err:
             if self.explicit or not allow_download:
                 self.last_error = str(err)
                 logger.error("model not ready: %s", err)
                 return
+            try:
+                download(self.preset, self.model_dir)
+            except CheckpointError as download_err:
+                self.last_error = str(download_err)
+                logger.error("model not ready: %s", download_err)
+                return
         try:
-            download(self.preset, self.model_dir)
-            self.last_error = None
-        except CheckpointError as err:
+            self.get()
+        except (ModelNotReady, CheckpointError) as err:
             self.last_error = str(err)
             logger.error("model not ready: %s", err)
 
@@ -156,12 +163,12 @@ class ModelSource:
         """For /info: is the model ready, which file, and if not, why."""
         try:
             path = self.resolve()
-            ready = self.last_error is None or self._loaded is not None
-            reason = self.last_error
+            loaded_now = self._loaded is not None and self._loaded.checkpoint == path
+            ready, reason = (loaded_now or self.last_error is None), self.last_error
         except ModelNotReady as err:
-            path, ready, reason = None, self._loaded is not None, str(err)
+            path, ready, reason = None, False, str(err)
         return {
-            "ready": ready,
+            "ready": bool(ready),
             "model": self.preset.name,
             "image_size": self.preset.image_size,
             "checkpoint": path,

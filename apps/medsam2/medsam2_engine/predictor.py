@@ -25,14 +25,18 @@ _install_lock = threading.Lock()
 
 
 def _install_in_memory_loader() -> None:
-    """Teach sam2's frame loader to accept SliceFrames; other inputs go to sam2's own loader."""
+    """Teach sam2's frame loader to accept in-memory frames; other inputs go to sam2's own loader.
+
+    In-memory frames are any sequence of ``(3, S, S)`` tensors with ``video_height``,
+    ``video_width`` and ``in_memory_frames = True`` (see :class:`SliceFrames`).
+    """
     with _install_lock:
         original = _sam2_video_module.load_video_frames
         if getattr(original, "accepts_slice_frames", False):
             return
 
         def load_video_frames(video_path, *args, **kwargs):
-            if isinstance(video_path, SliceFrames):
+            if getattr(video_path, "in_memory_frames", False):
                 return video_path, video_path.video_height, video_path.video_width
             return original(video_path, *args, **kwargs)
 

@@ -1,0 +1,275 @@
+"""One-prompt segmentation in 3D: a labelled study in SAM 2's memory segments another study.
+
+For each target study:
+
+1. The supports (labelled studies) most like the target are chosen
+   (:mod:`.support_selection`); from each, several slices spanning the structure.
+2. One in-memory frame sequence holds those support slices, each with its mask as a
+   conditioning frame, followed by the target's slices (:mod:`.memory_frames`).
+3. Every target slice (or every n-th, then the neighbours of the best) is segmented from
+   the support memory alone; the one the model is most sure of is the starting slice.
+   If the model sees the structure nowhere, the result is empty and says so.
+4. From the starting slice the mask is carried through the target both ways, each way as
+   its own sequence (supports first, then the target's slices in that direction's order),
+   so the supports precede every target slice in both passes, as sam2's memory expects.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .engine import autocast_for
+from .frames import SliceFrames, image_to_slice, slice_to_image
+from .memory_frames import (
+    FrameSource,
+    KeyedCache,
+    MemoryFrames,
+    add_support_mask,
+    embedding,
+    frame_confidence,
+    predict_from_memory,
+)
+from .model_source import ModelSource
+from .predictor import FeatureCache
+from .propagation import EarlyStop, _slice_output
+from .support_selection import choose_supports, spanning_slices
+from .volume_io import Volume
+from .windowing import choose_window, guess_modality
+
+logger = logging.getLogger(__name__)
+
+
+class OnePromptError(ValueError):
+    """The supports cannot be used (empty, wrong shape, none left): the request is refused."""
+
+
+@dataclass
+class Support:
+    """A labelled study: ``mask`` (bool, the volume's shape) marks the structure to find."""
+
+    name: str
+    volume: Volume
+    mask: np.ndarray
+    slices: list = field(default_factory=list)  # filled in: the slices used as memory
+    modality: str = ""  # filled in: as guessed from the image
+
+
+@dataclass
+class OnePromptSettings:
+    slices_per_support: int = 3
+    max_supports: int = 2
+    max_probes: int = 24  # target slices scored from the support memory to find the start
+    early_stop: EarlyStop = field(default_factory=EarlyStop)
+    feature_cache_mb: float = 1024.0
+
+
+@dataclass
+class OnePromptResult:
+    mask: np.ndarray  # bool, the target's shape
+    found: bool
+    confidence: float  # mean per-slice confidence over the slices in the mask; 0 if empty
+    start_slice: int | None
+    probes: dict  # target slice -> confidence from the support memory alone
+    slices: dict  # target slice -> {"object_score", "predicted_iou", "confidence", "area"}
+    supports: list  # every candidate: name, similarity, used, reason, slices
+    passes: list
+    window: dict
+    modality: str
+    timings: dict
+    random_weights: bool
+    checkpoint: str
+    warnings: list = field(default_factory=list)
+
+
+class OnePromptSegmenter:
+    def __init__(self, models: ModelSource, settings: OnePromptSettings | None = None):
+        self.models = models
+        self.settings = settings or OnePromptSettings()
+        self._lock = threading.Lock()  # the predictor keeps per-call attributes; one call at a time
+
+    def segment_volume(self, target: Volume, supports: list, window=None, modality=None,
+                       settings: OnePromptSettings | None = None) -> OnePromptResult:
+        settings = settings or self.settings
+        if not target.is_3d:
+            raise OnePromptError(f"target must be a 3D volume, got shape {list(target.array.shape)}")
+        usable, rejected = _check_supports(supports, settings.slices_per_support)
+        started = time.perf_counter()
+        timings: dict = {}
+        loaded = self.models.get()
+        with self._lock, torch.inference_mode(), autocast_for(self.models.device):
+            run = _Run(loaded.model, target, window, modality, settings, timings)
+            choices = run.choose(usable, rejected)
+            result = run.segment([s for s in usable if s.name in {c["name"] for c in choices if c["used"]}])
+        timings["total"] = time.perf_counter() - started
+        result.supports = choices
+        result.timings = {k: round(v, 4) for k, v in timings.items()}
+        result.random_weights, result.checkpoint = loaded.random_weights, loaded.checkpoint
+        return result
+
+
+def _check_supports(supports: list, per_support: int) -> tuple:
+    """(usable supports with their slices, name -> why not usable); refuses if none is usable."""
+    if not supports:
+        raise OnePromptError("no support study: one-prompt segmentation needs at least one labelled study")
+    usable, rejected = [], {}
+    for support in supports:
+        if not support.volume.is_3d:
+            rejected[support.name] = f"not a 3D volume (shape {list(support.volume.array.shape)})"
+        elif tuple(support.mask.shape) != tuple(support.volume.array.shape):
+            rejected[support.name] = f"label shape {list(support.mask.shape)} != image {list(support.volume.array.shape)}"
+        elif not support.mask.any():
+            rejected[support.name] = "its label is empty"
+        else:
+            support.slices = spanning_slices(support.mask, per_support)
+            usable.append(support)
+    if not usable:
+        reasons = "; ".join(f"{name}: {why}" for name, why in rejected.items())
+        raise OnePromptError(f"no usable support study ({reasons})")
+    return usable, rejected
+
+
+class _Run:
+    """One target study's one-prompt segmentation (state shared by its steps)."""
+
+    def __init__(self, predictor, target: Volume, window, modality, settings: OnePromptSettings, timings: dict):
+        self.predictor = predictor
+        self.settings = settings
+        self.timings = timings
+        self.window_spec = window
+        declared = modality if modality not in (None, "", "auto") else target.declared_modality
+        self.modality = guess_modality(target.array, declared)
+        self.window = choose_window(target.array, self.modality, window)
+        self.target = SliceFrames(target.array, self.window, predictor.image_size)
+        self.shape = target.array.shape
+        self.cache = FeatureCache(int(settings.feature_cache_mb * 2**20))
+        self.sources = {("target", k): FrameSource(("target", k), lambda k=k: self.target.image01(k))
+                        for k in range(len(self.target))}
+        self.support_masks: dict = {}  # key -> mask image [rows, cols]
+
+    def _frames(self, keys: list) -> MemoryFrames:
+        rows, cols = self.target.video_height, self.target.video_width
+        return MemoryFrames([self.sources[k] for k in keys], self.predictor.image_size, rows, cols)
+
+    def _add_support(self, support: Support) -> list:
+        modality = guess_modality(support.volume.array, support.volume.declared_modality)
+        frames = SliceFrames(support.volume.array, choose_window(support.volume.array, modality, self.window_spec),
+                             self.predictor.image_size)
+        keys = []
+        for k in support.slices:
+            key = ("support", support.name, k)
+            self.sources[key] = FrameSource(key, lambda k=k, f=frames: f.image01(k))
+            self.support_masks[key] = slice_to_image(support.mask[:, :, k])
+            keys.append(key)
+        support.modality = modality
+        return keys
+
+    # -- 1. which supports ------------------------------------------------------------
+    def choose(self, supports: list, rejected: dict) -> list:
+        t0 = time.perf_counter()
+        keys = {s.name: self._add_support(s) for s in supports}
+        sampled = np.unique(np.linspace(0, len(self.target) - 1, min(16, len(self.target))).round().astype(int))
+        catalog = self._frames([*(("target", int(k)) for k in sampled), *(k for ks in keys.values() for k in ks)])
+        descriptors = [embedding(self.predictor, catalog, i, self.cache) for i in range(len(catalog))]
+        target_desc = torch.stack(descriptors[: len(sampled)])
+        offset, candidates = len(sampled), {}
+        for name, ks in keys.items():
+            candidates[name] = torch.stack(descriptors[offset: offset + len(ks)])
+            offset += len(ks)
+        excluded = {}
+        if any(s.modality == self.modality for s in supports):
+            excluded = {s.name: f"modality {s.modality}, target is {self.modality}"
+                        for s in supports if s.modality != self.modality}
+        choices = choose_supports(candidates, target_desc, self.settings.max_supports, excluded=excluded)
+        out = [{**c.to_json(), "slices": next(s.slices for s in supports if s.name == c.name)} for c in choices]
+        out += [{"name": name, "similarity": None, "used": False, "reason": why, "slices": []}
+                for name, why in rejected.items()]
+        self.timings["choose_supports"] = time.perf_counter() - t0
+        return out
+
+    def _state(self, support_keys: list, target_slices: list) -> tuple:
+        frames = self._frames([*support_keys, *(("target", k) for k in target_slices)])
+        state = self.predictor.init_state_from_frames(frames, KeyedCache(self.cache, frames))
+        for index, key in enumerate(support_keys):
+            add_support_mask(self.predictor, state, index, self.support_masks[key])
+        self.predictor.propagate_in_video_preflight(state)  # encodes the support memory
+        return state, len(support_keys)
+
+    # -- 2-4. find the start, propagate both ways -------------------------------------
+    def segment(self, supports: list) -> OnePromptResult:
+        support_keys = [("support", s.name, k) for s in supports for k in s.slices]
+        num = len(self.target)
+        t0 = time.perf_counter()
+        state, first = self._state(support_keys, list(range(num)))
+        probes = self._probe(state, first, num)
+        self.timings["find_start"] = time.perf_counter() - t0
+        start = max(probes, key=lambda k: (probes[k].confidence, -k))
+        best = probes[start]
+        result = OnePromptResult(
+            mask=np.zeros(self.shape, dtype=bool), found=False, confidence=0.0, start_slice=None,
+            probes={k: round(p.confidence, 4) for k, p in sorted(probes.items())}, slices={}, supports=[],
+            passes=[], window=self.window.to_json(), modality=self.modality, timings={}, random_weights=False,
+            checkpoint="",
+        )
+        rows, cols = self.target.video_height, self.target.video_width
+        if best.object_score <= self.settings.early_stop.score_threshold or not best.mask(rows, cols).any():
+            result.warnings.append("the support's structure was not found on any target slice; the mask is empty")
+            return result
+        result.found, result.start_slice = True, start
+
+        t0 = time.perf_counter()
+        outputs = {}
+        self._pass(state, first + start, lambda idx: idx - first, "forward", start, outputs, result.passes)
+        if start > 0:
+            order = list(range(start, -1, -1))
+            back_state, first = self._state(support_keys, order)
+            self._pass(back_state, first, lambda idx: order[idx - first], "backward", start, outputs, result.passes)
+        self.timings["propagation"] = time.perf_counter() - t0
+
+        confidences = []
+        for k, out in sorted(outputs.items()):
+            result.mask[:, :, k] = image_to_slice(out.mask)
+            conf = frame_confidence(out.object_score, out.predicted_iou)
+            area = int(out.mask.sum())
+            if area:
+                confidences.append(conf)
+            result.slices[k] = {"object_score": round(out.object_score, 4),
+                                "predicted_iou": None if out.predicted_iou is None else round(out.predicted_iou, 4),
+                                "confidence": round(conf, 4), "area": area}
+        result.confidence = round(float(np.mean(confidences)), 4) if confidences else 0.0
+        result.found = bool(result.mask.any())
+        return result
+
+    def _probe(self, state: dict, first: int, num: int) -> dict:
+        stride = max(1, math.ceil(num / self.settings.max_probes))
+        probes = {k: predict_from_memory(self.predictor, state, first + k) for k in range(0, num, stride)}
+        if stride > 1:
+            best = max(probes, key=lambda k: probes[k].confidence)
+            for k in range(max(0, best - stride + 1), min(num, best + stride)):
+                if k not in probes:
+                    probes[k] = predict_from_memory(self.predictor, state, first + k)
+        return probes
+
+    def _pass(self, state, start_idx: int, to_slice, direction: str, start: int, outputs: dict, passes: list):
+        early = self.settings.early_stop
+        report = {"direction": direction, "start": start, "last": None, "slices": 0, "stopped_early": False}
+        absent_run = 0
+        stream = self.predictor.propagate_in_video(state, start_frame_idx=start_idx)
+        for frame_idx, _, video_res_masks in stream:
+            k = to_slice(frame_idx)
+            out = _slice_output(state, frame_idx, video_res_masks)
+            outputs[k] = out
+            report["last"], report["slices"] = k, report["slices"] + 1
+            absent = out.object_score <= early.score_threshold or not out.mask.any()
+            absent_run = absent_run + 1 if absent else 0
+            if early.enabled and absent_run >= early.patience:
+                report["stopped_early"] = True
+                stream.close()
+                break
+        passes.append(report)

@@ -1,0 +1,106 @@
+"""A labelled study for training: the image, its label map, checked to lie on the same grid.
+
+A label that does not fit its image (another shape or affine, unreadable, not integer
+valued) is refused with a :class:`LabelMismatch` that names both files and what differs,
+so one bad save never silently enters training.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..volume_io import ImageReadError, Volume, load_image
+from ..windowing import Window, choose_window, guess_modality
+
+logger = logging.getLogger(__name__)
+
+AFFINE_TOLERANCE = 1e-3  # mm; ITK and NiBabel round-trips differ far below this
+
+
+class LabelMismatch(ValueError):
+    """The label file cannot be used with its image."""
+
+
+@dataclass(frozen=True)
+class CaseFiles:
+    image: str
+    label: str
+    name: str = ""
+
+
+@dataclass
+class Case:
+    """One study in memory: the volume, its windowing and its integer label map (same shape)."""
+
+    files: CaseFiles
+    volume: Volume
+    labels: np.ndarray  # int, volume.spatial_shape
+    window: Window
+    values: list = field(default_factory=list)  # label values present
+
+    @property
+    def name(self) -> str:
+        return self.files.name or self.files.image
+
+
+def _to_label_map(label: Volume, files: CaseFiles) -> np.ndarray:
+    array = label.array
+    if label.is_rgb:
+        array = array[..., 0]
+    if not np.all(np.isfinite(array)) or not np.allclose(array, np.round(array)) or array.min() < 0:
+        raise LabelMismatch(f"label {files.label} for image {files.image} is not a map of non-negative whole numbers")
+    values = np.round(array).astype(np.int32)
+    if values.max() > 0 and np.array_equal(np.unique(values), [0, 255]):
+        values = (values > 0).astype(np.int32)  # a 2D mask saved as 0/255
+    return values
+
+
+def check_label_fits(image: Volume, label: Volume, files: CaseFiles) -> None:
+    """Raise LabelMismatch when the label is not on the image's grid."""
+    if tuple(label.spatial_shape) != tuple(image.spatial_shape):
+        raise LabelMismatch(
+            f"label {files.label} has shape {list(label.spatial_shape)} but image {files.image} has "
+            f"{list(image.spatial_shape)}; a label must be saved on its image's grid"
+        )
+    if image.is_3d and not np.allclose(label.affine, image.affine, atol=AFFINE_TOLERANCE):
+        diff = float(np.abs(np.asarray(label.affine) - np.asarray(image.affine)).max())
+        raise LabelMismatch(
+            f"label {files.label} has another affine (orientation/spacing/origin) than image {files.image}: "
+            f"largest difference {diff:.4g}; a label must be saved on its image's grid"
+        )
+
+
+def load_case(files: CaseFiles) -> Case:
+    """Read and check one study; raises LabelMismatch or ImageReadError with the file names."""
+    image = load_image(files.image)
+    try:
+        label = load_image(files.label)
+    except ImageReadError as err:
+        raise LabelMismatch(f"label {files.label} for image {files.image} cannot be read (corrupt?): {err}") from err
+    check_label_fits(image, label, files)
+    labels = _to_label_map(label, files)
+    if image.is_3d:
+        modality = guess_modality(image.array, image.declared_modality)
+        window = choose_window(image.array, modality)
+    else:
+        window = Window(0.0, 255.0, "8-bit image") if image.array.max() > 1.0 else Window(0.0, 1.0, "unit image")
+    values = [int(v) for v in np.unique(labels) if v > 0]
+    if not values:
+        raise LabelMismatch(f"label {files.label} for image {files.image} is empty (no structure to learn from)")
+    return Case(files, image, labels, window, values)
+
+
+def load_cases(files: list, on_reject=None) -> list:
+    """Load every study that can be used; each rejected one is logged (and passed to ``on_reject``)."""
+    cases = []
+    for item in files:
+        try:
+            cases.append(load_case(item))
+        except (LabelMismatch, ImageReadError) as err:
+            logger.error("label rejected, not used for training: %s", err)
+            if on_reject is not None:
+                on_reject(item, str(err))
+    return cases

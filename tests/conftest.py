@@ -1,0 +1,73 @@
+"""Shared fixtures: the app's packages on sys.path, a small SAM 2 model, phantom volumes."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+APP_DIR = ROOT / "apps" / "medsam2"
+SHARED_DATA = ROOT.parent / "shared" / "data"
+for path in (str(APP_DIR), str(ROOT)):
+    if path not in sys.path:
+        sys.path.insert(0, path)
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+needs_shared_data = pytest.mark.skipif(
+    not SHARED_DATA.is_dir(), reason=f"real scans not available: {SHARED_DATA} is absent (only on developer/CI machines)"
+)
+
+
+@pytest.fixture(scope="session")
+def small_model_files(tmp_path_factory):
+    """(config yaml, checkpoint) of the small untrained test model, in the official format."""
+    from tests.support.small_model import write_small_checkpoint, write_small_config
+
+    folder = tmp_path_factory.mktemp("small_model")
+    return write_small_config(folder / "small.yaml"), write_small_checkpoint(folder / "small.pt")
+
+
+@pytest.fixture(scope="session")
+def small_source(small_model_files):
+    from medsam2_engine.checkpoints import preset_for_config_file
+    from medsam2_engine.model_source import ModelSource
+
+    config, checkpoint = small_model_files
+    return ModelSource(preset_for_config_file(config), config.parent, checkpoint=str(checkpoint), device="cpu")
+
+
+@pytest.fixture
+def segmenter(small_source):
+    from medsam2_engine.engine import EngineSettings, VolumeSegmenter
+    from medsam2_engine.propagation import EarlyStop
+
+    return VolumeSegmenter(small_source, EngineSettings(early_stop=EarlyStop(enabled=False)))
+
+
+def make_volume(shape=(40, 28, 12), seed=0, ct=True):
+    """A non-square, non-cubic phantom: a bright ellipsoid in a body, HU-like if ``ct``."""
+    from medsam2_engine.volume_io import Volume
+
+    rng = np.random.default_rng(seed)
+    i, j, k = np.meshgrid(*[np.arange(n) for n in shape], indexing="ij")
+    blob = ((i - shape[0] * 0.45) / (shape[0] * 0.2)) ** 2 + ((j - shape[1] * 0.5) / (shape[1] * 0.25)) ** 2 + (
+        (k - shape[2] * 0.5) / (shape[2] * 0.3)
+    ) ** 2 <= 1
+    base = -1000.0 if ct else 0.0
+    array = np.full(shape, base, np.float32)
+    array[2:-2, 2:-2, :] = 40.0 if ct else 200.0
+    array[blob] = 200.0 if ct else 700.0
+    array += rng.normal(0, 5, shape).astype(np.float32)
+    affine = np.diag([0.8, 0.7, 2.5, 1.0])
+    return Volume(array=array, affine=affine, path="")
+
+
+@pytest.fixture
+def phantom():
+    return make_volume()

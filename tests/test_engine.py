@@ -1,0 +1,161 @@
+"""The 3D engine over a small untrained SAM 2: coordinates, propagation, sessions, corrections.
+
+Untrained weights make no claim about accuracy; these tests check the mechanics, each in a
+way that fails if the mechanism is broken (a transposed axis, a one-way pass, a lost
+session, a re-encoded slice).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from medsam2_engine.frames import slice_to_image
+from medsam2_engine.prompts import Box, Click, LabelPrompts
+from medsam2_engine.propagation import EarlyStop
+from tests.conftest import make_volume
+
+
+def _dice(a, b):
+    return 2 * np.logical_and(a, b).sum() / max(a.sum() + b.sum(), 1)
+
+
+def test_click_lands_on_the_voxel_it_names(segmenter, phantom, monkeypatch):
+    """A click at [i, j, k] reaches SAM 2 on frame k at the pixel showing voxel [i, j, k]."""
+    seen = []
+    model = segmenter.models.get().model
+    original = type(model).add_new_points_or_box
+
+    def spy(self, state, frame_idx, obj_id, points=None, labels=None, **kwargs):
+        seen.append((frame_idx, np.asarray(points).copy(), state))
+        return original(self, state, frame_idx, obj_id, points=points, labels=labels, **kwargs)
+
+    monkeypatch.setattr(type(model), "add_new_points_or_box", spy)
+    i, j, k = 31, 9, 7  # deliberately off-centre in a 40 x 28 x 12 volume
+    phantom.array[i, j, k] = 3000.0  # one unmistakable voxel
+    segmenter.segment(phantom, {"organ": LabelPrompts(clicks=[Click(i, j, k, True)])}, ("t", "axis"))
+    frame_idx, points, state = seen[0]
+    assert frame_idx == k
+    x, y = points[0]
+    frames = state["images"]
+    assert (frames.video_width, frames.video_height) == (40, 28)
+    image = frames.image01(k)
+    assert image.shape == (28, 40)
+    assert image[int(y), int(x)] == image.max() == 1.0  # the bright voxel, after windowing
+
+
+def test_mask_prompt_comes_back_on_the_same_voxels(segmenter, phantom):
+    """An asymmetric mask given on slice k is returned there unchanged: output axes are right."""
+    mask = np.zeros(phantom.array.shape[:2], bool)
+    mask[5:30, 3:12] = True  # a tall bar: transposing it would give a very different shape
+    result = segmenter.segment(phantom, {"organ": LabelPrompts(masks={6: mask})}, ("t", "mask"))
+    out = result.labels["organ"].mask[:, :, 6]
+    assert out.shape == mask.shape
+    assert _dice(out, mask) > 0.9
+    assert _dice(out, mask[::-1, ::-1]) < 0.6  # a flipped mask would not pass as this one
+
+
+def test_propagates_both_ways_over_every_slice(segmenter, phantom):
+    prompts = {"organ": LabelPrompts(clicks=[Click(18, 14, 5, True)])}
+    result = segmenter.segment(phantom, prompts, ("t", "both"))
+    label = result.labels["organ"]
+    directions = {p["direction"]: p for p in label.passes}
+    assert directions["forward"]["last"] == phantom.array.shape[2] - 1
+    assert directions["backward"]["last"] == 0
+    assert sorted(label.slices) == list(range(phantom.array.shape[2]))
+    assert all("predicted_iou" in s and "object_score" in s for s in label.slices.values())
+
+
+def test_several_labels_live_in_one_session(segmenter, phantom):
+    key = ("t", "labels")
+    first = segmenter.segment(phantom, {"organ": LabelPrompts(clicks=[Click(18, 14, 5, True)])}, key)
+    both = segmenter.segment(
+        phantom,
+        {
+            "organ": LabelPrompts(clicks=[Click(18, 14, 5, True)]),
+            "lesion": LabelPrompts(boxes=[Box(4, 3, 20, 12, 8)]),
+        },
+        key,
+    )
+    assert both.session["labels"] == ["lesion", "organ"]
+    assert both.labels["organ"].reused  # unchanged prompts: not propagated again
+    assert not both.labels["lesion"].reused
+    assert np.array_equal(both.labels["organ"].mask, first.labels["organ"].mask)
+    assert not np.array_equal(both.labels["organ"].mask, both.labels["lesion"].mask)
+
+
+def test_correction_repropagates_from_the_session_without_reencoding(segmenter, phantom):
+    key = ("t", "correct")
+    prompts = LabelPrompts(clicks=[Click(18, 14, 5, True)])
+    first = segmenter.segment(phantom, {"organ": prompts}, key)
+    assert first.session["slices_encoded"] == phantom.array.shape[2]
+    before = first.labels["organ"].mask.copy()
+    prompts.clicks.append(Click(30, 20, 9, False))  # a negative click on another slice
+    second = segmenter.segment(phantom, {"organ": prompts}, key)
+    assert second.session["started"] is None  # same session
+    assert second.session["slices_encoded"] == 0  # every slice came from the feature cache
+    assert second.labels["organ"].prompted_slices == [5, 9]
+    assert not np.array_equal(second.labels["organ"].mask, before)
+
+
+def test_early_stop_ends_each_pass_where_the_object_ends(segmenter, monkeypatch):
+    """Object scores scripted to say 'present' on slices 8-14 only: both passes stop just past them."""
+    volume = make_volume(shape=(32, 24, 30))
+    model = segmenter.models.get().model
+    original = type(model)._track_step
+
+    def scripted(self, frame_idx, *args, **kwargs):
+        current_out, sam_outputs, high_res, pix = original(self, frame_idx, *args, **kwargs)
+        present = 8 <= frame_idx <= 14
+        score = torch.full_like(sam_outputs[6], 5.0 if present else -5.0)
+        return current_out, (*sam_outputs[:6], score), high_res, pix
+
+    monkeypatch.setattr(type(model), "_track_step", scripted)
+    prompts = {"lesion": LabelPrompts(clicks=[Click(16, 12, 11, True)])}
+    result = segmenter.segment(volume, prompts, ("t", "stop"), early_stop=EarlyStop(enabled=True, patience=2))
+    passes = {p["direction"]: p for p in result.labels["lesion"].passes}
+    assert passes["forward"]["stopped_early"] and passes["forward"]["last"] == 16
+    assert passes["backward"]["stopped_early"] and passes["backward"]["last"] == 6
+    assert len(result.labels["lesion"].slices) == 11  # 6..16, not 30
+    assert not result.labels["lesion"].mask[:, :, 17:].any()
+
+    full = segmenter.segment(volume, prompts, ("t", "stop"), early_stop=EarlyStop(enabled=False))
+    assert len(full.labels["lesion"].slices) == 30
+
+
+def test_window_changes_the_frames(segmenter, phantom):
+    a = segmenter.segment(phantom, {"organ": LabelPrompts(clicks=[Click(18, 14, 5, True)])}, ("t", "w"))
+    b = segmenter.segment(
+        phantom, {"organ": LabelPrompts(clicks=[Click(18, 14, 5, True)])}, ("t", "w"), window="lung"
+    )
+    assert a.window["source"] == "CT preset soft_tissue"
+    assert b.window["source"] == "CT preset lung"
+    assert b.session["started"] == "window changed"
+
+
+def test_sessions_are_evicted_least_recently_used_first(small_source):
+    from medsam2_engine.engine import EngineSettings, VolumeSegmenter
+    from medsam2_engine.sessions import SessionLimits
+
+    seg = VolumeSegmenter(small_source, EngineSettings(early_stop=EarlyStop(enabled=False),
+                                                       limits=SessionLimits(max_sessions=2)))
+    prompts = {"organ": LabelPrompts(clicks=[Click(10, 10, 3, True)])}
+    volumes = [make_volume(shape=(24, 20, 6), seed=s) for s in range(3)]
+    for n, volume in enumerate(volumes):
+        seg.segment(volume, prompts, ("user", f"img{n}"))
+    assert seg.sessions.keys() == [("user", "img1"), ("user", "img2")]
+    again = seg.segment(volumes[0], prompts, ("user", "img0"))
+    assert again.session["started"] == "new"
+
+
+def test_frames_are_never_written_to_disk(segmenter, phantom, tmp_path, monkeypatch):
+    """In-memory frames: sam2's JPEG loader is never reached."""
+    import sam2.utils.misc as misc
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("JPEG loader called")
+
+    monkeypatch.setattr(misc, "load_video_frames_from_jpg_images", refuse)
+    result = segmenter.segment(phantom, {"organ": LabelPrompts(clicks=[Click(18, 14, 5, True)])}, ("t", "mem"))
+    assert result.labels["organ"].mask.shape == phantom.array.shape
+    assert slice_to_image(phantom.array[:, :, 0]).shape == (28, 40)
