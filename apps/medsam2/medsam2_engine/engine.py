@@ -5,7 +5,6 @@ This module knows nothing of MONAI Label; the app's task classes adapt it to the
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import time
@@ -16,6 +15,7 @@ import torch
 
 from .frames import SliceFrames, image_to_slice, slice_to_image
 from .model_source import ModelSource
+from .precision import autocast_for as _autocast_for
 from .predictor import FeatureCache
 from .prompts import FramePrompt, LabelPrompts
 from .propagation import OBJ_ID, EarlyStop, Propagation, propagate_both_ways
@@ -31,6 +31,7 @@ class EngineSettings:
     early_stop: EarlyStop = field(default_factory=EarlyStop)
     feature_cache_mb: float = 2048.0
     limits: SessionLimits = field(default_factory=SessionLimits)
+    cpu_bf16: str = "off"  # "off" | "on" | "auto" (only with AMX/AVX-512 bf16 units): see precision.py
 
 
 @dataclass
@@ -73,11 +74,9 @@ class VolumeResult:
     warnings: list = field(default_factory=list)
 
 
-def autocast_for(device: str):
-    """bf16 autocast on CUDA, scoped to one call; plain float32 elsewhere."""
-    if str(device).startswith("cuda"):
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+def autocast_for(device: str, cpu_bf16: str = "off"):
+    """bf16 autocast on CUDA, scoped to one call; on CPU per ``cpu_bf16`` (see precision.py)."""
+    return _autocast_for(device, cpu_bf16)
 
 
 class VolumeSegmenter:
@@ -175,7 +174,7 @@ class VolumeSegmenter:
         predictor = loaded.model
         encoder_before = session.feature_cache.misses
         results = {}
-        with torch.inference_mode(), autocast_for(self.models.device):
+        with torch.inference_mode(), autocast_for(self.models.device, self.settings.cpu_bf16):
             for label, label_prompts in prompts.items():
                 results[label] = self._segment_label(
                     predictor, session, label, label_prompts, early_stop or self.settings.early_stop, timings

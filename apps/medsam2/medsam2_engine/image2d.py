@@ -131,6 +131,9 @@ class ImageSegmenter:
             image01 = np.repeat(image01[:, :, None], 3, axis=2)
         t0 = time.perf_counter()
         predictor = SAM2ImagePredictor(loaded.model)
+        # sam2 assumes 1024 px input here; MedSAM2 runs at 512, so give the real feature sizes
+        size = loaded.model.image_size
+        predictor._bb_feat_sizes = [(size // 4, size // 4), (size // 8, size // 8), (size // 16, size // 16)]
         with torch.inference_mode(), autocast_for(self.models.device):
             predictor.set_image(image01)
         timings["encode"] = time.perf_counter() - t0

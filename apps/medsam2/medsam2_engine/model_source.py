@@ -167,6 +167,8 @@ class ModelSource:
             ready, reason = (loaded_now or self.last_error is None), self.last_error
         except ModelNotReady as err:
             path, ready, reason = None, False, str(err)
+            if self.last_error and self.last_error != reason:
+                reason = f"{reason} ({self.last_error})"
         return {
             "ready": bool(ready),
             "model": self.preset.name,

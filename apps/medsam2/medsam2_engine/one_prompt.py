@@ -37,6 +37,7 @@ from .memory_frames import (
     predict_from_memory,
 )
 from .model_source import ModelSource
+from .one_prompt_images import segment_queries
 from .predictor import FeatureCache
 from .propagation import EarlyStop, _slice_output
 from .support_selection import choose_supports, spanning_slices
@@ -88,6 +89,15 @@ class OnePromptResult:
     warnings: list = field(default_factory=list)
 
 
+@dataclass
+class ImagesResult:
+    support_mask: np.ndarray  # the support's mask as used (given, or made from the prompt)
+    queries: list  # QueryResult per query image, in order
+    timings: dict
+    random_weights: bool
+    checkpoint: str
+
+
 class OnePromptSegmenter:
     def __init__(self, models: ModelSource, settings: OnePromptSettings | None = None):
         self.models = models
@@ -112,6 +122,23 @@ class OnePromptSegmenter:
         result.timings = {k: round(v, 4) for k, v in timings.items()}
         result.random_weights, result.checkpoint = loaded.random_weights, loaded.checkpoint
         return result
+
+    def segment_images(self, support_image01, queries: list, support_mask=None, prompt=None) -> ImagesResult:
+        """2D: the support image with a mask or prompt; each query image's mask and confidence.
+
+        Images are ``[rows, cols]`` (or ``[rows, cols, 3]``) in [0, 1]; masks are images too.
+        """
+        timings: dict = {}
+        started = time.perf_counter()
+        loaded = self.models.get()
+        with self._lock, torch.inference_mode(), autocast_for(self.models.device):
+            support_mask, results = segment_queries(
+                loaded.model, support_image01, queries, support_mask, prompt,
+                self.settings.early_stop.score_threshold, timings,
+            )
+        timings["total"] = time.perf_counter() - started
+        return ImagesResult(support_mask, results, {k: round(v, 4) for k, v in timings.items()},
+                            loaded.random_weights, loaded.checkpoint)
 
 
 def _check_supports(supports: list, per_support: int) -> tuple:
@@ -174,7 +201,12 @@ class _Run:
     def choose(self, supports: list, rejected: dict) -> list:
         t0 = time.perf_counter()
         keys = {s.name: self._add_support(s) for s in supports}
-        sampled = np.unique(np.linspace(0, len(self.target) - 1, min(16, len(self.target))).round().astype(int))
+        if len(supports) == 1:  # nothing to choose between: skip the descriptors
+            only = supports[0]
+            return [{"name": only.name, "similarity": None, "used": True, "reason": "the only usable support",
+                     "slices": only.slices}] + [{"name": name, "similarity": None, "used": False, "reason": why,
+                                                  "slices": []} for name, why in rejected.items()]
+        sampled = np.unique(np.linspace(0, len(self.target) - 1, min(8, len(self.target))).round().astype(int))
         catalog = self._frames([*(("target", int(k)) for k in sampled), *(k for ks in keys.values() for k in ks)])
         descriptors = [embedding(self.predictor, catalog, i, self.cache) for i in range(len(catalog))]
         target_desc = torch.stack(descriptors[: len(sampled)])

@@ -50,9 +50,24 @@ class Volume:
         return self.array.shape[2] if self.is_3d else 1
 
 
-def _modality_from_meta(meta: dict) -> str | None:
+def _modality_from_meta(meta: dict, path: str) -> str | None:
     value = meta.get("0008|0060") or meta.get("modality")
-    return str(value).strip() or None if value is not None else None
+    if value is None and os.path.isdir(path):
+        value = _dicom_series_modality(path)
+    return (str(value).strip() or None) if value is not None else None
+
+
+def _dicom_series_modality(folder: str) -> str | None:
+    """The Modality tag of a series folder's first readable DICOM file."""
+    import pydicom
+
+    for name in sorted(os.listdir(folder)):
+        try:
+            header = pydicom.dcmread(os.path.join(folder, name), stop_before_pixels=True)
+        except Exception:  # not a DICOM file (a README, a thumbnail): try the next
+            continue
+        return getattr(header, "Modality", None)
+    return None
 
 
 def load_image(path: str | os.PathLike) -> Volume:
@@ -91,7 +106,7 @@ def load_image(path: str | os.PathLike) -> Volume:
         array=array.astype(np.float32),
         affine=affine,
         path=path,
-        declared_modality=_modality_from_meta(meta),
+        declared_modality=_modality_from_meta(meta, path),
         is_rgb=is_rgb,
         meta={k: v for k, v in meta.items() if isinstance(v, (str, int, float))},
     )

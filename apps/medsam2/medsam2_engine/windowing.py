@@ -73,11 +73,16 @@ def choose_window(volume: np.ndarray, modality: str, window: WindowSpec = None) 
     ``window`` may be a CT preset name, ``[low, high]`` in the volume's own units, or
     ``"percentile"`` / ``None`` for the modality default.
     """
+    if isinstance(window, str) and "," in window:  # "low,high" typed into a text field
+        window = [v.strip() for v in window.strip("[] ").split(",")]
     if window is not None and not isinstance(window, str):
-        values = list(window)
+        values = list(window) if isinstance(window, (list, tuple)) else [window]
         if len(values) != 2:
             raise WindowError(f"window must be a preset name or [low, high]; got {window!r}")
-        low, high = float(values[0]), float(values[1])
+        try:
+            low, high = float(values[0]), float(values[1])
+        except (TypeError, ValueError) as err:
+            raise WindowError(f"window [low, high] must be numbers; got {window!r}") from err
         if not np.isfinite([low, high]).all() or high <= low:
             raise WindowError(f"window [low, high] needs finite low < high; got {window!r}")
         return Window(low, high, "request [low, high]")

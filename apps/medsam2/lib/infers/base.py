@@ -58,13 +58,14 @@ class Sam2Task(InferTask):
         data = {
             "image_path": volume.path,
             "pred": label_map,
+            "image": label_map,  # the writer looks here when there is no affine (2D images)
             "image_meta_dict": {"affine": volume.affine if label_map.ndim == 3 else None},
             "result_extension": request.get("result_extension") or _default_extension(volume.path),
             "result_dtype": request.get("result_dtype") or "uint8",
             "result_compress": request.get("result_compress", False),
             "result": result,
         }
-        return Writer(label="pred", json="result")(data)
+        return Writer(label="pred", ref_image="image", json="result")(data)
 
     @staticmethod
     def common_json(result, timings: dict) -> dict:

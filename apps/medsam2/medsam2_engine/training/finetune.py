@@ -56,6 +56,7 @@ class EpochReport:
     loss_parts: dict
     val_mean_dice: float
     val_per_label: dict
+    val_per_study: dict
     seconds: float
     published: bool
 
@@ -98,7 +99,8 @@ class FineTuner:
         best = -math.inf
         if cfg.baseline_validation and val_cases:
             baseline = self._validate(model, source, validator, val_cases, label_names)
-            best = summary["baseline_dice"] = baseline["mean_dice"]
+            if baseline["count"]:
+                best = summary["baseline_dice"] = baseline["mean_dice"]
             logger.info("fine-tune: starting weights score held-out Dice %.4f %s", best, baseline["per_label"])
         report()
 
@@ -108,14 +110,16 @@ class FineTuner:
             epoch_started = time.monotonic()
             steps, loss_sum, parts = self._train_epoch(model, optimizer, loss_fn, sampler, epoch, started)
             val = self._validate(model, source, validator, val_cases, label_names) if val_cases else None
-            score = val["mean_dice"] if val else -loss_sum / max(steps, 1)  # no held-out: lowest loss wins
+            graded = val is not None and val["count"] > 0
+            score = val["mean_dice"] if graded else -loss_sum / max(steps, 1)  # nothing graded: lowest loss wins
             published = bool(steps) and score > best
             if published:
                 best = score
                 save_checkpoint(model, output, extra={"finetune": {"epoch": epoch, "val_mean_dice": score}})
                 summary.update(best_metric=round(score, 4), best_metric_epoch=epoch, published=True)
             entry = EpochReport(epoch, steps, round(loss_sum / max(steps, 1), 4), parts,
-                                round(val["mean_dice"], 4) if val else None, val["per_label"] if val else {},
+                                round(val["mean_dice"], 4) if graded else None, val["per_label"] if val else {},
+                                val["per_study"] if val else {},
                                 round(time.monotonic() - epoch_started, 1), published)
             summary["history"].append(asdict(entry))
             summary["epoch"] = epoch

@@ -40,6 +40,8 @@ class PromptSimulation:
     prob_click_from_reference: float = 0.1  # a correction click from the mask instead of the error
 
     def overrides(self, clip_length: int) -> dict:
+        if self.correction_clicks < 1:
+            raise ValueError(f"correction_clicks must be at least 1 (SAM2Train needs a round), got {self.correction_clicks}")
         init = max(1, min(self.init_cond_frames, clip_length))
         correct = max(init, min(self.frames_to_correct, clip_length))
         return {

@@ -93,11 +93,14 @@ def evaluate(segmenter: VolumeSegmenter, cases: list, label_names: dict | None =
 
 def summarise(scores: list, label_names: dict) -> dict:
     per_label: dict = {}
+    per_study: dict = {}
     for score in scores:
         per_label.setdefault(label_names.get(score.value, str(score.value)), []).append(score.dice)
+        per_study.setdefault(score.case, []).append(score.dice)
     return {
         "mean_dice": float(np.mean([s.dice for s in scores])) if scores else float("nan"),
         "per_label": {name: round(float(np.mean(values)), 4) for name, values in sorted(per_label.items())},
+        "per_study": {name: round(float(np.mean(values)), 4) for name, values in per_study.items()},
         "per_case": [{"case": s.case, "label": label_names.get(s.value, s.value), "dice": round(s.dice, 4)}
                      for s in scores],
         "count": len(scores),

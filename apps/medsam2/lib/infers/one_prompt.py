@@ -1,0 +1,239 @@
+"""MedSAM-2 one-prompt: segment a study from the datastore's labelled studies, with no clicks.
+
+Type ``segmentation`` (Slicer lists it under Auto-segmentation, OHIF in its segmentation
+panel): the user opens a study and presses Run. Request fields, all optional but ``image``:
+
+- ``image``: the target study (datastore id);
+- ``label``: the name given to the result (default: the first of ``--conf labels``);
+- ``label_value``: the structure's value in the support label maps. Not needed when the
+  maps are binary or their label info names ``label``; required otherwise;
+- ``support``: a study id, a comma-separated list or a list of ids to use as support
+  (default: every other study with a ``support_tag`` label, the most similar chosen);
+- ``support_tag``: the support labels' tag (default ``final``);
+- ``max_supports`` (2), ``support_slices`` (3 per support), ``max_candidates`` (8),
+  ``window``, ``modality``, ``early_stop``, ``early_stop_patience``.
+
+The result JSON says which supports were used and why (``supports``), the start slice,
+the per-slice and overall ``confidence``, and ``found`` (false: empty mask, not a guess).
+
+Batch mode, ``POST /batch/infer/medsam2_one_prompt`` (e.g. ``{"images": "unlabeled",
+"label_value": 1}``): every study without a final label is segmented from the labelled
+ones; the result is saved as an ``original`` label for clinicians to correct (whatever
+``label_tag`` the request names: a final label is never written or overwritten), and the
+study's confidence is recorded in the datastore under ``image info["medsam2_one_prompt"]``
+for the active-learning strategy. Studies that have a final label are skipped. On a
+machine without CUDA add ``"multi_gpu": false`` (MONAI Label's batch runner otherwise
+divides the studies among zero GPUs and fails).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+from typing import Callable
+
+import numpy as np
+from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
+from monailabel.interfaces.tasks.infer_v2 import InferType
+from monailabel.transform.writer import Writer
+
+from medsam2_engine.frames import SliceFrames, image_to_slice, slice_to_image
+from medsam2_engine.model_source import ModelSource
+from medsam2_engine.one_prompt import OnePromptError, OnePromptSegmenter, OnePromptSettings
+from medsam2_engine.propagation import EarlyStop
+from medsam2_engine.volume_io import load_image
+from medsam2_engine.windowing import choose_window, guess_modality
+
+from .base import MODALITY_CHOICES, WINDOW_CHOICES, Sam2Task
+from .support_store import DEFAULT_SUPPORT_TAG, candidate_ids, has_label, image_id_for, load_supports
+
+logger = logging.getLogger(__name__)
+
+CONFIDENCE_KEY = "medsam2_one_prompt"  # image info key read by active learning
+
+
+class OnePrompt(Sam2Task):
+    def __init__(self, models: ModelSource, labels: list, datastore: Callable[[], Datastore],
+                 early_stop: EarlyStop | None = None):
+        settings = OnePromptSettings(early_stop=early_stop or EarlyStop())
+        super().__init__(
+            models,
+            labels,
+            dimension=3,
+            description="MedSAM-2 one-prompt: segment this study from labelled studies in SAM 2's memory, no clicks",
+            config={
+                "label_value": "",
+                "support": "",
+                "support_tag": DEFAULT_SUPPORT_TAG,
+                "max_supports": settings.max_supports,
+                "support_slices": settings.slices_per_support,
+                "window": WINDOW_CHOICES,
+                "modality": MODALITY_CHOICES,
+                "early_stop": settings.early_stop.enabled,
+            },
+        )
+        self.type = InferType.SEGMENTATION  # runs without clicks
+        self.segmenter = OnePromptSegmenter(models, settings)
+        self.datastore = datastore
+
+    def run(self, request):
+        started = time.perf_counter()
+        datastore = self.datastore()
+        target_id = request.get("_image_id") or image_id_for(datastore, request["image"])
+        label = request.get("label") or self.labels[0]
+        batch = _truthy(request.get("save_label", False))
+        if batch and has_label(datastore, target_id, DefaultLabelTag.FINAL):
+            return None, {"skipped": f"{target_id} has a final label; one-prompt never overwrites it"}
+
+        tag = request.get("support_tag") or DEFAULT_SUPPORT_TAG
+        ids = candidate_ids(datastore, target_id, request.get("support"), tag,
+                            _positive_int(request.get("max_candidates", 8), "max_candidates"))
+        supports, rejected = load_supports(datastore, ids, tag, label, request.get("label_value"))
+        if not supports:
+            raise OnePromptError("no usable support study: " + "; ".join(f"{k}: {v}" for k, v in rejected.items()))
+        target = load_image(request["image"])
+        window, modality = _auto_none(request.get("window")), _auto_none(request.get("modality"))
+        if target.is_3d:
+            out, mask = self._volume(request, target, supports, rejected, window, modality)
+        else:
+            out, mask = self._image(target, supports, rejected, window, modality)
+        out = {**self.common_json(_Model(**out.pop("_model")), out.pop("stages")), **out}
+        out.update({"label": label, "label_names": {label: 1}, "target": target_id})
+        file_name, out = self.write(request, target, mask.astype(np.uint8), out)
+        out["latencies"] = {"total": round(time.perf_counter() - started, 4)}
+        if batch:
+            return None, self._save(datastore, target_id, file_name, label, out)
+        return file_name, out
+
+    def _volume(self, request, target, supports, rejected, window, modality):
+        base = self.segmenter.settings
+        settings = dataclasses.replace(
+            base,
+            max_supports=_positive_int(request.get("max_supports", base.max_supports), "max_supports"),
+            slices_per_support=_positive_int(request.get("support_slices", base.slices_per_support),
+                                             "support_slices"),
+            early_stop=dataclasses.replace(
+                base.early_stop,
+                enabled=_truthy(request.get("early_stop", base.early_stop.enabled)),
+                patience=_positive_int(request.get("early_stop_patience", base.early_stop.patience),
+                                       "early_stop_patience"),
+            ),
+        )
+        volumes = [s for s in supports if s.volume.is_3d]
+        result = self.segmenter.segment_volume(target, volumes or supports, window, modality, settings)
+        result.supports += [{"name": k, "similarity": None, "used": False, "reason": v, "slices": []}
+                            for k, v in rejected.items()]
+        out = {
+            "_model": {"random_weights": result.random_weights, "checkpoint": result.checkpoint,
+                       "window": result.window, "modality": result.modality},
+            "stages": result.timings,
+            "found": result.found,
+            "confidence": result.confidence,
+            "start_slice": result.start_slice,
+            "supports": result.supports,
+            "passes": result.passes,
+            "probes": [{"slice": k, "confidence": v} for k, v in result.probes.items()],
+            "slices": [{"slice": k, **v} for k, v in result.slices.items()],
+            "voxels": int(result.mask.sum()),
+            "warnings": result.warnings,
+        }
+        return out, result.mask
+
+    def _image(self, target, supports, rejected, window, modality):
+        """A 2D target: the first 2D support (by id) is the prompted image."""
+        flat = [s for s in supports if not s.volume.is_3d]
+        if not flat:
+            raise OnePromptError("the target is a 2D image but no support study is 2D")
+        support = flat[0]
+        size = self.models.get().model.image_size
+        images = []
+        for volume in (support.volume, target):
+            kind = "photo" if volume.is_rgb else guess_modality(volume.array, modality or volume.declared_modality)
+            chosen = choose_window(volume.array, kind, window)
+            images.append((SliceFrames(volume.array, chosen, size, is_rgb=volume.is_rgb).image01(0), chosen))
+        result = self.segmenter.segment_images(images[0][0], [images[1][0]], support_mask=slice_to_image(support.mask))
+        query = result.queries[0]
+        used = [{"name": s.name, "similarity": None, "used": s is support,
+                 "reason": "first 2D support" if s is support else "one support per 2D image", "slices": []}
+                for s in supports] + [{"name": k, "similarity": None, "used": False, "reason": v, "slices": []}
+                                      for k, v in rejected.items()]
+        out = {
+            "_model": {"random_weights": result.random_weights, "checkpoint": result.checkpoint,
+                       "window": images[1][1].to_json(), "modality": "photo" if target.is_rgb else "image"},
+            "stages": result.timings,
+            **query.to_json(),
+            "supports": used,
+            "warnings": [] if query.found else ["the support's structure was not found; the mask is empty"],
+        }
+        return out, image_to_slice(query.mask)
+
+    def write(self, request: dict, volume, label_map: np.ndarray, result: dict):
+        # MONAI Label's Writer reads the affine from "pred_meta_dict"; base.write passes
+        # "image_meta_dict", which it ignores (the mask would be written on an identity grid).
+        data = {
+            "image_path": volume.path,
+            "pred": label_map,
+            "pred_meta_dict": {"affine": volume.affine if label_map.ndim == 3 else None},
+            "result_extension": request.get("result_extension") or _extension(volume.path),
+            "result_dtype": request.get("result_dtype") or "uint8",
+            "result_compress": request.get("result_compress", False),
+            "result": result,
+        }
+        return Writer(label="pred", json="result")(data)
+
+    @staticmethod
+    def _save(datastore: Datastore, target_id: str, file_name: str, label: str, out: dict) -> dict:
+        """Store the result as the study's ORIGINAL label and its confidence in the image info."""
+        try:
+            label_id = datastore.save_label(target_id, file_name, DefaultLabelTag.ORIGINAL,
+                                            {"model": "medsam2_one_prompt", "label": label,
+                                             "confidence": out["confidence"], "found": out["found"],
+                                             "supports": [s["name"] for s in out["supports"] if s["used"]]})
+        finally:
+            if file_name and os.path.exists(file_name):
+                os.unlink(file_name)
+        datastore.update_image_info(target_id, {CONFIDENCE_KEY: {
+            "confidence": out["confidence"],
+            "found": out["found"],
+            "label": label,
+            "supports": [s["name"] for s in out["supports"] if s["used"]],
+            "random_weights": out["model"]["random_weights"],
+            "ts": int(time.time()),
+        }})
+        out["saved_label"] = {"id": label_id, "tag": DefaultLabelTag.ORIGINAL.value}
+        return out
+
+
+@dataclasses.dataclass
+class _Model:
+    """The fields ``Sam2Task.common_json`` reads from an engine result."""
+
+    random_weights: bool
+    checkpoint: str
+    window: dict
+    modality: str
+
+
+def _extension(path: str) -> str:
+    lowered = (path or "").lower()
+    return next((ext for ext in (".nii.gz", ".nii", ".nrrd", ".png") if lowered.endswith(ext)), ".nii.gz")
+
+
+def _truthy(value) -> bool:
+    return str(value).strip().lower() in ("1", "true", "yes", "on")
+
+
+def _auto_none(value):
+    return None if isinstance(value, str) and value.strip().lower() in ("", "auto") else value
+
+
+def _positive_int(value, field_name: str) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{field_name}: expected a whole number, got {value!r}") from err
+    if number < 1:
+        raise ValueError(f"{field_name}: must be at least 1, got {number}")
+    return number

@@ -1,0 +1,150 @@
+"""Accuracy evaluation on a folder of labelled images: ``python -m medsam2_engine.evaluate``.
+
+Example (untrained weights, plumbing only)::
+
+    PYTHONPATH=apps/medsam2 python -m medsam2_engine.evaluate --data ../shared/data/mr_brain_breast_pyradiomics \
+        --checkpoint random --out report/
+
+The protocol is documented in :mod:`medsam2_engine.evaluation.protocol` and
+:mod:`medsam2_engine.evaluation.clicks`; every number and setting lands in ``report.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import platform
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from .checkpoints import RANDOM_WEIGHTS, build_model, get_preset, preset_for_config_file, save_checkpoint
+from .evaluation.cases import find_cases, select_structures
+from .evaluation.methods import CopySliceMethod, EngineMethod, OtsuBoxMethod
+from .evaluation.protocol import ProtocolSettings, run_structure
+from .evaluation.report import curves, plot_curves, plot_overlay, summarise, write_json
+from .model_source import ModelSource
+from .propagation import EarlyStop
+
+logger = logging.getLogger("medsam2_engine.evaluate")
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m medsam2_engine.evaluate", description=__doc__.split("\n")[0])
+    p.add_argument("--data", required=True, help="folder of images with reference labels")
+    p.add_argument("--out", required=True, help="report folder (created)")
+    p.add_argument("--checkpoint", required=True, help="SAM 2 checkpoint {'model': state_dict}, or 'random'")
+    p.add_argument("--preset", default="medsam2", help="model preset (default medsam2: SAM 2.1 tiny at 512 px)")
+    p.add_argument("--model-config", help="a model config yaml of one's own instead of --preset")
+    p.add_argument("--seed", type=int, default=0, help="seed of the untrained weights with --checkpoint random")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--clicks", type=int, default=5, help="correction clicks after the box (default 5)")
+    p.add_argument("--builtin-clicks", type=int, help="correction clicks for the built-in task (default --clicks)")
+    p.add_argument("--no-builtin", action="store_true", help="skip MONAI Label's built-in Sam2InferTask")
+    p.add_argument("--builtin-input", choices=["raw", "windowed"], default="raw")
+    p.add_argument("--max-structures", type=int, default=3, help="largest N structures per case (0: all)")
+    p.add_argument("--min-voxels", type=int, default=20)
+    p.add_argument("--max-cases", type=int, default=0, help="first N cases only (0: all)")
+    p.add_argument("--cases", help="regular expression on case names")
+    p.add_argument("--nsd-tolerance", type=float, default=2.0, help="NSD tolerance in mm (pixels for 2D)")
+    p.add_argument("--early-stop", choices=["on", "off"], default="on")
+    p.add_argument("--patience", type=int, default=3)
+    return p.parse_args(argv)
+
+
+def resolve_checkpoint(args, preset, workdir: Path) -> tuple:
+    """The checkpoint file both models load; untrained weights are saved once, seeded."""
+    if args.checkpoint != RANDOM_WEIGHTS:
+        if not Path(args.checkpoint).is_file():
+            raise SystemExit(f"checkpoint {args.checkpoint} not found")
+        return args.checkpoint, f"checkpoint {Path(args.checkpoint).name}"
+    torch.manual_seed(args.seed)
+    path = workdir / f"random_seed{args.seed}.pt"
+    save_checkpoint(build_model(preset, RANDOM_WEIGHTS), path)
+    return str(path), f"UNTRAINED random weights (seed {args.seed}): plumbing only, not accuracy"
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix="medsam2-eval-"))
+    preset = preset_for_config_file(args.model_config) if args.model_config else get_preset(args.preset)
+    checkpoint, weights_label = resolve_checkpoint(args, preset, workdir)
+    early_stop = EarlyStop(enabled=args.early_stop == "on", patience=args.patience)
+    models = ModelSource(preset, workdir, checkpoint=checkpoint, device=args.device)
+    methods = [EngineMethod(models, early_stop), CopySliceMethod(), OtsuBoxMethod()]
+    if not args.no_builtin:
+        from .evaluation.builtin_sam2 import BuiltinSam2Method
+
+        methods.append(BuiltinSam2Method(preset, checkpoint, workdir, args.builtin_input))
+    settings = ProtocolSettings(max_clicks=args.clicks, nsd_tolerance=args.nsd_tolerance)
+    builtin_clicks = args.clicks if args.builtin_clicks is None else args.builtin_clicks
+
+    cases = find_cases(args.data)
+    if args.cases:
+        cases = [c for c in cases if re.search(args.cases, c.name)]
+    if args.max_cases:
+        cases = cases[: args.max_cases]
+    records, case_list, started = [], [], time.perf_counter()
+    for case in cases:
+        structures = select_structures(case, args.max_structures, args.min_voxels)
+        case_list.append({"case": case.name, "shape": list(case.volume.array.shape), "spacing": list(case.spacing),
+                          "source": case.source, "structures": [s.name for s in structures],
+                          "structures_found": len(case.structures)})
+        for structure in structures:
+            masks = {}
+            for method in methods:
+                if not (method.supports_3d if case.volume.is_3d else method.supports_2d):
+                    continue
+                clicks = builtin_clicks if method.name.startswith("monailabel") else None
+                run = run_structure(method, case, structure, settings, clicks)
+                for r in run.records:
+                    records.append({"case": case.name, "structure": structure.name, "method": method.name,
+                                    "learned": method.learned, **r})
+                masks[method.name] = run.masks["box"]
+            plot_overlay(out, case, structure, masks, methods[0].name, weights_label)
+            logger.info("%s / %s: %s", case.name, structure.name,
+                        {m: r["dice"] for m, r in ((r["method"], r) for r in records[-40:]
+                                                  if r["case"] == case.name and r["structure"] == structure.name
+                                                  and r["protocol"] == "box")})
+        for method in methods:
+            if hasattr(method, "close"):
+                method.close()
+    curve_data = curves(records)
+    payload = {
+        "weights": weights_label,
+        "random_weights": args.checkpoint == RANDOM_WEIGHTS,
+        "settings": {**vars(args), "preset": preset.name, "image_size": preset.image_size,
+                     "builtin_clicks": builtin_clicks, "early_stop": vars(early_stop)},
+        "machine": {"platform": platform.platform(), "processor": platform.processor(), "python": sys.version.split()[0],
+                    "torch": torch.__version__, "threads": torch.get_num_threads(),
+                    "cuda": torch.cuda.is_available()},
+        "protocol": {"box": "tight box on the largest slice, propagate", "click": "one positive click at the "
+                     "distance-transform centre of the largest slice", "correction": "box, then clicks at the centre "
+                     "of the largest 3D error component (distance transform), Dice after each"},
+        "methods": {m.name: {"learned": m.learned} for m in methods},
+        "cases": case_list,
+        "summary": summarise(records),
+        "dice_vs_clicks": curve_data,
+        "records": records,
+        "seconds": round(time.perf_counter() - started, 1),
+    }
+    path = write_json(out, payload)
+    plot_curves(out, curve_data, weights_label)
+    logger.info("report written to %s (%d records, %.0f s)", path, len(records), payload["seconds"])
+    for method, protocols in payload["summary"].items():
+        for protocol, values in protocols.items():
+            d, n = values["dice"], values["nsd"]
+            print(f"{method:32s} {protocol:10s} dice {d.get('mean', float('nan')):.3f}±{d.get('std', 0):.3f} "
+                  f"nsd {n.get('mean', float('nan')):.3f} (n={d['n']})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,97 @@
+"""Segmentation methods behind one interface, so every protocol treats them alike.
+
+A method receives the *whole* interaction so far on every call: the box (or None) and all
+clicks, as a user's client would send them. ``begin`` starts a new interaction on a case
+(new prompts; encoded slices may be reused where the method can).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from ..engine import EngineSettings, VolumeSegmenter
+from ..image2d import ImageSegmenter
+from ..prompts import LabelPrompts
+from ..propagation import EarlyStop
+from .baselines import copy_slice_baseline, otsu_box_baseline
+
+
+class Method:
+    name = "method"
+    learned = True
+    needs_box = False  # only meaningful with a box prompt
+    supports_2d = True
+    supports_3d = True
+
+    def begin(self, case, structure, protocol: str) -> None:
+        self._case, self._structure, self._protocol = case, structure, protocol
+
+    def segment(self, box, clicks) -> tuple:
+        """``(bool mask on the case's grid, info dict with at least "seconds")``."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+class EngineMethod(Method):
+    """This app's engine (both-way propagation, windowing, early stop, feature reuse)."""
+
+    def __init__(self, models, early_stop: EarlyStop, name: str = "medsam2_engine"):
+        self.name = name
+        self.early_stop = early_stop
+        self.volumes = VolumeSegmenter(models, EngineSettings(early_stop=early_stop))
+        self.images = ImageSegmenter(models)
+
+    def segment(self, box, clicks) -> tuple:
+        case = self._case
+        prompts = LabelPrompts(clicks=list(clicks), boxes=[box] if box is not None else [])
+        started = time.perf_counter()
+        if not case.volume.is_3d:
+            result = self.images.segment(case.volume, prompts, session_key=(case.name,))
+            return result.mask, {"seconds": time.perf_counter() - started, "embedding_reused": result.embedding_reused}
+        label = f"{self._structure.name}|{self._protocol}"
+        result = self.volumes.segment(case.volume, {label: prompts}, session_key=(case.name,),
+                                      modality=case.volume.declared_modality, early_stop=self.early_stop)
+        out = result.labels[label]
+        info = {
+            "seconds": time.perf_counter() - started,
+            "slices_encoded": result.session["slices_encoded"],
+            "slices_propagated": sum(p["slices"] for p in out.passes),
+            "stopped_early": [p["direction"] for p in out.passes if p["stopped_early"]],
+        }
+        return out.mask, info
+
+    def close(self) -> None:
+        self.volumes.sessions.clear()
+        self.images.sessions.clear()
+
+
+class CopySliceMethod(Method):
+    name = "copy_reference_slice"
+    learned = False
+
+    def segment(self, box, clicks) -> tuple:
+        started = time.perf_counter()
+        k = box.k if box is not None else clicks[0].k
+        mask = copy_slice_baseline(self._structure.mask, k)
+        return mask, {"seconds": time.perf_counter() - started, "uses_reference": True}
+
+
+class OtsuBoxMethod(Method):
+    name = "otsu_in_box"
+    learned = False
+    needs_box = True
+
+    def segment(self, box, clicks) -> tuple:
+        started = time.perf_counter()
+        image = self._case.volume.array
+        image = image.mean(axis=-1) if self._case.volume.is_rgb else image
+        mask = otsu_box_baseline(image, box)
+        return mask, {"seconds": time.perf_counter() - started}
+
+
+def empty_like(case) -> np.ndarray:
+    return np.zeros(case.volume.spatial_shape, dtype=bool)

@@ -1,0 +1,70 @@
+"""Start a real ``monailabel start_server`` on loopback for tests, and stop it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+APP_DIR = ROOT / "apps" / "medsam2"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class RunningServer:
+    def __init__(self, studies: Path, conf: dict, log_path: Path, timeout: float = 180.0):
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = log_path
+        monailabel = Path(sys.executable).with_name("monailabel")
+        command = [str(monailabel), "start_server", "--app", str(APP_DIR), "--studies", str(studies),
+                   "--host", "127.0.0.1", "--port", str(self.port)]
+        for key, value in conf.items():
+            command += ["--conf", key, str(value)]
+        env = {**os.environ, "MONAI_LABEL_AUTO_UPDATE_SCORING": "false", "OMP_NUM_THREADS": "2"}
+        # the monailabel launcher runs whichever `python` is first on PATH: make it ours
+        env["PATH"] = f"{monailabel.parent}{os.pathsep}{env.get('PATH', '')}"
+        self._log = open(log_path, "w")
+        self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, env=env,
+                                        start_new_session=True)
+        self._wait(timeout)
+
+    def _wait(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log()[-3000:]}")
+            try:
+                with urllib.request.urlopen(self.url + "/info/", timeout=5) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                time.sleep(1.0)
+        self.stop()
+        raise TimeoutError(f"server did not answer /info within {timeout} s:\n{self.log()[-3000:]}")
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def alive(self) -> bool:
+        return self.process.poll() is None
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+        self._log.close()

@@ -1,0 +1,86 @@
+"""Results land on exactly the input grid: NIfTI, NRRD and a real DICOM series."""
+
+from __future__ import annotations
+
+import nibabel as nib
+import numpy as np
+import SimpleITK as sitk
+
+from medsam2_engine.prompts import Click, LabelPrompts
+from medsam2_engine.volume_io import load_image, save_mask
+from tests.conftest import SHARED_DATA, needs_shared_data
+
+TCIA = SHARED_DATA / "mr_brain_tumor_tcia" / "dicom" / "PGBM-001_11-19-1991"
+
+
+def _oblique_nifti(path):
+    shape = (30, 22, 9)
+    angle = np.deg2rad(20.0)  # an oblique acquisition: rotated, permuted axes, anisotropic
+    rotation = np.array([[np.cos(angle), -np.sin(angle), 0], [np.sin(angle), np.cos(angle), 0], [0, 0, 1]])
+    affine = np.eye(4)
+    affine[:3, :3] = rotation @ np.array([[0, -0.9, 0], [0.8, 0, 0], [0, 0, 2.5]])
+    affine[:3, 3] = [12.0, -30.0, 7.0]
+    data = np.arange(np.prod(shape), dtype=np.int16).reshape(shape)
+    nib.save(nib.Nifti1Image(data, affine), path)
+    return data, affine
+
+
+def test_nifti_array_is_in_voxel_order_and_the_mask_keeps_the_affine(tmp_path):
+    data, affine = _oblique_nifti(tmp_path / "img.nii.gz")
+    volume = load_image(tmp_path / "img.nii.gz")
+    np.testing.assert_array_equal(volume.array, data)  # [i, j, k] exactly as stored
+    mask = np.zeros(data.shape, np.uint8)
+    mask[3:9, 4:6, 2] = 1
+    save_mask(tmp_path / "mask.nii.gz", mask, volume)
+    written = nib.load(tmp_path / "mask.nii.gz")
+    assert written.shape == data.shape
+    np.testing.assert_allclose(written.affine, affine, atol=1e-4)
+    np.testing.assert_array_equal(np.asarray(written.dataobj), mask)
+
+
+def test_nrrd_roundtrip(tmp_path):
+    image = sitk.GetImageFromArray(np.random.default_rng(0).normal(size=(7, 11, 13)).astype(np.float32))
+    image.SetSpacing((0.7, 0.9, 3.0))
+    image.SetOrigin((5.0, -4.0, 20.0))
+    sitk.WriteImage(image, str(tmp_path / "img.nrrd"))
+    volume = load_image(tmp_path / "img.nrrd")
+    assert volume.array.shape == (13, 11, 7)
+    save_mask(tmp_path / "mask.nrrd", np.ones(volume.array.shape, np.uint8), volume)
+    written = sitk.ReadImage(str(tmp_path / "mask.nrrd"))
+    assert written.GetSize() == image.GetSize()
+    np.testing.assert_allclose(written.GetOrigin(), image.GetOrigin(), atol=1e-5)
+    np.testing.assert_allclose(written.GetSpacing(), image.GetSpacing(), atol=1e-5)
+
+
+@needs_shared_data
+def test_dicom_series_result_lands_on_the_series_grid(segmenter, tmp_path):
+    """The TCIA T1post series: the mask written for it has the series' own geometry."""
+    series = TCIA / "T1post"
+    volume = load_image(series)
+    assert volume.declared_modality == "MR"
+    assert volume.array.shape == (320, 260, 25) or sorted(volume.array.shape) == sorted((320, 260, 25))
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(series)))
+    reference = reader.Execute()
+
+    i, j, k = (s // 2 for s in volume.array.shape)
+    result = segmenter.segment(volume, {"lesion": LabelPrompts(clicks=[Click(i, j, k, True)])}, ("io", "dicom"))
+    mask = result.labels["lesion"].mask.astype(np.uint8)
+    save_mask(tmp_path / "mask.nii.gz", mask, volume)
+    written = sitk.ReadImage(str(tmp_path / "mask.nii.gz"))
+    assert written.GetSize() == reference.GetSize()
+    np.testing.assert_allclose(written.GetOrigin(), reference.GetOrigin(), atol=1e-3)
+    np.testing.assert_allclose(written.GetSpacing(), reference.GetSpacing(), atol=1e-4)
+    np.testing.assert_allclose(written.GetDirection(), reference.GetDirection(), atol=1e-5)
+    # voxel [i, j, k] of our array is ITK index (i, j, k) of the written file
+    np.testing.assert_array_equal(sitk.GetArrayFromImage(written).transpose(2, 1, 0), mask)
+
+
+@needs_shared_data
+def test_dicom_mask_series_matches_its_image_series():
+    """The TCIA mask series read the same way sits on the image's grid (a real-data sanity check)."""
+    image = load_image(TCIA / "T1post")
+    mask = load_image(TCIA / "MaskTumor")
+    assert image.array.shape == mask.array.shape
+    np.testing.assert_allclose(image.affine, mask.affine, atol=1e-3)
+    assert mask.array.max() > 0
