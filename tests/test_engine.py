@@ -159,3 +159,30 @@ def test_frames_are_never_written_to_disk(segmenter, phantom, tmp_path, monkeypa
     result = segmenter.segment(phantom, {"organ": LabelPrompts(clicks=[Click(18, 14, 5, True)])}, ("t", "mem"))
     assert result.labels["organ"].mask.shape == phantom.array.shape
     assert slice_to_image(phantom.array[:, :, 0]).shape == (28, 40)
+
+
+def test_replacing_the_points_on_a_slice_matches_a_fresh_session(segmenter, phantom):
+    """An undo (or OHIF starting a new structure) must not refine the old mask."""
+    old = {"organ": LabelPrompts(clicks=[Click(10, 8, 5, True)])}
+    new = {"organ": LabelPrompts(clicks=[Click(30, 20, 5, True), Click(12, 9, 5, False)])}
+    segmenter.segment(phantom, old, ("t", "replaced"))
+    replaced = segmenter.segment(phantom, new, ("t", "replaced")).labels["organ"].mask
+    fresh = segmenter.segment(phantom, new, ("t", "fresh")).labels["organ"].mask
+    np.testing.assert_array_equal(replaced, fresh)
+
+
+def test_added_points_refine_the_slice_from_its_previous_mask(segmenter, phantom, monkeypatch):
+    model = segmenter.models.get().model
+    original = type(model)._run_single_frame_inference
+    fed_back = []
+
+    def spy(self, *args, **kwargs):
+        fed_back.append(kwargs.get("prev_sam_mask_logits") is not None)
+        return original(self, *args, **kwargs)
+
+    prompts = LabelPrompts(clicks=[Click(18, 14, 5, True)])
+    segmenter.segment(phantom, {"organ": prompts}, ("t", "refine"))
+    monkeypatch.setattr(type(model), "_run_single_frame_inference", spy)
+    prompts.clicks.append(Click(22, 16, 5, True))
+    segmenter.segment(phantom, {"organ": prompts}, ("t", "refine"))
+    assert fed_back[0] is True  # the click on slice 5 was decoded with slice 5's previous mask

@@ -18,7 +18,7 @@ from .model_source import ModelSource
 from .precision import autocast_for as _autocast_for
 from .predictor import FeatureCache
 from .prompts import FramePrompt, LabelPrompts
-from .propagation import OBJ_ID, EarlyStop, Propagation, propagate_both_ways
+from .propagation import OBJ_ID, EarlyStop, Propagation, propagate_both_ways, restart_frame
 from .sessions import Session, SessionLimits, SessionStore, image_stamp, window_key
 from .volume_io import Volume, load_image
 from .windowing import choose_window, guess_modality
@@ -39,7 +39,7 @@ class LabelTrack:
     """One label's SAM 2 inference state and what the user has prompted so far."""
 
     state: dict
-    frame_prompts: dict = field(default_factory=dict)  # slice -> FramePrompt.key()
+    frame_prompts: dict = field(default_factory=dict)  # slice -> FramePrompt given to SAM 2
     mask: np.ndarray | None = None
     propagation: Propagation | None = None
     early_stop: EarlyStop | None = None
@@ -214,19 +214,12 @@ class VolumeSegmenter:
             track = LabelTrack(state=predictor.init_state_from_frames(session.frames, session.feature_cache))
             timings["init_state"] = timings.get("init_state", 0.0) + time.perf_counter() - t0
             session.tracks[label] = track
-        changed = {k: p for k, p in wanted.items() if track.frame_prompts.get(k) != p.key()}
-        removed = [k for k in track.frame_prompts if k not in wanted]
         t0 = time.perf_counter()
-        for k in removed:
-            predictor.clear_all_prompts_in_frame(track.state, k, OBJ_ID, need_output=False)
-            track.frame_prompts.pop(k)
-        for k, frame_prompt in sorted(changed.items()):
-            self._add_prompt(predictor, track.state, k, frame_prompt)
-            track.frame_prompts[k] = frame_prompt.key()
+        changed = self._apply_prompt_changes(predictor, track, wanted)
         timings["prompts"] = timings.get("prompts", 0.0) + time.perf_counter() - t0
 
         same_rule = track.early_stop == early_stop  # another stopping rule gives another result
-        if not changed and not removed and same_rule and track.mask is not None:
+        if not changed and same_rule and track.mask is not None:
             return self._label_result(label, track, wanted, reused=True)
         propagation = propagate_both_ways(predictor, track.state, early_stop)
         track.early_stop = dataclasses.replace(early_stop)
@@ -236,6 +229,28 @@ class VolumeSegmenter:
             mask[:, :, k] = image_to_slice(output.mask)
         track.mask, track.propagation = mask, propagation
         return self._label_result(label, track, wanted, reused=False)
+
+    def _apply_prompt_changes(self, predictor, track: LabelTrack, wanted: dict) -> bool:
+        """Bring the SAM 2 state to the wanted prompts; True if anything changed.
+
+        Clients resend every point each time. Points added to a slice refine that slice's
+        mask (SAM 2 feeds the previous mask back in); a slice whose earlier points are gone
+        (an undo, or OHIF switching structure) starts again from its prompts alone.
+        """
+        old = track.frame_prompts
+        changed = {k: p for k, p in wanted.items() if k not in old or old[k].key() != p.key()}
+        removed = [k for k in old if k not in wanted]
+        restarted = [k for k in changed if k in old and not _extends(changed[k], old[k])]
+        for k in removed:
+            predictor.clear_all_prompts_in_frame(track.state, k, OBJ_ID, need_output=False)
+            old.pop(k)
+        for k in restarted:
+            restart_frame(predictor, track.state, k)
+            old.pop(k)
+        for k, frame_prompt in sorted(changed.items()):
+            self._add_prompt(predictor, track.state, k, frame_prompt)
+            old[k] = frame_prompt
+        return bool(changed or removed)
 
     @staticmethod
     def _add_prompt(predictor, state: dict, k: int, prompt: FramePrompt) -> None:
@@ -260,3 +275,10 @@ class VolumeSegmenter:
         }
         passes = [vars(p) for p in track.propagation.passes]
         return LabelResult(label, track.mask, sorted(wanted), slices, passes, reused)
+
+
+def _extends(new: FramePrompt, old: FramePrompt) -> bool:
+    """``new`` keeps ``old``'s box, mask and points, in order, and only adds points."""
+    n = len(old.points)
+    same_base = new.box == old.box and new.key()[3] == old.key()[3]
+    return same_base and new.points[:n] == old.points and new.labels[:n] == old.labels

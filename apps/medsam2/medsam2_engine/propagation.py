@@ -76,6 +76,16 @@ def forget_propagated_slices(state: dict) -> None:
         obj_out["non_cond_frame_outputs"].clear()
 
 
+def restart_frame(predictor, state: dict, frame_idx: int) -> None:
+    """Remove a slice's prompts and its earlier mask, so new prompts start from nothing.
+
+    sam2 keeps a cleared slice's last mask and would feed it back with the next clicks.
+    """
+    predictor.clear_all_prompts_in_frame(state, frame_idx, OBJ_ID, need_output=False)
+    for obj_out in state["output_dict_per_obj"].values():
+        obj_out["non_cond_frame_outputs"].pop(frame_idx, None)
+
+
 def propagate_both_ways(predictor, state: dict, early_stop: EarlyStop, log_every: int = 50) -> Propagation:
     """Run the forward and backward passes; returns every slice reached, with its scores."""
     cond_frames = sorted(state["output_dict_per_obj"][0]["cond_frame_outputs"]) if state["obj_ids"] else []
