@@ -37,7 +37,6 @@ from typing import Callable
 import numpy as np
 from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 from monailabel.interfaces.tasks.infer_v2 import InferType
-from monailabel.transform.writer import Writer
 
 from medsam2_engine.frames import SliceFrames, image_to_slice, slice_to_image
 from medsam2_engine.model_source import ModelSource
@@ -169,20 +168,6 @@ class OnePrompt(Sam2Task):
         }
         return out, image_to_slice(query.mask)
 
-    def write(self, request: dict, volume, label_map: np.ndarray, result: dict):
-        # MONAI Label's Writer reads the affine from "pred_meta_dict"; base.write passes
-        # "image_meta_dict", which it ignores (the mask would be written on an identity grid).
-        data = {
-            "image_path": volume.path,
-            "pred": label_map,
-            "pred_meta_dict": {"affine": volume.affine if label_map.ndim == 3 else None},
-            "result_extension": request.get("result_extension") or _extension(volume.path),
-            "result_dtype": request.get("result_dtype") or "uint8",
-            "result_compress": request.get("result_compress", False),
-            "result": result,
-        }
-        return Writer(label="pred", json="result")(data)
-
     @staticmethod
     def _save(datastore: Datastore, target_id: str, file_name: str, label: str, out: dict) -> dict:
         """Store the result as the study's ORIGINAL label and its confidence in the image info."""
@@ -214,11 +199,6 @@ class _Model:
     checkpoint: str
     window: dict
     modality: str
-
-
-def _extension(path: str) -> str:
-    lowered = (path or "").lower()
-    return next((ext for ext in (".nii.gz", ".nii", ".nrrd", ".png") if lowered.endswith(ext)), ".nii.gz")
 
 
 def _truthy(value) -> bool:
