@@ -8,11 +8,6 @@ final label is empty (a support that must be refused, never used).
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
 import urllib.request
 from pathlib import Path
 
@@ -20,7 +15,8 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from tests.conftest import APP_DIR, ROOT, make_volume
+from tests.conftest import make_volume
+from tests.support.server import RunningServer
 
 SHAPE = (36, 28, 9)
 FAST = {"support_slices": 2, "max_supports": 1}  # less memory to encode on a 2-core CI machine
@@ -51,38 +47,13 @@ def studies(tmp_path_factory):
 @pytest.fixture(scope="module")
 def server(studies, small_model_files):
     config, checkpoint = small_model_files
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}"}
-    log = open(studies.parent / "one_prompt_server.log", "w")
-    cmd = [str(Path(sys.executable).parent / "monailabel"), "start_server", "--app", str(APP_DIR),
-           "--studies", str(studies), "--host", "127.0.0.1", "--port", str(port),
-           "--conf", "model_config", str(config), "--conf", "checkpoint", str(checkpoint),
-           "--conf", "labels", "organ,lesion", "--conf", "early_stop_patience", "1"]
-    process = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.time() + 180
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/info/", timeout=5) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            if process.poll() is not None or time.time() > deadline:
-                log.flush()
-                pytest.fail("server did not start:\n" + (studies.parent / "one_prompt_server.log").read_text()[-3000:])
-            time.sleep(1)
-        yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            process.kill()
-        log.close()
+    running = RunningServer(
+        studies,
+        {"model_config": config, "checkpoint": checkpoint, "labels": "organ,lesion", "early_stop_patience": 1},
+        studies.parent / "one_prompt_server.log",
+    )
+    yield running.url
+    running.stop()
 
 
 @pytest.fixture

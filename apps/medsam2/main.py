@@ -6,7 +6,9 @@
 Settings (all ``--conf``): model (a preset, default medsam2), model_config (a yaml of
 one's own instead), checkpoint, model_dir, device (auto/cpu/cuda), labels, download,
 early_stop, early_stop_patience, early_stop_score, feature_cache_mb, max_sessions,
-session_memory_mb, session_timeout_s. See the README for what each does.
+session_memory_mb, session_timeout_s, auto_finetune_after (fine-tune after N new final
+labels), finetune_<option> (defaults of POST /train/medsam2_finetune, e.g. finetune_epochs).
+See the README for what each does.
 """
 
 from __future__ import annotations
@@ -23,14 +25,21 @@ if _APP_DIR not in sys.path:
 
 from monailabel.interfaces.app import MONAILabelApp  # noqa: E402
 
+from lib.activelearning.scoring import UncertaintyScoring  # noqa: E402
+from lib.activelearning.strategies import First, Random, Uncertainty  # noqa: E402
 from lib.app_config import AppConfig  # noqa: E402
 from lib.infers.interactive_2d import Interactive2D  # noqa: E402
 from lib.infers.interactive_3d import Interactive3D  # noqa: E402
+from lib.trainers.auto import AutoFineTune, check_saved_label  # noqa: E402
+from lib.trainers.finetune import FineTuneTask  # noqa: E402
+from lib.infers.one_prompt import OnePrompt  # noqa: E402
 from medsam2_engine.engine import VolumeSegmenter  # noqa: E402
 from medsam2_engine.image2d import ImageSegmenter  # noqa: E402
 from medsam2_engine.model_source import ModelSource  # noqa: E402
 
 logger = logging.getLogger(__name__)
+
+FINETUNE = "medsam2_finetune"
 
 
 class MedSam2App(MONAILabelApp):
@@ -45,6 +54,9 @@ class MedSam2App(MONAILabelApp):
         self.models.ensure_available(allow_download=self.settings.allow_download)
         self.volume_segmenter = VolumeSegmenter(self.models, self.settings.engine)
         self.image_segmenter = ImageSegmenter(self.models, self.settings.engine.limits)
+        self._auto_finetune = AutoFineTune(
+            self.settings.auto_finetune_after, lambda: self.async_training(FINETUNE, enqueue=True)
+        )
         super().__init__(
             app_dir=app_dir,
             studies=studies,
@@ -59,10 +71,29 @@ class MedSam2App(MONAILabelApp):
         return {
             "medsam2_3d": Interactive3D(self.volume_segmenter, self.settings.labels),
             "medsam2_2d": Interactive2D(self.image_segmenter, self.settings.labels),
+            "medsam2_one_prompt": OnePrompt(self.models, self.settings.labels, self.datastore,
+                                            self.settings.engine.early_stop),
         }
 
     def init_trainers(self):
-        return {}
+        return {FINETUNE: FineTuneTask(self.models, self.settings.labels, self.settings.finetune)}
+
+    def init_strategies(self):
+        return {"uncertainty": Uncertainty(), "random": Random(), "first": First()}
+
+    def init_scoring_methods(self):
+        return {"medsam2_uncertainty": UncertaintyScoring(self.volume_segmenter)}
+
+    def on_save_label(self, image_id, label_id):
+        """Labels are already saved; one that cannot be trained on is reported, never dropped."""
+        result = super().on_save_label(image_id, label_id) or {}
+        problem = check_saved_label(self.datastore(), image_id)
+        if problem:
+            logger.error("saved label %s kept but left out of training: %s", label_id, problem)
+            result["warning"] = f"label saved but it will not be used for training: {problem}"
+        elif self._auto_finetune is not None:
+            result.update(self._auto_finetune.label_saved())
+        return result
 
     def info(self):
         info = super().info()

@@ -29,6 +29,8 @@ class RunningServer:
         monailabel = Path(sys.executable).with_name("monailabel")
         command = [str(monailabel), "start_server", "--app", str(APP_DIR), "--studies", str(studies),
                    "--host", "127.0.0.1", "--port", str(self.port)]
+        # an empty model folder of its own, so no file in apps/medsam2/model leaks into a test
+        conf = {"model_dir": log_path.parent / "model", **conf}
         for key, value in conf.items():
             command += ["--conf", key, str(value)]
         env = {**os.environ, "MONAI_LABEL_AUTO_UPDATE_SCORING": "false", "OMP_NUM_THREADS": "2"}

@@ -43,6 +43,8 @@ class AppConfig:
     labels: list
     allow_download: bool
     engine: EngineSettings = field(default_factory=EngineSettings)
+    auto_finetune_after: int = 0  # fine-tune after this many new final labels (0: only on request)
+    finetune: dict = field(default_factory=dict)  # train request defaults from --conf finetune_<name>
 
     @classmethod
     def from_conf(cls, app_dir: str, conf: dict) -> "AppConfig":
@@ -73,4 +75,6 @@ class AppConfig:
             labels=labels,
             allow_download=_flag(conf, "download", True),
             engine=engine,
+            auto_finetune_after=_number(conf, "auto_finetune_after", 0, int),
+            finetune={key[len("finetune_"):]: value for key, value in conf.items() if key.startswith("finetune_")},
         )

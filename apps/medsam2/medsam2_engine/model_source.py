@@ -58,8 +58,8 @@ def file_stamp(path: str) -> tuple | None:
 class ModelSource:
     """Resolves the checkpoint on every request and rebuilds the model when it changed.
 
-    Order: an explicit checkpoint (``--conf checkpoint`` or ``$MEDSAM2_CHECKPOINT``),
-    then a fine-tuned ``model/finetuned.pt``, then the preset's official file in ``model/``.
+    Order: a fine-tuned ``model/finetuned.pt``, then an explicit checkpoint (``--conf
+    checkpoint`` or ``$MEDSAM2_CHECKPOINT``), then the preset's official file in ``model/``.
     """
 
     def __init__(
@@ -89,13 +89,17 @@ class ModelSource:
         return self.model_dir / self.preset.filename
 
     def resolve(self) -> str:
-        """The checkpoint to use now, or raise ModelNotReady saying what to place where."""
+        """The checkpoint to use now, or raise ModelNotReady saying what to place where.
+
+        A fine-tuned file wins once it exists: the app's own training starts from whatever
+        is served (an explicit file, or even ``random``) and publishes there.
+        """
+        if self.finetuned_path.is_file():
+            return str(self.finetuned_path)
         if self.explicit:
             if self.explicit == RANDOM_WEIGHTS or os.path.isfile(self.explicit):
                 return self.explicit
             raise ModelNotReady(f"checkpoint {self.explicit} (from --conf checkpoint / ${CHECKPOINT_ENV}) not found")
-        if self.finetuned_path.is_file():
-            return str(self.finetuned_path)
         if self.official_path.is_file():
             return str(self.official_path)
         raise ModelNotReady(

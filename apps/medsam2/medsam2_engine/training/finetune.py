@@ -42,6 +42,7 @@ class FineTuneConfig:
     seed: int = 0
     log_every: int = 10
     baseline_validation: bool = True
+    loss_weights: dict = field(default_factory=dict)  # overrides of sam2's weights, e.g. {"loss_mask": 1.0}
     prompts: PromptSimulation = field(default_factory=PromptSimulation)
 
     def learning_rate(self, pretrained: bool) -> float:
@@ -78,7 +79,7 @@ class FineTuner:
         params = apply_freezing(model, frozen_modules(cfg.freeze, pretrained))
         lr = cfg.learning_rate(pretrained)
         optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
-        loss_fn = sam2_loss()
+        loss_fn = sam2_loss(cfg.loss_weights)
         sampler = ClipSampler(train_cases, model.image_size, cfg.clip_length, max_objects=cfg.max_objects,
                               seed=cfg.seed)
         validator, source = make_validator(self.preset, self.device, self.extra_overrides)

@@ -14,9 +14,12 @@ from training.trainer import CORE_LOSS_KEY
 WEIGHTS = {"loss_mask": 20.0, "loss_dice": 1.0, "loss_iou": 1.0, "loss_class": 1.0}
 
 
-def sam2_loss() -> MultiStepMultiMasksAndIous:
+def sam2_loss(weights: dict | None = None) -> MultiStepMultiMasksAndIous:
+    unknown = set(weights or {}) - set(WEIGHTS)
+    if unknown:
+        raise ValueError(f"loss weights: unknown term(s) {sorted(unknown)}; known: {sorted(WEIGHTS)}")
     return MultiStepMultiMasksAndIous(
-        weight_dict=dict(WEIGHTS),
+        weight_dict={**WEIGHTS, **(weights or {})},
         supervise_all_iou=True,
         iou_use_l1_loss=True,
         pred_obj_scores=True,
