@@ -60,8 +60,8 @@ class Case:
 
 
 def words(name: str) -> set:
-    stem = re.sub(r"(\.nii\.gz|\.[a-z]+)$", "", name.lower())
-    stem = re.sub(r"([a-z])([A-Z])", r"\1 \2", stem)
+    stem = re.sub(r"(\.nii\.gz|\.[A-Za-z]+)$", "", name)
+    stem = re.sub(r"([a-z])([A-Z])", r"\1 \2", stem).lower()  # MaskTumor -> mask tumor
     return {w for w in re.split(r"[^a-z0-9]+", stem) if w}
 
 
@@ -142,7 +142,7 @@ def _find_2d_cases(folder: Path, images: list) -> list:
 def _volume_entries(root: Path) -> list:
     """Volume files and DICOM series folders under ``root``."""
     entries = []
-    for path in sorted(root.rglob("*")):
+    for path in [root, *sorted(root.rglob("*"))]:
         if path.is_file() and _is_volume_file(path):
             entries.append(path)
         elif path.is_dir() and any(_is_dicom_file(f) for f in sorted(path.iterdir())[:3] if f.is_file()):
@@ -163,8 +163,8 @@ def _pair_labels(entries: list) -> dict:
     loaded: dict = {}
     pairs: dict = {}
     for label in labels:
-        near = [im for im in images if im.parent in (label.parent, label.parent.parent) or im.parent.parent ==
-                label.parent.parent and im.is_dir() and label.is_dir()]
+        near = [im for im in images if im == label.parent or im.parent in (label.parent, label.parent.parent)
+                or (im.parent.parent == label.parent.parent and im.is_dir() and label.is_dir())]
         shape = _spatial_shape(label, loaded)
         fitting = [im for im in near if _spatial_shape(im, loaded) == shape]
         if not fitting:

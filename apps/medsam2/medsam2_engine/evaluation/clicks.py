@@ -3,8 +3,8 @@
 - **box**: on the slice where the structure has most voxels (lowest index on a tie), the
   tight bounding box of the structure on that slice, in voxel indices;
 - **click**: one positive click at the structure's centre on that same slice, the voxel
-  farthest from the structure's border (maximum of the Euclidean distance transform), so
-  the click is inside even for a ring or crescent;
+  farthest from the structure's border (maximum of the Euclidean distance transform; among
+  equal maxima the one nearest their mean), so the click is inside even for a crescent;
 - **correction**: given the current 3D result, take the false-negative and false-positive
   regions, split them into connected components (full 3D connectivity), and click at the
   centre (distance-transform maximum, with voxel spacing) of the largest component by
@@ -59,7 +59,11 @@ def centre_of(region: np.ndarray, spacing=None) -> tuple:
         raise ValueError("cannot place a click in an empty region")
     padded = np.pad(region, 1)  # the image border counts as outside
     distance = ndimage.distance_transform_edt(padded, sampling=spacing)[(slice(1, -1),) * region.ndim]
-    return tuple(int(v) for v in np.unravel_index(int(np.argmax(distance)), region.shape))
+    # several voxels can share the maximum (a strip); take the one nearest the middle of those
+    ties = np.argwhere(distance >= distance.max() - 1e-6)
+    middle = ties.mean(axis=0)
+    best = ties[int(np.argmin(((ties - middle) ** 2).sum(axis=1)))]
+    return tuple(int(v) for v in best)
 
 
 def centre_click(mask: np.ndarray) -> Click:

@@ -1,0 +1,368 @@
+"""Speed and memory of this app's 3D engine against MONAI Label's built-in SAM 2 task and
+sam2's own video predictor, on the same synthetic volume and the same checkpoint.
+
+    PYTHONPATH=apps/medsam2 python scripts/benchmark_speed.py --slices 32 128 --out bench.json
+
+Each measurement runs in a fresh child process (peak memory is that process's maximum RSS;
+importing the built-in task deletes its cache folder, so it is pointed at a private one).
+
+- ``ours``: first request (box -> full 3D mask, both ways, early stop off, so every slice is
+  encoded and propagated) and a correction (one more click on another slice); again with
+  early stop on (time to the full result; meaningful only with trained weights).
+- ``builtin``: ``Sam2InferTask`` 3D, the same two requests (it writes JPEGs on the first,
+  propagates forward only from the lowest prompted slice, and re-encodes on every request).
+- ``video``: sam2's ``build_sam2_video_predictor`` on a JPEG folder, box then both ways.
+- ``bf16``: our first request under CPU bf16 autocast vs float32 (same weights): time and
+  mask agreement (Dice), plus whether the CPU has bf16 units (amx_bf16 / avx512_bf16).
+
+Stages (image encoder, memory attention, memory encoder, mask decoder) are timed by forward
+hooks on the model's modules.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+STAGES = {"image_encoder": "image_encoder", "memory_attention": "memory_attention",
+          "memory_encoder": "memory_encoder", "mask_decoder": "sam_mask_decoder", "prompt_encoder": "sam_prompt_encoder"}
+
+
+class StageTimer:
+    """Wall time spent in each SAM 2 stage, by forward hooks (outermost call only)."""
+
+    def __init__(self, model):
+        self.seconds = {name: 0.0 for name in STAGES}
+        self.calls = {name: 0 for name in STAGES}
+        for name, attr in STAGES.items():
+            module = getattr(model, attr)
+            module.register_forward_pre_hook(self._pre(name))
+            module.register_forward_hook(self._post(name))
+        self._start = {}
+
+    def _pre(self, name):
+        def hook(*_):
+            self._start[name] = time.perf_counter()
+        return hook
+
+    def _post(self, name):
+        def hook(*_):
+            self.seconds[name] += time.perf_counter() - self._start.pop(name)
+            self.calls[name] += 1
+        return hook
+
+    def take(self) -> dict:
+        out = {k: {"seconds": round(v, 3), "calls": self.calls[k]} for k, v in self.seconds.items()}
+        self.seconds = {k: 0.0 for k in self.seconds}
+        self.calls = {k: 0 for k in self.calls}
+        return out
+
+
+def phantom(slices: int, size: int, fraction: float, seed: int = 0) -> tuple:
+    """A CT-like volume [i, j, k] in HU: body, and a lesion spanning ``fraction`` of the slices."""
+    rng = np.random.default_rng(seed)
+    i, j = np.meshgrid(np.arange(size), np.arange(size), indexing="ij")
+    body = ((i - size / 2) / (0.42 * size)) ** 2 + ((j - size / 2) / (0.32 * size)) ** 2 <= 1
+    vol = np.full((size, size, slices), -1000.0, np.float32)
+    vol[body] = 40.0
+    span = max(3, int(round(fraction * slices)))
+    k0 = (slices - span) // 2
+    ref = np.zeros(vol.shape, bool)
+    for k in range(k0, k0 + span):
+        r = 0.12 * size * np.sin(np.pi * (k - k0 + 0.5) / span)
+        disc = (i - 0.45 * size) ** 2 + (j - 0.55 * size) ** 2 <= r * r
+        ref[:, :, k] = disc
+    vol[ref] = 160.0
+    vol += rng.normal(0, 15, vol.shape).astype(np.float32)
+    return vol, ref
+
+
+def prompts_for(ref: np.ndarray) -> tuple:
+    from medsam2_engine.evaluation.clicks import box_prompt
+    from medsam2_engine.prompts import Click
+
+    box = box_prompt(ref)
+    k2 = min(box.k + max(1, int(np.nonzero(ref.any(axis=(0, 1)))[0].size // 3)), ref.shape[2] - 1)
+    ii, jj = np.nonzero(ref[:, :, k2]) if ref[:, :, k2].any() else np.nonzero(ref[:, :, box.k])
+    click = Click(float(np.median(ii)), float(np.median(jj)), int(k2), True)
+    return box, click
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+# ----------------------------------------------------------------------------- children
+def child_ours(args, vol, ref) -> dict:
+    from medsam2_engine.checkpoints import get_preset
+    from medsam2_engine.engine import EngineSettings, VolumeSegmenter
+    from medsam2_engine.model_source import ModelSource
+    from medsam2_engine.prompts import LabelPrompts
+    from medsam2_engine.propagation import EarlyStop
+    from medsam2_engine.volume_io import Volume
+
+    models = ModelSource(get_preset(args.preset), tempfile.mkdtemp(), checkpoint=args.checkpoint, device="cpu")
+    stages = StageTimer(models.get().model)
+    rss_model = peak_rss_mb()
+    box, click = prompts_for(ref)
+    volume = Volume(vol, np.diag([0.8, 0.8, 2.5, 1.0]), declared_modality="CT")
+    out = {"rss_after_model_mb": round(rss_model, 1), "runs": []}
+    for early in ([False, True] if args.mode == "ours" else [False]):
+        seg = VolumeSegmenter(models, EngineSettings(cpu_bf16=args.cpu_bf16))
+        stop = EarlyStop(enabled=early)
+        for rep in range(args.repeats):
+            key = (f"rep{rep}",)
+            stages.take()
+            t = time.perf_counter()
+            first = seg.segment(volume, {"l": LabelPrompts(boxes=[box])}, session_key=key, early_stop=stop)
+            t_first, st_first = time.perf_counter() - t, stages.take()
+            t = time.perf_counter()
+            corr = seg.segment(volume, {"l": LabelPrompts(boxes=[box], clicks=[click])}, session_key=key,
+                               early_stop=stop)
+            t_corr, st_corr = time.perf_counter() - t, stages.take()
+            out["runs"].append({
+                "early_stop": early, "first_s": t_first, "correction_s": t_corr,
+                "first_slices": sum(p["slices"] for p in first.labels["l"].passes),
+                "first_encoded": first.session["slices_encoded"],
+                "correction_slices": sum(p["slices"] for p in corr.labels["l"].passes),
+                "correction_encoded": corr.session["slices_encoded"],
+                "stages_first": st_first, "stages_correction": st_corr,
+            })
+            if args.mode == "bf16" or (rep == 0 and not early):
+                np.save(Path(args.workdir) / f"mask_{args.mode}_{args.cpu_bf16}.npy", first.labels["l"].mask)
+            seg.sessions.clear()
+    out["peak_rss_mb"] = round(peak_rss_mb(), 1)
+    return out
+
+
+def child_builtin(args, vol, ref) -> dict:
+    from medsam2_engine.checkpoints import get_preset
+    from medsam2_engine.evaluation.builtin_sam2 import BuiltinSam2Method
+    from medsam2_engine.evaluation.cases import Case, Structure
+    from medsam2_engine.volume_io import Volume
+
+    workdir = Path(tempfile.mkdtemp(prefix="bench-builtin-"))
+    method = BuiltinSam2Method(get_preset(args.preset), args.checkpoint, workdir)
+    box, click = prompts_for(ref)
+    out = {"runs": []}
+    stages = None
+    for rep in range(args.repeats):
+        case = Case(f"rep{rep}", Volume(vol, np.diag([0.8, 0.8, 2.5, 1.0])), [Structure("l", ref)])
+        method.begin(case, case.structures[0], "bench")
+        if stages is not None:
+            stages.take()
+        t = time.perf_counter()
+        _, info1 = method.segment(box, [])
+        t_first = time.perf_counter() - t
+        if stages is None:  # the model exists after the first request
+            stages = StageTimer(method.task.predictors["cpu"])
+            out["rss_after_model_mb"] = round(peak_rss_mb(), 1)
+        st_first = stages.take()
+        t = time.perf_counter()
+        _, info2 = method.segment(box, [click])
+        t_corr, st_corr = time.perf_counter() - t, stages.take()
+        out["runs"].append({"first_s": t_first, "correction_s": t_corr, "first_slices": info1["slices_propagated"],
+                            "correction_slices": info2["slices_propagated"], "stages_first": st_first if rep else None,
+                            "stages_correction": st_corr})
+    out["peak_rss_mb"] = round(peak_rss_mb(), 1)
+    return out
+
+
+def child_video(args, vol, ref) -> dict:
+    from hydra import initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from PIL import Image
+    from sam2.build_sam import build_sam2_video_predictor
+
+    from medsam2_engine.checkpoints import get_preset
+    from medsam2_engine.windowing import choose_window
+
+    preset = get_preset(args.preset)
+    GlobalHydra.instance().clear()
+    initialize_config_module("sam2", version_base="1.2")
+    extra = [f"++{k}={json.dumps(v)}" for k, v in preset.overrides.items()]
+    predictor = build_sam2_video_predictor(preset.config, args.checkpoint, device="cpu", hydra_overrides_extra=extra)
+    stages = StageTimer(predictor)
+    box, _ = prompts_for(ref)
+    window = choose_window(vol, "CT", None)
+    out = {"runs": []}
+    for rep in range(args.repeats):
+        folder = Path(tempfile.mkdtemp(prefix="bench-jpeg-"))
+        t = time.perf_counter()
+        for k in range(vol.shape[2]):
+            plane = (window.apply(vol[:, :, k]).T * 255).astype(np.uint8)
+            Image.fromarray(plane).convert("RGB").save(folder / f"{k:05d}.jpg", quality=95)
+        t_jpeg = time.perf_counter() - t
+        stages.take()
+        with torch.inference_mode():
+            t = time.perf_counter()
+            state = predictor.init_state(str(folder))
+            predictor.add_new_points_or_box(state, frame_idx=box.k, obj_id=1,
+                                            box=np.array([box.i0, box.j0, box.i1, box.j1], np.float32))
+            n = sum(1 for _ in predictor.propagate_in_video(state, start_frame_idx=box.k))
+            n += sum(1 for _ in predictor.propagate_in_video(state, start_frame_idx=box.k, reverse=True))
+            t_first = time.perf_counter() - t
+        out["runs"].append({"jpeg_write_s": t_jpeg, "first_s": t_first, "first_slices": n, "stages_first": stages.take()})
+    out["peak_rss_mb"] = round(peak_rss_mb(), 1)
+    return out
+
+
+def run_child(args, mode: str, slices: int, cpu_bf16: str = "off", repeats: int | None = None) -> dict:
+    cmd = [sys.executable, __file__, "--child", mode, "--slices", str(slices), "--size", str(args.size),
+           "--preset", args.preset, "--checkpoint", args.checkpoint, "--repeats", str(repeats or args.repeats),
+           "--fraction", str(args.fraction), "--workdir", args.workdir, "--cpu-bf16", cpu_bf16]
+    print(f"[bench] {mode} slices={slices} bf16={cpu_bf16}", flush=True)
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        return {"error": proc.stderr[-3000:]}
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+# ----------------------------------------------------------------------------- parent
+def median(runs: list, key: str):
+    values = [r[key] for r in runs if r.get(key) is not None]
+    return round(statistics.median(values), 3) if values else None
+
+
+def summarise(name: str, result: dict, early: bool | None = None) -> dict:
+    if "error" in result:
+        return {"error": result["error"]}
+    runs = [r for r in result["runs"] if early is None or r.get("early_stop", False) == early]
+    row = {"first_s": median(runs, "first_s"), "correction_s": median(runs, "correction_s"),
+           "first_slices": runs[0]["first_slices"], "correction_slices": runs[0].get("correction_slices"),
+           "first_encoded": runs[0].get("first_encoded"), "correction_encoded": runs[0].get("correction_encoded"),
+           "peak_rss_mb": result["peak_rss_mb"], "rss_after_model_mb": result.get("rss_after_model_mb"),
+           "repeats": len(runs)}
+    row["first_slices_per_s"] = round(row["first_slices"] / row["first_s"], 3) if row["first_s"] else None
+    if row["correction_s"]:
+        row["correction_slices_per_s"] = round(row["correction_slices"] / row["correction_s"], 3)
+    stages = runs[-1].get("stages_first") or runs[0].get("stages_first")
+    if stages:
+        total = sum(s["seconds"] for s in stages.values()) or 1.0
+        row["stages_first"] = {k: {**v, "share": round(v["seconds"] / total, 3)} for k, v in stages.items()}
+        row["dominant_stage_first"] = max(stages, key=lambda k: stages[k]["seconds"])
+    if runs[-1].get("stages_correction"):
+        row["stages_correction"] = runs[-1]["stages_correction"]
+    if "jpeg_write_s" in runs[0]:
+        row["jpeg_write_s"] = median(runs, "jpeg_write_s")
+    return row
+
+
+def ratios(row: dict, builtin: dict) -> dict:
+    out = {}
+    if "error" in row or "error" in builtin:
+        return out
+    if row.get("first_slices_per_s") and builtin.get("first_slices_per_s"):
+        out["throughput_vs_builtin"] = round(row["first_slices_per_s"] / builtin["first_slices_per_s"], 2)
+    if row.get("first_s") and builtin.get("first_s"):
+        out["first_speedup_vs_builtin"] = round(builtin["first_s"] / row["first_s"], 2)
+    if row.get("correction_s") and builtin.get("correction_s"):
+        out["correction_speedup_vs_builtin"] = round(builtin["correction_s"] / row["correction_s"], 2)
+    return out
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    from monai.metrics import compute_dice
+
+    def hot(m):
+        t = torch.from_numpy(m.astype(bool))
+        return torch.stack([~t, t]).unsqueeze(0).float()
+
+    return float(compute_dice(hot(a), hot(b), include_background=False, ignore_empty=False)[0, 0])
+
+
+def parent(args) -> dict:
+    from medsam2_engine.checkpoints import build_model, get_preset, save_checkpoint
+    from medsam2_engine.precision import cpu_bf16_units
+
+    weights = args.checkpoint
+    if args.checkpoint == "random":
+        torch.manual_seed(0)
+        args.checkpoint = str(Path(args.workdir) / "random_seed0.pt")
+        save_checkpoint(build_model(get_preset(args.preset), "random"), args.checkpoint)
+        weights = "UNTRAINED random weights (seed 0): early-stop timings are not meaningful"
+    report = {"weights": weights, "checkpoint": args.checkpoint, "preset": args.preset, "size": args.size,
+              "fraction": args.fraction, "repeats": args.repeats,
+              "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
+                          "threads": torch.get_num_threads(), "cuda": torch.cuda.is_available(),
+                          "cpu_bf16_units": list(cpu_bf16_units()),
+                          "load_average_at_start": list(os.getloadavg())},
+              "volumes": {}}
+    for slices in args.slices:
+        vol_report = {}
+        builtin = summarise("builtin", run_child(args, "builtin", slices)) if not args.skip_builtin else {}
+        ours_raw = run_child(args, "ours", slices)
+        vol_report["builtin"] = builtin
+        vol_report["ours_early_stop_off"] = summarise("ours", ours_raw, early=False)
+        vol_report["ours_early_stop_off"].update(ratios(vol_report["ours_early_stop_off"], builtin))
+        vol_report["ours_early_stop_on"] = summarise("ours", ours_raw, early=True)
+        vol_report["ours_early_stop_on"].update(ratios(vol_report["ours_early_stop_on"], builtin))
+        if not args.skip_video:
+            vol_report["sam2_video_jpeg"] = summarise("video", run_child(args, "video", slices))
+            vol_report["sam2_video_jpeg"].update(ratios(vol_report["sam2_video_jpeg"], builtin))
+        report["volumes"][str(slices)] = vol_report
+        report["load_average_now"] = list(os.getloadavg())
+        Path(args.out).write_text(json.dumps(report, indent=1))
+    if args.bf16_slices:
+        fp32 = summarise("fp32", run_child(args, "bf16", args.bf16_slices, "off", repeats=1))
+        bf16 = summarise("bf16", run_child(args, "bf16", args.bf16_slices, "on", repeats=1))
+        agreement = None
+        masks = [Path(args.workdir) / f"mask_bf16_{m}.npy" for m in ("off", "on")]
+        if all(m.exists() for m in masks):
+            a, b = (np.load(m) for m in masks)
+            agreement = {"dice_bf16_vs_fp32": round(dice(b, a), 4) if (a.any() or b.any()) else None,
+                         "voxels_differing": int((a != b).sum()), "fp32_voxels": int(a.sum()), "bf16_voxels": int(b.sum())}
+        report["bf16"] = {"slices": args.bf16_slices, "float32": fp32, "bf16_autocast": bf16, "agreement": agreement,
+                          "speedup_bf16": round(fp32["first_s"] / bf16["first_s"], 2)
+                          if fp32.get("first_s") and bf16.get("first_s") else None}
+    report["load_average_now"] = list(os.getloadavg())
+    Path(args.out).write_text(json.dumps(report, indent=1))
+    return report
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--slices", type=int, nargs="+", default=[32, 128])
+    p.add_argument("--size", type=int, default=512, help="in-plane voxels of the synthetic volume")
+    p.add_argument("--preset", default="medsam2", help="model preset (medsam2: SAM 2.1 tiny at 512 px)")
+    p.add_argument("--checkpoint", default="random")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--fraction", type=float, default=0.2, help="share of slices the structure spans")
+    p.add_argument("--bf16-slices", type=int, default=8, help="volume for the bf16 check (0: skip)")
+    p.add_argument("--skip-builtin", action="store_true")
+    p.add_argument("--skip-video", action="store_true")
+    p.add_argument("--out", default="benchmark_speed.json")
+    p.add_argument("--workdir", default=None)
+    p.add_argument("--child", choices=["ours", "builtin", "video", "bf16"], help=argparse.SUPPRESS)
+    p.add_argument("--cpu-bf16", default="off", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    args.workdir = args.workdir or tempfile.mkdtemp(prefix="medsam2-bench-")
+    if args.child:
+        import logging
+
+        logging.basicConfig(level=logging.WARNING)
+        torch.manual_seed(0)
+        vol, ref = phantom(args.slices[0], args.size, args.fraction)
+        args.mode = args.child
+        child = {"ours": child_ours, "bf16": child_ours, "builtin": child_builtin, "video": child_video}[args.child]
+        print(json.dumps(child(args, vol, ref)))
+        return 0
+    report = parent(args)
+    print(json.dumps({k: v for k, v in report.items() if k != "machine"}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
