@@ -34,6 +34,13 @@ def _number(conf: dict, key: str, default, kind=float):
         raise ConfError(f"--conf {key} must be a number, got {conf[key]!r}") from err
 
 
+def _choice(conf: dict, key: str, default: str, choices: tuple) -> str:
+    value = str(conf.get(key, default)).strip().lower()
+    if value not in choices:
+        raise ConfError(f"--conf {key} must be one of {', '.join(choices)}, got {conf[key]!r}")
+    return value
+
+
 @dataclass
 class AppConfig:
     preset: ModelPreset
@@ -61,6 +68,7 @@ class AppConfig:
                 score_threshold=_number(conf, "early_stop_score", 0.0),
             ),
             feature_cache_mb=_number(conf, "feature_cache_mb", 2048.0),
+            cpu_bf16=_choice(conf, "cpu_bf16", "off", ("off", "on", "auto")),
             limits=SessionLimits(
                 max_sessions=_number(conf, "max_sessions", 8, int),
                 max_memory_mb=_number(conf, "session_memory_mb", 4096.0),

@@ -53,7 +53,26 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--nsd-tolerance", type=float, default=2.0, help="NSD tolerance in mm (pixels for 2D)")
     p.add_argument("--early-stop", choices=["on", "off"], default="on")
     p.add_argument("--patience", type=int, default=3)
+    p.add_argument("--one-prompt", action="store_true",
+                   help="also run the one-prompt protocol: per (data set, structure), the first case's label is the "
+                   "support and every other case a target, with no prompts")
+    p.add_argument("--one-prompt-only", action="store_true", help="run only the one-prompt protocol")
     return p.parse_args(argv)
+
+
+def run_one_prompt(models: ModelSource, cases: list, root: Path) -> dict:
+    """Dice per target from a support's memory alone, beside a centroid-aligned copy of the support."""
+    from .evaluation.one_prompt_protocol import group_cases, run_group
+    from .one_prompt import OnePromptSegmenter
+
+    segmenter = OnePromptSegmenter(models)
+    results = {}
+    for (dataset, structure), members in group_cases(cases, root).items():
+        results[f"{dataset}/{structure}"] = outcome = run_group(segmenter, members)
+        for target in outcome["targets"]:
+            logger.info("one-prompt %s -> %s: dice %.3f (centroid copy %.3f), confidence %.3f", outcome["support"],
+                        target["target"], target["dice"], target["baseline_centroid_copy_dice"], target["confidence"])
+    return results
 
 
 def resolve_checkpoint(args, preset, workdir: Path) -> tuple:
@@ -92,7 +111,7 @@ def main(argv=None) -> int:
     if args.max_cases:
         cases = cases[: args.max_cases]
     records, case_list, started = [], [], time.perf_counter()
-    for case in cases:
+    for case in [] if args.one_prompt_only else cases:
         structures = select_structures(case, args.max_structures, args.min_voxels)
         case_list.append({"case": case.name, "shape": list(case.volume.array.shape), "spacing": list(case.spacing),
                           "source": case.source, "structures": [s.name for s in structures],
@@ -135,6 +154,9 @@ def main(argv=None) -> int:
         "records": records,
         "seconds": round(time.perf_counter() - started, 1),
     }
+    if args.one_prompt or args.one_prompt_only:
+        payload["one_prompt"] = run_one_prompt(models, cases, Path(args.data))
+        payload["seconds"] = round(time.perf_counter() - started, 1)
     path = write_json(out, payload)
     plot_curves(out, curve_data, weights_label)
     logger.info("report written to %s (%d records, %.0f s)", path, len(records), payload["seconds"])
@@ -143,6 +165,10 @@ def main(argv=None) -> int:
             d, n = values["dice"], values["nsd"]
             print(f"{method:32s} {protocol:10s} dice {d.get('mean', float('nan')):.3f}±{d.get('std', 0):.3f} "
                   f"nsd {n.get('mean', float('nan')):.3f} (n={d['n']})")
+    for group, outcome in payload.get("one_prompt", {}).items():
+        for target in outcome["targets"]:
+            print(f"one-prompt {group:40s} {outcome['support']} -> {target['target']}: dice {target['dice']:.3f} "
+                  f"(centroid copy {target['baseline_centroid_copy_dice']:.3f})")
     return 0
 
 

@@ -138,10 +138,6 @@ class FineTuneTask(TrainTask):
                              f"{len(rejected)} rejected ({rejected})")
         train, val = self.split(cases, _number(request, "val_fraction", self.defaults["val_fraction"]))
         checkpoint = self.models.resolve()
-        if self.models.explicit:
-            logger.warning("fine-tune: the server was started with checkpoint %s, which is served before %s; "
-                           "start it without --conf checkpoint to serve the fine-tuned weights",
-                           self.models.explicit, self.models.finetuned_path)
         logger.info("fine-tune from %s: train %s, held out %s", checkpoint, [c.name for c in train],
                     [c.name for c in val])
 

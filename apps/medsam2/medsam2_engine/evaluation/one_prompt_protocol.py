@@ -56,7 +56,8 @@ def group_cases(cases: list, root: Path, min_voxels: int = 10) -> dict:
             continue
         image = Path(case.source.get("image", case.volume.path))
         try:
-            dataset = image.resolve().relative_to(root.resolve()).parts[0]
+            parts = image.resolve().relative_to(root.resolve()).parts
+            dataset = parts[0] if len(parts) > 1 else root.resolve().name  # --data may be one data set
         except ValueError:
             dataset = image.parent.name
         for structure in select_structures(case, 0, min_voxels):
