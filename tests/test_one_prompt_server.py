@@ -106,6 +106,20 @@ def test_an_empty_support_is_refused(client):
     assert "Status: 400" in raised.value.msg and "no 'final' label" in raised.value.msg
 
 
+def test_a_session_the_user_just_segmented_is_the_support(client):
+    from monailabel.client.client import MONAILabelClientException
+
+    with pytest.raises(MONAILabelClientException) as raised:  # nothing segmented yet by this client
+        client.infer("medsam2_one_prompt", "b_target", {"support_session": "c_target", "label": "lesion", **FAST})
+    assert "Status: 400" in raised.value.msg and "segment it with medsam2_3d first" in raised.value.msg
+
+    _, clicked = client.infer("medsam2_3d", "c_target", {"foreground": [[16, 14, 4]], "label": "lesion"})
+    assert clicked["labels"]["lesion"]["voxels"] > 0
+    _, params = client.infer("medsam2_one_prompt", "b_target", {"support_session": "c_target", "label": "lesion",
+                                                                **FAST})
+    assert [s["name"] for s in params["supports"] if s["used"]] == ["session:c_target"]
+
+
 def test_batch_writes_original_labels_and_never_touches_a_final_one(server, studies):
     final_done = (studies / "labels" / "final" / "d_done.nii.gz").read_bytes()
     results = _post_json(f"{server}/batch/infer/medsam2_one_prompt?images=all&run_sync=true",

@@ -72,7 +72,7 @@ class MedSam2App(MONAILabelApp):
             "medsam2_3d": Interactive3D(self.volume_segmenter, self.settings.labels),
             "medsam2_2d": Interactive2D(self.image_segmenter, self.settings.labels),
             "medsam2_one_prompt": OnePrompt(self.models, self.settings.labels, self.datastore,
-                                            self.settings.engine.early_stop),
+                                            self.settings.engine.early_stop, interactive=self.volume_segmenter),
         }
 
     def init_trainers(self):

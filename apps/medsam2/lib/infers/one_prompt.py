@@ -10,6 +10,9 @@ panel): the user opens a study and presses Run. Request fields, all optional but
 - ``support``: a study id, a comma-separated list or a list of ids to use as support
   (default: every other study with a ``support_tag`` label, the most similar chosen);
 - ``support_tag``: the support labels' tag (default ``final``);
+- ``support_session``: a study id this client (``client_id``) has just segmented with
+  ``medsam2_3d``; that session's mask of ``label`` is the support (with ``support`` also
+  given, the datastore supports join it);
 - ``max_supports`` (2), ``support_slices`` (3 per support), ``max_candidates`` (8),
   ``window``, ``modality``, ``early_stop``, ``early_stop_patience``.
 
@@ -40,12 +43,14 @@ from monailabel.interfaces.tasks.infer_v2 import InferType
 
 from medsam2_engine.frames import SliceFrames, image_to_slice, slice_to_image
 from medsam2_engine.model_source import ModelSource
-from medsam2_engine.one_prompt import OnePromptError, OnePromptSegmenter, OnePromptSettings
+from medsam2_engine.engine import VolumeSegmenter
+from medsam2_engine.one_prompt import OnePromptError, OnePromptSegmenter, OnePromptSettings, Support
 from medsam2_engine.propagation import EarlyStop
 from medsam2_engine.volume_io import load_image
 from medsam2_engine.windowing import choose_window, guess_modality
 
 from .base import MODALITY_CHOICES, WINDOW_CHOICES, Sam2Task
+from .request import session_key_for
 from .support_store import DEFAULT_SUPPORT_TAG, candidate_ids, has_label, image_id_for, load_supports
 
 logger = logging.getLogger(__name__)
@@ -55,7 +60,7 @@ CONFIDENCE_KEY = "medsam2_one_prompt"  # image info key read by active learning
 
 class OnePrompt(Sam2Task):
     def __init__(self, models: ModelSource, labels: list, datastore: Callable[[], Datastore],
-                 early_stop: EarlyStop | None = None):
+                 early_stop: EarlyStop | None = None, interactive: VolumeSegmenter | None = None):
         settings = OnePromptSettings(early_stop=early_stop or EarlyStop())
         super().__init__(
             models,
@@ -76,6 +81,7 @@ class OnePrompt(Sam2Task):
         self.type = InferType.SEGMENTATION  # runs without clicks
         self.segmenter = OnePromptSegmenter(models, settings)
         self.datastore = datastore
+        self.interactive = interactive  # its sessions hold what users just segmented
 
     def run(self, request):
         started = time.perf_counter()
@@ -87,9 +93,13 @@ class OnePrompt(Sam2Task):
             return None, {"skipped": f"{target_id} has a final label; one-prompt never overwrites it"}
 
         tag = request.get("support_tag") or DEFAULT_SUPPORT_TAG
-        ids = candidate_ids(datastore, target_id, request.get("support"), tag,
-                            _positive_int(request.get("max_candidates", 8), "max_candidates"))
-        supports, rejected = load_supports(datastore, ids, tag, label, request.get("label_value"))
+        session_support = self._session_support(request, datastore, label)
+        supports, rejected = [], {}
+        if session_support is None or request.get("support"):
+            ids = candidate_ids(datastore, target_id, request.get("support"), tag,
+                                _positive_int(request.get("max_candidates", 8), "max_candidates"))
+            supports, rejected = load_supports(datastore, ids, tag, label, request.get("label_value"))
+        supports = ([session_support] if session_support else []) + supports
         if not supports:
             raise OnePromptError("no usable support study: " + "; ".join(f"{k}: {v}" for k, v in rejected.items()))
         target = load_image(request["image"])
@@ -105,6 +115,23 @@ class OnePrompt(Sam2Task):
         if batch:
             return None, self._save(datastore, target_id, file_name, label, out)
         return file_name, out
+
+    def _session_support(self, request: dict, datastore: Datastore, label: str) -> Support | None:
+        """``support_session``: a study this client has just segmented with medsam2_3d, label ``label``."""
+        support_id = request.get("support_session")
+        if not support_id:
+            return None
+        if self.interactive is None:
+            raise OnePromptError("support_session: this app keeps no interactive sessions")
+        client = session_key_for(request)[0]
+        session = self.interactive.sessions.get((client, datastore.get_image_uri(support_id)))
+        track = session.tracks.get(label) if session is not None else None
+        if track is None or track.mask is None or not track.mask.any():
+            raise OnePromptError(
+                f"support_session: client {client!r} has no segmented {label!r} on {support_id}; segment it with "
+                "medsam2_3d first (same client_id and label)"
+            )
+        return Support(f"session:{support_id}", session.volume, track.mask.copy())
 
     def _volume(self, request, target, supports, rejected, window, modality):
         base = self.segmenter.settings
