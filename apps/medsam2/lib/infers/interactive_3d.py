@@ -11,7 +11,7 @@ import numpy as np
 from medsam2_engine.engine import VolumeSegmenter
 
 from .base import MODALITY_CHOICES, WINDOW_CHOICES, Sam2Task
-from .request import parse_request, session_key_for
+from .request import parse_request, positive_int, session_key_for, truthy
 
 logger = logging.getLogger(__name__)
 
@@ -39,8 +39,8 @@ class Interactive3D(Sam2Task):
         default = self.segmenter.settings.early_stop
         early_stop = dataclasses.replace(
             default,
-            enabled=_truthy(request.get("early_stop", default.enabled)),
-            patience=_positive_int(request.get("early_stop_patience", default.patience), "early_stop_patience"),
+            enabled=truthy(request.get("early_stop", default.enabled)),
+            patience=positive_int(request.get("early_stop_patience", default.patience), "early_stop_patience"),
         )
         volume = self.segmenter.volume(session_key_for(request), request["image"])
         if not volume.is_3d:
@@ -96,17 +96,3 @@ class Interactive3D(Sam2Task):
             "total": round(total, 4),
         }
         return file_name, out
-
-
-def _truthy(value) -> bool:
-    return str(value).strip().lower() in ("1", "true", "yes", "on")
-
-
-def _positive_int(value, field_name: str) -> int:
-    try:
-        number = int(value)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"{field_name}: expected a whole number, got {value!r}") from err
-    if number < 1:
-        raise ValueError(f"{field_name}: must be at least 1, got {number}")
-    return number

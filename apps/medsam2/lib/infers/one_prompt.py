@@ -50,7 +50,7 @@ from medsam2_engine.volume_io import load_image
 from medsam2_engine.windowing import choose_window, guess_modality
 
 from .base import MODALITY_CHOICES, WINDOW_CHOICES, Sam2Task
-from .request import session_key_for
+from .request import positive_int, session_key_for, truthy
 from .support_store import DEFAULT_SUPPORT_TAG, candidate_ids, has_label, image_id_for, load_supports
 
 logger = logging.getLogger(__name__)
@@ -88,7 +88,7 @@ class OnePrompt(Sam2Task):
         datastore = self.datastore()
         target_id = request.get("_image_id") or image_id_for(datastore, request["image"])
         label = request.get("label") or self.labels[0]
-        batch = _truthy(request.get("save_label", False))
+        batch = truthy(request.get("save_label", False))
         if batch and has_label(datastore, target_id, DefaultLabelTag.FINAL):
             return None, {"skipped": f"{target_id} has a final label; one-prompt never overwrites it"}
 
@@ -97,7 +97,7 @@ class OnePrompt(Sam2Task):
         supports, rejected = [], {}
         if session_support is None or request.get("support"):
             ids = candidate_ids(datastore, target_id, request.get("support"), tag,
-                                _positive_int(request.get("max_candidates", 8), "max_candidates"))
+                                positive_int(request.get("max_candidates", 8), "max_candidates"))
             supports, rejected = load_supports(datastore, ids, tag, label, request.get("label_value"))
         supports = ([session_support] if session_support else []) + supports
         if not supports:
@@ -137,13 +137,13 @@ class OnePrompt(Sam2Task):
         base = self.segmenter.settings
         settings = dataclasses.replace(
             base,
-            max_supports=_positive_int(request.get("max_supports", base.max_supports), "max_supports"),
-            slices_per_support=_positive_int(request.get("support_slices", base.slices_per_support),
+            max_supports=positive_int(request.get("max_supports", base.max_supports), "max_supports"),
+            slices_per_support=positive_int(request.get("support_slices", base.slices_per_support),
                                              "support_slices"),
             early_stop=dataclasses.replace(
                 base.early_stop,
-                enabled=_truthy(request.get("early_stop", base.early_stop.enabled)),
-                patience=_positive_int(request.get("early_stop_patience", base.early_stop.patience),
+                enabled=truthy(request.get("early_stop", base.early_stop.enabled)),
+                patience=positive_int(request.get("early_stop_patience", base.early_stop.patience),
                                        "early_stop_patience"),
             ),
         )
@@ -228,19 +228,5 @@ class _Model:
     modality: str
 
 
-def _truthy(value) -> bool:
-    return str(value).strip().lower() in ("1", "true", "yes", "on")
-
-
 def _auto_none(value):
     return None if isinstance(value, str) and value.strip().lower() in ("", "auto") else value
-
-
-def _positive_int(value, field_name: str) -> int:
-    try:
-        number = int(value)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"{field_name}: expected a whole number, got {value!r}") from err
-    if number < 1:
-        raise ValueError(f"{field_name}: must be at least 1, got {number}")
-    return number

@@ -33,8 +33,19 @@ def session_key_for(request: dict) -> tuple:
     return (str(request.get("client_id") or request.get("user") or "anonymous"), str(request.get("image")))
 
 
-def _truthy(value) -> bool:
+def truthy(value) -> bool:
+    """A request flag: JSON true or the strings clients send for it."""
     return str(value).strip().lower() in ("1", "true", "yes", "on")
+
+
+def positive_int(value, field_name: str) -> int:
+    try:
+        number = int(value)
+    except (TypeError, ValueError) as err:
+        raise ValueError(f"{field_name}: expected a whole number, got {value!r}") from err
+    if number < 1:
+        raise ValueError(f"{field_name}: must be at least 1, got {number}")
+    return number
 
 
 def parse_request(request: dict, shape, labels: list) -> ParsedRequest:
@@ -69,7 +80,7 @@ def parse_request(request: dict, shape, labels: list) -> ParsedRequest:
         if not any(c.positive for c in target.clicks) and not target.boxes:
             raise PromptError(f"label {name!r}: only background points; add a foreground point or a roi")
 
-    reset = set(prompts) if _truthy(request.get("reset_state", False)) else set()
+    reset = set(prompts) if truthy(request.get("reset_state", False)) else set()
     window = request.get("window")
     if isinstance(window, str) and window.strip().lower() in ("", "auto"):
         window = None
