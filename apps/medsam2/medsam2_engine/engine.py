@@ -127,8 +127,8 @@ class VolumeSegmenter:
             frames=frames,
             window=chosen,
             feature_cache=cache,
+            modality=modality,
         )
-        session.modality = modality
         return session
 
     def _session_for(self, key, image, loaded, window, modality, reset, timings) -> tuple:

@@ -45,6 +45,7 @@ class Session:
     frames: Any
     window: Any
     feature_cache: Any
+    modality: str = ""
     tracks: dict = field(default_factory=dict)  # label -> LabelTrack
     last_used: float = field(default_factory=time.monotonic)
 
