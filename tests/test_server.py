@@ -96,6 +96,9 @@ def test_2d_infer_on_a_photograph(client, studies):
     from PIL import Image
 
     assert Image.open(result_file).size == Image.open(studies / "skin_lesion_0.png").size
+    assert params["embedding_reused"] is False
+    _, again = client.infer("medsam2_2d", "skin_lesion_0", {"foreground": [[80, 64], [20, 20]], "label": "lesion"})
+    assert _params(again)["embedding_reused"] is True  # a second click only runs the decoder
 
 
 def test_2d_infer_on_one_slice_of_a_volume(client, studies):

@@ -57,6 +57,16 @@ class ImageSegmenter:
     def __init__(self, models: ModelSource, limits: SessionLimits | None = None):
         self.models = models
         self.sessions = SessionStore(limits or SessionLimits())
+        self._last_read: tuple | None = None  # (stamp, Volume): a file is read once per change
+
+    def volume(self, image) -> Volume:
+        """The image as ``segment`` will see it; a path is read again only when the file changed."""
+        if isinstance(image, Volume):
+            return image
+        stamp = image_stamp(image)
+        if self._last_read is None or self._last_read[0] != stamp:
+            self._last_read = (stamp, load_image(image))
+        return self._last_read[1]
 
     def segment(
         self,
@@ -114,7 +124,7 @@ class ImageSegmenter:
 
     def _open(self, key, image, loaded, slice_index, window, modality, timings) -> ImageSession:
         t0 = time.perf_counter()
-        volume = image if isinstance(image, Volume) else load_image(image)
+        volume = self.volume(image)
         timings["load"] = time.perf_counter() - t0
         if volume.is_3d:
             if slice_index is None or not 0 <= slice_index < volume.num_slices:

@@ -8,7 +8,6 @@ import numpy as np
 
 from medsam2_engine.image2d import ImageSegmenter
 from medsam2_engine.prompts import PromptError
-from medsam2_engine.volume_io import load_image
 
 from .base import MODALITY_CHOICES, WINDOW_CHOICES, Sam2Task
 from .request import parse_request, session_key_for
@@ -28,14 +27,14 @@ class Interactive2D(Sam2Task):
     def run(self, request):
         started = time.perf_counter()
         path = request["image"]
-        volume = load_image(path)
+        volume = self.segmenter.volume(path)
         parsed = parse_request(request, volume.spatial_shape, self.labels)
         if len(parsed.prompts) != 1:
             raise PromptError(f"the 2D model segments one label per request, got {sorted(parsed.prompts)}")
         label, prompts = next(iter(parsed.prompts.items()))
         slice_index = self._slice(request, prompts, volume) if volume.is_3d else None
         result = self.segmenter.segment(
-            volume,
+            path,
             prompts,
             session_key=session_key_for(request),
             slice_index=slice_index,
