@@ -16,6 +16,7 @@ from tests.support.server import RunningServer
 TRAIN_REQUEST = {
     "epochs": 1, "steps_per_epoch": 3, "clip_length": 3, "max_objects": 1, "correction_clicks": 1,
     "baseline_validation": False, "lr": 1e-3, "val_fraction": 0.34, "log_every": 1,
+    "multi_gpu": True,  # as the clients' option; without CUDA it trains in one CPU process
 }
 SHAPE = (40, 32, 8)  # small studies: two CPU cores are shared by the whole test suite
 
@@ -85,6 +86,7 @@ def test_train_publishes_weights_that_the_next_infer_uses(setup, tmp_path):
 
     stats = client.info()["train_stats"]["medsam2_finetune"]
     assert stats["status"] == "DONE" and stats["published"] is True
+    assert stats["devices"] == ["cpu"]
     assert len(stats["history"]) == 1 and stats["history"][0]["steps"] == 3
     assert [r["image"] for r in stats["rejected"]] == ["phantom_2.nii.gz"]
     assert "phantom_2.nii.gz" not in stats["train_studies"] + stats["val_studies"]

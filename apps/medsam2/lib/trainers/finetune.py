@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from monailabel.interfaces.datastore import Datastore
@@ -20,6 +21,7 @@ from monailabel.interfaces.tasks.train import TrainTask
 
 from medsam2_engine.model_source import ModelSource
 from medsam2_engine.training.cases import CaseFiles, load_cases
+from medsam2_engine.training.distributed import training_devices
 from medsam2_engine.training.finetune import FineTuneConfig, FineTuner
 from medsam2_engine.training.validation import volume_of
 from medsam2_engine.volume_io import atomic_write
@@ -48,6 +50,24 @@ def _flag(request: dict, key: str, default: bool) -> bool:
     return str(request.get(key, default)).strip().lower() in ("1", "true", "yes", "on")
 
 
+def write_stats(path: Path, stats: dict) -> None:
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(stats, indent=1, default=str)))
+
+
+@dataclass
+class StatsWriter:
+    """Progress callback: the trainer's summary plus ``extra``, to the stats file.
+
+    A plain object rather than a closure: with several GPUs it runs in rank 0's spawned process.
+    """
+
+    path: Path
+    extra: dict = field(default_factory=dict)
+
+    def __call__(self, summary: dict) -> None:
+        write_stats(self.path, {**summary, **self.extra, "pid": os.getpid()})
+
+
 class FineTuneTask(TrainTask):
     def __init__(self, models: ModelSource, labels: list, defaults: dict | None = None):
         super().__init__("Fine-tune SAM 2 on the final labels (clips, simulated box/click prompts, SAM 2's loss)")
@@ -56,7 +76,7 @@ class FineTuneTask(TrainTask):
         self.defaults = {
             "epochs": 5, "max_seconds": 0, "steps_per_epoch": 0, "lr": 0, "clip_length": 8, "max_objects": 3,
             "correction_clicks": 2, "freeze": "auto", "val_fraction": 0.2, "baseline_validation": True,
-            "device": models.device, "seed": 0, "log_every": 10,
+            "device": models.device, "multi_gpu": False, "gpus": "all", "seed": 0, "log_every": 10,
         }
         self.defaults.update(defaults or {})
 
@@ -74,7 +94,7 @@ class FineTuneTask(TrainTask):
             return {}
 
     def _write_stats(self, stats: dict) -> None:
-        atomic_write(self.stats_path, lambda tmp: Path(tmp).write_text(json.dumps(stats, indent=1, default=str)))
+        write_stats(self.stats_path, stats)
 
     def fine_tune_config(self, request: dict) -> FineTuneConfig:
         req = {**self.defaults, **{k: v for k, v in request.items() if k in self.defaults}}
@@ -87,6 +107,8 @@ class FineTuneTask(TrainTask):
             max_objects=_number(req, "max_objects", 3, int),
             freeze=str(req.get("freeze") or "auto"),
             device=str(req.get("device") or self.models.device),
+            devices=training_devices(str(req.get("device") or self.models.device), _flag(req, "multi_gpu", False),
+                                     str(req.get("gpus") or "all")),
             seed=_number(req, "seed", 0, int),
             log_every=max(1, _number(req, "log_every", 10, int)),
             baseline_validation=_flag(req, "baseline_validation", True),
@@ -141,10 +163,7 @@ class FineTuneTask(TrainTask):
         logger.info("fine-tune from %s: train %s, held out %s", checkpoint, [c.name for c in train],
                     [c.name for c in val])
 
-        def progress(summary: dict) -> None:
-            summary.update(rejected=rejected, train_studies=[c.name for c in train],
-                           val_studies=[c.name for c in val], pid=os.getpid())
-            self._write_stats(summary)
-
+        progress = StatsWriter(self.stats_path, {"rejected": rejected, "train_studies": [c.name for c in train],
+                                                 "val_studies": [c.name for c in val]})
         tuner = FineTuner(self.models.preset, cfg, self.models.extra_overrides)
         return tuner.run(train, val, checkpoint, str(self.models.finetuned_path), progress)

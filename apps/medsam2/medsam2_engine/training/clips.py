@@ -32,7 +32,7 @@ class ClipSampler:
     """Enumerates clip windows over the cases and turns one into a batch for SAM2Train."""
 
     def __init__(self, cases: list, image_size: int, clip_length: int = 8, stride: int | None = None,
-                 max_objects: int = 3, seed: int = 0):
+                 max_objects: int = 3, seed: int = 0, sample_seed: int | None = None):
         if clip_length < 1:
             raise ValueError(f"clip_length must be at least 1, got {clip_length}")
         self.cases = cases
@@ -40,7 +40,10 @@ class ClipSampler:
         self.clip_length = int(clip_length)
         self.stride = max(1, stride or self.clip_length // 2)
         self.max_objects = max(1, int(max_objects))
-        self.rng = random.Random(seed)
+        # the clip order is the same in every training process (each takes its share of it);
+        # which objects a crowded clip keeps may differ per process
+        self.order_rng = random.Random(seed)
+        self.rng = random.Random(seed if sample_seed is None else sample_seed)
         self._frames: dict = {}
         self._masks: dict = {}
         self.refs = self._enumerate()
@@ -66,7 +69,7 @@ class ClipSampler:
 
     def epoch(self) -> list:
         refs = list(self.refs)
-        self.rng.shuffle(refs)
+        self.order_rng.shuffle(refs)
         return refs
 
     # -- tensors ----------------------------------------------------------------------

@@ -5,6 +5,10 @@ The only file it writes to the served path is the best checkpoint so far, throug
 at any point leaves the previous checkpoint whole. With ``baseline_validation`` the
 starting weights are validated first, so weights that do worse than what is served are
 never published.
+
+With several devices (``devices``, or the task's ``multi_gpu``) one process per device
+trains in lock-step through torch's distributed data parallel (``distributed.py``); rank 0
+validates and publishes.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from ..checkpoints import RANDOM_WEIGHTS, ModelPreset, save_checkpoint
 from ..engine import autocast_for
 from ..model_source import pick_device
 from .clips import ClipSampler
+from .distributed import Ranks, launch
 from .loss import sam2_loss, total
 from .model import PromptSimulation, apply_freezing, build_train_model, frozen_modules
 from .validation import evaluate, make_validator
@@ -39,6 +44,7 @@ class FineTuneConfig:
     max_objects: int = 3
     freeze: str = "auto"
     device: str = "auto"
+    devices: list | None = None  # one training process per entry (DDP); overrides ``device``
     seed: int = 0
     log_every: int = 10
     baseline_validation: bool = True
@@ -67,24 +73,35 @@ class FineTuner:
         self.preset = preset
         self.config = config
         self.extra_overrides = extra_overrides or {}
-        self.device = pick_device(config.device)
+        self.devices = [pick_device(d) for d in config.devices] if config.devices else [pick_device(config.device)]
+        self.device = self.devices[0]
 
     def run(self, train_cases: list, val_cases: list, checkpoint: str, output: str, on_progress=None,
             label_names: dict | None = None) -> dict:
-        """Train from ``checkpoint`` (a path or "random"); publish the best weights to ``output``."""
-        cfg, started = self.config, time.monotonic()
+        """Train from ``checkpoint`` (a path or "random"); publish the best weights to ``output``.
+
+        With several devices, ``on_progress`` runs in rank 0's process and must pickle.
+        """
+        return launch(self._run_rank, self.devices, train_cases, val_cases, checkpoint, output, on_progress,
+                      label_names)
+
+    def _run_rank(self, ranks: Ranks, train_cases: list, val_cases: list, checkpoint: str, output: str,
+                  on_progress=None, label_names: dict | None = None) -> dict:
+        cfg, started, device = self.config, time.monotonic(), ranks.device
         pretrained = checkpoint != RANDOM_WEIGHTS
-        model = build_train_model(self.preset, checkpoint, self.device, cfg.prompts, cfg.clip_length,
-                                  self.extra_overrides, seed=cfg.seed)
+        model = build_train_model(self.preset, checkpoint, device, cfg.prompts, cfg.clip_length,
+                                  self.extra_overrides, seed=cfg.seed, prompt_seed=cfg.seed + ranks.rank)
         params = apply_freezing(model, frozen_modules(cfg.freeze, pretrained))
         lr = cfg.learning_rate(pretrained)
         optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=cfg.weight_decay)
         loss_fn = sam2_loss(cfg.loss_weights)
         sampler = ClipSampler(train_cases, model.image_size, cfg.clip_length, max_objects=cfg.max_objects,
-                              seed=cfg.seed)
-        validator, source = make_validator(self.preset, self.device, self.extra_overrides)
+                              seed=cfg.seed, sample_seed=cfg.seed + ranks.rank)
+        trained = ranks.wrap(model)
+        validator, source = make_validator(self.preset, device, self.extra_overrides) if ranks.is_main else (None, None)
         summary = {
-            "status": "RUNNING", "start_checkpoint": checkpoint, "output": str(output), "device": self.device,
+            "status": "RUNNING", "start_checkpoint": checkpoint, "output": str(output), "device": device,
+            "devices": self.devices,
             "train_cases": len(train_cases), "val_cases": len(val_cases), "clips_per_epoch": len(sampler.refs),
             "lr": lr, "config": asdict(cfg), "history": [], "best_metric": None, "best_metric_epoch": None,
             "baseline_dice": None, "published": False, "start_ts": time.time(),
@@ -94,22 +111,26 @@ class FineTuner:
 
         def report():
             summary["total_time"] = round(time.monotonic() - started, 1)
-            if on_progress:
+            if on_progress and ranks.is_main:
                 on_progress(dict(summary))
 
         best = -math.inf
-        if cfg.baseline_validation and val_cases:
+        if cfg.baseline_validation and val_cases and ranks.is_main:
             baseline = self._validate(model, source, validator, val_cases, label_names)
             if baseline["count"]:
                 best = summary["baseline_dice"] = baseline["mean_dice"]
             logger.info("fine-tune: starting weights score held-out Dice %.4f %s", best, baseline["per_label"])
+        ranks.barrier()
         report()
 
         for epoch in range(1, cfg.epochs + 1):
-            if self._out_of_time(started):
+            if ranks.any(self._out_of_time(started)):
                 break
             epoch_started = time.monotonic()
-            steps, loss_sum, parts = self._train_epoch(model, optimizer, loss_fn, sampler, epoch, started)
+            steps, loss_sum, parts = self._train_epoch(ranks, trained, optimizer, loss_fn, sampler, epoch, started)
+            if not ranks.is_main:
+                ranks.barrier()  # rank 0 validates and publishes
+                continue
             val = self._validate(model, source, validator, val_cases, label_names) if val_cases else None
             graded = val is not None and val["count"] > 0
             score = val["mean_dice"] if graded else -loss_sum / max(steps, 1)  # nothing graded: lowest loss wins
@@ -128,6 +149,7 @@ class FineTuner:
                         entry.train_loss, entry.val_mean_dice, entry.val_per_label, entry.seconds,
                         f", published to {output}" if published else "")
             report()
+            ranks.barrier()
         summary["status"] = "DONE"
         report()
         return summary
@@ -135,23 +157,27 @@ class FineTuner:
     def _out_of_time(self, started: float) -> bool:
         return self.config.max_seconds is not None and time.monotonic() - started >= self.config.max_seconds
 
-    def _train_epoch(self, model, optimizer, loss_fn, sampler: ClipSampler, epoch: int, started: float):
+    def _train_epoch(self, ranks: Ranks, model, optimizer, loss_fn, sampler: ClipSampler, epoch: int,
+                     started: float):
+        """One pass over this rank's share of the clips; ``model`` may be DDP-wrapped."""
         cfg = self.config
         model.train()
         refs = sampler.epoch()
         if cfg.steps_per_epoch:
-            refs = (refs * math.ceil(cfg.steps_per_epoch / len(refs)))[: cfg.steps_per_epoch]
+            wanted = cfg.steps_per_epoch * ranks.world_size
+            refs = (refs * math.ceil(wanted / len(refs)))[:wanted]
+        refs = ranks.shard(refs)
         steps, loss_sum, parts = 0, 0.0, {}
         step_started = time.monotonic()
         for ref in refs:
-            if self._out_of_time(started):
+            if ranks.any(self._out_of_time(started)):
                 logger.info("fine-tune: time budget of %ss reached in epoch %d", cfg.max_seconds, epoch)
                 break
             batch = sampler.batch(ref)
-            if batch is None:
+            if not ranks.all(batch is not None):  # every rank steps, or none does
                 continue
-            batch = batch.to(self.device)
-            with autocast_for(self.device):
+            batch = batch.to(ranks.device)
+            with autocast_for(ranks.device):
                 outputs = model(batch)
                 losses = loss_fn(outputs, batch.masks)
             loss = total(losses)
@@ -162,7 +188,7 @@ class FineTuner:
                                                cfg.grad_clip)
             optimizer.step()
             steps += 1
-            loss_sum += float(loss.detach())
+            loss_sum += ranks.mean(float(loss.detach()))
             for key, value in losses.items():
                 parts[key] = parts.get(key, 0.0) + float(value.detach() if torch.is_tensor(value) else value)
             if steps % cfg.log_every == 0:

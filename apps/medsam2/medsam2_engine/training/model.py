@@ -58,7 +58,8 @@ class PromptSimulation:
 
 
 def build_train_model(preset: ModelPreset, checkpoint: str, device: str, prompts: PromptSimulation,
-                      clip_length: int, extra_overrides: dict | None = None, seed: int = 0):
+                      clip_length: int, extra_overrides: dict | None = None, seed: int = 0,
+                      prompt_seed: int | None = None):
     """``SAM2Train`` for ``preset`` with ``checkpoint`` (a path or "random") loaded strictly."""
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
@@ -71,7 +72,8 @@ def build_train_model(preset: ModelPreset, checkpoint: str, device: str, prompts
     model_cfg["_target_"] = TRAIN_TARGET
     torch.manual_seed(seed)
     model = instantiate(OmegaConf.create(model_cfg), _recursive_=True)
-    model.rng = np.random.default_rng(seed)  # SAM2Train's prompt sampler; seeded per run
+    # SAM2Train's prompt sampler; seeded per run (and per training process)
+    model.rng = np.random.default_rng(seed if prompt_seed is None else prompt_seed)
     if checkpoint != RANDOM_WEIGHTS:
         state_dict = read_state_dict(checkpoint)
         check_fits(model, state_dict, checkpoint, preset.config)
