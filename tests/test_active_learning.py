@@ -9,24 +9,6 @@ import pytest
 from medsam2_engine.volume_io import Volume
 
 
-@pytest.fixture(scope="session")
-def fine_tuned(small_model_files, tmp_path_factory):
-    """(segmenter, training cases): the small model fine-tuned ~30 s on bright-ellipsoid phantoms."""
-    from medsam2_engine.checkpoints import preset_for_config_file
-    from medsam2_engine.engine import EngineSettings, VolumeSegmenter
-    from medsam2_engine.model_source import ModelSource
-    from medsam2_engine.propagation import EarlyStop
-    from tests.support.trained_small_model import fine_tune_small_model, training_cases
-
-    pytest.importorskip("training.model.sam2", reason="sam2's training package (needs tensordict) is not installed")
-    config, checkpoint = small_model_files
-    folder = tmp_path_factory.mktemp("fine_tuned")  # its own model dir: finetuned.pt here hijacks nothing else
-    fine_tune_small_model(checkpoint, folder / "finetuned.pt")
-    source = ModelSource(preset_for_config_file(config), folder, checkpoint=str(folder / "finetuned.pt"),
-                         device="cpu")
-    return VolumeSegmenter(source, EngineSettings(early_stop=EarlyStop(enabled=False))), training_cases()
-
-
 @pytest.fixture
 def studies():
     """(right, wrong): an unseen phantom like the training ones, and one with inverted contrast."""

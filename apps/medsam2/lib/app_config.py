@@ -8,7 +8,7 @@ from pathlib import Path
 
 from medsam2_engine.checkpoints import DEFAULT_PRESET, ModelPreset, get_preset, preset_for_config_file
 from medsam2_engine.engine import EngineSettings
-from medsam2_engine.propagation import EarlyStop
+from medsam2_engine.propagation import CorrectionStop, EarlyStop
 from medsam2_engine.sessions import SessionLimits
 
 DEFAULT_LABELS = ("lesion", "organ", "vessel", "bone", "other")
@@ -66,6 +66,11 @@ class AppConfig:
                 enabled=_flag(conf, "early_stop", True),
                 patience=_number(conf, "early_stop_patience", 3, int),
                 score_threshold=_number(conf, "early_stop_score", 0.0),
+            ),
+            correction_stop=CorrectionStop(
+                enabled=_flag(conf, "correction_stop", True),
+                iou=_number(conf, "correction_stop_iou", 0.95),
+                patience=_number(conf, "correction_stop_patience", 3, int),
             ),
             feature_cache_mb=_number(conf, "feature_cache_mb", 2048.0),
             cpu_bf16=_choice(conf, "cpu_bf16", "off", ("off", "on", "auto")),

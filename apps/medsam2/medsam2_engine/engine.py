@@ -18,7 +18,15 @@ from .model_source import ModelSource
 from .precision import autocast_for as _autocast_for
 from .predictor import FeatureCache
 from .prompts import FramePrompt, LabelPrompts
-from .propagation import OBJ_ID, EarlyStop, Propagation, propagate_both_ways, restart_frame
+from .propagation import (
+    OBJ_ID,
+    CorrectionStop,
+    EarlyStop,
+    Propagation,
+    propagate_both_ways,
+    propagate_correction,
+    restart_frame,
+)
 from .sessions import Session, SessionLimits, SessionStore, image_stamp, window_key
 from .volume_io import Volume, load_image
 from .windowing import choose_window, guess_modality
@@ -29,6 +37,7 @@ logger = logging.getLogger(__name__)
 @dataclass
 class EngineSettings:
     early_stop: EarlyStop = field(default_factory=EarlyStop)
+    correction_stop: CorrectionStop = field(default_factory=CorrectionStop)
     feature_cache_mb: float = 2048.0
     limits: SessionLimits = field(default_factory=SessionLimits)
     cpu_bf16: str = "off"  # "off" | "on" | "auto" (only with AMX/AVX-512 bf16 units): see precision.py
@@ -159,6 +168,7 @@ class VolumeSegmenter:
         reset: bool = False,
         reset_labels=(),
         early_stop: EarlyStop | None = None,
+        correction_stop: CorrectionStop | None = None,
     ) -> VolumeResult:
         """Segment each label in ``prompts`` (label -> LabelPrompts) in ``image`` (path or Volume).
 
@@ -177,7 +187,8 @@ class VolumeSegmenter:
         with torch.inference_mode(), autocast_for(self.models.device, self.settings.cpu_bf16):
             for label, label_prompts in prompts.items():
                 results[label] = self._segment_label(
-                    predictor, session, label, label_prompts, early_stop or self.settings.early_stop, timings
+                    predictor, session, label, label_prompts, early_stop or self.settings.early_stop,
+                    correction_stop or self.settings.correction_stop, timings,
                 )
         self.sessions.put(session)
         timings["total"] = time.perf_counter() - started
@@ -201,7 +212,8 @@ class VolumeSegmenter:
         )
 
     def _segment_label(
-        self, predictor, session: Session, label: str, prompts: LabelPrompts, early_stop: EarlyStop, timings
+        self, predictor, session: Session, label: str, prompts: LabelPrompts, early_stop: EarlyStop,
+        correction_stop: CorrectionStop, timings: dict,
     ) -> LabelResult:
         wanted = {k: p for k, p in prompts.by_frame().items()}
         track = session.tracks.get(label)
@@ -215,13 +227,17 @@ class VolumeSegmenter:
             timings["init_state"] = timings.get("init_state", 0.0) + time.perf_counter() - t0
             session.tracks[label] = track
         t0 = time.perf_counter()
-        changed = self._apply_prompt_changes(predictor, track, wanted)
+        changed, only_added = self._apply_prompt_changes(predictor, track, wanted)
         timings["prompts"] = timings.get("prompts", 0.0) + time.perf_counter() - t0
 
         same_rule = track.early_stop == early_stop  # another stopping rule gives another result
         if not changed and same_rule and track.mask is not None:
             return self._label_result(label, track, wanted, reused=True)
-        propagation = propagate_both_ways(predictor, track.state, early_stop)
+        if changed and only_added and same_rule and track.propagation is not None and correction_stop.enabled:
+            propagation = propagate_correction(predictor, track.state, sorted(changed), track.propagation,
+                                               early_stop, correction_stop)
+        else:
+            propagation = propagate_both_ways(predictor, track.state, early_stop)
         track.early_stop = dataclasses.replace(early_stop)
         timings["propagation"] = timings.get("propagation", 0.0) + propagation.seconds
         mask = np.zeros(session.volume.array.shape, dtype=bool)
@@ -230,8 +246,8 @@ class VolumeSegmenter:
         track.mask, track.propagation = mask, propagation
         return self._label_result(label, track, wanted, reused=False)
 
-    def _apply_prompt_changes(self, predictor, track: LabelTrack, wanted: dict) -> bool:
-        """Bring the SAM 2 state to the wanted prompts; True if anything changed.
+    def _apply_prompt_changes(self, predictor, track: LabelTrack, wanted: dict) -> tuple:
+        """Bring the SAM 2 state to the wanted prompts: (slices changed, whether prompts were only added).
 
         Clients resend every point each time. Points added to a slice refine that slice's
         mask (SAM 2 feeds the previous mask back in); a slice whose earlier points are gone
@@ -250,7 +266,7 @@ class VolumeSegmenter:
         for k, frame_prompt in sorted(changed.items()):
             self._add_prompt(predictor, track.state, k, frame_prompt)
             old[k] = frame_prompt
-        return bool(changed or removed)
+        return set(changed) | set(removed), not removed and not restarted
 
     @staticmethod
     def _add_prompt(predictor, state: dict, k: int, prompt: FramePrompt) -> None:

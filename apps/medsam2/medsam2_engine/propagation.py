@@ -5,6 +5,13 @@ prompted slice to slice 0. Every prompted slice is a conditioning frame, so slic
 between prompts see all of them. Beyond the last prompted slice in a direction, the
 pass stops once SAM 2's object score says the structure is gone for ``patience``
 slices in a row: a small lesion does not cost a pass over the whole scan.
+
+A correction (prompts added on some slices, none removed) re-propagates outward from the
+corrected slices only, and each direction stops once its new masks agree with the previous
+result for ``patience`` slices in a row; the slices beyond keep their masks. Without that,
+one click costs a pass over the whole volume. Those kept masks were computed with the
+memory of the previous pass, so they can differ slightly from a full re-propagation; a
+request with ``correction_stop`` off re-propagates everything.
 """
 
 from __future__ import annotations
@@ -29,6 +36,13 @@ class EarlyStop:
 
 
 @dataclass
+class CorrectionStop:
+    enabled: bool = True
+    iou: float = 0.95  # new and previous mask agree at or above this IoU (two empty masks agree)
+    patience: int = 3  # consecutive agreeing slices beyond the corrected ones
+
+
+@dataclass
 class SliceOutput:
     mask: np.ndarray  # bool image [rows, cols]
     object_score: float
@@ -42,6 +56,7 @@ class PassReport:
     last: int | None = None
     slices: int = 0
     stopped_early: bool = False
+    converged: bool = False  # a correction's pass met the previous result and stopped
 
 
 @dataclass
@@ -86,21 +101,58 @@ def restart_frame(predictor, state: dict, frame_idx: int) -> None:
         obj_out["non_cond_frame_outputs"].pop(frame_idx, None)
 
 
-def propagate_both_ways(predictor, state: dict, early_stop: EarlyStop, log_every: int = 50) -> Propagation:
-    """Run the forward and backward passes; returns every slice reached, with its scores."""
+def _prompted_frames(state: dict) -> list:
     cond_frames = sorted(state["output_dict_per_obj"][0]["cond_frame_outputs"]) if state["obj_ids"] else []
     cond_frames = sorted(set(cond_frames) | set(state["temp_output_dict_per_obj"][0]["cond_frame_outputs"]))
     if not cond_frames:
         raise ValueError("no prompted slice to propagate from")
+    return cond_frames
+
+
+def _agrees(new: np.ndarray, old: np.ndarray, threshold: float) -> bool:
+    union = np.logical_or(new, old).sum()
+    return union == 0 or np.logical_and(new, old).sum() / union >= threshold
+
+
+def propagate_both_ways(predictor, state: dict, early_stop: EarlyStop, log_every: int = 50) -> Propagation:
+    """Run the forward and backward passes; returns every slice reached, with its scores."""
+    cond_frames = _prompted_frames(state)
+    forget_propagated_slices(state)
+    return _run_passes(predictor, state, early_stop, cond_frames[0], cond_frames[0], cond_frames, log_every)
+
+
+def propagate_correction(predictor, state: dict, corrected: list, previous: Propagation, early_stop: EarlyStop,
+                         stop: CorrectionStop, log_every: int = 50) -> Propagation:
+    """Re-propagate outward from the ``corrected`` slices until the masks meet ``previous``.
+
+    The returned outputs are the previous ones with every slice this pass reached replaced.
+    """
+    cond_frames = _prompted_frames(state)
+    lo, hi = min(corrected), max(corrected)
+    fresh = _run_passes(predictor, state, early_stop, lo, hi, cond_frames, log_every, previous.outputs, stop)
+    kept = dict(previous.outputs)
+    for report in fresh.passes:  # where the structure now ends early, the old masks beyond go
+        if report.stopped_early:
+            backward = report.direction == "backward"
+            kept = {k: v for k, v in kept.items() if not (k < report.last if backward else k > report.last)}
+    fresh.outputs = {**kept, **fresh.outputs}
+    return fresh
+
+
+def _run_passes(predictor, state: dict, early_stop: EarlyStop, forward_from: int, backward_from: int,
+                cond_frames: list, log_every: int, previous: dict | None = None,
+                stop: CorrectionStop | None = None) -> Propagation:
     first, last = cond_frames[0], cond_frames[-1]
     num_frames = state["num_frames"]
     result = Propagation()
     started = time.perf_counter()
-    forget_propagated_slices(state)
     for reverse, last_prompt in ((False, last), (True, first)):
-        report = PassReport("backward" if reverse else "forward", first)
-        absent_run = 0
-        stream = predictor.propagate_in_video(state, start_frame_idx=first, reverse=reverse)
+        start = backward_from if reverse else forward_from
+        # a correction's pass may meet the previous result only beyond every corrected slice
+        converge_after = forward_from if reverse else backward_from
+        report = PassReport("backward" if reverse else "forward", start)
+        absent_run = agree_run = 0
+        stream = predictor.propagate_in_video(state, start_frame_idx=start, reverse=reverse)
         for frame_idx, _, video_res_masks in stream:
             output = _slice_output(state, frame_idx, video_res_masks)
             result.outputs[frame_idx] = output
@@ -114,6 +166,14 @@ def propagate_both_ways(predictor, state: dict, early_stop: EarlyStop, log_every
                 absent_run = absent_run + 1 if absent else 0
                 if absent_run >= early_stop.patience:
                     report.stopped_early = True
+                    stream.close()
+                    break
+            beyond_correction = frame_idx < converge_after if reverse else frame_idx > converge_after
+            if stop is not None and stop.enabled and beyond_correction:
+                old = previous.get(frame_idx)
+                agree_run = agree_run + 1 if old is not None and _agrees(output.mask, old.mask, stop.iou) else 0
+                if agree_run >= stop.patience:
+                    report.converged = True
                     stream.close()
                     break
         result.passes.append(report)

@@ -29,6 +29,7 @@ class Interactive3D(Sam2Task):
                 "modality": MODALITY_CHOICES,
                 "early_stop": early.enabled,
                 "early_stop_patience": early.patience,
+                "correction_stop": segmenter.settings.correction_stop.enabled,
                 "reset_state": False,
             },
         )
@@ -41,6 +42,10 @@ class Interactive3D(Sam2Task):
             default,
             enabled=truthy(request.get("early_stop", default.enabled)),
             patience=positive_int(request.get("early_stop_patience", default.patience), "early_stop_patience"),
+        )
+        correction_stop = dataclasses.replace(
+            self.segmenter.settings.correction_stop,
+            enabled=truthy(request.get("correction_stop", self.segmenter.settings.correction_stop.enabled)),
         )
         volume = self.segmenter.volume(session_key_for(request), request["image"])
         if not volume.is_3d:
@@ -56,6 +61,7 @@ class Interactive3D(Sam2Task):
             modality=parsed.modality,
             reset_labels=parsed.reset_labels,
             early_stop=early_stop,
+            correction_stop=correction_stop,
         )
         infer_done = time.perf_counter()
 
