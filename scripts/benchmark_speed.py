@@ -7,13 +7,16 @@ Each measurement runs in a fresh child process (peak memory is that process's ma
 importing the built-in task deletes its cache folder, so it is pointed at a private one).
 
 - ``ours``: first request (box -> full 3D mask, both ways, early stop off, so every slice is
-  encoded and propagated) and a correction (one more click on another slice); again with
-  early stop on (time to the full result; meaningful only with trained weights).
+  encoded and propagated) and a correction (one more click on another slice), the correction
+  once re-propagating the whole volume and once with ``correction_stop`` (outward from the
+  clicked slice until the masks meet the previous result); then early stop and correction
+  stop both on (time to the full result; meaningful only with trained weights).
 - ``builtin``: ``Sam2InferTask`` 3D, the same two requests (it writes JPEGs on the first,
   propagates forward only from the lowest prompted slice, and re-encodes on every request).
 - ``video``: sam2's ``build_sam2_video_predictor`` on a JPEG folder, box then both ways.
-- ``bf16``: our first request under CPU bf16 autocast vs float32 (same weights): time and
-  mask agreement (Dice), plus whether the CPU has bf16 units (amx_bf16 / avx512_bf16).
+- ``precision``: our first request under CPU bf16 autocast, and with int8 linear layers
+  (``cpu_int8``), each against float32 with the same weights: time and mask agreement
+  (Dice), plus whether the CPU has bf16 units (amx_bf16 / avx512_bf16).
 
 Stages (image encoder, memory attention, memory encoder, mask decoder) are timed by forward
 hooks on the model's modules.
@@ -110,17 +113,21 @@ def child_ours(args, vol, ref) -> dict:
     from medsam2_engine.engine import EngineSettings, VolumeSegmenter
     from medsam2_engine.model_source import ModelSource
     from medsam2_engine.prompts import LabelPrompts
-    from medsam2_engine.propagation import EarlyStop
+    from medsam2_engine.propagation import CorrectionStop, EarlyStop
     from medsam2_engine.volume_io import Volume
 
-    models = ModelSource(get_preset(args.preset), tempfile.mkdtemp(), checkpoint=args.checkpoint, device="cpu")
+    models = ModelSource(get_preset(args.preset), tempfile.mkdtemp(), checkpoint=args.checkpoint, device="cpu",
+                         cpu_int8=args.cpu_int8 == "on")
     stages = StageTimer(models.get().model)
     rss_model = peak_rss_mb()
     box, click = prompts_for(ref)
     volume = Volume(vol, np.diag([0.8, 0.8, 2.5, 1.0]), declared_modality="CT")
     out = {"rss_after_model_mb": round(rss_model, 1), "runs": []}
-    for early in ([False, True] if args.mode == "ours" else [False]):
-        seg = VolumeSegmenter(models, EngineSettings(cpu_bf16=args.cpu_bf16))
+    # (early stop, correction stop): every slice both times; a local correction; both stops on
+    configs = [(False, False), (False, True), (True, True)] if args.mode == "ours" else [(False, False)]
+    for early, local in configs:
+        seg = VolumeSegmenter(models, EngineSettings(cpu_bf16=args.cpu_bf16,
+                                                     correction_stop=CorrectionStop(enabled=local)))
         stop = EarlyStop(enabled=early)
         for rep in range(args.repeats):
             key = (f"rep{rep}",)
@@ -133,15 +140,16 @@ def child_ours(args, vol, ref) -> dict:
                                early_stop=stop)
             t_corr, st_corr = time.perf_counter() - t, stages.take()
             out["runs"].append({
-                "early_stop": early, "first_s": t_first, "correction_s": t_corr,
+                "early_stop": early, "correction_stop": local, "first_s": t_first, "correction_s": t_corr,
                 "first_slices": sum(p["slices"] for p in first.labels["l"].passes),
                 "first_encoded": first.session["slices_encoded"],
                 "correction_slices": sum(p["slices"] for p in corr.labels["l"].passes),
                 "correction_encoded": corr.session["slices_encoded"],
                 "stages_first": st_first, "stages_correction": st_corr,
             })
-            if args.mode == "bf16" or (rep == 0 and not early):
-                np.save(Path(args.workdir) / f"mask_{args.mode}_{args.cpu_bf16}.npy", first.labels["l"].mask)
+            if args.mode == "precision":
+                np.save(Path(args.workdir) / f"mask_bf16-{args.cpu_bf16}_int8-{args.cpu_int8}.npy",
+                        first.labels["l"].mask)
             seg.sessions.clear()
     out["peak_rss_mb"] = round(peak_rss_mb(), 1)
     return out
@@ -219,11 +227,14 @@ def child_video(args, vol, ref) -> dict:
     return out
 
 
-def run_child(args, mode: str, slices: int, cpu_bf16: str = "off", repeats: int | None = None) -> dict:
+def run_child(args, mode: str, slices: int, cpu_bf16: str = "off", repeats: int | None = None,
+              cpu_int8: str | None = None) -> dict:
+    cpu_int8 = cpu_int8 or args.cpu_int8
     cmd = [sys.executable, __file__, "--child", mode, "--slices", str(slices), "--size", str(args.size),
            "--preset", args.preset, "--checkpoint", args.checkpoint, "--repeats", str(repeats or args.repeats),
-           "--fraction", str(args.fraction), "--workdir", args.workdir, "--cpu-bf16", cpu_bf16]
-    print(f"[bench] {mode} slices={slices} bf16={cpu_bf16}", flush=True)
+           "--fraction", str(args.fraction), "--workdir", args.workdir, "--cpu-bf16", cpu_bf16,
+           "--cpu-int8", cpu_int8]
+    print(f"[bench] {mode} slices={slices} bf16={cpu_bf16} int8={cpu_int8}", flush=True)
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         return {"error": proc.stderr[-3000:]}
@@ -236,10 +247,11 @@ def median(runs: list, key: str):
     return round(statistics.median(values), 3) if values else None
 
 
-def summarise(name: str, result: dict, early: bool | None = None) -> dict:
+def summarise(name: str, result: dict, early: bool | None = None, local: bool | None = None) -> dict:
     if "error" in result:
         return {"error": result["error"]}
-    runs = [r for r in result["runs"] if early is None or r.get("early_stop", False) == early]
+    runs = [r for r in result["runs"] if (early is None or r.get("early_stop", False) == early)
+            and (local is None or r.get("correction_stop", False) == local)]
     row = {"first_s": median(runs, "first_s"), "correction_s": median(runs, "correction_s"),
            "first_slices": runs[0]["first_slices"], "correction_slices": runs[0].get("correction_slices"),
            "first_encoded": runs[0].get("first_encoded"), "correction_encoded": runs[0].get("correction_encoded"),
@@ -294,6 +306,7 @@ def parent(args) -> dict:
         save_checkpoint(build_model(get_preset(args.preset), "random"), args.checkpoint)
         weights = "UNTRAINED random weights (seed 0): early-stop timings are not meaningful"
     report = {"weights": weights, "checkpoint": args.checkpoint, "preset": args.preset, "size": args.size,
+              "cpu_int8_ours": args.cpu_int8,
               "fraction": args.fraction, "repeats": args.repeats,
               "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
                           "threads": torch.get_num_threads(), "cuda": torch.cuda.is_available(),
@@ -305,31 +318,54 @@ def parent(args) -> dict:
         builtin = summarise("builtin", run_child(args, "builtin", slices)) if not args.skip_builtin else {}
         ours_raw = run_child(args, "ours", slices)
         vol_report["builtin"] = builtin
-        vol_report["ours_early_stop_off"] = summarise("ours", ours_raw, early=False)
-        vol_report["ours_early_stop_off"].update(ratios(vol_report["ours_early_stop_off"], builtin))
-        vol_report["ours_early_stop_on"] = summarise("ours", ours_raw, early=True)
-        vol_report["ours_early_stop_on"].update(ratios(vol_report["ours_early_stop_on"], builtin))
+        for name, early, local in (("ours_early_stop_off_full_correction", False, False),
+                                   ("ours_early_stop_off_correction_stop", False, True),
+                                   ("ours_early_stop_on_correction_stop", True, True)):
+            vol_report[name] = summarise("ours", ours_raw, early=early, local=local)
+            vol_report[name].update(ratios(vol_report[name], builtin))
         if not args.skip_video:
             vol_report["sam2_video_jpeg"] = summarise("video", run_child(args, "video", slices))
             vol_report["sam2_video_jpeg"].update(ratios(vol_report["sam2_video_jpeg"], builtin))
         report["volumes"][str(slices)] = vol_report
         report["load_average_now"] = list(os.getloadavg())
         Path(args.out).write_text(json.dumps(report, indent=1))
-    if args.bf16_slices:
-        fp32 = summarise("fp32", run_child(args, "bf16", args.bf16_slices, "off", repeats=1))
-        bf16 = summarise("bf16", run_child(args, "bf16", args.bf16_slices, "on", repeats=1))
-        agreement = None
-        masks = [Path(args.workdir) / f"mask_bf16_{m}.npy" for m in ("off", "on")]
-        if all(m.exists() for m in masks):
-            a, b = (np.load(m) for m in masks)
-            agreement = {"dice_bf16_vs_fp32": round(dice(b, a), 4) if (a.any() or b.any()) else None,
-                         "voxels_differing": int((a != b).sum()), "fp32_voxels": int(a.sum()), "bf16_voxels": int(b.sum())}
-        report["bf16"] = {"slices": args.bf16_slices, "float32": fp32, "bf16_autocast": bf16, "agreement": agreement,
-                          "speedup_bf16": round(fp32["first_s"] / bf16["first_s"], 2)
-                          if fp32.get("first_s") and bf16.get("first_s") else None}
+    if args.precision_slices:
+        n = args.precision_slices
+        fp32 = summarise("fp32", run_child(args, "precision", n, "off", repeats=1, cpu_int8="off"))
+        report["precision"] = {"slices": n, "float32": fp32}
+        for name, bf16, int8 in (("bf16_autocast", "on", "off"), ("int8_linear", "off", "on")):
+            other = summarise(name, run_child(args, "precision", n, bf16, repeats=1, cpu_int8=int8))
+            a, b = (np.load(Path(args.workdir) / f"mask_bf16-{x}_int8-{y}.npy") if
+                    (Path(args.workdir) / f"mask_bf16-{x}_int8-{y}.npy").exists() else None
+                    for x, y in (("off", "off"), (bf16, int8)))
+            agreement = None if a is None or b is None else {
+                "dice_vs_fp32": round(dice(b, a), 4) if (a.any() or b.any()) else None,
+                "voxels_differing": int((a != b).sum()), "fp32_voxels": int(a.sum()), "voxels": int(b.sum())}
+            report["precision"][name] = {**other, "agreement": agreement,
+                                         "speedup_vs_fp32": round(fp32["first_s"] / other["first_s"], 2)
+                                         if fp32.get("first_s") and other.get("first_s") else None}
     report["load_average_now"] = list(os.getloadavg())
     Path(args.out).write_text(json.dumps(report, indent=1))
     return report
+
+
+def print_table(report: dict) -> None:
+    """One line per (volume, method): times, slices, throughput and ratios to the built-in task."""
+    head = (f"{'slices':>6} {'method':<38} {'first s':>8} {'sl':>4} {'sl/s':>6} {'corr s':>7} {'sl':>4} "
+            f"{'MB':>6} {'thru x':>6} {'first x':>7} {'corr x':>6}")
+    print(f"weights: {report['weights']}; preset {report['preset']}, {report['size']} px")
+    print(head)
+    for slices, rows in report["volumes"].items():
+        for name, row in rows.items():
+            if not row or "error" in row:
+                print(f"{slices:>6} {name:<38} {'error' if row else 'skipped'}")
+                continue
+            cells = [row.get("first_s"), row.get("first_slices"), row.get("first_slices_per_s"), row.get("correction_s"),
+                     row.get("correction_slices"), row.get("peak_rss_mb"), row.get("throughput_vs_builtin"),
+                     row.get("first_speedup_vs_builtin"), row.get("correction_speedup_vs_builtin")]
+            text = ["-" if c is None else f"{c:g}" for c in cells]
+            print(f"{slices:>6} {name:<38} {text[0]:>8} {text[1]:>4} {text[2]:>6} {text[3]:>7} {text[4]:>4} "
+                  f"{text[5]:>6} {text[6]:>6} {text[7]:>7} {text[8]:>6}")
 
 
 def main(argv=None) -> int:
@@ -340,12 +376,15 @@ def main(argv=None) -> int:
     p.add_argument("--checkpoint", default="random")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--fraction", type=float, default=0.2, help="share of slices the structure spans")
-    p.add_argument("--bf16-slices", type=int, default=8, help="volume for the bf16 check (0: skip)")
+    p.add_argument("--precision-slices", type=int, default=8,
+                   help="volume for the bf16 and int8 checks against float32 (0: skip)")
+    p.add_argument("--cpu-int8", choices=["off", "on"], default="off",
+                   help="int8 linear layers for this app's rows (the built-in task stays float32)")
     p.add_argument("--skip-builtin", action="store_true")
     p.add_argument("--skip-video", action="store_true")
     p.add_argument("--out", default="benchmark_speed.json")
     p.add_argument("--workdir", default=None)
-    p.add_argument("--child", choices=["ours", "builtin", "video", "bf16"], help=argparse.SUPPRESS)
+    p.add_argument("--child", choices=["ours", "builtin", "video", "precision"], help=argparse.SUPPRESS)
     p.add_argument("--cpu-bf16", default="off", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     args.workdir = args.workdir or tempfile.mkdtemp(prefix="medsam2-bench-")
@@ -356,11 +395,13 @@ def main(argv=None) -> int:
         torch.manual_seed(0)
         vol, ref = phantom(args.slices[0], args.size, args.fraction)
         args.mode = args.child
-        child = {"ours": child_ours, "bf16": child_ours, "builtin": child_builtin, "video": child_video}[args.child]
+        child = {"ours": child_ours, "precision": child_ours, "builtin": child_builtin,
+                 "video": child_video}[args.child]
         print(json.dumps(child(args, vol, ref)))
         return 0
     report = parent(args)
     print(json.dumps({k: v for k, v in report.items() if k != "machine"}, indent=1))
+    print_table(report)
     return 0
 
 

@@ -50,6 +50,7 @@ class MedSam2App(MONAILabelApp):
             self.settings.model_dir,
             checkpoint=self.settings.checkpoint,
             device=self.settings.device,
+            cpu_int8=self.settings.cpu_int8,
         )
         self.models.ensure_available(allow_download=self.settings.allow_download)
         self.volume_segmenter = VolumeSegmenter(self.models, self.settings.engine)

@@ -48,6 +48,7 @@ class AppConfig:
     checkpoint: str | None
     device: str
     labels: list
+    cpu_int8: bool
     allow_download: bool
     engine: EngineSettings = field(default_factory=EngineSettings)
     auto_finetune_after: int = 0  # fine-tune after this many new final labels (0: only on request)
@@ -86,6 +87,7 @@ class AppConfig:
             checkpoint=conf.get("checkpoint") or None,
             device=conf.get("device", "auto"),
             labels=labels,
+            cpu_int8=_flag(conf, "cpu_int8", False),
             allow_download=_flag(conf, "download", True),
             engine=engine,
             auto_finetune_after=_number(conf, "auto_finetune_after", 0, int),

@@ -19,6 +19,7 @@ from .checkpoints import (
     build_model,
     download,
 )
+from .precision import INT8_MODULES, quantize_int8
 
 logger = logging.getLogger(__name__)
 
@@ -69,12 +70,14 @@ class ModelSource:
         checkpoint: str | None = None,
         device: str = "auto",
         extra_overrides: dict | None = None,
+        cpu_int8: bool = False,
     ):
         self.preset = preset
         self.model_dir = Path(model_dir)
         self.explicit = checkpoint or os.environ.get(CHECKPOINT_ENV) or None
         self.device = pick_device(device)
         self.extra_overrides = extra_overrides or {}
+        self.cpu_int8 = bool(cpu_int8) and self.device == "cpu"  # see precision.quantize_int8
         self._loaded: LoadedModel | None = None
         self._versions = 0
         self._lock = threading.RLock()
@@ -159,6 +162,9 @@ class ModelSource:
         action = "reloading" if self._loaded is not None else "loading"
         logger.info("%s model %s from %s on %s", action, self.preset.name, path, self.device)
         model = build_model(self.preset, path, self.device, self.extra_overrides)
+        if self.cpu_int8:
+            quantize_int8(model)
+            logger.info("int8 linear layers in %s (cpu_int8)", ", ".join(INT8_MODULES))
         self._versions += 1
         self._loaded = LoadedModel(model, path, self._versions, stamp)
         self.last_error = None
@@ -180,5 +186,6 @@ class ModelSource:
             "checkpoint": path,
             "random_weights": path == RANDOM_WEIGHTS,
             "device": self.device,
+            "cpu_int8": self.cpu_int8,
             "reason": reason,
         }

@@ -1,9 +1,15 @@
-"""Numeric precision on CPU: detect bf16 matrix units and scope autocast to one call.
+"""Numeric precision on CPU: bf16 autocast where the CPU has bf16 units, int8 linear layers.
 
 bf16 autocast only pays on CPUs with bf16 matrix/vector units (Intel AMX ``amx_bf16``, AVX-512
 ``avx512_bf16``); elsewhere PyTorch emulates it and it is several times *slower* than float32
 (measured: 2-core AMD EPYC without those flags, SAM 2.1 tiny encoder at 512 px, 2.7 s float32
 vs 12-13 s bf16 per slice). ``"auto"`` therefore turns it on only where the units exist.
+
+Where there are no such units, ``quantize_int8`` is the lever left: the linear layers of the
+stages that run once per slice (image encoder, memory attention, memory encoder) become
+dynamically quantized int8 (weights int8, activations quantized per call; fbgemm's AVX2
+kernels). It changes the numbers, so it is off by default; the speed benchmark measures
+both its speed and its masks against float32 with the same weights.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ from functools import lru_cache
 import torch
 
 BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+INT8_MODULES = ("image_encoder", "memory_attention", "memory_encoder")
 CPU_BF16_CHOICES = ("off", "on", "auto")
 
 
@@ -44,3 +51,15 @@ def autocast_for(device: str, cpu_bf16: str = "off"):
     if use_cpu_bf16(cpu_bf16):
         return torch.autocast("cpu", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def quantize_int8(model: torch.nn.Module) -> torch.nn.Module:
+    """Make the per-slice stages' ``nn.Linear`` layers dynamic int8, in place (CPU inference only)."""
+    import warnings
+
+    with warnings.catch_warnings():  # torch.ao.quantization announces its move to torchao
+        warnings.simplefilter("ignore")
+        for name in INT8_MODULES:
+            stage = getattr(model, name)
+            setattr(model, name, torch.ao.quantization.quantize_dynamic(stage, {torch.nn.Linear}, dtype=torch.qint8))
+    return model
