@@ -29,7 +29,6 @@ import json
 import os
 import platform
 import resource
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -38,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from bench_report import print_table, ratios, summarise
 
 STAGES = {"image_encoder": "image_encoder", "memory_attention": "memory_attention",
           "memory_encoder": "memory_encoder", "mask_decoder": "sam_mask_decoder", "prompt_encoder": "sam_prompt_encoder"}
@@ -242,49 +242,6 @@ def run_child(args, mode: str, slices: int, cpu_bf16: str = "off", repeats: int 
 
 
 # ----------------------------------------------------------------------------- parent
-def median(runs: list, key: str):
-    values = [r[key] for r in runs if r.get(key) is not None]
-    return round(statistics.median(values), 3) if values else None
-
-
-def summarise(name: str, result: dict, early: bool | None = None, local: bool | None = None) -> dict:
-    if "error" in result:
-        return {"error": result["error"]}
-    runs = [r for r in result["runs"] if (early is None or r.get("early_stop", False) == early)
-            and (local is None or r.get("correction_stop", False) == local)]
-    row = {"first_s": median(runs, "first_s"), "correction_s": median(runs, "correction_s"),
-           "first_slices": runs[0]["first_slices"], "correction_slices": runs[0].get("correction_slices"),
-           "first_encoded": runs[0].get("first_encoded"), "correction_encoded": runs[0].get("correction_encoded"),
-           "peak_rss_mb": result["peak_rss_mb"], "rss_after_model_mb": result.get("rss_after_model_mb"),
-           "repeats": len(runs)}
-    row["first_slices_per_s"] = round(row["first_slices"] / row["first_s"], 3) if row["first_s"] else None
-    if row["correction_s"]:
-        row["correction_slices_per_s"] = round(row["correction_slices"] / row["correction_s"], 3)
-    stages = runs[-1].get("stages_first") or runs[0].get("stages_first")
-    if stages:
-        total = sum(s["seconds"] for s in stages.values()) or 1.0
-        row["stages_first"] = {k: {**v, "share": round(v["seconds"] / total, 3)} for k, v in stages.items()}
-        row["dominant_stage_first"] = max(stages, key=lambda k: stages[k]["seconds"])
-    if runs[-1].get("stages_correction"):
-        row["stages_correction"] = runs[-1]["stages_correction"]
-    if "jpeg_write_s" in runs[0]:
-        row["jpeg_write_s"] = median(runs, "jpeg_write_s")
-    return row
-
-
-def ratios(row: dict, builtin: dict) -> dict:
-    out = {}
-    if "error" in row or "error" in builtin:
-        return out
-    if row.get("first_slices_per_s") and builtin.get("first_slices_per_s"):
-        out["throughput_vs_builtin"] = round(row["first_slices_per_s"] / builtin["first_slices_per_s"], 2)
-    if row.get("first_s") and builtin.get("first_s"):
-        out["first_speedup_vs_builtin"] = round(builtin["first_s"] / row["first_s"], 2)
-    if row.get("correction_s") and builtin.get("correction_s"):
-        out["correction_speedup_vs_builtin"] = round(builtin["correction_s"] / row["correction_s"], 2)
-    return out
-
-
 def dice(a: np.ndarray, b: np.ndarray) -> float:
     from monai.metrics import compute_dice
 
@@ -347,25 +304,6 @@ def parent(args) -> dict:
     report["load_average_now"] = list(os.getloadavg())
     Path(args.out).write_text(json.dumps(report, indent=1))
     return report
-
-
-def print_table(report: dict) -> None:
-    """One line per (volume, method): times, slices, throughput and ratios to the built-in task."""
-    head = (f"{'slices':>6} {'method':<38} {'first s':>8} {'sl':>4} {'sl/s':>6} {'corr s':>7} {'sl':>4} "
-            f"{'MB':>6} {'thru x':>6} {'first x':>7} {'corr x':>6}")
-    print(f"weights: {report['weights']}; preset {report['preset']}, {report['size']} px")
-    print(head)
-    for slices, rows in report["volumes"].items():
-        for name, row in rows.items():
-            if not row or "error" in row:
-                print(f"{slices:>6} {name:<38} {'error' if row else 'skipped'}")
-                continue
-            cells = [row.get("first_s"), row.get("first_slices"), row.get("first_slices_per_s"), row.get("correction_s"),
-                     row.get("correction_slices"), row.get("peak_rss_mb"), row.get("throughput_vs_builtin"),
-                     row.get("first_speedup_vs_builtin"), row.get("correction_speedup_vs_builtin")]
-            text = ["-" if c is None else f"{c:g}" for c in cells]
-            print(f"{slices:>6} {name:<38} {text[0]:>8} {text[1]:>4} {text[2]:>6} {text[3]:>7} {text[4]:>4} "
-                  f"{text[5]:>6} {text[6]:>6} {text[7]:>7} {text[8]:>6}")
 
 
 def main(argv=None) -> int:

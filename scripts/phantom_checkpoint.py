@@ -54,7 +54,9 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--out", default="phantom_checkpoint.pt")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     logging.getLogger("medsam2_engine.engine").setLevel(logging.WARNING)
 
