@@ -15,11 +15,14 @@ def summarise(name: str, result: dict, early: bool | None = None, local: bool | 
         return {"error": result["error"]}
     runs = [r for r in result["runs"] if (early is None or r.get("early_stop", False) == early)
             and (local is None or r.get("correction_stop", False) == local)]
+    if not runs:
+        return {}
     row = {"first_s": median(runs, "first_s"), "correction_s": median(runs, "correction_s"),
            "first_slices": runs[0]["first_slices"], "correction_slices": runs[0].get("correction_slices"),
            "first_encoded": runs[0].get("first_encoded"), "correction_encoded": runs[0].get("correction_encoded"),
            "peak_rss_mb": result["peak_rss_mb"], "rss_after_model_mb": result.get("rss_after_model_mb"),
-           "repeats": len(runs)}
+           "repeats": len(runs), "first_dice": runs[0].get("first_dice"),
+           "correction_dice": runs[0].get("correction_dice")}
     row["first_slices_per_s"] = round(row["first_slices"] / row["first_s"], 3) if row["first_s"] else None
     if row["correction_s"]:
         row["correction_slices_per_s"] = round(row["correction_slices"] / row["correction_s"], 3)
@@ -51,7 +54,7 @@ def ratios(row: dict, builtin: dict) -> dict:
 def print_table(report: dict) -> None:
     """One line per (volume, method): times, slices, throughput and ratios to the built-in task."""
     head = (f"{'slices':>6} {'method':<38} {'first s':>8} {'sl':>4} {'sl/s':>6} {'corr s':>7} {'sl':>4} "
-            f"{'MB':>6} {'thru x':>6} {'first x':>7} {'corr x':>6}")
+            f"{'MB':>6} {'thru x':>6} {'first x':>7} {'corr x':>6} {'Dice':>6} {'Dice c':>6}")
     print(f"weights: {report['weights']}; preset {report['preset']}; volume slices {report['size']} px square; "
           f"int8 for ours: {report.get('cpu_int8_ours', 'off')}")
     print(head)
@@ -62,7 +65,8 @@ def print_table(report: dict) -> None:
                 continue
             cells = [row.get("first_s"), row.get("first_slices"), row.get("first_slices_per_s"), row.get("correction_s"),
                      row.get("correction_slices"), row.get("peak_rss_mb"), row.get("throughput_vs_builtin"),
-                     row.get("first_speedup_vs_builtin"), row.get("correction_speedup_vs_builtin")]
+                     row.get("first_speedup_vs_builtin"), row.get("correction_speedup_vs_builtin"),
+                     row.get("first_dice"), row.get("correction_dice")]
             text = ["-" if c is None else f"{c:g}" for c in cells]
             print(f"{slices:>6} {name:<38} {text[0]:>8} {text[1]:>4} {text[2]:>6} {text[3]:>7} {text[4]:>4} "
-                  f"{text[5]:>6} {text[6]:>6} {text[7]:>7} {text[8]:>6}")
+                  f"{text[5]:>6} {text[6]:>6} {text[7]:>7} {text[8]:>6} {text[9]:>6} {text[10]:>6}")

@@ -124,7 +124,9 @@ def child_ours(args, vol, ref) -> dict:
     volume = Volume(vol, np.diag([0.8, 0.8, 2.5, 1.0]), declared_modality="CT")
     out = {"rss_after_model_mb": round(rss_model, 1), "runs": []}
     # (early stop, correction stop): every slice both times; a local correction; both stops on
-    configs = [(False, False), (False, True), (True, True)] if args.mode == "ours" else [(False, False)]
+    configs = [(False, True), (True, True)] if args.mode == "ours" else [(False, False)]
+    if args.mode == "ours" and vol.shape[2] <= args.full_correction_max_slices:
+        configs.insert(0, (False, False))
     for early, local in configs:
         seg = VolumeSegmenter(models, EngineSettings(cpu_bf16=args.cpu_bf16,
                                                      correction_stop=CorrectionStop(enabled=local)))
@@ -145,6 +147,8 @@ def child_ours(args, vol, ref) -> dict:
                 "first_encoded": first.session["slices_encoded"],
                 "correction_slices": sum(p["slices"] for p in corr.labels["l"].passes),
                 "correction_encoded": corr.session["slices_encoded"],
+                "first_dice": round(dice(first.labels["l"].mask, ref), 4),
+                "correction_dice": round(dice(corr.labels["l"].mask, ref), 4),
                 "stages_first": st_first, "stages_correction": st_corr,
             })
             if args.mode == "precision":
@@ -172,17 +176,18 @@ def child_builtin(args, vol, ref) -> dict:
         if stages is not None:
             stages.take()
         t = time.perf_counter()
-        _, info1 = method.segment(box, [])
+        mask1, info1 = method.segment(box, [])
         t_first = time.perf_counter() - t
         if stages is None:  # the model exists after the first request
             stages = StageTimer(method.task.predictors["cpu"])
             out["rss_after_model_mb"] = round(peak_rss_mb(), 1)
         st_first = stages.take()
         t = time.perf_counter()
-        _, info2 = method.segment(box, [click])
+        mask2, info2 = method.segment(box, [click])
         t_corr, st_corr = time.perf_counter() - t, stages.take()
         out["runs"].append({"first_s": t_first, "correction_s": t_corr, "first_slices": info1["slices_propagated"],
-                            "correction_slices": info2["slices_propagated"], "stages_first": st_first if rep else None,
+                            "correction_slices": info2["slices_propagated"],
+                            "first_dice": round(dice(mask1, ref), 4), "correction_dice": round(dice(mask2, ref), 4), "stages_first": st_first if rep else None,
                             "stages_correction": st_corr})
     out["peak_rss_mb"] = round(peak_rss_mb(), 1)
     return out
@@ -233,7 +238,7 @@ def run_child(args, mode: str, slices: int, cpu_bf16: str = "off", repeats: int 
     cmd = [sys.executable, __file__, "--child", mode, "--slices", str(slices), "--size", str(args.size),
            "--preset", args.preset, "--checkpoint", args.checkpoint, "--repeats", str(repeats or args.repeats),
            "--fraction", str(args.fraction), "--workdir", args.workdir, "--cpu-bf16", cpu_bf16,
-           "--cpu-int8", cpu_int8]
+           "--cpu-int8", cpu_int8, "--full-correction-max-slices", str(args.full_correction_max_slices)]
     print(f"[bench] {mode} slices={slices} bf16={cpu_bf16} int8={cpu_int8}", flush=True)
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -318,6 +323,8 @@ def main(argv=None) -> int:
                    help="volume for the bf16 and int8 checks against float32 (0: skip)")
     p.add_argument("--cpu-int8", choices=["off", "on"], default="off",
                    help="int8 linear layers for this app's rows (the built-in task stays float32)")
+    p.add_argument("--full-correction-max-slices", type=int, default=64,
+                   help="also time a correction that re-propagates the whole volume, up to this many slices")
     p.add_argument("--skip-builtin", action="store_true")
     p.add_argument("--skip-video", action="store_true")
     p.add_argument("--out", default="benchmark_speed.json")
