@@ -105,6 +105,8 @@ def main() -> None:
     parser.add_argument("--budget-min", type=float, default=12.0, help="training time budget in minutes")
     parser.add_argument("--steps-per-epoch", type=int, default=50)
     parser.add_argument("--lr", type=float, default=3e-4)
+    parser.add_argument("--lr-schedule", choices=["constant", "cosine"], default="cosine")
+    parser.add_argument("--warmup-steps", type=int, default=50)
     parser.add_argument("--clip-length", type=int, default=6)
     parser.add_argument("--max-organs", type=int, default=6, help="largest structures kept per many-organ study")
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
@@ -132,7 +134,8 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     config = FineTuneConfig(epochs=10_000, max_seconds=args.budget_min * 60, steps_per_epoch=args.steps_per_epoch,
-                            lr=args.lr, clip_length=args.clip_length, max_objects=2, device=args.device,
+                            lr=args.lr, lr_schedule=args.lr_schedule, warmup_steps=args.warmup_steps,
+                            clip_length=args.clip_length, max_objects=2, device=args.device,
                             seed=args.seed, log_every=25, baseline_validation=True,
                             loss_weights={"loss_mask": args.focal_weight})
     config.prompts.correction_clicks = 1

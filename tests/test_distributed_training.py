@@ -48,8 +48,8 @@ class RecordingFineTuner(FineTuner):
 
     record_dir: str = ""
 
-    def _train_epoch(self, ranks, model, optimizer, loss_fn, sampler, epoch, started):
-        result = super()._train_epoch(ranks, model, optimizer, loss_fn, sampler, epoch, started)
+    def _train_epoch(self, ranks, model, optimizer, loss_fn, sampler, epoch, started, scheduler=None):
+        result = super()._train_epoch(ranks, model, optimizer, loss_fn, sampler, epoch, started, scheduler)
         weights = getattr(model, "module", model).state_dict()
         torch.save({"weights": weights, "steps": result[0], "ddp": hasattr(model, "module")},
                    f"{self.record_dir}/rank{ranks.rank}_epoch{epoch}.pt")

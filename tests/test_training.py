@@ -114,3 +114,21 @@ def test_crash_while_publishing_leaves_the_previous_checkpoint_whole(labelled, t
     assert output.read_bytes() == before
     assert torch.equal(read_state_dict(str(output))["marker"], torch.arange(4))
     assert [p.name for p in output.parent.iterdir()] == ["finetuned.pt"], "a temporary file was left behind"
+
+
+def test_learning_rate_warms_up_then_decays_to_its_floor():
+    from medsam2_engine.training.schedule import warmup_cosine
+
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+    scheduler = warmup_cosine(optimizer, warmup_steps=4, total_steps=14, min_ratio=0.1)
+    rates = []
+    for _ in range(14):
+        rates.append(optimizer.param_groups[0]["lr"])
+        optimizer.step()
+        scheduler.step()
+    rates.append(optimizer.param_groups[0]["lr"])
+    assert rates[:4] == pytest.approx([0.25, 0.5, 0.75, 1.0])
+    assert all(a >= b for a, b in zip(rates[4:], rates[5:])) and rates[4] == pytest.approx(1.0)
+    assert rates[-1] == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="min_ratio"):
+        warmup_cosine(optimizer, 1, 10, min_ratio=2.0)

@@ -74,7 +74,8 @@ class FineTuneTask(TrainTask):
         self.models = models
         self.labels = list(labels)
         self.defaults = {
-            "epochs": 5, "max_seconds": 0, "steps_per_epoch": 0, "lr": 0, "clip_length": 8, "max_objects": 3,
+            "epochs": 5, "max_seconds": 0, "steps_per_epoch": 0, "lr": 0, "lr_schedule": "constant",
+            "warmup_steps": 0, "clip_length": 8, "max_objects": 3,
             "correction_clicks": 2, "freeze": "auto", "val_fraction": 0.2, "baseline_validation": True,
             "device": models.device, "multi_gpu": False, "gpus": "all", "seed": 0, "log_every": 10,
         }
@@ -103,6 +104,8 @@ class FineTuneTask(TrainTask):
             max_seconds=_number(req, "max_seconds", 0.0) or None,
             steps_per_epoch=_number(req, "steps_per_epoch", 0, int) or None,
             lr=_number(req, "lr", 0.0) or None,
+            lr_schedule=str(req.get("lr_schedule") or "constant"),
+            warmup_steps=_number(req, "warmup_steps", 0, int),
             clip_length=_number(req, "clip_length", 8, int),
             max_objects=_number(req, "max_objects", 3, int),
             freeze=str(req.get("freeze") or "auto"),

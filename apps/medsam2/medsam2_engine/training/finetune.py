@@ -27,6 +27,7 @@ from .clips import ClipSampler
 from .distributed import Ranks, launch
 from .loss import sam2_loss, total
 from .model import PromptSimulation, apply_freezing, build_train_model, frozen_modules
+from .schedule import warmup_cosine
 from .validation import evaluate, make_validator
 
 logger = logging.getLogger(__name__)
@@ -38,6 +39,8 @@ class FineTuneConfig:
     max_seconds: float | None = None  # time budget: the epoch running out stops early, then validates
     steps_per_epoch: int | None = None  # default: every clip once
     lr: float | None = None  # default: 1e-5 from a pretrained checkpoint, 1e-4 from random weights
+    lr_schedule: str = "constant"  # or "cosine": linear warmup, then cosine decay (sam2's recipe)
+    warmup_steps: int = 0
     weight_decay: float = 0.01
     grad_clip: float = 0.1  # as sam2's fine-tuning configs
     clip_length: int = 8
@@ -97,6 +100,7 @@ class FineTuner:
         loss_fn = sam2_loss(cfg.loss_weights)
         sampler = ClipSampler(train_cases, model.image_size, cfg.clip_length, max_objects=cfg.max_objects,
                               seed=cfg.seed, sample_seed=cfg.seed + ranks.rank)
+        scheduler = self._scheduler(optimizer, len(sampler.refs), ranks)
         trained = ranks.wrap(model)
         validator, source = make_validator(self.preset, device, self.extra_overrides) if ranks.is_main else (None, None)
         summary = {
@@ -127,7 +131,8 @@ class FineTuner:
             if ranks.any(self._out_of_time(started)):
                 break
             epoch_started = time.monotonic()
-            steps, loss_sum, parts = self._train_epoch(ranks, trained, optimizer, loss_fn, sampler, epoch, started)
+            steps, loss_sum, parts = self._train_epoch(ranks, trained, optimizer, loss_fn, sampler, epoch, started,
+                                                       scheduler)
             if not ranks.is_main:
                 ranks.barrier()  # rank 0 validates and publishes
                 continue
@@ -154,11 +159,24 @@ class FineTuner:
         report()
         return summary
 
+    def _scheduler(self, optimizer, clips: int, ranks: Ranks):
+        cfg = self.config
+        if cfg.lr_schedule == "constant":
+            return None
+        if cfg.lr_schedule != "cosine":
+            raise ValueError(f"lr_schedule must be 'constant' or 'cosine', got {cfg.lr_schedule!r}")
+        per_epoch = cfg.steps_per_epoch or max(1, clips // ranks.world_size)
+        total = cfg.epochs * per_epoch  # with a time budget, whichever of steps and time is further along
+        # time progress differs by milliseconds between processes; with DDP only steps count,
+        # or the ranks' learning rates and then their weights would drift apart
+        budget = None if ranks.distributed else cfg.max_seconds
+        return warmup_cosine(optimizer, cfg.warmup_steps, total, max_seconds=budget)
+
     def _out_of_time(self, started: float) -> bool:
         return self.config.max_seconds is not None and time.monotonic() - started >= self.config.max_seconds
 
     def _train_epoch(self, ranks: Ranks, model, optimizer, loss_fn, sampler: ClipSampler, epoch: int,
-                     started: float):
+                     started: float, scheduler=None):
         """One pass over this rank's share of the clips; ``model`` may be DDP-wrapped."""
         cfg = self.config
         model.train()
@@ -187,6 +205,8 @@ class FineTuner:
                 torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]],
                                                cfg.grad_clip)
             optimizer.step()
+            if scheduler is not None:
+                scheduler.step()
             steps += 1
             loss_sum += ranks.mean(float(loss.detach()))
             for key, value in losses.items():
