@@ -102,18 +102,30 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data"))
     parser.add_argument("--out", default="/tmp/medsam2_finetune_benchmark")
-    parser.add_argument("--budget-min", type=float, default=12.0, help="training time budget in minutes")
+    parser.add_argument("--epochs", type=int, default=10,
+                        help="epochs of --steps-per-epoch steps: a fixed step count, so runs compare across machines")
+    parser.add_argument("--budget-min", type=float, default=10.0,
+                        help="training time cap in minutes (the cosine then ends with the budget)")
     parser.add_argument("--steps-per-epoch", type=int, default=50)
-    parser.add_argument("--lr", type=float, default=3e-4)
-    parser.add_argument("--lr-schedule", choices=["constant", "cosine"], default="cosine")
+    parser.add_argument("--lr", type=float, default=3e-4, help="peak learning rate (1e-3 is too high from random weights)")
+    parser.add_argument("--lr-schedule", default="cosine", choices=["cosine", "constant"])
     parser.add_argument("--warmup-steps", type=int, default=50)
     parser.add_argument("--clip-length", type=int, default=6)
+    parser.add_argument("--max-objects", type=int, default=6,
+                        help="structures per training clip: several boxes on one image force the model to use the box")
+    parser.add_argument("--prob-box", type=float, default=1.0,
+                        help="share of training prompts that are boxes (else one click); the benchmark prompts with a box")
+    parser.add_argument("--init-cond-frames", type=int, default=1,
+                        help="prompted frames per training clip (random 1..n); the benchmark prompts one slice")
+    parser.add_argument("--correction-clicks", type=int, default=1)
     parser.add_argument("--max-organs", type=int, default=6, help="largest structures kept per many-organ study")
     parser.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1))
     parser.add_argument("--device", default="auto")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--focal-weight", type=float, default=20.0,
-                        help="weight of the focal mask loss (sam2's fine-tuning recipe: 20)")
+    parser.add_argument("--focal-weight", type=float, default=1.0,
+                        help="weight of the focal mask loss (sam2's fine-tuning recipe: 20; it stays at 0 from random weights)")
+    parser.add_argument("--class-weight", type=float, default=1.0,
+                        help="weight of the object-score loss (sam2's recipe: 1)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
     for noisy in ("monai", "medsam2_engine.engine"):
@@ -133,12 +145,16 @@ def main() -> None:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    config = FineTuneConfig(epochs=10_000, max_seconds=args.budget_min * 60, steps_per_epoch=args.steps_per_epoch,
-                            lr=args.lr, lr_schedule=args.lr_schedule, warmup_steps=args.warmup_steps,
-                            clip_length=args.clip_length, max_objects=2, device=args.device,
-                            seed=args.seed, log_every=25, baseline_validation=True,
-                            loss_weights={"loss_mask": args.focal_weight})
-    config.prompts.correction_clicks = 1
+    config = FineTuneConfig(epochs=args.epochs, max_seconds=args.budget_min * 60,
+                            steps_per_epoch=args.steps_per_epoch, lr=args.lr, lr_schedule=args.lr_schedule,
+                            warmup_steps=args.warmup_steps, clip_length=args.clip_length,
+                            max_objects=args.max_objects, device=args.device, seed=args.seed, log_every=25,
+                            baseline_validation=True,
+                            loss_weights={"loss_mask": args.focal_weight, "loss_class": args.class_weight})
+    config.prompts.prob_box = args.prob_box
+    config.prompts.init_cond_frames = args.init_cond_frames
+    config.prompts.frames_to_correct = args.init_cond_frames  # correction clicks only on the prompted frames
+    config.prompts.correction_clicks = args.correction_clicks
     started = time.monotonic()
     summary = FineTuner(small_preset(), config).run(train, held_out, "random", str(out / "finetuned.pt"))
     print(f"\n{'epoch':>5} {'steps':>5} {'minutes':>7} {'loss':>8} {'held-out Dice':>13}")
