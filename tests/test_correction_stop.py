@@ -34,6 +34,9 @@ def _box_then_click(segmenter, volume, truth, key, stop: CorrectionStop):
     first = segmenter.segment(volume, {"x": prompts}, session_key=key)
     prompts.clicks.append(Click(19, 16, 18, True))  # one more click, six slices away
     second = segmenter.segment(volume, {"x": prompts}, session_key=key, correction_stop=stop)
+    # the same prompts again with the stop turned off: a locally corrected mask is re-run in full
+    again = segmenter.segment(volume, {"x": prompts}, session_key=key, correction_stop=CorrectionStop(False))
+    assert again.labels["x"].reused == (not stop.enabled)
     segmenter.sessions.drop(key)
     return first.labels["x"], second.labels["x"]
 

@@ -52,6 +52,7 @@ class LabelTrack:
     mask: np.ndarray | None = None
     propagation: Propagation | None = None
     early_stop: EarlyStop | None = None
+    local_correction: bool = False  # the mask came from a correction stopped where it met the last one
 
     def memory_bytes(self) -> int:
         frames = len(self.state["output_dict_per_obj"][0]["non_cond_frame_outputs"]) if self.state["obj_ids"] else 0
@@ -231,9 +232,12 @@ class VolumeSegmenter:
         timings["prompts"] = timings.get("prompts", 0.0) + time.perf_counter() - t0
 
         same_rule = track.early_stop == early_stop  # another stopping rule gives another result
-        if not changed and same_rule and track.mask is not None:
+        exact_wanted = not correction_stop.enabled and track.local_correction  # asks for the full pass
+        if not changed and same_rule and track.mask is not None and not exact_wanted:
             return self._label_result(label, track, wanted, reused=True)
-        if changed and only_added and same_rule and track.propagation is not None and correction_stop.enabled:
+        track.local_correction = bool(changed) and only_added and same_rule and correction_stop.enabled \
+            and track.propagation is not None
+        if track.local_correction:
             propagation = propagate_correction(predictor, track.state, sorted(changed), track.propagation,
                                                early_stop, correction_stop)
         else:
