@@ -10,11 +10,13 @@ def median(runs: list, key: str):
     return round(statistics.median(values), 3) if values else None
 
 
-def summarise(name: str, result: dict, early: bool | None = None, local: bool | None = None) -> dict:
+def summarise(name: str, result: dict, early: bool | None = None, local: bool | None = None,
+              region: bool | None = None) -> dict:
     if "error" in result:
         return {"error": result["error"]}
     runs = [r for r in result["runs"] if (early is None or r.get("early_stop", False) == early)
-            and (local is None or r.get("correction_stop", False) == local)]
+            and (local is None or r.get("correction_stop", False) == local)
+            and (region is None or r.get("crop_region", False) == region)]
     if not runs:
         return {}
     row = {"first_s": median(runs, "first_s"), "correction_s": median(runs, "correction_s"),
@@ -53,7 +55,7 @@ def ratios(row: dict, builtin: dict) -> dict:
 
 def print_table(report: dict) -> None:
     """One line per (volume, method): times, slices, throughput and ratios to the built-in task."""
-    head = (f"{'slices':>6} {'method':<38} {'first s':>8} {'sl':>4} {'sl/s':>6} {'corr s':>7} {'sl':>4} "
+    head = (f"{'slices':>6} {'method':<46} {'first s':>8} {'sl':>4} {'sl/s':>6} {'corr s':>7} {'sl':>4} "
             f"{'MB':>6} {'thru x':>6} {'first x':>7} {'corr x':>6} {'Dice':>6} {'Dice c':>6}")
     print(f"weights: {report['weights']}; preset {report['preset']}; volume slices {report['size']} px square; "
           f"int8 for ours: {report.get('cpu_int8_ours', 'off')}")
@@ -61,12 +63,12 @@ def print_table(report: dict) -> None:
     for slices, rows in report["volumes"].items():
         for name, row in rows.items():
             if not row or "error" in row:
-                print(f"{slices:>6} {name:<38} {'error' if row else 'skipped'}")
+                print(f"{slices:>6} {name:<46} {'error' if row else 'skipped'}")
                 continue
             cells = [row.get("first_s"), row.get("first_slices"), row.get("first_slices_per_s"), row.get("correction_s"),
                      row.get("correction_slices"), row.get("peak_rss_mb"), row.get("throughput_vs_builtin"),
                      row.get("first_speedup_vs_builtin"), row.get("correction_speedup_vs_builtin"),
                      row.get("first_dice"), row.get("correction_dice")]
             text = ["-" if c is None else f"{c:g}" for c in cells]
-            print(f"{slices:>6} {name:<38} {text[0]:>8} {text[1]:>4} {text[2]:>6} {text[3]:>7} {text[4]:>4} "
+            print(f"{slices:>6} {name:<46} {text[0]:>8} {text[1]:>4} {text[2]:>6} {text[3]:>7} {text[4]:>4} "
                   f"{text[5]:>6} {text[6]:>6} {text[7]:>7} {text[8]:>6} {text[9]:>6} {text[10]:>6}")

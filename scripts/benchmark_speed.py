@@ -7,10 +7,12 @@ Each measurement runs in a fresh child process (peak memory is that process's ma
 importing the built-in task deletes its cache folder, so it is pointed at a private one).
 
 - ``ours``: first request (box -> full 3D mask, both ways, early stop off, so every slice is
-  encoded and propagated) and a correction (one more click on another slice), the correction
-  once re-propagating the whole volume and once with ``correction_stop`` (outward from the
-  clicked slice until the masks meet the previous result); then early stop and correction
-  stop both on (time to the full result; meaningful only with trained weights).
+  encoded and propagated) and a correction (one more click on another slice), on whole
+  slices: the correction once re-propagating the whole volume and once with
+  ``correction_stop`` (outward from the clicked slice until the masks meet the previous
+  result). Then the default pipeline, which segments a region around the prompts at the
+  model's own scale (``crop_region``): early stop off (throughput), and early stop and
+  correction stop both on (time to the full result; meaningful only with trained weights).
 - ``builtin``: ``Sam2InferTask`` 3D, the same two requests (it writes JPEGs on the first,
   propagates forward only from the lowest prompted slice, and re-encodes on every request).
 - ``video``: sam2's ``build_sam2_video_predictor`` on a JPEG folder, box then both ways.
@@ -114,6 +116,7 @@ def child_ours(args, vol, ref) -> dict:
     from medsam2_engine.model_source import ModelSource
     from medsam2_engine.prompts import LabelPrompts
     from medsam2_engine.propagation import CorrectionStop, EarlyStop
+    from medsam2_engine.roi import RoiSettings
     from medsam2_engine.volume_io import Volume
 
     models = ModelSource(get_preset(args.preset), tempfile.mkdtemp(), checkpoint=args.checkpoint, device="cpu",
@@ -123,12 +126,14 @@ def child_ours(args, vol, ref) -> dict:
     box, click = prompts_for(ref)
     volume = Volume(vol, np.diag([0.8, 0.8, 2.5, 1.0]), declared_modality="CT")
     out = {"rss_after_model_mb": round(rss_model, 1), "runs": []}
-    # (early stop, correction stop): every slice both times; a local correction; both stops on
-    configs = [(False, True), (True, True)] if args.mode == "ours" else [(False, False)]
+    # (early stop, correction stop, crop region): whole slices as before regions existed; then the
+    # default pipeline (a region around the prompts) with every slice, and with both stops on
+    configs = [(False, True, False), (False, True, True), (True, True, True)] if args.mode == "ours" \
+        else [(False, False, False)]
     if args.mode == "ours" and vol.shape[2] <= args.full_correction_max_slices:
-        configs.insert(0, (False, False))
-    for early, local in configs:
-        seg = VolumeSegmenter(models, EngineSettings(cpu_bf16=args.cpu_bf16,
+        configs.insert(0, (False, False, False))
+    for early, local, region in configs:
+        seg = VolumeSegmenter(models, EngineSettings(cpu_bf16=args.cpu_bf16, roi=RoiSettings(enabled=region),
                                                      correction_stop=CorrectionStop(enabled=local)))
         stop = EarlyStop(enabled=early)
         for rep in range(args.repeats):
@@ -142,7 +147,8 @@ def child_ours(args, vol, ref) -> dict:
                                early_stop=stop)
             t_corr, st_corr = time.perf_counter() - t, stages.take()
             out["runs"].append({
-                "early_stop": early, "correction_stop": local, "first_s": t_first, "correction_s": t_corr,
+                "early_stop": early, "correction_stop": local, "crop_region": region,
+                "region": first.labels["l"].roi, "first_s": t_first, "correction_s": t_corr,
                 "first_slices": sum(p["slices"] for p in first.labels["l"].passes),
                 "first_encoded": first.session["slices_encoded"],
                 "correction_slices": sum(p["slices"] for p in corr.labels["l"].passes),
@@ -280,10 +286,12 @@ def parent(args) -> dict:
         builtin = summarise("builtin", run_child(args, "builtin", slices)) if not args.skip_builtin else {}
         ours_raw = run_child(args, "ours", slices)
         vol_report["builtin"] = builtin
-        for name, early, local in (("ours_early_stop_off_full_correction", False, False),
-                                   ("ours_early_stop_off_correction_stop", False, True),
-                                   ("ours_early_stop_on_correction_stop", True, True)):
-            vol_report[name] = summarise("ours", ours_raw, early=early, local=local)
+        for name, early, local, region in (
+                ("ours_whole_slices_early_stop_off_full_correction", False, False, False),
+                ("ours_whole_slices_early_stop_off_correction_stop", False, True, False),
+                ("ours_region_early_stop_off_correction_stop", False, True, True),
+                ("ours_region_early_stop_on_correction_stop", True, True, True)):
+            vol_report[name] = summarise("ours", ours_raw, early=early, local=local, region=region)
             vol_report[name].update(ratios(vol_report[name], builtin))
         if not args.skip_video:
             vol_report["sam2_video_jpeg"] = summarise("video", run_child(args, "video", slices))

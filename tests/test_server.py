@@ -53,6 +53,7 @@ def test_info_lists_interactive_models_and_model_status(client):
     assert model["labels"] == ["liver", "spine", "lesion", "tumour"]
     assert "soft_tissue" in model["config"]["window"]
     assert info["medsam2"]["ready"] is True
+    assert model["config"]["crop_region"] is True and model["config"]["correction_stop"] is True
     assert info["models"]["medsam2_2d"]["dimension"] == 2
 
 
@@ -71,6 +72,7 @@ def test_3d_infer_then_correction(client, studies):
     liver = params["labels"]["liver"]
     assert {p["direction"] for p in liver["passes"]} == {"forward", "backward"}
     assert {"slice", "object_score", "predicted_iou", "area"} <= set(liver["slices"][0])
+    assert liver["crop_region"] is None  # the small test model's 128 px input leaves no room for a region
     assert params["latencies"]["total"] > 0 and "propagation" in params["stages"]
     assert params["session"]["started"] == "new"
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from medsam2_engine.checkpoints import DEFAULT_PRESET, ModelPreset, get_preset, preset_for_config_file
 from medsam2_engine.engine import EngineSettings
 from medsam2_engine.propagation import CorrectionStop, EarlyStop
+from medsam2_engine.roi import RoiSettings
 from medsam2_engine.sessions import SessionLimits
 
 DEFAULT_LABELS = ("lesion", "organ", "vessel", "bone", "other")
@@ -72,6 +73,11 @@ class AppConfig:
                 enabled=_flag(conf, "correction_stop", True),
                 iou=_number(conf, "correction_stop_iou", 0.95),
                 patience=_number(conf, "correction_stop_patience", 3, int),
+            ),
+            roi=RoiSettings(
+                enabled=_flag(conf, "crop_region", True),
+                context=_number(conf, "crop_region_context", 2.0),
+                min_input=_number(conf, "crop_region_min_input", 256, int),
             ),
             feature_cache_mb=_number(conf, "feature_cache_mb", 2048.0),
             cpu_bf16=_choice(conf, "cpu_bf16", "off", ("off", "on", "auto")),

@@ -16,7 +16,7 @@ import torch
 from .frames import SliceFrames, image_to_slice, slice_to_image
 from .model_source import ModelSource
 from .precision import autocast_for as _autocast_for
-from .predictor import FeatureCache
+from .predictor import FeatureCache, at_input_size
 from .prompts import FramePrompt, LabelPrompts
 from .propagation import (
     OBJ_ID,
@@ -27,6 +27,7 @@ from .propagation import (
     propagate_correction,
     restart_frame,
 )
+from .roi import Roi, RoiSettings, choose_roi, grown, mask_extent, prompt_extent, reaches_edge, union
 from .sessions import Session, SessionLimits, SessionStore, image_stamp, window_key
 from .volume_io import Volume, load_image
 from .windowing import choose_window, guess_modality
@@ -41,6 +42,7 @@ class EngineSettings:
     feature_cache_mb: float = 2048.0
     limits: SessionLimits = field(default_factory=SessionLimits)
     cpu_bf16: str = "off"  # "off" | "on" | "auto" (only with AMX/AVX-512 bf16 units): see precision.py
+    roi: RoiSettings = field(default_factory=RoiSettings)
 
 
 @dataclass
@@ -48,6 +50,9 @@ class LabelTrack:
     """One label's SAM 2 inference state and what the user has prompted so far."""
 
     state: dict
+    roi: Roi | None = None  # the region of the slices this label is segmented in; None: whole slices
+    cache: FeatureCache | None = None  # the region's encoded slices (whole slices use the session's)
+    grows: int = 0  # times the region has grown because a mask reached its edge
     frame_prompts: dict = field(default_factory=dict)  # slice -> FramePrompt given to SAM 2
     mask: np.ndarray | None = None
     propagation: Propagation | None = None
@@ -58,7 +63,12 @@ class LabelTrack:
         frames = len(self.state["output_dict_per_obj"][0]["non_cond_frame_outputs"]) if self.state["obj_ids"] else 0
         per_frame = 3 * (self.state["images"].image_size // 4) ** 2 * 4  # low-res logits + bf16 memory
         mask_bytes = self.mask.nbytes if self.mask is not None else 0
-        return frames * per_frame + mask_bytes
+        cache_bytes = self.cache.bytes if self.cache is not None else 0
+        return frames * per_frame + mask_bytes + cache_bytes
+
+    @property
+    def input_size(self) -> int | None:
+        return None if self.roi is None else self.roi.input_size
 
 
 @dataclass
@@ -69,6 +79,7 @@ class LabelResult:
     slices: dict  # k -> {"object_score", "predicted_iou", "area"}
     passes: list
     reused: bool  # prompts unchanged: the session's previous result
+    roi: dict | None = None  # the region it was segmented in, and how often it grew
 
 
 @dataclass
@@ -170,6 +181,7 @@ class VolumeSegmenter:
         reset_labels=(),
         early_stop: EarlyStop | None = None,
         correction_stop: CorrectionStop | None = None,
+        roi: RoiSettings | None = None,
     ) -> VolumeResult:
         """Segment each label in ``prompts`` (label -> LabelPrompts) in ``image`` (path or Volume).
 
@@ -181,19 +193,19 @@ class VolumeSegmenter:
         loaded = self.models.get()
         session, reason = self._session_for(session_key, image, loaded, window, modality, reset, timings)
         for label in reset_labels:
-            session.tracks.pop(label, None)
+            _retire(session, label)
         predictor = loaded.model
-        encoder_before = session.feature_cache.misses
+        encoder_before = _encoder_calls(session)
         results = {}
         with torch.inference_mode(), autocast_for(self.models.device, self.settings.cpu_bf16):
             for label, label_prompts in prompts.items():
                 results[label] = self._segment_label(
                     predictor, session, label, label_prompts, early_stop or self.settings.early_stop,
-                    correction_stop or self.settings.correction_stop, timings,
+                    correction_stop or self.settings.correction_stop, roi or self.settings.roi, timings,
                 )
         self.sessions.put(session)
         timings["total"] = time.perf_counter() - started
-        cache = session.feature_cache
+        caches = [session.feature_cache] + [t.cache for t in session.tracks.values() if t.cache is not None]
         return VolumeResult(
             volume=session.volume,
             labels=results,
@@ -204,9 +216,9 @@ class VolumeSegmenter:
                 "key": list(session_key),
                 "started": reason,
                 "labels": sorted(session.tracks),
-                "slices_encoded": cache.misses - encoder_before,
-                "feature_cache_slices": len(cache),
-                "feature_cache_mb": round(cache.bytes / 2**20, 1),
+                "slices_encoded": _encoder_calls(session) - encoder_before,
+                "feature_cache_slices": sum(len(c) for c in caches),
+                "feature_cache_mb": round(sum(c.bytes for c in caches) / 2**20, 1),
             },
             random_weights=loaded.random_weights,
             checkpoint=loaded.checkpoint,
@@ -214,41 +226,84 @@ class VolumeSegmenter:
 
     def _segment_label(
         self, predictor, session: Session, label: str, prompts: LabelPrompts, early_stop: EarlyStop,
-        correction_stop: CorrectionStop, timings: dict,
+        correction_stop: CorrectionStop, roi_settings: RoiSettings, timings: dict,
     ) -> LabelResult:
         wanted = {k: p for k, p in prompts.by_frame().items()}
-        track = session.tracks.get(label)
         if not wanted:
-            session.tracks.pop(label, None)
+            _retire(session, label)
             empty = np.zeros(session.volume.array.shape, dtype=bool)
             return LabelResult(label, empty, [], {}, [], reused=False)
+        extent = prompt_extent(wanted.values())
+        track = session.tracks.get(label)
+        if track is not None and not _fits(track, extent, roi_settings):
+            _retire(session, label)  # a prompt outside the region, or regions turned off
+            track = None
         if track is None:
+            roi = choose_roi(extent, _slice_shape(session), predictor.image_size, roi_settings)
+            track = self._new_track(predictor, session, label, roi, 0, timings)
+        while True:
+            view = at_input_size(predictor, track.input_size or predictor.image_size)
             t0 = time.perf_counter()
-            track = LabelTrack(state=predictor.init_state_from_frames(session.frames, session.feature_cache))
-            timings["init_state"] = timings.get("init_state", 0.0) + time.perf_counter() - t0
-            session.tracks[label] = track
-        t0 = time.perf_counter()
-        changed, only_added = self._apply_prompt_changes(predictor, track, wanted)
-        timings["prompts"] = timings.get("prompts", 0.0) + time.perf_counter() - t0
+            changed, only_added, prompted_masks = self._apply_prompt_changes(view, track, wanted)
+            timings["prompts"] = timings.get("prompts", 0.0) + time.perf_counter() - t0
+            if _reaches_edge(session, track, prompted_masks, roi_settings):
+                track = self._grow(predictor, session, label, track, prompted_masks, extent, roi_settings, timings)
+                continue
 
-        same_rule = track.early_stop == early_stop  # another stopping rule gives another result
-        exact_wanted = not correction_stop.enabled and track.local_correction  # asks for the full pass
-        if not changed and same_rule and track.mask is not None and not exact_wanted:
-            return self._label_result(label, track, wanted, reused=True)
-        track.local_correction = bool(changed) and only_added and same_rule and correction_stop.enabled \
-            and track.propagation is not None
-        if track.local_correction:
-            propagation = propagate_correction(predictor, track.state, sorted(changed), track.propagation,
-                                               early_stop, correction_stop)
-        else:
-            propagation = propagate_both_ways(predictor, track.state, early_stop)
+            same_rule = track.early_stop == early_stop  # another stopping rule gives another result
+            exact_wanted = not correction_stop.enabled and track.local_correction  # asks for the full pass
+            if not changed and same_rule and track.mask is not None and not exact_wanted:
+                return self._label_result(label, track, wanted, reused=True)
+            track.local_correction = bool(changed) and only_added and same_rule and correction_stop.enabled \
+                and track.propagation is not None
+            if track.local_correction:
+                propagation = propagate_correction(view, track.state, sorted(changed), track.propagation,
+                                                   early_stop, correction_stop)
+            else:
+                propagation = propagate_both_ways(view, track.state, early_stop)
+            timings["propagation"] = timings.get("propagation", 0.0) + propagation.seconds
+            masks = [output.mask for output in propagation.outputs.values()]
+            if _reaches_edge(session, track, masks, roi_settings):
+                track = self._grow(predictor, session, label, track, masks, extent, roi_settings, timings)
+                continue
+            break
         track.early_stop = dataclasses.replace(early_stop)
-        timings["propagation"] = timings.get("propagation", 0.0) + propagation.seconds
         mask = np.zeros(session.volume.array.shape, dtype=bool)
+        region_i, region_j = (slice(None), slice(None)) if track.roi is None else track.roi.voxel_region()
         for k, output in propagation.outputs.items():
-            mask[:, :, k] = image_to_slice(output.mask)
+            mask[region_i, region_j, k] = image_to_slice(output.mask)
         track.mask, track.propagation = mask, propagation
         return self._label_result(label, track, wanted, reused=False)
+
+    def _new_track(self, predictor, session: Session, label: str, roi: Roi | None, grows: int,
+                   timings: dict) -> LabelTrack:
+        t0 = time.perf_counter()
+        if roi is None:
+            frames, cache = session.frames, session.feature_cache
+        else:
+            frames = session.frames.cropped(roi.voxel_region(), roi.input_size)
+            cache = FeatureCache(session.feature_cache.max_bytes)
+        view = at_input_size(predictor, frames.image_size)
+        track = LabelTrack(state=view.init_state_from_frames(frames, cache), roi=roi,
+                           cache=None if roi is None else cache, grows=grows)
+        session.tracks[label] = track
+        timings["init_state"] = timings.get("init_state", 0.0) + time.perf_counter() - t0
+        return track
+
+    def _grow(self, predictor, session: Session, label: str, track: LabelTrack, region_masks: list,
+              prompts_extent: tuple, settings: RoiSettings, timings: dict) -> LabelTrack:
+        """Segment the label again in a larger region (or whole slices): a mask reached the edge."""
+        roi = track.roi
+        reached = union(*(mask_extent(m) for m in region_masks))
+        if reached is not None:
+            reached = (reached[0] + roi.row0, reached[1] + roi.col0, reached[2] + roi.row0, reached[3] + roi.col0)
+        bigger = None
+        if track.grows < settings.max_grow:
+            bigger = grown(roi, union(prompts_extent, reached), _slice_shape(session), predictor.image_size, settings)
+        logger.info("label %s: a mask reached the edge of its %dx%d region; segmenting again in %s", label,
+                    roi.rows, roi.cols, "whole slices" if bigger is None else f"{bigger.rows}x{bigger.cols}")
+        _retire(session, label)
+        return self._new_track(predictor, session, label, bigger, track.grows + 1, timings)
 
     def _apply_prompt_changes(self, predictor, track: LabelTrack, wanted: dict) -> tuple:
         """Bring the SAM 2 state to the wanted prompts: (slices changed, whether prompts were only added).
@@ -267,21 +322,26 @@ class VolumeSegmenter:
         for k in restarted:
             restart_frame(predictor, track.state, k)
             old.pop(k)
+        masks = []
         for k, frame_prompt in sorted(changed.items()):
-            self._add_prompt(predictor, track.state, k, frame_prompt)
+            in_region = frame_prompt if track.roi is None else track.roi.prompt_in_region(frame_prompt)
+            masks.append(self._add_prompt(predictor, track.state, k, in_region))
             old[k] = frame_prompt
-        return set(changed) | set(removed), not removed and not restarted
+        return set(changed) | set(removed), not removed and not restarted, masks
 
     @staticmethod
-    def _add_prompt(predictor, state: dict, k: int, prompt: FramePrompt) -> None:
+    def _add_prompt(predictor, state: dict, k: int, prompt: FramePrompt) -> np.ndarray:
+        """Give SAM 2 one slice's prompt; returns that slice's new mask (bool image)."""
         if prompt.mask is not None:
-            predictor.add_new_mask(state, frame_idx=k, obj_id=OBJ_ID, mask=torch.from_numpy(slice_to_image(prompt.mask)))
-            return
-        points = np.asarray(prompt.points, dtype=np.float32).reshape(-1, 2) if prompt.points else None
-        labels = np.asarray(prompt.labels, dtype=np.int32) if prompt.points else None
-        predictor.add_new_points_or_box(
-            state, frame_idx=k, obj_id=OBJ_ID, points=points, labels=labels, box=prompt.box, clear_old_points=True
-        )
+            mask = torch.from_numpy(slice_to_image(prompt.mask))
+            _, _, video_res_masks = predictor.add_new_mask(state, frame_idx=k, obj_id=OBJ_ID, mask=mask)
+        else:
+            points = np.asarray(prompt.points, dtype=np.float32).reshape(-1, 2) if prompt.points else None
+            labels = np.asarray(prompt.labels, dtype=np.int32) if prompt.points else None
+            _, _, video_res_masks = predictor.add_new_points_or_box(
+                state, frame_idx=k, obj_id=OBJ_ID, points=points, labels=labels, box=prompt.box, clear_old_points=True
+            )
+        return (video_res_masks[0, 0] > 0.0).cpu().numpy()
 
     @staticmethod
     def _label_result(label, track: LabelTrack, wanted: dict, reused: bool) -> LabelResult:
@@ -294,7 +354,42 @@ class VolumeSegmenter:
             for k, out in sorted(track.propagation.outputs.items())
         }
         passes = [vars(p) for p in track.propagation.passes]
-        return LabelResult(label, track.mask, sorted(wanted), slices, passes, reused)
+        roi = None if track.roi is None else track.roi.to_json()
+        if roi is None and track.grows:
+            roi = {"rows": None, "cols": None, "input_size": None, "whole_slices": True}
+        if roi is not None:
+            roi["grows"] = track.grows
+        return LabelResult(label, track.mask, sorted(wanted), slices, passes, reused, roi)
+
+
+def _slice_shape(session: Session) -> tuple:
+    return session.frames.video_height, session.frames.video_width
+
+
+def _fits(track: LabelTrack, extent: tuple, settings: RoiSettings) -> bool:
+    """Whether the label's region still holds every prompt (whole slices always do)."""
+    if track.roi is None:
+        return True
+    return settings.enabled and track.roi.contains(extent)
+
+
+def _reaches_edge(session: Session, track: LabelTrack, region_masks: list, settings: RoiSettings) -> bool:
+    if track.roi is None:
+        return False
+    shape = _slice_shape(session)
+    return any(reaches_edge(m, track.roi, shape, settings.edge_px) for m in region_masks)
+
+
+def _retire(session: Session, label: str) -> None:
+    """Forget a label's track; its region's encoder work still counts in the session's totals."""
+    track = session.tracks.pop(label, None)
+    if track is not None and track.cache is not None:
+        session.encoder_calls_retired += track.cache.misses
+
+
+def _encoder_calls(session: Session) -> int:
+    regions = sum(t.cache.misses for t in session.tracks.values() if t.cache is not None)
+    return session.feature_cache.misses + regions + session.encoder_calls_retired
 
 
 def _extends(new: FramePrompt, old: FramePrompt) -> bool:

@@ -49,23 +49,29 @@ class SliceFrames:
 
     in_memory_frames = True  # recognised by VolumePredictor.init_state_from_frames
 
-    def __init__(self, array: np.ndarray, window: Window, image_size: int, is_rgb: bool = False):
+    def __init__(self, array: np.ndarray, window: Window, image_size: int, is_rgb: bool = False,
+                 region: tuple = (slice(None), slice(None))):
         if array.ndim == 2 or (is_rgb and array.ndim == 3):
             array = array[:, :, None] if not is_rgb else array[:, :, None, :]
         self._array = array
         self._window = window
         self._is_rgb = is_rgb
+        self._region = region  # (i, j) index slices: the part of each slice these frames show
         self.image_size = int(image_size)
         # original image size of each frame, as SAM 2 names it (rows, cols)
-        self.video_height = array.shape[1]
-        self.video_width = array.shape[0]
+        self.video_height = len(range(*region[1].indices(array.shape[1])))
+        self.video_width = len(range(*region[0].indices(array.shape[0])))
+
+    def cropped(self, region: tuple, image_size: int) -> "SliceFrames":
+        """The same slices cut to ``region`` ((i, j) index slices), resized to ``image_size``."""
+        return SliceFrames(self._array, self._window, image_size, self._is_rgb, region)
 
     def __len__(self) -> int:
         return self._array.shape[2]
 
     def image01(self, index: int) -> np.ndarray:
         """The windowed slice as an image in [0, 1] (rows=j, cols=i)."""
-        plane = self._array[:, :, index]
+        plane = self._array[self._region[0], self._region[1], index]
         if self._is_rgb:
             return slice_to_image(np.clip(plane / 255.0, 0.0, 1.0).astype(np.float32))
         return slice_to_image(self._window.apply(plane))

@@ -12,6 +12,7 @@ Three small changes, each by extending sam2 rather than rewriting it:
 
 from __future__ import annotations
 
+import copy
 import threading
 from collections import OrderedDict
 
@@ -128,3 +129,33 @@ class VolumePredictor(SAM2VideoPredictor):
         compact_out, pred_masks = super()._run_single_frame_inference(*args, **kwargs)
         compact_out["predicted_iou"] = self._last_predicted_iou
         return compact_out, pred_masks
+
+
+def at_input_size(predictor: VolumePredictor, size: int) -> VolumePredictor:
+    """The same network, sharing every parameter, run on square inputs of ``size`` pixels.
+
+    SAM 2 is size-agnostic except for a few numbers fixed at construction (the input and
+    embedding sizes of the model and its prompt encoder): Hiera interpolates its position
+    embedding, memory attention recomputes its rotary encoding. A shallow copy with those
+    numbers changed runs a window of a slice at the scale the model was trained at.
+    """
+    size = int(size)
+    if size == predictor.image_size:
+        return predictor
+    if size % 32:
+        raise ValueError(f"model input size must be a multiple of 32, got {size}")
+    views = predictor.__dict__.setdefault("_input_size_views", {})
+    view = views.get(size)
+    if view is None:
+        embedding = size // predictor.backbone_stride
+        prompt_encoder = copy.copy(predictor.sam_prompt_encoder)
+        prompt_encoder.image_embedding_size = (embedding, embedding)
+        prompt_encoder.input_image_size = (size, size)
+        prompt_encoder.mask_input_size = (4 * embedding, 4 * embedding)
+        view = copy.copy(predictor)
+        view._modules = dict(predictor._modules)  # copy.copy shares the dict; the prompt encoder differs
+        view._modules["sam_prompt_encoder"] = prompt_encoder
+        view.image_size = size
+        view.sam_image_embedding_size = embedding
+        views[size] = view
+    return view

@@ -30,6 +30,7 @@ class Interactive3D(Sam2Task):
                 "early_stop": early.enabled,
                 "early_stop_patience": early.patience,
                 "correction_stop": segmenter.settings.correction_stop.enabled,
+                "crop_region": segmenter.settings.roi.enabled,
                 "reset_state": False,
             },
         )
@@ -47,6 +48,9 @@ class Interactive3D(Sam2Task):
             self.segmenter.settings.correction_stop,
             enabled=truthy(request.get("correction_stop", self.segmenter.settings.correction_stop.enabled)),
         )
+        roi = dataclasses.replace(
+            self.segmenter.settings.roi, enabled=truthy(request.get("crop_region", self.segmenter.settings.roi.enabled))
+        )
         volume = self.segmenter.volume(session_key_for(request), request["image"])
         if not volume.is_3d:
             raise ValueError(
@@ -62,6 +66,7 @@ class Interactive3D(Sam2Task):
             reset_labels=parsed.reset_labels,
             early_stop=early_stop,
             correction_stop=correction_stop,
+            roi=roi,
         )
         infer_done = time.perf_counter()
 
@@ -86,6 +91,7 @@ class Interactive3D(Sam2Task):
                         "prompted_slices": r.prompted_slices,
                         "passes": r.passes,
                         "reused_previous_result": r.reused,
+                        "crop_region": r.roi,
                         "voxels": int(r.mask.sum()),
                         "slices": [{"slice": k, **v} for k, v in r.slices.items()],
                     }
