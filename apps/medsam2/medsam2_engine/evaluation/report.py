@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import math
+import textwrap
 from collections import defaultdict
 from pathlib import Path
 
@@ -93,7 +94,7 @@ def plot_curves(out: Path, curve_data: dict, weights_label: str) -> Path | None:
     ax.set_xlabel("correction clicks after the box")
     ax.set_ylabel("Dice (mean ± sd over structures)")
     ax.set_ylim(0, 1)
-    ax.set_title(f"Dice against clicks — {weights_label}", fontsize=9)
+    ax.set_title(textwrap.fill(f"Dice against clicks — {weights_label}", 80), fontsize=9)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     path = out / "dice_vs_clicks.png"
@@ -136,7 +137,7 @@ def plot_overlay(out: Path, case, structure, masks: dict, reference_method: str,
         ax.set_title(f"{which} slice k={k}: {reference_method} Dice {value:.3f}", fontsize=9)
         ax.axis("off")
     axes[0].legend(handles=handles, fontsize=7, loc="lower left")
-    fig.suptitle(f"{case.name} / {structure.name} (box protocol) — {weights_label}", fontsize=9)
+    fig.suptitle(textwrap.fill(f"{case.name} / {structure.name} (box protocol) — {weights_label}", 100), fontsize=9)
     fig.tight_layout()
     target = out / "overlays" / f"{case.name}__{structure.name}.png"
     target.parent.mkdir(parents=True, exist_ok=True)
