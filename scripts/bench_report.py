@@ -23,6 +23,7 @@ def summarise(name: str, result: dict, early: bool | None = None, local: bool | 
            "first_slices": runs[0]["first_slices"], "correction_slices": runs[0].get("correction_slices"),
            "first_encoded": runs[0].get("first_encoded"), "correction_encoded": runs[0].get("correction_encoded"),
            "peak_rss_mb": result["peak_rss_mb"], "rss_after_model_mb": result.get("rss_after_model_mb"),
+           "peak_cuda_mb": result.get("peak_cuda_mb"),
            "repeats": len(runs), "first_dice": runs[0].get("first_dice"),
            "correction_dice": runs[0].get("correction_dice")}
     row["first_slices_per_s"] = round(row["first_slices"] / row["first_s"], 3) if row["first_s"] else None

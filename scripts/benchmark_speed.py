@@ -21,7 +21,8 @@ importing the built-in task deletes its cache folder, so it is pointed at a priv
   (Dice), plus whether the CPU has bf16 units (amx_bf16 / avx512_bf16).
 
 Stages (image encoder, memory attention, memory encoder, mask decoder) are timed by forward
-hooks on the model's modules.
+hooks on the model's modules. ``--device cuda`` runs all three pipelines on a GPU (this app and
+sam2's predictor under bf16 autocast) and adds each child's peak CUDA memory.
 """
 
 from __future__ import annotations
@@ -109,6 +110,10 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
+def peak_cuda_mb() -> float | None:
+    return round(torch.cuda.max_memory_allocated() / 2**20, 1) if torch.cuda.is_available() else None
+
+
 # ----------------------------------------------------------------------------- children
 def child_ours(args, vol, ref) -> dict:
     from medsam2_engine.checkpoints import get_preset
@@ -119,7 +124,7 @@ def child_ours(args, vol, ref) -> dict:
     from medsam2_engine.roi import RoiSettings
     from medsam2_engine.volume_io import Volume
 
-    models = ModelSource(get_preset(args.preset), tempfile.mkdtemp(), checkpoint=args.checkpoint, device="cpu",
+    models = ModelSource(get_preset(args.preset), tempfile.mkdtemp(), checkpoint=args.checkpoint, device=args.device,
                          cpu_int8=args.cpu_int8 == "on")
     stages = StageTimer(models.get().model)
     rss_model = peak_rss_mb()
@@ -161,7 +166,7 @@ def child_ours(args, vol, ref) -> dict:
                 np.save(Path(args.workdir) / f"mask_bf16-{args.cpu_bf16}_int8-{args.cpu_int8}.npy",
                         first.labels["l"].mask)
             seg.sessions.clear()
-    out["peak_rss_mb"] = round(peak_rss_mb(), 1)
+    out["peak_rss_mb"], out["peak_cuda_mb"] = round(peak_rss_mb(), 1), peak_cuda_mb()
     return out
 
 
@@ -172,7 +177,7 @@ def child_builtin(args, vol, ref) -> dict:
     from medsam2_engine.volume_io import Volume
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-builtin-"))
-    method = BuiltinSam2Method(get_preset(args.preset), args.checkpoint, workdir)
+    method = BuiltinSam2Method(get_preset(args.preset), args.checkpoint, workdir, device=args.device)
     box, click = prompts_for(ref)
     out = {"runs": []}
     stages = None
@@ -185,7 +190,7 @@ def child_builtin(args, vol, ref) -> dict:
         mask1, info1 = method.segment(box, [])
         t_first = time.perf_counter() - t
         if stages is None:  # the model exists after the first request
-            stages = StageTimer(method.task.predictors["cpu"])
+            stages = StageTimer(method.task.predictors[args.device])
             out["rss_after_model_mb"] = round(peak_rss_mb(), 1)
         st_first = stages.take()
         t = time.perf_counter()
@@ -195,7 +200,7 @@ def child_builtin(args, vol, ref) -> dict:
                             "correction_slices": info2["slices_propagated"],
                             "first_dice": round(dice(mask1, ref), 4), "correction_dice": round(dice(mask2, ref), 4), "stages_first": st_first if rep else None,
                             "stages_correction": st_corr})
-    out["peak_rss_mb"] = round(peak_rss_mb(), 1)
+    out["peak_rss_mb"], out["peak_cuda_mb"] = round(peak_rss_mb(), 1), peak_cuda_mb()
     return out
 
 
@@ -212,7 +217,8 @@ def child_video(args, vol, ref) -> dict:
     GlobalHydra.instance().clear()
     initialize_config_module("sam2", version_base="1.2")
     extra = [f"++{k}={json.dumps(v)}" for k, v in preset.overrides.items()]
-    predictor = build_sam2_video_predictor(preset.config, args.checkpoint, device="cpu", hydra_overrides_extra=extra)
+    predictor = build_sam2_video_predictor(preset.config, args.checkpoint, device=args.device,
+                                           hydra_overrides_extra=extra)
     stages = StageTimer(predictor)
     box, _ = prompts_for(ref)
     window = choose_window(vol, "CT", None)
@@ -225,7 +231,7 @@ def child_video(args, vol, ref) -> dict:
             Image.fromarray(plane).convert("RGB").save(folder / f"{k:05d}.jpg", quality=95)
         t_jpeg = time.perf_counter() - t
         stages.take()
-        with torch.inference_mode():
+        with torch.inference_mode(), torch.autocast("cuda", torch.bfloat16, enabled=args.device.startswith("cuda")):
             t = time.perf_counter()
             state = predictor.init_state(str(folder))
             predictor.add_new_points_or_box(state, frame_idx=box.k, obj_id=1,
@@ -234,7 +240,7 @@ def child_video(args, vol, ref) -> dict:
             n += sum(1 for _ in predictor.propagate_in_video(state, start_frame_idx=box.k, reverse=True))
             t_first = time.perf_counter() - t
         out["runs"].append({"jpeg_write_s": t_jpeg, "first_s": t_first, "first_slices": n, "stages_first": stages.take()})
-    out["peak_rss_mb"] = round(peak_rss_mb(), 1)
+    out["peak_rss_mb"], out["peak_cuda_mb"] = round(peak_rss_mb(), 1), peak_cuda_mb()
     return out
 
 
@@ -244,7 +250,8 @@ def run_child(args, mode: str, slices: int, cpu_bf16: str = "off", repeats: int 
     cmd = [sys.executable, __file__, "--child", mode, "--slices", str(slices), "--size", str(args.size),
            "--preset", args.preset, "--checkpoint", args.checkpoint, "--repeats", str(repeats or args.repeats),
            "--fraction", str(args.fraction), "--workdir", args.workdir, "--cpu-bf16", cpu_bf16,
-           "--cpu-int8", cpu_int8, "--full-correction-max-slices", str(args.full_correction_max_slices)]
+           "--cpu-int8", cpu_int8, "--full-correction-max-slices", str(args.full_correction_max_slices),
+           "--device", args.device]
     print(f"[bench] {mode} slices={slices} bf16={cpu_bf16} int8={cpu_int8}", flush=True)
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -274,6 +281,7 @@ def parent(args) -> dict:
         save_checkpoint(build_model(get_preset(args.preset), "random"), args.checkpoint)
         weights = "UNTRAINED random weights (seed 0): early-stop timings are not meaningful"
     report = {"weights": weights, "checkpoint": args.checkpoint, "preset": args.preset, "size": args.size,
+              "device": args.device,
               "cpu_int8_ours": args.cpu_int8,
               "fraction": args.fraction, "repeats": args.repeats,
               "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "torch": torch.__version__,
@@ -333,6 +341,7 @@ def main(argv=None) -> int:
                    help="int8 linear layers for this app's rows (the built-in task stays float32)")
     p.add_argument("--full-correction-max-slices", type=int, default=64,
                    help="also time a correction that re-propagates the whole volume, up to this many slices")
+    p.add_argument("--device", default="cpu", help="cpu, or cuda / cuda:N (bf16 autocast, as the app runs there)")
     p.add_argument("--skip-builtin", action="store_true")
     p.add_argument("--skip-video", action="store_true")
     p.add_argument("--out", default="benchmark_speed.json")

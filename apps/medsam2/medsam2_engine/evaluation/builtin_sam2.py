@@ -58,10 +58,11 @@ class BuiltinSam2Method(Method):
     name = "monailabel_sam2_builtin"
     supports_2d = False
 
-    def __init__(self, preset, checkpoint: str, workdir: Path, input_mode: str = "raw"):
+    def __init__(self, preset, checkpoint: str, workdir: Path, input_mode: str = "raw", device: str = "cpu"):
         if input_mode not in ("raw", "windowed"):
             raise ValueError(f"builtin input must be 'raw' or 'windowed', got {input_mode!r}")
         self.input_mode = input_mode
+        self.device = device
         if input_mode == "windowed":
             self.name = self.name + "_windowed"
         self.workdir = Path(workdir)
@@ -103,7 +104,7 @@ class BuiltinSam2Method(Method):
     def request(self, case, box, clicks, reset: bool) -> dict:
         request = {
             "image": self.image_file(case),
-            "device": "cpu",
+            "device": self.device,
             "reset_state": reset,
             "foreground": [[int(round(c.i)), int(round(c.j)), int(c.k)] for c in clicks if c.positive],
             "background": [[int(round(c.i)), int(round(c.j)), int(c.k)] for c in clicks if not c.positive],
