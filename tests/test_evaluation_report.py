@@ -69,6 +69,7 @@ def test_command_writes_json_curve_and_overlays(tmp_path, small_model_files):
     assert {c["case"] for c in report["cases"]} == {"slice7", "vols__pat1_ct.nii.gz"}
     methods = {r["method"] for r in report["records"]}
     assert methods == {"medsam2_engine", "copy_reference_slice", "otsu_in_box"}
+    assert report["methods"]["medsam2_engine"] == {"learned": True, "runs_on_3d": True, "runs_on_2d": True}
     curve = [r for r in report["records"] if r["method"] == "medsam2_engine" and r["protocol"] == "correction"]
     assert sorted({r["step"] for r in curve}) == [0, 1, 2]
     for r in report["records"]:

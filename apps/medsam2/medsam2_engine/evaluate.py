@@ -147,7 +147,8 @@ def main(argv=None) -> int:
         "protocol": {"box": "tight box on the largest slice, propagate", "click": "one positive click at the "
                      "distance-transform centre of the largest slice", "correction": "box, then clicks at the centre "
                      "of the largest 3D error component (distance transform), Dice after each"},
-        "methods": {m.name: {"learned": m.learned} for m in methods},
+        "methods": {m.name: {"learned": m.learned, "runs_on_3d": m.supports_3d, "runs_on_2d": m.supports_2d}
+                    for m in methods},
         "cases": case_list,
         "summary": summarise(records),
         "dice_vs_clicks": curve_data,
