@@ -16,7 +16,7 @@ import torch
 from .frames import SliceFrames, image_to_slice, slice_to_image
 from .model_source import ModelSource
 from .precision import autocast_for as _autocast_for
-from .predictor import FeatureCache, at_input_size
+from .predictor import FeatureCache, KeyedCache, at_input_size
 from .prompts import FramePrompt, LabelPrompts
 from .propagation import (
     OBJ_ID,
@@ -51,7 +51,6 @@ class LabelTrack:
 
     state: dict
     roi: Roi | None = None  # the region of the slices this label is segmented in; None: whole slices
-    cache: FeatureCache | None = None  # the region's encoded slices (whole slices use the session's)
     grows: int = 0  # times the region has grown because a mask reached its edge
     frame_prompts: dict = field(default_factory=dict)  # slice -> FramePrompt given to SAM 2
     mask: np.ndarray | None = None
@@ -63,12 +62,11 @@ class LabelTrack:
         frames = len(self.state["output_dict_per_obj"][0]["non_cond_frame_outputs"]) if self.state["obj_ids"] else 0
         per_frame = 3 * (self.state["images"].image_size // 4) ** 2 * 4  # low-res logits + bf16 memory
         mask_bytes = self.mask.nbytes if self.mask is not None else 0
-        cache_bytes = self.cache.bytes if self.cache is not None else 0
-        return frames * per_frame + mask_bytes + cache_bytes
+        return frames * per_frame + mask_bytes
 
-    @property
-    def input_size(self) -> int | None:
-        return None if self.roi is None else self.roi.input_size
+    def model(self, predictor):
+        """The predictor at this track's input size (a region's, or the model's own)."""
+        return at_input_size(predictor, self.state["images"].image_size)
 
 
 @dataclass
@@ -193,9 +191,9 @@ class VolumeSegmenter:
         loaded = self.models.get()
         session, reason = self._session_for(session_key, image, loaded, window, modality, reset, timings)
         for label in reset_labels:
-            _retire(session, label)
+            session.tracks.pop(label, None)
         predictor = loaded.model
-        encoder_before = _encoder_calls(session)
+        encoder_before = session.feature_cache.misses
         results = {}
         with torch.inference_mode(), autocast_for(self.models.device, self.settings.cpu_bf16):
             for label, label_prompts in prompts.items():
@@ -205,7 +203,7 @@ class VolumeSegmenter:
                 )
         self.sessions.put(session)
         timings["total"] = time.perf_counter() - started
-        caches = [session.feature_cache] + [t.cache for t in session.tracks.values() if t.cache is not None]
+        cache = session.feature_cache
         return VolumeResult(
             volume=session.volume,
             labels=results,
@@ -216,9 +214,9 @@ class VolumeSegmenter:
                 "key": list(session_key),
                 "started": reason,
                 "labels": sorted(session.tracks),
-                "slices_encoded": _encoder_calls(session) - encoder_before,
-                "feature_cache_slices": sum(len(c) for c in caches),
-                "feature_cache_mb": round(sum(c.bytes for c in caches) / 2**20, 1),
+                "slices_encoded": cache.misses - encoder_before,
+                "feature_cache_slices": len(cache),
+                "feature_cache_mb": round(cache.bytes / 2**20, 1),
             },
             random_weights=loaded.random_weights,
             checkpoint=loaded.checkpoint,
@@ -230,19 +228,18 @@ class VolumeSegmenter:
     ) -> LabelResult:
         wanted = {k: p for k, p in prompts.by_frame().items()}
         if not wanted:
-            _retire(session, label)
+            session.tracks.pop(label, None)
             empty = np.zeros(session.volume.array.shape, dtype=bool)
             return LabelResult(label, empty, [], {}, [], reused=False)
         extent = prompt_extent(wanted.values())
         track = session.tracks.get(label)
         if track is not None and not _fits(track, extent, roi_settings):
-            _retire(session, label)  # a prompt outside the region, or regions turned off
-            track = None
+            track = None  # a prompt outside the region, or regions turned off
         if track is None:
             roi = choose_roi(extent, _slice_shape(session), predictor.image_size, roi_settings)
             track = self._new_track(predictor, session, label, roi, 0, timings)
         while True:
-            view = at_input_size(predictor, track.input_size or predictor.image_size)
+            view = track.model(predictor)
             t0 = time.perf_counter()
             changed, only_added, prompted_masks = self._apply_prompt_changes(view, track, wanted)
             timings["prompts"] = timings.get("prompts", 0.0) + time.perf_counter() - t0
@@ -277,16 +274,16 @@ class VolumeSegmenter:
 
     def _new_track(self, predictor, session: Session, label: str, roi: Roi | None, grows: int,
                    timings: dict) -> LabelTrack:
+        """A fresh SAM 2 state for the label (replacing any), over whole slices or a region of them.
+
+        Every track encodes through the session's one feature cache, keyed by region, so the
+        session's memory bound covers them all and a region seen before is not encoded again.
+        """
         t0 = time.perf_counter()
-        if roi is None:
-            frames, cache = session.frames, session.feature_cache
-        else:
-            frames = session.frames.cropped(roi.voxel_region(), roi.input_size)
-            cache = FeatureCache(session.feature_cache.max_bytes)
+        frames = session.frames if roi is None else session.frames.cropped(roi.voxel_region(), roi.input_size)
         view = at_input_size(predictor, frames.image_size)
-        track = LabelTrack(state=view.init_state_from_frames(frames, cache), roi=roi,
-                           cache=None if roi is None else cache, grows=grows)
-        session.tracks[label] = track
+        state = view.init_state_from_frames(frames, KeyedCache(session.feature_cache, frames))
+        track = session.tracks[label] = LabelTrack(state=state, roi=roi, grows=grows)
         timings["init_state"] = timings.get("init_state", 0.0) + time.perf_counter() - t0
         return track
 
@@ -302,7 +299,6 @@ class VolumeSegmenter:
             bigger = grown(roi, union(prompts_extent, reached), _slice_shape(session), predictor.image_size, settings)
         logger.info("label %s: a mask reached the edge of its %dx%d region; segmenting again in %s", label,
                     roi.rows, roi.cols, "whole slices" if bigger is None else f"{bigger.rows}x{bigger.cols}")
-        _retire(session, label)
         return self._new_track(predictor, session, label, bigger, track.grows + 1, timings)
 
     def _apply_prompt_changes(self, predictor, track: LabelTrack, wanted: dict) -> tuple:
@@ -378,18 +374,6 @@ def _reaches_edge(session: Session, track: LabelTrack, region_masks: list, setti
         return False
     shape = _slice_shape(session)
     return any(reaches_edge(m, track.roi, shape, settings.edge_px) for m in region_masks)
-
-
-def _retire(session: Session, label: str) -> None:
-    """Forget a label's track; its region's encoder work still counts in the session's totals."""
-    track = session.tracks.pop(label, None)
-    if track is not None and track.cache is not None:
-        session.encoder_calls_retired += track.cache.misses
-
-
-def _encoder_calls(session: Session) -> int:
-    regions = sum(t.cache.misses for t in session.tracks.values() if t.cache is not None)
-    return session.feature_cache.misses + regions + session.encoder_calls_retired
 
 
 def _extends(new: FramePrompt, old: FramePrompt) -> bool:

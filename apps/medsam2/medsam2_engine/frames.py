@@ -57,6 +57,7 @@ class SliceFrames:
         self._window = window
         self._is_rgb = is_rgb
         self._region = region  # (i, j) index slices: the part of each slice these frames show
+        self._region_key = tuple((s.start, s.stop) for s in region)  # slices are not hashable before 3.12
         self.image_size = int(image_size)
         # original image size of each frame, as SAM 2 names it (rows, cols)
         self.video_height = len(range(*region[1].indices(array.shape[1])))
@@ -68,6 +69,10 @@ class SliceFrames:
 
     def __len__(self) -> int:
         return self._array.shape[2]
+
+    def key(self, index: int) -> tuple:
+        """The frame's identity in a feature cache shared by whole slices and regions."""
+        return self._region_key, int(index)
 
     def image01(self, index: int) -> np.ndarray:
         """The windowed slice as an image in [0, 1] (rows=j, cols=i)."""

@@ -60,23 +60,6 @@ class MemoryFrames:
         return to_model_input(self.sources[index].image01(), self.image_size)
 
 
-class KeyedCache:
-    """A shared FeatureCache seen through one sequence: frame index -> that frame's key."""
-
-    def __init__(self, cache: FeatureCache, frames: MemoryFrames):
-        self.cache = cache
-        self.frames = frames
-
-    def get(self, frame_idx: int):
-        return self.cache.get(self.frames.key(frame_idx))
-
-    def put(self, frame_idx: int, backbone_out: dict) -> None:
-        self.cache.put(self.frames.key(frame_idx), backbone_out)
-
-    def __len__(self) -> int:
-        return len(self.cache)
-
-
 def encode(predictor, frames: MemoryFrames, index: int, cache: FeatureCache) -> dict:
     """The image encoder's output for one frame, through the cache sam2's passes also use."""
     key = frames.key(index)

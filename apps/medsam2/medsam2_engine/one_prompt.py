@@ -29,7 +29,6 @@ from .engine import autocast_for
 from .frames import SliceFrames, image_to_slice, slice_to_image
 from .memory_frames import (
     FrameSource,
-    KeyedCache,
     MemoryFrames,
     add_support_mask,
     embedding,
@@ -38,7 +37,7 @@ from .memory_frames import (
 )
 from .model_source import ModelSource
 from .one_prompt_images import segment_queries
-from .predictor import FeatureCache
+from .predictor import FeatureCache, KeyedCache
 from .propagation import EarlyStop, _slice_output
 from .support_selection import choose_supports, spanning_slices
 from .volume_io import Volume

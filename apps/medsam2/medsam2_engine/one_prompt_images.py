@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .memory_frames import FrameSource, KeyedCache, MemoryFrames, add_support_mask, predict_from_memory
-from .predictor import FeatureCache
+from .memory_frames import FrameSource, MemoryFrames, add_support_mask, predict_from_memory
+from .predictor import FeatureCache, KeyedCache
 from .prompts import FramePrompt
 from .propagation import OBJ_ID
 

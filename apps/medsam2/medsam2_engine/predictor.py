@@ -49,16 +49,20 @@ class FeatureCache:
     """Image-encoder outputs per frame, least recently used evicted beyond ``max_bytes``.
 
     Only the FPN features differ between frames; the positional encodings depend on the
-    feature map's size alone, so one copy is shared (it is larger than the features).
+    feature map's size alone, so one copy per size is shared (it is larger than the features).
     """
 
     def __init__(self, max_bytes: int):
         self.max_bytes = int(max_bytes)
         self._frames: OrderedDict = OrderedDict()
-        self._pos_enc = None
+        self._pos_enc: dict = {}  # feature map size -> positional encodings
         self.bytes = 0
         self.hits = 0
         self.misses = 0
+
+    @staticmethod
+    def _map_size(fpn) -> tuple:
+        return tuple(fpn[-1].shape[-2:])
 
     @staticmethod
     def _size(fpn) -> int:
@@ -71,14 +75,13 @@ class FeatureCache:
             return None
         self.hits += 1
         self._frames.move_to_end(frame_idx)
-        return {"backbone_fpn": list(fpn), "vision_pos_enc": list(self._pos_enc)}
+        return {"backbone_fpn": list(fpn), "vision_pos_enc": list(self._pos_enc[self._map_size(fpn)])}
 
     def put(self, frame_idx: int, backbone_out: dict) -> None:
         if frame_idx in self._frames or self.max_bytes <= 0:
             return
         fpn = tuple(backbone_out["backbone_fpn"])
-        if self._pos_enc is None:
-            self._pos_enc = tuple(backbone_out["vision_pos_enc"])
+        self._pos_enc.setdefault(self._map_size(fpn), tuple(backbone_out["vision_pos_enc"]))
         self._frames[frame_idx] = fpn
         self.bytes += self._size(fpn)
         while self.bytes > self.max_bytes and len(self._frames) > 1:
@@ -87,6 +90,23 @@ class FeatureCache:
 
     def __len__(self) -> int:
         return len(self._frames)
+
+
+class KeyedCache:
+    """A shared FeatureCache seen through one frame sequence: frame index -> ``frames.key(index)``."""
+
+    def __init__(self, cache: FeatureCache, frames):
+        self.cache = cache
+        self.frames = frames
+
+    def get(self, frame_idx: int):
+        return self.cache.get(self.frames.key(frame_idx))
+
+    def put(self, frame_idx: int, backbone_out: dict) -> None:
+        self.cache.put(self.frames.key(frame_idx), backbone_out)
+
+    def __len__(self) -> int:
+        return len(self.cache)
 
 
 class VolumePredictor(SAM2VideoPredictor):

@@ -90,12 +90,11 @@ def prompt_extent(prompts) -> tuple | None:
 
 
 def mask_extent(image_mask: np.ndarray) -> tuple | None:
-    """``(row0, col0, row1, col1)`` of a bool image, or of a stack ``[rows, cols, ...]`` of them."""
-    if not image_mask.any():
+    """``(row0, col0, row1, col1)`` (inclusive) of a bool image, None if it is empty."""
+    rows, cols = np.nonzero(image_mask.any(axis=1))[0], np.nonzero(image_mask.any(axis=0))[0]
+    if rows.size == 0:
         return None
-    flat = image_mask.reshape(image_mask.shape[0], image_mask.shape[1], -1).any(axis=2)
-    rr, cc = np.nonzero(flat.any(axis=1))[0], np.nonzero(flat.any(axis=0))[0]
-    return int(rr[0]), int(cc[0]), int(rr[-1]), int(cc[-1])
+    return int(rows[0]), int(cols[0]), int(rows[-1]), int(cols[-1])
 
 
 def union(*extents) -> tuple | None:

@@ -47,7 +47,6 @@ class Session:
     feature_cache: Any
     modality: str = ""
     tracks: dict = field(default_factory=dict)  # label -> LabelTrack
-    encoder_calls_retired: int = 0  # slices encoded for regions of tracks since dropped
     last_used: float = field(default_factory=time.monotonic)
 
     def memory_bytes(self) -> int:
