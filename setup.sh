@@ -1,8 +1,21 @@
 #!/usr/bin/env bash
 # Sets up everything on a fresh machine: a virtual environment in .venv with the pinned
 # requirements, and the generated sample studies in sample-data/studies. Safe to re-run.
+#
+#   bash setup.sh           the app (serve with .venv/bin/monailabel start_server ...)
+#   bash setup.sh --tests   also what the PACS and browser tests use: Debian's orthanc,
+#                           orthanc-dicomweb and chromium (apt, needs root) and the pinned
+#                           requirements-tests.txt. Without apt those tests skip and say why.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
+
+WITH_TESTS=0
+for arg in "$@"; do
+    case "$arg" in
+        --tests) WITH_TESTS=1 ;;
+        *) echo "unknown option $arg (known: --tests)" >&2; exit 2 ;;
+    esac
+done
 
 PYTHON=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
@@ -15,7 +28,42 @@ if ! .venv/bin/python -m pip install --disable-pip-version-check -q -r requireme
     echo "installing requirements failed (see above)" >&2
     exit 1
 fi
+
+# MONAI Label's `monailabel` launcher runs whichever `python` is first on PATH, so
+# `.venv/bin/monailabel` fails unless the venv is activated. Replace it with one that
+# always runs this venv's interpreter (re-written on every set-up, after pip).
+cat > .venv/bin/monailabel <<'EOF'
+#!/usr/bin/env bash
+# written by setup.sh: MONAI Label's CLI with this venv's python, activated or not
+exec "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/python" -m monailabel.main "$@"
+EOF
+chmod +x .venv/bin/monailabel
+
+if [ "$WITH_TESTS" = 1 ]; then
+    if ! .venv/bin/python -m pip install --disable-pip-version-check -q -r requirements-tests.txt; then
+        echo "installing requirements-tests.txt failed (see above)" >&2
+        exit 1
+    fi
+    packages="orthanc orthanc-dicomweb chromium"
+    missing=""
+    for package in $packages; do
+        dpkg -s "$package" >/dev/null 2>&1 || missing="$missing $package"
+    done
+    if [ -n "$missing" ]; then
+        sudo=""
+        [ "$(id -u)" = 0 ] || sudo="sudo -n"
+        if command -v apt-get >/dev/null 2>&1 \
+            && $sudo apt-get update -q \
+            && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends $missing; then
+            echo "installed$missing"
+        else
+            echo "WARNING: could not install$missing with apt-get; the PACS (Orthanc) and browser" \
+                 "(OHIF in Chromium) tests will skip and say why" >&2
+        fi
+    fi
+fi
+
 if [ ! -d sample-data/studies ]; then
     .venv/bin/python sample-data/make_sample_data.py sample-data/studies
 fi
-echo "setup done: activate with 'source .venv/bin/activate'"
+echo "setup done: serve with .venv/bin/monailabel start_server --app apps/medsam2 --studies sample-data/studies"
