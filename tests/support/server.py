@@ -22,7 +22,8 @@ def free_port() -> int:
 
 
 class RunningServer:
-    def __init__(self, studies: Path, conf: dict, log_path: Path, timeout: float = 180.0):
+    def __init__(self, studies: Path | str, conf: dict, log_path: Path, timeout: float = 180.0,
+                 env: dict | None = None):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
@@ -33,7 +34,7 @@ class RunningServer:
         conf = {"model_dir": log_path.parent / "model", **conf}
         for key, value in conf.items():
             command += ["--conf", key, str(value)]
-        env = {**os.environ, "MONAI_LABEL_AUTO_UPDATE_SCORING": "false", "OMP_NUM_THREADS": "2"}
+        env = {**os.environ, "MONAI_LABEL_AUTO_UPDATE_SCORING": "false", "OMP_NUM_THREADS": "2", **(env or {})}
         # the monailabel launcher runs whichever `python` is first on PATH: make it ours
         env["PATH"] = f"{monailabel.parent}{os.pathsep}{env.get('PATH', '')}"
         self._log = open(log_path, "w")
