@@ -1,0 +1,221 @@
+"""The DICOMweb datastore (``--studies http://host/dicom-web``) as this app needs it.
+
+Over MONAI Label's ``DICOMWebDatastore``, it changes four things:
+- lists every series of the configured modalities (``--conf dicomweb_modalities``,
+  default CT and MR: MONAI Label's default search filter shows CT only);
+- resolves a series once to one stable file in the cache (download and conversion under
+  a per-series lock, then an atomic rename), so later requests read the same file and
+  the engine's session for that image lives on instead of re-encoding the volume;
+- names the series and its transfer syntax when its pixels cannot be decoded (HTTP 422),
+  and refuses image ids that are not DICOM UIDs (HTTP 400) before touching the cache;
+- stores a final label as DICOM SEG written with highdicom (``dicom_seg.py``), not with
+  MONAI Label's converter (which needs dcmqi, downloaded from GitHub, and mislabels it).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import tempfile
+import threading
+from typing import Any, Dict, List
+
+from cachetools import TTLCache, cached
+from fastapi import HTTPException
+from monailabel.config import settings
+from monailabel.datastore.dicom import DICOMWebDatastore
+from monailabel.datastore.local import LocalDatastore
+from monailabel.datastore.utils.convert import binary_to_image, dicom_to_nifti
+from monailabel.interfaces.datastore import DefaultLabelTag
+from pydicom.dataset import Dataset
+
+from lib.dicom_seg import SegAuthor, build_segmentation
+
+logger = logging.getLogger(__name__)
+
+DICOM_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+RAW_TRANSFER_SYNTAXES = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"}
+
+
+class SeriesNotDecodable(HTTPException):
+    """The series' pixel data cannot be decoded here and the PACS did not transcode it."""
+
+    def __init__(self, series_uid: str, transfer_syntax: str, cause: str):
+        super().__init__(status_code=422, detail=(
+            f"series {series_uid}: its pixel data ({transfer_syntax}) could not be decoded, and the PACS did not "
+            f"transcode it to an uncompressed transfer syntax ({cause}); have the PACS transcode it, or store it "
+            f"uncompressed"))
+
+
+def check_series_uid(image_id: str) -> str:
+    if not isinstance(image_id, str) or len(image_id) > 64 or not DICOM_UID.match(image_id):
+        raise HTTPException(status_code=400, detail=f"image must be a DICOM SeriesInstanceUID, got {image_id!r}")
+    return image_id
+
+
+def describe_transfer_syntax(uid: str) -> str:
+    from pydicom.uid import UID
+
+    name = UID(uid).name if uid else ""
+    return f"transfer syntax {name} ({uid})" if name and name != uid else f"transfer syntax {uid or 'unknown'}"
+
+
+class MedSam2DicomWebDatastore(DICOMWebDatastore):
+    def __init__(self, client, modalities: List[str], author: SegAuthor, label_names: List[str],
+                 cache_path: str | None = None, fetch_by_frame: bool = False):
+        super().__init__(client, {"Modality": ",".join(modalities)}, cache_path=cache_path,
+                         fetch_by_frame=fetch_by_frame, convert_to_nifti=True)
+        self._modalities = list(modalities)
+        self._author = author
+        self._label_names = list(label_names)
+        self._series_locks: Dict[str, threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+
+    @cached(cache=TTLCache(maxsize=16, ttl=settings.MONAI_LABEL_DICOMWEB_CACHE_EXPIRY))
+    def list_images(self) -> List[str]:
+        series = []
+        for modality in self._modalities:  # one query per modality: list matching is not universal in QIDO
+            for entry in self._client.search_for_series(search_filters={"Modality": modality}):
+                uid = str(Dataset.from_json(entry)["SeriesInstanceUID"].value)
+                if uid not in series:
+                    series.append(uid)
+        return series
+
+    def _lock_for(self, series_uid: str) -> threading.Lock:
+        with self._locks_guard:
+            return self._series_locks.setdefault(series_uid, threading.Lock())
+
+    def _stable_path(self, series_uid: str) -> str:
+        return os.path.join(self._datastore.image_path(), f"{series_uid}.nii.gz")
+
+    def _series_dir(self, series_uid: str) -> str:
+        return os.path.join(self._datastore.image_path(), series_uid)
+
+    def get_image_uri(self, image_id: str) -> str:
+        series_uid = check_series_uid(image_id)
+        stable = self._stable_path(series_uid)
+        with self._lock_for(series_uid):
+            if os.path.exists(stable) and series_uid in self._datastore.objects:
+                return stable
+            series_dir = self._download(series_uid)
+            converted = self._convert(series_uid, series_dir)
+            try:
+                # registers the series in the datastore (copied under its stable name)
+                LocalDatastore.add_image(self, series_uid, converted, self._dicom_info(series_uid))
+            finally:
+                os.unlink(converted)
+        return stable
+
+    def _download(self, series_uid: str) -> str:
+        """The series' DICOM files in the cache, downloaded once (to a temporary folder, then renamed)."""
+        from monailabel.datastore.utils.dicom import dicom_web_download_series
+
+        series_dir = self._series_dir(series_uid)
+        if os.path.isdir(series_dir) and os.listdir(series_dir):
+            return series_dir
+        parent = self._datastore.image_path()
+        tmp = tempfile.mkdtemp(prefix=".tmp-", dir=parent)
+        try:
+            try:
+                dicom_web_download_series(None, series_uid, tmp, self._client, self._fetch_by_frame)
+            except IndexError as err:
+                raise HTTPException(status_code=404, detail=f"series {series_uid} is not in the PACS") from err
+            except Exception as err:  # the PACS could not send it as asked: try its stored transfer syntax
+                logger.warning("series %s: PACS refused to send it transcoded (%s); asking for it as stored",
+                               series_uid, err)
+                self._download_as_stored(series_uid, tmp, err)
+            shutil.rmtree(series_dir, ignore_errors=True)
+            os.replace(tmp, series_dir)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        return series_dir
+
+    def _download_as_stored(self, series_uid: str, folder: str, first_error: Exception) -> None:
+        meta = Dataset.from_json(self._client.search_for_series(search_filters={"SeriesInstanceUID": series_uid})[0])
+        study_uid = str(meta["StudyInstanceUID"].value)
+        try:
+            instances = self._client.retrieve_series(study_uid, series_uid, media_types=(("application/dicom", "*"),))
+        except Exception as err:
+            raise SeriesNotDecodable(series_uid, "transfer syntax unknown", f"{first_error}; {err}") from err
+        for instance in instances:
+            instance.save_as(os.path.join(folder, f"{instance.SOPInstanceUID}.dcm"))
+
+    def _convert(self, series_uid: str, series_dir: str) -> str:
+        try:
+            return dicom_to_nifti(series_dir)
+        except Exception as err:  # SimpleITK/GDCM: name the series and its encoding instead of a bare 500
+            raise SeriesNotDecodable(series_uid, describe_transfer_syntax(_transfer_syntax(series_dir)),
+                                     f"decoder said: {str(err).strip().splitlines()[-1] if str(err) else err!r}"
+                                     ) from err
+
+    def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: Dict[str, Any],
+                   label_id: str = "") -> str:
+        series_uid = check_series_uid(image_id)
+        image_uri = self.get_image_uri(series_uid)
+        label_info = dict(label_info or {})
+        converted = ""
+        if label_filename.endswith(".bin"):
+            converted = label_filename = binary_to_image(image_uri, label_filename)
+        try:
+            if label_tag == DefaultLabelTag.FINAL:
+                label_info.update(self._store_seg(series_uid, label_filename, label_info.get("label_info")))
+            return LocalDatastore.save_label(self, series_uid, label_filename, label_tag, label_info)
+        finally:
+            if converted:
+                os.unlink(converted)
+
+    def segment_names(self, label_info) -> Dict[int, str]:
+        """Label value -> name: the client's ``label_info`` (Slicer sends it), else ``--conf labels`` order."""
+        names = {value: name for value, name in enumerate(self._label_names, start=1)}
+        for entry in label_info or []:
+            if isinstance(entry, dict) and entry.get("name"):
+                value = entry.get("idx", entry.get("id"))
+                if isinstance(value, int):
+                    names[value] = str(entry["name"])
+        return names
+
+    def _store_seg(self, series_uid: str, label_file: str, label_info) -> dict:
+        try:
+            seg = build_segmentation(self._series_dir(series_uid), label_file, self.segment_names(label_info),
+                                     self._author)
+        except ValueError as err:
+            raise HTTPException(status_code=400, detail=f"label for series {series_uid}: {err}") from err
+        self._client.store_instances([seg])
+        logger.info("stored DICOM SEG %s for series %s", seg.SeriesInstanceUID, series_uid)
+        info = self.get_image_info(series_uid)
+        return {"SeriesInstanceUID": str(seg.SeriesInstanceUID), "Modality": info.get("Modality"),
+                "PatientID": info.get("PatientID"), "StudyInstanceUID": info.get("StudyInstanceUID"),
+                "seg_segments": [d.SegmentLabel for d in seg.SegmentSequence]}
+
+
+def _transfer_syntax(series_dir: str) -> str:
+    import pydicom
+
+    for name in sorted(os.listdir(series_dir)):
+        try:
+            return str(pydicom.dcmread(os.path.join(series_dir, name), stop_before_pixels=True).file_meta
+                       .TransferSyntaxUID)
+        except Exception:  # not a DICOM file: look at the next
+            continue
+    return ""
+
+
+def open_dicomweb_datastore(url: str, modalities: List[str], author: SegAuthor,
+                            label_names: List[str]) -> MedSam2DicomWebDatastore:
+    """The datastore for ``--studies <DICOMweb URL>``, with MONAI Label's own client and settings
+    (``MONAI_LABEL_DICOMWEB_USERNAME``/``_PASSWORD``, ``_CACHE_PATH``, ``_FETCH_BY_FRAME``, prefixes)."""
+    from monailabel.datastore.dicom import DICOMwebClientX
+    from dicomweb_client.session_utils import create_session_from_user_pass
+
+    session = None
+    if settings.MONAI_LABEL_DICOMWEB_USERNAME and settings.MONAI_LABEL_DICOMWEB_PASSWORD:
+        session = create_session_from_user_pass(settings.MONAI_LABEL_DICOMWEB_USERNAME,
+                                                settings.MONAI_LABEL_DICOMWEB_PASSWORD)
+    client = DICOMwebClientX(url=url, session=session, qido_url_prefix=settings.MONAI_LABEL_QIDO_PREFIX,
+                             wado_url_prefix=settings.MONAI_LABEL_WADO_PREFIX,
+                             stow_url_prefix=settings.MONAI_LABEL_STOW_PREFIX)
+    cache_path = (settings.MONAI_LABEL_DICOMWEB_CACHE_PATH or "").strip() or None
+    return MedSam2DicomWebDatastore(client, modalities, author, label_names, cache_path=cache_path,
+                                    fetch_by_frame=settings.MONAI_LABEL_DICOMWEB_FETCH_BY_FRAME)

@@ -1,0 +1,75 @@
+"""Write a volume as a DICOM series with pydicom, for the PACS tests.
+
+The volume is in the engine's convention: ``array[i, j, k]`` with MONAI's RAS affine.
+DICOM geometry is LPS and a slice's pixel ``(row, column)`` is ``(j, i)``, so reading the
+series back with ``medsam2_engine.volume_io.load_image`` gives the same array and affine.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.dataset import FileDataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+RAS_TO_LPS = np.diag([-1.0, -1.0, 1.0])
+SOP_CLASSES = {"CT": "1.2.840.10008.5.1.4.1.1.2", "MR": "1.2.840.10008.5.1.4.1.1.4"}
+
+
+def write_series(array: np.ndarray, affine: np.ndarray, folder: Path, modality: str = "CT",
+                 patient_id: str = "MEDSAM2-PHANTOM", description: str = "phantom",
+                 study_uid: str | None = None) -> dict:
+    """One file per slice ``k`` in ``folder``; returns the study, series and frame-of-reference UIDs."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    values = np.round(np.asarray(array)).astype(np.int16)
+    axes = RAS_TO_LPS @ np.asarray(affine, dtype=np.float64)[:3, :3]
+    spacing = np.linalg.norm(axes, axis=0)
+    directions = axes / spacing
+    uids = {"study": study_uid or generate_uid(), "series": generate_uid(), "frame_of_reference": generate_uid()}
+    sop_class = SOP_CLASSES[modality]
+    for k in range(values.shape[2]):
+        position = RAS_TO_LPS @ (np.asarray(affine, dtype=np.float64) @ [0.0, 0.0, k, 1.0])[:3]
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = sop_class
+        meta.MediaStorageSOPInstanceUID = generate_uid()
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = FileDataset(str(folder / f"slice{k:04d}.dcm"), {}, file_meta=meta, preamble=b"\0" * 128)
+        ds.SOPClassUID, ds.SOPInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID
+        ds.PatientID, ds.PatientName = patient_id, patient_id
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = uids["study"], uids["series"]
+        ds.FrameOfReferenceUID = uids["frame_of_reference"]
+        ds.StudyID, ds.SeriesNumber, ds.InstanceNumber = "1", 1, k + 1
+        ds.StudyDate, ds.StudyTime = "20260101", "120000"
+        ds.Modality, ds.SeriesDescription = modality, description
+        ds.ImageOrientationPatient = [float(v) for v in (*directions[:, 0], *directions[:, 1])]
+        ds.ImagePositionPatient = [float(v) for v in position]
+        ds.PixelSpacing = [float(spacing[1]), float(spacing[0])]  # between rows (j), between columns (i)
+        ds.SliceThickness = float(spacing[2])
+        ds.Rows, ds.Columns = values.shape[1], values.shape[0]
+        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+        if modality == "CT":
+            ds.RescaleIntercept, ds.RescaleSlope = 0, 1
+        ds.is_little_endian, ds.is_implicit_VR = True, False
+        ds.PixelData = np.ascontiguousarray(values[:, :, k].T).tobytes()
+        ds.save_as(folder / f"slice{k:04d}.dcm", write_like_original=False)
+    return uids
+
+
+def write_undecodable_series(folder: Path, rows: int = 16, columns: int = 16, slices: int = 3) -> dict:
+    """A series that says JPEG 2000 but holds bytes no decoder accepts (a PACS cannot transcode it)."""
+    from pydicom.encaps import encapsulate
+    from pydicom.uid import JPEG2000Lossless
+
+    uids = write_series(np.zeros((columns, rows, slices), np.int16), np.eye(4), folder, description="broken j2k")
+    for path in sorted(Path(folder).glob("*.dcm")):
+        ds = pydicom.dcmread(path)
+        ds.file_meta.TransferSyntaxUID = JPEG2000Lossless
+        ds.PixelData = encapsulate([b"\xff\x4f\xff\x51" + b"\x00" * 64])  # a J2K start marker, then nothing
+        ds["PixelData"].is_undefined_length = True
+        ds.is_little_endian, ds.is_implicit_VR = True, False
+        ds.save_as(path, write_like_original=False)
+    return uids
