@@ -28,10 +28,13 @@ from monailabel.interfaces.app import MONAILabelApp  # noqa: E402
 from lib.activelearning.scoring import UncertaintyScoring  # noqa: E402
 from lib.activelearning.strategies import First, Random, Uncertainty  # noqa: E402
 from lib.app_config import AppConfig  # noqa: E402
+from lib.datastore_local import SafeLocalDatastore  # noqa: E402
+from lib.routes import install as install_routes  # noqa: E402
 from lib.infers.interactive_2d import Interactive2D  # noqa: E402
 from lib.infers.interactive_3d import Interactive3D  # noqa: E402
 from lib.trainers.auto import AutoFineTune, check_saved_label  # noqa: E402
 from lib.trainers.finetune import FineTuneTask  # noqa: E402
+from lib.viewer_routes import mount_on_monailabel_server as mount_viewer  # noqa: E402
 from lib.infers.one_prompt import OnePrompt  # noqa: E402
 from medsam2_engine.engine import VolumeSegmenter  # noqa: E402
 from medsam2_engine.image2d import ImageSegmenter  # noqa: E402
@@ -67,6 +70,43 @@ class MedSam2App(MONAILabelApp):
             version="0.1.0",
             labels=self.settings.labels,
         )
+        # scoring re-reads every study with the model: only when asked for, so it never competes
+        # with clinicians' clicks by default (POST /scoring/medsam2_uncertainty runs it on demand)
+        self._auto_update_scoring = self._auto_update_scoring and self.settings.auto_scoring
+
+    def init_datastore(self):
+        if self.studies.startswith(("http://", "https://")):
+            return super().init_datastore()
+        from monailabel.config import settings
+
+        return SafeLocalDatastore(
+            self.studies,
+            max_upload_bytes=int(self.settings.upload_max_mb * 2**20),
+            forbidden=[self.settings.model_dir],
+            extensions=settings.MONAI_LABEL_DATASTORE_FILE_EXT,
+            auto_reload=settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
+            read_only=settings.MONAI_LABEL_DATASTORE_READ_ONLY,
+        )
+
+    def init_remote_datastore(self):
+        """DICOMweb: every CT and MR series, one cached file per series, DICOM SEG by highdicom."""
+        from monailabel.config import settings
+
+        if settings.MONAI_LABEL_DATASTORE.lower() not in ("", "dicomweb") or "googleapis.com" in self.studies:
+            return super().init_remote_datastore()
+        from lib.datastore_dicomweb import open_dicomweb_datastore
+        from lib.dicom_seg import SegAuthor
+
+        author = SegAuthor(app_name="MedSAM-2 MONAI Label app", app_version=self.version,
+                           series_description=f"MedSAM-2 (MONAI Label app medsam2 {self.version}) segmentation")
+        return open_dicomweb_datastore(self.studies, self.settings.dicomweb_modalities, author, self.settings.labels)
+
+    def on_init_complete(self):
+        super().on_init_complete()
+        server = sys.modules.get("monailabel.app")  # absent when the app runs outside the server
+        if server is not None:
+            install_routes(server.app, max_body_bytes=int(self.settings.upload_max_mb * 2**20))
+        mount_viewer()  # the annotation page at /medsam2/viewer/ (lib/viewer_routes.py)
 
     def init_infers(self):
         return {

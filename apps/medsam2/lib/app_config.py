@@ -54,6 +54,9 @@ class AppConfig:
     engine: EngineSettings = field(default_factory=EngineSettings)
     auto_finetune_after: int = 0  # fine-tune after this many new final labels (0: only on request)
     finetune: dict = field(default_factory=dict)  # train request defaults from --conf finetune_<name>
+    dicomweb_modalities: list = field(default_factory=lambda: ["CT", "MR"])  # series listed from a PACS
+    upload_max_mb: float = 1024.0  # largest request body / uploaded file the server accepts
+    auto_scoring: bool = False  # MONAI Label's scoring of the whole datastore at start and after each sample
 
     @classmethod
     def from_conf(cls, app_dir: str, conf: dict) -> "AppConfig":
@@ -98,4 +101,8 @@ class AppConfig:
             engine=engine,
             auto_finetune_after=_number(conf, "auto_finetune_after", 0, int),
             finetune={key[len("finetune_"):]: value for key, value in conf.items() if key.startswith("finetune_")},
+            dicomweb_modalities=[m.strip().upper() for m in str(conf.get("dicomweb_modalities", "CT,MR")).split(",")
+                                 if m.strip()],
+            upload_max_mb=_number(conf, "upload_max_mb", 1024.0),
+            auto_scoring=_flag(conf, "auto_scoring", False),
         )

@@ -9,8 +9,11 @@ from fastapi import HTTPException
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 from monailabel.transform.writer import Writer
 
+from ..options import OptionError, result_format
+
 from medsam2_engine.checkpoints import CheckpointError
 from medsam2_engine.model_source import ModelNotReady, ModelSource
+from medsam2_engine.one_prompt import OnePromptError
 from medsam2_engine.prompts import PromptError
 from medsam2_engine.volume_io import ImageReadError, Volume
 from medsam2_engine.windowing import CT_WINDOW_PRESETS, WindowError
@@ -40,9 +43,15 @@ class Sam2Task(InferTask):
         return info
 
     def __call__(self, request):
+        # Only the errors that describe the request are the client's; any other ValueError
+        # (numpy, torch, sam2) is a bug here and stays a 500 with its traceback in the log.
         try:
+            result_format(request)  # checked before any model work, used when writing
             return self.run(request)
-        except (PromptError, WindowError, ImageReadError, ValueError) as err:
+        except OptionError as err:
+            logger.warning("bad %s request: %s", self.__class__.__name__, err)
+            raise HTTPException(status_code=err.status, detail=str(err)) from err
+        except (PromptError, WindowError, ImageReadError, OnePromptError) as err:
             logger.warning("bad %s request: %s", self.__class__.__name__, err)
             raise HTTPException(status_code=400, detail=str(err)) from err
         except (ModelNotReady, CheckpointError) as err:
@@ -55,14 +64,17 @@ class Sam2Task(InferTask):
     @staticmethod
     def write(request: dict, volume: Volume, label_map: np.ndarray, result: dict):
         """Write ``label_map`` on the image's grid with MONAI Label's writer."""
+        fmt = result_format(request)
+        if fmt.extension == ".png" and label_map.ndim == 3:
+            raise OptionError("result_extension", "'.png' holds a 2D result only; use .nii.gz or .nrrd for a volume")
         data = {
             "image_path": volume.path,
             "pred": label_map,
             "image": label_map,  # the writer looks here when there is no affine (2D images)
             "image_meta_dict": {"affine": volume.affine if label_map.ndim == 3 else None},
-            "result_extension": request.get("result_extension") or _default_extension(volume.path),
-            "result_dtype": request.get("result_dtype") or "uint8",
-            "result_compress": request.get("result_compress", False),
+            "result_extension": fmt.extension or _default_extension(volume.path),
+            "result_dtype": fmt.dtype,
+            "result_compress": fmt.compress,
             "result": result,
         }
         return Writer(label="pred", ref_image="image", json="result")(data)

@@ -10,6 +10,7 @@ from medsam2_engine.image2d import ImageSegmenter
 from medsam2_engine.prompts import PromptError
 
 from .base import MODALITY_CHOICES, WINDOW_CHOICES, Sam2Task
+from ..options import integer
 from .request import parse_request, session_key_for
 
 
@@ -65,10 +66,7 @@ class Interactive2D(Sam2Task):
         """The slice to segment: ``slice`` if given, else where the prompts are."""
         prompted = prompts.slices()
         if request.get("slice") not in (None, ""):
-            try:
-                k = int(request["slice"])
-            except (TypeError, ValueError) as err:
-                raise PromptError(f"slice: expected a slice index, got {request['slice']!r}") from err
+            k = integer(request["slice"], "slice")
             if not 0 <= k < volume.num_slices:
                 raise PromptError(f"slice: {k} is outside [0, {volume.num_slices - 1}]")
             if prompted and k not in prompted:

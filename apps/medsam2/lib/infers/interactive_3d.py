@@ -11,7 +11,7 @@ import numpy as np
 from medsam2_engine.engine import VolumeSegmenter
 
 from .base import MODALITY_CHOICES, WINDOW_CHOICES, Sam2Task
-from .request import parse_request, positive_int, session_key_for, truthy
+from .request import parse_request, positive_int, request_flag, session_key_for
 
 logger = logging.getLogger(__name__)
 
@@ -41,15 +41,15 @@ class Interactive3D(Sam2Task):
         default = self.segmenter.settings.early_stop
         early_stop = dataclasses.replace(
             default,
-            enabled=truthy(request.get("early_stop", default.enabled)),
+            enabled=request_flag(request, "early_stop", default.enabled),
             patience=positive_int(request.get("early_stop_patience", default.patience), "early_stop_patience"),
         )
         correction_stop = dataclasses.replace(
             self.segmenter.settings.correction_stop,
-            enabled=truthy(request.get("correction_stop", self.segmenter.settings.correction_stop.enabled)),
+            enabled=request_flag(request, "correction_stop", self.segmenter.settings.correction_stop.enabled),
         )
         roi = dataclasses.replace(
-            self.segmenter.settings.roi, enabled=truthy(request.get("crop_region", self.segmenter.settings.roi.enabled))
+            self.segmenter.settings.roi, enabled=request_flag(request, "crop_region", self.segmenter.settings.roi.enabled)
         )
         volume = self.segmenter.volume(session_key_for(request), request["image"])
         if not volume.is_3d:

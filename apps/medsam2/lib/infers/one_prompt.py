@@ -50,7 +50,8 @@ from medsam2_engine.volume_io import load_image
 from medsam2_engine.windowing import choose_window, guess_modality
 
 from .base import MODALITY_CHOICES, WINDOW_CHOICES, Sam2Task
-from .request import positive_int, session_key_for, truthy
+from ..options import identifier
+from .request import positive_int, request_flag, session_key_for
 from .support_store import DEFAULT_SUPPORT_TAG, candidate_ids, has_label, image_id_for, load_supports
 
 logger = logging.getLogger(__name__)
@@ -88,11 +89,11 @@ class OnePrompt(Sam2Task):
         datastore = self.datastore()
         target_id = request.get("_image_id") or image_id_for(datastore, request["image"])
         label = request.get("label") or self.labels[0]
-        batch = truthy(request.get("save_label", False))
+        batch = request_flag(request, "save_label", False)
         if batch and has_label(datastore, target_id, DefaultLabelTag.FINAL):
             return None, {"skipped": f"{target_id} has a final label; one-prompt never overwrites it"}
 
-        tag = request.get("support_tag") or DEFAULT_SUPPORT_TAG
+        tag = identifier(request.get("support_tag") or DEFAULT_SUPPORT_TAG, "support_tag")
         session_support = self._session_support(request, datastore, label)
         supports, rejected = [], {}
         if session_support is None or request.get("support"):
@@ -124,7 +125,7 @@ class OnePrompt(Sam2Task):
         if self.interactive is None:
             raise OnePromptError("support_session: this app keeps no interactive sessions")
         client = session_key_for(request)[0]
-        session = self.interactive.sessions.get((client, datastore.get_image_uri(support_id)))
+        session = self.interactive.sessions.get((client, identifier(support_id, "support_session")))
         track = session.tracks.get(label) if session is not None else None
         if track is None or track.mask is None or not track.mask.any():
             raise OnePromptError(
@@ -142,7 +143,7 @@ class OnePrompt(Sam2Task):
                                              "support_slices"),
             early_stop=dataclasses.replace(
                 base.early_stop,
-                enabled=truthy(request.get("early_stop", base.early_stop.enabled)),
+                enabled=request_flag(request, "early_stop", base.early_stop.enabled),
                 patience=positive_int(request.get("early_stop_patience", base.early_stop.patience),
                                        "early_stop_patience"),
             ),

@@ -8,15 +8,33 @@ Fields (as the Slicer module and OHIF send them):
 - ``roi``: a box, Slicer's ``[i0, i1, j0, j1, k0, k1]`` in voxel indices, prompted on its
   central slice;
 - ``label``, ``client_id``, ``reset_state``, ``window``, ``modality``, ``slice`` (2D task).
+
+Every field is checked with ``lib.options`` (strict types, bounds); a bad one raises
+``OptionError``/``PromptError`` naming it, which the task answers with HTTP 400.
+
+Sessions: whose prompts a request continues is decided by ``session_key_for``: the
+authenticated user when MONAI Label's auth is on, else the request's ``client_id``, else
+the client's network address; together with the datastore's image id (the series UID for
+DICOMweb), never a file path. The infer route (``lib.routes``) puts the user, the address
+and the image id into the request under ``_user``, ``_client_address`` and ``_image_id``,
+and drops any such field a client sends itself.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 from medsam2_engine.prompts import LabelPrompts, PromptError, parse_box, parse_points
 
+from ..options import MAX_POINTS, OptionError, box, choice, flag, image_size, integer, point_list, text
+
 RESERVED = {"foreground", "background", "roi", "label"}
+MODALITIES = ("auto", "CT", "MR", "other")
+MAX_COUNT = 10_000  # ceiling of the request's whole-number options (patience, supports, ...)
+
+# the trusted fields the infer route sets; a client's own copies are dropped there
+USER_FIELD, ADDRESS_FIELD, IMAGE_ID_FIELD = "_user", "_client_address", "_image_id"
 
 
 @dataclass
@@ -29,45 +47,96 @@ class ParsedRequest:
 
 
 def session_key_for(request: dict) -> tuple:
-    """Sessions are per (client, image); OHIF sends no client id, so its users share one."""
-    return (str(request.get("client_id") or request.get("user") or "anonymous"), str(request.get("image")))
+    """(who, image id): the user if authenticated, else client_id, else the client's address."""
+    if request.get(USER_FIELD):
+        who = f"user:{request[USER_FIELD]}"
+    elif request.get("client_id") not in (None, ""):
+        who = f"client:{text(request['client_id'], 'client_id')}"
+    elif request.get(ADDRESS_FIELD):
+        who = f"address:{request[ADDRESS_FIELD]}"
+    else:
+        who = "anonymous"
+    image = request.get(IMAGE_ID_FIELD)
+    if not image:
+        # called without the route (batch runs, tests): the file's name stands in for the id
+        image = _stem(str(request.get("image")))
+    return (who, str(image))
 
 
-def truthy(value) -> bool:
-    """A request flag: JSON true or the strings clients send for it."""
-    return str(value).strip().lower() in ("1", "true", "yes", "on")
+def _stem(path: str) -> str:
+    name = os.path.basename(path.rstrip("/"))
+    for ext in (".nii.gz", ".nii", ".nrrd", ".png", ".jpg"):
+        if name.lower().endswith(ext):
+            return name[: -len(ext)]
+    return name
+
+
+def request_flag(request: dict, name: str, default: bool) -> bool:
+    return flag(request.get(name, default), name)
 
 
 def positive_int(value, field_name: str) -> int:
-    try:
-        number = int(value)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"{field_name}: expected a whole number, got {value!r}") from err
-    if number < 1:
-        raise ValueError(f"{field_name}: must be at least 1, got {number}")
-    return number
+    return integer(value, field_name, low=1, high=MAX_COUNT)
+
+
+def _modality(request: dict):
+    value = request.get("modality")
+    if value in (None, ""):
+        return None
+    value = choice(value, "modality", MODALITIES)
+    return None if value == "auto" else value
+
+
+def _window(request: dict):
+    window = request.get("window")
+    if window is None or (isinstance(window, str) and window.strip().lower() in ("", "auto")):
+        return None
+    if isinstance(window, str):
+        return text(window, "window", 64)
+    if isinstance(window, list) and len(window) == 2:
+        return box([window[0], window[1], 0, 0], "window")[:2]  # two finite numbers
+    raise OptionError("window", f"expected a preset name or [low, high], got {window!r}")
+
+
+def _label(request: dict, labels: list):
+    label = request.get("label")
+    if label in (None, ""):
+        return None
+    if not isinstance(label, str):
+        raise OptionError("label", f"expected a label name, got {label!r}")
+    if label not in labels:
+        raise OptionError("label", f"unknown label {label!r}; this app's labels are {labels} (set with --conf labels)")
+    return label
 
 
 def parse_request(request: dict, shape, labels: list) -> ParsedRequest:
     """Prompts per label, checked against the image ``shape`` (voxel order) and known labels."""
-    if request.get("label") in (None, "") and not any(name in request for name in labels):
+    image_size(shape)
+    per_label = [name for name in labels if name in request and request[name] not in (None, [])]
+    label = _label(request, labels)
+    if label is None and not per_label:
         label = labels[0]
-    else:
-        label = request.get("label")
-    if label is not None and label != "" and label not in labels:
-        raise PromptError(f"label: unknown label {label!r}; this app's labels are {labels} (set with --conf labels)")
 
-    background = parse_points(request.get("background"), shape, "background", positive=False)
+    total = 0
+    point_fields = {}
+    for name in ["foreground", "background", *per_label]:
+        point_fields[name] = point_list(request.get(name), name)
+        total += len(point_fields[name])
+    if total > MAX_POINTS:
+        raise OptionError("foreground", f"{total} points in all; at most {MAX_POINTS} per request", status=413)
+    roi = request.get("roi")
+    roi = None if roi in (None, []) else box(roi, "roi")
+
+    background = parse_points(point_fields["background"], shape, "background", positive=False)
     prompts: dict = {}
-    if request.get("foreground") or request.get("roi") or (label and not any(n in request for n in labels)):
+    if point_fields["foreground"] or roi is not None or (label and not per_label):
         target = prompts.setdefault(label, LabelPrompts())
-        target.clicks += parse_points(request.get("foreground"), shape, "foreground", positive=True)
-        if request.get("roi"):
-            target.boxes.append(parse_box(request["roi"], shape, "roi"))
-    for name in labels:
-        if name in request and request[name]:
-            target = prompts.setdefault(name, LabelPrompts())
-            target.clicks += parse_points(request[name], shape, name, positive=True)
+        target.clicks += parse_points(point_fields["foreground"], shape, "foreground", positive=True)
+        if roi is not None:
+            target.boxes.append(parse_box(roi, shape, "roi"))
+    for name in per_label:
+        target = prompts.setdefault(name, LabelPrompts())
+        target.clicks += parse_points(point_fields[name], shape, name, positive=True)
     for target in prompts.values():
         target.clicks += background
     prompts = {name: p for name, p in prompts.items() if not p.is_empty()}
@@ -80,11 +149,5 @@ def parse_request(request: dict, shape, labels: list) -> ParsedRequest:
         if not any(c.positive for c in target.clicks) and not target.boxes:
             raise PromptError(f"label {name!r}: only background points; add a foreground point or a roi")
 
-    reset = set(prompts) if truthy(request.get("reset_state", False)) else set()
-    window = request.get("window")
-    if isinstance(window, str) and window.strip().lower() in ("", "auto"):
-        window = None
-    modality = request.get("modality")
-    if isinstance(modality, str) and modality.strip().lower() in ("", "auto"):
-        modality = None
-    return ParsedRequest(prompts, session_key_for(request), reset, window, modality)
+    reset = set(prompts) if request_flag(request, "reset_state", False) else set()
+    return ParsedRequest(prompts, session_key_for(request), reset, _window(request), _modality(request))

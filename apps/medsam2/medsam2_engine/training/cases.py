@@ -73,6 +73,20 @@ def check_label_fits(image: Volume, label: Volume, files: CaseFiles) -> None:
         )
 
 
+def check_label_file(files: CaseFiles) -> list:
+    """Check a label file against its image before it is stored; the label values it holds.
+
+    Unlike ``load_case`` an all-zero label passes (a clinician may save "nothing here").
+    """
+    image = load_image(files.image)
+    try:
+        label = load_image(files.label)
+    except ImageReadError as err:
+        raise LabelMismatch(f"the label cannot be read (empty or corrupt file?): {err}") from err
+    check_label_fits(image, label, files)
+    return [int(v) for v in np.unique(_to_label_map(label, files)) if v > 0]
+
+
 def load_case(files: CaseFiles) -> Case:
     """Read and check one study; raises LabelMismatch or ImageReadError with the file names."""
     image = load_image(files.image)

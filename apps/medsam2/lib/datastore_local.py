@@ -1,0 +1,251 @@
+"""MONAI Label's local datastore with its holes closed: nothing escapes the studies folder,
+no label is lost or half-written.
+
+- Image ids, label tags and file extensions are checked against an allow-list, and every
+  path written is resolved and must lie inside the studies folder (never in the model folder).
+- Uploads are size-capped, must be readable images, and an existing image is never
+  replaced by different content.
+- A label is checked against its image (readable, same grid, whole non-negative values)
+  before anything is written; a bad one is refused and the stored label stays as it was.
+- Files are written to a temporary file in the same folder and renamed into place, so a
+  crash at any moment leaves the old or the new file; the datastore's JSON the same way.
+- The label a save replaces (or a delete removes) is kept under
+  ``<studies>/.label_history/<tag>/<image id>/<UTC time><ext>``, for a clinician to restore.
+- Leftover temporary files of a crashed write are removed when the datastore opens.
+"""
+
+from __future__ import annotations
+
+import filecmp
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+
+from filelock import FileLock
+from monailabel.datastore.local import DataModel, ImageLabelModel, LocalDatastore
+
+from medsam2_engine.training.cases import CaseFiles, LabelMismatch, check_label_file
+from medsam2_engine.volume_io import ImageReadError, load_image
+
+from .options import OptionError, identifier, image_size
+
+logger = logging.getLogger(__name__)
+
+ALLOWED_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".png", ".jpg", ".jpeg")
+TEMP_SUFFIX = ".partial"  # matches none of the datastore's patterns, so never listed as data
+HISTORY_DIR = ".label_history"
+
+
+def extension_of(filename: str, field: str) -> str:
+    lowered = os.path.basename(filename or "").lower()
+    for ext in ALLOWED_EXTENSIONS:
+        if lowered.endswith(ext):
+            return ext
+    raise OptionError(field, f"file type of {os.path.basename(filename or '')!r} is not accepted; "
+                             f"allowed: {', '.join(ALLOWED_EXTENSIONS)}", status=415)
+
+
+def atomic_copy(source: str, dest: str) -> None:
+    """Copy ``source`` to ``dest`` through a temporary file in dest's folder and a rename."""
+    folder = os.path.dirname(dest)
+    fd, tmp = tempfile.mkstemp(prefix=".", suffix=TEMP_SUFFIX, dir=folder)
+    try:
+        with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
+            shutil.copyfileobj(src, out)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, dest)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(folder)
+
+
+def atomic_write_text(dest: str, content: str) -> None:
+    folder = os.path.dirname(dest)
+    fd, tmp = tempfile.mkstemp(prefix=".", suffix=TEMP_SUFFIX, dir=folder)
+    try:
+        with os.fdopen(fd, "w") as out:
+            out.write(content)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, dest)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    _fsync_dir(folder)
+
+
+def _fsync_dir(folder: str) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class SafeLocalDatastore(LocalDatastore):
+    def __init__(self, datastore_path: str, *, max_upload_bytes: int, forbidden=(), **kwargs):
+        self._root = os.path.realpath(datastore_path)
+        self._forbidden = [os.path.realpath(p) for p in forbidden]
+        self._max_upload_bytes = int(max_upload_bytes)
+        if self._root in self._forbidden or any(self._root.startswith(f + os.sep) for f in self._forbidden):
+            raise ValueError(f"the studies folder {self._root} lies inside the model folder; choose another")
+        removed = remove_leftovers(self._root)
+        if removed:
+            logger.warning("removed %d temporary file(s) left by an interrupted write: %s", len(removed), removed)
+        super().__init__(datastore_path, **kwargs)
+
+    # --- checks -------------------------------------------------------------------------
+    def _inside(self, path: str, field: str) -> str:
+        real = os.path.realpath(path)
+        if not real.startswith(self._root + os.sep):
+            raise OptionError(field, "resolves outside the studies folder")
+        if any(real == f or real.startswith(f + os.sep) for f in self._forbidden):
+            raise OptionError(field, "resolves into the model folder")
+        return real
+
+    def _check_upload(self, filename: str, field: str) -> None:
+        size = os.path.getsize(filename)
+        if size == 0:
+            raise OptionError(field, "the uploaded file is empty")
+        if size > self._max_upload_bytes:
+            raise OptionError(field, f"{size} bytes; uploads are limited to {self._max_upload_bytes} bytes "
+                                     "(--conf upload_max_mb)", status=413)
+
+    def _image_entry(self, image_id: str):
+        obj = self._datastore.objects.get(identifier(image_id, "image"))
+        if obj is None:
+            raise OptionError("image", f"image not found: {image_id}", status=404)
+        return obj
+
+    # --- images ---------------------------------------------------------------------------
+    def add_image(self, image_id: str, image_filename: str, image_info: dict) -> str:
+        ext = extension_of(image_filename, "file")
+        if not image_id:
+            image_id = os.path.basename(image_filename)[: -len(ext)]
+        identifier(image_id, "image")
+        self._check_upload(image_filename, "file")
+        try:
+            image = load_image(image_filename)
+        except ImageReadError as err:
+            raise OptionError("file", f"not a readable image: {err}") from err
+        image_size(image.array.shape, "file")
+        dest = self._inside(os.path.join(self._datastore.image_path(), image_id + ext), "image")
+        with FileLock(self._lock_file):
+            existing = self._datastore.objects.get(image_id)
+            if existing is not None:
+                current = os.path.join(self._datastore.image_path(), image_id + existing.image.ext)
+                if existing.image.ext == ext and os.path.exists(current) and filecmp.cmp(current, image_filename,
+                                                                                       shallow=False):
+                    return image_id  # the same file again
+                raise OptionError("image", f"image {image_id} already exists with other content; "
+                                           "remove it first (its labels would no longer fit)", status=409)
+            atomic_copy(image_filename, dest)
+            info = dict(image_info or {})
+            info.update({"ts": int(time.time()), "name": image_id + ext})
+            self._datastore.objects[image_id] = ImageLabelModel(image=DataModel(info=info, ext=ext))
+            self._update_datastore_file(lock=False)
+        return image_id
+
+    # --- labels ---------------------------------------------------------------------------
+    def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: dict) -> str:
+        obj = self._image_entry(image_id)
+        tag = identifier(label_tag, "tag")
+        ext = extension_of(label_filename, "label")
+        self._check_upload(label_filename, "label")
+        image_path = self.get_image_uri(image_id)
+        try:
+            values = check_label_file(CaseFiles(image_path, label_filename, image_id))
+        except (LabelMismatch, ImageReadError) as err:
+            raise OptionError("label", _without_paths(str(err), image_path, label_filename), status=422) from err
+
+        label_dir = self._inside(self._datastore.label_path(tag), "tag")
+        dest = self._inside(os.path.join(label_dir, image_id + ext), "label")
+        with FileLock(self._lock_file):
+            os.makedirs(label_dir, exist_ok=True)
+            previous = obj.labels.get(tag)
+            previous_path = os.path.join(label_dir, image_id + previous.ext) if previous else None
+            if previous_path and os.path.exists(previous_path):
+                self._keep_history(tag, image_id, previous_path, previous.ext)
+            atomic_copy(label_filename, dest)
+            if previous_path and previous_path != dest and os.path.exists(previous_path):
+                os.unlink(previous_path)  # saved in another format; the old one is in the history
+            info = dict(label_info or {})
+            info.update({"ts": int(time.time()), "name": image_id + ext, "label_values": values})
+            obj.labels[tag] = DataModel(info=info, ext=ext)
+            self._update_datastore_file(lock=False)
+        logger.info("saved label %s (tag %s, values %s)", image_id, tag, values)
+        return image_id
+
+    def remove_label(self, label_id: str, label_tag: str) -> None:
+        obj = self._image_entry(label_id)
+        tag = identifier(label_tag, "tag")
+        label = obj.labels.get(tag)
+        if label is None:
+            raise OptionError("tag", f"image {label_id} has no {tag!r} label", status=404)
+        path = os.path.join(self._datastore.label_path(tag), label_id + label.ext)
+        if os.path.exists(path):
+            with FileLock(self._lock_file):
+                self._keep_history(tag, label_id, path, label.ext)
+        super().remove_label(label_id, tag)
+
+    def remove_image(self, image_id: str) -> None:
+        self._image_entry(image_id)
+        super().remove_image(image_id)
+
+    def _keep_history(self, tag: str, image_id: str, path: str, ext: str) -> None:
+        folder = self._inside(os.path.join(self._root, HISTORY_DIR, tag, image_id), "label")
+        os.makedirs(folder, exist_ok=True)
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        name, n = f"{stamp}{ext}", 1
+        while os.path.exists(os.path.join(folder, name)):
+            n += 1
+            name = f"{stamp}-{n}{ext}"
+        atomic_copy(path, os.path.join(folder, name))
+
+    def label_history(self, image_id: str, tag: str = "final") -> list:
+        folder = os.path.join(self._root, HISTORY_DIR, identifier(tag, "tag"), identifier(image_id, "image"))
+        return sorted(os.path.join(folder, f) for f in os.listdir(folder)) if os.path.isdir(folder) else []
+
+    # --- the datastore's own JSON ---------------------------------------------------------
+    def _update_datastore_file(self, lock=True):
+        """As MONAI Label's, but renamed into place: a crash never leaves a truncated JSON."""
+
+        def write():
+            self._ignore_event_config = True
+            content = json.dumps(self._datastore.model_dump(exclude={"base_path"}), indent=2, default=str)
+            atomic_write_text(self._datastore_config_path, content)
+            self._config_ts = os.stat(self._datastore_config_path).st_mtime
+
+        if lock:
+            with FileLock(self._lock_file):
+                write()
+        else:
+            write()
+
+
+def remove_leftovers(root: str) -> list:
+    """Delete the temporary files of writes a crash interrupted (ours end in ``.partial``)."""
+    removed = []
+    if not os.path.isdir(root):
+        return removed
+    for folder, _dirs, files in os.walk(root):
+        for name in files:
+            if name.endswith(TEMP_SUFFIX):
+                path = os.path.join(folder, name)
+                os.unlink(path)
+                removed.append(os.path.relpath(path, root))
+    return removed
+
+
+def _without_paths(message: str, *paths: str) -> str:
+    """Error text for the client: the server's file paths replaced by what they are."""
+    for path, name in zip(paths, ("the image", "the uploaded label")):
+        message = message.replace(path, name)
+    return message

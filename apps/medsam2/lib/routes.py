@@ -1,0 +1,203 @@
+"""The app's versions of MONAI Label 0.8.5 routes that are unsafe for a shared server.
+
+MONAI Label declares ``POST /infer/{model}`` and the datastore uploads ``async def`` but
+does the work inline, so one inference holds the event loop and every other request
+(``/info`` too) waits for it. Here the same paths are registered again as plain ``def``
+endpoints, which FastAPI runs in its worker threads, with the checks the originals lack:
+
+- ``/infer``: the model must exist (404), ``params`` must be a JSON object, the image must
+  be a datastore id (never a path on the server); the authenticated user, the client's
+  address and the image id go into the request for per-user sessions (``infers.request``).
+- ``PUT /datastore/image`` and ``/datastore/label``: ids, tags and files are checked by
+  the datastore (``lib.datastore_local``); its refusals become 4xx naming the field.
+- ``/logs``: with authentication off, only a client on this machine may read the log
+  (it holds every request's parameters); with it on, MONAI Label's admin role applies.
+- Request bodies above the upload cap are refused with 413 while they arrive.
+
+Only the installed package's own route functions are reused; the package is not edited.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import os
+from typing import Callable, Optional
+
+from fastapi import BackgroundTasks, Depends, File, Form, HTTPException, Request, UploadFile
+from monailabel.config import settings
+from monailabel.datastore.local import LocalDatastore
+from monailabel.endpoints import datastore as datastore_routes
+from monailabel.endpoints import infer as infer_routes
+from monailabel.endpoints import logs as logs_routes
+from monailabel.endpoints.user.auth import RBAC, User
+from monailabel.interfaces.datastore import DefaultLabelTag
+from monailabel.interfaces.exception import MONAILabelException
+from monailabel.interfaces.utils.app import app_instance
+
+from .infers.request import ADDRESS_FIELD, IMAGE_ID_FIELD, USER_FIELD
+from .options import OptionError, identifier, json_object
+
+logger = logging.getLogger(__name__)
+
+API = settings.MONAI_LABEL_API_STR
+# request fields only the server sets: a client cannot pick the image file or another user's session
+SERVER_FIELDS = {"image", "model", "session", "description", USER_FIELD, ADDRESS_FIELD, IMAGE_ID_FIELD}
+
+
+def _as_http(call: Callable):
+    try:
+        return call()
+    except OptionError as err:
+        raise HTTPException(status_code=err.status, detail=str(err)) from err
+    except MONAILabelException as err:
+        raise HTTPException(status_code=400, detail=err.msg) from err
+
+
+def _user_name(user: User) -> Optional[str]:
+    return user.username if settings.MONAI_LABEL_AUTH_ENABLE else None
+
+
+def infer(
+    background_tasks: BackgroundTasks,
+    http: Request,
+    model: str,
+    image: str = "",
+    session_id: str = "",
+    params: str = Form("{}"),
+    file: UploadFile = File(None),
+    label: UploadFile = File(None),
+    output: Optional[infer_routes.ResultType] = None,
+    user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER)),
+):
+    instance = app_instance()
+    if model not in instance.info().get("models", {}):
+        raise HTTPException(status_code=404, detail=f"model: no model {model!r}; see /info for this app's models")
+
+    def prepare() -> str:
+        request = json_object(params, "params")
+        bad = sorted(k for k in request if k in SERVER_FIELDS or (isinstance(k, str) and k.startswith("_")))
+        if bad:
+            raise OptionError(f"params.{bad[0]}", "is set by the server; give the image as the image= query "
+                                                 "parameter (a datastore id)")
+        if image or not (file or session_id):
+            identifier(image, "image")
+            datastore = instance.datastore()
+            if isinstance(datastore, LocalDatastore) and not datastore.get_image_uri(image):
+                raise OptionError("image", f"image not found: {image}", status=404)
+            request[IMAGE_ID_FIELD] = image
+        request[USER_FIELD] = _user_name(user)
+        request[ADDRESS_FIELD] = http.client.host if http.client else None
+        return json.dumps(request)
+
+    checked = _as_http(prepare)
+    return _as_http(lambda: infer_routes.run_inference(background_tasks, model, image, session_id, checked,
+                                                       file, label, output))
+
+
+def add_image(
+    background_tasks: BackgroundTasks,
+    image: Optional[str] = None,
+    params: str = Form("{}"),
+    file: UploadFile = File(...),
+    user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ANNOTATOR)),
+):
+    checked = _as_http(lambda: json.dumps(json_object(params, "params")))
+    return _as_http(lambda: datastore_routes.add_image(background_tasks, image, checked, file, user.username))
+
+
+def save_label(
+    background_tasks: BackgroundTasks,
+    image: str,
+    params: str = Form("{}"),
+    tag: str = DefaultLabelTag.FINAL.value,
+    label: UploadFile = File(...),
+    user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ANNOTATOR)),
+):
+    def check() -> str:
+        identifier(image, "image")
+        identifier(tag or DefaultLabelTag.FINAL.value, "tag")
+        return json.dumps(json_object(params, "params"))
+
+    checked = _as_http(check)
+    return _as_http(lambda: datastore_routes.save_label(background_tasks, image, checked, tag, label,
+                                                        user.username))
+
+
+def logs(
+    http: Request,
+    lines: Optional[int] = 300,
+    html: Optional[bool] = True,
+    text: Optional[bool] = False,
+    refresh: Optional[int] = 0,
+    user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ADMIN)),
+):
+    if not settings.MONAI_LABEL_AUTH_ENABLE and not _is_loopback(http):
+        raise HTTPException(status_code=403, detail="logs: readable only from this machine unless "
+                                                    "authentication is on (then by the admin role)")
+    return logs_routes.get_logs(os.path.join(settings.MONAI_LABEL_APP_DIR, "logs", "app.log"), lines, html, text,
+                                refresh)
+
+
+def _is_loopback(http: Request) -> bool:
+    try:
+        return bool(http.client) and ipaddress.ip_address(http.client.host).is_loopback
+    except ValueError:
+        return False
+
+
+REPLACEMENTS = [
+    (f"{API}/infer/{{model}}", "POST", infer),
+    (f"{API}/datastore/image", "PUT", add_image),
+    (f"{API}/datastore/", "PUT", add_image),
+    (f"{API}/datastore/label", "PUT", save_label),
+    (f"{API}/logs/", "GET", logs),
+]
+
+
+def install(fastapi_app, max_body_bytes: int) -> None:
+    """Swap the routes above into the running server and cap request bodies."""
+    router = fastapi_app.router
+    for path, method, endpoint in REPLACEMENTS:
+        # FastAPI keeps included routers nested, so the originals cannot be picked out; the
+        # first route that matches answers, so ours go in front of them.
+        router.add_api_route(path, endpoint, methods=[method])
+        router.routes.insert(0, router.routes.pop())
+    if fastapi_app.middleware_stack is not None:
+        fastapi_app.middleware_stack = BodyLimit(fastapi_app.middleware_stack, max_body_bytes)
+    logger.info("routes run off the event loop: %s; request bodies capped at %d bytes",
+                [f"{m} {p}" for p, m, _ in REPLACEMENTS], max_body_bytes)
+
+
+class BodyLimit:
+    """ASGI wrapper: 413 for a body over ``limit`` bytes, by its Content-Length or as it streams."""
+
+    def __init__(self, app, limit: int):
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.limit:
+            return await _too_large(send, self.limit)
+        seen = 0
+
+        async def limited_receive():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise HTTPException(status_code=413, detail=f"request body over {self.limit} bytes")
+            return message
+
+        return await self.app(scope, limited_receive, send)
+
+
+async def _too_large(send, limit: int):
+    body = json.dumps({"detail": f"request body over {limit} bytes (--conf upload_max_mb)"}).encode()
+    await send({"type": "http.response.start", "status": 413,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})
