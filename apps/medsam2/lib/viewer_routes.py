@@ -1,0 +1,133 @@
+"""The app's own annotation page, served by the app on its own port at ``/medsam2/viewer/``.
+
+The page (``apps/medsam2/viewer/page``) is plain HTML and an ES module over NiiVue's
+prebuilt bundle from npm (``setup.sh`` installs it with ``npm ci``); it talks to MONAI
+Label's own endpoints (``/info``, ``/infer``, ``PUT /datastore/label``) and needs only two
+routes of its own, added here: the datastore's studies, and a study's volume as NIfTI.
+
+The volume is read with the engine's reader and written on the engine's grid (voxel
+order ``[i, j, k]`` and RAS affine), so a voxel the page clicks is exactly the voxel the
+app's request fields mean, whatever the datastore (a DICOMweb series is fetched by the
+datastore's ``get_image_uri``).
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+from pathlib import Path
+
+import numpy as np
+from fastapi import APIRouter, Depends, HTTPException, Query
+from fastapi.responses import FileResponse, Response
+from fastapi.staticfiles import StaticFiles
+
+from medsam2_engine.volume_io import ImageReadError, Volume, load_image
+
+logger = logging.getLogger(__name__)
+
+PREFIX = "/medsam2/viewer"
+VIEWER_DIR = Path(__file__).resolve().parents[1] / "viewer"
+PAGE_DIR = VIEWER_DIR / "page"
+NIIVUE_BUNDLE = VIEWER_DIR / "node_modules" / "@niivue" / "niivue" / "dist" / "index.js"
+
+
+def volume_as_nifti(volume: Volume) -> bytes:
+    """``volume`` as gzipped NIfTI-1 bytes, voxel for voxel on the engine's grid.
+
+    Whole-number images (CT in HU, most MR) travel as int16 when they fit: half the bytes
+    of float32, same values.
+    """
+    import nibabel as nib
+
+    array = volume.array
+    if np.issubdtype(array.dtype, np.floating) and array.size and np.all(np.isfinite(array)):
+        low, high = float(array.min()), float(array.max())
+        if -32768 <= low and high <= 32767 and np.array_equal(array, np.round(array)):
+            array = array.astype(np.int16)
+    image = nib.Nifti1Image(np.asarray(array), np.asarray(volume.affine, dtype=np.float64))
+    image.set_qform(image.affine, code=1)
+    image.set_sform(image.affine, code=1)
+    return gzip.compress(image.to_bytes(), compresslevel=1)
+
+
+def study_list(datastore) -> list:
+    """Every image of the datastore with whether it already has a final label."""
+    studies = []
+    for image_id in sorted(datastore.list_images()):
+        try:
+            final = bool(datastore.get_label_by_image_id(image_id, "final"))
+        except Exception:  # a datastore that cannot say: the list still shows the study
+            final = False
+        studies.append({"image": image_id, "final": final})
+    return studies
+
+
+def _known_image(datastore, image_id: str) -> str:
+    if image_id not in set(datastore.list_images()):
+        raise HTTPException(status_code=404, detail=f"image: no study {image_id!r} in this datastore")
+    return image_id
+
+
+def build_router(app_instance, user_dependency) -> APIRouter:
+    """Routes for the page; ``app_instance()`` returns the running MONAI Label app."""
+    router = APIRouter(prefix=PREFIX, tags=["Viewer"])
+
+    @router.get("/studies", summary="Studies of the datastore, for the viewer page")
+    def studies(user=Depends(user_dependency)):
+        return {"studies": study_list(app_instance().datastore())}
+
+    @router.get("/volume", summary="A study's volume as NIfTI on the app's voxel grid")
+    def volume(image: str = Query(..., description="image id of the datastore"), user=Depends(user_dependency)):
+        datastore = app_instance().datastore()
+        _known_image(datastore, image)
+        uri = datastore.get_image_uri(image)
+        try:
+            loaded = load_image(uri)
+        except ImageReadError as err:
+            raise HTTPException(status_code=422, detail=f"image: {image} cannot be read: {err}") from err
+        if not loaded.is_3d:
+            raise HTTPException(
+                status_code=422,
+                detail=f"image: {image} is 2D (shape {list(loaded.array.shape)}); the viewer shows volumes, "
+                "use the medsam2_2d model from another client",
+            )
+        return Response(
+            content=volume_as_nifti(loaded),
+            media_type="application/octet-stream",
+            headers={"Content-Disposition": f'attachment; filename="{image}.nii.gz"', "Cache-Control": "no-store"},
+        )
+
+    @router.get("/vendor/niivue.js", include_in_schema=False)
+    def niivue_bundle():
+        if not NIIVUE_BUNDLE.is_file():
+            raise HTTPException(
+                status_code=503,
+                detail=f"the viewer's npm packages are not installed ({NIIVUE_BUNDLE} is missing): run `bash setup.sh`",
+            )
+        return FileResponse(NIIVUE_BUNDLE, media_type="text/javascript")
+
+    return router
+
+
+def mount_viewer(server, app_instance, user_dependency) -> None:
+    """Add the page and its routes to MONAI Label's FastAPI ``server`` (once)."""
+    if any(getattr(route, "path", "") == PREFIX + "/studies" for route in server.routes):
+        return
+    server.include_router(build_router(app_instance, user_dependency))
+    server.mount(PREFIX, StaticFiles(directory=PAGE_DIR, html=True), name="medsam2_viewer")
+    logger.info("viewer page at %s/ (NiiVue bundle %s)", PREFIX, "found" if NIIVUE_BUNDLE.is_file() else "MISSING")
+
+
+def mount_on_monailabel_server() -> None:
+    """Mount the viewer on the running ``monailabel start_server`` (nothing when not serving)."""
+    import sys
+
+    server_module = sys.modules.get("monailabel.app")
+    if server_module is None:
+        return
+    from monailabel.config import settings
+    from monailabel.endpoints.user.auth import RBAC
+    from monailabel.interfaces.utils.app import app_instance
+
+    mount_viewer(server_module.app, app_instance, RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER))

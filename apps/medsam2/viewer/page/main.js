@@ -1,0 +1,355 @@
+// The annotation page: study list, structures, prompts, the app's masks, save as final.
+
+import { MODEL, appInfo, fetchVolume, infer, listStudies, saveFinal } from './api.js';
+import { combine } from './labelmap.js';
+import { LabelPrompts } from './prompts.js';
+import { LABEL_COLOURS, VolumeView } from './view.js';
+
+// A slice is listed as unsure when SAM 2's predicted IoU for its mask is low, or its
+// object score (a logit: > 0 means "the structure is here") is close to the boundary.
+const UNSURE_IOU = 0.8;
+const UNSURE_SCORE = 2.0;
+const DRAG_PIXELS = 4;
+
+const $ = (id) => document.getElementById(id);
+const clientId = sessionStorage.getItem('medsam2-client') || `viewer-${crypto.randomUUID()}`;
+sessionStorage.setItem('medsam2-client', clientId); // one session per browser tab
+
+const state = {
+  labels: [],
+  studies: [],
+  image: null,
+  label: null,
+  prompts: new Map(), // label -> LabelPrompts
+  masks: new Map(), // label value (1-based) -> Mask
+  results: new Map(), // label -> last result JSON
+  inFlight: false,
+  pending: null,
+  timings: [], // click to mask on screen, ms
+};
+const view = new VolumeView($('gl'));
+const marks = $('marks');
+
+function setStatus(text, kind = 'idle') {
+  $('status').textContent = text;
+  $('status').dataset.state = kind;
+}
+
+function labelValue(label) {
+  return state.labels.indexOf(label) + 1;
+}
+
+function promptsOf(label) {
+  if (!state.prompts.has(label)) state.prompts.set(label, new LabelPrompts());
+  return state.prompts.get(label);
+}
+
+// ---- lists -------------------------------------------------------------------------------
+function renderStudies() {
+  const list = $('studies');
+  list.replaceChildren();
+  for (const study of state.studies) {
+    const item = document.createElement('li');
+    item.dataset.image = study.image;
+    item.textContent = study.image;
+    if (study.final) item.append(Object.assign(document.createElement('span'), { className: 'tag', textContent: 'final ✓' }));
+    if (study.image === state.image) item.classList.add('selected');
+    item.addEventListener('click', () => openStudy(study.image));
+    list.append(item);
+  }
+}
+
+function renderLabels() {
+  const list = $('labels');
+  list.replaceChildren();
+  state.labels.forEach((label, n) => {
+    const item = document.createElement('li');
+    item.dataset.label = label;
+    const swatch = Object.assign(document.createElement('span'), { className: 'swatch' });
+    swatch.style.background = LABEL_COLOURS[n % LABEL_COLOURS.length];
+    const count = state.masks.get(n + 1)?.count();
+    item.append(swatch, label);
+    if (count) item.append(Object.assign(document.createElement('span'), { className: 'tag', textContent: `${count} vx` }));
+    if (label === state.label) item.classList.add('selected');
+    item.addEventListener('click', () => { state.label = label; refreshPanels(); });
+    list.append(item);
+  });
+}
+
+function refreshPanels() {
+  renderLabels();
+  const prompts = state.label ? promptsOf(state.label) : null;
+  const open = Boolean(state.image);
+  $('undo').disabled = !open || !prompts || prompts.isEmpty();
+  $('clear').disabled = !open || !prompts || (prompts.isEmpty() && !state.masks.has(labelValue(state.label)));
+  $('save').disabled = !open || ![...state.masks.values()].some((m) => m.count() > 0);
+  if (prompts) {
+    const box = prompts.box();
+    $('prompt-summary').textContent = `${state.label}: ${prompts.points(true).length} inside, `
+      + `${prompts.points(false).length} outside${box ? `, box on slice ${box[4]}` : ''}`;
+  }
+  renderResult();
+  drawMarks();
+}
+
+// ---- the result JSON: warning, per-slice confidence ----------------------------------------
+function renderResult() {
+  const result = state.results.get(state.label);
+  const warning = [...state.results.values()].map((r) => r.warning).find(Boolean);
+  $('warning').hidden = !warning;
+  $('warning').textContent = warning ? `⚠ ${warning}` : '';
+  if (!result) { $('result').hidden = true; return; }
+  $('result').hidden = false;
+  const info = result.labels?.[state.label] || {};
+  const slices = info.slices || [];
+  const withMask = slices.filter((s) => s.area > 0);
+  const span = withMask.length ? `slices ${withMask[0].slice}-${withMask[withMask.length - 1].slice}` : 'no slice';
+  $('result-summary').textContent = `${state.label}: ${info.voxels ?? 0} voxels on ${withMask.length} slices (${span}); `
+    + `checkpoint ${result.model?.checkpoint ?? '?'}; ${result.latencies?.total ?? '?'} s on the server`;
+  const unsure = slices.filter((s) => (s.area > 0 && s.predicted_iou !== null && s.predicted_iou < UNSURE_IOU)
+    || Math.abs(s.object_score) < UNSURE_SCORE);
+  const box = $('unsure');
+  box.replaceChildren(document.createTextNode(unsure.length
+    ? `The model is unsure on ${unsure.length} slice(s) (predicted IoU < ${UNSURE_IOU} or object score near 0): check them `
+    : 'The model is confident on every slice it segmented.'));
+  for (const s of unsure) {
+    const button = Object.assign(document.createElement('button'), { type: 'button', textContent: `${s.slice}` });
+    button.title = `object score ${s.object_score}, predicted IoU ${s.predicted_iou}, area ${s.area}`;
+    button.dataset.slice = s.slice;
+    button.addEventListener('click', () => goToSlice(s.slice));
+    box.append(button);
+  }
+}
+
+// ---- slices and marks ---------------------------------------------------------------------
+function goToSlice(k) {
+  view.goToSlice(k);
+  syncSlice();
+}
+
+function syncSlice() {
+  const k = view.currentSlice();
+  $('slice').value = k;
+  $('slice-label').textContent = `${k} / ${view.dims[2] - 1}`;
+  drawMarks();
+}
+
+let dragStart = null;
+let dragNow = null;
+
+function drawMarks() {
+  const dpr = window.devicePixelRatio || 1;
+  const { clientWidth: w, clientHeight: h } = marks;
+  if (marks.width !== w * dpr || marks.height !== h * dpr) { marks.width = w * dpr; marks.height = h * dpr; }
+  const ctx = marks.getContext('2d');
+  ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+  ctx.clearRect(0, 0, w, h);
+  if (!state.image || !state.label) return;
+  const k = view.currentSlice();
+  const prompts = promptsOf(state.label);
+  for (const edit of prompts.edits) {
+    if (edit.kind === 'point' && edit.voxel[2] === k) {
+      const p = view.canvasOf(edit.voxel);
+      if (!p) continue;
+      ctx.beginPath();
+      ctx.arc(p[0], p[1], 5, 0, 2 * Math.PI);
+      ctx.fillStyle = edit.positive ? '#30e060' : '#ff4040';
+      ctx.fill();
+      ctx.strokeStyle = '#000';
+      ctx.stroke();
+    } else if (edit.kind === 'box' && edit.roi[4] === k) {
+      const a = view.canvasOf([edit.roi[0], edit.roi[2], k]);
+      const b = view.canvasOf([edit.roi[1], edit.roi[3], k]);
+      if (a && b) strokeBox(ctx, a, b, '#4fc3ff');
+    }
+  }
+  if (dragStart && dragNow) strokeBox(ctx, dragStart, dragNow, '#ffffff');
+}
+
+function strokeBox(ctx, a, b, colour) {
+  ctx.strokeStyle = colour;
+  ctx.lineWidth = 2;
+  ctx.strokeRect(Math.min(a[0], b[0]), Math.min(a[1], b[1]), Math.abs(a[0] - b[0]), Math.abs(a[1] - b[1]));
+}
+
+// ---- prompting ------------------------------------------------------------------------------
+function tool() {
+  return document.querySelector('input[name="tool"]:checked').value;
+}
+
+function canvasXY(event) {
+  const rect = marks.getBoundingClientRect();
+  return [event.clientX - rect.left, event.clientY - rect.top];
+}
+
+marks.addEventListener('contextmenu', (event) => event.preventDefault());
+marks.addEventListener('pointerdown', (event) => {
+  if (!state.image) return;
+  dragStart = canvasXY(event);
+  dragNow = null;
+  marks.setPointerCapture(event.pointerId);
+});
+marks.addEventListener('pointermove', (event) => {
+  if (!dragStart || tool() !== 'box') return;
+  dragNow = canvasXY(event);
+  drawMarks();
+});
+marks.addEventListener('pointerup', (event) => {
+  if (!dragStart) return;
+  const start = dragStart;
+  const end = canvasXY(event);
+  dragStart = dragNow = null;
+  const clickedAt = performance.now();
+  const moved = Math.hypot(end[0] - start[0], end[1] - start[1]) > DRAG_PIXELS;
+  const prompts = promptsOf(state.label);
+  if (tool() === 'box' && moved && event.button === 0) {
+    const a = view.voxelAt(...start);
+    const b = view.voxelAt(...end);
+    if (!a || !b) { setStatus('Draw the box on the image.', 'error'); drawMarks(); return; }
+    prompts.setBox(a, b);
+  } else if (!moved) {
+    const voxel = view.voxelAt(...end);
+    if (!voxel) return;
+    prompts.addPoint(voxel, !(event.button === 2 || event.shiftKey));
+  } else {
+    drawMarks();
+    return;
+  }
+  refreshPanels();
+  requestMask(clickedAt);
+});
+marks.addEventListener('wheel', (event) => {
+  if (!state.image) return;
+  event.preventDefault();
+  goToSlice(view.currentSlice() + (event.deltaY > 0 ? -1 : 1));
+}, { passive: false });
+
+// One request at a time; edits made meanwhile go in the next one (all prompts are resent).
+async function requestMask(clickedAt) {
+  const label = state.label;
+  const prompts = promptsOf(label);
+  if (!prompts.canSegment()) {
+    state.masks.delete(labelValue(label));
+    state.results.delete(label);
+    await view.showLabels(combine(state.masks));
+    refreshPanels();
+    if (!prompts.isEmpty()) setStatus('Add a point inside the structure or a box.');
+    return;
+  }
+  if (state.inFlight) { state.pending = clickedAt; return; }
+  state.inFlight = true;
+  const image = state.image;
+  setStatus(`Segmenting ${label}…`, 'busy');
+  try {
+    const params = prompts.request(label, clientId);
+    const { result, mask } = await infer(image, params);
+    prompts.resetNext = false;
+    if (image !== state.image) return;
+    state.results.set(label, result);
+    if (mask) state.masks.set(labelValue(label), mask);
+    await view.showLabels(combine(state.masks));
+    await new Promise((resolve) => requestAnimationFrame(() => requestAnimationFrame(resolve)));
+    const ms = Math.round(performance.now() - clickedAt);
+    state.timings.push({ label, ms, server_s: result.latencies?.total });
+    refreshPanels();
+    setStatus(`${label}: mask on screen ${(ms / 1000).toFixed(2)} s after the click `
+      + `(server ${result.latencies?.total ?? '?'} s).`, 'idle');
+  } catch (error) {
+    setStatus(error.message, 'error');
+  } finally {
+    state.inFlight = false;
+    if (state.pending !== null) {
+      const next = state.pending;
+      state.pending = null;
+      requestMask(next);
+    }
+  }
+}
+
+$('undo').addEventListener('click', () => {
+  promptsOf(state.label).undo();
+  refreshPanels();
+  requestMask(performance.now());
+});
+$('clear').addEventListener('click', async () => {
+  promptsOf(state.label).clear();
+  state.masks.delete(labelValue(state.label));
+  state.results.delete(state.label);
+  await view.showLabels(combine(state.masks));
+  refreshPanels();
+  setStatus(`${state.label} cleared.`);
+});
+$('slice').addEventListener('input', (event) => goToSlice(Number(event.target.value)));
+window.addEventListener('resize', () => requestAnimationFrame(drawMarks));
+
+// ---- saving ---------------------------------------------------------------------------------
+$('save').addEventListener('click', async () => {
+  const labelMap = combine(new Map([...state.masks].filter(([, m]) => m.count() > 0)));
+  const labelInfo = [...state.masks].filter(([, m]) => m.count() > 0).sort((a, b) => a[0] - b[0])
+    .map(([value]) => ({ name: state.labels[value - 1], idx: value }));
+  $('save').disabled = true;
+  setStatus('Saving…', 'busy');
+  try {
+    const answer = await saveFinal(state.image, labelMap, labelInfo);
+    const names = labelInfo.map((l) => l.name).join(', ');
+    $('save-status').textContent = `Saved ${names} as the final label of ${state.image}`
+      + `${answer.warning ? ` - ${answer.warning}` : ''}.`;
+    setStatus(`Saved (${answer.label ?? state.image}).`, answer.warning ? 'error' : 'idle');
+    state.studies = await listStudies();
+    renderStudies();
+  } catch (error) {
+    setStatus(error.message, 'error');
+  } finally {
+    refreshPanels();
+  }
+});
+
+// ---- opening a study --------------------------------------------------------------------------
+async function openStudy(image) {
+  setStatus(`Opening ${image}…`, 'busy');
+  try {
+    const buffer = await fetchVolume(image);
+    await view.open(buffer, `${image}.nii.gz`);
+  } catch (error) {
+    setStatus(error.message, 'error');
+    return;
+  }
+  Object.assign(state, { image, prompts: new Map(), masks: new Map(), results: new Map(), pending: null });
+  $('empty').hidden = true;
+  $('slice').max = view.dims[2] - 1;
+  $('slice').disabled = false;
+  $('save-status').textContent = '';
+  renderStudies();
+  syncSlice();
+  refreshPanels();
+  setStatus(`${image}: ${view.dims.join(' x ')} voxels. Click inside a structure, or draw a box.`);
+}
+
+async function start() {
+  try {
+    const { labels } = await appInfo();
+    state.labels = labels;
+    state.label = labels[0];
+    state.studies = await listStudies();
+  } catch (error) {
+    setStatus(error.message, 'error');
+    return;
+  }
+  renderStudies();
+  refreshPanels();
+  setStatus(`${state.studies.length} studies. Model ${MODEL}; this tab's session ${clientId}.`);
+}
+
+// for the end-to-end test and for scripting: where a voxel is on the page, and what happened
+window.medsam2Viewer = {
+  state,
+  view,
+  pagePosition(voxel) {
+    const p = view.canvasOf(voxel);
+    if (!p) return null;
+    const rect = marks.getBoundingClientRect();
+    return [rect.left + p[0], rect.top + p[1]];
+  },
+  goToSlice,
+  ready: start(),
+};
