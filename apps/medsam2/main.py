@@ -117,7 +117,9 @@ class MedSam2App(MONAILabelApp):
         }
 
     def init_trainers(self):
-        return {FINETUNE: FineTuneTask(self.models, self.settings.labels, self.settings.finetune)}
+        task = FineTuneTask(self.models, self.settings.labels, self.settings.finetune)
+        task.remove_leftovers()  # a checkpoint half-written when a fine-tune was killed
+        return {FINETUNE: task}
 
     def init_strategies(self):
         return {"uncertainty": Uncertainty(), "random": Random(), "first": First()}

@@ -6,6 +6,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from lib import options
 from medsam2_engine.checkpoints import DEFAULT_PRESET, ModelPreset, get_preset, preset_for_config_file
 from medsam2_engine.engine import EngineSettings
 from medsam2_engine.propagation import CorrectionStop, EarlyStop
@@ -15,30 +16,22 @@ from medsam2_engine.sessions import SessionLimits
 DEFAULT_LABELS = ("lesion", "organ", "vessel", "bone", "other")
 
 
-class ConfError(ValueError):
-    """A ``--conf`` value could not be understood."""
+ConfError = options.OptionError  # a ``--conf`` value could not be understood
 
 
 def _flag(conf: dict, key: str, default: bool) -> bool:
-    value = str(conf.get(key, default)).strip().lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    raise ConfError(f"--conf {key} must be true or false, got {conf[key]!r}")
+    return options.flag(conf.get(key, default), f"--conf {key}")
 
 
 def _number(conf: dict, key: str, default, kind=float):
-    try:
-        return kind(conf.get(key, default))
-    except (TypeError, ValueError) as err:
-        raise ConfError(f"--conf {key} must be a number, got {conf[key]!r}") from err
+    reader = options.integer if kind is int else options.number
+    return reader(conf.get(key, default), f"--conf {key}")
 
 
 def _choice(conf: dict, key: str, default: str, choices: tuple) -> str:
     value = str(conf.get(key, default)).strip().lower()
     if value not in choices:
-        raise ConfError(f"--conf {key} must be one of {', '.join(choices)}, got {conf[key]!r}")
+        raise ConfError(f"--conf {key}", f"must be one of {', '.join(choices)}, got {conf[key]!r}")
     return value
 
 
@@ -65,7 +58,7 @@ class AppConfig:
         labels = [name.strip() for name in str(conf.get("labels", ",".join(DEFAULT_LABELS))).split(",")]
         labels = [name for name in labels if name]
         if not labels:
-            raise ConfError("--conf labels needs at least one label name")
+            raise ConfError("--conf labels", "needs at least one label name")
         engine = EngineSettings(
             early_stop=EarlyStop(
                 enabled=_flag(conf, "early_stop", True),

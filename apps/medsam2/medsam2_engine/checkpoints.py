@@ -17,11 +17,13 @@ from pathlib import Path
 
 import torch
 
+from . import hole_filling
 from .volume_io import atomic_write
 
 logger = logging.getLogger(__name__)
 
 RANDOM_WEIGHTS = "random"
+UNTRAINED_ORIGIN = "untrained_origin"  # checkpoint key: weights descend from random initialisation
 CHECKPOINT_ENV = "MEDSAM2_CHECKPOINT"
 FINETUNED_NAME = "finetuned.pt"
 PREDICTOR_TARGET = "medsam2_engine.predictor.VolumePredictor"
@@ -81,18 +83,13 @@ VIDEO_PREDICTOR_OVERRIDES = {
         "dynamic_multimask_stability_thresh": 0.98,
     },
     "model.binarize_mask_from_pts_for_mem_enc": True,
-    # every slice the user clicks becomes a conditioning frame (an anchor for propagation)
+    # small holes filled on every device: see hole_filling.py (sam2's CUDA kernel, or the CPU one)
+    "model.fill_hole_area": 8,
+    # a slice clicked after propagation becomes a conditioning frame (an anchor). Only prompts
+    # added to an already propagated state see this; the medsam2 protocol never adds any.
     "model.add_all_frames_to_correct_as_cond": True,
 }
-
-
-def _hole_filling_available() -> bool:
-    """sam2 fills small holes with its compiled extension; without it, it only warns."""
-    try:
-        from sam2 import _C  # noqa: F401
-    except ImportError:
-        return False
-    return True
+MEDSAM2_INPUT_SIZE = 512  # MedSAM2's released weights were trained and validated at 512 px
 
 
 def get_preset(name: str) -> ModelPreset:
@@ -130,7 +127,7 @@ def load_model_config(preset: ModelPreset, extra_overrides: dict | None = None):
         raise CheckpointError(f"model config {path} not found (preset {preset.name})")
     cfg = OmegaConf.load(path)
     overrides = {**VIDEO_PREDICTOR_OVERRIDES, **preset.overrides, **(extra_overrides or {})}
-    overrides.setdefault("model.fill_hole_area", 8 if _hole_filling_available() else 0)
+    hole_filling.install()
     overrides["model._target_"] = PREDICTOR_TARGET
     for key, value in overrides.items():
         OmegaConf.update(cfg, key, value, force_add=True)
@@ -140,6 +137,16 @@ def load_model_config(preset: ModelPreset, extra_overrides: dict | None = None):
 
 def read_state_dict(path: str) -> dict:
     """Read ``{"model": state_dict}`` and check it is one; errors name the file."""
+    return read_checkpoint(path)["model"]
+
+
+def untrained_origin(path: str) -> bool:
+    """Do ``path``'s weights descend from random initialisation (a fine-tune of ``random``)?"""
+    return path == RANDOM_WEIGHTS or bool(read_checkpoint(path).get(UNTRAINED_ORIGIN))
+
+
+def read_checkpoint(path: str) -> dict:
+    """The whole ``{"model": state_dict, ...}`` payload (with what the file records besides)."""
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint file not found: {path}")
     try:
@@ -148,7 +155,25 @@ def read_state_dict(path: str) -> dict:
         raise CheckpointError(f"checkpoint {path} is not a readable torch file (corrupt or truncated?): {err}") from err
     if not isinstance(payload, dict) or not isinstance(payload.get("model"), dict):
         raise CheckpointError(f"checkpoint {path} is not in the SAM 2 format {{'model': state_dict}}")
-    return payload["model"]
+    return payload
+
+
+def check_input_size(preset: ModelPreset, path: str, payload: dict) -> None:
+    """Refuse a checkpoint made for another input size than the preset runs at.
+
+    The size comes from the file (``image_size``, recorded by :func:`save_checkpoint`), or
+    for MedSAM2's released files (same keys as SAM 2.1 tiny) from the file name.
+    """
+    recorded = payload.get("image_size")
+    source = "recorded in the file"
+    if recorded is None and Path(path).name.lower().startswith("medsam2"):
+        recorded, source = MEDSAM2_INPUT_SIZE, "MedSAM2 files are trained at 512 px"
+    if recorded is not None and int(recorded) != int(preset.image_size):
+        raise CheckpointError(
+            f"checkpoint {path} is for {int(recorded)} px inputs ({source}) but model {preset.name} runs at "
+            f"{preset.image_size} px: the weights would see a scale they were not trained for; use a preset "
+            f"of {int(recorded)} px (e.g. --conf model medsam2 for MedSAM2 files)"
+        )
 
 
 def check_fits(model: torch.nn.Module, state_dict: dict, path: str, config: str) -> None:
@@ -187,15 +212,20 @@ def build_model(preset: ModelPreset, checkpoint: str, device: str = "cpu", extra
             "plumbing only and say nothing about accuracy"
         )
     else:
-        state_dict = read_state_dict(checkpoint)
+        payload = read_checkpoint(checkpoint)
+        check_input_size(preset, checkpoint, payload)
+        state_dict = payload["model"]
         check_fits(model, state_dict, checkpoint, preset.config)
         model.load_state_dict(state_dict, strict=True)
+    # a fine-tune that began from random weights is still untrained in origin (see UNTRAINED_ORIGIN)
+    model.untrained_origin = checkpoint == RANDOM_WEIGHTS or bool(payload.get(UNTRAINED_ORIGIN))
     return model.to(device).eval()
 
 
 def save_checkpoint(model: torch.nn.Module, path: str | os.PathLike, extra: dict | None = None) -> str:
     """Write ``{"model": state_dict}`` atomically (temporary file, then rename)."""
-    payload = {"model": {k: v.detach().cpu() for k, v in model.state_dict().items()}, **(extra or {})}
+    payload = {"model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+               "image_size": int(getattr(model, "image_size", 0)) or None, **(extra or {})}
     return atomic_write(path, lambda tmp: torch.save(payload, tmp))
 
 

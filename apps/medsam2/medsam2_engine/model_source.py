@@ -11,6 +11,7 @@ from pathlib import Path
 import torch
 
 from .checkpoints import (
+    untrained_origin,
     CHECKPOINT_ENV,
     FINETUNED_NAME,
     RANDOM_WEIGHTS,
@@ -45,7 +46,8 @@ class LoadedModel:
 
     @property
     def random_weights(self) -> bool:
-        return self.checkpoint == RANDOM_WEIGHTS
+        """Random weights, or weights fine-tuned from random ones: either way no trained model."""
+        return self.checkpoint == RANDOM_WEIGHTS or bool(getattr(self.model, "untrained_origin", False))
 
 
 def file_stamp(path: str) -> tuple | None:
@@ -169,6 +171,24 @@ class ModelSource:
         self._loaded = LoadedModel(model, path, self._versions, stamp)
         self.last_error = None
 
+    def _untrained_origin(self, path) -> bool:
+        """From the served model, or for a file not loaded yet its metadata (read once per version)."""
+        if not path or path == RANDOM_WEIGHTS:
+            return path == RANDOM_WEIGHTS
+        stamp = file_stamp(path)
+        loaded = self._loaded
+        if loaded is not None and loaded.checkpoint == path and loaded.stamp == stamp:
+            return loaded.random_weights
+        key = (path, stamp)
+        cache = self.__dict__.setdefault("_origin_cache", {})
+        if key not in cache:
+            try:
+                cache.clear()
+                cache[key] = untrained_origin(path)
+            except CheckpointError:
+                return False
+        return cache[key]
+
     def status(self) -> dict:
         """For /info: is the model ready, which file, and if not, why."""
         try:
@@ -184,7 +204,8 @@ class ModelSource:
             "model": self.preset.name,
             "image_size": self.preset.image_size,
             "checkpoint": path,
-            "random_weights": path == RANDOM_WEIGHTS,
+            "random_weights": path == RANDOM_WEIGHTS or self._untrained_origin(path),
+            "untrained_origin": path == RANDOM_WEIGHTS or self._untrained_origin(path),
             "device": self.device,
             "cpu_int8": self.cpu_int8,
             "reason": reason,

@@ -21,6 +21,8 @@ from medsam2_engine.windowing import CT_WINDOW_PRESETS, WindowError
 logger = logging.getLogger(__name__)
 
 RANDOM_WEIGHTS_WARNING = "UNTRAINED RANDOM WEIGHTS: this mask proves the plumbing only, not accuracy"
+UNTRAINED_ORIGIN_WARNING = ("UNTRAINED ORIGIN: these weights were fine-tuned from random weights on this datastore "
+                            "only; the mask is not from a trained MedSAM-2")
 WINDOW_CHOICES = ["auto", *CT_WINDOW_PRESETS, "percentile"]
 MODALITY_CHOICES = ["auto", "CT", "MR", "other"]
 
@@ -89,6 +91,9 @@ class Sam2Task(InferTask):
         }
         if result.random_weights:
             out["warning"] = RANDOM_WEIGHTS_WARNING
+            if result.checkpoint != "random":
+                out["model"]["untrained_origin"] = True
+                out["warning"] = UNTRAINED_ORIGIN_WARNING
         return out
 
 

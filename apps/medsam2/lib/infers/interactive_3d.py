@@ -9,6 +9,7 @@ import time
 import numpy as np
 
 from medsam2_engine.engine import VolumeSegmenter
+from medsam2_engine.prompts import PromptError
 
 from .base import MODALITY_CHOICES, WINDOW_CHOICES, Sam2Task
 from .request import parse_request, positive_int, request_flag, session_key_for
@@ -53,8 +54,8 @@ class Interactive3D(Sam2Task):
         )
         volume = self.segmenter.volume(session_key_for(request), request["image"])
         if not volume.is_3d:
-            raise ValueError(
-                f"image {request['image']} is 2D (shape {list(volume.array.shape)}); use the 2D model for it"
+            raise PromptError(
+                f"image {session_key_for(request)[1]} is 2D (shape {list(volume.array.shape)}); use the 2D model for it"
             )
         parsed = parse_request(request, volume.array.shape, self.labels)
         result = self.segmenter.segment(

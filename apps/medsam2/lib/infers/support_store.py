@@ -11,6 +11,8 @@ from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 from medsam2_engine.one_prompt import OnePromptError, Support
 from medsam2_engine.volume_io import ImageReadError, load_image
 
+from ..options import integer
+
 logger = logging.getLogger(__name__)
 
 
@@ -62,10 +64,7 @@ def _named_values(info: dict) -> dict:
 def structure_value(array: np.ndarray, info: dict, label_name: str | None, label_value) -> int:
     """Which value of a support label map is the structure asked for."""
     if label_value not in (None, ""):
-        try:
-            return int(label_value)
-        except (TypeError, ValueError) as err:
-            raise ValueError(f"label_value: expected a whole number, got {label_value!r}") from err
+        return integer(label_value, "label_value", low=1)
     named = _named_values(info)
     if label_name in named:
         return named[label_name]

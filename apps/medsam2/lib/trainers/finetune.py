@@ -26,6 +26,8 @@ from medsam2_engine.training.finetune import FineTuneConfig, FineTuner
 from medsam2_engine.training.validation import volume_of
 from medsam2_engine.volume_io import atomic_write
 
+from ..options import choice, flag, integer, number
+
 logger = logging.getLogger(__name__)
 
 STATS_NAME = "train_stats.json"
@@ -40,14 +42,23 @@ def _number(request: dict, key: str, default, kind=float):
     value = request.get(key, default)
     if value in (None, ""):
         return default
-    try:
-        return kind(value)
-    except (TypeError, ValueError) as err:
-        raise ValueError(f"train request: {key} must be a number, got {value!r}") from err
+    if kind is int:
+        return integer(value, f"train request: {key}", low=0)
+    return number(value, f"train request: {key}", low=0)
 
 
 def _flag(request: dict, key: str, default: bool) -> bool:
-    return str(request.get(key, default)).strip().lower() in ("1", "true", "yes", "on")
+    return flag(request.get(key, default), f"train request: {key}")
+
+
+def _process_alive(pid) -> bool:
+    try:
+        os.kill(int(pid), 0)
+    except (TypeError, ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def write_stats(path: Path, stats: dict) -> None:
@@ -90,9 +101,31 @@ class FineTuneTask(TrainTask):
 
     def stats(self):
         try:
-            return json.loads(self.stats_path.read_text())
+            stats = json.loads(self.stats_path.read_text())
         except (OSError, ValueError):
             return {}
+        if stats.get("status") in ("LOADING", "RUNNING") and not _process_alive(stats.get("pid")):
+            # the fine-tune was killed; what it published before stays served
+            stats["status"] = "INTERRUPTED"
+            stats["error"] = f"the fine-tune process {stats.get('pid')} is gone (killed or crashed)"
+        return stats
+
+    def remove_leftovers(self) -> list:
+        """Half-written checkpoints (``.tmp-*``) of a killed fine-tune, unless one is running now."""
+        folder = self.models.model_dir
+        if not folder.is_dir():
+            return []
+        with open(folder / LOCK_NAME, "w") as lock:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return []  # a fine-tune is writing here
+            removed = [p.name for p in folder.glob(".tmp-*") if p.is_file()]
+            for name in removed:
+                (folder / name).unlink()
+        if removed:
+            logger.warning("removed %s left in %s by an interrupted fine-tune", removed, folder)
+        return removed
 
     def _write_stats(self, stats: dict) -> None:
         write_stats(self.stats_path, stats)
@@ -104,7 +137,8 @@ class FineTuneTask(TrainTask):
             max_seconds=_number(req, "max_seconds", 0.0) or None,
             steps_per_epoch=_number(req, "steps_per_epoch", 0, int) or None,
             lr=_number(req, "lr", 0.0) or None,
-            lr_schedule=str(req.get("lr_schedule") or "constant"),
+            lr_schedule=choice(req.get("lr_schedule") or "constant", "train request: lr_schedule",
+                               ("constant", "cosine")),
             warmup_steps=_number(req, "warmup_steps", 0, int),
             clip_length=_number(req, "clip_length", 8, int),
             max_objects=_number(req, "max_objects", 3, int),
@@ -156,7 +190,7 @@ class FineTuneTask(TrainTask):
         cfg = self.fine_tune_config(request)
         rejected = []
         pairs = [CaseFiles(d["image"], d["label"], Path(d["image"]).name) for d in datastore.datalist()]
-        self._write_stats({"status": "LOADING", "start_ts": time.time(), "studies": len(pairs)})
+        self._write_stats({"status": "LOADING", "start_ts": time.time(), "studies": len(pairs), "pid": os.getpid()})
         cases = load_cases(pairs, on_reject=lambda item, why: rejected.append({"image": item.name, "error": why}))
         if not cases:
             raise ValueError(f"nothing to train on: {len(pairs)} final label(s) in the datastore, "

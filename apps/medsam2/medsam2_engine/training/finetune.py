@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 
-from ..checkpoints import RANDOM_WEIGHTS, ModelPreset, save_checkpoint
+from ..checkpoints import RANDOM_WEIGHTS, UNTRAINED_ORIGIN, ModelPreset, save_checkpoint, untrained_origin
 from ..engine import autocast_for
 from ..model_source import pick_device
 from .clips import ClipSampler
@@ -92,6 +92,7 @@ class FineTuner:
                   on_progress=None, label_names: dict | None = None) -> dict:
         cfg, started, device = self.config, time.monotonic(), ranks.device
         pretrained = checkpoint != RANDOM_WEIGHTS
+        untrained = untrained_origin(checkpoint)  # a fine-tune of a fine-tune of random weights too
         model = build_train_model(self.preset, checkpoint, device, cfg.prompts, cfg.clip_length,
                                   self.extra_overrides, seed=cfg.seed, prompt_seed=cfg.seed + ranks.rank)
         params = apply_freezing(model, frozen_modules(cfg.freeze, pretrained))
@@ -108,7 +109,7 @@ class FineTuner:
             "devices": self.devices,
             "train_cases": len(train_cases), "val_cases": len(val_cases), "clips_per_epoch": len(sampler.refs),
             "lr": lr, "config": asdict(cfg), "history": [], "best_metric": None, "best_metric_epoch": None,
-            "baseline_dice": None, "published": False, "start_ts": time.time(),
+            "baseline_dice": None, "published": False, "start_ts": time.time(), UNTRAINED_ORIGIN: untrained,
         }
         logger.info("fine-tune: %d training studies (%d clips of %d slices), %d held out, lr %.2g, device %s",
                     len(train_cases), len(sampler.refs), cfg.clip_length, len(val_cases), lr, self.device)
@@ -142,8 +143,12 @@ class FineTuner:
             published = bool(steps) and score > best
             if published:
                 best = score
-                save_checkpoint(model, output, extra={"finetune": {"epoch": epoch, "val_mean_dice": score}})
-                summary.update(best_metric=round(score, 4), best_metric_epoch=epoch, published=True)
+                metric = "val_mean_dice" if graded else "negative_train_loss"
+                save_checkpoint(model, output, extra={
+                    "finetune": {"epoch": epoch, "metric": metric, "value": score, "start_checkpoint": checkpoint},
+                    UNTRAINED_ORIGIN: untrained})
+                summary.update(best_metric=round(score, 4), best_metric_name=metric, best_metric_epoch=epoch,
+                               published=True)
             entry = EpochReport(epoch, steps, round(loss_sum / max(steps, 1), 4), parts,
                                 round(val["mean_dice"], 4) if graded else None, val["per_label"] if val else {},
                                 val["per_study"] if val else {},
