@@ -53,7 +53,8 @@ def test_correction_stops_where_it_meets_the_previous_result(fine_tuned, tall_st
     depth = SHAPE[2]
     full_slices = sum(p["slices"] for p in full.passes)
     local_slices = sum(p["slices"] for p in local.passes)
-    assert full_slices == depth + 1  # forward and backward from the box, the box slice twice
+    # medsam2 protocol: forward from the box slice (12) to the end, backward from the last prompt (18) to 0
+    assert full_slices == (depth - 12) + (18 + 1)
     assert not any(p["converged"] for p in full.passes)
     assert all(p["start"] == 18 for p in local.passes) and all(p["converged"] for p in local.passes)
     assert local_slices <= 2 * (3 + 1) + 1, f"the correction re-ran {local_slices} slices"

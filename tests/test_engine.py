@@ -171,7 +171,11 @@ def test_replacing_the_points_on_a_slice_matches_a_fresh_session(segmenter, phan
     np.testing.assert_array_equal(replaced, fresh)
 
 
-def test_added_points_refine_the_slice_from_its_previous_mask(segmenter, phantom, monkeypatch):
+def test_added_points_refine_the_slice_from_its_previous_mask(small_source, phantom, monkeypatch):
+    """sam2 protocol: clicks refine a slice from its previous mask (medsam2 rebuilds from the prompts)."""
+    from medsam2_engine.engine import EngineSettings, VolumeSegmenter
+
+    segmenter = VolumeSegmenter(small_source, EngineSettings(protocol="sam2"))
     model = segmenter.models.get().model
     original = type(model)._run_single_frame_inference
     fed_back = []
@@ -186,3 +190,15 @@ def test_added_points_refine_the_slice_from_its_previous_mask(segmenter, phantom
     prompts.clicks.append(Click(22, 16, 5, True))
     segmenter.segment(phantom, {"organ": prompts}, ("t", "refine"))
     assert fed_back[0] is True  # the click on slice 5 was decoded with slice 5's previous mask
+
+
+def test_medsam2_protocol_depends_on_the_prompts_only(segmenter, phantom):
+    """The same prompts give the same mask whatever came before them in the session."""
+    final = LabelPrompts(clicks=[Click(18, 14, 5, True), Click(22, 16, 5, True)], boxes=[Box(6, 4, 28, 22, 7)])
+    segmenter.segment(phantom, {"organ": LabelPrompts(clicks=[Click(18, 14, 5, True)])}, ("t", "history"))
+    segmenter.segment(phantom, {"organ": LabelPrompts(clicks=[Click(30, 20, 3, False)])}, ("t", "history"))
+    after_history = segmenter.segment(phantom, {"organ": final}, ("t", "history")).labels["organ"]
+    fresh = segmenter.segment(phantom, {"organ": final}, ("t", "no-history")).labels["organ"]
+    assert after_history.protocol == "medsam2"
+    np.testing.assert_array_equal(after_history.mask, fresh.mask)
+    assert after_history.slices == fresh.slices

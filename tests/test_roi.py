@@ -60,7 +60,7 @@ def test_a_mask_reaches_only_inner_edges():
     mask[:] = False
     mask[20, 20] = True
     assert not reaches_edge(mask, inner, shape, 2)
-    bigger = grown(inner, (20, 20, 59, 59), shape, 200, RoiSettings(min_input=32, full_fraction=0.95))
+    bigger = grown(inner, (20, 20, 59, 59), shape, 200, RoiSettings(enabled=True, min_input=32, full_fraction=0.95))
     assert bigger.rows == 80 and bigger.row0 <= 20 and bigger.row0 + bigger.rows >= 60
 
 
@@ -127,7 +127,7 @@ def test_region_gives_the_whole_slice_result_at_a_fraction_of_the_pixels(fine_tu
     segmenter, _ = fine_tuned
     volume, truth = _study((7, 6, 5))
     prompts = LabelPrompts(boxes=[box_on_largest_slice(truth)])
-    small = RoiSettings(min_input=64)
+    small = RoiSettings(enabled=True, min_input=64)
     whole = _segment(segmenter, volume, prompts, RoiSettings(enabled=False), ("whole",))
     region = _segment(segmenter, volume, prompts, small, ("region",))
     label = region.labels["x"]
@@ -151,7 +151,7 @@ def test_region_grows_when_the_structure_is_larger_than_the_prompt(fine_tuned):
     segmenter, _ = fine_tuned
     volume, truth = _study((30, 26, 6))
     prompts = LabelPrompts(clicks=[Click(40, 44, 8, True)])  # one click: the region starts at min_input
-    small = RoiSettings(min_input=64, full_fraction=0.95)
+    small = RoiSettings(enabled=True, min_input=64, full_fraction=0.95)
     whole = _segment(segmenter, volume, prompts, RoiSettings(enabled=False), ("whole",))
     region = _segment(segmenter, volume, prompts, small, ("grow",))
     label = region.labels["x"]
@@ -167,7 +167,7 @@ def test_a_prompt_outside_the_region_starts_a_larger_one(fine_tuned):
     volume, truth = _study((7, 6, 5))
     prompts = LabelPrompts(boxes=[box_on_largest_slice(truth)])
     key = ("moved",)
-    small = RoiSettings(min_input=64, full_fraction=0.95)
+    small = RoiSettings(enabled=True, min_input=64, full_fraction=0.95)
     first = segmenter.segment(volume, {"x": prompts}, session_key=key, roi=small).labels["x"]
     prompts.clicks.append(Click(88, 8, 10, False))  # a negative click far outside the first region
     second = segmenter.segment(volume, {"x": prompts}, session_key=key, roi=small).labels["x"]
@@ -175,4 +175,5 @@ def test_a_prompt_outside_the_region_starts_a_larger_one(fine_tuned):
     assert first.roi is not None and not (first.roi["cols"][0] <= 88 < first.roi["cols"][1])
     assert second.roi is None or (second.roi["cols"][0] <= 88 < second.roi["cols"][1]
                                   and second.roi["rows"][0] <= 8 < second.roi["rows"][1])
-    assert all(p["start"] == min(second.prompted_slices) for p in second.passes)  # a full pass, not a correction
+    # a full pass, not a correction: forward from the first prompted slice, backward from the last
+    assert [p["start"] for p in second.passes] == [min(second.prompted_slices), max(second.prompted_slices)]

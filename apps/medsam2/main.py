@@ -57,7 +57,8 @@ class MedSam2App(MONAILabelApp):
         )
         self.models.ensure_available(allow_download=self.settings.allow_download)
         self.volume_segmenter = VolumeSegmenter(self.models, self.settings.engine)
-        self.image_segmenter = ImageSegmenter(self.models, self.settings.engine.limits)
+        # one session store, so one memory budget, for 3D and 2D sessions
+        self.image_segmenter = ImageSegmenter(self.models, sessions=self.volume_segmenter.sessions)
         self._auto_finetune = AutoFineTune(
             self.settings.auto_finetune_after, lambda: self.async_training(FINETUNE, enqueue=True)
         )

@@ -10,6 +10,7 @@ from lib import options
 from medsam2_engine.checkpoints import DEFAULT_PRESET, ModelPreset, get_preset, preset_for_config_file
 from medsam2_engine.engine import EngineSettings
 from medsam2_engine.propagation import CorrectionStop, EarlyStop
+from medsam2_engine.protocols import PROTOCOLS, default_protocol
 from medsam2_engine.roi import RoiSettings
 from medsam2_engine.sessions import SessionLimits
 
@@ -60,18 +61,21 @@ class AppConfig:
         if not labels:
             raise ConfError("--conf labels", "needs at least one label name")
         engine = EngineSettings(
+            # the protocol the preset's weights were validated with unless named (protocols.py)
+            protocol=_choice(conf, "protocol", default_protocol(preset), PROTOCOLS),
+            # departures from the protocol: off until measured with the real weights
             early_stop=EarlyStop(
-                enabled=_flag(conf, "early_stop", True),
+                enabled=_flag(conf, "early_stop", False),
                 patience=_number(conf, "early_stop_patience", 3, int),
                 score_threshold=_number(conf, "early_stop_score", 0.0),
             ),
             correction_stop=CorrectionStop(
-                enabled=_flag(conf, "correction_stop", True),
+                enabled=_flag(conf, "correction_stop", False),
                 iou=_number(conf, "correction_stop_iou", 0.95),
                 patience=_number(conf, "correction_stop_patience", 3, int),
             ),
             roi=RoiSettings(
-                enabled=_flag(conf, "crop_region", True),
+                enabled=_flag(conf, "crop_region", False),
                 context=_number(conf, "crop_region_context", 2.0),
                 min_input=_number(conf, "crop_region_min_input", 256, int),
             ),

@@ -1,6 +1,9 @@
 """The 3D engine: a volume and prompts in, one mask per label out, sessions kept between calls.
 
 This module knows nothing of MONAI Label; the app's task classes adapt it to the server.
+Calls may come from several threads at once: a session's requests run one after another
+(its lock), the network is held per slice step (see :func:`.predictor.network_lock`), and
+nothing of a call is kept on the segmenter itself.
 """
 
 from __future__ import annotations
@@ -13,60 +16,33 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .frames import SliceFrames, image_to_slice, slice_to_image
+from .frames import SliceFrames, image_to_slice
 from .model_source import ModelSource
 from .precision import autocast_for as _autocast_for
 from .predictor import FeatureCache, KeyedCache, at_input_size
-from .prompts import FramePrompt, LabelPrompts
-from .propagation import (
-    OBJ_ID,
-    CorrectionStop,
-    EarlyStop,
-    Propagation,
-    propagate_both_ways,
-    propagate_correction,
-    restart_frame,
-)
+from .prompts import LabelPrompts, PromptError
+from .propagation import CorrectionStop, EarlyStop, PassPlan, Propagation, propagate_both_ways, propagate_correction
+from .protocols import check_protocol, default_protocol, largest_component
 from .roi import Roi, RoiSettings, choose_roi, grown, mask_extent, prompt_extent, reaches_edge, union
-from .sessions import Session, SessionLimits, SessionStore, image_stamp, window_key
+from .sessions import RecentReads, Session, SessionLimits, SessionStore, image_stamp, window_key
+from .tracks import LabelTrack, apply_changes, diff_prompts, prompts_only, starts_afresh
 from .volume_io import Volume, load_image
 from .windowing import choose_window, guess_modality
 
 logger = logging.getLogger(__name__)
 
+__all__ = ["EngineSettings", "LabelResult", "LabelTrack", "VolumeResult", "VolumeSegmenter", "autocast_for"]
+
 
 @dataclass
 class EngineSettings:
+    protocol: str | None = None  # "medsam2" | "sam2"; None: the preset's (see protocols.py)
     early_stop: EarlyStop = field(default_factory=EarlyStop)
     correction_stop: CorrectionStop = field(default_factory=CorrectionStop)
     feature_cache_mb: float = 2048.0
     limits: SessionLimits = field(default_factory=SessionLimits)
     cpu_bf16: str = "off"  # "off" | "on" | "auto" (only with AMX/AVX-512 bf16 units): see precision.py
     roi: RoiSettings = field(default_factory=RoiSettings)
-
-
-@dataclass
-class LabelTrack:
-    """One label's SAM 2 inference state and what the user has prompted so far."""
-
-    state: dict
-    roi: Roi | None = None  # the region of the slices this label is segmented in; None: whole slices
-    grows: int = 0  # times the region has grown because a mask reached its edge
-    frame_prompts: dict = field(default_factory=dict)  # slice -> FramePrompt given to SAM 2
-    mask: np.ndarray | None = None
-    propagation: Propagation | None = None
-    early_stop: EarlyStop | None = None
-    local_correction: bool = False  # the mask came from a correction stopped where it met the last one
-
-    def memory_bytes(self) -> int:
-        frames = len(self.state["output_dict_per_obj"][0]["non_cond_frame_outputs"]) if self.state["obj_ids"] else 0
-        per_frame = 3 * (self.state["images"].image_size // 4) ** 2 * 4  # low-res logits + bf16 memory
-        mask_bytes = self.mask.nbytes if self.mask is not None else 0
-        return frames * per_frame + mask_bytes
-
-    def model(self, predictor):
-        """The predictor at this track's input size (a region's, or the model's own)."""
-        return at_input_size(predictor, self.state["images"].image_size)
 
 
 @dataclass
@@ -78,6 +54,8 @@ class LabelResult:
     passes: list
     reused: bool  # prompts unchanged: the session's previous result
     roi: dict | None = None  # the region it was segmented in, and how often it grew
+    protocol: str = ""
+    restarted: str | None = None  # why the label's track started afresh (or was dropped after a failure)
 
 
 @dataclass
@@ -91,6 +69,8 @@ class VolumeResult:
     random_weights: bool
     checkpoint: str
     warnings: list = field(default_factory=list)
+    protocol: str = ""
+    options: dict = field(default_factory=dict)  # the departures from the protocol this call ran with
 
 
 def autocast_for(device: str, cpu_bf16: str = "off"):
@@ -99,34 +79,28 @@ def autocast_for(device: str, cpu_bf16: str = "off"):
 
 
 class VolumeSegmenter:
-    def __init__(self, models: ModelSource, settings: EngineSettings | None = None):
+    def __init__(self, models: ModelSource, settings: EngineSettings | None = None,
+                 sessions: SessionStore | None = None):
         self.models = models
         self.settings = settings or EngineSettings()
-        self.sessions = SessionStore(self.settings.limits)
-        self._preloaded: tuple | None = None  # (stamp, Volume) read by volume() for the next call
+        self.protocol = check_protocol(self.settings.protocol or default_protocol(getattr(models, "preset", None)))
+        models.protocol = self.protocol  # the model status (/info) names the protocol served
+        self.sessions = sessions or SessionStore(self.settings.limits)
+        self._reads = RecentReads()
 
     def volume(self, session_key: tuple, image) -> Volume:
         """The image as the next ``segment`` call will see it (read once, kept by the session)."""
         if isinstance(image, Volume):
             return image
-        stamp = image_stamp(image)
         session = self.sessions.get(session_key)
-        if session is not None and session.image_stamp == stamp:
+        if session is not None and session.image_stamp == image_stamp(image):
             return session.volume
-        if self._preloaded is None or self._preloaded[0] != stamp:
-            self._preloaded = (stamp, load_image(image))
-        return self._preloaded[1]
+        return self._reads.get(image, load_image)
 
     # -- sessions -----------------------------------------------------------------------
     def _open_session(self, key, image, loaded, window, modality, timings) -> Session:
         started = time.perf_counter()
-        if isinstance(image, Volume):
-            volume = image
-        elif self._preloaded is not None and self._preloaded[0] == image_stamp(image):
-            volume = self._preloaded[1]
-        else:
-            volume = load_image(image)
-        self._preloaded = None
+        volume = image if isinstance(image, Volume) else self._reads.get(image, load_image)
         if not volume.is_3d:
             raise ValueError(f"expected a 3D volume, got shape {volume.array.shape} from {volume.path or 'array'}")
         timings["load"] = time.perf_counter() - started
@@ -134,21 +108,10 @@ class VolumeSegmenter:
         declared = modality if modality not in (None, "", "auto") else volume.declared_modality
         modality = guess_modality(volume.array, declared)
         chosen = choose_window(volume.array, modality, window)
-        image_size = loaded.model.image_size
-        frames = SliceFrames(volume.array, chosen, image_size)
+        frames = SliceFrames(volume.array, chosen, loaded.model.image_size)
         cache = FeatureCache(int(self.settings.feature_cache_mb * 1024 * 1024))
-        session = Session(
-            key=key,
-            image_stamp=image_stamp(image),
-            model_version=loaded.version,
-            window_key=requested,
-            volume=volume,
-            frames=frames,
-            window=chosen,
-            feature_cache=cache,
-            modality=modality,
-        )
-        return session
+        return Session(key=key, image_stamp=image_stamp(image), model_version=loaded.version, window_key=requested,
+                       volume=volume, frames=frames, window=chosen, feature_cache=cache, modality=modality)
 
     def _session_for(self, key, image, loaded, window, modality, reset, timings) -> tuple:
         session = self.sessions.get(key)
@@ -184,8 +147,18 @@ class VolumeSegmenter:
         """Segment each label in ``prompts`` (label -> LabelPrompts) in ``image`` (path or Volume).
 
         ``reset`` starts the whole session over; ``reset_labels`` forgets only those labels'
-        prompts and keeps the session's encoded slices.
+        prompts and keeps the session's encoded slices. ``early_stop``, ``correction_stop``
+        and ``roi`` (the crop region) override the settings' options for this call.
+        Raises PromptError for prompts the model cannot take; any other failure inside a
+        label drops that label's track and segments it again from its prompts alone.
         """
+        with self.sessions.locked(tuple(session_key)):
+            return self._segment(image, prompts, tuple(session_key), window, modality, reset, reset_labels,
+                                 early_stop or self.settings.early_stop,
+                                 correction_stop or self.settings.correction_stop, roi or self.settings.roi)
+
+    def _segment(self, image, prompts, session_key, window, modality, reset, reset_labels, early_stop,
+                 correction_stop, roi) -> VolumeResult:
         timings: dict = {}
         started = time.perf_counter()
         loaded = self.models.get()
@@ -194,13 +167,13 @@ class VolumeSegmenter:
             session.tracks.pop(label, None)
         predictor = loaded.model
         encoder_before = session.feature_cache.misses
-        results = {}
+        results, warnings = {}, []
         with torch.inference_mode(), autocast_for(self.models.device, self.settings.cpu_bf16):
             for label, label_prompts in prompts.items():
-                results[label] = self._segment_label(
-                    predictor, session, label, label_prompts, early_stop or self.settings.early_stop,
-                    correction_stop or self.settings.correction_stop, roi or self.settings.roi, timings,
-                )
+                results[label] = self._segment_label_safely(
+                    predictor, session, label, label_prompts, early_stop, correction_stop, roi, timings)
+                if results[label].restarted and results[label].restarted.startswith("error"):
+                    warnings.append(f"label {label}: {results[label].restarted}")
         self.sessions.put(session)
         timings["total"] = time.perf_counter() - started
         cache = session.feature_cache
@@ -220,19 +193,42 @@ class VolumeSegmenter:
             },
             random_weights=loaded.random_weights,
             checkpoint=loaded.checkpoint,
+            warnings=warnings,
+            protocol=self.protocol,
+            options={"early_stop": early_stop.enabled, "correction_stop": correction_stop.enabled,
+                     "crop_region": roi.enabled},
         )
+
+    def _segment_label_safely(self, predictor, session, label, prompts, early_stop, correction_stop, roi_settings,
+                              timings) -> LabelResult:
+        """A failure inside the label's state drops that track; the label is segmented afresh once."""
+        try:
+            return self._segment_label(predictor, session, label, prompts, early_stop, correction_stop,
+                                       roi_settings, timings)
+        except PromptError:
+            raise
+        except Exception as err:  # noqa: BLE001 - a broken SAM 2 state must not break the session
+            logger.exception("label %s: segmenting failed; its track is dropped and started afresh", label)
+            session.tracks.pop(label, None)
+            result = self._segment_label(predictor, session, label, prompts, early_stop, correction_stop,
+                                         roi_settings, timings)
+            result.restarted = f"error in the previous track ({type(err).__name__}: {err}); started afresh"
+            return result
 
     def _segment_label(
         self, predictor, session: Session, label: str, prompts: LabelPrompts, early_stop: EarlyStop,
         correction_stop: CorrectionStop, roi_settings: RoiSettings, timings: dict,
     ) -> LabelResult:
-        wanted = {k: p for k, p in prompts.by_frame().items()}
+        wanted = prompts.by_frame()
         if not wanted:
             session.tracks.pop(label, None)
             empty = np.zeros(session.volume.array.shape, dtype=bool)
-            return LabelResult(label, empty, [], {}, [], reused=False)
+            return LabelResult(label, empty, [], {}, [], reused=False, protocol=self.protocol)
         extent = prompt_extent(wanted.values())
         track = session.tracks.get(label)
+        restarted = None
+        if track is not None and starts_afresh(track, wanted):
+            track, restarted = None, "no earlier prompted slice kept: a new track"
         if track is not None and not _fits(track, extent, roi_settings):
             track = None  # a prompt outside the region, or regions turned off
         if track is None:
@@ -241,24 +237,24 @@ class VolumeSegmenter:
         while True:
             view = track.model(predictor)
             t0 = time.perf_counter()
-            changed, only_added, prompted_masks = self._apply_prompt_changes(view, track, wanted)
-            timings["prompts"] = timings.get("prompts", 0.0) + time.perf_counter() - t0
-            if _reaches_edge(session, track, prompted_masks, roi_settings):
-                track = self._grow(predictor, session, label, track, prompted_masks, extent, roi_settings, timings)
-                continue
-
+            diff = diff_prompts(track.frame_prompts, wanted)
             same_rule = track.early_stop == early_stop  # another stopping rule gives another result
             exact_wanted = not correction_stop.enabled and track.local_correction  # asks for the full pass
-            if not changed and same_rule and track.mask is not None and not exact_wanted:
-                return self._label_result(label, track, wanted, reused=True)
-            track.local_correction = bool(changed) and only_added and same_rule and correction_stop.enabled \
-                and track.propagation is not None
-            if track.local_correction:
-                propagation = propagate_correction(view, track.state, sorted(changed), track.propagation,
-                                                   early_stop, correction_stop)
-            else:
-                propagation = propagate_both_ways(view, track.state, early_stop)
+            if not diff.changed and not diff.removed and same_rule and track.mask is not None and not exact_wanted:
+                return self._label_result(label, track, wanted, reused=True, restarted=restarted)
+            local = bool(diff.changed or diff.removed) and diff.only_added and same_rule \
+                and correction_stop.enabled and track.propagation is not None
+            if self.protocol == "sam2":
+                prompted_masks = apply_changes(view, track, diff)
+                timings["prompts"] = timings.get("prompts", 0.0) + time.perf_counter() - t0
+                if _reaches_edge(session, track, prompted_masks, roi_settings):
+                    track = self._grow(predictor, session, label, track, prompted_masks, extent, roi_settings,
+                                       timings)
+                    continue
+            propagation = self._propagate(view, track, wanted, sorted(diff.changed), local, early_stop,
+                                          correction_stop)
             timings["propagation"] = timings.get("propagation", 0.0) + propagation.seconds
+            track.local_correction = local
             masks = [output.mask for output in propagation.outputs.values()]
             if _reaches_edge(session, track, masks, roi_settings):
                 track = self._grow(predictor, session, label, track, masks, extent, roi_settings, timings)
@@ -269,8 +265,29 @@ class VolumeSegmenter:
         region_i, region_j = (slice(None), slice(None)) if track.roi is None else track.roi.voxel_region()
         for k, output in propagation.outputs.items():
             mask[region_i, region_j, k] = image_to_slice(output.mask)
+        if self.protocol == "medsam2":
+            mask = largest_component(mask)
         track.mask, track.propagation = mask, propagation
-        return self._label_result(label, track, wanted, reused=False)
+        return self._label_result(label, track, wanted, reused=False, restarted=restarted)
+
+    def _propagate(self, view, track: LabelTrack, wanted: dict, changed: list, local: bool, early_stop: EarlyStop,
+                   correction_stop: CorrectionStop) -> Propagation:
+        if self.protocol == "sam2":
+            if local:
+                return propagate_correction(view, track.state, changed, track.propagation, early_stop,
+                                            correction_stop)
+            return propagate_both_ways(view, track.state, early_stop)
+
+        # medsam2: each pass from a state that holds the prompts only (reset_state, prompts again)
+        def before_pass(reverse: bool) -> None:
+            prompts_only(view, track, wanted)
+
+        if local:
+            return propagate_correction(view, track.state, changed, track.propagation, early_stop,
+                                        correction_stop, before_pass=before_pass, union=True,
+                                        prompted=sorted(wanted))
+        plan = PassPlan(min(wanted), max(wanted), before_pass, union=True)
+        return propagate_both_ways(view, track.state, early_stop, plan=plan, prompted=sorted(wanted))
 
     def _new_track(self, predictor, session: Session, label: str, roi: Roi | None, grows: int,
                    timings: dict) -> LabelTrack:
@@ -301,51 +318,13 @@ class VolumeSegmenter:
                     roi.rows, roi.cols, "whole slices" if bigger is None else f"{bigger.rows}x{bigger.cols}")
         return self._new_track(predictor, session, label, bigger, track.grows + 1, timings)
 
-    def _apply_prompt_changes(self, predictor, track: LabelTrack, wanted: dict) -> tuple:
-        """Bring the SAM 2 state to the wanted prompts: (slices changed, whether prompts were only added).
-
-        Clients resend every point each time. Points added to a slice refine that slice's
-        mask (SAM 2 feeds the previous mask back in); a slice whose earlier points are gone
-        (an undo, or OHIF switching structure) starts again from its prompts alone.
-        """
-        old = track.frame_prompts
-        changed = {k: p for k, p in wanted.items() if k not in old or old[k].key() != p.key()}
-        removed = [k for k in old if k not in wanted]
-        restarted = [k for k in changed if k in old and not _extends(changed[k], old[k])]
-        for k in removed:
-            predictor.clear_all_prompts_in_frame(track.state, k, OBJ_ID, need_output=False)
-            old.pop(k)
-        for k in restarted:
-            restart_frame(predictor, track.state, k)
-            old.pop(k)
-        masks = []
-        for k, frame_prompt in sorted(changed.items()):
-            in_region = frame_prompt if track.roi is None else track.roi.prompt_in_region(frame_prompt)
-            masks.append(self._add_prompt(predictor, track.state, k, in_region))
-            old[k] = frame_prompt
-        return set(changed) | set(removed), not removed and not restarted, masks
-
-    @staticmethod
-    def _add_prompt(predictor, state: dict, k: int, prompt: FramePrompt) -> np.ndarray:
-        """Give SAM 2 one slice's prompt; returns that slice's new mask (bool image)."""
-        if prompt.mask is not None:
-            mask = torch.from_numpy(slice_to_image(prompt.mask))
-            _, _, video_res_masks = predictor.add_new_mask(state, frame_idx=k, obj_id=OBJ_ID, mask=mask)
-        else:
-            points = np.asarray(prompt.points, dtype=np.float32).reshape(-1, 2) if prompt.points else None
-            labels = np.asarray(prompt.labels, dtype=np.int32) if prompt.points else None
-            _, _, video_res_masks = predictor.add_new_points_or_box(
-                state, frame_idx=k, obj_id=OBJ_ID, points=points, labels=labels, box=prompt.box, clear_old_points=True
-            )
-        return (video_res_masks[0, 0] > 0.0).cpu().numpy()
-
-    @staticmethod
-    def _label_result(label, track: LabelTrack, wanted: dict, reused: bool) -> LabelResult:
+    def _label_result(self, label, track: LabelTrack, wanted: dict, reused: bool, restarted=None) -> LabelResult:
+        area = track.mask.sum(axis=(0, 1))
         slices = {
             int(k): {
                 "object_score": round(out.object_score, 4),
                 "predicted_iou": None if out.predicted_iou is None else round(out.predicted_iou, 4),
-                "area": int(out.mask.sum()),
+                "area": int(area[k]),
             }
             for k, out in sorted(track.propagation.outputs.items())
         }
@@ -355,7 +334,7 @@ class VolumeSegmenter:
             roi = {"rows": None, "cols": None, "input_size": None, "whole_slices": True}
         if roi is not None:
             roi["grows"] = track.grows
-        return LabelResult(label, track.mask, sorted(wanted), slices, passes, reused, roi)
+        return LabelResult(label, track.mask, sorted(wanted), slices, passes, reused, roi, self.protocol, restarted)
 
 
 def _slice_shape(session: Session) -> tuple:
@@ -374,10 +353,3 @@ def _reaches_edge(session: Session, track: LabelTrack, region_masks: list, setti
         return False
     shape = _slice_shape(session)
     return any(reaches_edge(m, track.roi, shape, settings.edge_px) for m in region_masks)
-
-
-def _extends(new: FramePrompt, old: FramePrompt) -> bool:
-    """``new`` keeps ``old``'s box, mask and points, in order, and only adds points."""
-    n = len(old.points)
-    same_base = new.box == old.box and new.key()[3] == old.key()[3]
-    return same_base and new.points[:n] == old.points and new.labels[:n] == old.labels

@@ -13,9 +13,13 @@ from .engine import autocast_for
 from .frames import SliceFrames, image_to_slice
 from .model_source import ModelSource
 from .prompts import LabelPrompts
-from .sessions import SessionLimits, SessionStore, image_stamp, window_key
+from .predictor import network_lock
+from .sessions import RecentReads, SessionLimits, SessionStore, image_stamp, window_key
 from .volume_io import Volume, load_image
 from .windowing import choose_window, guess_modality
+
+
+SESSION_KIND = "2d"
 
 
 @dataclass
@@ -54,19 +58,19 @@ class ImageResult:
 
 
 class ImageSegmenter:
-    def __init__(self, models: ModelSource, limits: SessionLimits | None = None):
+    """2D sessions; pass the 3D segmenter's ``sessions`` so one memory budget covers both kinds."""
+
+    def __init__(self, models: ModelSource, limits: SessionLimits | None = None,
+                 sessions: SessionStore | None = None):
         self.models = models
-        self.sessions = SessionStore(limits or SessionLimits())
-        self._last_read: tuple | None = None  # (stamp, Volume): a file is read once per change
+        self.sessions = sessions or SessionStore(limits or SessionLimits())
+        self._reads = RecentReads()
 
     def volume(self, image) -> Volume:
         """The image as ``segment`` will see it; a path is read again only when the file changed."""
         if isinstance(image, Volume):
             return image
-        stamp = image_stamp(image)
-        if self._last_read is None or self._last_read[0] != stamp:
-            self._last_read = (stamp, load_image(image))
-        return self._last_read[1]
+        return self._reads.get(image, load_image)
 
     def segment(
         self,
@@ -78,10 +82,14 @@ class ImageSegmenter:
         modality: str | None = None,
     ) -> ImageResult:
         """Segment one structure on a 2D image, or on slice ``slice_index`` of a volume."""
+        key = (SESSION_KIND, *session_key, slice_index)  # beside 3D sessions in one store
+        with self.sessions.locked(key):
+            return self._segment(image, prompts, key, slice_index, window, modality)
+
+    def _segment(self, image, prompts, key, slice_index, window, modality) -> ImageResult:
         timings: dict = {}
         started = time.perf_counter()
         loaded = self.models.get()
-        key = (*session_key, slice_index)
         session = self.sessions.get(key)
         if (
             session is None
@@ -101,7 +109,7 @@ class ImageSegmenter:
         labels = np.asarray(frame.labels, np.int32) if frame.points else None
         box = np.asarray(frame.box, np.float32) if frame.box is not None else None
         single_click = box is None and len(frame.points) == 1
-        with torch.inference_mode(), autocast_for(self.models.device):
+        with network_lock(loaded.model), torch.inference_mode(), autocast_for(self.models.device):
             masks, ious, _ = session.predictor.predict(
                 point_coords=points, point_labels=labels, box=box, multimask_output=single_click
             )
@@ -144,7 +152,7 @@ class ImageSegmenter:
         # sam2 assumes 1024 px input here; MedSAM2 runs at 512, so give the real feature sizes
         size = loaded.model.image_size
         predictor._bb_feat_sizes = [(size // 4, size // 4), (size // 8, size // 8), (size // 16, size // 16)]
-        with torch.inference_mode(), autocast_for(self.models.device):
+        with network_lock(loaded.model), torch.inference_mode(), autocast_for(self.models.device):
             predictor.set_image(image01)
         timings["encode"] = time.perf_counter() - t0
         return ImageSession(

@@ -84,6 +84,7 @@ class ModelSource:
         self._versions = 0
         self._lock = threading.RLock()
         self.last_error: str | None = None
+        self.protocol: str | None = None  # set by the 3D engine serving this model: reported in status()
 
     @property
     def finetuned_path(self) -> Path:
@@ -208,5 +209,6 @@ class ModelSource:
             "untrained_origin": path == RANDOM_WEIGHTS or self._untrained_origin(path),
             "device": self.device,
             "cpu_int8": self.cpu_int8,
+            "protocol": self.protocol,
             "reason": reason,
         }

@@ -101,7 +101,7 @@ class OnePromptSegmenter:
     def __init__(self, models: ModelSource, settings: OnePromptSettings | None = None):
         self.models = models
         self.settings = settings or OnePromptSettings()
-        self._lock = threading.Lock()  # the predictor keeps per-call attributes; one call at a time
+        self._lock = threading.Lock()  # one whole-study search at a time: it must not crowd out clicks
 
     def segment_volume(self, target: Volume, supports: list, window=None, modality=None,
                        settings: OnePromptSettings | None = None) -> OnePromptResult:

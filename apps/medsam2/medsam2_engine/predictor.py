@@ -109,22 +109,61 @@ class KeyedCache:
         return len(self.cache)
 
 
+class _CachedFrames:
+    """One state's frames with the feature cache they are encoded through (per call, never shared)."""
+
+    in_memory_frames = True
+
+    def __init__(self, frames, feature_cache):
+        self.frames = frames
+        self.feature_cache = feature_cache
+        self.video_height, self.video_width = frames.video_height, frames.video_width
+        self.image_size = frames.image_size
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def __getitem__(self, index):
+        return self.frames[index]
+
+    def __getattr__(self, name):  # anything else the frames offer (keys, sources)
+        return getattr(self.__dict__["frames"], name)
+
+
+def network_lock(predictor) -> threading.RLock:
+    """The one lock of a network (shared by its input-size views): held per slice step.
+
+    Sessions run concurrently; each step of the network (encoding a slice, adding a
+    prompt, propagating one slice) holds it, so requests of different users interleave
+    slice by slice rather than one waiting for another's whole propagation, and the CPU
+    threads or GPU memory are never split between two forward passes at once.
+    """
+    return predictor.__dict__["_network_lock"]
+
+
 class VolumePredictor(SAM2VideoPredictor):
-    """A SAM2VideoPredictor over in-memory slices with cached features."""
+    """A SAM2VideoPredictor over in-memory slices with cached features.
+
+    Nothing of one call is kept on the predictor: several sessions use it at once. The
+    per-step predicted IoU travels in a thread-local (a step runs on one thread).
+    """
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.__dict__["_network_lock"] = threading.RLock()
+        self.__dict__["_step_local"] = threading.local()
+        self.__dict__["_views_lock"] = threading.Lock()
 
     def init_state_from_frames(self, frames: SliceFrames, feature_cache: FeatureCache | None = None) -> dict:
         _install_in_memory_loader()
-        # sam2 warms up on frame 0 inside init_state; route that through the cache too.
-        self._pending_cache = feature_cache
-        try:
-            state = self.init_state(video_path=frames, offload_video_to_cpu=True)
-        finally:
-            self._pending_cache = None
+        # sam2 warms up on frame 0 inside init_state; the frames carry the cache so that goes through it too.
+        with network_lock(self):
+            state = self.init_state(video_path=_CachedFrames(frames, feature_cache), offload_video_to_cpu=True)
         state["feature_cache"] = feature_cache
         return state
 
     def _get_image_feature(self, inference_state, frame_idx, batch_size):
-        cache = inference_state.get("feature_cache", getattr(self, "_pending_cache", None))
+        cache = getattr(inference_state["images"], "feature_cache", None)
         if cache is not None and frame_idx not in inference_state["cached_features"]:
             backbone_out = cache.get(frame_idx)
             if backbone_out is not None:
@@ -141,13 +180,13 @@ class VolumePredictor(SAM2VideoPredictor):
         current_out, sam_outputs, high_res_features, pix_feat = super()._track_step(*args, **kwargs)
         ious = sam_outputs[2]
         # the decoder picks the best of several masks by IoU when it outputs several
-        self._last_predicted_iou = ious.max(dim=-1).values.float()
+        self._step_local.predicted_iou = ious.max(dim=-1).values.float()
         return current_out, sam_outputs, high_res_features, pix_feat
 
     def _run_single_frame_inference(self, *args, **kwargs):
-        self._last_predicted_iou = None
+        self._step_local.predicted_iou = None
         compact_out, pred_masks = super()._run_single_frame_inference(*args, **kwargs)
-        compact_out["predicted_iou"] = self._last_predicted_iou
+        compact_out["predicted_iou"] = self._step_local.predicted_iou
         return compact_out, pred_masks
 
 
@@ -164,6 +203,11 @@ def at_input_size(predictor: VolumePredictor, size: int) -> VolumePredictor:
         return predictor
     if size % 32:
         raise ValueError(f"model input size must be a multiple of 32, got {size}")
+    with predictor.__dict__["_views_lock"]:
+        return _view(predictor, size)
+
+
+def _view(predictor: VolumePredictor, size: int) -> VolumePredictor:
     views = predictor.__dict__.setdefault("_input_size_views", {})
     view = views.get(size)
     if view is None:

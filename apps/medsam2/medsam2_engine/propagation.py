@@ -1,10 +1,14 @@
-"""Carrying one label's mask through the volume, both ways, stopping where it ends.
+"""Carrying one label's mask through the volume, both ways.
 
-Forward runs from the first prompted slice to the last slice; backward from the first
-prompted slice to slice 0. Every prompted slice is a conditioning frame, so slices
-between prompts see all of them. Beyond the last prompted slice in a direction, the
-pass stops once SAM 2's object score says the structure is gone for ``patience``
-slices in a row: a small lesion does not cost a pass over the whole scan.
+Two protocols (see :mod:`.protocols`). ``medsam2``: forward from the first prompted slice
+from a state holding only the prompts, then ``reset_state``, the same prompts again and
+backward from the last prompted slice; slices both passes reach take the union. ``sam2``:
+forward and backward from the first prompted slice in one state. Every prompted slice is a
+conditioning frame, so slices between prompts see all of them.
+
+Options, off by default (they change what the model computes): *early stop* ends a pass
+beyond the last prompted slice once SAM 2's object score says the structure is gone for
+``patience`` slices in a row.
 
 A correction (prompts added on some slices, none removed) re-propagates outward from the
 corrected slices only, and each direction stops once its new masks agree with the previous
@@ -19,9 +23,12 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 import torch
+
+from .predictor import network_lock
 
 logger = logging.getLogger(__name__)
 
@@ -30,14 +37,14 @@ OBJ_ID = 1  # one SAM 2 object per inference state; each label has its own state
 
 @dataclass
 class EarlyStop:
-    enabled: bool = True
+    enabled: bool = False
     patience: int = 3  # consecutive empty slices beyond the last prompt
     score_threshold: float = 0.0  # object score logit at or below which the object is absent
 
 
 @dataclass
 class CorrectionStop:
-    enabled: bool = True
+    enabled: bool = False
     iou: float = 0.95  # new and previous mask agree at or above this IoU (two empty masks agree)
     patience: int = 3  # consecutive agreeing slices beyond the corrected ones
 
@@ -114,22 +121,49 @@ def _agrees(new: np.ndarray, old: np.ndarray, threshold: float) -> bool:
     return union == 0 or np.logical_and(new, old).sum() / union >= threshold
 
 
-def propagate_both_ways(predictor, state: dict, early_stop: EarlyStop, log_every: int = 50) -> Propagation:
-    """Run the forward and backward passes; returns every slice reached, with its scores."""
-    cond_frames = _prompted_frames(state)
-    forget_propagated_slices(state)
-    return _run_passes(predictor, state, early_stop, cond_frames[0], cond_frames[0], cond_frames, log_every)
+def _union(old: SliceOutput | None, new: SliceOutput) -> SliceOutput:
+    """Both passes' result on a slice: the reference ORs the masks of its two passes."""
+    if old is None:
+        return new
+    ious = [v for v in (old.predicted_iou, new.predicted_iou) if v is not None]
+    return SliceOutput(np.logical_or(old.mask, new.mask), max(old.object_score, new.object_score),
+                       max(ious) if ious else None)
+
+
+@dataclass
+class PassPlan:
+    """How the two passes run: where each starts, and what happens to the state before each."""
+
+    forward_from: int
+    backward_from: int
+    before_pass: Callable | None = None  # called with reverse=False/True before each pass
+    union: bool = False  # slices reached by both passes: union (medsam2) or the later pass (sam2)
+
+
+def propagate_both_ways(predictor, state: dict, early_stop: EarlyStop, log_every: int = 50,
+                        plan: PassPlan | None = None, prompted: list | None = None) -> Propagation:
+    """Run the forward and backward passes; returns every slice reached, with its scores.
+
+    Without a ``plan``: sam2's usage, both passes from the first prompted slice in one state.
+    ``prompted``: the prompted slices, where the plan gives the prompts before each pass.
+    """
+    cond_frames = sorted(prompted) if prompted else _prompted_frames(state)
+    if plan is None:
+        forget_propagated_slices(state)
+        plan = PassPlan(cond_frames[0], cond_frames[0])
+    return _run_passes(predictor, state, early_stop, plan, cond_frames, log_every)
 
 
 def propagate_correction(predictor, state: dict, corrected: list, previous: Propagation, early_stop: EarlyStop,
-                         stop: CorrectionStop, log_every: int = 50) -> Propagation:
+                         stop: CorrectionStop, log_every: int = 50, before_pass: Callable | None = None,
+                         union: bool = False, prompted: list | None = None) -> Propagation:
     """Re-propagate outward from the ``corrected`` slices until the masks meet ``previous``.
 
     The returned outputs are the previous ones with every slice this pass reached replaced.
     """
-    cond_frames = _prompted_frames(state)
-    lo, hi = min(corrected), max(corrected)
-    fresh = _run_passes(predictor, state, early_stop, lo, hi, cond_frames, log_every, previous.outputs, stop)
+    cond_frames = sorted(prompted) if prompted else _prompted_frames(state)
+    plan = PassPlan(min(corrected), max(corrected), before_pass, union)
+    fresh = _run_passes(predictor, state, early_stop, plan, cond_frames, log_every, previous.outputs, stop)
     kept = dict(previous.outputs)
     for report in fresh.passes:  # where the structure now ends early, the old masks beyond go
         if report.stopped_early:
@@ -139,23 +173,41 @@ def propagate_correction(predictor, state: dict, corrected: list, previous: Prop
     return fresh
 
 
-def _run_passes(predictor, state: dict, early_stop: EarlyStop, forward_from: int, backward_from: int,
-                cond_frames: list, log_every: int, previous: dict | None = None,
-                stop: CorrectionStop | None = None) -> Propagation:
+def _stepped(predictor, stream):
+    """The pass's slices one by one, the network held for one slice step at a time.
+
+    Another session's request interleaves slice by slice instead of waiting for a whole
+    propagation (see :func:`.predictor.network_lock`).
+    """
+    lock = network_lock(predictor)
+    while True:
+        with lock:
+            try:
+                item = next(stream)
+            except StopIteration:
+                return
+        yield item
+
+
+def _run_passes(predictor, state: dict, early_stop: EarlyStop, plan: PassPlan, cond_frames: list,
+                log_every: int, previous: dict | None = None, stop: CorrectionStop | None = None) -> Propagation:
     first, last = cond_frames[0], cond_frames[-1]
     num_frames = state["num_frames"]
     result = Propagation()
     started = time.perf_counter()
     for reverse, last_prompt in ((False, last), (True, first)):
-        start = backward_from if reverse else forward_from
+        if plan.before_pass is not None:
+            plan.before_pass(reverse)
+        start = plan.backward_from if reverse else plan.forward_from
         # a correction's pass may meet the previous result only beyond every corrected slice
-        converge_after = forward_from if reverse else backward_from
+        converge_after = plan.forward_from if reverse else plan.backward_from
         report = PassReport("backward" if reverse else "forward", start)
         absent_run = agree_run = 0
         stream = predictor.propagate_in_video(state, start_frame_idx=start, reverse=reverse)
-        for frame_idx, _, video_res_masks in stream:
+        for frame_idx, _, video_res_masks in _stepped(predictor, stream):
             output = _slice_output(state, frame_idx, video_res_masks)
-            result.outputs[frame_idx] = output
+            merged = _union(result.outputs.get(frame_idx), output) if plan.union else output
+            result.outputs[frame_idx] = merged
             report.last, report.slices = frame_idx, report.slices + 1
             if report.slices % log_every == 0:
                 logger.info("%s pass: %d slices, now at %d of %d", report.direction, report.slices, frame_idx,
@@ -171,7 +223,7 @@ def _run_passes(predictor, state: dict, early_stop: EarlyStop, forward_from: int
             beyond_correction = frame_idx < converge_after if reverse else frame_idx > converge_after
             if stop is not None and stop.enabled and beyond_correction:
                 old = previous.get(frame_idx)
-                agree_run = agree_run + 1 if old is not None and _agrees(output.mask, old.mask, stop.iou) else 0
+                agree_run = agree_run + 1 if old is not None and _agrees(merged.mask, old.mask, stop.iou) else 0
                 if agree_run >= stop.patience:
                     report.converged = True
                     stream.close()

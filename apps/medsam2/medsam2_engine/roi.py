@@ -28,7 +28,7 @@ INPUT_MULTIPLE = 32  # Hiera's total stride: model input sides must be multiples
 
 @dataclass
 class RoiSettings:
-    enabled: bool = True
+    enabled: bool = False  # a departure from the reference protocol (another input size): opt in
     context: float = 2.0  # region side = context x the prompts' extent (box, clicks, drawn masks)
     min_input: int = 256  # smallest region, in model input pixels
     full_fraction: float = 0.75  # a region at least this fraction of the input size becomes the whole slice

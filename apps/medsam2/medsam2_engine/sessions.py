@@ -6,6 +6,7 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -55,15 +56,60 @@ class Session:
         return total + sum(track.memory_bytes() for track in self.tracks.values())
 
 
+class RecentReads:
+    """The last few images read, by file stamp: the task reads an image for its shape, the
+    engine then opens a session on it without reading it again. Safe for concurrent calls."""
+
+    def __init__(self, size: int = 2):
+        self.size = size
+        self._items: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, image, read: Callable):
+        stamp = image_stamp(image)
+        with self._lock:
+            if stamp in self._items:
+                self._items.move_to_end(stamp)
+                return self._items[stamp]
+        value = read(image)  # outside the lock: reading a large file must not block other images
+        with self._lock:
+            self._items[stamp] = value
+            while len(self._items) > self.size:
+                self._items.popitem(last=False)
+        return value
+
+
 class SessionStore:
-    """Least-recently-used sessions, evicted beyond the limits or after idling too long."""
+    """Least-recently-used sessions, evicted beyond the limits or after idling too long.
+
+    One store can hold every kind of session (3D and 2D): one memory budget covers them all.
+    ``locked(key)`` serialises the requests of one session; different sessions run at once.
+    """
 
     def __init__(self, limits: SessionLimits | None = None, clock: Callable[[], float] = time.monotonic):
         self.limits = limits or SessionLimits()
         self._clock = clock
         self._sessions: OrderedDict = OrderedDict()
         self._lock = threading.RLock()
+        self._key_locks: dict = {}  # session key -> [Lock, requests holding or waiting for it]
         self.evictions = 0
+
+    @contextmanager
+    def locked(self, key: tuple):
+        """Hold the lock of one session key: two requests of one session run one after the other."""
+        with self._lock:
+            entry = self._key_locks.get(key)
+            if entry is None:
+                entry = self._key_locks[key] = [threading.Lock(), 0]
+            entry[1] += 1  # requests holding or waiting for it
+        try:
+            with entry[0]:
+                yield
+        finally:
+            with self._lock:
+                entry[1] -= 1
+                if entry[1] == 0:
+                    del self._key_locks[key]
 
     def get(self, key: tuple) -> Session | None:
         with self._lock:

@@ -87,11 +87,15 @@ class Interactive3D(Sam2Task):
             {
                 "label_names": label_names,
                 "session": result.session,
+                "protocol": result.protocol,
+                "protocol_options": result.options,
+                "engine_warnings": result.warnings,  # e.g. a label's track dropped after a failure
                 "labels": {
                     name: {
                         "prompted_slices": r.prompted_slices,
                         "passes": r.passes,
                         "reused_previous_result": r.reused,
+                        "restarted": r.restarted,
                         "crop_region": r.roi,
                         "voxels": int(r.mask.sum()),
                         "slices": [{"slice": k, **v} for k, v in r.slices.items()],

@@ -1,0 +1,58 @@
+"""Named inference protocols: how prompts become a 3D mask, as the weights were validated.
+
+``medsam2`` reproduces MedSAM2's published 3D protocol (bowang-lab/MedSAM2,
+``medsam2_infer_3D_CT.py``): whole slices at the model's input size; the prompts on their
+slices; a forward pass; ``reset_state`` and the same prompts again; a reverse pass, so the
+backward pass never sees forward-pass memories; the union of both passes; the largest 3D
+connected component (26-connectivity, as ``skimage.measure.label``); sam2's small-hole
+filling (``fill_hole_area=8``) on every device. Each request rebuilds the passes from a
+state that holds only the label's current prompts, so a result depends on the prompts
+alone, never on the order they were given in.
+
+How the app's extras combine with it (the reference has one box on one key slice):
+
+- clicks, boxes and drawn masks on several slices are all given before any pass, each slice
+  in one call (box and every point together); the forward pass starts at the first prompted
+  slice, the backward pass at the last; slices both passes reach take the union, as the
+  reference does at its key slice;
+- a correction (any change of a label's prompts) re-runs both passes from a prompts-only
+  state: with every prompted slice in the memory attention, any prompt can change any slice;
+- several labels are independent runs, one state each; the largest component is per label.
+
+``sam2`` is sam2's own video-predictor usage: one state per label, clicks refine a slice
+with its previous mask, forward then backward pass in that same state, no component filter.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+PROTOCOLS = ("medsam2", "sam2")
+_TWENTY_SIX_CONNECTED = np.ones((3, 3, 3), dtype=bool)
+
+
+class ProtocolError(ValueError):
+    """An unknown protocol name."""
+
+
+def check_protocol(name: str) -> str:
+    if name not in PROTOCOLS:
+        raise ProtocolError(f"protocol must be one of {', '.join(PROTOCOLS)}, got {name!r}")
+    return name
+
+
+def default_protocol(preset) -> str:
+    """The protocol a preset's weights were validated with: sam2's for Meta's SAM 2 / 2.1 presets,
+    MedSAM2's for MedSAM2 and for a model config of one's own (a medical fine-tune)."""
+    return "sam2" if getattr(preset, "name", "").startswith("sam2") else "medsam2"
+
+
+def largest_component(mask: np.ndarray) -> np.ndarray:
+    """The largest 26-connected component of a 3D bool mask (ties: the first in scan order)."""
+    if not mask.any():
+        return mask
+    labels, _ = ndimage.label(mask, structure=_TWENTY_SIX_CONNECTED if mask.ndim == 3 else None)
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    return labels == int(np.argmax(sizes))
