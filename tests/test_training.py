@@ -132,3 +132,29 @@ def test_learning_rate_warms_up_then_decays_to_its_floor():
     assert rates[-1] == pytest.approx(0.1)
     with pytest.raises(ValueError, match="min_ratio"):
         warmup_cosine(optimizer, 1, 10, min_ratio=2.0)
+
+
+def test_fine_tune_from_random_weights_stays_untrained_in_origin(labelled, tmp_path):
+    """The published file says it descends from random weights and names its metric truthfully."""
+    from medsam2_engine.checkpoints import UNTRAINED_ORIGIN, build_model, read_checkpoint, untrained_origin
+    from medsam2_engine.training import finetune
+    from medsam2_engine.training.cases import CaseFiles, load_case
+    from tests.support.small_model import small_preset
+
+    image, label, _ = labelled
+    case = load_case(CaseFiles(image, label, "case"))
+    config = finetune.FineTuneConfig(epochs=1, steps_per_epoch=1, clip_length=3, max_objects=1,
+                                     baseline_validation=False)
+    config.prompts.correction_clicks = 1
+    first = tmp_path / "first.pt"
+    summary = finetune.FineTuner(small_preset(), config).run([case], [], "random", str(first))
+    payload = read_checkpoint(str(first))
+    assert payload[UNTRAINED_ORIGIN] is True and summary[UNTRAINED_ORIGIN] is True
+    # nothing held out: the score is the (negated) training loss, and it is called that
+    assert payload["finetune"]["metric"] == "negative_train_loss" and "val_mean_dice" not in payload["finetune"]
+    assert summary["best_metric_name"] == "negative_train_loss"
+    # a fine-tune of that file inherits the origin, and the built model carries it
+    second = tmp_path / "second.pt"
+    finetune.FineTuner(small_preset(), config).run([case], [], str(first), str(second))
+    assert untrained_origin(str(second))
+    assert build_model(small_preset(), str(second)).untrained_origin is True

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 from monailabel.client import MONAILabelClient
+from monailabel.client.client import MONAILabelClientException
 
 from tests.conftest import make_volume
 from tests.support.server import RunningServer
@@ -31,6 +32,8 @@ def _tiny_studies(folder):
         nib.save(nib.Nifti1Image(volume.array.astype(np.int16), affine), folder / f"phantom_{n}.nii.gz")
         if n < 2:
             nib.save(nib.Nifti1Image((volume.array > 120).astype(np.uint8), affine), labels / f"phantom_{n}.nii.gz")
+    # a label copied into the folder by hand on another grid: training must leave it out
+    nib.save(nib.Nifti1Image(np.ones((10, 10, 10), np.uint8), np.eye(4)), labels / "phantom_2.nii.gz")
 
 
 @pytest.fixture(scope="module")
@@ -71,12 +74,14 @@ def test_train_publishes_weights_that_the_next_infer_uses(setup, tmp_path):
     _, before = client.infer("medsam2_3d", "phantom_2", prompt)
     assert before["model"]["checkpoint"] == str(model_dir / "small.pt")
 
-    # a label on another grid is kept by the datastore, reported, and left out of training
+    # through the API a label on another grid is refused before anything is written
     bad = tmp_path / "bad_label.nii.gz"
-    nib.save(nib.Nifti1Image(np.ones((10, 10, 10), np.uint8), np.eye(4)), bad)
-    saved = client.save_label("phantom_2", str(bad), tag="final")
-    assert "will not be used for training" in saved.get("warning", "")
-    assert "shape" in saved["warning"]
+    nib.save(nib.Nifti1Image(np.ones((10, 12, 10), np.uint8), np.eye(4)), bad)
+    before = (studies / "labels" / "final" / "phantom_2.nii.gz").read_bytes()
+    with pytest.raises(MONAILabelClientException) as refused:
+        client.save_label("phantom_2", str(bad), tag="final")
+    assert "Status: 422" in refused.value.msg and "shape" in refused.value.msg
+    assert (studies / "labels" / "final" / "phantom_2.nii.gz").read_bytes() == before
 
     client.train_start("medsam2_finetune", TRAIN_REQUEST)
     _, during = client.infer("medsam2_3d", "phantom_2", prompt)  # the server keeps serving
@@ -86,6 +91,7 @@ def test_train_publishes_weights_that_the_next_infer_uses(setup, tmp_path):
 
     stats = client.info()["train_stats"]["medsam2_finetune"]
     assert stats["status"] == "DONE" and stats["published"] is True
+    assert stats["best_metric_name"] == "val_mean_dice" and stats["untrained_origin"] is False
     assert stats["devices"] == ["cpu"]
     assert len(stats["history"]) == 1 and stats["history"][0]["steps"] == 3
     assert [r["image"] for r in stats["rejected"]] == ["phantom_2.nii.gz"]
