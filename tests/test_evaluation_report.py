@@ -8,7 +8,7 @@ import nibabel as nib
 import numpy as np
 from PIL import Image
 
-from medsam2_engine.evaluation.cases import find_cases, select_structures, words
+from medsam2_engine.evaluation.cases import find_cases, model_input_window, select_structures, words
 
 
 def _write_folder(root):
@@ -47,6 +47,9 @@ def test_cases_are_found_and_paired(tmp_path):
     npz = cases["lesion"]
     assert npz.volume.array.shape == (24, 20, 6) and npz.spacing == (0.5, 0.5, 5.0)
     np.testing.assert_array_equal(npz.structures[0].mask, label == 1)  # slice-first stored, [i, j, k] read
+    # uint8, already windowed by MedSAM2: the model gets imgs / 255, not a second CT window
+    assert {k: model_input_window(npz)[k] for k in ("low", "high")} == {"low": 0.0, "high": 255.0}
+    assert model_input_window(ct)["source"].startswith("MR percentiles") or "CT" in model_input_window(ct)["source"]
     flat = cases["slice7"]
     assert flat.structures[0].name == "kidney_000" and flat.structures[0].mask.shape == (40, 30)
     assert [s.name for s in select_structures(ct, 1, 10)] == ["label_1"]
@@ -81,3 +84,27 @@ def test_command_writes_json_curve_and_overlays(tmp_path, small_model_files):
     assert (out / "dice_vs_clicks.png").stat().st_size > 1000
     overlays = sorted(p.name for p in (out / "overlays").iterdir())
     assert overlays == ["slice7__kidney_000.png", "vols__pat1_ct.nii.gz__label_1.png"]
+
+
+def test_compare_protocols_runs_the_reference_and_each_option(tmp_path, small_model_files):
+    from medsam2_engine.evaluate import main
+
+    config, checkpoint = small_model_files
+    data = tmp_path / "data"
+    data.mkdir()
+    _write_folder(data)
+    out = tmp_path / "report"
+    rc = main(["--data", str(data), "--out", str(out), "--model-config", str(config), "--checkpoint",
+               str(checkpoint), "--clicks", "1", "--no-builtin", "--cases", "lesion", "--max-structures", "1",
+               "--compare-protocols"])
+    assert rc == 0
+    report = json.loads((out / "report.json").read_text())
+    rows = {m for m in report["summary"] if m.startswith("engine_")}
+    assert rows == {"engine_medsam2_reference", "engine_medsam2+crop_region", "engine_medsam2+early_stop",
+                    "engine_medsam2+correction_stop", "engine_sam2_protocol"}
+    for name in rows:
+        assert {"dice", "nsd"} <= set(report["summary"][name]["box"])
+        box = [r for r in report["records"] if r["method"] == name and r["protocol"] == "box"]
+        assert box and all(r["seconds"] > 0 for r in box)
+        assert all(r["input_window"]["high"] == 255.0 for r in box)  # the npz case: imgs / 255
+    assert report["cases"][0]["model_input_window"]["low"] == 0.0

@@ -23,8 +23,11 @@ from pathlib import Path
 import torch
 
 from .checkpoints import RANDOM_WEIGHTS, build_model, get_preset, preset_for_config_file, save_checkpoint
-from .evaluation.cases import find_cases, select_structures
+from .evaluation.cases import find_cases, model_input_window, select_structures
 from .evaluation.methods import CopySliceMethod, EngineMethod, OtsuBoxMethod
+from .protocols import default_protocol
+from .propagation import CorrectionStop
+from .roi import RoiSettings
 from .evaluation.protocol import ProtocolSettings, run_structure
 from .evaluation.report import curves, plot_curves, plot_overlay, summarise, write_json
 from .model_source import ModelSource
@@ -51,7 +54,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-cases", type=int, default=0, help="first N cases only (0: all)")
     p.add_argument("--cases", help="regular expression on case names")
     p.add_argument("--nsd-tolerance", type=float, default=2.0, help="NSD tolerance in mm (pixels for 2D)")
-    p.add_argument("--early-stop", choices=["on", "off"], default="on")
+    p.add_argument("--protocol", choices=["medsam2", "sam2"], help="the engine's protocol (default: the preset's)")
+    p.add_argument("--compare-protocols", action="store_true",
+                   help="run the reference protocol and each option (crop region, early stop, correction stop, the "
+                   "other protocol) side by side: Dice, NSD and time per row")
+    p.add_argument("--early-stop", choices=["on", "off"], default="off")
     p.add_argument("--patience", type=int, default=3)
     p.add_argument("--one-prompt", action="store_true",
                    help="also run the one-prompt protocol: per (data set, structure), the first case's label is the "
@@ -73,6 +80,23 @@ def run_one_prompt(models: ModelSource, cases: list, root: Path) -> dict:
             logger.info("one-prompt %s -> %s: dice %.3f (centroid copy %.3f), confidence %.3f", outcome["support"],
                         target["target"], target["dice"], target["baseline_centroid_copy_dice"], target["confidence"])
     return results
+
+
+def protocol_variants(models, preset, protocol: str | None, early_stop: EarlyStop, compare: bool) -> list:
+    """The engine as configured; with ``compare``, the reference protocol and each option beside it."""
+    protocol = protocol or default_protocol(preset)
+    if not compare:
+        return [EngineMethod(models, early_stop, protocol=protocol)]
+    other = "sam2" if protocol == "medsam2" else "medsam2"
+    off = EarlyStop(enabled=False)
+    return [
+        EngineMethod(models, off, f"engine_{protocol}_reference", protocol),
+        EngineMethod(models, off, f"engine_{protocol}+crop_region", protocol, roi=RoiSettings(enabled=True)),
+        EngineMethod(models, EarlyStop(enabled=True), f"engine_{protocol}+early_stop", protocol),
+        EngineMethod(models, off, f"engine_{protocol}+correction_stop", protocol,
+                     correction_stop=CorrectionStop(enabled=True)),
+        EngineMethod(models, off, f"engine_{other}_protocol", other),
+    ]
 
 
 def resolve_checkpoint(args, preset, workdir: Path) -> tuple:
@@ -97,7 +121,8 @@ def main(argv=None) -> int:
     checkpoint, weights_label = resolve_checkpoint(args, preset, workdir)
     early_stop = EarlyStop(enabled=args.early_stop == "on", patience=args.patience)
     models = ModelSource(preset, workdir, checkpoint=checkpoint, device=args.device)
-    methods = [EngineMethod(models, early_stop), CopySliceMethod(), OtsuBoxMethod()]
+    engine_methods = protocol_variants(models, preset, args.protocol, early_stop, args.compare_protocols)
+    methods = [*engine_methods, CopySliceMethod(), OtsuBoxMethod()]
     if not args.no_builtin:
         from .evaluation.builtin_sam2 import BuiltinSam2Method
 
@@ -114,7 +139,7 @@ def main(argv=None) -> int:
     for case in [] if args.one_prompt_only else cases:
         structures = select_structures(case, args.max_structures, args.min_voxels)
         case_list.append({"case": case.name, "shape": list(case.volume.array.shape), "spacing": list(case.spacing),
-                          "source": case.source, "structures": [s.name for s in structures],
+                          "source": case.source, "model_input_window": model_input_window(case), "structures": [s.name for s in structures],
                           "structures_found": len(case.structures)})
         for structure in structures:
             masks = {}

@@ -49,6 +49,7 @@ class Case:
     volume: Volume
     structures: list = field(default_factory=list)
     source: dict = field(default_factory=dict)  # where image and labels came from
+    window: list | None = None  # [low, high] the model is given; None: the engine's choice for the modality
 
     @property
     def spacing(self) -> tuple:
@@ -116,7 +117,21 @@ def load_npz_case(path: Path) -> Case:
     affine = np.diag([*spacing, 1.0])
     volume = Volume(array, affine, path=str(path), declared_modality="CT", meta={"spacing": spacing})
     labels = np.transpose(gts, (2, 1, 0))
-    return Case(path.stem, volume, _structures_from_map(labels, "lesion"), {"image": str(path), "labels": [str(path)]})
+    # MedSAM2's npz images are uint8, already windowed: the model sees imgs / 255, never a second window
+    window = [0.0, 255.0] if imgs.dtype == np.uint8 else None
+    return Case(path.stem, volume, _structures_from_map(labels, "lesion"), {"image": str(path), "labels": [str(path)]},
+                window)
+
+
+def model_input_window(case: Case) -> dict:
+    """The exact intensity range the engine maps to [0, 1] for this case (low, high, where it came from)."""
+    from ..windowing import choose_window, guess_modality
+
+    volume = case.volume
+    if volume.is_rgb:
+        return {"low": 0.0, "high": 255.0, "source": "RGB 0-255"}
+    modality = guess_modality(volume.array, volume.declared_modality)
+    return choose_window(volume.array, modality, case.window).to_json()
 
 
 def _find_2d_cases(folder: Path, images: list) -> list:

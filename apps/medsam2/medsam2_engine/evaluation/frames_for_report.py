@@ -14,5 +14,6 @@ def display_plane(case, k: int) -> np.ndarray:
     if volume.is_rgb:
         return slice_to_image(np.clip(volume.array / 255.0, 0, 1))
     plane = volume.array if not volume.is_3d else volume.array[:, :, k]
-    window = choose_window(volume.array, guess_modality(volume.array, volume.declared_modality), None)
+    window = choose_window(volume.array, guess_modality(volume.array, volume.declared_modality),
+                           getattr(case, "window", None))
     return slice_to_image(window.apply(plane))

@@ -14,7 +14,8 @@ import numpy as np
 from ..engine import EngineSettings, VolumeSegmenter
 from ..image2d import ImageSegmenter
 from ..prompts import LabelPrompts
-from ..propagation import EarlyStop
+from ..propagation import CorrectionStop, EarlyStop
+from ..roi import RoiSettings
 from .baselines import copy_slice_baseline, otsu_box_baseline
 
 
@@ -37,30 +38,39 @@ class Method:
 
 
 class EngineMethod(Method):
-    """This app's engine (both-way propagation, windowing, early stop, feature reuse)."""
+    """This app's engine under one protocol and set of options (crop region, early and correction stop)."""
 
-    def __init__(self, models, early_stop: EarlyStop, name: str = "medsam2_engine"):
+    def __init__(self, models, early_stop: EarlyStop, name: str = "medsam2_engine", protocol: str | None = None,
+                 correction_stop: CorrectionStop | None = None, roi: RoiSettings | None = None):
         self.name = name
         self.early_stop = early_stop
-        self.volumes = VolumeSegmenter(models, EngineSettings(early_stop=early_stop))
-        self.images = ImageSegmenter(models)
+        self.correction_stop = correction_stop or CorrectionStop()
+        self.roi = roi or RoiSettings()
+        settings = EngineSettings(protocol=protocol, early_stop=early_stop, correction_stop=self.correction_stop,
+                                  roi=self.roi)
+        self.volumes = VolumeSegmenter(models, settings)
+        self.images = ImageSegmenter(models, sessions=self.volumes.sessions)
 
     def segment(self, box, clicks) -> tuple:
         case = self._case
         prompts = LabelPrompts(clicks=list(clicks), boxes=[box] if box is not None else [])
         started = time.perf_counter()
         if not case.volume.is_3d:
-            result = self.images.segment(case.volume, prompts, session_key=(case.name,))
-            return result.mask, {"seconds": time.perf_counter() - started, "embedding_reused": result.embedding_reused}
+            result = self.images.segment(case.volume, prompts, session_key=(case.name,), window=case.window)
+            return result.mask, {"seconds": time.perf_counter() - started, "embedding_reused": result.embedding_reused,
+                                 "input_window": result.window}
         label = f"{self._structure.name}|{self._protocol}"
-        result = self.volumes.segment(case.volume, {label: prompts}, session_key=(case.name,),
-                                      modality=case.volume.declared_modality, early_stop=self.early_stop)
+        result = self.volumes.segment(case.volume, {label: prompts}, session_key=(case.name,), window=case.window,
+                                      modality=case.volume.declared_modality, early_stop=self.early_stop,
+                                      correction_stop=self.correction_stop, roi=self.roi)
         out = result.labels[label]
         info = {
             "seconds": time.perf_counter() - started,
             "slices_encoded": result.session["slices_encoded"],
             "slices_propagated": sum(p["slices"] for p in out.passes),
             "stopped_early": [p["direction"] for p in out.passes if p["stopped_early"]],
+            "input_window": result.window,
+            "engine_protocol": result.protocol,
         }
         return out.mask, info
 

@@ -1,0 +1,103 @@
+"""The pieces of the faithful default: hole filling on CPU, largest component, input, sizes."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from medsam2_engine.checkpoints import CheckpointError, build_model, get_preset, save_checkpoint
+from medsam2_engine.frames import IMAGENET_MEAN, IMAGENET_STD, SliceFrames
+from medsam2_engine.hole_filling import connected_components, install
+from medsam2_engine.protocols import default_protocol, largest_component
+from medsam2_engine.windowing import choose_window
+
+
+def test_connected_components_follow_sam2s_contract_by_hand():
+    # two components: an L of 4 pixels and, touching it only diagonally, one pixel (8-connected: one
+    # component of 5); and a separate pair of 2
+    mask = torch.tensor([[1, 1, 0, 0, 0],
+                         [1, 0, 0, 0, 0],
+                         [1, 0, 0, 1, 1],
+                         [0, 1, 0, 0, 0]], dtype=torch.uint8)[None, None]
+    labels, counts = connected_components(mask)
+    assert labels.shape == counts.shape == mask.shape and labels.dtype == torch.int32
+    expected_counts = torch.tensor([[5, 5, 0, 0, 0],
+                                    [5, 0, 0, 0, 0],
+                                    [5, 0, 0, 2, 2],
+                                    [0, 5, 0, 0, 0]], dtype=torch.int32)
+    assert torch.equal(counts[0, 0], expected_counts)
+    assert (labels[0, 0] > 0).eq(mask[0, 0].bool()).all()
+    assert labels[0, 0, 3, 1] == labels[0, 0, 0, 0] != labels[0, 0, 2, 3]
+
+
+def test_sam2_fills_holes_up_to_eight_pixels_on_the_cpu():
+    from sam2.utils.misc import fill_holes_in_mask_scores
+
+    install()
+    scores = torch.full((1, 1, 20, 20), 5.0)
+    scores[0, 0, 3:5, 3:7] = -5.0  # a hole of 8 pixels: filled
+    scores[0, 0, 10:13, 10:13] = -5.0  # a hole of 9 pixels: kept
+    filled = fill_holes_in_mask_scores(scores, 8)
+    assert (filled[0, 0, 3:5, 3:7] > 0).all()
+    assert (filled[0, 0, 10:13, 10:13] < 0).all()
+    assert torch.equal(filled[0, 0, 0, :], scores[0, 0, 0, :])
+
+
+def test_largest_component_is_26_connected_and_keeps_the_biggest():
+    mask = np.zeros((6, 6, 6), bool)
+    mask[0, 0, 0] = mask[1, 1, 1] = mask[2, 2, 2] = True  # corner-touching: one component of 3
+    mask[4:6, 4:6, 0] = True  # 4 voxels apart from it
+    kept = largest_component(mask)
+    assert kept.sum() == 4 and kept[4:6, 4:6, 0].all()
+    mask[3, 3, 3] = mask[3, 3, 4] = True  # the diagonal chain grows to 5
+    assert largest_component(mask).sum() == 5 and largest_component(mask)[0, 0, 0]
+    assert not largest_component(np.zeros((3, 3, 3), bool)).any()
+
+
+def test_each_preset_names_the_protocol_its_weights_were_validated_with():
+    assert default_protocol(get_preset("medsam2")) == "medsam2"
+    assert default_protocol(get_preset("sam2.1_hiera_tiny")) == "sam2"
+    assert default_protocol(get_preset("sam2_hiera_large")) == "sam2"
+
+
+def test_ct_input_at_512_px_equals_medsam2s_preprocessing():
+    """W400/L40 to [0, 255] uint8, three channels, /255, ImageNet statistics: within one uint8 step."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    hu = rng.uniform(-1100, 1600, (512, 512, 2)).astype(np.float32)  # [i, j, k], air to bone
+    frames = SliceFrames(hu, choose_window(hu, "CT", None), image_size=512)
+    ours = frames[1].numpy()
+
+    plane = hu[:, :, 1].T  # the slice as MedSAM2 reads it from SimpleITK: [y, x]
+    clipped = np.clip(plane, -160.0, 240.0)
+    as_uint8 = np.uint8((clipped - clipped.min()) / (clipped.max() - clipped.min()) * 255.0)
+    rgb = np.array(Image.fromarray(as_uint8).convert("RGB").resize((512, 512))).transpose(2, 0, 1) / 255.0
+    reference = (rgb - np.array(IMAGENET_MEAN)[:, None, None]) / np.array(IMAGENET_STD)[:, None, None]
+
+    assert ours.shape == reference.shape == (3, 512, 512)
+    difference_01 = np.abs(ours - reference) * np.array(IMAGENET_STD)[:, None, None]  # back in [0, 1] units
+    assert difference_01.max() <= 1.0 / 255.0 + 1e-6
+
+
+def test_a_checkpoint_for_another_input_size_is_refused(tmp_path, small_model_files):
+    from medsam2_engine.checkpoints import preset_for_config_file
+
+    preset = preset_for_config_file(small_model_files[0])  # 128 px
+    torch.manual_seed(0)
+    model = build_model(preset, "random")
+    model.image_size = 256  # as if trained at 256 px: recorded in the file
+    save_checkpoint(model, tmp_path / "other_size.pt")
+    with pytest.raises(CheckpointError, match="256 px"):
+        build_model(preset, str(tmp_path / "other_size.pt"))
+    model.image_size = 128
+    save_checkpoint(model, tmp_path / "MedSAM2_latest.pt")  # a MedSAM2 file by name, made for 512 px
+    with pytest.raises(CheckpointError, match="512 px"):
+        # a file that records no size: the name tells
+        payload = torch.load(tmp_path / "MedSAM2_latest.pt", weights_only=True)
+        payload.pop("image_size")
+        torch.save(payload, tmp_path / "MedSAM2_latest.pt")
+        build_model(preset, str(tmp_path / "MedSAM2_latest.pt"))
+    save_checkpoint(model, tmp_path / "right_size.pt")
+    assert build_model(preset, str(tmp_path / "right_size.pt")).image_size == 128
