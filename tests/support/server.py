@@ -23,8 +23,9 @@ def free_port() -> int:
 
 class RunningServer:
     def __init__(self, studies: Path | str, conf: dict, log_path: Path, timeout: float = 180.0,
-                 env: dict | None = None):
+                 env: dict | None = None, headers: dict | None = None):
         self.port = free_port()
+        self.headers = dict(headers or {})  # e.g. a bearer token when the server requires one
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         monailabel = Path(sys.executable).with_name("monailabel")
@@ -37,7 +38,7 @@ class RunningServer:
         env = {**os.environ, "MONAI_LABEL_AUTO_UPDATE_SCORING": "false", "OMP_NUM_THREADS": "2", **(env or {})}
         # the monailabel launcher runs whichever `python` is first on PATH: make it ours
         env["PATH"] = f"{monailabel.parent}{os.pathsep}{env.get('PATH', '')}"
-        self._log = open(log_path, "w")
+        self._log = open(log_path, "a")
         self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, env=env,
                                         start_new_session=True)
         self._wait(timeout)
@@ -48,7 +49,8 @@ class RunningServer:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log()[-3000:]}")
             try:
-                with urllib.request.urlopen(self.url + "/info/", timeout=5) as response:
+                request = urllib.request.Request(self.url + "/info/", headers=self.headers)
+                with urllib.request.urlopen(request, timeout=5) as response:
                     if response.status == 200:
                         return
             except OSError:
@@ -61,6 +63,13 @@ class RunningServer:
 
     def alive(self) -> bool:
         return self.process.poll() is None
+
+    def kill(self) -> None:
+        """kill -9 the server and everything it started (a power cut, as far as files go)."""
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+        self._log.close()
 
     def stop(self) -> None:
         if self.process.poll() is None:
