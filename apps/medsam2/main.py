@@ -29,6 +29,7 @@ from lib.activelearning.scoring import UncertaintyScoring  # noqa: E402
 from lib.activelearning.strategies import First, Random, Uncertainty  # noqa: E402
 from lib.app_config import AppConfig  # noqa: E402
 from lib.datastore_local import SafeLocalDatastore  # noqa: E402
+from lib.auth import install as install_auth  # noqa: E402
 from lib.routes import install as install_routes  # noqa: E402
 from lib.infers.interactive_2d import Interactive2D  # noqa: E402
 from lib.infers.interactive_3d import Interactive3D  # noqa: E402
@@ -106,6 +107,7 @@ class MedSam2App(MONAILabelApp):
         super().on_init_complete()
         server = sys.modules.get("monailabel.app")  # absent when the app runs outside the server
         if server is not None:
+            install_auth()
             install_routes(server.app, max_body_bytes=int(self.settings.upload_max_mb * 2**20))
         mount_viewer()  # the annotation page at /medsam2/viewer/ (lib/viewer_routes.py)
 
