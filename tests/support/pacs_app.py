@@ -1,0 +1,99 @@
+"""The app on a PACS, shared by the DICOMweb, OHIF and Slicer-protocol tests.
+
+``pacs_studies`` fills the session's Orthanc with real DICOM from ../shared/data (when
+present) and with series written from the project's own phantoms; ``pacs_server`` starts
+``monailabel start_server --studies <Orthanc DICOMweb URL>`` with the small model
+fine-tuned on phantoms (``fine_tuned`` fixture), so its masks of a bright ellipsoid are not
+empty. Import both fixtures (and ``orthanc``) into a test module to use them.
+"""
+
+from __future__ import annotations
+
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.support.dicom_series import write_series, write_undecodable_series
+from tests.support.orthanc import orthanc  # noqa: F401  (fixture used below)
+from tests.support.server import RunningServer
+
+ROOT = Path(__file__).resolve().parents[2]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+TCIA_STUDY = SHARED_DATA / "mr_brain_tumor_tcia" / "dicom" / "PGBM-001_11-19-1991"
+CT_3SLICE = SHARED_DATA / "ct_3slice_dcmqi"
+PHANTOM_SHAPE = (64, 56, 12)
+LABELS = "lesion,organ,vessel,bone,other"
+
+
+@dataclass
+class PhantomSeries:
+    uids: dict  # study, series, frame_of_reference
+    array: np.ndarray  # [i, j, k] as written
+    mask: np.ndarray  # the ellipsoid, [i, j, k]
+    affine: np.ndarray
+
+
+@dataclass
+class PacsStudies:
+    phantoms: dict = field(default_factory=dict)  # name -> PhantomSeries
+    sample_ct: dict = field(default_factory=dict)  # uids of sample-data's CT phantom
+    undecodable: dict = field(default_factory=dict)  # uids of a JPEG 2000 series nobody can decode
+    tcia: dict = field(default_factory=dict)  # SeriesDescription -> SeriesInstanceUID (real MR), if present
+
+
+def _phantom_series(folder: Path, seed: int, name: str) -> PhantomSeries:
+    from tests.support.trained_small_model import AFFINE, phantom
+
+    array, mask = phantom(seed, shape=PHANTOM_SHAPE)
+    uids = write_series(array, AFFINE, folder / name, description=f"ellipsoid phantom {name}",
+                        patient_id=f"PHANTOM-{name.upper()}")
+    return PhantomSeries(uids, np.round(array).astype(np.int16), mask, AFFINE)
+
+
+@pytest.fixture(scope="session")
+def pacs_studies(orthanc, tmp_path_factory):  # noqa: F811
+    import nibabel as nib
+    import pydicom
+
+    folder = tmp_path_factory.mktemp("pacs_dicom")
+    studies = PacsStudies()
+    for seed, name in ((3, "ohif"), (4, "api"), (5, "slicer")):
+        studies.phantoms[name] = _phantom_series(folder, seed, name)
+        orthanc.upload(folder / name)
+    sample = sorted((ROOT / "sample-data" / "studies").glob("ct_phantom_*.nii.gz"))
+    if sample:
+        image = nib.load(str(sample[0]))
+        studies.sample_ct = write_series(np.asarray(image.dataobj), image.affine, folder / "sample_ct",
+                                         description="sample-data CT phantom")
+        orthanc.upload(folder / "sample_ct")
+    studies.undecodable = write_undecodable_series(folder / "j2k")
+    orthanc.upload(folder / "j2k")
+    if TCIA_STUDY.is_dir():
+        orthanc.upload(TCIA_STUDY)
+        for series_dir in sorted(p for p in TCIA_STUDY.iterdir() if p.is_dir()):
+            first = next(p for p in sorted(series_dir.iterdir()) if p.is_file())
+            header = pydicom.dcmread(first, stop_before_pixels=True)
+            studies.tcia[str(header.SeriesDescription)] = str(header.SeriesInstanceUID)
+    if CT_3SLICE.is_dir():
+        orthanc.upload([p for p in CT_3SLICE.rglob("*.dcm")])
+    return studies
+
+
+@pytest.fixture(scope="session")
+def pacs_server(orthanc, pacs_studies, fine_tuned, small_model_files, tmp_path_factory):  # noqa: F811
+    """The app on Orthanc's DICOMweb URL with the phantom-trained small model."""
+    config, _ = small_model_files
+    folder = tmp_path_factory.mktemp("pacs_server")
+    model_dir = folder / "model"
+    model_dir.mkdir()
+    shutil.copy(fine_tuned[0].models.explicit, model_dir / "finetuned.pt")
+    server = RunningServer(orthanc.dicomweb, {"model_config": config, "checkpoint": model_dir / "finetuned.pt",
+                                              "model_dir": model_dir, "labels": LABELS},
+                           folder / "server.log", env={"MONAI_LABEL_DICOMWEB_CACHE_PATH": str(folder / "cache")})
+    try:
+        yield server
+    finally:
+        server.stop()
