@@ -24,6 +24,8 @@ import numpy as np
 import pytest
 
 from tests.support.browser import chromium_page, needs_chromium, screenshot  # noqa: F401  (fixture)
+from tests.support.orthanc import needs_orthanc, orthanc  # noqa: F401  (fixture)
+from tests.support.pacs_app import pacs_server, pacs_studies  # noqa: F401  (fixtures)
 
 ROOT = Path(__file__).resolve().parents[1]
 REPORTS = ROOT / "reports"
@@ -134,45 +136,49 @@ def _brightness(png: Path, xy) -> float:
     return float(pixel)
 
 
+def _assert_mask_on_screen(page, png: Path, mask: np.ndarray, k: int) -> None:
+    """The red overlay covers exactly the returned mask's voxels on slice ``k`` (a few edge misses)."""
+    from PIL import Image
+
+    rgb = np.asarray(Image.open(png).convert("RGB")).astype(int)
+    voxels = [[int(i), int(j), k] for i in range(mask.shape[0]) for j in range(mask.shape[1])]
+    where = page.evaluate("vs => vs.map(v => window.medsam2Viewer.pagePosition(v))", voxels)
+    red = np.array([rgb[int(round(y)), int(round(x)), 0] - rgb[int(round(y)), int(round(x)), 1] > 40
+                    for x, y in where])
+    inside = mask[:, :, k].reshape(-1).astype(bool)
+    assert inside.any()
+    assert red[inside].mean() > 0.95 and red[~inside].mean() < 0.02, (red[inside].mean(), red[~inside].mean())
+
+
 def _dice(a, b) -> float:
     a, b = np.asarray(a, bool), np.asarray(b, bool)
     return 2.0 * (a & b).sum() / max(a.sum() + b.sum(), 1)
 
 
-@needs_chromium
-@needs_viewer_bundle
-def test_viewer_click_correct_box_and_save(viewer_server, chromium_page, tmp_path):
-    server, studies, truth = viewer_server
-    page = chromium_page
-    shots = tmp_path / "shots"
+def round_trip(page, base_url: str, image: str, truth: np.ndarray, shots: Path, prefix: str) -> dict:
+    """The clinician's steps in the page; returns the masks the app sent back and the timings.
+
+    Open ``image``; click inside the structure on its largest slice; correct with a click two
+    slices away; draw a box for the second structure; save.
+    """
     errors = []
     page.on("pageerror", lambda err: errors.append(str(err)))
-
-    # the routes the page uses besides MONAI Label's own
-    status, body = _get(server.url + "/medsam2/viewer/studies")
-    assert status == 200
-    assert json.loads(body)["studies"] == [{"image": "phantom10", "final": False}, {"image": "photo", "final": False}]
-    status, body = _get(server.url + "/medsam2/viewer/volume?image=nope")
-    assert status == 404 and b"image" in body
-    status, body = _get(server.url + "/medsam2/viewer/volume?image=photo")
-    assert status == 422 and b"2D" in body
-
-    page.goto(server.url + "/medsam2/viewer/")
+    page.goto(base_url + "/medsam2/viewer/")
     page.evaluate("window.medsam2Viewer.ready")
-    assert page.locator("#studies li").count() == 2
+    assert page.locator(f"#studies li[data-image='{image}']").count() == 1
     assert page.locator("#labels li").all_inner_texts()[0].strip().startswith("lesion")
-    screenshot(page, "viewer-1-studies", shots)
+    screenshot(page, f"{prefix}-1-studies", shots)
 
-    page.click("#studies li[data-image=phantom10]")
+    page.click(f"#studies li[data-image='{image}']")
     _wait_idle(page)
     k = int(np.argmax(truth.sum(axis=(0, 1))))  # the structure's largest slice
     page.evaluate("k => window.medsam2Viewer.goToSlice(k)", k)
     ii, jj = np.nonzero(truth[:, :, k])
     inside = [int(round(ii.mean())), int(round(jj.mean())), k]
     assert truth[tuple(inside)]
-    outside = [2 + 1, 2 + 1, k]  # soft tissue in the body's corner, far from the structure
+    outside = [3, 3, k]  # soft tissue in the body's corner, far from the structure
     assert not truth[tuple(outside)]
-    opened = screenshot(page, "viewer-2-opened", shots)
+    opened = screenshot(page, f"{prefix}-2-opened", shots)
     # what is drawn where the page will click is the structure (bright), and beside it the body
     at_inside = page.evaluate("v => window.medsam2Viewer.pagePosition(v)", inside)
     at_outside = page.evaluate("v => window.medsam2Viewer.pagePosition(v)", outside)
@@ -186,7 +192,8 @@ def test_viewer_click_correct_box_and_save(viewer_server, chromium_page, tmp_pat
     assert request["client_id"].startswith("viewer-")
     assert lesion.sum() > 0 and _dice(lesion, truth) > 0.5, f"first mask Dice {_dice(lesion, truth):.2f}"
     assert "lesion" in page.inner_text("#result-summary")
-    screenshot(page, "viewer-3-first-click", shots)
+    shown = screenshot(page, f"{prefix}-3-first-click", shots)
+    _assert_mask_on_screen(page, shown, lesion, k)
 
     # 2. a correction on another slice: every prompt is resent, the session is reused
     k2 = k - 2
@@ -199,7 +206,7 @@ def test_viewer_click_correct_box_and_save(viewer_server, chromium_page, tmp_pat
     assert request["foreground"] == [inside, second_point]
     assert result["session"]["started"] is None, "the correction must reuse the session"
     assert lesion.sum() > 0
-    screenshot(page, "viewer-4-correction", shots)
+    screenshot(page, f"{prefix}-4-correction", shots)
 
     # 3. a second structure from a box (dragged on the shown slice)
     page.click("#labels li[data-label=organ]")
@@ -219,33 +226,64 @@ def test_viewer_click_correct_box_and_save(viewer_server, chromium_page, tmp_pat
     request = json.loads(_form_field(answer.value.request, "params"))
     assert request["label"] == "organ" and request["foreground"] == []
     roi = request["roi"]
-    assert sorted(roi[:2]) == sorted([corners[0][0], corners[1][0]]) and roi[4:] == [k2, k2]
+    assert roi[:4] == [corners[0][0], corners[1][0], corners[0][1], corners[1][1]] and roi[4:] == [k2, k2]
     assert organ.sum() > 0
-    screenshot(page, "viewer-5-box", shots)
+    screenshot(page, f"{prefix}-5-box", shots)
 
-    # 4. save: the final label in the datastore is exactly the returned masks, combined
+    # 4. save as final
     with page.expect_response(lambda r: "/datastore/label" in r.url, timeout=120_000) as saved:
         page.click("#save")
     _wait_idle(page)
     assert saved.value.ok, saved.value.text()
-    screenshot(page, "viewer-6-saved", shots)
-    expected = np.where(lesion > 0, 1, np.where(organ > 0, 2, 0))
-    final = nib.load(next((studies / "labels" / "final").glob("phantom10.*")))
-    np.testing.assert_array_equal(np.asarray(final.dataobj), expected)
-    np.testing.assert_allclose(final.affine, FLIPPED_AFFINE, atol=1e-4)
-    np.testing.assert_allclose(affine, FLIPPED_AFFINE, atol=1e-4)
-    status, body = _get(server.url + "/datastore/?output=all")
-    info = json.loads(body)["objects"]["phantom10"]["labels"]["final"]["info"]
-    assert {(e["name"], e["idx"]) for e in info["label_info"]} == {("lesion", 1), ("organ", 2)}
-    assert page.locator("#studies li[data-image=phantom10] .tag").inner_text().startswith("final")
+    screenshot(page, f"{prefix}-6-saved", shots)
+    assert page.locator(f"#studies li[data-image='{image}'] .tag").inner_text().startswith("final")
     assert not errors, errors
-
     timings = page.evaluate("window.medsam2Viewer.state.timings")
+    print(prefix, "click to mask on screen:", timings)
+    return {"lesion": lesion, "organ": organ, "affine": affine, "timings": timings,
+            "expected": np.where(lesion > 0, 1, np.where(organ > 0, 2, 0)), "save_answer": saved.value.json()}
+
+
+def _keep_timings(name: str, timings: list, weights: str) -> None:
     REPORTS.mkdir(exist_ok=True)
-    (REPORTS / "viewer_timings.json").write_text(json.dumps(
-        {"measured": time.strftime("%Y-%m-%d %H:%M"), "weights": "phantom-trained small test model",
-         "click_to_mask_on_screen": timings}, indent=2))
-    print("click to mask on screen:", timings)
+    path = REPORTS / "viewer_timings.json"
+    kept = json.loads(path.read_text()) if path.exists() else {}
+    kept[name] = {"measured": time.strftime("%Y-%m-%d %H:%M"), "weights": weights,
+                  "click_to_mask_on_screen": timings}
+    path.write_text(json.dumps(kept, indent=2))
+
+
+def _final_label_info(server_url: str, image: str) -> dict:
+    status, body = _get(server_url + "/datastore/?output=all")
+    assert status == 200
+    return json.loads(body)["objects"][image]["labels"]["final"]["info"]
+
+
+@needs_chromium
+@needs_viewer_bundle
+def test_viewer_round_trip_on_a_studies_folder(viewer_server, chromium_page, tmp_path):
+    server, studies, truth = viewer_server
+
+    # the routes the page uses besides MONAI Label's own
+    status, body = _get(server.url + "/medsam2/viewer/studies")
+    assert status == 200
+    assert json.loads(body)["studies"] == [
+        {"image": "phantom10", "description": "", "final": False}, {"image": "photo", "description": "", "final": False}]
+    status, body = _get(server.url + "/medsam2/viewer/volume?image=nope")
+    assert status == 404 and b"image" in body
+    status, body = _get(server.url + "/medsam2/viewer/volume?image=photo")
+    assert status == 422 and b"2D" in body
+
+    done = round_trip(chromium_page, server.url, "phantom10", truth, tmp_path / "shots", "viewer-local")
+
+    # the final label in the datastore is exactly the returned masks, combined, on the image's grid
+    final = nib.load(next((studies / "labels" / "final").glob("phantom10.*")))
+    np.testing.assert_array_equal(np.asarray(final.dataobj), done["expected"])
+    np.testing.assert_allclose(final.affine, FLIPPED_AFFINE, atol=1e-4)
+    np.testing.assert_allclose(done["affine"], FLIPPED_AFFINE, atol=1e-4)
+    info = _final_label_info(server.url, "phantom10")
+    assert {(e["name"], e["idx"]) for e in info["label_info"]} == {("lesion", 1), ("organ", 2)}
+    _keep_timings("studies_folder", done["timings"], "phantom-trained small test model")
 
 
 def _form_field(request, name: str) -> str:
@@ -256,3 +294,52 @@ def _form_field(request, name: str) -> str:
         if f'name="{name}"'.encode() in part.split(b"\r\n\r\n", 1)[0]:
             return part.split(b"\r\n\r\n", 1)[1].rsplit(b"\r\n", 1)[0].decode()
     raise AssertionError(f"no field {name} in the request")
+
+
+# ---- on a PACS: Orthanc (Debian) over DICOMweb, the final label also stored as DICOM SEG ------
+
+def _seg_volumes(orthanc, study_uid: str, source_series: str, seg_series: str) -> dict:
+    """Segment label -> [i, j, k] mask, read from Orthanc with highdicom over the source's slices."""
+    import highdicom as hd
+    from dicomweb_client.api import DICOMwebClient
+
+    client = DICOMwebClient(orthanc.dicomweb)
+    (seg_dataset,) = client.retrieve_series(study_uid, seg_series)
+    seg = hd.seg.Segmentation.from_dataset(seg_dataset)
+    # write_series numbers slice k as instance k + 1, positions rising with k (as the app reads them)
+    metadata = client.retrieve_series_metadata(study_uid, source_series)
+    by_k = sorted(metadata, key=lambda m: int(m["00200013"]["Value"][0]))
+    sources = [m["00080018"]["Value"][0] for m in by_k]
+    numbers = [int(s.SegmentNumber) for s in seg.SegmentSequence]
+    pixels = seg.get_pixels_by_source_instance(sources, segment_numbers=numbers, combine_segments=False,
+                                               assert_missing_frames_are_empty=True)  # [k, j, i, segment]
+    return {str(s.SegmentLabel): np.transpose(pixels[..., n], (2, 1, 0)) > 0
+            for n, s in enumerate(seg.SegmentSequence)}
+
+
+@needs_orthanc
+@needs_chromium
+@needs_viewer_bundle
+def test_viewer_round_trip_on_a_pacs(pacs_server, pacs_studies, orthanc, chromium_page, tmp_path):  # noqa: F811
+    series = pacs_studies.phantoms["ohif"]
+    uid = series.uids["series"]
+    status, body = _get(pacs_server.url + "/medsam2/viewer/studies")
+    listed = {s["image"]: s for s in json.loads(body)["studies"]}
+    assert "ellipsoid phantom ohif" in listed[uid]["description"]  # the PACS's words, not a bare UID
+
+    done = round_trip(chromium_page, pacs_server.url, uid, series.mask, tmp_path / "shots", "viewer-pacs")
+
+    # the final label in the datastore (the app's copy of the PACS, where training reads it)
+    cache = pacs_server.log_path.parent / "cache"
+    final_path = next(p for p in cache.rglob(f"{uid}.nii*") if "final" in p.parts)
+    final = nib.load(final_path)
+    np.testing.assert_array_equal(np.asarray(final.dataobj), done["expected"])
+    np.testing.assert_allclose(final.affine, series.affine, atol=1e-3)
+
+    # and the DICOM SEG in Orthanc: one segment per structure, the same voxels
+    info = _final_label_info(pacs_server.url, uid)
+    segments = _seg_volumes(orthanc, series.uids["study"], uid, info["SeriesInstanceUID"])
+    assert set(segments) == {"lesion", "organ"}
+    for name, value in (("lesion", 1), ("organ", 2)):
+        np.testing.assert_array_equal(segments[name], done["expected"] == value, err_msg=f"segment {name}")
+    _keep_timings("pacs_dicomweb", done["timings"], "phantom-trained small test model")

@@ -52,15 +52,41 @@ def volume_as_nifti(volume: Volume) -> bytes:
 
 
 def study_list(datastore) -> list:
-    """Every image of the datastore with whether it already has a final label."""
+    """Every image of the datastore, what it is (PACS series), whether it has a final label."""
+    descriptions = _series_descriptions(datastore)
     studies = []
     for image_id in sorted(datastore.list_images()):
         try:
             final = bool(datastore.get_label_by_image_id(image_id, "final"))
         except Exception:  # a datastore that cannot say: the list still shows the study
             final = False
-        studies.append({"image": image_id, "final": final})
+        studies.append({"image": image_id, "description": descriptions.get(image_id, ""), "final": final})
     return studies
+
+
+def _series_descriptions(datastore) -> dict:
+    """Series UID -> "patient, modality, description", in one QIDO query (DICOMweb only).
+
+    A series UID means nothing to a clinician; the PACS knows what the series is.
+    """
+    client = getattr(datastore, "_client", None)  # MONAI Label's DICOMwebClient of the datastore
+    if client is None:
+        return {}
+    fields = {"PatientID": "00100020", "Modality": "00080060", "SeriesDescription": "0008103E",
+              "SeriesInstanceUID": "0020000E"}
+    try:
+        entries = client.search_for_series(fields=list(fields))
+    except Exception as err:  # the list is still usable with bare UIDs
+        logger.warning("could not read series descriptions from the PACS: %s", err)
+        return {}
+
+    def value(entry, name):
+        values = entry.get(fields[name], {}).get("Value") or [""]
+        return str(values[0])
+
+    return {value(e, "SeriesInstanceUID"): ", ".join(v for v in (value(e, "PatientID"), value(e, "Modality"),
+                                                                    value(e, "SeriesDescription")) if v)
+            for e in entries}
 
 
 def _known_image(datastore, image_id: str) -> str:

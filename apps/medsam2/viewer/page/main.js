@@ -51,7 +51,8 @@ function renderStudies() {
   for (const study of state.studies) {
     const item = document.createElement('li');
     item.dataset.image = study.image;
-    item.textContent = study.image;
+    item.textContent = study.description || study.image;
+    item.title = study.image;
     if (study.final) item.append(Object.assign(document.createElement('span'), { className: 'tag', textContent: 'final ✓' }));
     if (study.image === state.image) item.classList.add('selected');
     item.addEventListener('click', () => openStudy(study.image));
