@@ -296,6 +296,49 @@ def _form_field(request, name: str) -> str:
     raise AssertionError(f"no field {name} in the request")
 
 
+@needs_chromium
+@needs_viewer_bundle
+def test_viewer_shows_untrained_weights_and_unsure_slices(small_model_files, chromium_page, tmp_path):
+    """Random weights: the page must say so, and list the slices the model is unsure of."""
+    from tests.support.server import RunningServer
+    from tests.support.trained_small_model import phantom
+
+    config, _ = small_model_files
+    studies = tmp_path / "studies"
+    studies.mkdir()
+    array, truth = phantom(seed=11)
+    nib.save(nib.Nifti1Image(array, FLIPPED_AFFINE), studies / "phantom11.nii.gz")
+    server = RunningServer(studies, {"model_config": config, "checkpoint": "random", "labels": ",".join(LABELS)},
+                           tmp_path / "server.log")
+    try:
+        page = chromium_page
+        page.goto(server.url + "/medsam2/viewer/")
+        page.evaluate("window.medsam2Viewer.ready")
+        assert page.locator("#warning").is_hidden()
+        page.click("#studies li[data-image=phantom11]")
+        _wait_idle(page)
+        k = int(np.argmax(truth.sum(axis=(0, 1))))
+        page.evaluate("k => window.medsam2Viewer.goToSlice(k)", k)
+        ii, jj = np.nonzero(truth[:, :, k])
+        answer = _click_voxel(page, [int(round(ii.mean())), int(round(jj.mean())), k])
+        _, _, result = _mask_from_infer_response(answer)
+        screenshot(page, "viewer-untrained-warning", tmp_path / "shots")
+    finally:
+        server.stop()
+
+    assert result["model"]["random_weights"] is True
+    assert page.locator("#warning").is_visible()
+    assert result["warning"] in page.inner_text("#warning")
+    slices = result["labels"]["lesion"]["slices"]
+    unsure = [s["slice"] for s in slices
+              if (s["area"] > 0 and s["predicted_iou"] is not None and s["predicted_iou"] < 0.8)
+              or abs(s["object_score"]) < 2.0]
+    listed = [int(b) for b in page.locator("#unsure button").all_inner_texts()]
+    assert listed == unsure and unsure, (listed, slices)
+    page.click(f"#unsure button[data-slice='{unsure[-1]}']")
+    assert page.input_value("#slice") == str(unsure[-1])  # the button takes the user to that slice
+
+
 # ---- on a PACS: Orthanc (Debian) over DICOMweb, the final label also stored as DICOM SEG ------
 
 def _seg_volumes(orthanc, study_uid: str, source_series: str, seg_series: str) -> dict:
