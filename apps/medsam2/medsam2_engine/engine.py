@@ -85,7 +85,7 @@ class VolumeSegmenter:
         self.settings = settings or EngineSettings()
         self.protocol = check_protocol(self.settings.protocol or default_protocol(getattr(models, "preset", None)))
         models.protocol = self.protocol  # the model status (/info) names the protocol served
-        self.sessions = sessions or SessionStore(self.settings.limits)
+        self.sessions = sessions if sessions is not None else SessionStore(self.settings.limits)
         self._reads = RecentReads()
 
     def volume(self, session_key: tuple, image) -> Volume:

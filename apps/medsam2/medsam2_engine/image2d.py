@@ -63,7 +63,7 @@ class ImageSegmenter:
     def __init__(self, models: ModelSource, limits: SessionLimits | None = None,
                  sessions: SessionStore | None = None):
         self.models = models
-        self.sessions = sessions or SessionStore(limits or SessionLimits())
+        self.sessions = sessions if sessions is not None else SessionStore(limits or SessionLimits())
         self._reads = RecentReads()
 
     def volume(self, image) -> Volume:

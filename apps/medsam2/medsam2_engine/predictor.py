@@ -130,7 +130,52 @@ class _CachedFrames:
         return getattr(self.__dict__["frames"], name)
 
 
-def network_lock(predictor) -> threading.RLock:
+class FairLock:
+    """A re-entrant lock granted in arrival order (a ticket lock).
+
+    ``threading.Lock`` has no order: a propagation that releases and re-takes it between
+    two slices would usually win again, and another user's click would wait for the whole
+    pass. In arrival order, each waiting request gets the next step.
+    """
+
+    def __init__(self):
+        self._condition = threading.Condition(threading.Lock())
+        self._next_ticket = 0
+        self._serving = 0
+        self._owner = None
+        self._depth = 0
+
+    def acquire(self) -> bool:
+        me = threading.get_ident()
+        with self._condition:
+            if self._owner == me:
+                self._depth += 1
+                return True
+            ticket = self._next_ticket
+            self._next_ticket += 1
+            while self._serving != ticket:
+                self._condition.wait()
+            self._owner, self._depth = me, 1
+            return True
+
+    def release(self) -> None:
+        with self._condition:
+            if self._owner != threading.get_ident():
+                raise RuntimeError("release of a FairLock not held by this thread")
+            self._depth -= 1
+            if self._depth == 0:
+                self._owner = None
+                self._serving += 1
+                self._condition.notify_all()
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
+
+
+def network_lock(predictor) -> FairLock:
     """The one lock of a network (shared by its input-size views): held per slice step.
 
     Sessions run concurrently; each step of the network (encoding a slice, adding a
@@ -150,7 +195,7 @@ class VolumePredictor(SAM2VideoPredictor):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.__dict__["_network_lock"] = threading.RLock()
+        self.__dict__["_network_lock"] = FairLock()
         self.__dict__["_step_local"] = threading.local()
         self.__dict__["_views_lock"] = threading.Lock()
 
