@@ -21,7 +21,8 @@ SOP_CLASSES = {"CT": "1.2.840.10008.5.1.4.1.1.2", "MR": "1.2.840.10008.5.1.4.1.1
 def write_series(array: np.ndarray, affine: np.ndarray, folder: Path, modality: str = "CT",
                  patient_id: str = "MEDSAM2-PHANTOM", description: str = "phantom",
                  study_uid: str | None = None) -> dict:
-    """One file per slice ``k`` in ``folder``; returns the study, series and frame-of-reference UIDs."""
+    """One file per slice ``k`` in ``folder``; returns the study, series and frame-of-reference UIDs
+    and ``instances``, the SOPInstanceUID of each slice ``k``."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     values = np.round(np.asarray(array)).astype(np.int16)
@@ -30,6 +31,7 @@ def write_series(array: np.ndarray, affine: np.ndarray, folder: Path, modality: 
     directions = axes / spacing
     uids = {"study": study_uid or generate_uid(), "series": generate_uid(), "frame_of_reference": generate_uid()}
     sop_class = SOP_CLASSES[modality]
+    uids["instances"] = []
     for k in range(values.shape[2]):
         position = RAS_TO_LPS @ (np.asarray(affine, dtype=np.float64) @ [0.0, 0.0, k, 1.0])[:3]
         meta = FileMetaDataset()
@@ -38,6 +40,7 @@ def write_series(array: np.ndarray, affine: np.ndarray, folder: Path, modality: 
         meta.TransferSyntaxUID = ExplicitVRLittleEndian
         ds = FileDataset(str(folder / f"slice{k:04d}.dcm"), {}, file_meta=meta, preamble=b"\0" * 128)
         ds.SOPClassUID, ds.SOPInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID
+        uids["instances"].append(str(ds.SOPInstanceUID))
         ds.PatientID, ds.PatientName = patient_id, patient_id
         ds.StudyInstanceUID, ds.SeriesInstanceUID = uids["study"], uids["series"]
         ds.FrameOfReferenceUID = uids["frame_of_reference"]

@@ -40,6 +40,7 @@ class PhantomSeries:
 class PacsStudies:
     phantoms: dict = field(default_factory=dict)  # name -> PhantomSeries
     sample_ct: dict = field(default_factory=dict)  # uids of sample-data's CT phantom
+    sample_mr: dict = field(default_factory=dict)  # uids of sample-data's MR phantom
     undecodable: dict = field(default_factory=dict)  # uids of a JPEG 2000 series nobody can decode
     tcia: dict = field(default_factory=dict)  # SeriesDescription -> SeriesInstanceUID (real MR), if present
 
@@ -69,6 +70,12 @@ def pacs_studies(orthanc, tmp_path_factory):  # noqa: F811
         studies.sample_ct = write_series(np.asarray(image.dataobj), image.affine, folder / "sample_ct",
                                          description="sample-data CT phantom")
         orthanc.upload(folder / "sample_ct")
+    sample_mr = sorted((ROOT / "sample-data" / "studies").glob("mr_phantom_*.nii.gz"))
+    if sample_mr:
+        image = nib.load(str(sample_mr[0]))
+        studies.sample_mr = write_series(np.asarray(image.dataobj), image.affine, folder / "sample_mr", modality="MR",
+                                         description="sample-data MR phantom")
+        orthanc.upload(folder / "sample_mr")
     studies.undecodable = write_undecodable_series(folder / "j2k")
     orthanc.upload(folder / "j2k")
     if TCIA_STUDY.is_dir():

@@ -182,7 +182,15 @@ class MedSam2DicomWebDatastore(DICOMWebDatastore):
                                      self._author)
         except ValueError as err:
             raise HTTPException(status_code=400, detail=f"label for series {series_uid}: {err}") from err
-        self._client.store_instances([seg])
+        except Exception as err:  # highdicom refuses what the source series lacks: say so, keep serving
+            logger.exception("DICOM SEG for series %s could not be made", series_uid)
+            raise HTTPException(status_code=500, detail=f"DICOM SEG for series {series_uid} could not be made: "
+                                                        f"{type(err).__name__}: {err}") from err
+        try:
+            self._client.store_instances([seg])
+        except Exception as err:
+            raise HTTPException(status_code=502, detail=f"the PACS refused the DICOM SEG for series {series_uid}: "
+                                                        f"{err}") from err
         logger.info("stored DICOM SEG %s for series %s", seg.SeriesInstanceUID, series_uid)
         info = self.get_image_info(series_uid)
         return {"SeriesInstanceUID": str(seg.SeriesInstanceUID), "Modality": info.get("Modality"),

@@ -29,6 +29,8 @@ _CODES_BY_NAME = {
        for organ in ("liver", "spleen", "kidney", "heart", "spine", "lung", "brain", "pancreas", "aorta", "prostate")},
 }
 GENERIC = ("Tissue", "Tissue")
+TYPE2_COPIED = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyID", "StudyDate", "StudyTime",
+                "ReferringPhysicianName", "AccessionNumber")
 
 
 @dataclass(frozen=True)
@@ -71,7 +73,12 @@ def read_source_series(folder: str):
     if not files:
         raise ValueError(f"no DICOM series in {folder}")
     reader.SetFileNames(files)
-    return [pydicom.dcmread(f) for f in files], reader.Execute()
+    datasets = [pydicom.dcmread(f) for f in files]
+    for ds in datasets:  # type 2 attributes a SEG copies: present, if empty, in real files; not in all
+        for keyword in TYPE2_COPIED:
+            if keyword not in ds:
+                setattr(ds, keyword, "")
+    return datasets, reader.Execute()
 
 
 def label_on_source_grid(label_file: str, source_image) -> np.ndarray:
