@@ -11,10 +11,11 @@ def median(runs: list, key: str):
 
 
 def summarise(name: str, result: dict, early: bool | None = None, local: bool | None = None,
-              region: bool | None = None) -> dict:
+              region: bool | None = None, protocol: str | None = None) -> dict:
     if "error" in result:
         return {"error": result["error"]}
-    runs = [r for r in result["runs"] if (early is None or r.get("early_stop", False) == early)
+    runs = [r for r in result["runs"] if (protocol is None or r.get("protocol") == protocol)
+            and (early is None or r.get("early_stop", False) == early)
             and (local is None or r.get("correction_stop", False) == local)
             and (region is None or r.get("crop_region", False) == region)]
     if not runs:

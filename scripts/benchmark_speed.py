@@ -6,13 +6,14 @@ sam2's own video predictor, on the same synthetic volume and the same checkpoint
 Each measurement runs in a fresh child process (peak memory is that process's maximum RSS;
 importing the built-in task deletes its cache folder, so it is pointed at a private one).
 
-- ``ours``: first request (box -> full 3D mask, both ways, early stop off, so every slice is
-  encoded and propagated) and a correction (one more click on another slice), on whole
-  slices: the correction once re-propagating the whole volume and once with
-  ``correction_stop`` (outward from the clicked slice until the masks meet the previous
-  result). Then the default pipeline, which segments a region around the prompts at the
-  model's own scale (``crop_region``): early stop off (throughput), and early stop and
-  correction stop both on (time to the full result; meaningful only with trained weights).
+- ``ours``: first request (box -> full 3D mask) and a correction (one more click on another
+  slice). Rows: the faithful default (the preset's protocol, MedSAM2's for ``medsam2``:
+  whole slices, two passes each from a prompts-only state, no option), then the default with
+  each option alone (``crop_region``: a region around the prompts at the model's own scale;
+  ``early_stop``; ``correction_stop``: a correction re-runs outward from the clicked slice
+  until the masks meet the previous result), all three together, and the other protocol
+  (``sam2``: both passes in one state). The correction with ``correction_stop`` off re-runs
+  every slice, so the faithful rows are timed only up to ``--full-correction-max-slices``.
 - ``builtin``: ``Sam2InferTask`` 3D, the same two requests (it writes JPEGs on the first,
   propagates forward only from the lowest prompted slice, and re-encodes on every request).
 - ``video``: sam2's ``build_sam2_video_predictor`` on a JPEG folder, box then both ways.
@@ -115,6 +116,24 @@ def peak_cuda_mb() -> float | None:
 
 
 # ----------------------------------------------------------------------------- children
+def engine_rows(preset_name: str) -> list:
+    """(row name, protocol, early stop, correction stop, crop region): the faithful default first."""
+    from medsam2_engine.checkpoints import get_preset
+    from medsam2_engine.protocols import default_protocol
+
+    own = default_protocol(get_preset(preset_name))
+    other = "sam2" if own == "medsam2" else "medsam2"
+    return [(own, False, False, False), (own, False, False, True), (own, True, False, False),
+            (own, False, True, False), (own, True, True, True), (other, False, False, False)]
+
+
+def row_name(protocol: str, early: bool, local: bool, region: bool, own: str) -> str:
+    options = [name for name, on in (("crop_region", region), ("early_stop", early), ("correction_stop", local)) if on]
+    if protocol != own:
+        return f"ours_{protocol}_protocol"
+    return f"ours_{protocol}_reference" + "".join(f"+{o}" for o in options)
+
+
 def child_ours(args, vol, ref) -> dict:
     from medsam2_engine.checkpoints import get_preset
     from medsam2_engine.engine import EngineSettings, VolumeSegmenter
@@ -131,14 +150,14 @@ def child_ours(args, vol, ref) -> dict:
     box, click = prompts_for(ref)
     volume = Volume(vol, np.diag([0.8, 0.8, 2.5, 1.0]), declared_modality="CT")
     out = {"rss_after_model_mb": round(rss_model, 1), "runs": []}
-    # (early stop, correction stop, crop region): whole slices as before regions existed; then the
-    # default pipeline (a region around the prompts) with every slice, and with both stops on
-    configs = [(False, True, False), (False, True, True), (True, True, True)] if args.mode == "ours" \
-        else [(False, False, False)]
-    if args.mode == "ours" and vol.shape[2] <= args.full_correction_max_slices:
-        configs.insert(0, (False, False, False))
-    for early, local, region in configs:
-        seg = VolumeSegmenter(models, EngineSettings(cpu_bf16=args.cpu_bf16, roi=RoiSettings(enabled=region),
+    configs = [(protocol, *options) for protocol, *options in engine_rows(args.preset)]
+    if args.mode != "ours":
+        configs = configs[:1]
+    elif vol.shape[2] > args.full_correction_max_slices:  # a full re-run per correction: long volumes skip it
+        configs = [c for c in configs if c[2]]
+    for protocol, early, local, region in configs:
+        seg = VolumeSegmenter(models, EngineSettings(protocol=protocol, cpu_bf16=args.cpu_bf16,
+                                                     roi=RoiSettings(enabled=region),
                                                      correction_stop=CorrectionStop(enabled=local)))
         stop = EarlyStop(enabled=early)
         for rep in range(args.repeats):
@@ -152,7 +171,7 @@ def child_ours(args, vol, ref) -> dict:
                                early_stop=stop)
             t_corr, st_corr = time.perf_counter() - t, stages.take()
             out["runs"].append({
-                "early_stop": early, "correction_stop": local, "crop_region": region,
+                "protocol": protocol, "early_stop": early, "correction_stop": local, "crop_region": region,
                 "region": first.labels["l"].roi, "first_s": t_first, "correction_s": t_corr,
                 "first_slices": sum(p["slices"] for p in first.labels["l"].passes),
                 "first_encoded": first.session["slices_encoded"],
@@ -294,12 +313,11 @@ def parent(args) -> dict:
         builtin = summarise("builtin", run_child(args, "builtin", slices)) if not args.skip_builtin else {}
         ours_raw = run_child(args, "ours", slices)
         vol_report["builtin"] = builtin
-        for name, early, local, region in (
-                ("ours_whole_slices_early_stop_off_full_correction", False, False, False),
-                ("ours_whole_slices_early_stop_off_correction_stop", False, True, False),
-                ("ours_region_early_stop_off_correction_stop", False, True, True),
-                ("ours_region_early_stop_on_correction_stop", True, True, True)):
-            vol_report[name] = summarise("ours", ours_raw, early=early, local=local, region=region)
+        rows = engine_rows(args.preset)
+        for protocol, early, local, region in rows:
+            name = row_name(protocol, early, local, region, rows[0][0])
+            vol_report[name] = summarise("ours", ours_raw, early=early, local=local, region=region,
+                                         protocol=protocol)
             vol_report[name].update(ratios(vol_report[name], builtin))
         if not args.skip_video:
             vol_report["sam2_video_jpeg"] = summarise("video", run_child(args, "video", slices))
