@@ -37,7 +37,8 @@ def test_official_format_roundtrip(small_model_files):
     state_dict = read_state_dict(str(small_model_files[1]))
     assert "sam_mask_decoder.pred_obj_score_head.layers.2.bias" in state_dict
     payload = torch.load(small_model_files[1], weights_only=True)
-    assert set(payload) == {"model"}
+    assert set(payload) == {"model", "image_size"}  # sam2 reads "model" only; the input size is for our check
+    assert payload["image_size"] == 128
 
 
 def test_missing_checkpoint_names_the_file_and_the_url(tmp_path):

@@ -213,9 +213,9 @@ def build_model(preset: ModelPreset, checkpoint: str, device: str = "cpu", extra
         )
     else:
         payload = read_checkpoint(checkpoint)
-        check_input_size(preset, checkpoint, payload)
         state_dict = payload["model"]
         check_fits(model, state_dict, checkpoint, preset.config)
+        check_input_size(preset, checkpoint, payload)  # same keys, another scale (MedSAM2 under a 1024 preset)
         model.load_state_dict(state_dict, strict=True)
     # a fine-tune that began from random weights is still untrained in origin (see UNTRAINED_ORIGIN)
     model.untrained_origin = checkpoint == RANDOM_WEIGHTS or bool(payload.get(UNTRAINED_ORIGIN))
