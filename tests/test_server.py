@@ -53,7 +53,9 @@ def test_info_lists_interactive_models_and_model_status(client):
     assert model["labels"] == ["liver", "spine", "lesion", "tumour"]
     assert "soft_tissue" in model["config"]["window"]
     assert info["medsam2"]["ready"] is True
-    assert model["config"]["crop_region"] is True and model["config"]["correction_stop"] is True
+    # departures from the reference protocol are off by default; /info names the protocol served
+    assert model["config"]["crop_region"] is False and model["config"]["correction_stop"] is False
+    assert model["config"]["early_stop"] is False and info["medsam2"]["protocol"] == "medsam2"
     assert info["models"]["medsam2_2d"]["dimension"] == 2
 
 
