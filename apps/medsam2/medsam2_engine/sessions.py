@@ -53,7 +53,8 @@ class Session:
     def memory_bytes(self) -> int:
         total = self.feature_cache.bytes if self.feature_cache is not None else 0
         total += self.volume.array.nbytes
-        return total + sum(track.memory_bytes() for track in self.tracks.values())
+        # other sessions' requests change their tracks while the store adds up memory: a snapshot
+        return total + sum(track.memory_bytes() for track in list(self.tracks.values()))
 
 
 class RecentReads:

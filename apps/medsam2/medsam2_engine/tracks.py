@@ -28,8 +28,9 @@ class LabelTrack:
     local_correction: bool = False  # the mask came from a correction stopped where it met the last one
 
     def memory_bytes(self) -> int:
-        outputs = self.state["output_dict_per_obj"]
-        frames = len(outputs[0]["non_cond_frame_outputs"]) if self.state["obj_ids"] and 0 in outputs else 0
+        # read while another thread may reset this state: no step assumes an entry is still there
+        outputs = self.state["output_dict_per_obj"].get(0)
+        frames = len(outputs["non_cond_frame_outputs"]) if outputs else 0
         per_frame = 3 * (self.state["images"].image_size // 4) ** 2 * 4  # low-res logits + bf16 memory
         mask_bytes = self.mask.nbytes if self.mask is not None else 0
         return frames * per_frame + mask_bytes
