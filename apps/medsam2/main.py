@@ -30,6 +30,7 @@ from lib.activelearning.strategies import First, Random, Uncertainty  # noqa: E4
 from lib.app_config import AppConfig  # noqa: E402
 from lib.datastore_local import SafeLocalDatastore  # noqa: E402
 from lib.auth import install as install_auth  # noqa: E402
+from lib.privacy import install as install_privacy  # noqa: E402
 from lib.routes import install as install_routes  # noqa: E402
 from lib.infers.interactive_2d import Interactive2D  # noqa: E402
 from lib.infers.interactive_3d import Interactive3D  # noqa: E402
@@ -48,6 +49,7 @@ FINETUNE = "medsam2_finetune"
 
 class MedSam2App(MONAILabelApp):
     def __init__(self, app_dir, studies, conf):
+        install_privacy()  # before anything logs a datastore record
         self.settings = AppConfig.from_conf(app_dir, conf)
         self.models = ModelSource(
             self.settings.preset,
