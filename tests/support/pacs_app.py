@@ -43,6 +43,7 @@ class PacsStudies:
     sample_mr: dict = field(default_factory=dict)  # uids of sample-data's MR phantom
     undecodable: dict = field(default_factory=dict)  # uids of a JPEG 2000 series nobody can decode
     tcia: dict = field(default_factory=dict)  # SeriesDescription -> SeriesInstanceUID (real MR), if present
+    tcia_study: str = ""
 
 
 def _phantom_series(folder: Path, seed: int, name: str) -> PhantomSeries:
@@ -84,6 +85,7 @@ def pacs_studies(orthanc, tmp_path_factory):  # noqa: F811
             first = next(p for p in sorted(series_dir.iterdir()) if p.is_file())
             header = pydicom.dcmread(first, stop_before_pixels=True)
             studies.tcia[str(header.SeriesDescription)] = str(header.SeriesInstanceUID)
+            studies.tcia_study = str(header.StudyInstanceUID)
     if CT_3SLICE.is_dir():
         orthanc.upload([p for p in CT_3SLICE.rglob("*.dcm")])
     return studies
