@@ -38,10 +38,16 @@ MEDSAM2_PREDICTOR_SETTINGS = {
 
 
 def _sam2_own_predictor(checkpoint, medsam2_settings: bool = False):
-    """sam2's SAM2VideoPredictor class itself, built from the same config and weights."""
+    """sam2's SAM2VideoPredictor class itself, built from the same config and weights.
+
+    With ``medsam2_settings``: the class MedSAM2 vendors (its ``SAM2VideoPredictorNPZ`` is
+    sam2 1.1.0's ``sam2_video_predictor_legacy.SAM2VideoPredictor`` with ``init_state`` taking
+    tensors) and MedSAM2's predictor settings.
+    """
     cfg = load_model_config(small_preset())
     OmegaConf.update(cfg, "model._target_", "sam2.sam2_video_predictor.SAM2VideoPredictor")
-    if medsam2_settings:  # the reference's own settings, not the app's
+    if medsam2_settings:  # the reference's own class and settings, not the app's
+        OmegaConf.update(cfg, "model._target_", "sam2.sam2_video_predictor_legacy.SAM2VideoPredictor")
         OmegaConf.update(cfg, "model.add_all_frames_to_correct_as_cond", False, force_add=True)
         for key, value in MEDSAM2_PREDICTOR_SETTINGS.items():
             OmegaConf.update(cfg, key, value, force_add=True)
