@@ -194,3 +194,19 @@ def test_generated_uploads_never_escape_or_destroy(server, area, kind, name, tag
 
 def test_report_generated_uploads():
     print(f"generated uploads: {UPLOADS}")
+
+
+def test_other_datastore_calls_answer_4xx_not_500(server, area):
+    final = area / "studies" / FINAL
+    before = digest(final)
+    calls = [
+        requests.delete(f"{server.url}/datastore/label", params={"id": "ct_phantom_0", "tag": "../final"}, timeout=10),
+        requests.delete(f"{server.url}/datastore/label", params={"id": "no_such", "tag": "final"}, timeout=10),
+        requests.delete(f"{server.url}/datastore/image", params={"id": "../../x"}, timeout=10),
+        requests.put(f"{server.url}/datastore/image/info", params={"image": "ct_phantom_0"},
+                     data={"info": "[not json"}, timeout=10),
+        requests.put(f"{server.url}/datastore/label/info", params={"label": "ct_phantom_0", "tag": "final"},
+                     data={"info": "[1]"}, timeout=10),
+    ]
+    assert [c.status_code for c in calls] == [400, 404, 400, 400, 400], [c.text for c in calls]
+    assert digest(final) == before

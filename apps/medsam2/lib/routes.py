@@ -8,8 +8,9 @@ endpoints, which FastAPI runs in its worker threads, with the checks the origina
 - ``/infer``: the model must exist (404), ``params`` must be a JSON object, the image must
   be a datastore id (never a path on the server); the authenticated user, the client's
   address and the image id go into the request for per-user sessions (``infers.request``).
-- ``PUT /datastore/image`` and ``/datastore/label``: ids, tags and files are checked by
-  the datastore (``lib.datastore_local``); its refusals become 4xx naming the field.
+- ``PUT /datastore/image`` and ``/datastore/label``, the deletes and the info updates: ids,
+  tags, JSON and files are checked (here and by ``lib.datastore_local``); refusals become 4xx
+  naming the field.
 - ``/logs``: with authentication off, only a client on this machine may read the log
   (it holds every request's parameters); with it on, MONAI Label's admin role applies.
 - Request bodies above the upload cap are refused with 413 while they arrive.
@@ -33,6 +34,7 @@ from monailabel.endpoints import infer as infer_routes
 from monailabel.endpoints import logs as logs_routes
 from monailabel.endpoints.user.auth import RBAC, User
 from monailabel.interfaces.datastore import DefaultLabelTag
+from monailabel.interfaces.exception import ImageNotFoundException, LabelNotFoundException
 from monailabel.interfaces.exception import MONAILabelException
 from monailabel.interfaces.utils.app import app_instance
 
@@ -51,6 +53,8 @@ def _as_http(call: Callable):
         return call()
     except OptionError as err:
         raise HTTPException(status_code=err.status, detail=str(err)) from err
+    except (ImageNotFoundException, LabelNotFoundException) as err:
+        raise HTTPException(status_code=404, detail=err.msg) from err
     except MONAILabelException as err:
         raise HTTPException(status_code=400, detail=err.msg) from err
 
@@ -125,6 +129,34 @@ def save_label(
                                                         user.username))
 
 
+def remove_image(id: str, user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ADMIN))):
+    return _as_http(lambda: datastore_routes.remove_image(identifier(id, "id"), user.username))
+
+
+def remove_label(id: str, tag: str, user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ADMIN))):
+    return _as_http(lambda: datastore_routes.remove_label(identifier(id, "id"), identifier(tag, "tag"),
+                                                          user.username))
+
+
+def update_image_info(image: str, info: str = Form("{}"),
+                      user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ANNOTATOR))):
+    def run():
+        checked = json.dumps(json_object(info, "info"))
+        return datastore_routes.update_image_info(identifier(image, "image"), checked, user.username)
+
+    return _as_http(run)
+
+
+def update_label_info(label: str, tag: str, info: str = Form("{}"),
+                      user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ANNOTATOR))):
+    def run():
+        checked = json.dumps(json_object(info, "info"))
+        return datastore_routes.update_label_info(identifier(label, "label"), identifier(tag, "tag"), checked,
+                                                  user.username)
+
+    return _as_http(run)
+
+
 def logs(
     http: Request,
     lines: Optional[int] = 300,
@@ -153,6 +185,11 @@ REPLACEMENTS = [
     (f"{API}/datastore/", "PUT", add_image),
     (f"{API}/datastore/label", "PUT", save_label),
     (f"{API}/logs/", "GET", logs),
+    (f"{API}/datastore/image", "DELETE", remove_image),
+    (f"{API}/datastore/", "DELETE", remove_image),
+    (f"{API}/datastore/label", "DELETE", remove_label),
+    (f"{API}/datastore/image/info", "PUT", update_image_info),
+    (f"{API}/datastore/label/info", "PUT", update_label_info),
 ]
 
 
