@@ -151,3 +151,29 @@ def test_eight_clients_get_their_own_masks_and_info_stays_fast(server):
         image = script(n)[-1][2]
         saved = np.asarray(nib.load(str(server.studies / "labels" / "final" / f"{image}.nii.gz")).dataobj)
         assert np.array_equal(saved, together[n][-1])
+
+
+def test_two_anonymous_viewers_on_one_image_never_see_each_others_prompts(server):
+    """As OHIF sends: no client_id, every point resent; A and B interleave on one image from one address."""
+    def ask(points, background=()):
+        params = {"label": "liver", "foreground": points, "background": list(background), "result_extension": ".nii"}
+        response = _infer(server.url, "medsam2_3d", "ct_phantom_1", params)
+        assert response.status_code == 200, response.text
+        return _mask(response)
+
+    a_points, b_points = [[34, 36, 20]], [[60, 30, 22]]
+    a_first = ask(a_points)
+    ask(b_points)  # B on the same image, same address, no client_id
+    a_again = ask(a_points + [[30, 40, 20]])  # A's correction (OHIF resends A's first point)
+    ask(b_points + [[62, 28, 22]], background=[[40, 40, 20]])
+    a_last = ask(a_points + [[30, 40, 20]], background=[[50, 20, 18]])
+
+    # the same sequence of A's requests with nobody else: a client of its own
+    def alone(points, background=()):
+        params = {"label": "liver", "foreground": points, "background": list(background), "client_id": "solo",
+                  "result_extension": ".nii"}
+        return _mask(_infer(server.url, "medsam2_3d", "ct_phantom_1", params))
+
+    assert np.array_equal(a_first, alone(a_points))
+    assert np.array_equal(a_again, alone(a_points + [[30, 40, 20]]))
+    assert np.array_equal(a_last, alone(a_points + [[30, 40, 20]], background=[[50, 20, 18]]))
