@@ -84,3 +84,17 @@ def test_dicom_mask_series_matches_its_image_series():
     assert image.array.shape == mask.array.shape
     np.testing.assert_allclose(image.affine, mask.affine, atol=1e-3)
     assert mask.array.max() > 0
+
+
+def test_dicom_series_written_from_a_volume_reads_back_identically(tmp_path):
+    """The PACS tests' series writer (tests/support/dicom_series.py) against the loader, oblique-free."""
+    from tests.support.dicom_series import write_series
+
+    rng = np.random.default_rng(0)
+    array = rng.integers(-1000, 1000, size=(24, 18, 7)).astype(np.int16)
+    affine = np.array([[0.7, 0, 0, -12.5], [0, 0.9, 0, 30.0], [0, 0, 2.5, -40.0], [0, 0, 0, 1]])
+    uids = write_series(array, affine, tmp_path / "series", modality="MR")
+    volume = load_image(tmp_path / "series")
+    np.testing.assert_array_equal(volume.array, array)
+    np.testing.assert_allclose(volume.affine, affine, atol=1e-5)
+    assert volume.declared_modality == "MR" and len(uids["instances"]) == 7

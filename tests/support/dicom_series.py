@@ -41,7 +41,7 @@ def write_series(array: np.ndarray, affine: np.ndarray, folder: Path, modality: 
         ds = FileDataset(str(folder / f"slice{k:04d}.dcm"), {}, file_meta=meta, preamble=b"\0" * 128)
         ds.SOPClassUID, ds.SOPInstanceUID = sop_class, meta.MediaStorageSOPInstanceUID
         uids["instances"].append(str(ds.SOPInstanceUID))
-        ds.PatientID, ds.PatientName = patient_id, patient_id
+        ds.PatientID, ds.PatientName = patient_id, f"{patient_id}^"
         ds.StudyInstanceUID, ds.SeriesInstanceUID = uids["study"], uids["series"]
         ds.FrameOfReferenceUID = uids["frame_of_reference"]
         ds.StudyID, ds.SeriesNumber, ds.InstanceNumber = "1", 1, k + 1
