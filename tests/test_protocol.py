@@ -10,7 +10,8 @@ from medsam2_engine.checkpoints import CheckpointError, build_model, get_preset,
 from medsam2_engine.frames import IMAGENET_MEAN, IMAGENET_STD, SliceFrames
 from medsam2_engine.hole_filling import connected_components, install
 from medsam2_engine.protocols import default_protocol, largest_component
-from medsam2_engine.windowing import choose_window
+from medsam2_engine.windowing import choose_window, guess_modality
+from tests.conftest import SHARED_DATA, needs_shared_data
 
 
 def test_connected_components_follow_sam2s_contract_by_hand():
@@ -79,6 +80,37 @@ def test_ct_input_at_512_px_equals_medsam2s_preprocessing():
     assert ours.shape == reference.shape == (3, 512, 512)
     difference_01 = np.abs(ours - reference) * np.array(IMAGENET_STD)[:, None, None]  # back in [0, 1] units
     assert difference_01.max() <= 1.0 / 255.0 + 1e-6
+
+
+def _medsam2_input(plane_yx: np.ndarray) -> np.ndarray:
+    """MedSAM2's preprocessing of one slice ([y, x] HU): W400/L40, uint8, RGB, 512 px, /255, ImageNet."""
+    from PIL import Image
+
+    clipped = np.clip(plane_yx, -160.0, 240.0)
+    as_uint8 = np.uint8((clipped - clipped.min()) / (clipped.max() - clipped.min()) * 255.0)
+    rgb = np.array(Image.fromarray(as_uint8).convert("RGB").resize((512, 512))).transpose(2, 0, 1) / 255.0
+    return (rgb - np.array(IMAGENET_MEAN)[:, None, None]) / np.array(IMAGENET_STD)[:, None, None]
+
+
+@needs_shared_data
+def test_a_real_ct_series_reaches_the_model_as_medsam2_prepares_it():
+    """A DICOM CT series read by the app, against SimpleITK's reading (as MedSAM2 reads) and its preprocessing."""
+    import SimpleITK as sitk
+
+    from medsam2_engine.volume_io import load_image
+
+    folder = SHARED_DATA / "ct_3slice_dcmqi"
+    volume = load_image(str(folder))
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(folder)))
+    reference_zyx = sitk.GetArrayFromImage(reader.Execute()).astype(np.float32)
+    modality = guess_modality(volume.array, volume.declared_modality)
+    frames = SliceFrames(volume.array, choose_window(volume.array, modality, None), image_size=512)
+    assert modality == "CT" and volume.array.shape[:2] == (512, 512)
+    for k in range(len(frames)):
+        difference_01 = np.abs(frames[k].numpy() - _medsam2_input(reference_zyx[k])) * \
+            np.array(IMAGENET_STD)[:, None, None]
+        assert difference_01.max() <= 1.0 / 255.0 + 1e-6, f"slice {k}"
 
 
 def test_a_checkpoint_for_another_input_size_is_refused(tmp_path, small_model_files):
