@@ -296,24 +296,96 @@ def _form_field(request, name: str) -> str:
     raise AssertionError(f"no field {name} in the request")
 
 
+PASSWORD = "correct horse"
+
+
+@pytest.fixture
+def fake_realm():
+    """A Keycloak-like realm on loopback: its public key, its token endpoint (password grant)."""
+    import base64
+    import threading
+    import urllib.parse
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    import jwt
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    der = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    issued = []
+
+    class Realm(BaseHTTPRequestHandler):
+        def _send(self, status, body):
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(json.dumps(body).encode())
+
+        def do_GET(self):  # noqa: N802 - http.server's naming
+            base = f"http://127.0.0.1:{self.server.server_address[1]}/realms/test"
+            if self.path == "/realms/test":
+                self._send(200, {"realm": "test", "public_key": base64.b64encode(der).decode()})
+            elif self.path == "/realms/test/.well-known/openid-configuration":
+                self._send(200, {"token_endpoint": base + "/token"})
+            else:
+                self._send(404, {})
+
+        def do_POST(self):  # noqa: N802
+            form = urllib.parse.parse_qs(self.rfile.read(int(self.headers["Content-Length"])).decode())
+            if self.path != "/realms/test/token" or form.get("password") != [PASSWORD]:
+                self._send(401, {"error": "invalid_grant"})
+                return
+            claims = {"preferred_username": form["username"][0], "exp": int(time.time()) + 600,
+                      "realm_access": {"roles": ["monailabel-user", "monailabel-annotator"]}}
+            issued.append(form["username"][0])
+            self._send(200, {"access_token": jwt.encode(claims, key, algorithm="RS256"), "token_type": "bearer"})
+
+        def log_message(self, *args):
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Realm)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    uri = f"http://127.0.0.1:{httpd.server_address[1]}/realms/test"
+    probe = jwt.encode({"preferred_username": "probe", "exp": int(time.time()) + 600,
+                        "realm_access": {"roles": ["monailabel-user"]}}, key, algorithm="RS256")
+    yield uri, probe, issued
+    httpd.shutdown()
+
+
 @needs_chromium
 @needs_viewer_bundle
-def test_viewer_shows_untrained_weights_and_unsure_slices(small_model_files, chromium_page, tmp_path):
-    """Random weights: the page must say so, and list the slices the model is unsure of."""
+def test_viewer_log_in_untrained_weights_warning_and_unsure_slices(small_model_files, fake_realm, chromium_page,
+                                                                     tmp_path):
+    """A team server with MONAI Label's auth on and random weights: the page asks the user to
+    log in, then says loudly that the weights are untrained and lists the unsure slices."""
     from tests.support.server import RunningServer
     from tests.support.trained_small_model import phantom
 
+    uri, probe, issued = fake_realm
     config, _ = small_model_files
     studies = tmp_path / "studies"
     studies.mkdir()
     array, truth = phantom(seed=11)
     nib.save(nib.Nifti1Image(array, FLIPPED_AFFINE), studies / "phantom11.nii.gz")
     server = RunningServer(studies, {"model_config": config, "checkpoint": "random", "labels": ",".join(LABELS)},
-                           tmp_path / "server.log")
+                           tmp_path / "server.log", headers={"Authorization": f"Bearer {probe}"},
+                           env={"MONAI_LABEL_AUTH_ENABLE": "true", "MONAI_LABEL_AUTH_REALM_URI": uri})
     try:
+        for route in ("/medsam2/viewer/studies", "/medsam2/viewer/volume?image=phantom11"):
+            assert _get(server.url + route)[0] == 401, route  # nothing of a study without a log-in
         page = chromium_page
         page.goto(server.url + "/medsam2/viewer/")
-        page.evaluate("window.medsam2Viewer.ready")
+        page.wait_for_selector("#login", state="visible")
+        screenshot(page, "viewer-log-in", tmp_path / "shots")
+        page.fill("#username", "dr-who")
+        page.fill("#password", "wrong")
+        page.click("#login button[type=submit]")
+        page.wait_for_function("document.getElementById('login-error').textContent.length > 0")
+        page.fill("#password", PASSWORD)
+        page.click("#login button[type=submit]")
+        page.wait_for_selector("#studies li[data-image=phantom11]", timeout=60_000)
+        assert page.locator("#login").is_hidden() and issued == ["dr-who"]
         assert page.locator("#warning").is_hidden()
         page.click("#studies li[data-image=phantom11]")
         _wait_idle(page)
@@ -321,6 +393,7 @@ def test_viewer_shows_untrained_weights_and_unsure_slices(small_model_files, chr
         page.evaluate("k => window.medsam2Viewer.goToSlice(k)", k)
         ii, jj = np.nonzero(truth[:, :, k])
         answer = _click_voxel(page, [int(round(ii.mean())), int(round(jj.mean())), k])
+        assert answer.request.headers.get("authorization", "").startswith("Bearer ")
         _, _, result = _mask_from_infer_response(answer)
         screenshot(page, "viewer-untrained-warning", tmp_path / "shots")
     finally:

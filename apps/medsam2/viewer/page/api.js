@@ -3,8 +3,20 @@
 import { Mask, gzip, toNiftiBytes } from './labelmap.js';
 
 export const MODEL = 'medsam2_3d';
+const TOKEN_KEY = 'medsam2-token'; // this tab's bearer token when MONAI Label's auth is on
+
+export class AuthRequired extends Error {}
+
+function withAuth(options = {}) {
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  return token ? { ...options, headers: { ...(options.headers || {}), Authorization: `Bearer ${token}` } } : options;
+}
 
 async function failure(response, what) {
+  if (response.status === 401) {
+    sessionStorage.removeItem(TOKEN_KEY);
+    return new AuthRequired(`${what}: log in first (HTTP 401)`);
+  }
   let detail = '';
   try {
     const body = await response.json();
@@ -15,8 +27,24 @@ async function failure(response, what) {
   return new Error(`${what}: HTTP ${response.status}${detail ? ` - ${detail}` : ''}`);
 }
 
+// Whether the server wants a log-in that this tab has not done yet.
+export async function needsLogIn() {
+  const response = await fetch('/auth/');
+  if (!response.ok) return false;
+  return Boolean((await response.json()).enabled) && !sessionStorage.getItem(TOKEN_KEY);
+}
+
+// MONAI Label's own log-in (POST /auth/token, password grant against its realm).
+export async function logIn(username, password) {
+  const response = await fetch('/auth/token', { method: 'POST', body: new URLSearchParams({ username, password }) });
+  if (!response.ok) throw await failure(response, 'logging in');
+  const body = await response.json();
+  if (!body.access_token) throw new Error('logging in: the server sent no token');
+  sessionStorage.setItem(TOKEN_KEY, body.access_token);
+}
+
 export async function appInfo() {
-  const response = await fetch('/info/');
+  const response = await fetch('/info/', withAuth());
   if (!response.ok) throw await failure(response, 'reading /info');
   const info = await response.json();
   const model = info.models?.[MODEL];
@@ -26,13 +54,13 @@ export async function appInfo() {
 }
 
 export async function listStudies() {
-  const response = await fetch('studies');
+  const response = await fetch('studies', withAuth());
   if (!response.ok) throw await failure(response, 'listing studies');
   return (await response.json()).studies;
 }
 
 export async function fetchVolume(image) {
-  const response = await fetch(`volume?image=${encodeURIComponent(image)}`);
+  const response = await fetch(`volume?image=${encodeURIComponent(image)}`, withAuth());
   if (!response.ok) throw await failure(response, `opening ${image}`);
   return response.arrayBuffer();
 }
@@ -45,7 +73,7 @@ export async function infer(image, params) {
     JSON.stringify({ ...params, result_extension: '.nii', result_dtype: 'uint8', result_compress: false }),
   );
   const url = `/infer/${MODEL}?image=${encodeURIComponent(image)}&output=all`;
-  const response = await fetch(url, { method: 'POST', body: form });
+  const response = await fetch(url, withAuth({ method: 'POST', body: form }));
   if (!response.ok) throw await failure(response, 'segmenting');
   const type = response.headers.get('content-type') || '';
   if (!type.startsWith('multipart/')) {
@@ -66,7 +94,7 @@ export async function saveFinal(image, labelMap, labelInfo) {
   form.append('label', new Blob([bytes], { type: 'application/gzip' }), `${image}.nii.gz`);
   form.append('params', JSON.stringify({ label_info: labelInfo, client: 'medsam2-viewer' }));
   const url = `/datastore/label?image=${encodeURIComponent(image)}&tag=final`;
-  const response = await fetch(url, { method: 'PUT', body: form });
+  const response = await fetch(url, withAuth({ method: 'PUT', body: form }));
   if (!response.ok) throw await failure(response, 'saving');
   return response.json();
 }

@@ -1,7 +1,8 @@
 // The annotation page: study list, structures, prompts, the app's masks, save as final.
 
-import { MODEL, appInfo, fetchVolume, infer, listStudies, saveFinal } from './api.js';
+import { AuthRequired, MODEL, appInfo, fetchVolume, infer, listStudies, needsLogIn, saveFinal } from './api.js';
 import { combine } from './labelmap.js';
+import { askLogIn } from './login.js';
 import { LabelPrompts } from './prompts.js';
 import { LABEL_COLOURS, VolumeView } from './view.js';
 
@@ -33,6 +34,11 @@ const marks = $('marks');
 function setStatus(text, kind = 'idle') {
   $('status').textContent = text;
   $('status').dataset.state = kind;
+}
+
+function showError(error) {
+  setStatus(error.message, 'error');
+  if (error instanceof AuthRequired) askLogIn();
 }
 
 function labelValue(label) {
@@ -256,7 +262,7 @@ async function requestMask(clickedAt) {
     setStatus(`${label}: mask on screen ${(ms / 1000).toFixed(2)} s after the click `
       + `(server ${result.latencies?.total ?? '?'} s).`, 'idle');
   } catch (error) {
-    setStatus(error.message, 'error');
+    showError(error);
   } finally {
     state.inFlight = false;
     if (state.pending !== null) {
@@ -299,7 +305,7 @@ $('save').addEventListener('click', async () => {
     state.studies = await listStudies();
     renderStudies();
   } catch (error) {
-    setStatus(error.message, 'error');
+    showError(error);
   } finally {
     refreshPanels();
   }
@@ -312,7 +318,7 @@ async function openStudy(image) {
     const buffer = await fetchVolume(image);
     await view.open(buffer, `${image}.nii.gz`);
   } catch (error) {
-    setStatus(error.message, 'error');
+    showError(error);
     return;
   }
   Object.assign(state, { image, prompts: new Map(), masks: new Map(), results: new Map(), pending: null });
@@ -327,14 +333,22 @@ async function openStudy(image) {
 }
 
 async function start() {
-  try {
-    const { labels } = await appInfo();
-    state.labels = labels;
-    state.label = labels[0];
-    state.studies = await listStudies();
-  } catch (error) {
-    setStatus(error.message, 'error');
-    return;
+  for (;;) {
+    try {
+      if (await needsLogIn()) {
+        setStatus('Log in to use this server.');
+        await askLogIn();
+      }
+      const { labels } = await appInfo();
+      state.labels = labels;
+      state.label = labels[0];
+      state.studies = await listStudies();
+      break;
+    } catch (error) {
+      if (!(error instanceof AuthRequired)) { setStatus(error.message, 'error'); return; }
+      setStatus(error.message, 'error');
+      await askLogIn();
+    }
   }
   renderStudies();
   refreshPanels();

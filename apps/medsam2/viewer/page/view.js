@@ -34,6 +34,7 @@ export class VolumeView {
       show3Dcrosshair: false,
       crosshairWidth: 0, // the page draws its own marks; a crosshair would hide voxels
       dragAndDropEnabled: false,
+      loadingText: '', // the page says what it is doing
       isNearestInterpolation: true,
     });
     this.glCanvas = glCanvas;
