@@ -19,6 +19,8 @@ from medsam2_engine.model_source import file_stamp
 from medsam2_engine.training.cases import CaseFiles, LabelMismatch, load_case
 from medsam2_engine.volume_io import ImageReadError, load_image
 
+from ..options import flag, integer
+from ..priority import yield_to_interactive
 from .uncertainty import priors_from_labels, study_uncertainty
 
 logger = logging.getLogger(__name__)
@@ -48,12 +50,13 @@ class UncertaintyScoring(ScoringMethod):
         return priors_from_labels(maps)
 
     def __call__(self, request, datastore: Datastore):
+        yield_to_interactive("scoring")
         started = time.monotonic()
         stamp = self.model_stamp()
-        force = str(request.get("force", False)).lower() in ("1", "true", "yes")
+        force = flag(request.get("force", False), "force")
         todo = [image_id for image_id in sorted(datastore.get_unlabeled_images())
                 if force or datastore.get_image_info(image_id).get(DETAIL_KEY, {}).get("model") != stamp]
-        limit = int(request.get("max_studies", self.max_studies) or 0)
+        limit = integer(request.get("max_studies", self.max_studies) or 0, "max_studies", low=0)
         todo = todo[:limit] if limit else todo
         if not todo:
             logger.info("uncertainty: every unlabelled study is scored with the served weights")

@@ -27,6 +27,7 @@ from medsam2_engine.training.validation import volume_of
 from medsam2_engine.volume_io import atomic_write
 
 from ..options import choice, flag, integer, number
+from ..priority import yield_to_interactive
 
 logger = logging.getLogger(__name__)
 
@@ -172,6 +173,7 @@ class FineTuneTask(TrainTask):
         return [c for c in cases if c not in val], val
 
     def __call__(self, request, datastore: Datastore):
+        yield_to_interactive("fine-tune")
         self.models.model_dir.mkdir(parents=True, exist_ok=True)
         with open(self.models.model_dir / LOCK_NAME, "w") as lock:
             try:
