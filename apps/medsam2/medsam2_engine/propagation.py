@@ -10,12 +10,11 @@ Options, off by default (they change what the model computes): *early stop* ends
 beyond the last prompted slice once SAM 2's object score says the structure is gone for
 ``patience`` slices in a row.
 
-A correction (prompts added on some slices, none removed) re-propagates outward from the
-corrected slices only, and each direction stops once its new masks agree with the previous
-result for ``patience`` slices in a row; the slices beyond keep their masks. Without that,
-one click costs a pass over the whole volume. Those kept masks were computed with the
-memory of the previous pass, so they can differ slightly from a full re-propagation; a
-request with ``correction_stop`` off re-propagates everything.
+*Correction stop*: a correction (prompts added on some slices, none removed) re-propagates
+outward from the corrected slices only, and each direction stops once its new masks agree
+with the previous result for ``patience`` slices in a row; the slices beyond keep their
+masks. Those kept masks were computed with the memory of the previous pass, so they can
+differ from a full re-propagation; without the option, both passes re-run.
 """
 
 from __future__ import annotations
