@@ -51,6 +51,8 @@ def test_ct_and_mr_series_are_listed(pacs_server, pacs_studies, orthanc):  # noq
     assert orthanc.series_uids("MR"), "the PACS holds no MR series"
     stats = requests.get(f"{pacs_server.url}/datastore/", params={"output": "stats"}, timeout=60).json()
     assert stats["total"] == len(images)
+    # offline start: MONAI Label's own DICOMweb set-up downloads dcmqi from GitHub (and logs its file name)
+    assert "dcmqi" not in pacs_server.log()
 
 
 def test_ohif_sequence_clear_and_click_on_another_slice_then_seg(pacs_server, pacs_studies, orthanc, tmp_path):  # noqa: F811

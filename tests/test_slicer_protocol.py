@@ -14,6 +14,7 @@ What the module (plugins/slicer/MONAILabel/MONAILabel.py, MONAI Label 0.8.5) doe
 from __future__ import annotations
 
 import json
+import time
 
 import numpy as np
 import pytest
@@ -46,8 +47,10 @@ def slicer_infer(server, uid: str, params: dict, tmp_path, name: str):
     import SimpleITK as sitk
     from requests_toolbelt.multipart.decoder import MultipartDecoder
 
+    started = time.monotonic()
     response = requests.post(f"{server.url}/infer/medsam2_3d", params={"image": uid},
                              files={"params": (None, json.dumps({**params, "client_id": CLIENT_ID}))}, timeout=600)
+    print(f"Slicer request {name}: HTTP {response.status_code} in {time.monotonic() - started:.2f} s")
     assert response.status_code == 200, response.text
     parts = {}
     for part in MultipartDecoder.from_response(response).parts:
