@@ -238,7 +238,7 @@ def round_trip(page, base_url: str, image: str, truth: np.ndarray, shots: Path, 
     screenshot(page, f"{prefix}-6-saved", shots)
     assert page.locator(f"#studies li[data-image='{image}'] .tag").inner_text().startswith("final")
     assert not errors, errors
-    timings = page.evaluate("window.medsam2Viewer.state.timings")
+    timings = page.evaluate("[{opened_ms: window.medsam2Viewer.state.opened.ms}, ...window.medsam2Viewer.state.timings]")
     print(prefix, "click to mask on screen:", timings)
     return {"lesion": lesion, "organ": organ, "affine": affine, "timings": timings,
             "expected": np.where(lesion > 0, 1, np.where(organ > 0, 2, 0)), "save_answer": saved.value.json()}

@@ -41,6 +41,10 @@ function showError(error) {
   if (error instanceof AuthRequired) askLogIn();
 }
 
+function studyName(image) {
+  return state.studies.find((s) => s.image === image)?.description || image;
+}
+
 function labelValue(label) {
   return state.labels.indexOf(label) + 1;
 }
@@ -299,9 +303,9 @@ $('save').addEventListener('click', async () => {
   try {
     const answer = await saveFinal(state.image, labelMap, labelInfo);
     const names = labelInfo.map((l) => l.name).join(', ');
-    $('save-status').textContent = `Saved ${names} as the final label of ${state.image}`
+    $('save-status').textContent = `Saved ${names} as the final label of ${studyName(state.image)}`
       + `${answer.warning ? ` - ${answer.warning}` : ''}.`;
-    setStatus(`Saved (${answer.label ?? state.image}).`, answer.warning ? 'error' : 'idle');
+    setStatus(`Saved: final label of ${studyName(state.image)}.`, answer.warning ? 'error' : 'idle');
     state.studies = await listStudies();
     renderStudies();
   } catch (error) {
@@ -313,7 +317,8 @@ $('save').addEventListener('click', async () => {
 
 // ---- opening a study --------------------------------------------------------------------------
 async function openStudy(image) {
-  setStatus(`Opening ${image}…`, 'busy');
+  setStatus(`Opening ${studyName(image)}…`, 'busy');
+  const started = performance.now();
   try {
     const buffer = await fetchVolume(image);
     await view.open(buffer, `${image}.nii.gz`);
@@ -322,6 +327,7 @@ async function openStudy(image) {
     return;
   }
   Object.assign(state, { image, prompts: new Map(), masks: new Map(), results: new Map(), pending: null });
+  state.opened = { image, ms: Math.round(performance.now() - started) }; // fetch, decode, first draw
   $('empty').hidden = true;
   $('slice').max = view.dims[2] - 1;
   $('slice').disabled = false;
@@ -329,7 +335,7 @@ async function openStudy(image) {
   renderStudies();
   syncSlice();
   refreshPanels();
-  setStatus(`${image}: ${view.dims.join(' x ')} voxels. Click inside a structure, or draw a box.`);
+  setStatus(`${studyName(image)}: ${view.dims.join(' x ')} voxels. Click inside a structure, or draw a box.`);
 }
 
 async function start() {
