@@ -3,7 +3,8 @@
 What the module (plugins/slicer/MONAILabel/MONAILabel.py, MONAI Label 0.8.5) does:
 - loads the image it downloads (``GET /datastore/image``) and converts control points
   with the volume's RAS-to-IJK matrix, rounding (``getControlPointsXYZ``);
-- sends ``{"label": <segment name>, "foreground", "background", "client_id"}`` to
+- sends ``{"label": <segment name>, "foreground", "background", "client_id"}`` and every
+  option of the model's config from /info (a list: its first entry) to
   ``POST /infer/<model>?image=<id>`` (multipart answer: image and params);
 - sends its ROI as ``[i_min, i_max, j_min, j_max, k_min, k_max]`` from the ROI's RAS corners
   (``getROIPointsXYZ``: corners may come out in either order after RAS-to-IJK);
@@ -40,6 +41,19 @@ def ijk_to_ras(image) -> np.ndarray:
 
 def ras_to_ijk_rounded(ras_to_ijk: np.ndarray, ras) -> list:
     return [round(v) for v in (ras_to_ijk @ [*ras, 1.0])[:3]]
+
+
+def slicer_params(info: dict, label: str, foreground, background, roi=None, label_changed=False) -> dict:
+    """``onClickDeepgrow``'s params: the segment's points, then every option of the model's config
+    (``getParamsFromConfig``: a list gives its first entry), the ROI, and reset_state after a label change."""
+    params = {"label": label, "foreground": foreground, "background": background}
+    config = info["models"]["medsam2_3d"].get("config", {})
+    params.update({k: v[0] if isinstance(v, list) else v for k, v in config.items()})
+    if roi:
+        params["roi"] = roi
+    if not params.get("reset_state") and label_changed:
+        params["reset_state"] = True
+    return params
 
 
 def slicer_infer(server, uid: str, params: dict, tmp_path, name: str):
@@ -85,8 +99,9 @@ def test_slicer_points_roi_label_change_and_save_on_a_real_series(pacs_server, p
     point = ras_to_ijk_rounded(ras_to_ijk, tumour_ras)
     np.testing.assert_allclose(point, np.round(centre_index), atol=1)  # same frame of reference and grid
 
-    lesion, result_image, result = slicer_infer(pacs_server, uid, {"label": "lesion", "foreground": [point],
-                                                                  "background": []}, tmp_path, "lesion")
+    info = requests.get(f"{pacs_server.url}/info/", timeout=60).json()
+    lesion, result_image, result = slicer_infer(pacs_server, uid, slicer_params(info, "lesion", [point], []),
+                                                tmp_path, "lesion")
     size = volume.GetSize()
     assert lesion.shape == tuple(size)
     np.testing.assert_allclose(result_image.GetSpacing(), volume.GetSpacing(), atol=1e-4)
@@ -102,8 +117,8 @@ def test_slicer_points_roi_label_change_and_save_on_a_real_series(pacs_server, p
     roi_min, roi_max = ras_to_ijk_rounded(ras_to_ijk, roi_ras_min), ras_to_ijk_rounded(ras_to_ijk, roi_ras_max)
     roi = [v for pair in zip(roi_min, roi_max) for v in pair]
     assert roi[0] > roi[1], "RAS-to-IJK flips x: Slicer sends this corner pair reversed"
-    organ, organ_image, _ = slicer_infer(pacs_server, uid, {"label": "organ", "foreground": [], "background": [],
-                                                           "roi": roi, "reset_state": True}, tmp_path, "organ")
+    organ, organ_image, _ = slicer_infer(pacs_server, uid, slicer_params(info, "organ", [], [], roi=roi,
+                                                                        label_changed=True), tmp_path, "organ")
     assert organ.shape == tuple(size)
     np.testing.assert_allclose(organ_image.GetOrigin(), volume.GetOrigin(), atol=1e-3)
 
