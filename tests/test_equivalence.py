@@ -151,7 +151,8 @@ def test_default_protocol_is_medsam2s_published_3d_protocol(fine_tuned, small_mo
     box = Box(float(ii.min()), float(jj.min()), float(ii.max()), float(jj.max()), key_slice)
     ours = default.segment(volume, {"lesion": LabelPrompts(boxes=[box])}, ("eq", key_slice)).labels["lesion"]
 
-    frames = SliceFrames(volume.array, choose_window(volume.array, "CT", None), image_size=128)
+    frames = SliceFrames(volume.array, choose_window(volume.array, "CT", None), image_size=128,
+                         resampling="medsam2")  # MedSAM2's input (test_protocol.py checks it against its script)
     checkpoint = segmenter.models.explicit
     reference, scores = medsam2_reference(_sam2_own_predictor(checkpoint, medsam2_settings=True), frames,
                                           tmp_path, (box.i0, box.j0, box.i1, box.j1), key_slice)

@@ -62,24 +62,31 @@ def test_each_preset_names_the_protocol_its_weights_were_validated_with():
     assert default_protocol(get_preset("sam2_hiera_large")) == "sam2"
 
 
-def test_ct_input_at_512_px_equals_medsam2s_preprocessing():
-    """W400/L40 to [0, 255] uint8, three channels, /255, ImageNet statistics: within one uint8 step."""
-    from PIL import Image
-
+@pytest.mark.parametrize("resampling", ["medsam2", "float"])
+def test_ct_input_at_512_px_equals_medsam2s_preprocessing(resampling):
+    """W400/L40 to [0, 255] uint8, three channels, /255, ImageNet statistics: within one uint8 step
+    (the float path), exactly up to float rounding (the medsam2 protocol's path)."""
     rng = np.random.default_rng(0)
     hu = rng.uniform(-1100, 1600, (512, 512, 2)).astype(np.float32)  # [i, j, k], air to bone
-    frames = SliceFrames(hu, choose_window(hu, "CT", None), image_size=512)
+    frames = SliceFrames(hu, choose_window(hu, "CT", None), image_size=512, resampling=resampling)
     ours = frames[1].numpy()
-
-    plane = hu[:, :, 1].T  # the slice as MedSAM2 reads it from SimpleITK: [y, x]
-    clipped = np.clip(plane, -160.0, 240.0)
-    as_uint8 = np.uint8((clipped - clipped.min()) / (clipped.max() - clipped.min()) * 255.0)
-    rgb = np.array(Image.fromarray(as_uint8).convert("RGB").resize((512, 512))).transpose(2, 0, 1) / 255.0
-    reference = (rgb - np.array(IMAGENET_MEAN)[:, None, None]) / np.array(IMAGENET_STD)[:, None, None]
-
+    reference = _medsam2_input(hu[:, :, 1].T)  # the slice as MedSAM2 reads it from SimpleITK: [y, x]
     assert ours.shape == reference.shape == (3, 512, 512)
     difference_01 = np.abs(ours - reference) * np.array(IMAGENET_STD)[:, None, None]  # back in [0, 1] units
-    assert difference_01.max() <= 1.0 / 255.0 + 1e-6
+    assert difference_01.max() <= (1e-6 if resampling == "medsam2" else 1.0 / 255.0 + 1e-6)
+
+
+@pytest.mark.parametrize("side", [200, 768])
+def test_slices_of_another_size_are_resized_as_medsam2_does(side):
+    """Up- and downsampled to 512 px with PIL's bicubic on the uint8 image, as MedSAM2's script."""
+    from medsam2_engine.protocols import input_resampling
+
+    rng = np.random.default_rng(side)
+    hu = rng.uniform(-1100, 1600, (side, side, 1)).astype(np.float32)
+    hu[: side // 2] = 40.0 + rng.normal(0, 20, (side // 2, side, 1))  # smooth tissue beside the noise
+    frames = SliceFrames(hu, choose_window(hu, "CT", None), image_size=512, resampling=input_resampling("medsam2"))
+    difference_01 = np.abs(frames[0].numpy() - _medsam2_input(hu[:, :, 0].T)) * np.array(IMAGENET_STD)[:, None, None]
+    assert difference_01.max() <= 1e-6
 
 
 def _medsam2_input(plane_yx: np.ndarray) -> np.ndarray:
@@ -105,12 +112,14 @@ def test_a_real_ct_series_reaches_the_model_as_medsam2_prepares_it():
     reader.SetFileNames(reader.GetGDCMSeriesFileNames(str(folder)))
     reference_zyx = sitk.GetArrayFromImage(reader.Execute()).astype(np.float32)
     modality = guess_modality(volume.array, volume.declared_modality)
-    frames = SliceFrames(volume.array, choose_window(volume.array, modality, None), image_size=512)
-    assert modality == "CT" and volume.array.shape[:2] == (512, 512)
-    for k in range(len(frames)):
-        difference_01 = np.abs(frames[k].numpy() - _medsam2_input(reference_zyx[k])) * \
-            np.array(IMAGENET_STD)[:, None, None]
-        assert difference_01.max() <= 1.0 / 255.0 + 1e-6, f"slice {k}"
+    for resampling, tolerance in (("medsam2", 1e-6), ("float", 1.0 / 255.0 + 1e-6)):
+        frames = SliceFrames(volume.array, choose_window(volume.array, modality, None), image_size=512,
+                             resampling=resampling)
+        assert modality == "CT" and volume.array.shape[:2] == (512, 512)
+        for k in range(len(frames)):
+            difference_01 = np.abs(frames[k].numpy() - _medsam2_input(reference_zyx[k])) * \
+                np.array(IMAGENET_STD)[:, None, None]
+            assert difference_01.max() <= tolerance, f"slice {k}, {resampling}"
 
 
 def test_a_checkpoint_for_another_input_size_is_refused(tmp_path, small_model_files):

@@ -22,7 +22,7 @@ from .precision import autocast_for as _autocast_for
 from .predictor import FeatureCache, KeyedCache, at_input_size
 from .prompts import LabelPrompts, PromptError
 from .propagation import CorrectionStop, EarlyStop, PassPlan, Propagation, propagate_both_ways, propagate_correction
-from .protocols import check_protocol, default_protocol, largest_component
+from .protocols import check_protocol, default_protocol, input_resampling, largest_component
 from .roi import Roi, RoiSettings, choose_roi, grown, mask_extent, prompt_extent, reaches_edge, union
 from .sessions import RecentReads, Session, SessionLimits, SessionStore, image_stamp, window_key
 from .tracks import LabelTrack, apply_changes, diff_prompts, prompts_only, starts_afresh
@@ -108,7 +108,8 @@ class VolumeSegmenter:
         declared = modality if modality not in (None, "", "auto") else volume.declared_modality
         modality = guess_modality(volume.array, declared)
         chosen = choose_window(volume.array, modality, window)
-        frames = SliceFrames(volume.array, chosen, loaded.model.image_size)
+        frames = SliceFrames(volume.array, chosen, loaded.model.image_size,
+                             resampling=input_resampling(self.protocol))
         cache = FeatureCache(int(self.settings.feature_cache_mb * 1024 * 1024))
         return Session(key=key, image_stamp=image_stamp(image), model_version=loaded.version, window_key=requested,
                        volume=volume, frames=frames, window=chosen, feature_cache=cache, modality=modality)

@@ -2,8 +2,9 @@
 
 SAM 2's video predictor reads ``state["images"][t]`` as a ``(3, S, S)`` float tensor,
 normalised with ImageNet statistics. ``SliceFrames`` provides exactly that without JPEG
-folders or 8-bit quantisation: each slice is windowed, laid out as an image, resized to
-the model's ``image_size`` and normalised only when the predictor asks for it.
+folders: each slice is windowed, laid out as an image, resized to the model's
+``image_size`` and normalised only when the predictor asks for it; in float, or (the
+``medsam2`` protocol) through uint8 and PIL's bicubic resize, as MedSAM2's script does.
 
 Layout: the array is ``[i, j, k]``; slice ``k`` becomes an image whose rows are ``j`` and
 columns ``i`` (the usual radiological view of an ITK image), so a voxel ``(i, j)`` is the
@@ -15,6 +16,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from .windowing import Window
 
@@ -32,13 +34,31 @@ def image_to_slice(image: np.ndarray) -> np.ndarray:
     return np.swapaxes(image, 0, 1)
 
 
-def to_model_input(image01: np.ndarray, image_size: int) -> torch.Tensor:
-    """An ``[H, W]`` or ``[H, W, 3]`` image in [0, 1] to a normalised ``(3, S, S)`` tensor."""
-    tensor = torch.from_numpy(np.ascontiguousarray(image01, dtype=np.float32))
-    tensor = tensor.unsqueeze(0).expand(3, -1, -1) if tensor.ndim == 2 else tensor.permute(2, 0, 1)
-    tensor = F.interpolate(
-        tensor.unsqueeze(0), size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True
-    )[0]
+RESAMPLING = ("float", "medsam2")
+
+
+def _as_medsam2_prepares(image01: np.ndarray, image_size: int) -> torch.Tensor:
+    """MedSAM2's 3D script: the windowed slice as uint8 (truncated), RGB, PIL's bicubic resize, /255."""
+    as_uint8 = np.uint8(np.clip(image01, 0.0, 1.0) * 255.0)
+    image = Image.fromarray(as_uint8).convert("RGB")
+    resized = image.resize((image_size, image_size), Image.Resampling.BICUBIC)  # PIL's default, named
+    return torch.from_numpy(np.asarray(resized, dtype=np.float32) / 255.0).permute(2, 0, 1)
+
+
+def to_model_input(image01: np.ndarray, image_size: int, resampling: str = "float") -> torch.Tensor:
+    """An ``[H, W]`` or ``[H, W, 3]`` image in [0, 1] to a normalised ``(3, S, S)`` tensor.
+
+    ``resampling``: ``float`` resizes the float image (antialiased bilinear); ``medsam2``
+    quantises to uint8 and resizes with PIL's bicubic, as MedSAM2's published script does.
+    """
+    if resampling == "medsam2":
+        tensor = _as_medsam2_prepares(image01, image_size)
+    else:
+        tensor = torch.from_numpy(np.ascontiguousarray(image01, dtype=np.float32))
+        tensor = tensor.unsqueeze(0).expand(3, -1, -1) if tensor.ndim == 2 else tensor.permute(2, 0, 1)
+        tensor = F.interpolate(
+            tensor.unsqueeze(0), size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True
+        )[0]
     mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
     return (tensor - mean) / std
@@ -50,12 +70,15 @@ class SliceFrames:
     in_memory_frames = True  # recognised by VolumePredictor.init_state_from_frames
 
     def __init__(self, array: np.ndarray, window: Window, image_size: int, is_rgb: bool = False,
-                 region: tuple = (slice(None), slice(None))):
+                 region: tuple = (slice(None), slice(None)), resampling: str = "float"):
         if array.ndim == 2 or (is_rgb and array.ndim == 3):
             array = array[:, :, None] if not is_rgb else array[:, :, None, :]
         self._array = array
         self._window = window
         self._is_rgb = is_rgb
+        if resampling not in RESAMPLING:
+            raise ValueError(f"resampling must be one of {RESAMPLING}, got {resampling!r}")
+        self.resampling = resampling
         self._region = region  # (i, j) index slices: the part of each slice these frames show
         self._region_key = tuple((s.start, s.stop) for s in region)  # slices are not hashable before 3.12
         self.image_size = int(image_size)
@@ -65,7 +88,7 @@ class SliceFrames:
 
     def cropped(self, region: tuple, image_size: int) -> "SliceFrames":
         """The same slices cut to ``region`` ((i, j) index slices), resized to ``image_size``."""
-        return SliceFrames(self._array, self._window, image_size, self._is_rgb, region)
+        return SliceFrames(self._array, self._window, image_size, self._is_rgb, region, self.resampling)
 
     def __len__(self) -> int:
         return self._array.shape[2]
@@ -84,7 +107,7 @@ class SliceFrames:
     def __getitem__(self, index: int) -> torch.Tensor:
         if not -len(self) <= index < len(self):
             raise IndexError(f"frame {index} out of range for {len(self)} frames")
-        return to_model_input(self.image01(int(index) % len(self)), self.image_size)
+        return to_model_input(self.image01(int(index) % len(self)), self.image_size, self.resampling)
 
     def stack(self) -> torch.Tensor:
         """All frames as one ``(T, 3, S, S)`` tensor (for tests and sam2's own predictor)."""

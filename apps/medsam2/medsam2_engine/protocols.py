@@ -1,7 +1,8 @@
 """Named inference protocols: how prompts become a 3D mask, as the weights were validated.
 
 ``medsam2`` reproduces MedSAM2's published 3D protocol (bowang-lab/MedSAM2,
-``medsam2_infer_3D_CT.py``): whole slices at the model's input size; the prompts on their
+``medsam2_infer_3D_CT.py``): whole slices at the model's input size (windowed, as uint8,
+resized with PIL's bicubic, /255, ImageNet statistics); the prompts on their
 slices; a forward pass; ``reset_state`` and the same prompts again; a reverse pass, so the
 backward pass never sees forward-pass memories; the union of both passes; the largest 3D
 connected component (26-connectivity, as ``skimage.measure.label``); sam2's small-hole
@@ -46,6 +47,11 @@ def default_protocol(preset) -> str:
     """The protocol a preset's weights were validated with: sam2's for Meta's SAM 2 / 2.1 presets,
     MedSAM2's for MedSAM2 and for a model config of one's own (a medical fine-tune)."""
     return "sam2" if getattr(preset, "name", "").startswith("sam2") else "medsam2"
+
+
+def input_resampling(protocol: str) -> str:
+    """How slices become model inputs: MedSAM2's uint8 + PIL bicubic for ``medsam2``, float otherwise."""
+    return "medsam2" if protocol == "medsam2" else "float"
 
 
 def largest_component(mask: np.ndarray) -> np.ndarray:
