@@ -158,3 +158,10 @@ def test_fine_tune_from_random_weights_stays_untrained_in_origin(labelled, tmp_p
     finetune.FineTuner(small_preset(), config).run([case], [], str(first), str(second))
     assert untrained_origin(str(second))
     assert build_model(small_preset(), str(second)).untrained_origin is True
+    # what /info and every result report for it
+    from medsam2_engine.model_source import ModelSource
+
+    source = ModelSource(small_preset(), tmp_path, checkpoint=str(second), device="cpu")
+    assert source.status()["untrained_origin"] is True  # read from the file before it is loaded
+    assert source.get().random_weights is True
+    assert source.status()["random_weights"] is True and source.status()["untrained_origin"] is True
