@@ -121,10 +121,14 @@ def _wait_idle(page, timeout_ms: int = 180_000) -> str:
     return text
 
 
-def _click_voxel(page, voxel, **kwargs):
+def _click_voxel(page, voxel, shift: bool = False):
     with page.expect_response(lambda r: "/infer/medsam2_3d" in r.url, timeout=180_000) as answer:
         x, y = page.evaluate("v => window.medsam2Viewer.pagePosition(v)", list(voxel))
-        page.mouse.click(x, y, **kwargs)
+        if shift:
+            page.keyboard.down("Shift")
+        page.mouse.click(x, y)
+        if shift:
+            page.keyboard.up("Shift")
     _wait_idle(page)
     return answer.value
 
@@ -207,6 +211,20 @@ def round_trip(page, base_url: str, image: str, truth: np.ndarray, shots: Path, 
     assert result["session"]["started"] is None, "the correction must reuse the session"
     assert lesion.sum() > 0
     screenshot(page, f"{prefix}-4-correction", shots)
+
+    # a point outside (shift+click), then Undo: the request drops it again
+    outside2 = [3, 3, k2]
+    negative = _click_voxel(page, outside2, shift=True)
+    request = json.loads(_form_field(negative.request, "params"))
+    assert request["foreground"] == [inside, second_point] and request["background"] == [outside2]
+    _mask_from_infer_response(negative)
+    with page.expect_response(lambda r: "/infer/medsam2_3d" in r.url, timeout=180_000) as undone:
+        page.click("#undo")
+    _wait_idle(page)
+    request = json.loads(_form_field(undone.value.request, "params"))
+    assert request["foreground"] == [inside, second_point] and request["background"] == []
+    lesion, _, _ = _mask_from_infer_response(undone.value)
+    assert lesion.sum() > 0
 
     # 3. a second structure from a box (dragged on the shown slice)
     page.click("#labels li[data-label=organ]")
@@ -392,10 +410,19 @@ def test_viewer_log_in_untrained_weights_warning_and_unsure_slices(small_model_f
         k = int(np.argmax(truth.sum(axis=(0, 1))))
         page.evaluate("k => window.medsam2Viewer.goToSlice(k)", k)
         ii, jj = np.nonzero(truth[:, :, k])
-        answer = _click_voxel(page, [int(round(ii.mean())), int(round(jj.mean())), k])
+        centre = [int(round(ii.mean())), int(round(jj.mean())), k]
+        answer = _click_voxel(page, centre)
         assert answer.request.headers.get("authorization", "").startswith("Bearer ")
+        assert json.loads(_form_field(answer.request, "params"))["reset_state"] is False
         _, _, result = _mask_from_infer_response(answer)
         screenshot(page, "viewer-untrained-warning", tmp_path / "shots")
+        # Clear structure forgets its prompts and mask; the next click starts the label afresh
+        page.click("#clear")
+        assert page.locator("#labels li[data-label=lesion] .tag").count() == 0
+        again = _click_voxel(page, centre)
+        request = json.loads(_form_field(again.request, "params"))
+        assert request["reset_state"] is True and request["foreground"] == [centre]
+        _, _, result = _mask_from_infer_response(again)
     finally:
         server.stop()
 
