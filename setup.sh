@@ -42,8 +42,11 @@ chmod +x .venv/bin/monailabel
 # --- viewer page (apps/medsam2/viewer, served at /medsam2/viewer/) ---------------------
 # Its npm packages exactly as package-lock.json pins them, from the npm registry (npm ci:
 # same versions and checksums every time, no install scripts). Needs Node.js and npm.
-if ! command -v npm >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1 && [ "$(id -u)" = 0 ]; then
-    apt-get install -y -q --no-install-recommends nodejs npm >/dev/null || true
+if ! command -v npm >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
+    sudo=""
+    [ "$(id -u)" = 0 ] || sudo="sudo -n"
+    { $sudo apt-get update -q && DEBIAN_FRONTEND=noninteractive \
+        $sudo apt-get install -y -q --no-install-recommends nodejs npm; } >/dev/null || true
 fi
 if command -v npm >/dev/null 2>&1; then
     if ! (cd apps/medsam2/viewer && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error); then
