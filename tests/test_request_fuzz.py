@@ -104,6 +104,13 @@ def test_images_are_datastore_ids_only(server, studies):
     assert response.status_code == 404 and detail(response) == "image: image not found: no_such_study"
 
 
+def test_whole_slide_routes_cannot_read_server_files(server, studies):
+    for route in ("wsi", "wsi_v2"):
+        response = requests.post(f"{server.url}/infer/{route}/medsam2_3d",
+                                 params={"image": str(studies / "ct_phantom_0.nii.gz")}, json={}, timeout=30)
+        assert response.status_code == 404 and detail(response).startswith("model"), detail(response)
+
+
 def test_unknown_model_is_404(server):
     response = post(server, {"foreground": [GOOD_POINT]}, model="no_such_model")
     assert response.status_code == 404 and "no_such_model" in detail(response)

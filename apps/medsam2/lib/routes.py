@@ -157,6 +157,12 @@ def update_label_info(label: str, tag: str, info: str = Form("{}"),
     return _as_http(run)
 
 
+def no_whole_slide(model: str, user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER))):
+    # MONAI Label's WSI routes hand any existing file path to the task; this app has no WSI model
+    raise HTTPException(status_code=404, detail=f"model: this app has no whole-slide models; use "
+                                                f"POST /infer/{model}?image=<id>")
+
+
 def logs(
     http: Request,
     lines: Optional[int] = 300,
@@ -185,6 +191,8 @@ REPLACEMENTS = [
     (f"{API}/datastore/", "PUT", add_image),
     (f"{API}/datastore/label", "PUT", save_label),
     (f"{API}/logs/", "GET", logs),
+    (f"{API}/infer/wsi/{{model}}", "POST", no_whole_slide),
+    (f"{API}/infer/wsi_v2/{{model}}", "POST", no_whole_slide),
     (f"{API}/datastore/image", "DELETE", remove_image),
     (f"{API}/datastore/", "DELETE", remove_image),
     (f"{API}/datastore/label", "DELETE", remove_label),
