@@ -133,3 +133,23 @@ def test_undecodable_series_is_named_with_its_transfer_syntax(pacs_server, pacs_
 def test_image_ids_that_are_not_series_uids_are_refused(pacs_server, image):  # noqa: F811
     response = infer(pacs_server, image, [[1, 1, 1]])
     assert response.status_code == 400 and "image" in response.text
+
+
+def test_series_missing_from_the_pacs_is_a_404(pacs_server):  # noqa: F811
+    response = infer(pacs_server, "1.2.826.0.1.3680043.8.498.1", [[1, 1, 1]])
+    assert response.status_code == 404 and "1.2.826.0.1.3680043.8.498.1" in response.json()["detail"]
+
+
+def test_unreachable_pacs_is_a_502_naming_it(tmp_path):
+    from dicomweb_client import DICOMwebClient
+    from fastapi import HTTPException
+    from lib.datastore_dicomweb import MedSam2DicomWebDatastore
+    from lib.dicom_seg import SegAuthor
+    from tests.support.server import free_port
+
+    url = f"http://127.0.0.1:{free_port()}/dicom-web"  # nothing listens there
+    store = MedSam2DicomWebDatastore(DICOMwebClient(url), ["CT", "MR"], SegAuthor("a", "1", "d"), ["lesion"],
+                                     cache_path=str(tmp_path))
+    with pytest.raises(HTTPException) as raised:
+        store.get_image_uri("1.2.3.4")
+    assert raised.value.status_code == 502 and url in raised.value.detail and "1.2.3.4" in raised.value.detail

@@ -22,6 +22,7 @@ import tempfile
 import threading
 from typing import Any, Dict, List
 
+import requests
 from cachetools import TTLCache, cached
 from fastapi import HTTPException
 from monailabel.config import settings
@@ -122,7 +123,10 @@ class MedSam2DicomWebDatastore(DICOMWebDatastore):
                 dicom_web_download_series(None, series_uid, tmp, self._client, self._fetch_by_frame)
             except IndexError as err:
                 raise HTTPException(status_code=404, detail=f"series {series_uid} is not in the PACS") from err
-            except Exception as err:  # the PACS could not send it as asked: try its stored transfer syntax
+            except requests.ConnectionError as err:
+                raise HTTPException(status_code=502, detail=f"the PACS at {self._client.base_url} could not be "
+                                                            f"reached for series {series_uid}: {err}") from err
+            except requests.HTTPError as err:  # it could not send it as asked: try its stored transfer syntax
                 logger.warning("series %s: PACS refused to send it transcoded (%s); asking for it as stored",
                                series_uid, err)
                 self._download_as_stored(series_uid, tmp, err)
@@ -138,7 +142,9 @@ class MedSam2DicomWebDatastore(DICOMWebDatastore):
         try:
             instances = self._client.retrieve_series(study_uid, series_uid, media_types=(("application/dicom", "*"),))
         except Exception as err:
-            raise SeriesNotDecodable(series_uid, "transfer syntax unknown", f"{first_error}; {err}") from err
+            raise HTTPException(status_code=502, detail=(
+                f"the PACS could not send series {series_uid}, neither transcoded ({first_error}) nor as stored "
+                f"({err})")) from err
         for instance in instances:
             instance.save_as(os.path.join(folder, f"{instance.SOPInstanceUID}.dcm"))
 
