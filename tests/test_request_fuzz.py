@@ -114,6 +114,12 @@ def test_whole_slide_routes_cannot_read_server_files(server, studies):
         assert response.status_code == 404 and detail(response).startswith("model"), detail(response)
 
 
+def test_dicom_seg_output_on_a_folder_of_files_is_a_client_error(server):
+    response = requests.post(f"{server.url}/infer/medsam2_3d", params={"image": "ct_phantom_0", "output": "dicom_seg"},
+                             data={"params": json.dumps({"foreground": [GOOD_POINT]})}, timeout=30)
+    assert response.status_code == 400 and detail(response).startswith("output"), detail(response)
+
+
 def test_unknown_model_is_404(server):
     response = post(server, {"foreground": [GOOD_POINT]}, model="no_such_model")
     assert response.status_code == 404 and "no_such_model" in detail(response)

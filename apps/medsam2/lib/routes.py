@@ -85,9 +85,11 @@ def infer(
         if bad:
             raise OptionError(f"params.{bad[0]}", "is set by the server; give the image as the image= query "
                                                  "parameter (a datastore id)")
+        datastore = instance.datastore()
+        if output == infer_routes.ResultType.dicom_seg and isinstance(datastore, LocalDatastore):
+            raise OptionError("output", "dicom_seg needs a DICOMweb datastore; use output=image or all")
         if image or not (file or session_id):
             identifier(image, "image")
-            datastore = instance.datastore()
             if isinstance(datastore, LocalDatastore) and not datastore.get_image_uri(image):
                 raise OptionError("image", f"image not found: {image}", status=404)
             request[IMAGE_ID_FIELD] = image
