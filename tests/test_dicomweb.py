@@ -118,6 +118,10 @@ def test_ohif_sequence_clear_and_click_on_another_slice_then_seg(pacs_server, pa
     # frames follow the source slices: frame k is slice k with rows j and columns i
     np.testing.assert_array_equal(pixels, np.transpose(mask > 0, (2, 1, 0)).astype(pixels.dtype))
     assert int(pixels.sum()) == int((mask > 0).sum())
+    # and training sees it: MONAI Label's train datalist pairs the cached series with the saved label
+    datalist = requests.get(f"{pacs_server.url}/datastore/", params={"output": "train"}, timeout=300).json()
+    [entry] = [e for e in datalist if Path(e["image"]).name == f"{uid}.nii.gz"]
+    assert Path(entry["label"]).name == f"{uid}.nrrd" and "final" in Path(entry["label"]).parts
 
 
 def test_undecodable_series_is_named_with_its_transfer_syntax(pacs_server, pacs_studies):  # noqa: F811
