@@ -12,8 +12,8 @@ importing the built-in task deletes its cache folder, so it is pointed at a priv
   each option alone (``crop_region``: a region around the prompts at the model's own scale;
   ``early_stop``; ``correction_stop``: a correction re-runs outward from the clicked slice
   until the masks meet the previous result), all three together, and the other protocol
-  (``sam2``: both passes in one state). The correction with ``correction_stop`` off re-runs
-  every slice, so the faithful rows are timed only up to ``--full-correction-max-slices``.
+  (``sam2``: both passes in one state). A correction with ``correction_stop`` off re-runs
+  every slice, so rows without it time the correction only up to ``--full-correction-max-slices``.
 - ``builtin``: ``Sam2InferTask`` 3D, the same two requests (it writes JPEGs on the first,
   propagates forward only from the lowest prompted slice, and re-encodes on every request).
 - ``video``: sam2's ``build_sam2_video_predictor`` on a JPEG folder, box then both ways.
@@ -153,8 +153,6 @@ def child_ours(args, vol, ref) -> dict:
     configs = [(protocol, *options) for protocol, *options in engine_rows(args.preset)]
     if args.mode != "ours":
         configs = configs[:1]
-    elif vol.shape[2] > args.full_correction_max_slices:  # a full re-run per correction: long volumes skip it
-        configs = [c for c in configs if c[2]]
     # the first call in a process pays one-off costs: spend them on two slices, not on the first row
     warm_box = Box(box.i0, box.j0, box.i1, box.j1, 0)
     VolumeSegmenter(models, EngineSettings(cpu_bf16=args.cpu_bf16)).segment(
@@ -171,19 +169,22 @@ def child_ours(args, vol, ref) -> dict:
             t = time.perf_counter()
             first = seg.segment(volume, {"l": LabelPrompts(boxes=[box])}, session_key=key, early_stop=stop)
             t_first, st_first = time.perf_counter() - t, stages.take()
-            t = time.perf_counter()
-            corr = seg.segment(volume, {"l": LabelPrompts(boxes=[box], clicks=[click])}, session_key=key,
-                               early_stop=stop)
-            t_corr, st_corr = time.perf_counter() - t, stages.take()
+            # without correction_stop a correction re-runs every slice: long volumes time the first request only
+            corr = t_corr = st_corr = None
+            if local or vol.shape[2] <= args.full_correction_max_slices:
+                t = time.perf_counter()
+                corr = seg.segment(volume, {"l": LabelPrompts(boxes=[box], clicks=[click])}, session_key=key,
+                                   early_stop=stop)
+                t_corr, st_corr = time.perf_counter() - t, stages.take()
             out["runs"].append({
                 "protocol": protocol, "early_stop": early, "correction_stop": local, "crop_region": region,
                 "region": first.labels["l"].roi, "first_s": t_first, "correction_s": t_corr,
                 "first_slices": sum(p["slices"] for p in first.labels["l"].passes),
                 "first_encoded": first.session["slices_encoded"],
-                "correction_slices": sum(p["slices"] for p in corr.labels["l"].passes),
-                "correction_encoded": corr.session["slices_encoded"],
+                "correction_slices": corr and sum(p["slices"] for p in corr.labels["l"].passes),
+                "correction_encoded": corr and corr.session["slices_encoded"],
                 "first_dice": round(dice(first.labels["l"].mask, ref), 4),
-                "correction_dice": round(dice(corr.labels["l"].mask, ref), 4),
+                "correction_dice": corr and round(dice(corr.labels["l"].mask, ref), 4),
                 "stages_first": st_first, "stages_correction": st_corr,
             })
             if args.mode == "precision":
