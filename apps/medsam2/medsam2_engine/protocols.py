@@ -6,7 +6,9 @@ resized with PIL's bicubic, /255, ImageNet statistics); the prompts on their
 slices; a forward pass; ``reset_state`` and the same prompts again; a reverse pass, so the
 backward pass never sees forward-pass memories; the union of both passes; the largest 3D
 connected component (26-connectivity, as ``skimage.measure.label``); sam2's small-hole
-filling (``fill_hole_area=8``) on every device. Each request rebuilds the passes from a
+filling (``fill_hole_area=8``) on every device. MedSAM2 vendors sam2's older video
+predictor (``sam2_video_predictor_legacy`` in sam2 1.1.0); the app's, built on the current
+one, gives the same voxels and object scores (tests/test_equivalence.py). Each request rebuilds the passes from a
 state that holds only the label's current prompts, so a result depends on the prompts
 alone, never on the order they were given in.
 
