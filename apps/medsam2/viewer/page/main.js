@@ -1,6 +1,7 @@
 // The annotation page: study list, structures, prompts, the app's masks, save as final.
 
 import { AuthRequired, MODEL, appInfo, fetchVolume, infer, listStudies, needsLogIn, saveFinal } from './api.js';
+import { DisplayWindow } from './display.js';
 import { combine } from './labelmap.js';
 import { askLogIn } from './login.js';
 import { LabelPrompts } from './prompts.js';
@@ -132,6 +133,10 @@ function renderResult() {
   }
 }
 
+// "as the model sees it" follows the window of the last result (the app's own choice)
+const display = new DisplayWindow(view, $('window'),
+  () => [...state.results.values()].map((r) => r.window).find((w) => w && w.high > w.low));
+
 // ---- slices and marks ---------------------------------------------------------------------
 function goToSlice(k) {
   view.goToSlice(k);
@@ -256,7 +261,9 @@ async function requestMask(clickedAt) {
     const { result, mask } = await infer(image, params);
     prompts.resetNext = false;
     if (image !== state.image) return;
+    const firstResult = state.results.size === 0;
     state.results.set(label, result);
+    if (firstResult) display.followModel();
     if (mask) state.masks.set(labelValue(label), mask);
     await view.showLabels(combine(state.masks));
     await new Promise((resolve) => requestAnimationFrame(() => requestAnimationFrame(resolve)));
@@ -327,6 +334,7 @@ async function openStudy(image) {
     return;
   }
   Object.assign(state, { image, prompts: new Map(), masks: new Map(), results: new Map(), pending: null });
+  display.apply();
   state.opened = { image, ms: Math.round(performance.now() - started) }; // fetch, decode, first draw
   $('empty').hidden = true;
   $('slice').max = view.dims[2] - 1;

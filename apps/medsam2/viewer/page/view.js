@@ -35,6 +35,7 @@ export class VolumeView {
       crosshairWidth: 0, // the page draws its own marks; a crosshair would hide voxels
       dragAndDropEnabled: false,
       loadingText: '', // the page says what it is doing
+      isRadiologicalConvention: true, // patient's right on the screen's left, as radiologists read
       isNearestInterpolation: true,
     });
     this.glCanvas = glCanvas;
@@ -54,6 +55,20 @@ export class VolumeView {
     this.inverse = inverse4(affine);
     this.dims = [image.hdr.dims[1], image.hdr.dims[2], image.hdr.dims[3]];
     this.goToVoxel(this.dims.map((n) => Math.floor(n / 2)));
+  }
+
+  // Display window [low, high] in the image's values; null: NiiVue's own robust range.
+  setWindow(range) {
+    const image = this.nv.volumes[0];
+    if (!image) return;
+    [image.cal_min, image.cal_max] = range || [image.robust_min, image.robust_max];
+    this.nv.updateGLVolume();
+  }
+
+  // Whether the values look like CT in Hounsfield units (air near -1000).
+  looksLikeCT() {
+    const image = this.nv.volumes[0];
+    return Boolean(image) && image.global_min <= -900;
   }
 
   get dpr() {
