@@ -56,6 +56,7 @@ def write_series(array: np.ndarray, affine: np.ndarray, folder: Path, modality: 
         ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
         if modality == "CT":
             ds.RescaleIntercept, ds.RescaleSlope = 0, 1
+            ds.WindowCenter, ds.WindowWidth = 40, 400  # a soft-tissue window, as a scanner would store
         ds.is_little_endian, ds.is_implicit_VR = True, False
         ds.PixelData = np.ascontiguousarray(values[:, :, k].T).tobytes()
         ds.save_as(folder / f"slice{k:04d}.dcm", write_like_original=False)
