@@ -18,7 +18,7 @@ import torch
 
 from .frames import SliceFrames, image_to_slice
 from .model_source import ModelSource
-from .precision import autocast_for as _autocast_for
+from .precision import autocast_for
 from .predictor import FeatureCache, KeyedCache, at_input_size
 from .prompts import LabelPrompts, PromptError
 from .propagation import CorrectionStop, EarlyStop, PassPlan, Propagation, propagate_both_ways, propagate_correction
@@ -31,7 +31,7 @@ from .windowing import choose_window, guess_modality
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["EngineSettings", "LabelResult", "LabelTrack", "VolumeResult", "VolumeSegmenter", "autocast_for"]
+__all__ = ["EngineSettings", "LabelResult", "LabelTrack", "VolumeResult", "VolumeSegmenter"]
 
 
 @dataclass
@@ -71,11 +71,6 @@ class VolumeResult:
     warnings: list = field(default_factory=list)
     protocol: str = ""
     options: dict = field(default_factory=dict)  # the departures from the protocol this call ran with
-
-
-def autocast_for(device: str, cpu_bf16: str = "off"):
-    """bf16 autocast on CUDA, scoped to one call; on CPU per ``cpu_bf16`` (see precision.py)."""
-    return _autocast_for(device, cpu_bf16)
 
 
 class VolumeSegmenter:
@@ -236,7 +231,7 @@ class VolumeSegmenter:
             roi = choose_roi(extent, _slice_shape(session), predictor.image_size, roi_settings)
             track = self._new_track(predictor, session, label, roi, 0, timings)
         while True:
-            view = track.model(predictor)
+            view = track.sized_predictor(predictor)
             t0 = time.perf_counter()
             diff = diff_prompts(track.frame_prompts, wanted)
             same_rule = track.early_stop == early_stop  # another stopping rule gives another result

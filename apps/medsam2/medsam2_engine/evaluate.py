@@ -146,7 +146,7 @@ def main(argv=None) -> int:
             for method in methods:
                 if not (method.supports_3d if case.volume.is_3d else method.supports_2d):
                     continue
-                clicks = builtin_clicks if method.name.startswith("monailabel") else None
+                clicks = builtin_clicks if method.own_click_budget else None
                 run = run_structure(method, case, structure, settings, clicks)
                 for r in run.records:
                     records.append({"case": case.name, "structure": structure.name, "method": method.name,

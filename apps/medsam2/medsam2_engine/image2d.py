@@ -9,7 +9,7 @@ import numpy as np
 import torch
 from sam2.sam2_image_predictor import SAM2ImagePredictor
 
-from .engine import autocast_for
+from .precision import autocast_for
 from .frames import SliceFrames, image_to_slice
 from .model_source import ModelSource
 from .prompts import LabelPrompts

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .engine import autocast_for
+from .precision import autocast_for
 from .frames import SliceFrames, image_to_slice, slice_to_image
 from .memory_frames import (
     FrameSource,

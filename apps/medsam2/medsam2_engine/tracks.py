@@ -35,7 +35,7 @@ class LabelTrack:
         mask_bytes = self.mask.nbytes if self.mask is not None else 0
         return frames * per_frame + mask_bytes
 
-    def model(self, predictor):
+    def sized_predictor(self, predictor):
         """The predictor at this track's input size (a region's, or the model's own)."""
         return at_input_size(predictor, self.state["images"].image_size)
 

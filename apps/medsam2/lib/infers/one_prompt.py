@@ -52,7 +52,7 @@ from medsam2_engine.windowing import choose_window, guess_modality
 from .base import MODALITY_CHOICES, WINDOW_CHOICES, Sam2Task
 from ..options import identifier
 from .request import positive_int, request_flag, session_key_for
-from .support_store import DEFAULT_SUPPORT_TAG, candidate_ids, has_label, image_id_for, load_supports
+from .support_studies import DEFAULT_SUPPORT_TAG, candidate_ids, has_label, image_id_for, load_supports
 
 logger = logging.getLogger(__name__)
 

@@ -26,7 +26,6 @@ inference state.
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from pathlib import Path
 
@@ -56,6 +55,7 @@ def write_builtin_model_dir(model_dir: Path, preset, checkpoint: str) -> tuple:
 
 class BuiltinSam2Method(Method):
     name = "monailabel_sam2_builtin"
+    own_click_budget = True
     supports_2d = False
 
     def __init__(self, preset, checkpoint: str, workdir: Path, input_mode: str = "raw", device: str = "cpu"):
@@ -133,7 +133,3 @@ class BuiltinSam2Method(Method):
         mask = mask.reshape(self._case.volume.array.shape)
         lowest = min([c.k for c in clicks] + ([box.k] if box is not None else []))
         return mask, {"seconds": seconds, "slices_propagated": self._case.volume.array.shape[2] - lowest}
-
-
-def private_workdir() -> Path:
-    return Path(tempfile.mkdtemp(prefix="medsam2-eval-builtin-"))

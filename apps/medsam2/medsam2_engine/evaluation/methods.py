@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import time
 
-import numpy as np
 
 from ..engine import EngineSettings, VolumeSegmenter
 from ..image2d import ImageSegmenter
@@ -25,6 +24,7 @@ class Method:
     needs_box = False  # only meaningful with a box prompt
     supports_2d = True
     supports_3d = True
+    own_click_budget = False  # True: the harness gives it ``--builtin-clicks`` corrections, not ``--clicks``
 
     def begin(self, case, structure, protocol: str) -> None:
         self._case, self._structure, self._protocol = case, structure, protocol
@@ -101,7 +101,3 @@ class OtsuBoxMethod(Method):
         image = image.mean(axis=-1) if self._case.volume.is_rgb else image
         mask = otsu_box_baseline(image, box)
         return mask, {"seconds": time.perf_counter() - started}
-
-
-def empty_like(case) -> np.ndarray:
-    return np.zeros(case.volume.spatial_shape, dtype=bool)

@@ -21,7 +21,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 
 from ..checkpoints import RANDOM_WEIGHTS, UNTRAINED_ORIGIN, ModelPreset, save_checkpoint, untrained_origin
-from ..engine import autocast_for
+from ..precision import autocast_for
 from ..model_source import pick_device
 from .clips import ClipSampler
 from .distributed import Ranks, launch
