@@ -97,7 +97,7 @@ def phantom(slices: int, size: int, fraction: float, seed: int = 0) -> tuple:
 
 
 def prompts_for(ref: np.ndarray) -> tuple:
-    from medsam2_engine.evaluation.clicks import box_prompt
+    from medsam2_eval.clicks import box_prompt
     from medsam2_engine.prompts import Click
 
     box = box_prompt(ref)
@@ -197,8 +197,8 @@ def child_ours(args, vol, ref) -> dict:
 
 def child_builtin(args, vol, ref) -> dict:
     from medsam2_engine.checkpoints import get_preset
-    from medsam2_engine.evaluation.builtin_sam2 import BuiltinSam2Method
-    from medsam2_engine.evaluation.cases import Case, Structure
+    from medsam2_eval.builtin_sam2 import BuiltinSam2Method
+    from medsam2_eval.cases import Case, Structure
     from medsam2_engine.volume_io import Volume
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-builtin-"))

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from medsam2_engine.evaluation.baselines import copy_slice_baseline, otsu_box_baseline
-from medsam2_engine.evaluation.clicks import box_prompt, centre_click, centre_of, correction_click, largest_slice
-from medsam2_engine.evaluation.metrics import dice, scores, summary, surface_dice
+from medsam2_eval.baselines import copy_slice_baseline, otsu_box_baseline
+from medsam2_eval.clicks import box_prompt, centre_click, centre_of, correction_click, largest_slice
+from medsam2_eval.metrics import dice, scores, summary, surface_dice
 
 
 def cube(shape, lo, hi):

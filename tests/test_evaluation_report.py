@@ -8,7 +8,7 @@ import nibabel as nib
 import numpy as np
 from PIL import Image
 
-from medsam2_engine.evaluation.cases import find_cases, model_input_window, select_structures, words
+from medsam2_eval.cases import find_cases, model_input_window, select_structures, words
 
 
 def _write_folder(root):
@@ -57,7 +57,7 @@ def test_cases_are_found_and_paired(tmp_path):
 
 
 def test_command_writes_json_curve_and_overlays(tmp_path, small_model_files):
-    from medsam2_engine.evaluate import main
+    from medsam2_eval.cli import main
 
     config, checkpoint = small_model_files
     data = tmp_path / "data"
@@ -87,7 +87,7 @@ def test_command_writes_json_curve_and_overlays(tmp_path, small_model_files):
 
 
 def test_compare_protocols_runs_the_reference_and_each_option(tmp_path, small_model_files):
-    from medsam2_engine.evaluate import main
+    from medsam2_eval.cli import main
 
     config, checkpoint = small_model_files
     data = tmp_path / "data"

@@ -10,11 +10,11 @@ from __future__ import annotations
 import time
 
 
-from ..engine import EngineSettings, VolumeSegmenter
-from ..image2d import ImageSegmenter
-from ..prompts import LabelPrompts
-from ..propagation import CorrectionStop, EarlyStop
-from ..roi import RoiSettings
+from medsam2_engine.engine import EngineSettings, VolumeSegmenter
+from medsam2_engine.image2d import ImageSegmenter
+from medsam2_engine.prompts import LabelPrompts
+from medsam2_engine.propagation import CorrectionStop, EarlyStop
+from medsam2_engine.roi import RoiSettings
 from .baselines import copy_slice_baseline, otsu_box_baseline
 
 

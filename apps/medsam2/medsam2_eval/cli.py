@@ -1,12 +1,12 @@
-"""Accuracy evaluation on a folder of labelled images: ``python -m medsam2_engine.evaluate``.
+"""Accuracy evaluation on a folder of labelled images: ``python -m medsam2_eval``.
 
 Example (untrained weights, plumbing only)::
 
-    PYTHONPATH=apps/medsam2 python -m medsam2_engine.evaluate --data ../shared/data/mr_brain_breast_pyradiomics \
+    python -m medsam2_eval --data ../shared/data/mr_brain_breast_pyradiomics \
         --checkpoint random --out report/
 
-The protocol is documented in :mod:`medsam2_engine.evaluation.protocol` and
-:mod:`medsam2_engine.evaluation.clicks`; every number and setting lands in ``report.json``.
+The protocol is documented in :mod:`medsam2_eval.protocol` and
+:mod:`medsam2_eval.clicks`; every number and setting lands in ``report.json``.
 """
 
 from __future__ import annotations
@@ -22,22 +22,22 @@ from pathlib import Path
 
 import torch
 
-from .checkpoints import RANDOM_WEIGHTS, build_model, get_preset, preset_for_config_file, save_checkpoint
-from .evaluation.cases import find_cases, model_input_window, select_structures
-from .evaluation.methods import CopySliceMethod, EngineMethod, OtsuBoxMethod
-from .protocols import default_protocol
-from .propagation import CorrectionStop
-from .roi import RoiSettings
-from .evaluation.protocol import ProtocolSettings, run_structure
-from .evaluation.report import curves, plot_curves, plot_overlay, summarise, write_json
-from .model_source import ModelSource
-from .propagation import EarlyStop
+from medsam2_engine.checkpoints import RANDOM_WEIGHTS, build_model, get_preset, preset_for_config_file, save_checkpoint
+from .cases import find_cases, model_input_window, select_structures
+from .methods import CopySliceMethod, EngineMethod, OtsuBoxMethod
+from medsam2_engine.protocols import default_protocol
+from medsam2_engine.propagation import CorrectionStop
+from medsam2_engine.roi import RoiSettings
+from .protocol import ProtocolSettings, run_structure
+from .report import curves, plot_curves, plot_overlay, summarise, write_json
+from medsam2_engine.model_source import ModelSource
+from medsam2_engine.propagation import EarlyStop
 
-logger = logging.getLogger("medsam2_engine.evaluate")
+logger = logging.getLogger("medsam2_eval")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m medsam2_engine.evaluate", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m medsam2_eval", description=__doc__.split("\n")[0])
     p.add_argument("--data", required=True, help="folder of images with reference labels")
     p.add_argument("--out", required=True, help="report folder (created)")
     p.add_argument("--checkpoint", required=True, help="SAM 2 checkpoint {'model': state_dict}, or 'random'")
@@ -69,8 +69,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def run_one_prompt(models: ModelSource, cases: list, root: Path) -> dict:
     """Dice per target from a support's memory alone, beside a centroid-aligned copy of the support."""
-    from .evaluation.one_prompt_protocol import group_cases, run_group
-    from .one_prompt import OnePromptSegmenter
+    from .one_prompt_protocol import group_cases, run_group
+    from medsam2_engine.one_prompt import OnePromptSegmenter
 
     segmenter = OnePromptSegmenter(models)
     results = {}
@@ -124,7 +124,7 @@ def main(argv=None) -> int:
     engine_methods = protocol_variants(models, preset, args.protocol, early_stop, args.compare_protocols)
     methods = [*engine_methods, CopySliceMethod(), OtsuBoxMethod()]
     if not args.no_builtin:
-        from .evaluation.builtin_sam2 import BuiltinSam2Method
+        from .builtin_sam2 import BuiltinSam2Method
 
         methods.append(BuiltinSam2Method(preset, checkpoint, workdir, args.builtin_input))
     settings = ProtocolSettings(max_clicks=args.clicks, nsd_tolerance=args.nsd_tolerance)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..frames import slice_to_image
-from ..windowing import choose_window, guess_modality
+from medsam2_engine.frames import slice_to_image
+from medsam2_engine.windowing import choose_window, guess_modality
 
 
 def display_plane(case, k: int) -> np.ndarray:

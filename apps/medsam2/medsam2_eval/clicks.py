@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from ..prompts import Box, Click
+from medsam2_engine.prompts import Box, Click
 
 
 @dataclass(frozen=True)

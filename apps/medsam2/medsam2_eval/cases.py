@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..volume_io import IMAGE_2D_SUFFIXES, Volume, load_image
+from medsam2_engine.volume_io import IMAGE_2D_SUFFIXES, Volume, load_image
 
 logger = logging.getLogger(__name__)
 
@@ -125,7 +125,7 @@ def load_npz_case(path: Path) -> Case:
 
 def model_input_window(case: Case) -> dict:
     """The exact intensity range the engine maps to [0, 1] for this case (low, high, where it came from)."""
-    from ..windowing import choose_window, guess_modality
+    from medsam2_engine.windowing import choose_window, guess_modality
 
     volume = case.volume
     if volume.is_rgb:
@@ -221,7 +221,7 @@ def find_cases(root: str | Path) -> list:
     for image_path, label_paths in _pair_labels(_volume_entries(root)).items():
         cases.append(_volume_case(image_path, label_paths, root))
     if not cases:
-        raise CaseError(f"no labelled cases under {root} (see medsam2_engine.evaluation.cases for the layouts)")
+        raise CaseError(f"no labelled cases under {root} (see medsam2_eval.cases for the layouts)")
     return sorted(cases, key=lambda c: c.name)
 
 

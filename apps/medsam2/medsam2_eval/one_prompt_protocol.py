@@ -21,7 +21,7 @@ import numpy as np
 from scipy import ndimage
 from skimage.filters import threshold_otsu
 
-from ..one_prompt import OnePromptSegmenter, Support
+from medsam2_engine.one_prompt import OnePromptSegmenter, Support
 from .cases import select_structures
 from .metrics import dice
 

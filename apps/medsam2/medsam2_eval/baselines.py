@@ -16,7 +16,7 @@ import numpy as np
 from scipy import ndimage
 from skimage.filters import threshold_otsu
 
-from ..prompts import Box
+from medsam2_engine.prompts import Box
 
 
 def copy_slice_baseline(reference: np.ndarray, k: int) -> np.ndarray:

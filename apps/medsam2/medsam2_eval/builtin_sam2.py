@@ -31,8 +31,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..checkpoints import config_path
-from ..windowing import choose_window, guess_modality
+from medsam2_engine.checkpoints import config_path
+from medsam2_engine.windowing import choose_window, guess_modality
 from .methods import Method
 
 

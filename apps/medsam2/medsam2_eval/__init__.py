@@ -1,5 +1,8 @@
 """Accuracy evaluation: reference-labelled images, a simulated user, MONAI metrics, a report.
 
+A package beside the engine, not inside it: it drives :mod:`medsam2_engine` like any client,
+and its built-in SAM 2 baseline imports MONAI Label, which the engine never does.
+
 Modules, one concept each:
 
 - :mod:`.cases`      finding images and their reference labels in a folder;
@@ -9,7 +12,8 @@ Modules, one concept each:
 - :mod:`.methods`    this engine behind one small interface;
 - :mod:`.builtin_sam2` MONAI Label's own ``Sam2InferTask`` behind the same interface;
 - :mod:`.protocol`   the three protocols run against any method;
-- :mod:`.report`     JSON, Dice-against-clicks curve and overlays.
+- :mod:`.report`     JSON, Dice-against-clicks curve and overlays;
+- :mod:`.cli`        the command line.
 
-The command line is ``python -m medsam2_engine.evaluate``.
+The command line is ``python -m medsam2_eval``.
 """
