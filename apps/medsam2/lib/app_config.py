@@ -45,6 +45,8 @@ class AppConfig:
     labels: list
     cpu_int8: bool
     allow_download: bool
+    cpu_runtime: str = "torch"  # image encoder on CPU: PyTorch or OpenVINO (medsam2_engine/runtime_openvino.py)
+    encode_ahead: bool = True  # encode a study's slices when the viewer opens it (medsam2_engine/encode_ahead.py)
     engine: EngineSettings = field(default_factory=EngineSettings)
     auto_finetune_after: int = 0  # fine-tune after this many new final labels (0: only on request)
     finetune: dict = field(default_factory=dict)  # train request defaults from --conf finetune_<name>
@@ -57,7 +59,7 @@ class AppConfig:
         config_file = conf.get("model_config")
         preset = preset_for_config_file(config_file) if config_file else get_preset(conf.get("model", DEFAULT_PRESET))
         labels = [name.strip() for name in str(conf.get("labels", ",".join(DEFAULT_LABELS))).split(",")]
-        labels = [name for name in labels if name]
+        labels = [options.label_name(name, "--conf labels") for name in labels if name]
         if not labels:
             raise ConfError("--conf labels", "needs at least one label name")
         engine = EngineSettings(
@@ -94,6 +96,8 @@ class AppConfig:
             device=conf.get("device", "auto"),
             labels=labels,
             cpu_int8=_flag(conf, "cpu_int8", False),
+            cpu_runtime=_choice(conf, "cpu_runtime", "torch", ("torch", "openvino")),
+            encode_ahead=_flag(conf, "encode_ahead", True),
             allow_download=_flag(conf, "download", True),
             engine=engine,
             auto_finetune_after=_number(conf, "auto_finetune_after", 0, int),

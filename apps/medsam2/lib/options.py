@@ -26,6 +26,11 @@ _NUMBER_TEXT = re.compile(r"^[+-]?(\d{1,12}(\.\d*)?|\.\d+)([eE][+-]?\d{1,3})?$")
 # datastore ids: file stems and DICOM UIDs; no separators, no "..", nothing hidden
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 
+_LABEL_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 _.-]{0,63}$")
+# request fields a label name must not shadow (per-label points are sent under the label's name)
+REQUEST_FIELDS = ("image", "model", "label", "foreground", "background", "roi", "client_id", "reset_state", "window",
+                  "modality", "slice", "session", "description", "device", "save_label", "label_tag", "output")
+
 RESULT_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".png")
 RESULT_DTYPES = ("uint8", "uint16", "int16", "int32", "float32")
 
@@ -120,6 +125,15 @@ def identifier(value, field: str) -> str:
         raise OptionError(field, f"expected an id, got {_show(value)}")
     if not _ID.match(value) or ".." in value:
         raise OptionError(field, f"{_show(value)} is not a valid id (letters, digits, '.', '_', '-'; no paths)")
+    return value
+
+
+def label_name(value, field: str) -> str:
+    """A structure name clients show and send points under: plain text, never a request field."""
+    if not isinstance(value, str) or not _LABEL_NAME.match(value):
+        raise OptionError(field, f"{_show(value)} is not a valid label name (letters, digits, space, '_', '.', '-')")
+    if value.lower() in REQUEST_FIELDS or value.startswith("result_") or value.startswith("_"):
+        raise OptionError(field, f"{value!r} is a request field name; choose another label name")
     return value
 
 
