@@ -28,6 +28,11 @@ if ! .venv/bin/python -m pip install --disable-pip-version-check -q -r requireme
     echo "installing requirements failed (see above)" >&2
     exit 1
 fi
+# the engine and evaluation packages, importable from anywhere (pyproject.toml)
+if ! .venv/bin/python -m pip install --disable-pip-version-check -q --no-build-isolation -e .; then
+    echo "installing the project (pip install -e .) failed (see above)" >&2
+    exit 1
+fi
 
 # MONAI Label's `monailabel` launcher runs whichever `python` is first on PATH, so
 # `.venv/bin/monailabel` fails unless the venv is activated. Replace it with one that

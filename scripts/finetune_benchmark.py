@@ -37,7 +37,6 @@ import numpy as np
 
 os.environ.setdefault("TQDM_DISABLE", "1")  # sam2's per-slice progress bars
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "apps" / "medsam2"), str(ROOT)]
 
 import torch  # noqa: E402
 from skimage.filters import threshold_otsu  # noqa: E402
@@ -45,7 +44,7 @@ from skimage.filters import threshold_otsu  # noqa: E402
 from medsam2_engine.training.cases import CaseFiles, load_case  # noqa: E402
 from medsam2_engine.training.finetune import FineTuneConfig, FineTuner  # noqa: E402
 from medsam2_engine.training.validation import box_on_largest_slice, dice  # noqa: E402
-from tests.support.small_model import small_preset  # noqa: E402
+from medsam2_eval.small_preset import small_preset  # noqa: E402
 
 logger = logging.getLogger("finetune_benchmark")
 

@@ -1,6 +1,6 @@
 """Train a model preset on CT-like phantoms so that speed benchmarks have weights that track.
 
-    PYTHONPATH=apps/medsam2 python scripts/phantom_checkpoint.py --preset medsam2 --minutes 20 --out phantom.pt
+    python scripts/phantom_checkpoint.py --preset medsam2 --minutes 20 --out phantom.pt
 
 Early stop and correction stop only mean something with weights that find the structure:
 with random weights the object score is noise. No pretrained weights can be downloaded on
@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import sys
 import time
 from pathlib import Path
 
@@ -24,8 +23,6 @@ import numpy as np
 import torch
 
 os.environ.setdefault("TQDM_DISABLE", "1")
-ROOT = Path(__file__).resolve().parent
-sys.path[:0] = [str(ROOT.parent / "apps" / "medsam2"), str(ROOT)]
 
 from benchmark_speed import phantom  # noqa: E402
 

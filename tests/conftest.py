@@ -1,9 +1,12 @@
-"""Shared fixtures: the app's packages on sys.path, a small SAM 2 model, phantom volumes."""
+"""Shared fixtures: a small SAM 2 model, phantom volumes.
+
+The engine packages are installed (``pip install -e .``); pyproject.toml puts the app folder
+(its ``lib``) and the repository root (``tests.support``) on pytest's path.
+"""
 
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,11 +14,7 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
-APP_DIR = ROOT / "apps" / "medsam2"
 SHARED_DATA = ROOT.parent / "shared" / "data"
-for path in (str(APP_DIR), str(ROOT)):
-    if path not in sys.path:
-        sys.path.insert(0, path)
 
 # MEDSAM2_TEST_THREADS=1 when something else is busy on the CPU: two threads sharing one core spin-wait
 torch.set_num_threads(int(os.environ.get("MEDSAM2_TEST_THREADS", min(2, os.cpu_count() or 1))))
