@@ -92,6 +92,9 @@ def infer(
             identifier(image, "image")
             if isinstance(datastore, LocalDatastore) and not datastore.get_image_uri(image):
                 raise OptionError("image", f"image not found: {image}", status=404)
+            if not isinstance(datastore, LocalDatastore) and os.path.exists(image):
+                # MONAI Label would read this file of the server's working folder instead of the PACS
+                raise OptionError("image", f"{image!r} is not an image id of this datastore")
             request[IMAGE_ID_FIELD] = image
         request[USER_FIELD] = _user_name(user)
         request[ADDRESS_FIELD] = http.client.host if http.client else None
