@@ -57,6 +57,7 @@ class MedSam2App(MONAILabelApp):
             checkpoint=self.settings.checkpoint,
             device=self.settings.device,
             cpu_int8=self.settings.cpu_int8,
+            cpu_runtime=self.settings.cpu_runtime,
         )
         self.models.ensure_available(allow_download=self.settings.allow_download)
         self.volume_segmenter = VolumeSegmenter(self.models, self.settings.engine)

@@ -21,6 +21,7 @@ from .checkpoints import (
     download,
 )
 from .precision import INT8_MODULES, quantize_int8
+from .runtime_openvino import CPU_RUNTIMES, attach_cpu_runtime
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +74,7 @@ class ModelSource:
         device: str = "auto",
         extra_overrides: dict | None = None,
         cpu_int8: bool = False,
+        cpu_runtime: str = "torch",
     ):
         self.preset = preset
         self.model_dir = Path(model_dir)
@@ -80,6 +82,10 @@ class ModelSource:
         self.device = pick_device(device)
         self.extra_overrides = extra_overrides or {}
         self.cpu_int8 = bool(cpu_int8) and self.device == "cpu"  # see precision.quantize_int8
+        if cpu_runtime not in CPU_RUNTIMES:
+            raise ValueError(f"cpu_runtime must be one of {CPU_RUNTIMES}, got {cpu_runtime!r}")
+        self.cpu_runtime = cpu_runtime if self.device == "cpu" else "torch"  # CUDA: PyTorch with bf16 autocast
+        self.runtime_in_use = "torch"  # what runs the image encoder of the served model (see runtime_openvino)
         self._loaded: LoadedModel | None = None
         self._versions = 0
         self._lock = threading.RLock()
@@ -168,6 +174,8 @@ class ModelSource:
         if self.cpu_int8:
             quantize_int8(model)
             logger.info("int8 linear layers in %s (cpu_int8)", ", ".join(INT8_MODULES))
+        # compiled for these weights and warmed up now, before the model is served
+        self.runtime_in_use = attach_cpu_runtime(model, self.cpu_runtime, [model.image_size])
         self._versions += 1
         self._loaded = LoadedModel(model, path, self._versions, stamp)
         self.last_error = None
@@ -209,6 +217,7 @@ class ModelSource:
             "untrained_origin": path == RANDOM_WEIGHTS or self._untrained_origin(path),
             "device": self.device,
             "cpu_int8": self.cpu_int8,
+            "cpu_runtime": self.runtime_in_use,
             "protocol": self.protocol,
             "reason": reason,
         }

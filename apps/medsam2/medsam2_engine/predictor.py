@@ -221,6 +221,13 @@ class VolumePredictor(SAM2VideoPredictor):
             cache.put(frame_idx, inference_state["cached_features"][frame_idx][1])
         return features
 
+    def forward_image(self, img_batch):
+        # the CPU runtime (runtime_openvino.py) when one is attached and takes this input
+        runtime = self.__dict__.get("_image_runtime")
+        if runtime is not None and runtime.accepts(img_batch):
+            return runtime(img_batch)
+        return super().forward_image(img_batch)
+
     def _track_step(self, *args, **kwargs):
         current_out, sam_outputs, high_res_features, pix_feat = super()._track_step(*args, **kwargs)
         ious = sam_outputs[2]

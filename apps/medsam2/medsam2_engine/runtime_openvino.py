@@ -1,0 +1,124 @@
+"""The image encoder (Hiera + FPN neck + the decoder's high-resolution projections) on CPU
+through OpenVINO, with plain PyTorch as the fallback.
+
+What runs is exactly sam2's ``SAM2Base.forward_image``: the graph is traced from the served
+model, so the features the predictor caches are the same computation in another runtime
+(float32 inference precision is forced: OpenVINO would otherwise pick bf16 on CPUs that have
+bf16 units). One compiled graph per (model object, input size): a reloaded checkpoint (a
+fine-tune publishing new weights) is a new model object and gets its own graph, compiled
+and warmed up at load (``ModelSource``), so no user pays the compilation.
+
+Used only for what it was validated for: CPU, float32, no autograd, batch 1, a traced input
+size. Anything else (training, bf16 autocast, CUDA) runs sam2's PyTorch code as before.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import torch
+
+logger = logging.getLogger(__name__)
+
+CPU_RUNTIMES = ("torch", "openvino")
+
+
+class RuntimeUnavailable(RuntimeError):
+    """The runtime is not installed, or cannot take this model: serve with PyTorch."""
+
+
+class _ForwardImage(torch.nn.Module):
+    """``model.forward_image`` as a module with tensor outputs (what the runtime converts)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, image):
+        out = self.model.forward_image(image)
+        return (*out["backbone_fpn"], *out["vision_pos_enc"])
+
+
+class OpenVinoImageEncoder:
+    """``forward_image`` of one model through OpenVINO, compiled per input size on first use."""
+
+    name = "openvino"
+
+    def __init__(self, model, threads: int | None = None):
+        try:
+            import openvino as ov
+        except ImportError as err:  # the fallback is PyTorch; the caller says so in /info
+            raise RuntimeUnavailable(f"openvino is not installed ({err})") from err
+        self._ov = ov
+        self._core = ov.Core()
+        self._model = model
+        self._threads = threads or torch.get_num_threads()
+        self._compiled: dict = {}  # input size -> (compiled model, number of fpn levels)
+        self._lock = threading.Lock()
+        self.compile_seconds: dict = {}
+        self.calls = 0
+
+    def accepts(self, image: torch.Tensor) -> bool:
+        return (image.device.type == "cpu" and image.dtype == torch.float32 and image.dim() == 4
+                and image.shape[0] == 1 and image.shape[-1] == image.shape[-2]
+                and not torch.is_grad_enabled() and not torch.is_autocast_enabled("cpu"))
+
+    def compile(self, size: int):
+        """The compiled graph for square inputs of ``size`` pixels (converted once, then kept)."""
+        with self._lock:
+            if size not in self._compiled:
+                started = time.perf_counter()
+                example = torch.zeros(1, 3, size, size)
+                levels = len(self._model.forward_image(example)["backbone_fpn"])
+                try:
+                    converted = self._ov.convert_model(_ForwardImage(self._model).eval(), example_input=example)
+                    config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": int(self._threads),
+                              "PERFORMANCE_HINT": "LATENCY"}
+                    compiled = self._core.compile_model(converted, "CPU", config)
+                except Exception as err:  # noqa: BLE001 - any conversion failure means: stay on PyTorch
+                    raise RuntimeUnavailable(f"openvino cannot convert the image encoder: {err}") from err
+                self._compiled[size] = (compiled, levels)
+                self.compile_seconds[size] = round(time.perf_counter() - started, 2)
+                logger.info("image encoder compiled with OpenVINO for %d px in %.1f s", size,
+                            self.compile_seconds[size])
+            return self._compiled[size]
+
+    def __call__(self, image: torch.Tensor) -> dict:
+        compiled, levels = self.compile(int(image.shape[-1]))
+        request = compiled.create_infer_request()  # one per call: concurrent callers never share one
+        request.infer({0: image.contiguous().numpy()})
+        outputs = [torch.from_numpy(request.get_output_tensor(i).data.copy()) for i in range(2 * levels)]
+        self.calls += 1
+        fpn, pos = outputs[:levels], outputs[levels:]
+        return {"vision_features": fpn[-1], "vision_pos_enc": pos, "backbone_fpn": fpn}
+
+
+def attach_cpu_runtime(model, runtime: str, warm_up_sizes=()) -> str:
+    """Give ``model`` (a VolumePredictor) its CPU image encoder; returns what will run it.
+
+    ``"torch"`` detaches any runtime. ``"openvino"`` compiles and runs one slice per size in
+    ``warm_up_sizes`` now; if OpenVINO is missing or cannot convert the model, the model keeps
+    PyTorch and the returned text says why.
+    """
+    if runtime not in CPU_RUNTIMES:
+        raise ValueError(f"cpu_runtime must be one of {CPU_RUNTIMES}, got {runtime!r}")
+    model.__dict__.pop("_image_runtime", None)
+    if runtime == "torch":
+        return "torch"
+    try:
+        encoder = OpenVinoImageEncoder(model)
+        with torch.inference_mode():
+            for size in warm_up_sizes:
+                encoder(torch.zeros(1, 3, int(size), int(size)))
+    except RuntimeUnavailable as err:
+        logger.warning("cpu_runtime openvino unavailable, the image encoder runs on PyTorch: %s", err)
+        return f"torch (openvino unavailable: {err})"
+    model.__dict__["_image_runtime"] = encoder
+    return "openvino"
+
+
+def image_runtime(model):
+    """The runtime attached to ``model`` (or to the model it is an input-size view of), or None."""
+    return model.__dict__.get("_image_runtime")

@@ -1,0 +1,138 @@
+"""The CPU runtime (OpenVINO) for the image encoder: same features and masks as PyTorch
+float32 on the same weights, PyTorch when the runtime is missing, a new graph for new weights."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from tests.conftest import SHARED_DATA, needs_shared_data
+
+pytest.importorskip("openvino", reason="openvino is not installed (pip install openvino): the runtime is optional")
+
+
+def _dice(a, b) -> float:
+    return 2.0 * np.logical_and(a, b).sum() / max(1, a.sum() + b.sum())
+
+
+def _masks(segmenter, volume, prompts):
+    result = segmenter.segment(volume, prompts, session_key=("runtime", str(time.monotonic())))
+    return {label: r.mask for label, r in result.labels.items()}, result
+
+
+def _with_and_without_runtime(segmenter, volume, prompts):
+    """(torch masks, openvino masks, openvino calls) for one call each on the same weights."""
+    from medsam2_engine.runtime_openvino import attach_cpu_runtime, image_runtime
+
+    model = segmenter.models.get().model
+    try:
+        assert attach_cpu_runtime(model, "torch") == "torch"
+        reference, _ = _masks(segmenter, volume, prompts)
+        assert attach_cpu_runtime(model, "openvino", [model.image_size]) == "openvino"
+        runtime = image_runtime(model)
+        calls_before = runtime.calls
+        converted, result = _masks(segmenter, volume, prompts)
+        return reference, converted, runtime.calls - calls_before, result
+    finally:
+        attach_cpu_runtime(model, "torch")
+
+
+def test_encoder_outputs_match_pytorch(small_source):
+    from medsam2_engine.runtime_openvino import OpenVinoImageEncoder
+
+    model = small_source.get().model
+    image = torch.randn(1, 3, model.image_size, model.image_size, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        expected = model.forward_image(image)
+        got = OpenVinoImageEncoder(model)(image)
+    for key in ("backbone_fpn", "vision_pos_enc"):
+        assert len(got[key]) == len(expected[key])
+        for a, b in zip(got[key], expected[key]):
+            assert a.shape == b.shape and a.dtype == b.dtype
+            assert torch.allclose(a, b, atol=1e-4, rtol=1e-4), (key, (a - b).abs().max().item())
+    assert torch.equal(got["vision_features"], got["backbone_fpn"][-1])
+
+
+def test_masks_agree_with_pytorch_on_the_phantom_checkpoint(fine_tuned):
+    from medsam2_engine.prompts import Box, LabelPrompts
+    from medsam2_engine.volume_io import Volume
+
+    segmenter, cases = fine_tuned
+    case = cases[0]
+    mask = case.labels == 1
+    ii, jj, kk = np.nonzero(mask)
+    k = int(np.median(kk))
+    ii, jj = np.nonzero(mask[:, :, k])
+    prompts = {"l": LabelPrompts(boxes=[Box(ii.min(), jj.min(), ii.max(), jj.max(), k)])}
+    volume = Volume(case.volume.array, case.volume.affine, "")
+    reference, converted, calls, _ = _with_and_without_runtime(segmenter, volume, prompts)
+    assert calls >= volume.array.shape[2]  # every slice went through the runtime
+    assert reference["l"].sum() > 0.3 * mask.sum()  # trained weights: a real mask, not an empty one
+    assert _dice(reference["l"], converted["l"]) >= 0.999
+
+
+@needs_shared_data
+def test_masks_agree_with_pytorch_on_a_real_scan(fine_tuned):
+    from medsam2_eval.cases import load_npz_case
+    from medsam2_eval.clicks import box_prompt
+    from medsam2_engine.prompts import LabelPrompts
+
+    segmenter, _ = fine_tuned
+    path = sorted((SHARED_DATA / "ct_lesion_deeplesion_npz").glob("*.npz"))[0]
+    case = load_npz_case(path)
+    structure = case.structures[0]
+    prompts = {"l": LabelPrompts(boxes=[box_prompt(structure.mask)])}
+    reference, converted, calls, _ = _with_and_without_runtime(segmenter, case.volume, prompts)
+    assert calls >= case.volume.array.shape[2]
+    assert reference["l"].any(), "the phantom-trained model finds nothing here: no agreement to measure"
+    assert _dice(reference["l"], converted["l"]) >= 0.999
+
+
+def test_missing_runtime_falls_back_to_pytorch(small_source, monkeypatch, phantom):
+    from medsam2_engine.engine import VolumeSegmenter
+    from medsam2_engine.prompts import Box, LabelPrompts
+    from medsam2_engine.runtime_openvino import attach_cpu_runtime, image_runtime
+
+    monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino now raises ImportError
+    model = small_source.get().model
+    used = attach_cpu_runtime(model, "openvino", [model.image_size])
+    assert used.startswith("torch (openvino unavailable") and image_runtime(model) is None
+    result = VolumeSegmenter(small_source).segment(phantom, {"l": LabelPrompts(boxes=[Box(10, 8, 26, 20, 6)])},
+                                                   session_key=("fallback",))
+    assert result.labels["l"].mask.shape == phantom.array.shape
+
+
+def test_new_weights_get_a_new_graph_compiled_at_load(small_model_files, tmp_path):
+    from medsam2_engine.checkpoints import build_model, preset_for_config_file, save_checkpoint
+    from medsam2_engine.model_source import ModelSource
+    from medsam2_engine.runtime_openvino import image_runtime
+    from sam2.sam2_video_predictor import SAM2VideoPredictor
+
+    config, checkpoint = small_model_files
+    served = tmp_path / "served.pt"
+    served.write_bytes(checkpoint.read_bytes())
+    source = ModelSource(preset_for_config_file(config), tmp_path, checkpoint=str(served), device="cpu",
+                         cpu_runtime="openvino")
+    first = source.get()
+    runtime = image_runtime(first.model)
+    assert source.status()["cpu_runtime"] == "openvino"
+    assert list(runtime.compile_seconds) == [first.model.image_size]  # compiled before any request
+    torch.manual_seed(1)
+    save_checkpoint(build_model(preset_for_config_file(config), "random"), served)  # as a fine-tune publishes
+    os.utime(served, ns=(time.time_ns(), time.time_ns() + 10**9))
+    second = source.get()
+    assert second.version == first.version + 1
+    new_runtime = image_runtime(second.model)
+    assert new_runtime is not runtime and list(new_runtime.compile_seconds) == [second.model.image_size]
+    image = torch.rand(1, 3, second.model.image_size, second.model.image_size)
+    with torch.inference_mode():
+        got = new_runtime(image)["backbone_fpn"][-1]
+        reference = SAM2VideoPredictor.forward_image(second.model, image)["backbone_fpn"][-1]  # PyTorch
+        old = runtime(image)["backbone_fpn"][-1]
+    assert torch.allclose(got, reference, atol=1e-4)  # the new weights, not the old graph's
+    assert not torch.allclose(old, reference, atol=1e-4)
