@@ -53,6 +53,12 @@ def test_ct_and_mr_series_are_listed(pacs_server, pacs_studies, orthanc):  # noq
     assert stats["total"] == len(images)
     # offline start: MONAI Label's own DICOMweb set-up downloads dcmqi from GitHub (and logs its file name)
     assert "dcmqi" not in pacs_server.log()
+    # no patient identifier leaves the app: not in the datastore listing, nor in the viewer's study list
+    everything = requests.get(f"{pacs_server.url}/datastore/", params={"output": "all"}, timeout=60).text
+    studies = requests.get(f"{pacs_server.url}/medsam2/viewer/studies", timeout=60).text
+    for patient in pacs_studies.patient_ids():
+        assert patient not in everything and patient not in studies, patient
+    assert "PatientID" not in everything
 
 
 def test_ohif_sequence_clear_and_click_on_another_slice_then_seg(pacs_server, pacs_studies, orthanc, tmp_path):  # noqa: F811

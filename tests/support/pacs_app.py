@@ -45,6 +45,10 @@ class PacsStudies:
     tcia: dict = field(default_factory=dict)  # SeriesDescription -> SeriesInstanceUID (real MR), if present
     tcia_study: str = ""
 
+    def patient_ids(self) -> list:
+        """The phantoms' PatientID values, which the app must never return."""
+        return [f"PHANTOM-{name.upper()}" for name in self.phantoms]
+
 
 def _phantom_series(folder: Path, seed: int, name: str) -> PhantomSeries:
     from tests.support.trained_small_model import AFFINE, phantom

@@ -33,6 +33,7 @@ from monailabel.interfaces.datastore import DefaultLabelTag
 from pydicom.dataset import Dataset
 
 from lib.dicom_seg import SegAuthor, build_segmentation
+from lib.privacy import KEYWORDS as PATIENT_IDENTIFIERS
 
 logger = logging.getLogger(__name__)
 
@@ -83,6 +84,13 @@ class MedSam2DicomWebDatastore(DICOMWebDatastore):
                 if uid not in series:
                     series.append(uid)
         return series
+
+    def _dicom_info(self, series_id):
+        """What MONAI Label records per series, without the patient's identifiers (never returned by the API)."""
+        info = super()._dicom_info(series_id)
+        for keyword in PATIENT_IDENTIFIERS:
+            info.pop(keyword, None)
+        return info
 
     def _lock_for(self, series_uid: str) -> threading.Lock:
         with self._locks_guard:
@@ -200,7 +208,7 @@ class MedSam2DicomWebDatastore(DICOMWebDatastore):
         logger.info("stored DICOM SEG %s for series %s", seg.SeriesInstanceUID, series_uid)
         info = self.get_image_info(series_uid)
         return {"SeriesInstanceUID": str(seg.SeriesInstanceUID), "Modality": info.get("Modality"),
-                "PatientID": info.get("PatientID"), "StudyInstanceUID": info.get("StudyInstanceUID"),
+                "StudyInstanceUID": info.get("StudyInstanceUID"),
                 "seg_segments": [d.SegmentLabel for d in seg.SegmentSequence]}
 
 

@@ -65,14 +65,15 @@ def study_list(datastore) -> list:
 
 
 def _series_descriptions(datastore) -> dict:
-    """Series UID -> "patient, modality, description", in one QIDO query (DICOMweb only).
+    """Series UID -> "modality, date, description", in one QIDO query (DICOMweb only).
 
-    A series UID means nothing to a clinician; the PACS knows what the series is.
+    A series UID means nothing to a clinician; the PACS knows what the series is. Patient
+    identifiers are never returned by the app (the clinician's PACS viewer shows them).
     """
     client = getattr(datastore, "_client", None)  # MONAI Label's DICOMwebClient of the datastore
     if client is None:
         return {}
-    fields = {"PatientID": "00100020", "Modality": "00080060", "SeriesDescription": "0008103E",
+    fields = {"Modality": "00080060", "StudyDate": "00080020", "SeriesDescription": "0008103E",
               "SeriesInstanceUID": "0020000E"}
     try:
         entries = client.search_for_series(fields=list(fields))
@@ -84,7 +85,7 @@ def _series_descriptions(datastore) -> dict:
         values = entry.get(fields[name], {}).get("Value") or [""]
         return str(values[0])
 
-    return {value(e, "SeriesInstanceUID"): ", ".join(v for v in (value(e, "PatientID"), value(e, "Modality"),
+    return {value(e, "SeriesInstanceUID"): ", ".join(v for v in (value(e, "Modality"), value(e, "StudyDate"),
                                                                     value(e, "SeriesDescription")) if v)
             for e in entries}
 
