@@ -56,6 +56,7 @@ class FeatureCache:
         self.max_bytes = int(max_bytes)
         self._frames: OrderedDict = OrderedDict()
         self._pos_enc: dict = {}  # feature map size -> positional encodings
+        self._lock = threading.Lock()
         self.bytes = 0
         self.hits = 0
         self.misses = 0
@@ -69,24 +70,31 @@ class FeatureCache:
         return sum(t.numel() * t.element_size() for t in fpn)
 
     def get(self, frame_idx: int):
-        fpn = self._frames.get(frame_idx)
-        if fpn is None:
-            self.misses += 1
-            return None
-        self.hits += 1
-        self._frames.move_to_end(frame_idx)
-        return {"backbone_fpn": list(fpn), "vision_pos_enc": list(self._pos_enc[self._map_size(fpn)])}
+        with self._lock:
+            fpn = self._frames.get(frame_idx)
+            if fpn is None:
+                self.misses += 1
+                return None
+            self.hits += 1
+            self._frames.move_to_end(frame_idx)
+            return {"backbone_fpn": list(fpn), "vision_pos_enc": list(self._pos_enc[self._map_size(fpn)])}
+
+    def __contains__(self, frame_idx) -> bool:
+        """Whether the frame is encoded (counts neither a hit nor a miss: for encode-ahead)."""
+        with self._lock:
+            return frame_idx in self._frames
 
     def put(self, frame_idx: int, backbone_out: dict) -> None:
-        if frame_idx in self._frames or self.max_bytes <= 0:
-            return
-        fpn = tuple(backbone_out["backbone_fpn"])
-        self._pos_enc.setdefault(self._map_size(fpn), tuple(backbone_out["vision_pos_enc"]))
-        self._frames[frame_idx] = fpn
-        self.bytes += self._size(fpn)
-        while self.bytes > self.max_bytes and len(self._frames) > 1:
-            _, evicted = self._frames.popitem(last=False)
-            self.bytes -= self._size(evicted)
+        with self._lock:  # encode-ahead's worker puts while a request reads
+            if frame_idx in self._frames or self.max_bytes <= 0:
+                return
+            fpn = tuple(backbone_out["backbone_fpn"])
+            self._pos_enc.setdefault(self._map_size(fpn), tuple(backbone_out["vision_pos_enc"]))
+            self._frames[frame_idx] = fpn
+            self.bytes += self._size(fpn)
+            while self.bytes > self.max_bytes and len(self._frames) > 1:
+                _, evicted = self._frames.popitem(last=False)
+                self.bytes -= self._size(evicted)
 
     def __len__(self) -> int:
         return len(self._frames)
