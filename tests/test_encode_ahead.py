@@ -97,3 +97,41 @@ def test_a_cancelled_job_encodes_nothing_more(fine_tuned):
 
 if __name__ == "__main__":  # pragma: no cover
     pytest.main([__file__])
+
+
+def test_the_viewer_opening_a_study_queues_it_for_the_tabs_session(tmp_path, phantom):
+    """GET /medsam2/viewer/volume queues the study under the key the same tab's clicks will use."""
+    import nibabel as nib
+    from fastapi import FastAPI
+    from fastapi.testclient import TestClient
+
+    from lib.infers.request import IMAGE_ID_FIELD, session_key_for
+    from lib.viewer_routes import build_router
+
+    path = tmp_path / "study1.nii.gz"
+    nib.save(nib.Nifti1Image(phantom.array, phantom.affine), str(path))
+    queued = []
+
+    class Datastore:
+        def list_images(self):
+            return ["study1"]
+
+        def get_image_uri(self, image):
+            return str(path)
+
+    class App:
+        def datastore(self):
+            return Datastore()
+
+        def encode_study_ahead(self, request, uri):
+            queued.append((session_key_for(request), uri))
+
+    server = FastAPI()
+    server.include_router(build_router(lambda: App(), lambda: None))
+    client = TestClient(server)
+    assert client.get("/medsam2/viewer/volume", params={"image": "study1", "client_id": "tab-7"}).status_code == 200
+    # the key an infer request of that tab gets (client_id in its params, the image id from the route)
+    expected = session_key_for({"client_id": "tab-7", IMAGE_ID_FIELD: "study1"})
+    assert queued == [(expected, str(path))]
+    bad = client.get("/medsam2/viewer/volume", params={"image": "study1", "client_id": "x" * 5000})
+    assert bad.status_code == 400 and "client_id" in bad.json()["detail"]

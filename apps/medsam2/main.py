@@ -37,7 +37,8 @@ from lib.infers.interactive_3d import Interactive3D  # noqa: E402
 from lib.trainers.auto import AutoFineTune, check_saved_label  # noqa: E402
 from lib.trainers.finetune import FineTuneTask  # noqa: E402
 from lib.viewer_routes import mount_on_monailabel_server as mount_viewer  # noqa: E402
-from lib.infers.one_prompt import OnePrompt  # noqa: E402
+from lib.infers.one_prompt import OnePrompt, one_prompt_settings  # noqa: E402
+from medsam2_engine.encode_ahead import EncodeAhead  # noqa: E402
 from medsam2_engine.engine import VolumeSegmenter  # noqa: E402
 from medsam2_engine.image2d import ImageSegmenter  # noqa: E402
 from medsam2_engine.model_source import ModelSource  # noqa: E402
@@ -61,8 +62,11 @@ class MedSam2App(MONAILabelApp):
         )
         self.models.ensure_available(allow_download=self.settings.allow_download)
         self.volume_segmenter = VolumeSegmenter(self.models, self.settings.engine)
+        # slices encoded while the clinician looks at a study (see encode_study_ahead)
+        self.encode_ahead = EncodeAhead(self.volume_segmenter) if self.settings.encode_ahead else None
         # one session store, so one memory budget, for 3D and 2D sessions
-        self.image_segmenter = ImageSegmenter(self.models, sessions=self.volume_segmenter.sessions)
+        self.image_segmenter = ImageSegmenter(self.models, sessions=self.volume_segmenter.sessions,
+                                              cpu_bf16=self.settings.engine.cpu_bf16)
         self._auto_finetune = AutoFineTune(
             self.settings.auto_finetune_after, lambda: self.async_training(FINETUNE, enqueue=True)
         )
@@ -114,12 +118,20 @@ class MedSam2App(MONAILabelApp):
             install_routes(server.app, max_body_bytes=int(self.settings.upload_max_mb * 2**20))
         mount_viewer()  # the annotation page at /medsam2/viewer/ (lib/viewer_routes.py)
 
+    def encode_study_ahead(self, request: dict, image_path: str) -> None:
+        """Queue a study the viewer just opened for encoding, in the session its first click will use."""
+        if self.encode_ahead is not None:
+            from lib.infers.request import session_key_for
+
+            self.encode_ahead.request(session_key_for(request), image_path)
+
     def init_infers(self):
         return {
             "medsam2_3d": Interactive3D(self.volume_segmenter, self.settings.labels),
             "medsam2_2d": Interactive2D(self.image_segmenter, self.settings.labels),
             "medsam2_one_prompt": OnePrompt(self.models, self.settings.labels, self.datastore,
-                                            self.settings.engine.early_stop, interactive=self.volume_segmenter),
+                                            one_prompt_settings(self.settings.engine),
+                                            interactive=self.volume_segmenter),
         }
 
     def init_trainers(self):

@@ -11,7 +11,7 @@ from medsam2_engine.checkpoints import DEFAULT_PRESET, ModelPreset, get_preset, 
 from medsam2_engine.engine import EngineSettings
 from medsam2_engine.propagation import CorrectionStop, EarlyStop
 from medsam2_engine.protocols import PROTOCOLS, default_protocol
-from medsam2_engine.roi import RoiSettings
+from medsam2_engine.crop_region import CropRegionSettings
 from medsam2_engine.sessions import SessionLimits
 
 DEFAULT_LABELS = ("lesion", "organ", "vessel", "bone", "other")
@@ -76,7 +76,7 @@ class AppConfig:
                 iou=_number(conf, "correction_stop_iou", 0.95),
                 patience=_number(conf, "correction_stop_patience", 3, int),
             ),
-            roi=RoiSettings(
+            crop_region=CropRegionSettings(
                 enabled=_flag(conf, "crop_region", False),
                 context=_number(conf, "crop_region_context", 2.0),
                 min_input=_number(conf, "crop_region_min_input", 256, int),

@@ -18,7 +18,7 @@ import logging
 from pathlib import Path
 
 import numpy as np
-from fastapi import APIRouter, Depends, HTTPException, Query
+from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
 
@@ -96,6 +96,23 @@ def _known_image(datastore, image_id: str) -> str:
     return image_id
 
 
+def _encode_ahead(app, http, image: str, client_id: str, user, uri: str) -> None:
+    """The study is about to be segmented: queue its slices for the session its clicks will use."""
+    queue_study = getattr(app, "encode_study_ahead", None)
+    if queue_study is None:
+        return
+    from .infers.request import ADDRESS_FIELD, IMAGE_ID_FIELD, USER_FIELD
+    from .routes import _user_name
+
+    from .options import OptionError
+
+    try:
+        queue_study({USER_FIELD: _user_name(user), "client_id": client_id or None, IMAGE_ID_FIELD: image,
+                     ADDRESS_FIELD: http.client.host if http.client else None}, uri)
+    except OptionError as err:
+        raise HTTPException(status_code=err.status, detail=str(err)) from err
+
+
 def build_router(app_instance, user_dependency) -> APIRouter:
     """Routes for the page; ``app_instance()`` returns the running MONAI Label app."""
     router = APIRouter(prefix=PREFIX, tags=["Viewer"])
@@ -105,7 +122,9 @@ def build_router(app_instance, user_dependency) -> APIRouter:
         return {"studies": study_list(app_instance().datastore())}
 
     @router.get("/volume", summary="A study's volume as NIfTI on the app's voxel grid")
-    def volume(image: str = Query(..., description="image id of the datastore"), user=Depends(user_dependency)):
+    def volume(http: Request, image: str = Query(..., description="image id of the datastore"),
+               client_id: str = Query("", description="the viewer tab's session: its slices are encoded ahead"),
+               user=Depends(user_dependency)):
         datastore = app_instance().datastore()
         _known_image(datastore, image)
         uri = datastore.get_image_uri(image)
@@ -119,6 +138,7 @@ def build_router(app_instance, user_dependency) -> APIRouter:
                 detail=f"image: {image} is 2D (shape {list(loaded.array.shape)}); the viewer shows volumes, "
                 "use the medsam2_2d model from another client",
             )
+        _encode_ahead(app_instance(), http, image, client_id, user, uri)
         return Response(
             content=volume_as_nifti(loaded),
             media_type="application/octet-stream",

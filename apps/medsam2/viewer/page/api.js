@@ -59,8 +59,10 @@ export async function listStudies() {
   return (await response.json()).studies;
 }
 
-export async function fetchVolume(image) {
-  const response = await fetch(`volume?image=${encodeURIComponent(image)}`, withAuth());
+// clientId: the tab's session, so the server encodes the study's slices for its first click
+export async function fetchVolume(image, clientId) {
+  const query = `image=${encodeURIComponent(image)}&client_id=${encodeURIComponent(clientId)}`;
+  const response = await fetch(`volume?${query}`, withAuth());
   if (!response.ok) throw await failure(response, `opening ${image}`);
   return response.arrayBuffer();
 }

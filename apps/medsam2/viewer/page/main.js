@@ -327,7 +327,7 @@ async function openStudy(image) {
   setStatus(`Opening ${studyName(image)}…`, 'busy');
   const started = performance.now();
   try {
-    const buffer = await fetchVolume(image);
+    const buffer = await fetchVolume(image, clientId);
     await view.open(buffer, `${image}.nii.gz`);
   } catch (error) {
     showError(error);
