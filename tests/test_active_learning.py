@@ -26,7 +26,7 @@ def _dice_box_on_one_slice(segmenter, volume, truth):
     from medsam2_engine.training.validation import box_on_largest_slice, dice
 
     key = ("check", volume.path)
-    mask = segmenter.segment(volume, {"x": LabelPrompts(boxes=[box_on_largest_slice(truth)])},
+    mask = segmenter.run(volume, {"x": LabelPrompts(boxes=[box_on_largest_slice(truth)])},
                              session_key=key).labels["x"].mask
     segmenter.sessions.drop(key)
     return dice(mask, truth)

@@ -108,17 +108,17 @@ def test_finetuned_file_is_preferred_and_hot_reloaded(small_model_files, tmp_pat
     source = ModelSource(preset, tmp_path)
     segmenter = VolumeSegmenter(source)
     prompts = {"organ": LabelPrompts(clicks=[Click(18, 14, 5, True)])}
-    first = segmenter.segment(phantom, prompts, ("u", "img"))
-    assert first.checkpoint == str(official)
+    first = segmenter.run(phantom, prompts, ("u", "img"))
+    assert first.run.checkpoint == str(official)
 
     write_small_checkpoint(tmp_path / "finetuned.pt", seed=1)  # a "fine-tuned" model appears
-    second = segmenter.segment(phantom, prompts, ("u", "img"))
-    assert second.checkpoint == str(tmp_path / "finetuned.pt")
-    assert second.session["started"] == "model weights changed"
+    second = segmenter.run(phantom, prompts, ("u", "img"))
+    assert second.run.checkpoint == str(tmp_path / "finetuned.pt")
+    assert second.session.started == "model weights changed"
 
     write_small_checkpoint(tmp_path / "finetuned.pt", seed=2)  # republished in place
-    third = segmenter.segment(phantom, prompts, ("u", "img"))
-    assert third.session["started"] == "model weights changed"
+    third = segmenter.run(phantom, prompts, ("u", "img"))
+    assert third.session.started == "model weights changed"
     assert not np.array_equal(third.labels["organ"].mask, second.labels["organ"].mask)
 
 
@@ -131,8 +131,8 @@ def test_broken_republish_keeps_serving_previous_weights(small_model_files, tmp_
     source = ModelSource(preset, tmp_path)
     segmenter = VolumeSegmenter(source)
     prompts = {"organ": LabelPrompts(clicks=[Click(18, 14, 5, True)])}
-    segmenter.segment(phantom, prompts, ("u", "img"))
+    segmenter.run(phantom, prompts, ("u", "img"))
     path.write_bytes(b"truncated")
-    result = segmenter.segment(phantom, prompts, ("u", "img"))
-    assert result.checkpoint == str(path)
+    result = segmenter.run(phantom, prompts, ("u", "img"))
+    assert result.run.checkpoint == str(path)
     assert "not a readable torch file" in source.status()["reason"]

@@ -28,7 +28,7 @@ def _requests():
 def _run(segmenter, key, volume, steps) -> list:
     masks = []
     for prompts in steps:
-        result = segmenter.segment(volume, prompts, key)
+        result = segmenter.run(volume, prompts, key)
         masks.append({label: r.mask.copy() for label, r in result.labels.items()})
     return masks
 
@@ -85,10 +85,10 @@ def test_requests_of_one_session_run_one_after_the_other(small_source):
     segmenter._segment_label = counting
     prompts = [{"organ": LabelPrompts(clicks=[Click(10, 9, 4, True)])},
                {"organ": LabelPrompts(clicks=[Click(10, 9, 4, True), Click(12, 10, 5, True)])}]
-    _in_threads([lambda p=p: segmenter.segment(volume, p, ("same",)) for p in prompts])
+    _in_threads([lambda p=p: segmenter.run(volume, p, ("same",)) for p in prompts])
     assert most[0] == 1
     # another session is not held up by it
-    _in_threads([lambda n=n: segmenter.segment(volume, prompts[0], (f"other{n}",)) for n in range(2)])
+    _in_threads([lambda n=n: segmenter.run(volume, prompts[0], (f"other{n}",)) for n in range(2)])
     assert most[0] == 2
 
 
@@ -114,7 +114,7 @@ def test_the_network_is_held_per_slice_step_so_two_propagations_interleave(small
 
         def job(n):
             threading.current_thread().name = f"user{n}"
-            return segmenter.segment(volumes[n], prompts, (f"user{n}",))
+            return segmenter.run(volumes[n], prompts, (f"user{n}",))
 
         _in_threads([lambda n=n: job(n) for n in range(2)])
     finally:
@@ -156,9 +156,9 @@ def test_one_memory_budget_covers_3d_and_2d_sessions(small_source):
     volumes = VolumeSegmenter(small_source, sessions=store)
     images = ImageSegmenter(small_source, sessions=store)
     big = make_volume((64, 64, 40), seed=14)  # 640 KiB of float32: over the budget alone
-    volumes.segment(big, {"organ": LabelPrompts(clicks=[Click(30, 30, 20, True)])}, ("3d-user",))
+    volumes.run(big, {"organ": LabelPrompts(clicks=[Click(30, 30, 20, True)])}, ("3d-user",))
     assert store.keys() == [("3d-user",)]  # the newest session is always kept
-    images.segment(make_volume((24, 20, 4), seed=15), LabelPrompts(clicks=[Click(10, 9, 2, True)]),
-                   ("2d-user",), slice_index=2)
-    assert store.keys() == [("2d", "2d-user", 2)]  # the 3D session was evicted for the 2D one: one budget
+    images.run(make_volume((24, 20, 4), seed=15), LabelPrompts(clicks=[Click(10, 9, 2, True)]),
+               ("2d-user",), slice_index=2)
+    assert store.keys() == [("2d", "2d-user")]  # the 3D session was evicted for the 2D one: one budget
     assert network_lock(small_source.get().model) is network_lock(small_source.get().model)

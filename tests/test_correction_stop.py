@@ -31,11 +31,13 @@ def _box_then_click(segmenter, volume, truth, key, stop: CorrectionStop):
     from medsam2_engine.training.validation import box_on_largest_slice
 
     prompts = LabelPrompts(boxes=[box_on_largest_slice(truth)])
-    first = segmenter.segment(volume, {"x": prompts}, session_key=key)
+    first = segmenter.run(volume, {"x": prompts}, session_key=key)
     prompts.clicks.append(Click(19, 16, 18, True))  # one more click, six slices away
-    second = segmenter.segment(volume, {"x": prompts}, session_key=key, correction_stop=stop)
+    second = segmenter.run(volume, {"x": prompts}, session_key=key,
+                            options=segmenter.settings.options(correction_stop=stop))
     # the same prompts again with the stop turned off: a locally corrected mask is re-run in full
-    again = segmenter.segment(volume, {"x": prompts}, session_key=key, correction_stop=CorrectionStop(False))
+    again = segmenter.run(volume, {"x": prompts}, session_key=key,
+                           options=segmenter.settings.options(correction_stop=CorrectionStop(False)))
     assert again.labels["x"].reused == (not stop.enabled)
     segmenter.sessions.drop(key)
     return first.labels["x"], second.labels["x"]
@@ -51,12 +53,12 @@ def test_correction_stops_where_it_meets_the_previous_result(fine_tuned, tall_st
     assert dice(first.mask, truth) > 0.8, "the fine-tuned model should segment the tall phantom"
 
     depth = SHAPE[2]
-    full_slices = sum(p["slices"] for p in full.passes)
-    local_slices = sum(p["slices"] for p in local.passes)
+    full_slices = sum(p.slices for p in full.passes)
+    local_slices = sum(p.slices for p in local.passes)
     # medsam2 protocol: forward from the box slice (12) to the end, backward from the last prompt (18) to 0
     assert full_slices == (depth - 12) + (18 + 1)
-    assert not any(p["converged"] for p in full.passes)
-    assert all(p["start"] == 18 for p in local.passes) and all(p["converged"] for p in local.passes)
+    assert not any(p.converged for p in full.passes)
+    assert all(p.start == 18 for p in local.passes) and all(p.converged for p in local.passes)
     assert local_slices <= 2 * (3 + 1) + 1, f"the correction re-ran {local_slices} slices"
     assert local.prompted_slices == [12, 18] and local.mask[:, :, 18].any()
     assert dice(local.mask, full.mask) > 0.97  # the kept slices are what a full pass gives, near enough

@@ -13,6 +13,7 @@ import torch
 from medsam2_engine.frames import slice_to_image
 from medsam2_engine.prompts import Box, Click, LabelPrompts
 from medsam2_engine.propagation import EarlyStop
+from medsam2_engine.results import SliceScore
 from tests.conftest import make_volume
 
 
@@ -33,7 +34,7 @@ def test_click_lands_on_the_voxel_it_names(segmenter, phantom, monkeypatch):
     monkeypatch.setattr(type(model), "add_new_points_or_box", spy)
     i, j, k = 31, 9, 7  # deliberately off-centre in a 40 x 28 x 12 volume
     phantom.array[i, j, k] = 3000.0  # one unmistakable voxel
-    segmenter.segment(phantom, {"organ": LabelPrompts(clicks=[Click(i, j, k, True)])}, ("t", "axis"))
+    segmenter.run(phantom, {"organ": LabelPrompts(clicks=[Click(i, j, k, True)])}, ("t", "axis"))
     frame_idx, points, state = seen[0]
     assert frame_idx == k
     x, y = points[0]
@@ -48,7 +49,7 @@ def test_mask_prompt_comes_back_on_the_same_voxels(segmenter, phantom):
     """An asymmetric mask given on slice k is returned there unchanged: output axes are right."""
     mask = np.zeros(phantom.array.shape[:2], bool)
     mask[5:30, 3:12] = True  # a tall bar: transposing it would give a very different shape
-    result = segmenter.segment(phantom, {"organ": LabelPrompts(masks={6: mask})}, ("t", "mask"))
+    result = segmenter.run(phantom, {"organ": LabelPrompts(masks={6: mask})}, ("t", "mask"))
     out = result.labels["organ"].mask[:, :, 6]
     assert out.shape == mask.shape
     assert _dice(out, mask) > 0.9
@@ -57,19 +58,19 @@ def test_mask_prompt_comes_back_on_the_same_voxels(segmenter, phantom):
 
 def test_propagates_both_ways_over_every_slice(segmenter, phantom):
     prompts = {"organ": LabelPrompts(clicks=[Click(18, 14, 5, True)])}
-    result = segmenter.segment(phantom, prompts, ("t", "both"))
+    result = segmenter.run(phantom, prompts, ("t", "both"))
     label = result.labels["organ"]
-    directions = {p["direction"]: p for p in label.passes}
-    assert directions["forward"]["last"] == phantom.array.shape[2] - 1
-    assert directions["backward"]["last"] == 0
+    directions = {p.direction: p for p in label.passes}
+    assert directions["forward"].last == phantom.array.shape[2] - 1
+    assert directions["backward"].last == 0
     assert sorted(label.slices) == list(range(phantom.array.shape[2]))
-    assert all("predicted_iou" in s and "object_score" in s for s in label.slices.values())
+    assert all(isinstance(s, SliceScore) for s in label.slices.values())
 
 
 def test_several_labels_live_in_one_session(segmenter, phantom):
     key = ("t", "labels")
-    first = segmenter.segment(phantom, {"organ": LabelPrompts(clicks=[Click(18, 14, 5, True)])}, key)
-    both = segmenter.segment(
+    first = segmenter.run(phantom, {"organ": LabelPrompts(clicks=[Click(18, 14, 5, True)])}, key)
+    both = segmenter.run(
         phantom,
         {
             "organ": LabelPrompts(clicks=[Click(18, 14, 5, True)]),
@@ -77,7 +78,7 @@ def test_several_labels_live_in_one_session(segmenter, phantom):
         },
         key,
     )
-    assert both.session["labels"] == ["lesion", "organ"]
+    assert both.session.labels == ["lesion", "organ"]
     assert both.labels["organ"].reused  # unchanged prompts: not propagated again
     assert not both.labels["lesion"].reused
     assert np.array_equal(both.labels["organ"].mask, first.labels["organ"].mask)
@@ -87,13 +88,13 @@ def test_several_labels_live_in_one_session(segmenter, phantom):
 def test_correction_repropagates_from_the_session_without_reencoding(segmenter, phantom):
     key = ("t", "correct")
     prompts = LabelPrompts(clicks=[Click(18, 14, 5, True)])
-    first = segmenter.segment(phantom, {"organ": prompts}, key)
-    assert first.session["slices_encoded"] == phantom.array.shape[2]
+    first = segmenter.run(phantom, {"organ": prompts}, key)
+    assert first.session.slices_encoded == phantom.array.shape[2]
     before = first.labels["organ"].mask.copy()
     prompts.clicks.append(Click(30, 20, 9, False))  # a negative click on another slice
-    second = segmenter.segment(phantom, {"organ": prompts}, key)
-    assert second.session["started"] is None  # same session
-    assert second.session["slices_encoded"] == 0  # every slice came from the feature cache
+    second = segmenter.run(phantom, {"organ": prompts}, key)
+    assert second.session.started is None  # same session
+    assert second.session.slices_encoded == 0  # every slice came from the feature cache
     assert second.labels["organ"].prompted_slices == [5, 9]
     assert not np.array_equal(second.labels["organ"].mask, before)
 
@@ -112,25 +113,27 @@ def test_early_stop_ends_each_pass_where_the_object_ends(segmenter, monkeypatch)
 
     monkeypatch.setattr(type(model), "_track_step", scripted)
     prompts = {"lesion": LabelPrompts(clicks=[Click(16, 12, 11, True)])}
-    result = segmenter.segment(volume, prompts, ("t", "stop"), early_stop=EarlyStop(enabled=True, patience=2))
-    passes = {p["direction"]: p for p in result.labels["lesion"].passes}
-    assert passes["forward"]["stopped_early"] and passes["forward"]["last"] == 16
-    assert passes["backward"]["stopped_early"] and passes["backward"]["last"] == 6
+    result = segmenter.run(volume, prompts, ("t", "stop"),
+                            options=segmenter.settings.options(early_stop=EarlyStop(enabled=True, patience=2)))
+    passes = {p.direction: p for p in result.labels["lesion"].passes}
+    assert passes["forward"].stopped_early and passes["forward"].last == 16
+    assert passes["backward"].stopped_early and passes["backward"].last == 6
     assert len(result.labels["lesion"].slices) == 11  # 6..16, not 30
     assert not result.labels["lesion"].mask[:, :, 17:].any()
 
-    full = segmenter.segment(volume, prompts, ("t", "stop"), early_stop=EarlyStop(enabled=False))
+    full = segmenter.run(volume, prompts, ("t", "stop"),
+                          options=segmenter.settings.options(early_stop=EarlyStop(enabled=False)))
     assert len(full.labels["lesion"].slices) == 30
 
 
 def test_window_changes_the_frames(segmenter, phantom):
-    a = segmenter.segment(phantom, {"organ": LabelPrompts(clicks=[Click(18, 14, 5, True)])}, ("t", "w"))
-    b = segmenter.segment(
+    a = segmenter.run(phantom, {"organ": LabelPrompts(clicks=[Click(18, 14, 5, True)])}, ("t", "w"))
+    b = segmenter.run(
         phantom, {"organ": LabelPrompts(clicks=[Click(18, 14, 5, True)])}, ("t", "w"), window="lung"
     )
-    assert a.window["source"] == "CT preset soft_tissue"
-    assert b.window["source"] == "CT preset lung"
-    assert b.session["started"] == "window changed"
+    assert a.window.source == "CT preset soft_tissue"
+    assert b.window.source == "CT preset lung"
+    assert b.session.started == "window changed"
 
 
 def test_sessions_are_evicted_least_recently_used_first(small_source):
@@ -142,10 +145,10 @@ def test_sessions_are_evicted_least_recently_used_first(small_source):
     prompts = {"organ": LabelPrompts(clicks=[Click(10, 10, 3, True)])}
     volumes = [make_volume(shape=(24, 20, 6), seed=s) for s in range(3)]
     for n, volume in enumerate(volumes):
-        seg.segment(volume, prompts, ("user", f"img{n}"))
+        seg.run(volume, prompts, ("user", f"img{n}"))
     assert seg.sessions.keys() == [("user", "img1"), ("user", "img2")]
-    again = seg.segment(volumes[0], prompts, ("user", "img0"))
-    assert again.session["started"] == "new"
+    again = seg.run(volumes[0], prompts, ("user", "img0"))
+    assert again.session.started == "new"
 
 
 def test_frames_are_never_written_to_disk(segmenter, phantom, tmp_path, monkeypatch):
@@ -156,7 +159,7 @@ def test_frames_are_never_written_to_disk(segmenter, phantom, tmp_path, monkeypa
         raise AssertionError("JPEG loader called")
 
     monkeypatch.setattr(misc, "load_video_frames_from_jpg_images", refuse)
-    result = segmenter.segment(phantom, {"organ": LabelPrompts(clicks=[Click(18, 14, 5, True)])}, ("t", "mem"))
+    result = segmenter.run(phantom, {"organ": LabelPrompts(clicks=[Click(18, 14, 5, True)])}, ("t", "mem"))
     assert result.labels["organ"].mask.shape == phantom.array.shape
     assert slice_to_image(phantom.array[:, :, 0]).shape == (28, 40)
 
@@ -165,9 +168,9 @@ def test_replacing_the_points_on_a_slice_matches_a_fresh_session(segmenter, phan
     """An undo (or OHIF starting a new structure) must not refine the old mask."""
     old = {"organ": LabelPrompts(clicks=[Click(10, 8, 5, True)])}
     new = {"organ": LabelPrompts(clicks=[Click(30, 20, 5, True), Click(12, 9, 5, False)])}
-    segmenter.segment(phantom, old, ("t", "replaced"))
-    replaced = segmenter.segment(phantom, new, ("t", "replaced")).labels["organ"].mask
-    fresh = segmenter.segment(phantom, new, ("t", "fresh")).labels["organ"].mask
+    segmenter.run(phantom, old, ("t", "replaced"))
+    replaced = segmenter.run(phantom, new, ("t", "replaced")).labels["organ"].mask
+    fresh = segmenter.run(phantom, new, ("t", "fresh")).labels["organ"].mask
     np.testing.assert_array_equal(replaced, fresh)
 
 
@@ -185,20 +188,21 @@ def test_added_points_refine_the_slice_from_its_previous_mask(small_source, phan
         return original(self, *args, **kwargs)
 
     prompts = LabelPrompts(clicks=[Click(18, 14, 5, True)])
-    segmenter.segment(phantom, {"organ": prompts}, ("t", "refine"))
+    segmenter.run(phantom, {"organ": prompts}, ("t", "refine"))
     monkeypatch.setattr(type(model), "_run_single_frame_inference", spy)
     prompts.clicks.append(Click(22, 16, 5, True))
-    segmenter.segment(phantom, {"organ": prompts}, ("t", "refine"))
+    segmenter.run(phantom, {"organ": prompts}, ("t", "refine"))
     assert fed_back[0] is True  # the click on slice 5 was decoded with slice 5's previous mask
 
 
 def test_medsam2_protocol_depends_on_the_prompts_only(segmenter, phantom):
     """The same prompts give the same mask whatever came before them in the session."""
     final = LabelPrompts(clicks=[Click(18, 14, 5, True), Click(22, 16, 5, True)], boxes=[Box(6, 4, 28, 22, 7)])
-    segmenter.segment(phantom, {"organ": LabelPrompts(clicks=[Click(18, 14, 5, True)])}, ("t", "history"))
-    segmenter.segment(phantom, {"organ": LabelPrompts(clicks=[Click(30, 20, 3, False)])}, ("t", "history"))
-    after_history = segmenter.segment(phantom, {"organ": final}, ("t", "history")).labels["organ"]
-    fresh = segmenter.segment(phantom, {"organ": final}, ("t", "no-history")).labels["organ"]
-    assert after_history.protocol == "medsam2"
+    segmenter.run(phantom, {"organ": LabelPrompts(clicks=[Click(18, 14, 5, True)])}, ("t", "history"))
+    segmenter.run(phantom, {"organ": LabelPrompts(clicks=[Click(30, 20, 3, False)])}, ("t", "history"))
+    result = segmenter.run(phantom, {"organ": final}, ("t", "history"))
+    after_history = result.labels["organ"]
+    fresh = segmenter.run(phantom, {"organ": final}, ("t", "no-history")).labels["organ"]
+    assert result.run.protocol == "medsam2"
     np.testing.assert_array_equal(after_history.mask, fresh.mask)
     assert after_history.slices == fresh.slices

@@ -22,7 +22,7 @@ from medsam2_engine.engine import EngineSettings, VolumeSegmenter
 from medsam2_engine.frames import SliceFrames, image_to_slice
 from medsam2_engine.propagation import CorrectionStop, EarlyStop
 from medsam2_engine.prompts import Box, Click, LabelPrompts
-from medsam2_engine.roi import RoiSettings
+from medsam2_engine.crop_region import CropRegionSettings
 from medsam2_engine.volume_io import Volume
 from medsam2_engine.windowing import choose_window
 from tests.support.small_model import small_preset
@@ -115,7 +115,7 @@ def test_engine_matches_sam2_video_predictor(small_source, phantom, small_model_
     segmenter = VolumeSegmenter(small_source, EngineSettings(protocol="sam2"))
     prompts = LabelPrompts(clicks=[Click(18, 14, 4, True), Click(30, 20, 4, False), Click(12, 10, 8, True)],
                            boxes=[Box(6, 4, 28, 22, 4)])
-    ours = segmenter.segment(phantom, {"organ": prompts}, ("eq", "1")).labels["organ"].mask
+    ours = segmenter.run(phantom, {"organ": prompts}, ("eq", "1")).labels["organ"].mask
 
     window = choose_window(phantom.array, "CT", None)
     frames = SliceFrames(phantom.array, window, image_size=128)
@@ -149,7 +149,7 @@ def test_default_protocol_is_medsam2s_published_3d_protocol(fine_tuned, small_mo
     volume, truth = _lesion_study()
     ii, jj = np.nonzero(truth[:, :, 8])
     box = Box(float(ii.min()), float(jj.min()), float(ii.max()), float(jj.max()), key_slice)
-    ours = default.segment(volume, {"lesion": LabelPrompts(boxes=[box])}, ("eq", key_slice)).labels["lesion"]
+    ours = default.run(volume, {"lesion": LabelPrompts(boxes=[box])}, ("eq", key_slice)).labels["lesion"]
 
     frames = SliceFrames(volume.array, choose_window(volume.array, "CT", None), image_size=128,
                          resampling="medsam2")  # MedSAM2's input (test_protocol.py checks it against its script)
@@ -158,12 +158,12 @@ def test_default_protocol_is_medsam2s_published_3d_protocol(fine_tuned, small_mo
                                           tmp_path, (box.i0, box.j0, box.i1, box.j1), key_slice)
     assert reference.any() and (key_slice != 8 or dice(reference, truth) > 0.7)  # weights that segment it
     np.testing.assert_array_equal(ours.mask, reference)
-    assert {k: v["object_score"] for k, v in ours.slices.items()} == {k: round(v, 4) for k, v in scores.items()}
+    assert {k: v.object_score for k, v in ours.slices.items()} == {k: round(v, 4) for k, v in scores.items()}
 
     # the app's earlier default (one state for both passes, crop region, early stop) is not the reference
     old = VolumeSegmenter(segmenter.models, EngineSettings(
         protocol="sam2", early_stop=EarlyStop(True), correction_stop=CorrectionStop(True),
-        roi=RoiSettings(enabled=True)))
-    old_mask = old.segment(volume, {"lesion": LabelPrompts(boxes=[box])}, ("old", key_slice)).labels["lesion"].mask
+        crop_region=CropRegionSettings(enabled=True)))
+    old_mask = old.run(volume, {"lesion": LabelPrompts(boxes=[box])}, ("old", key_slice)).labels["lesion"].mask
     if key_slice == 8:
         assert not np.array_equal(old_mask, reference)

@@ -75,7 +75,7 @@ def test_support_slices_and_masks_are_conditioning_frames_before_the_target(one_
 
     monkeypatch.setattr(type(model), "add_new_mask", spy)
     result = one_prompt.segment_volume(target, [support])
-    slices = result.supports[0]["slices"]
+    slices = result.supports[0].slices
     assert len(slices) == 2 and all(support.mask[:, :, k].any() for k in slices)
     first_state = [s for s in seen if s[2] is seen[0][2]]
     assert [f for f, _, _ in first_state] == [0, 1]
@@ -102,14 +102,14 @@ def test_start_is_the_surest_probe_and_both_directions_are_covered(one_prompt):
     assert result.found, result.warnings
     assert result.start_slice == max(result.probes, key=lambda k: (result.probes[k], -k))
     assert set(result.slices) == set(range(SHAPE[2]))  # early stop off: every slice, from the start both ways
-    directions = {p["direction"]: p for p in result.passes}
+    directions = {p.direction: p for p in result.passes}
     if result.start_slice > 0:
-        assert directions["backward"]["last"] == 0
-    assert directions["forward"]["last"] == SHAPE[2] - 1
+        assert directions["backward"].last == 0
+    assert directions["forward"].last == SHAPE[2] - 1
     assert 0.0 < result.confidence <= 1.0
-    per_slice = [s["confidence"] for s in result.slices.values() if s["area"]]
+    per_slice = [s.confidence for s in result.slices.values() if s.area]
     assert result.confidence == pytest.approx(np.mean(per_slice), abs=1e-3)
-    assert all(set(s) == {"object_score", "predicted_iou", "confidence", "area"} for s in result.slices.values())
+    assert all(s.confidence is not None and s.area >= 0 for s in result.slices.values())
 
 
 def test_empty_or_misshapen_support_is_refused(one_prompt):
@@ -127,9 +127,9 @@ def test_empty_or_misshapen_support_is_refused(one_prompt):
 def test_an_empty_support_among_good_ones_is_skipped_and_reported(one_prompt):
     empty = Support("empty", make_volume(SHAPE, seed=3), np.zeros(SHAPE, bool))
     result = one_prompt.segment_volume(make_volume(SHAPE, seed=2), [empty, _blob_support("good")])
-    by_name = {s["name"]: s for s in result.supports}
-    assert by_name["good"]["used"] and not by_name["empty"]["used"]
-    assert "empty" in by_name["empty"]["reason"]
+    by_name = {s.name: s for s in result.supports}
+    assert by_name["good"].used and not by_name["empty"].used
+    assert "empty" in by_name["empty"].reason
 
 
 def test_the_most_similar_support_is_used_and_other_modalities_are_not(one_prompt):
@@ -139,9 +139,9 @@ def test_the_most_similar_support_is_used_and_other_modalities_are_not(one_promp
     settings = OnePromptSettings(slices_per_support=2, max_probes=3, max_supports=2,
                                  early_stop=EarlyStop(enabled=True, patience=1))
     result = one_prompt.segment_volume(make_volume(SHAPE, seed=2), [mr_support, ct_support], settings=settings)
-    by_name = {s["name"]: s for s in result.supports}
-    assert by_name["ct_like"]["used"]
-    assert not by_name["mr_like"]["used"] and "modality" in by_name["mr_like"]["reason"]
+    by_name = {s.name: s for s in result.supports}
+    assert by_name["ct_like"].used
+    assert not by_name["mr_like"].used and "modality" in by_name["mr_like"].reason
 
 
 def test_an_absent_structure_gives_an_empty_unconfident_result(one_prompt):
@@ -183,7 +183,7 @@ def test_2d_queries_follow_the_support_and_keep_their_own_size(one_prompt):
         for a, b in zip(first.queries, other.queries)
     )
     for q in first.queries:
-        assert 0.0 <= q.confidence <= 1.0 and set(q.to_json()) >= {"object_score", "predicted_iou", "confidence"}
+        assert 0.0 <= q.confidence <= 1.0 and q.found == (q.object_score > 0.0 and bool(q.mask.any()))
     alone = one_prompt.segment_images(support, queries[1:], support_mask=lesion)  # independent of other queries
     np.testing.assert_array_equal(alone.queries[0].mask, first.queries[1].mask)
 

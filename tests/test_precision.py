@@ -50,7 +50,7 @@ def test_int8_model_keeps_the_masks_of_the_float32_model(fine_tuned, small_model
     array, truth = phantom(60)
     volume = Volume(array, AFFINE, "unseen")
     prompts = {"x": LabelPrompts(boxes=[box_on_largest_slice(truth)])}
-    masks = [seg.segment(volume, prompts, session_key=("int8", name)).labels["x"].mask
+    masks = [seg.run(volume, prompts, session_key=("int8", name)).labels["x"].mask
              for name, seg in (("float32", float32), ("int8", int8))]
     assert dice(masks[0], truth) > 0.9
     assert dice(masks[1], masks[0]) > 0.95, "int8 changed the mask beyond rounding"

@@ -95,7 +95,7 @@ def test_any_edit_sequence_gives_a_mask_or_a_prompt_error(segmenters, volume, pr
                 continue
             prompts[label], reset = _apply(edit, prompts[label], history[label])
             try:
-                result = segmenter.segment(volume, {label: prompts[label]}, key,
+                result = segmenter.run(volume, {label: prompts[label]}, key,
                                            reset_labels=(label,) if reset else ())
             except PromptError:
                 continue
@@ -115,24 +115,24 @@ def test_clear_then_a_click_on_another_slice_starts_the_label_afresh(small_sourc
     segmenter = VolumeSegmenter(small_source, EngineSettings(protocol=protocol))
     first = LabelPrompts(clicks=[Click(13, 15, 12, True)])
     second = LabelPrompts(clicks=[Click(14, 15, 11, True)])
-    segmenter.segment(volume, {"lesion": first}, ("ohif",))
-    after = segmenter.segment(volume, {"lesion": second}, ("ohif",)).labels["lesion"]
-    fresh = segmenter.segment(volume, {"lesion": second}, ("fresh",)).labels["lesion"]
+    segmenter.run(volume, {"lesion": first}, ("ohif",))
+    after = segmenter.run(volume, {"lesion": second}, ("ohif",)).labels["lesion"]
+    fresh = segmenter.run(volume, {"lesion": second}, ("fresh",)).labels["lesion"]
     assert after.restarted and "new track" in after.restarted
     np.testing.assert_array_equal(after.mask, fresh.mask)
-    again = segmenter.segment(volume, {"lesion": LabelPrompts(clicks=second.clicks + [Click(20, 12, 11, False)])},
+    again = segmenter.run(volume, {"lesion": LabelPrompts(clicks=second.clicks + [Click(20, 12, 11, False)])},
                               ("ohif",)).labels["lesion"]
     assert again.mask.shape == volume.array.shape and again.restarted is None
 
 
 def test_a_failure_inside_a_label_drops_its_track_and_says_so(small_source, monkeypatch):
-    import medsam2_engine.engine as engine_module
+    import medsam2_engine.tracks as tracks_module
 
     volume = make_volume((24, 20, 8), seed=5)
     segmenter = VolumeSegmenter(small_source, EngineSettings(protocol="sam2"))
     prompts = LabelPrompts(clicks=[Click(10, 9, 4, True)])
-    segmenter.segment(volume, {"organ": prompts}, ("broken",))
-    original = engine_module.propagate_both_ways
+    segmenter.run(volume, {"organ": prompts}, ("broken",))
+    original = tracks_module.propagate_both_ways
     calls = []
 
     def fails_once(*args, **kwargs):
@@ -141,14 +141,14 @@ def test_a_failure_inside_a_label_drops_its_track_and_says_so(small_source, monk
             raise AssertionError('len(output_dict["cond_frame_outputs"]) > 0')
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(engine_module, "propagate_both_ways", fails_once)
+    monkeypatch.setattr(tracks_module, "propagate_both_ways", fails_once)
     prompts.clicks.append(Click(12, 9, 5, True))
-    result = segmenter.segment(volume, {"organ": prompts}, ("broken",))
+    result = segmenter.run(volume, {"organ": prompts}, ("broken",))
     out = result.labels["organ"]
     assert out.restarted.startswith("error") and "AssertionError" in out.restarted
     assert result.warnings and "organ" in result.warnings[0]
-    fresh = segmenter.segment(volume, {"organ": prompts}, ("fresh-after-failure",)).labels["organ"]
+    fresh = segmenter.run(volume, {"organ": prompts}, ("fresh-after-failure",)).labels["organ"]
     np.testing.assert_array_equal(out.mask, fresh.mask)
     # the session keeps working
     prompts.clicks.append(Click(8, 8, 3, False))
-    assert segmenter.segment(volume, {"organ": prompts}, ("broken",)).labels["organ"].restarted is None
+    assert segmenter.run(volume, {"organ": prompts}, ("broken",)).labels["organ"].restarted is None

@@ -64,7 +64,7 @@ def test_dicom_series_result_lands_on_the_series_grid(segmenter, tmp_path):
     reference = reader.Execute()
 
     i, j, k = (s // 2 for s in volume.array.shape)
-    result = segmenter.segment(volume, {"lesion": LabelPrompts(clicks=[Click(i, j, k, True)])}, ("io", "dicom"))
+    result = segmenter.run(volume, {"lesion": LabelPrompts(clicks=[Click(i, j, k, True)])}, ("io", "dicom"))
     mask = result.labels["lesion"].mask.astype(np.uint8)
     save_mask(tmp_path / "mask.nii.gz", mask, volume)
     written = sitk.ReadImage(str(tmp_path / "mask.nii.gz"))

@@ -1,9 +1,15 @@
-"""2D segmentation with sam2's image predictor: photographs, radiographs, single slices."""
+"""2D segmentation with sam2's image predictor: photographs, radiographs, single slices.
+
+The same shape as the 3D engine: ``with segmenter.open(key, image) as session:`` then
+``segmenter.segment(session, prompts, slice_index)``.
+"""
 
 from __future__ import annotations
 
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 import torch
@@ -14,9 +20,13 @@ from .frames import SliceFrames, image_to_slice
 from .model_source import ModelSource
 from .prompts import LabelPrompts
 from .predictor import network_lock
-from .sessions import RecentReads, SessionLimits, SessionStore, image_stamp, window_key
+from .results import RunInfo
+from .sessions import SessionLimits, SessionStore, image_stamp, window_key
 from .volume_io import Volume, load_image
-from .windowing import choose_window, guess_modality
+from .windowing import Window, choose_window, guess_modality
+
+if TYPE_CHECKING:
+    from .model_source import LoadedModel
 
 
 SESSION_KIND = "2d"
@@ -24,21 +34,29 @@ SESSION_KIND = "2d"
 
 @dataclass
 class ImageSession:
-    """An image whose embedding is computed once; later clicks only run the decoder."""
+    """A 2D image, or one plane of a volume, whose embedding is computed once; later clicks only
+    run the decoder. Made by :meth:`ImageSegmenter.open`, which holds its lock."""
 
     key: tuple
     stamp: tuple
-    model_version: int
+    model: LoadedModel
     window_key: tuple
     volume: Volume
-    slice_index: int
-    predictor: SAM2ImagePredictor
-    window: dict
-    modality: str
+    started: str = "new"
+    load_seconds: float = 0.0
+    requests: int = 0
+    slice_index: int | None = None  # the plane encoded (0 for a 2D image); None: none yet
+    predictor: SAM2ImagePredictor | None = None
+    window: Window | None = None  # None: an RGB image, taken as it is (0-255)
+    modality: str = ""
     last_used: float = field(default_factory=time.monotonic)
 
+    @property
+    def model_version(self) -> int:
+        return self.model.version
+
     def memory_bytes(self) -> int:
-        feats = self.predictor._features or {}
+        feats = (self.predictor._features if self.predictor is not None else None) or {}
         tensors = [feats.get("image_embed")] + list(feats.get("high_res_feats", []))
         return self.volume.array.nbytes + sum(t.numel() * t.element_size() for t in tensors if t is not None)
 
@@ -49,11 +67,9 @@ class ImageResult:
     slice_index: int
     predicted_iou: float
     volume: Volume
-    window: dict
+    window: Window | None  # None: an RGB image, taken as it is (0-255)
     modality: str
-    timings: dict
-    random_weights: bool
-    checkpoint: str
+    run: RunInfo
     embedding_reused: bool
 
 
@@ -61,46 +77,50 @@ class ImageSegmenter:
     """2D sessions; pass the 3D segmenter's ``sessions`` so one memory budget covers both kinds."""
 
     def __init__(self, models: ModelSource, limits: SessionLimits | None = None,
-                 sessions: SessionStore | None = None):
+                 sessions: SessionStore | None = None, cpu_bf16: str = "off"):
         self.models = models
         self.sessions = sessions if sessions is not None else SessionStore(limits or SessionLimits())
-        self._reads = RecentReads()
+        self.cpu_bf16 = cpu_bf16  # as the 3D engine's (see precision.py)
 
-    def volume(self, image) -> Volume:
-        """The image as ``segment`` will see it; a path is read again only when the file changed."""
-        if isinstance(image, Volume):
-            return image
-        return self._reads.get(image, load_image)
-
-    def segment(
-        self,
-        image,
-        prompts: LabelPrompts,
-        session_key: tuple = ("default",),
-        slice_index: int | None = None,
-        window=None,
-        modality: str | None = None,
-    ) -> ImageResult:
-        """Segment one structure on a 2D image, or on slice ``slice_index`` of a volume."""
-        key = (SESSION_KIND, *session_key, slice_index)  # beside 3D sessions in one store
+    @contextmanager
+    def open(self, key: tuple, image, window=None, modality: str | None = None) -> Iterator[ImageSession]:
+        """The session of ``key`` on ``image`` (path or Volume); its lock is held until the block ends."""
+        key = (SESSION_KIND, *key)  # beside 3D sessions in one store
         with self.sessions.locked(key):
-            return self._segment(image, prompts, key, slice_index, window, modality)
+            loaded = self.models.get()
+            session = self.sessions.get(key)
+            if (
+                session is None
+                or session.model_version != loaded.version
+                or session.stamp != image_stamp(image)
+                or session.window_key != window_key(window, modality)
+            ):
+                t0 = time.perf_counter()
+                volume = image if isinstance(image, Volume) else load_image(image)
+                session = ImageSession(key=key, stamp=image_stamp(image), model=loaded,
+                                       window_key=window_key(window, modality), volume=volume,
+                                       load_seconds=time.perf_counter() - t0)
+            yield session
 
-    def _segment(self, image, prompts, key, slice_index, window, modality) -> ImageResult:
-        timings: dict = {}
+    def run(self, image, prompts: LabelPrompts, session_key: tuple = ("default",), slice_index: int | None = None,
+            window=None, modality: str | None = None) -> ImageResult:
+        """``open`` then ``segment``, for callers whose prompts need no check against the image."""
+        with self.open(session_key, image, window, modality) as session:
+            return self.segment(session, prompts, slice_index)
+
+    def segment(self, session: ImageSession, prompts: LabelPrompts, slice_index: int | None = None) -> ImageResult:
+        """Segment one structure on a 2D image, or on slice ``slice_index`` of a volume."""
+        timings: dict = {"load": session.load_seconds} if session.requests == 0 else {}
         started = time.perf_counter()
-        loaded = self.models.get()
-        session = self.sessions.get(key)
-        if (
-            session is None
-            or session.model_version != loaded.version
-            or session.stamp != image_stamp(image)
-            or session.window_key != window_key(window, modality)
-        ):
-            session = self._open(key, image, loaded, slice_index, window, modality, timings)
-            reused = False
+        volume = session.volume
+        if volume.is_3d:
+            if slice_index is None or not 0 <= slice_index < volume.num_slices:
+                raise ValueError(f"slice {slice_index} is not in [0, {volume.num_slices - 1}] for this volume")
         else:
-            reused = True
+            slice_index = 0
+        reused = session.slice_index == slice_index
+        if not reused:
+            self._encode(session, slice_index, timings)
         frame = prompts.by_frame().get(session.slice_index)
         if frame is None:
             raise ValueError(f"no prompt on slice {session.slice_index}")
@@ -109,40 +129,35 @@ class ImageSegmenter:
         labels = np.asarray(frame.labels, np.int32) if frame.points else None
         box = np.asarray(frame.box, np.float32) if frame.box is not None else None
         single_click = box is None and len(frame.points) == 1
-        with network_lock(loaded.model), torch.inference_mode(), autocast_for(self.models.device):
+        with network_lock(session.model.model), torch.inference_mode(), autocast_for(self.models.device,
+                                                                                     self.cpu_bf16):
             masks, ious, _ = session.predictor.predict(
                 point_coords=points, point_labels=labels, box=box, multimask_output=single_click
             )
         best = int(np.argmax(ious))
         timings["decode"] = time.perf_counter() - t0
+        session.requests += 1
         self.sessions.put(session)
-        timings["total"] = time.perf_counter() - started
+        timings["total"] = time.perf_counter() - started + timings.get("load", 0.0)
         return ImageResult(
             mask=image_to_slice(masks[best] > 0),
             slice_index=session.slice_index,
             predicted_iou=float(ious[best]),
-            volume=session.volume,
+            volume=volume,
             window=session.window,
             modality=session.modality,
-            timings={k: round(v, 4) for k, v in timings.items()},
-            random_weights=loaded.random_weights,
-            checkpoint=loaded.checkpoint,
+            run=RunInfo.of(session.model, "sam2 image predictor", timings),
             embedding_reused=reused,
         )
 
-    def _open(self, key, image, loaded, slice_index, window, modality, timings) -> ImageSession:
-        t0 = time.perf_counter()
-        volume = self.volume(image)
-        timings["load"] = time.perf_counter() - t0
-        if volume.is_3d:
-            if slice_index is None or not 0 <= slice_index < volume.num_slices:
-                raise ValueError(f"slice {slice_index} is not in [0, {volume.num_slices - 1}] for this volume")
-            plane = volume.array[:, :, slice_index]
-        else:
-            plane, slice_index = volume.array, 0
+    def _encode(self, session: ImageSession, slice_index: int, timings: dict) -> None:
+        """The plane's embedding, windowed for the model (a later click on it only decodes)."""
+        volume, loaded = session.volume, session.model
+        plane = volume.array[:, :, slice_index] if volume.is_3d else volume.array
+        modality = session.window_key[1]
         declared = modality if modality not in (None, "", "auto") else volume.declared_modality
         resolved = "photo" if volume.is_rgb else guess_modality(plane, declared)
-        chosen = choose_window(volume.array, resolved, window)
+        chosen = choose_window(volume.array, resolved, session.window_key[0])
         frames = SliceFrames(plane, chosen, loaded.model.image_size, is_rgb=volume.is_rgb)
         image01 = frames.image01(0)
         if image01.ndim == 2:
@@ -152,18 +167,9 @@ class ImageSegmenter:
         # sam2 assumes 1024 px input here; MedSAM2 runs at 512, so give the real feature sizes
         size = loaded.model.image_size
         predictor._bb_feat_sizes = [(size // 4, size // 4), (size // 8, size // 8), (size // 16, size // 16)]
-        with network_lock(loaded.model), torch.inference_mode(), autocast_for(self.models.device):
+        with network_lock(loaded.model), torch.inference_mode(), autocast_for(self.models.device, self.cpu_bf16):
             predictor.set_image(image01)
         timings["encode"] = time.perf_counter() - t0
-        return ImageSession(
-            key=key,
-            stamp=image_stamp(image),
-            model_version=loaded.version,
-            window_key=window_key(window, modality),
-            volume=volume,
-            slice_index=slice_index,
-            predictor=predictor,
-            window=chosen.to_json() if not volume.is_rgb else {"source": "RGB 0-255"},
-            modality=resolved,
-            last_used=time.monotonic(),
-        )
+        session.slice_index, session.predictor = slice_index, predictor
+        session.window = None if volume.is_rgb else chosen
+        session.modality = resolved

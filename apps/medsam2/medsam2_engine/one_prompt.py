@@ -36,12 +36,13 @@ from .memory_frames import (
     predict_from_memory,
 )
 from .model_source import ModelSource
-from .one_prompt_images import segment_queries
+from .one_prompt_images import QueryResult, segment_queries
 from .predictor import FeatureCache, KeyedCache
-from .propagation import EarlyStop, _slice_output
-from .support_selection import choose_supports, spanning_slices
+from .propagation import AbsenceRun, EarlyStop, PassReport, slice_steps
+from .results import RunInfo, SliceScore, slice_score
+from .support_selection import SupportChoice, choose_supports, spanning_slices
 from .volume_io import Volume
-from .windowing import choose_window, guess_modality
+from .windowing import Window, choose_window, guess_modality
 
 logger = logging.getLogger(__name__)
 
@@ -67,7 +68,8 @@ class OnePromptSettings:
     max_supports: int = 2
     max_probes: int = 24  # target slices scored from the support memory to find the start
     early_stop: EarlyStop = field(default_factory=EarlyStop)
-    feature_cache_mb: float = 1024.0
+    feature_cache_mb: float = 2048.0  # the app passes the engine's setting (--conf feature_cache_mb)
+    cpu_bf16: str = "off"  # as the engine's (see precision.py)
 
 
 @dataclass
@@ -77,14 +79,12 @@ class OnePromptResult:
     confidence: float  # mean per-slice confidence over the slices in the mask; 0 if empty
     start_slice: int | None
     probes: dict  # target slice -> confidence from the support memory alone
-    slices: dict  # target slice -> {"object_score", "predicted_iou", "confidence", "area"}
-    supports: list  # every candidate: name, similarity, used, reason, slices
-    passes: list
-    window: dict
+    slices: dict  # target slice -> SliceScore (with confidence)
+    supports: list  # SupportChoice per candidate: name, similarity, used, reason, slices
+    passes: list  # PassReport per direction
+    window: Window
     modality: str
-    timings: dict
-    random_weights: bool
-    checkpoint: str
+    run: RunInfo | None = None
     warnings: list = field(default_factory=list)
 
 
@@ -92,9 +92,18 @@ class OnePromptResult:
 class ImagesResult:
     support_mask: np.ndarray  # the support's mask as used (given, or made from the prompt)
     queries: list  # QueryResult per query image, in order
-    timings: dict
-    random_weights: bool
-    checkpoint: str
+    run: RunInfo
+
+
+@dataclass
+class ImageResult:
+    """A 2D target segmented from one 2D support."""
+
+    query: QueryResult  # its mask is the target image's [i, j]
+    window: Window  # the target's
+    modality: str
+    supports: list  # SupportChoice per candidate
+    run: RunInfo
 
 
 class OnePromptSegmenter:
@@ -112,15 +121,33 @@ class OnePromptSegmenter:
         started = time.perf_counter()
         timings: dict = {}
         loaded = self.models.get()
-        with self._lock, torch.inference_mode(), autocast_for(self.models.device):
+        with self._lock, torch.inference_mode(), autocast_for(self.models.device, settings.cpu_bf16):
             run = _Run(loaded.model, target, window, modality, settings, timings)
             choices = run.choose(usable, rejected)
-            result = run.segment([s for s in usable if s.name in {c["name"] for c in choices if c["used"]}])
+            result = run.segment([s for s in usable if s.name in {c.name for c in choices if c.used}])
         timings["total"] = time.perf_counter() - started
         result.supports = choices
-        result.timings = {k: round(v, 4) for k, v in timings.items()}
-        result.random_weights, result.checkpoint = loaded.random_weights, loaded.checkpoint
+        result.run = RunInfo.of(loaded, "one-prompt", timings)
         return result
+
+    def segment_image(self, target: Volume, supports: list, window=None, modality=None) -> ImageResult:
+        """A 2D target from the first 2D support (by the given order), each windowed for the model."""
+        flat = [s for s in supports if not s.volume.is_3d]
+        if not flat:
+            raise OnePromptError("the target is a 2D image but no support study is 2D")
+        support = flat[0]
+        size = self.models.get().model.image_size
+        images = []
+        for volume in (support.volume, target):
+            kind = "photo" if volume.is_rgb else guess_modality(volume.array, modality or volume.declared_modality)
+            chosen = choose_window(volume.array, kind, window)
+            images.append((SliceFrames(volume.array, chosen, size, is_rgb=volume.is_rgb).image01(0), chosen))
+        result = self.segment_images(images[0][0], [images[1][0]], support_mask=slice_to_image(support.mask))
+        query = result.queries[0]
+        query.mask = image_to_slice(query.mask)
+        choices = [SupportChoice(s.name, None, s is support, "first 2D support" if s is support
+                                 else "one support per 2D image") for s in supports]
+        return ImageResult(query, images[1][1], "photo" if target.is_rgb else "image", choices, result.run)
 
     def segment_images(self, support_image01, queries: list, support_mask=None, prompt=None) -> ImagesResult:
         """2D: the support image with a mask or prompt; each query image's mask and confidence.
@@ -130,14 +157,13 @@ class OnePromptSegmenter:
         timings: dict = {}
         started = time.perf_counter()
         loaded = self.models.get()
-        with self._lock, torch.inference_mode(), autocast_for(self.models.device):
+        with self._lock, torch.inference_mode(), autocast_for(self.models.device, self.settings.cpu_bf16):
             support_mask, results = segment_queries(
                 loaded.model, support_image01, queries, support_mask, prompt,
                 self.settings.early_stop.score_threshold, timings,
             )
         timings["total"] = time.perf_counter() - started
-        return ImagesResult(support_mask, results, {k: round(v, 4) for k, v in timings.items()},
-                            loaded.random_weights, loaded.checkpoint)
+        return ImagesResult(support_mask, results, RunInfo.of(loaded, "one-prompt", timings))
 
 
 def _check_supports(supports: list, per_support: int) -> tuple:
@@ -200,11 +226,10 @@ class _Run:
     def choose(self, supports: list, rejected: dict) -> list:
         t0 = time.perf_counter()
         keys = {s.name: self._add_support(s) for s in supports}
+        not_usable = [SupportChoice(name, None, False, why) for name, why in rejected.items()]
         if len(supports) == 1:  # nothing to choose between: skip the descriptors
             only = supports[0]
-            return [{"name": only.name, "similarity": None, "used": True, "reason": "the only usable support",
-                     "slices": only.slices}] + [{"name": name, "similarity": None, "used": False, "reason": why,
-                                                  "slices": []} for name, why in rejected.items()]
+            return [SupportChoice(only.name, None, True, "the only usable support", only.slices)] + not_usable
         sampled = np.unique(np.linspace(0, len(self.target) - 1, min(8, len(self.target))).round().astype(int))
         catalog = self._frames([*(("target", int(k)) for k in sampled), *(k for ks in keys.values() for k in ks)])
         descriptors = [embedding(self.predictor, catalog, i, self.cache) for i in range(len(catalog))]
@@ -218,11 +243,10 @@ class _Run:
             excluded = {s.name: f"modality {s.modality}, target is {self.modality}"
                         for s in supports if s.modality != self.modality}
         choices = choose_supports(candidates, target_desc, self.settings.max_supports, excluded=excluded)
-        out = [{**c.to_json(), "slices": next(s.slices for s in supports if s.name == c.name)} for c in choices]
-        out += [{"name": name, "similarity": None, "used": False, "reason": why, "slices": []}
-                for name, why in rejected.items()]
+        for choice in choices:
+            choice.slices = next(s.slices for s in supports if s.name == choice.name)
         self.timings["choose_supports"] = time.perf_counter() - t0
-        return out
+        return choices + not_usable
 
     def _state(self, support_keys: list, target_slices: list) -> tuple:
         frames = self._frames([*support_keys, *(("target", k) for k in target_slices)])
@@ -245,8 +269,7 @@ class _Run:
         result = OnePromptResult(
             mask=np.zeros(self.shape, dtype=bool), found=False, confidence=0.0, start_slice=None,
             probes={k: round(p.confidence, 4) for k, p in sorted(probes.items())}, slices={}, supports=[],
-            passes=[], window=self.window.to_json(), modality=self.modality, timings={}, random_weights=False,
-            checkpoint="",
+            passes=[], window=self.window, modality=self.modality,
         )
         rows, cols = self.target.video_height, self.target.video_width
         if best.object_score <= self.settings.early_stop.score_threshold or not best.mask(rows, cols).any():
@@ -270,9 +293,7 @@ class _Run:
             area = int(out.mask.sum())
             if area:
                 confidences.append(conf)
-            result.slices[k] = {"object_score": round(out.object_score, 4),
-                                "predicted_iou": None if out.predicted_iou is None else round(out.predicted_iou, 4),
-                                "confidence": round(conf, 4), "area": area}
+            result.slices[k] = slice_score(out, area, conf)
         result.confidence = round(float(np.mean(confidences)), 4) if confidences else 0.0
         result.found = bool(result.mask.any())
         return result
@@ -288,19 +309,14 @@ class _Run:
         return probes
 
     def _pass(self, state, start_idx: int, to_slice, direction: str, start: int, outputs: dict, passes: list):
-        early = self.settings.early_stop
-        report = {"direction": direction, "start": start, "last": None, "slices": 0, "stopped_early": False}
-        absent_run = 0
-        stream = self.predictor.propagate_in_video(state, start_frame_idx=start_idx)
-        for frame_idx, _, video_res_masks in stream:
-            k = to_slice(frame_idx)
-            out = _slice_output(state, frame_idx, video_res_masks)
-            outputs[k] = out
-            report["last"], report["slices"] = k, report["slices"] + 1
-            absent = out.object_score <= early.score_threshold or not out.mask.any()
-            absent_run = absent_run + 1 if absent else 0
-            if early.enabled and absent_run >= early.patience:
-                report["stopped_early"] = True
-                stream.close()
-                break
+        report = PassReport(direction, start)
+        absence = AbsenceRun(self.settings.early_stop)
+        with slice_steps(self.predictor, state, start_idx) as steps:
+            for frame_idx, out in steps:
+                k = to_slice(frame_idx)
+                outputs[k] = out
+                report.last, report.slices = k, report.slices + 1
+                if absence.stops_after(out):
+                    report.stopped_early = True
+                    break
         passes.append(report)

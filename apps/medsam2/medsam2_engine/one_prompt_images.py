@@ -28,15 +28,6 @@ class QueryResult:
     confidence: float  # P(present) x predicted IoU, see memory_frames.frame_confidence
     found: bool  # object score above ``score_threshold`` and a non-empty mask
 
-    def to_json(self) -> dict:
-        return {
-            "object_score": round(self.object_score, 4),
-            "predicted_iou": None if self.predicted_iou is None else round(self.predicted_iou, 4),
-            "confidence": round(self.confidence, 4),
-            "found": self.found,
-            "area": int(self.mask.sum()),
-        }
-
 
 def _image_size(image01: np.ndarray, what: str) -> tuple:
     image01 = np.asarray(image01)

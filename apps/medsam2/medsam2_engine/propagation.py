@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -188,6 +189,32 @@ def _stepped(predictor, stream):
         yield item
 
 
+@contextmanager
+def slice_steps(predictor, state: dict, start: int, reverse: bool = False):
+    """One pass of SAM 2's propagation as ``(frame index, SliceOutput)`` pairs, one slice step
+    at a time; leaving the block ends the pass (however far it got)."""
+    stream = predictor.propagate_in_video(state, start_frame_idx=start, reverse=reverse)
+    try:
+        yield ((frame_idx, _slice_output(state, frame_idx, masks))
+               for frame_idx, _, masks in _stepped(predictor, stream))
+    finally:
+        stream.close()
+
+
+class AbsenceRun:
+    """Early stop's count: consecutive slices where the structure is gone."""
+
+    def __init__(self, early_stop: EarlyStop):
+        self.early_stop = early_stop
+        self.count = 0
+
+    def stops_after(self, output: SliceOutput) -> bool:
+        """Count ``output``; whether the pass should stop here."""
+        absent = output.object_score <= self.early_stop.score_threshold or not output.mask.any()
+        self.count = self.count + 1 if absent else 0
+        return self.early_stop.enabled and self.count >= self.early_stop.patience
+
+
 def _run_passes(predictor, state: dict, early_stop: EarlyStop, plan: PassPlan, cond_frames: list,
                 log_every: int, previous: dict | None = None, stop: CorrectionStop | None = None) -> Propagation:
     first, last = cond_frames[0], cond_frames[-1]
@@ -201,32 +228,26 @@ def _run_passes(predictor, state: dict, early_stop: EarlyStop, plan: PassPlan, c
         # a correction's pass may meet the previous result only beyond every corrected slice
         converge_after = plan.forward_from if reverse else plan.backward_from
         report = PassReport("backward" if reverse else "forward", start)
-        absent_run = agree_run = 0
-        stream = predictor.propagate_in_video(state, start_frame_idx=start, reverse=reverse)
-        for frame_idx, _, video_res_masks in _stepped(predictor, stream):
-            output = _slice_output(state, frame_idx, video_res_masks)
-            merged = _union(result.outputs.get(frame_idx), output) if plan.union else output
-            result.outputs[frame_idx] = merged
-            report.last, report.slices = frame_idx, report.slices + 1
-            if report.slices % log_every == 0:
-                logger.info("%s pass: %d slices, now at %d of %d", report.direction, report.slices, frame_idx,
-                            num_frames)
-            beyond_prompts = frame_idx < last_prompt if reverse else frame_idx > last_prompt
-            if early_stop.enabled and beyond_prompts:
-                absent = output.object_score <= early_stop.score_threshold or not output.mask.any()
-                absent_run = absent_run + 1 if absent else 0
-                if absent_run >= early_stop.patience:
+        absence, agree_run = AbsenceRun(early_stop), 0
+        with slice_steps(predictor, state, start, reverse) as steps:
+            for frame_idx, output in steps:
+                merged = _union(result.outputs.get(frame_idx), output) if plan.union else output
+                result.outputs[frame_idx] = merged
+                report.last, report.slices = frame_idx, report.slices + 1
+                if report.slices % log_every == 0:
+                    logger.info("%s pass: %d slices, now at %d of %d", report.direction, report.slices, frame_idx,
+                                num_frames)
+                beyond_prompts = frame_idx < last_prompt if reverse else frame_idx > last_prompt
+                if early_stop.enabled and beyond_prompts and absence.stops_after(output):
                     report.stopped_early = True
-                    stream.close()
                     break
-            beyond_correction = frame_idx < converge_after if reverse else frame_idx > converge_after
-            if stop is not None and stop.enabled and beyond_correction:
-                old = previous.get(frame_idx)
-                agree_run = agree_run + 1 if old is not None and _agrees(merged.mask, old.mask, stop.iou) else 0
-                if agree_run >= stop.patience:
-                    report.converged = True
-                    stream.close()
-                    break
+                beyond_correction = frame_idx < converge_after if reverse else frame_idx > converge_after
+                if stop is not None and stop.enabled and beyond_correction:
+                    old = previous.get(frame_idx)
+                    agree_run = agree_run + 1 if old is not None and _agrees(merged.mask, old.mask, stop.iou) else 0
+                    if agree_run >= stop.patience:
+                        report.converged = True
+                        break
         result.passes.append(report)
     result.seconds = time.perf_counter() - started
     return result

@@ -8,7 +8,14 @@ import time
 from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Callable
+
+if TYPE_CHECKING:  # types only: these modules need nothing from here
+    from .frames import SliceFrames
+    from .model_source import LoadedModel
+    from .predictor import FeatureCache
+    from .volume_io import Volume
+    from .windowing import Window
 
 logger = logging.getLogger(__name__)
 
@@ -36,48 +43,36 @@ class SessionLimits:
 
 @dataclass
 class Session:
-    """What survives between two requests of one user on one image."""
+    """What survives between two requests of one user on one image.
+
+    Made by :meth:`.engine.VolumeSegmenter.open`, which holds the session's lock until the
+    request's ``segment`` has run.
+    """
 
     key: tuple
     image_stamp: tuple  # (path, mtime_ns, size): a changed file is a new image
-    model_version: int
-    window_key: tuple
-    volume: Any
-    frames: Any
-    window: Any
-    feature_cache: Any
+    model: LoadedModel  # the weights its slices were encoded with
+    window_key: tuple  # the request's window and modality choice
+    volume: Volume
+    frames: SliceFrames
+    window: Window
+    feature_cache: FeatureCache
     modality: str = ""
+    started: str = "new"  # why this session began: "new", "reset by request", "image changed", ...
+    load_seconds: float = 0.0  # reading the image when it began
+    requests: int = 0  # segment calls it has served
     tracks: dict = field(default_factory=dict)  # label -> LabelTrack
     last_used: float = field(default_factory=time.monotonic)
+
+    @property
+    def model_version(self) -> int:
+        return self.model.version
 
     def memory_bytes(self) -> int:
         total = self.feature_cache.bytes if self.feature_cache is not None else 0
         total += self.volume.array.nbytes
         # other sessions' requests change their tracks while the store adds up memory: a snapshot
         return total + sum(track.memory_bytes() for track in list(self.tracks.values()))
-
-
-class RecentReads:
-    """The last few images read, by file stamp: the task reads an image for its shape, the
-    engine then opens a session on it without reading it again. Safe for concurrent calls."""
-
-    def __init__(self, size: int = 2):
-        self.size = size
-        self._items: OrderedDict = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, image, read: Callable):
-        stamp = image_stamp(image)
-        with self._lock:
-            if stamp in self._items:
-                self._items.move_to_end(stamp)
-                return self._items[stamp]
-        value = read(image)  # outside the lock: reading a large file must not block other images
-        with self._lock:
-            self._items[stamp] = value
-            while len(self._items) > self.size:
-                self._items.popitem(last=False)
-        return value
 
 
 class SessionStore:
@@ -120,6 +115,11 @@ class SessionStore:
                 session.last_used = self._clock()
                 self._sessions.move_to_end(key)
             return session
+
+    def peek(self, key: tuple) -> Session | None:
+        """The session without touching its idle time (encode-ahead checks it is still held)."""
+        with self._lock:
+            return self._sessions.get(key)
 
     def put(self, session: Session) -> None:
         with self._lock:

@@ -13,7 +13,7 @@ and taken greedily, skipping one that is nearly a duplicate of a support already
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -36,12 +36,10 @@ def spanning_slices(mask: np.ndarray, count: int) -> list:
 @dataclass
 class SupportChoice:
     name: str
-    similarity: float  # best cosine similarity of its support slices to any target slice
+    similarity: float | None  # best cosine similarity of its support slices to any target slice; None: not compared
     used: bool = False
     reason: str = ""
-
-    def to_json(self) -> dict:
-        return {"name": self.name, "similarity": round(self.similarity, 4), "used": self.used, "reason": self.reason}
+    slices: list = field(default_factory=list)  # the support slices given to SAM 2's memory
 
 
 def similarity(support: torch.Tensor, target: torch.Tensor) -> float:

@@ -1,4 +1,5 @@
-"""One label's SAM 2 state between requests, and how a request's prompts change it."""
+"""One label's SAM 2 state between requests, and the steps that change it: prompts, propagation,
+growing its crop region, pasting its masks into the volume."""
 
 from __future__ import annotations
 
@@ -7,25 +8,45 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .frames import slice_to_image
-from .predictor import at_input_size, network_lock
+from .crop_region import CropRegion, CropRegionSettings, grown, mask_extent, reaches_edge, union
+from .frames import image_to_slice, slice_to_image
+from .predictor import KeyedCache, at_input_size, network_lock
 from .prompts import FramePrompt
-from .propagation import OBJ_ID, EarlyStop, Propagation, restart_frame
-from .roi import Roi
+from .propagation import (OBJ_ID, CorrectionStop, EarlyStop, PassPlan, Propagation, propagate_both_ways,
+                          propagate_correction, restart_frame)
+from .protocols import largest_component
 
 
 @dataclass
 class LabelTrack:
-    """One label's SAM 2 inference state and what the user has prompted so far."""
+    """One label's SAM 2 inference state, what the user has prompted so far, and its last mask.
+
+    The track's own steps: :meth:`start` a state over whole slices or a crop region,
+    :func:`apply_changes` (sam2) or :func:`prompts_only` (medsam2) to bring it to the
+    request's prompts, :meth:`propagate`, :meth:`grown_region` when a mask reached the
+    region's edge, and :meth:`paste` the slices' masks into the volume.
+    """
 
     state: dict
-    roi: Roi | None = None  # the region of the slices this label is segmented in; None: whole slices
+    region: CropRegion | None = None  # the crop region of the slices it is segmented in; None: whole slices
     grows: int = 0  # times the region has grown because a mask reached its edge
     frame_prompts: dict = field(default_factory=dict)  # slice -> FramePrompt given to SAM 2
     mask: np.ndarray | None = None
     propagation: Propagation | None = None
     early_stop: EarlyStop | None = None
     local_correction: bool = False  # the mask came from a correction stopped where it met the last one
+
+    @classmethod
+    def start(cls, predictor, frames, feature_cache, region: CropRegion | None, grows: int = 0) -> "LabelTrack":
+        """A fresh SAM 2 state over the session's slices, or over a crop region of them.
+
+        Every track encodes through the session's one feature cache, keyed by region, so the
+        session's memory bound covers them all and a region seen before is not encoded again.
+        """
+        frames = frames if region is None else frames.cropped(region.voxel_region(), region.input_size)
+        view = at_input_size(predictor, frames.image_size)
+        state = view.init_state_from_frames(frames, KeyedCache(feature_cache, frames))
+        return cls(state=state, region=region, grows=grows)
 
     def memory_bytes(self) -> int:
         # read while another thread may reset this state: no step assumes an entry is still there
@@ -36,11 +57,64 @@ class LabelTrack:
         return frames * per_frame + mask_bytes
 
     def sized_predictor(self, predictor):
-        """The predictor at this track's input size (a region's, or the model's own)."""
+        """The predictor at this track's input size (a crop region's, or the model's own)."""
         return at_input_size(predictor, self.state["images"].image_size)
 
     def in_view(self, prompt: FramePrompt) -> FramePrompt:
-        return prompt if self.roi is None else self.roi.prompt_in_region(prompt)
+        return prompt if self.region is None else self.region.prompt_in_region(prompt)
+
+    def fits(self, extent: tuple, settings: CropRegionSettings) -> bool:
+        """Whether the track's region still holds every prompt (whole slices always do)."""
+        if self.region is None:
+            return True
+        return settings.enabled and self.region.contains(extent)
+
+    def reaches_edge(self, region_masks: list, slice_shape: tuple, settings: CropRegionSettings) -> bool:
+        if self.region is None:
+            return False
+        return any(reaches_edge(m, self.region, slice_shape, settings.edge_px) for m in region_masks)
+
+    def grown_region(self, region_masks: list, prompts_extent: tuple, slice_shape: tuple, image_size: int,
+                     settings: CropRegionSettings) -> CropRegion | None:
+        """A larger region holding the prompts and what the masks reached; None: whole slices."""
+        region = self.region
+        reached = union(*(mask_extent(m) for m in region_masks))
+        if reached is not None:
+            reached = (reached[0] + region.row0, reached[1] + region.col0, reached[2] + region.row0,
+                       reached[3] + region.col0)
+        if self.grows >= settings.max_grow:
+            return None
+        return grown(region, union(prompts_extent, reached), slice_shape, image_size, settings)
+
+    def propagate(self, view, protocol: str, wanted: dict, changed: list, local: bool, early_stop: EarlyStop,
+                  correction_stop: CorrectionStop) -> Propagation:
+        """Carry the prompts through the slices (a correction only as far as it changes them)."""
+        if protocol == "sam2":
+            if local:
+                return propagate_correction(view, self.state, changed, self.propagation, early_stop,
+                                            correction_stop)
+            return propagate_both_ways(view, self.state, early_stop)
+
+        # medsam2: each pass from a state that holds the prompts only (reset_state, prompts again)
+        def before_pass(reverse: bool) -> None:
+            prompts_only(view, self, wanted)
+
+        if local:
+            return propagate_correction(view, self.state, changed, self.propagation, early_stop,
+                                        correction_stop, before_pass=before_pass, union=True,
+                                        prompted=sorted(wanted))
+        plan = PassPlan(min(wanted), max(wanted), before_pass, union=True)
+        return propagate_both_ways(view, self.state, early_stop, plan=plan, prompted=sorted(wanted))
+
+    def paste(self, propagation: Propagation, volume_shape: tuple, protocol: str) -> None:
+        """The slices' masks, placed in the volume (their region of it), become the track's mask."""
+        mask = np.zeros(volume_shape, dtype=bool)
+        region_i, region_j = (slice(None), slice(None)) if self.region is None else self.region.voxel_region()
+        for k, output in propagation.outputs.items():
+            mask[region_i, region_j, k] = image_to_slice(output.mask)
+        if protocol == "medsam2":
+            mask = largest_component(mask)
+        self.mask, self.propagation = mask, propagation
 
 
 @dataclass

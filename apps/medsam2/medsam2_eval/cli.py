@@ -27,7 +27,7 @@ from .cases import find_cases, model_input_window, select_structures
 from .methods import CopySliceMethod, EngineMethod, OtsuBoxMethod
 from medsam2_engine.protocols import default_protocol
 from medsam2_engine.propagation import CorrectionStop
-from medsam2_engine.roi import RoiSettings
+from medsam2_engine.crop_region import CropRegionSettings
 from .protocol import ProtocolSettings, run_structure
 from .report import curves, plot_curves, plot_overlay, summarise, write_json
 from medsam2_engine.model_source import ModelSource
@@ -91,7 +91,7 @@ def protocol_variants(models, preset, protocol: str | None, early_stop: EarlySto
     off = EarlyStop(enabled=False)
     return [
         EngineMethod(models, off, f"engine_{protocol}_reference", protocol),
-        EngineMethod(models, off, f"engine_{protocol}+crop_region", protocol, roi=RoiSettings(enabled=True)),
+        EngineMethod(models, off, f"engine_{protocol}+crop_region", protocol, crop_region=CropRegionSettings(enabled=True)),
         EngineMethod(models, EarlyStop(enabled=True), f"engine_{protocol}+early_stop", protocol),
         EngineMethod(models, off, f"engine_{protocol}+correction_stop", protocol,
                      correction_stop=CorrectionStop(enabled=True)),

@@ -10,11 +10,11 @@ from __future__ import annotations
 import time
 
 
-from medsam2_engine.engine import EngineSettings, VolumeSegmenter
+from medsam2_engine.engine import EngineSettings, SegmentOptions, VolumeSegmenter
 from medsam2_engine.image2d import ImageSegmenter
 from medsam2_engine.prompts import LabelPrompts
 from medsam2_engine.propagation import CorrectionStop, EarlyStop
-from medsam2_engine.roi import RoiSettings
+from medsam2_engine.crop_region import CropRegionSettings
 from .baselines import copy_slice_baseline, otsu_box_baseline
 
 
@@ -41,13 +41,13 @@ class EngineMethod(Method):
     """This app's engine under one protocol and set of options (crop region, early and correction stop)."""
 
     def __init__(self, models, early_stop: EarlyStop, name: str = "medsam2_engine", protocol: str | None = None,
-                 correction_stop: CorrectionStop | None = None, roi: RoiSettings | None = None):
+                 correction_stop: CorrectionStop | None = None, crop_region: CropRegionSettings | None = None):
         self.name = name
         self.early_stop = early_stop
         self.correction_stop = correction_stop or CorrectionStop()
-        self.roi = roi or RoiSettings()
+        self.crop_region = crop_region or CropRegionSettings()
         settings = EngineSettings(protocol=protocol, early_stop=early_stop, correction_stop=self.correction_stop,
-                                  roi=self.roi)
+                                  crop_region=self.crop_region)
         self.volumes = VolumeSegmenter(models, settings)
         self.images = ImageSegmenter(models, sessions=self.volumes.sessions)
 
@@ -56,21 +56,22 @@ class EngineMethod(Method):
         prompts = LabelPrompts(clicks=list(clicks), boxes=[box] if box is not None else [])
         started = time.perf_counter()
         if not case.volume.is_3d:
-            result = self.images.segment(case.volume, prompts, session_key=(case.name,), window=case.window)
+            result = self.images.run(case.volume, prompts, session_key=(case.name,), window=case.window)
+            window = result.window.to_json() if result.window is not None else {"source": "RGB 0-255"}
             return result.mask, {"seconds": time.perf_counter() - started, "embedding_reused": result.embedding_reused,
-                                 "input_window": result.window}
+                                 "input_window": window}
         label = f"{self._structure.name}|{self._protocol}"
-        result = self.volumes.segment(case.volume, {label: prompts}, session_key=(case.name,), window=case.window,
-                                      modality=case.volume.declared_modality, early_stop=self.early_stop,
-                                      correction_stop=self.correction_stop, roi=self.roi)
+        options = SegmentOptions(self.early_stop, self.correction_stop, self.crop_region)
+        result = self.volumes.run(case.volume, {label: prompts}, session_key=(case.name,), window=case.window,
+                                  modality=case.volume.declared_modality, options=options)
         out = result.labels[label]
         info = {
             "seconds": time.perf_counter() - started,
-            "slices_encoded": result.session["slices_encoded"],
-            "slices_propagated": sum(p["slices"] for p in out.passes),
-            "stopped_early": [p["direction"] for p in out.passes if p["stopped_early"]],
-            "input_window": result.window,
-            "engine_protocol": result.protocol,
+            "slices_encoded": result.session.slices_encoded,
+            "slices_propagated": sum(p.slices for p in out.passes),
+            "stopped_early": [p.direction for p in out.passes if p.stopped_early],
+            "input_window": result.window.to_json(),
+            "engine_protocol": result.run.protocol,
         }
         return out.mask, info
 

@@ -80,17 +80,17 @@ def _structure_terms(segmenter: VolumeSegmenter, volume, prior: BoxPrior, key: t
     # every pass is its own SAM 2 object: re-prompting one object on another slice after it has
     # propagated would leave it tracking from memory with no conditioning frame (sam2 asserts)
     name = f"{prior.name}:A"
-    first = segmenter.segment(volume, {name: LabelPrompts(boxes=[box])}, session_key=key).labels[name]
+    first = segmenter.run(volume, {name: LabelPrompts(boxes=[box])}, session_key=key).labels[name]
     mask = first.mask
     present = np.flatnonzero(mask.reshape(-1, shape[2]).any(axis=0))
-    scores = [s["object_score"] for s in first.slices.values() if not math.isnan(s["object_score"])]
+    scores = [s.object_score for s in first.slices.values() if not math.isnan(s.object_score)]
     p = 1.0 / (1.0 + np.exp(-np.clip(np.asarray(scores, float), -30, 30))) if scores else np.array([0.5])
     object_term = float(np.mean(1.0 - np.abs(2.0 * p - 1.0)))
     if present.size == 0:  # nothing found inside the box: nothing to check, as unsure as can be
         return {"disagreement": 1.0, "predicted_iou": 1.0, "object_score": object_term, "box_leak": 1.0,
                 "slices": 0}
     leak_term = _box_leak(mask[:, :, box.k], box)
-    ious = [s["predicted_iou"] for k, s in first.slices.items() if s["predicted_iou"] is not None and s["area"]]
+    ious = [s.predicted_iou for s in first.slices.values() if s.predicted_iou is not None and s.area]
     iou_term = float(np.mean([1.0 - min(max(v, 0.0), 1.0) for v in ious])) if ious else 1.0
     disagreements = []
     for n, end in enumerate((present.min(), present.max())):
@@ -98,7 +98,7 @@ def _structure_terms(segmenter: VolumeSegmenter, volume, prior: BoxPrior, key: t
         if k == box.k or not mask[:, :, k].any():
             continue
         name = f"{prior.name}:B{n}"
-        again = segmenter.segment(volume, {name: _bbox_prompt(mask[:, :, k], k)}, session_key=key).labels[name]
+        again = segmenter.run(volume, {name: _bbox_prompt(mask[:, :, k], k)}, session_key=key).labels[name]
         disagreements.append(1.0 - dice(again.mask, mask))
     disagreement = float(np.mean(disagreements)) if disagreements else 0.0
     return {"disagreement": disagreement, "predicted_iou": iou_term, "object_score": object_term,

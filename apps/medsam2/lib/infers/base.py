@@ -1,4 +1,5 @@
-"""What the 2D and 3D tasks share: errors as HTTP answers, result writing, model status."""
+"""What the tasks share: errors as HTTP answers, result writing, model status (the result JSON
+is built in :mod:`.results_json`)."""
 
 from __future__ import annotations
 
@@ -20,9 +21,6 @@ from medsam2_engine.windowing import CT_WINDOW_PRESETS, WindowError
 
 logger = logging.getLogger(__name__)
 
-RANDOM_WEIGHTS_WARNING = "UNTRAINED RANDOM WEIGHTS: this mask proves the plumbing only, not accuracy"
-UNTRAINED_ORIGIN_WARNING = ("UNTRAINED ORIGIN: these weights were fine-tuned from random weights on this datastore "
-                            "only; the mask is not from a trained MedSAM-2")
 WINDOW_CHOICES = ["auto", *CT_WINDOW_PRESETS, "percentile"]
 MODALITY_CHOICES = ["auto", "CT", "MR", "other"]
 
@@ -80,21 +78,6 @@ class Sam2Task(InferTask):
             "result": result,
         }
         return Writer(label="pred", ref_image="image", json="result")(data)
-
-    @staticmethod
-    def common_json(result, timings: dict) -> dict:
-        out = {
-            "model": {"checkpoint": result.checkpoint, "random_weights": result.random_weights},
-            "window": result.window,
-            "modality": result.modality,
-            "stages": timings,
-        }
-        if result.random_weights:
-            out["warning"] = RANDOM_WEIGHTS_WARNING
-            if result.checkpoint != "random":
-                out["model"]["untrained_origin"] = True
-                out["warning"] = UNTRAINED_ORIGIN_WARNING
-        return out
 
 
 def _default_extension(path: str) -> str:

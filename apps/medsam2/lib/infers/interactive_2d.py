@@ -11,7 +11,8 @@ from medsam2_engine.prompts import PromptError
 
 from .base import MODALITY_CHOICES, WINDOW_CHOICES, Sam2Task
 from ..options import integer
-from .request import parse_request, session_key_for
+from .request import modality_option, parse_request, session_key_for, window_option
+from .results_json import run_json
 
 
 class Interactive2D(Sam2Task):
@@ -27,28 +28,22 @@ class Interactive2D(Sam2Task):
 
     def run(self, request):
         started = time.perf_counter()
-        path = request["image"]
-        volume = self.segmenter.volume(path)
-        parsed = parse_request(request, volume.spatial_shape, self.labels)
-        if len(parsed.prompts) != 1:
-            raise PromptError(f"the 2D model segments one label per request, got {sorted(parsed.prompts)}")
-        label, prompts = next(iter(parsed.prompts.items()))
-        slice_index = self._slice(request, prompts, volume) if volume.is_3d else None
-        result = self.segmenter.segment(
-            path,
-            prompts,
-            session_key=session_key_for(request),
-            slice_index=slice_index,
-            window=parsed.window,
-            modality=parsed.modality,
-        )
+        key = session_key_for(request)
+        with self.segmenter.open(key, request["image"], window_option(request), modality_option(request)) as session:
+            volume = session.volume
+            parsed = parse_request(request, volume.spatial_shape, self.labels)
+            if len(parsed.prompts) != 1:
+                raise PromptError(f"the 2D model segments one label per request, got {sorted(parsed.prompts)}")
+            label, prompts = next(iter(parsed.prompts.items()))
+            slice_index = self._slice(request, prompts, volume) if volume.is_3d else None
+            result = self.segmenter.segment(session, prompts, slice_index)
         if volume.is_3d:
             # Slicer imports a 2D result as a full volume with only this slice filled
             label_map = np.zeros(volume.array.shape, np.uint8)
             label_map[:, :, result.slice_index] = result.mask
         else:
             label_map = result.mask.astype(np.uint8)
-        out = self.common_json(result, result.timings)
+        out = run_json(result.run, result.window, result.modality)
         out.update(
             {
                 "label_names": {label: 1},

@@ -1,4 +1,9 @@
-"""MedSAM-2 3D: clicks or a box on any slice, propagated through the volume both ways."""
+"""MedSAM-2 3D: clicks or a box on any slice, propagated through the volume both ways.
+
+A request's path: ``open`` the session (the image read once, or the session that has it),
+check the prompts against its volume, ``segment`` it, write the label map and the JSON
+(:mod:`.results_json`).
+"""
 
 from __future__ import annotations
 
@@ -8,11 +13,11 @@ import time
 
 import numpy as np
 
-from medsam2_engine.engine import VolumeSegmenter
-from medsam2_engine.prompts import PromptError
+from medsam2_engine.engine import SegmentOptions, VolumeSegmenter
 
 from .base import MODALITY_CHOICES, WINDOW_CHOICES, Sam2Task
-from .request import parse_request, positive_int, request_flag, session_key_for
+from .request import early_stop_option, parse_request, request_flag, session_key_for, window_option, modality_option
+from .results_json import volume_result_json
 
 logger = logging.getLogger(__name__)
 
@@ -31,44 +36,31 @@ class Interactive3D(Sam2Task):
                 "early_stop": early.enabled,
                 "early_stop_patience": early.patience,
                 "correction_stop": segmenter.settings.correction_stop.enabled,
-                "crop_region": segmenter.settings.roi.enabled,
+                "crop_region": segmenter.settings.crop_region.enabled,
                 "reset_state": False,
             },
         )
         self.segmenter = segmenter
 
+    def options(self, request: dict) -> SegmentOptions:
+        """The engine's options with the request's overrides (strict: a bad value is a 400)."""
+        settings = self.segmenter.settings
+        return SegmentOptions(
+            early_stop=early_stop_option(request, settings.early_stop),
+            correction_stop=dataclasses.replace(
+                settings.correction_stop,
+                enabled=request_flag(request, "correction_stop", settings.correction_stop.enabled)),
+            crop_region=dataclasses.replace(
+                settings.crop_region, enabled=request_flag(request, "crop_region", settings.crop_region.enabled)),
+        )
+
     def run(self, request):
         started = time.perf_counter()
-        default = self.segmenter.settings.early_stop
-        early_stop = dataclasses.replace(
-            default,
-            enabled=request_flag(request, "early_stop", default.enabled),
-            patience=positive_int(request.get("early_stop_patience", default.patience), "early_stop_patience"),
-        )
-        correction_stop = dataclasses.replace(
-            self.segmenter.settings.correction_stop,
-            enabled=request_flag(request, "correction_stop", self.segmenter.settings.correction_stop.enabled),
-        )
-        roi = dataclasses.replace(
-            self.segmenter.settings.roi, enabled=request_flag(request, "crop_region", self.segmenter.settings.roi.enabled)
-        )
-        volume = self.segmenter.volume(session_key_for(request), request["image"])
-        if not volume.is_3d:
-            raise PromptError(
-                f"image {session_key_for(request)[1]} is 2D (shape {list(volume.array.shape)}); use the 2D model for it"
-            )
-        parsed = parse_request(request, volume.array.shape, self.labels)
-        result = self.segmenter.segment(
-            request["image"],
-            parsed.prompts,
-            session_key=parsed.session_key,
-            window=parsed.window,
-            modality=parsed.modality,
-            reset_labels=parsed.reset_labels,
-            early_stop=early_stop,
-            correction_stop=correction_stop,
-            roi=roi,
-        )
+        options = self.options(request)
+        key = session_key_for(request)
+        with self.segmenter.open(key, request["image"], window_option(request), modality_option(request)) as session:
+            parsed = parse_request(request, session.volume.array.shape, self.labels)
+            result = self.segmenter.segment(session, parsed.prompts, options, reset_labels=parsed.reset_labels)
         infer_done = time.perf_counter()
 
         names = list(result.labels)
@@ -82,33 +74,13 @@ class Interactive3D(Sam2Task):
                 value = self.labels.index(name) + 1
                 label_map[result.labels[name].mask] = value
                 label_names[name] = value
-        out = self.common_json(result, result.timings)
-        out.update(
-            {
-                "label_names": label_names,
-                "session": result.session,
-                "protocol": result.protocol,
-                "protocol_options": result.options,
-                "engine_warnings": result.warnings,  # e.g. a label's track dropped after a failure
-                "labels": {
-                    name: {
-                        "prompted_slices": r.prompted_slices,
-                        "passes": r.passes,
-                        "reused_previous_result": r.reused,
-                        "restarted": r.restarted,
-                        "crop_region": r.roi,
-                        "voxels": int(r.mask.sum()),
-                        "slices": [{"slice": k, **v} for k, v in r.slices.items()],
-                    }
-                    for name, r in result.labels.items()
-                },
-            }
-        )
+        out = volume_result_json(result, label_names)
         file_name, out = self.write(request, result.volume, label_map, out)
         total = time.perf_counter() - started
+        load = result.run.timings.get("load", 0.0)
         out["latencies"] = {
-            "pre": round(result.timings.get("load", 0.0), 4),
-            "infer": round(infer_done - started - result.timings.get("load", 0.0), 4),
+            "pre": round(load, 4),
+            "infer": round(infer_done - started - load, 4),
             "write": round(total - (infer_done - started), 4),
             "total": round(total, 4),
         }

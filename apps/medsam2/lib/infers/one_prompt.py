@@ -41,17 +41,15 @@ import numpy as np
 from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 from monailabel.interfaces.tasks.infer_v2 import InferType
 
-from medsam2_engine.frames import SliceFrames, image_to_slice, slice_to_image
+from medsam2_engine.engine import EngineSettings, VolumeSegmenter
 from medsam2_engine.model_source import ModelSource
-from medsam2_engine.engine import VolumeSegmenter
 from medsam2_engine.one_prompt import OnePromptError, OnePromptSegmenter, OnePromptSettings, Support
-from medsam2_engine.propagation import EarlyStop
 from medsam2_engine.volume_io import load_image
-from medsam2_engine.windowing import choose_window, guess_modality
 
 from .base import MODALITY_CHOICES, WINDOW_CHOICES, Sam2Task
 from ..options import identifier
-from .request import positive_int, request_flag, session_key_for
+from .request import early_stop_option, modality_option, positive_int, request_flag, session_key_for, window_option
+from .results_json import pass_json, query_json, run_json, slices_json, support_json
 from .support_studies import DEFAULT_SUPPORT_TAG, candidate_ids, has_label, image_id_for, load_supports
 
 logger = logging.getLogger(__name__)
@@ -59,10 +57,16 @@ logger = logging.getLogger(__name__)
 CONFIDENCE_KEY = "medsam2_one_prompt"  # image info key read by active learning
 
 
+def one_prompt_settings(engine: EngineSettings) -> OnePromptSettings:
+    """The engine's settings that one-prompt shares: early stop, feature cache bound, CPU bf16."""
+    return OnePromptSettings(early_stop=engine.early_stop, feature_cache_mb=engine.feature_cache_mb,
+                             cpu_bf16=engine.cpu_bf16)
+
+
 class OnePrompt(Sam2Task):
     def __init__(self, models: ModelSource, labels: list, datastore: Callable[[], Datastore],
-                 early_stop: EarlyStop | None = None, interactive: VolumeSegmenter | None = None):
-        settings = OnePromptSettings(early_stop=early_stop or EarlyStop())
+                 settings: OnePromptSettings | None = None, interactive: VolumeSegmenter | None = None):
+        settings = settings or OnePromptSettings()
         super().__init__(
             models,
             labels,
@@ -104,12 +108,11 @@ class OnePrompt(Sam2Task):
         if not supports:
             raise OnePromptError("no usable support study: " + "; ".join(f"{k}: {v}" for k, v in rejected.items()))
         target = load_image(request["image"])
-        window, modality = _auto_none(request.get("window")), _auto_none(request.get("modality"))
+        window, modality = window_option(request), modality_option(request)
         if target.is_3d:
             out, mask = self._volume(request, target, supports, rejected, window, modality)
         else:
             out, mask = self._image(target, supports, rejected, window, modality)
-        out = {**self.common_json(_Model(**out.pop("_model")), out.pop("stages")), **out}
         out.update({"label": label, "label_names": {label: 1}, "target": target_id})
         file_name, out = self.write(request, target, mask.astype(np.uint8), out)
         out["latencies"] = {"total": round(time.perf_counter() - started, 4)}
@@ -125,14 +128,13 @@ class OnePrompt(Sam2Task):
         if self.interactive is None:
             raise OnePromptError("support_session: this app keeps no interactive sessions")
         client = session_key_for(request)[0]
-        session = self.interactive.sessions.get((client, identifier(support_id, "support_session")))
-        track = session.tracks.get(label) if session is not None else None
-        if track is None or track.mask is None or not track.mask.any():
+        segmented = self.interactive.segmented((client, identifier(support_id, "support_session")), label)
+        if segmented is None:
             raise OnePromptError(
                 f"support_session: client {client!r} has no segmented {label!r} on {support_id}; segment it with "
                 "medsam2_3d first (same client_id and label)"
             )
-        return Support(f"session:{support_id}", session.volume, track.mask.copy())
+        return Support(f"session:{support_id}", segmented.volume, segmented.mask)
 
     def _volume(self, request, target, supports, rejected, window, modality):
         base = self.segmenter.settings
@@ -141,60 +143,35 @@ class OnePrompt(Sam2Task):
             max_supports=positive_int(request.get("max_supports", base.max_supports), "max_supports"),
             slices_per_support=positive_int(request.get("support_slices", base.slices_per_support),
                                              "support_slices"),
-            early_stop=dataclasses.replace(
-                base.early_stop,
-                enabled=request_flag(request, "early_stop", base.early_stop.enabled),
-                patience=positive_int(request.get("early_stop_patience", base.early_stop.patience),
-                                       "early_stop_patience"),
-            ),
+            early_stop=early_stop_option(request, base.early_stop),
         )
         volumes = [s for s in supports if s.volume.is_3d]
         result = self.segmenter.segment_volume(target, volumes or supports, window, modality, settings)
-        result.supports += [{"name": k, "similarity": None, "used": False, "reason": v, "slices": []}
-                            for k, v in rejected.items()]
-        out = {
-            "_model": {"random_weights": result.random_weights, "checkpoint": result.checkpoint,
-                       "window": result.window, "modality": result.modality},
-            "stages": result.timings,
+        out = run_json(result.run, result.window, result.modality)
+        out.update({
             "found": result.found,
             "confidence": result.confidence,
             "start_slice": result.start_slice,
-            "supports": result.supports,
-            "passes": result.passes,
+            "supports": [support_json(c) for c in result.supports] + _not_loaded(rejected),
+            "passes": [pass_json(p) for p in result.passes],
             "probes": [{"slice": k, "confidence": v} for k, v in result.probes.items()],
-            "slices": [{"slice": k, **v} for k, v in result.slices.items()],
+            "slices": slices_json(result.slices),
             "voxels": int(result.mask.sum()),
             "warnings": result.warnings,
-        }
+        })
         return out, result.mask
 
     def _image(self, target, supports, rejected, window, modality):
         """A 2D target: the first 2D support (by id) is the prompted image."""
-        flat = [s for s in supports if not s.volume.is_3d]
-        if not flat:
-            raise OnePromptError("the target is a 2D image but no support study is 2D")
-        support = flat[0]
-        size = self.models.get().model.image_size
-        images = []
-        for volume in (support.volume, target):
-            kind = "photo" if volume.is_rgb else guess_modality(volume.array, modality or volume.declared_modality)
-            chosen = choose_window(volume.array, kind, window)
-            images.append((SliceFrames(volume.array, chosen, size, is_rgb=volume.is_rgb).image01(0), chosen))
-        result = self.segmenter.segment_images(images[0][0], [images[1][0]], support_mask=slice_to_image(support.mask))
-        query = result.queries[0]
-        used = [{"name": s.name, "similarity": None, "used": s is support,
-                 "reason": "first 2D support" if s is support else "one support per 2D image", "slices": []}
-                for s in supports] + [{"name": k, "similarity": None, "used": False, "reason": v, "slices": []}
-                                      for k, v in rejected.items()]
-        out = {
-            "_model": {"random_weights": result.random_weights, "checkpoint": result.checkpoint,
-                       "window": images[1][1].to_json(), "modality": "photo" if target.is_rgb else "image"},
-            "stages": result.timings,
-            **query.to_json(),
-            "supports": used,
+        result = self.segmenter.segment_image(target, supports, window, modality)
+        query = result.query
+        out = run_json(result.run, result.window, result.modality)
+        out.update({
+            **query_json(query),
+            "supports": [support_json(c) for c in result.supports] + _not_loaded(rejected),
             "warnings": [] if query.found else ["the support's structure was not found; the mask is empty"],
-        }
-        return out, image_to_slice(query.mask)
+        })
+        return out, query.mask
 
     @staticmethod
     def _save(datastore: Datastore, target_id: str, file_name: str, label: str, out: dict) -> dict:
@@ -219,15 +196,6 @@ class OnePrompt(Sam2Task):
         return out
 
 
-@dataclasses.dataclass
-class _Model:
-    """The fields ``Sam2Task.common_json`` reads from an engine result."""
-
-    random_weights: bool
-    checkpoint: str
-    window: dict
-    modality: str
-
-
-def _auto_none(value):
-    return None if isinstance(value, str) and value.strip().lower() in ("", "auto") else value
+def _not_loaded(rejected: dict) -> list:
+    """Support studies the datastore offered but that could not be used, with why."""
+    return [{"name": k, "similarity": None, "used": False, "reason": v, "slices": []} for k, v in rejected.items()]

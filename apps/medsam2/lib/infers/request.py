@@ -22,6 +22,7 @@ and drops any such field a client sends itself.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 
@@ -79,7 +80,17 @@ def positive_int(value, field_name: str) -> int:
     return integer(value, field_name, low=1, high=MAX_COUNT)
 
 
-def _modality(request: dict):
+def early_stop_option(request: dict, default):
+    """``early_stop`` and ``early_stop_patience`` over the app's ``EarlyStop`` setting."""
+    return dataclasses.replace(
+        default,
+        enabled=request_flag(request, "early_stop", default.enabled),
+        patience=positive_int(request.get("early_stop_patience", default.patience), "early_stop_patience"),
+    )
+
+
+def modality_option(request: dict):
+    """``modality``; None for automatic (absent, empty or "auto")."""
     value = request.get("modality")
     if value in (None, ""):
         return None
@@ -87,7 +98,8 @@ def _modality(request: dict):
     return None if value == "auto" else value
 
 
-def _window(request: dict):
+def window_option(request: dict):
+    """``window``: a preset name or ``[low, high]``; None for automatic (absent, empty or "auto")."""
     window = request.get("window")
     if window is None or (isinstance(window, str) and window.strip().lower() in ("", "auto")):
         return None
@@ -150,4 +162,4 @@ def parse_request(request: dict, shape, labels: list) -> ParsedRequest:
             raise PromptError(f"label {name!r}: only background points; add a foreground point or a roi")
 
     reset = set(prompts) if request_flag(request, "reset_state", False) else set()
-    return ParsedRequest(prompts, session_key_for(request), reset, _window(request), _modality(request))
+    return ParsedRequest(prompts, session_key_for(request), reset, window_option(request), modality_option(request))

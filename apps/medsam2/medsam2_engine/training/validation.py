@@ -84,7 +84,7 @@ def evaluate(segmenter: VolumeSegmenter, cases: list, label_names: dict | None =
             reference = labels == value
             started = time.perf_counter()
             prompts = {str(value): LabelPrompts(boxes=[box_on_largest_slice(reference)])}
-            result = segmenter.segment(volume, prompts, session_key=("validation", case.name))
+            result = segmenter.run(volume, prompts, session_key=("validation", case.name))
             scores.append(CaseScore(case.name, value, dice(result.labels[str(value)].mask, reference),
                                     time.perf_counter() - started))
         segmenter.sessions.drop(("validation", case.name))

@@ -27,7 +27,7 @@ INPUT_MULTIPLE = 32  # Hiera's total stride: model input sides must be multiples
 
 
 @dataclass
-class RoiSettings:
+class CropRegionSettings:
     enabled: bool = False  # a departure from the reference protocol (another input size): opt in
     context: float = 2.0  # region side = context x the prompts' extent (box, clicks, drawn masks)
     min_input: int = 256  # smallest region, in model input pixels
@@ -37,7 +37,7 @@ class RoiSettings:
 
 
 @dataclass(frozen=True)
-class Roi:
+class CropRegion:
     row0: int
     col0: int
     rows: int
@@ -105,8 +105,8 @@ def union(*extents) -> tuple | None:
             max(e[3] for e in present))
 
 
-def choose_roi(extent: tuple | None, shape: tuple, image_size: int, settings: RoiSettings,
-               at_least: int = 0) -> Roi | None:
+def choose_region(extent: tuple | None, shape: tuple, image_size: int, settings: CropRegionSettings,
+                  at_least: int = 0) -> CropRegion | None:
     """A region around ``extent`` of a ``shape = (rows, cols)`` slice, or None for the whole slice.
 
     ``at_least`` is a minimum region side in voxels (a region that must grow).
@@ -126,27 +126,28 @@ def choose_roi(extent: tuple | None, shape: tuple, image_size: int, settings: Ro
     rows, cols = min(side, height), min(side, width)
     row0 = _placed((r0 + r1) / 2.0, rows, height)
     col0 = _placed((c0 + c1) / 2.0, cols, width)
-    return Roi(row0, col0, rows, cols, input_size)
+    return CropRegion(row0, col0, rows, cols, input_size)
 
 
 def _placed(centre: float, length: int, limit: int) -> int:
     return int(min(max(round(centre - length / 2.0), 0), limit - length))
 
 
-def grown(roi: Roi, extent: tuple | None, shape: tuple, image_size: int, settings: RoiSettings) -> Roi | None:
+def grown(region: CropRegion, extent: tuple | None, shape: tuple, image_size: int,
+          settings: CropRegionSettings) -> CropRegion | None:
     """A region at least twice as wide, covering the old one and ``extent``; None for the whole slice."""
-    region = (roi.row0, roi.col0, roi.row0 + roi.rows - 1, roi.col0 + roi.cols - 1)
-    return choose_roi(union(extent, region), shape, image_size, settings, at_least=2 * max(roi.rows, roi.cols))
+    box = (region.row0, region.col0, region.row0 + region.rows - 1, region.col0 + region.cols - 1)
+    return choose_region(union(extent, box), shape, image_size, settings, at_least=2 * max(region.rows, region.cols))
 
 
-def reaches_edge(region_mask: np.ndarray, roi: Roi, shape: tuple, edge_px: int) -> bool:
+def reaches_edge(region_mask: np.ndarray, region: CropRegion, shape: tuple, edge_px: int) -> bool:
     """Whether a region-sized mask comes within ``edge_px`` of an edge that is not the slice's own."""
     height, width = shape
     e = max(1, int(edge_px))
     sides = (
-        (roi.row0 > 0, region_mask[:e]),
-        (roi.row0 + roi.rows < height, region_mask[-e:]),
-        (roi.col0 > 0, region_mask[:, :e]),
-        (roi.col0 + roi.cols < width, region_mask[:, -e:]),
+        (region.row0 > 0, region_mask[:e]),
+        (region.row0 + region.rows < height, region_mask[-e:]),
+        (region.col0 > 0, region_mask[:, :e]),
+        (region.col0 + region.cols < width, region_mask[:, -e:]),
     )
     return any(inner and band.any() for inner, band in sides)

@@ -6,44 +6,44 @@ import numpy as np
 import pytest
 
 from medsam2_engine.prompts import Click, FramePrompt, LabelPrompts
-from medsam2_engine.roi import Roi, RoiSettings, choose_roi, grown, prompt_extent, reaches_edge
+from medsam2_engine.crop_region import CropRegion, CropRegionSettings, choose_region, grown, prompt_extent, reaches_edge
 from medsam2_engine.volume_io import Volume
 
-SETTINGS = RoiSettings(enabled=True, context=2.0, min_input=256, full_fraction=0.75)
+SETTINGS = CropRegionSettings(enabled=True, context=2.0, min_input=256, full_fraction=0.75)
 
 
 def test_region_keeps_the_model_scale_and_centres_on_the_prompts():
     # a 512 x 512 slice for a 512 px model: one model pixel per voxel
-    roi = choose_roi((200, 200, 259, 239), (512, 512), 512, SETTINGS)  # 60 rows x 40 cols of box
-    assert roi.input_size == 256 and (roi.rows, roi.cols) == (256, 256)  # min_input wins over 2 x 60
-    assert roi.row0 == round(229.5 - 128) and roi.col0 == round(219.5 - 128)
+    region = choose_region((200, 200, 259, 239), (512, 512), 512, SETTINGS)  # 60 rows x 40 cols of box
+    assert region.input_size == 256 and (region.rows, region.cols) == (256, 256)  # min_input wins over 2 x 60
+    assert region.row0 == round(229.5 - 128) and region.col0 == round(219.5 - 128)
     # a 1024 px model on the same slice: two model pixels per voxel
-    at_1024 = choose_roi((200, 200, 259, 239), (512, 512), 1024, SETTINGS)
+    at_1024 = choose_region((200, 200, 259, 239), (512, 512), 1024, SETTINGS)
     assert (at_1024.rows, at_1024.input_size) == (128, 256)  # min_input is 128 voxels there
-    wide_1024 = choose_roi((100, 100, 249, 249), (512, 512), 1024, SETTINGS)
+    wide_1024 = choose_region((100, 100, 249, 249), (512, 512), 1024, SETTINGS)
     assert (wide_1024.rows, wide_1024.input_size) == (304, 608)
     # a larger box: 2 x 150 = 300 voxels, rounded up to a multiple of 32 model pixels
-    big = choose_roi((100, 100, 249, 249), (512, 512), 512, SETTINGS)
+    big = choose_region((100, 100, 249, 249), (512, 512), 512, SETTINGS)
     assert big.input_size == 320 and big.rows == 320 and big.input_size % 32 == 0
 
 
 def test_region_stays_inside_the_slice_and_gives_way_to_whole_slices():
-    corner = choose_roi((0, 0, 9, 9), (512, 400), 512, SETTINGS)
+    corner = choose_region((0, 0, 9, 9), (512, 400), 512, SETTINGS)
     assert (corner.row0, corner.col0) == (0, 0)
-    far = choose_roi((500, 390, 511, 399), (512, 400), 512, SETTINGS)
+    far = choose_region((500, 390, 511, 399), (512, 400), 512, SETTINGS)
     assert far.row0 + far.rows == 512 and far.col0 + far.cols == 400
     # a structure half the slice wide: the region would be most of the slice
-    assert choose_roi((100, 100, 299, 299), (512, 512), 512, SETTINGS) is None
-    assert choose_roi((200, 100, 259, 139), (512, 512), 512, RoiSettings(enabled=False)) is None
-    assert choose_roi(None, (512, 512), 512, SETTINGS) is None
+    assert choose_region((100, 100, 299, 299), (512, 512), 512, SETTINGS) is None
+    assert choose_region((200, 100, 259, 139), (512, 512), 512, CropRegionSettings(enabled=False)) is None
+    assert choose_region(None, (512, 512), 512, SETTINGS) is None
 
 
 def test_prompts_move_into_region_coordinates():
-    roi = Roi(row0=100, col0=50, rows=64, cols=64, input_size=64)
+    region = CropRegion(row0=100, col0=50, rows=64, cols=64, input_size=64)
     mask = np.zeros((200, 200), bool)  # [i, j] = [cols, rows]
     mask[60, 110] = True
     prompt = FramePrompt(points=[(70.0, 120.0)], labels=[1], box=(55.0, 105.0, 80.0, 130.0), mask=mask)
-    moved = roi.prompt_in_region(prompt)
+    moved = region.prompt_in_region(prompt)
     assert moved.points == [(20.0, 20.0)] and moved.box == (5.0, 5.0, 30.0, 30.0)
     assert moved.mask.shape == (64, 64) and moved.mask[10, 10] and moved.mask.sum() == 1
     assert prompt_extent([prompt]) == (105, 55, 130, 80)
@@ -51,8 +51,8 @@ def test_prompts_move_into_region_coordinates():
 
 def test_a_mask_reaches_only_inner_edges():
     shape = (100, 100)
-    inner = Roi(row0=20, col0=20, rows=40, cols=40, input_size=64)
-    at_slice_edge = Roi(row0=0, col0=0, rows=40, cols=40, input_size=64)
+    inner = CropRegion(row0=20, col0=20, rows=40, cols=40, input_size=64)
+    at_slice_edge = CropRegion(row0=0, col0=0, rows=40, cols=40, input_size=64)
     mask = np.zeros((40, 40), bool)
     mask[0, 10] = True  # the region's top row
     assert reaches_edge(mask, inner, shape, 2)
@@ -60,7 +60,7 @@ def test_a_mask_reaches_only_inner_edges():
     mask[:] = False
     mask[20, 20] = True
     assert not reaches_edge(mask, inner, shape, 2)
-    bigger = grown(inner, (20, 20, 59, 59), shape, 200, RoiSettings(enabled=True, min_input=32, full_fraction=0.95))
+    bigger = grown(inner, (20, 20, 59, 59), shape, 200, CropRegionSettings(enabled=True, min_input=32, full_fraction=0.95))
     assert bigger.rows == 80 and bigger.row0 <= 20 and bigger.row0 + bigger.rows >= 60
 
 
@@ -115,8 +115,9 @@ def _study(radii):
     return Volume(array, AFFINE, f"roi{radii[0]}"), mask
 
 
-def _segment(segmenter, volume, prompts, roi: RoiSettings, key):
-    result = segmenter.segment(volume, {"x": prompts}, session_key=key, roi=roi)
+def _segment(segmenter, volume, prompts, crop_region: CropRegionSettings, key):
+    result = segmenter.run(volume, {"x": prompts}, session_key=key,
+                           options=segmenter.settings.options(crop_region=crop_region))
     segmenter.sessions.drop(key)
     return result
 
@@ -127,22 +128,22 @@ def test_region_gives_the_whole_slice_result_at_a_fraction_of_the_pixels(fine_tu
     segmenter, _ = fine_tuned
     volume, truth = _study((7, 6, 5))
     prompts = LabelPrompts(boxes=[box_on_largest_slice(truth)])
-    small = RoiSettings(enabled=True, min_input=64)
-    whole = _segment(segmenter, volume, prompts, RoiSettings(enabled=False), ("whole",))
+    small = CropRegionSettings(enabled=True, min_input=64)
+    whole = _segment(segmenter, volume, prompts, CropRegionSettings(enabled=False), ("whole",))
     region = _segment(segmenter, volume, prompts, small, ("region",))
     label = region.labels["x"]
-    assert whole.labels["x"].roi is None
-    assert label.roi is not None and label.roi["grows"] == 0 and label.roi["input_size"] < 128
-    rows, cols = label.roi["rows"], label.roi["cols"]
+    assert whole.labels["x"].crop_region is None
+    crop = label.crop_region
+    assert crop is not None and crop.grows == 0 and crop.region.input_size < 128
     outside = np.ones(SHAPE, bool)
-    outside[cols[0]:cols[1], rows[0]:rows[1], :] = False
+    outside[crop.region.voxel_region()] = False
     assert not label.mask[outside].any()
     assert dice(whole.labels["x"].mask, truth) > 0.6, "the fine-tuned model should find the structure"
     assert dice(label.mask, whole.labels["x"].mask) > 0.8
-    assert region.session["slices_encoded"] == whole.session["slices_encoded"]
+    assert region.session.slices_encoded == whole.session.slices_encoded
     # a drawn mask is SAM 2's output on its own slice: it must come back where it was drawn
     drawn = _segment(segmenter, volume, LabelPrompts(masks={8: truth[:, :, 8]}), small, ("drawn",)).labels["x"]
-    assert drawn.roi is not None and dice(drawn.mask[:, :, 8], truth[:, :, 8]) > 0.9
+    assert drawn.crop_region is not None and dice(drawn.mask[:, :, 8], truth[:, :, 8]) > 0.9
 
 
 def test_region_grows_when_the_structure_is_larger_than_the_prompt(fine_tuned):
@@ -151,11 +152,11 @@ def test_region_grows_when_the_structure_is_larger_than_the_prompt(fine_tuned):
     segmenter, _ = fine_tuned
     volume, truth = _study((30, 26, 6))
     prompts = LabelPrompts(clicks=[Click(40, 44, 8, True)])  # one click: the region starts at min_input
-    small = RoiSettings(enabled=True, min_input=64, full_fraction=0.95)
-    whole = _segment(segmenter, volume, prompts, RoiSettings(enabled=False), ("whole",))
+    small = CropRegionSettings(enabled=True, min_input=64, full_fraction=0.95)
+    whole = _segment(segmenter, volume, prompts, CropRegionSettings(enabled=False), ("whole",))
     region = _segment(segmenter, volume, prompts, small, ("grow",))
     label = region.labels["x"]
-    assert label.roi["grows"] >= 1, "the first region cannot hold a 60-voxel structure"
+    assert label.crop_region.grows >= 1, "the first region cannot hold a 60-voxel structure"
     assert dice(label.mask, whole.labels["x"].mask) > 0.8
     assert label.mask[:, :, 8].sum() > 0.5 * truth[:, :, 8].sum()
 
@@ -167,13 +168,15 @@ def test_a_prompt_outside_the_region_starts_a_larger_one(fine_tuned):
     volume, truth = _study((7, 6, 5))
     prompts = LabelPrompts(boxes=[box_on_largest_slice(truth)])
     key = ("moved",)
-    small = RoiSettings(enabled=True, min_input=64, full_fraction=0.95)
-    first = segmenter.segment(volume, {"x": prompts}, session_key=key, roi=small).labels["x"]
+    small = CropRegionSettings(enabled=True, min_input=64, full_fraction=0.95)
+    first = segmenter.run(volume, {"x": prompts}, session_key=key,
+                           options=segmenter.settings.options(crop_region=small)).labels["x"]
     prompts.clicks.append(Click(88, 8, 10, False))  # a negative click far outside the first region
-    second = segmenter.segment(volume, {"x": prompts}, session_key=key, roi=small).labels["x"]
+    second = segmenter.run(volume, {"x": prompts}, session_key=key,
+                           options=segmenter.settings.options(crop_region=small)).labels["x"]
     segmenter.sessions.drop(key)
-    assert first.roi is not None and not (first.roi["cols"][0] <= 88 < first.roi["cols"][1])
-    assert second.roi is None or (second.roi["cols"][0] <= 88 < second.roi["cols"][1]
-                                  and second.roi["rows"][0] <= 8 < second.roi["rows"][1])
+    assert first.crop_region is not None and not first.crop_region.region.contains((8, 88, 8, 88))
+    assert second.crop_region is None or second.crop_region.region is None \
+        or second.crop_region.region.contains((8, 88, 8, 88))
     # a full pass, not a correction: forward from the first prompted slice, backward from the last
-    assert [p["start"] for p in second.passes] == [min(second.prompted_slices), max(second.prompted_slices)]
+    assert [p.start for p in second.passes] == [min(second.prompted_slices), max(second.prompted_slices)]
