@@ -43,7 +43,7 @@ from skimage.filters import threshold_otsu  # noqa: E402
 
 from medsam2_engine.training.cases import CaseFiles, load_case  # noqa: E402
 from medsam2_engine.training.finetune import FineTuneConfig, FineTuner  # noqa: E402
-from medsam2_engine.training.validation import box_on_largest_slice, dice  # noqa: E402
+from medsam2_engine.mask_measures import box_on_largest_slice, dice  # noqa: E402
 from medsam2_eval.small_preset import small_preset  # noqa: E402
 
 logger = logging.getLogger("finetune_benchmark")

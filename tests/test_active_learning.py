@@ -23,7 +23,7 @@ def studies():
 
 def _dice_box_on_one_slice(segmenter, volume, truth):
     from medsam2_engine.prompts import LabelPrompts
-    from medsam2_engine.training.validation import box_on_largest_slice, dice
+    from medsam2_engine.mask_measures import box_on_largest_slice, dice
 
     key = ("check", volume.path)
     mask = segmenter.run(volume, {"x": LabelPrompts(boxes=[box_on_largest_slice(truth)])},

@@ -28,7 +28,7 @@ def tall_structure():
 
 
 def _box_then_click(segmenter, volume, truth, key, stop: CorrectionStop):
-    from medsam2_engine.training.validation import box_on_largest_slice
+    from medsam2_engine.mask_measures import box_on_largest_slice
 
     prompts = LabelPrompts(boxes=[box_on_largest_slice(truth)])
     first = segmenter.run(volume, {"x": prompts}, session_key=key)
@@ -44,7 +44,7 @@ def _box_then_click(segmenter, volume, truth, key, stop: CorrectionStop):
 
 
 def test_correction_stops_where_it_meets_the_previous_result(fine_tuned, tall_structure):
-    from medsam2_engine.training.validation import dice
+    from medsam2_engine.mask_measures import dice
 
     segmenter, _ = fine_tuned
     volume, truth = tall_structure

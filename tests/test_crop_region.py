@@ -123,7 +123,7 @@ def _segment(segmenter, volume, prompts, crop_region: CropRegionSettings, key):
 
 
 def test_region_gives_the_whole_slice_result_at_a_fraction_of_the_pixels(fine_tuned):
-    from medsam2_engine.training.validation import box_on_largest_slice, dice
+    from medsam2_engine.mask_measures import box_on_largest_slice, dice
 
     segmenter, _ = fine_tuned
     volume, truth = _study((7, 6, 5))
@@ -147,7 +147,7 @@ def test_region_gives_the_whole_slice_result_at_a_fraction_of_the_pixels(fine_tu
 
 
 def test_region_grows_when_the_structure_is_larger_than_the_prompt(fine_tuned):
-    from medsam2_engine.training.validation import dice
+    from medsam2_engine.mask_measures import dice
 
     segmenter, _ = fine_tuned
     volume, truth = _study((30, 26, 6))
@@ -162,7 +162,7 @@ def test_region_grows_when_the_structure_is_larger_than_the_prompt(fine_tuned):
 
 
 def test_a_prompt_outside_the_region_starts_a_larger_one(fine_tuned):
-    from medsam2_engine.training.validation import box_on_largest_slice
+    from medsam2_engine.mask_measures import box_on_largest_slice
 
     segmenter, _ = fine_tuned
     volume, truth = _study((7, 6, 5))

@@ -141,7 +141,7 @@ def _lesion_study():
 
 @pytest.mark.parametrize("key_slice", [8, 0])
 def test_default_protocol_is_medsam2s_published_3d_protocol(fine_tuned, small_model_files, tmp_path, key_slice):
-    from medsam2_engine.training.validation import dice
+    from medsam2_engine.mask_measures import dice
 
     segmenter, _ = fine_tuned
     default = VolumeSegmenter(segmenter.models)  # the app's defaults, nothing turned on or off

@@ -30,7 +30,7 @@ def test_int8_model_keeps_the_masks_of_the_float32_model(fine_tuned, small_model
     from medsam2_engine.engine import EngineSettings, VolumeSegmenter
     from medsam2_engine.model_source import ModelSource
     from medsam2_engine.propagation import EarlyStop
-    from medsam2_engine.training.validation import box_on_largest_slice, dice
+    from medsam2_engine.mask_measures import box_on_largest_slice, dice
     from medsam2_engine.prompts import LabelPrompts
     from medsam2_engine.volume_io import Volume
     from tests.support.trained_small_model import AFFINE, phantom

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from medsam2_engine.prompts import Box, Click
+from medsam2_engine.mask_measures import box_on_largest_slice, largest_slice
+from medsam2_engine.prompts import Click
 
 
 @dataclass(frozen=True)
@@ -32,25 +33,11 @@ class ErrorClick:
     false_negative: bool
 
 
-def largest_slice(mask: np.ndarray) -> int:
-    """The slice (last axis) with most foreground; 0 for a 2D mask."""
-    if mask.ndim == 2:
-        return 0
-    areas = mask.reshape(-1, mask.shape[-1]).sum(axis=0)
-    if not areas.any():
-        raise ValueError("the reference structure is empty")
-    return int(np.argmax(areas))
-
-
 def _plane(mask: np.ndarray, k: int) -> np.ndarray:
     return mask if mask.ndim == 2 else mask[:, :, k]
 
 
-def box_prompt(mask: np.ndarray) -> Box:
-    """The tight box around the structure on its largest slice."""
-    k = largest_slice(mask)
-    ii, jj = np.nonzero(_plane(mask, k))
-    return Box(float(ii.min()), float(jj.min()), float(ii.max()), float(jj.max()), k)
+box_prompt = box_on_largest_slice  # the protocol's first prompt
 
 
 def centre_of(region: np.ndarray, spacing=None) -> tuple:

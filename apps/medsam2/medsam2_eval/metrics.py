@@ -11,21 +11,11 @@ import math
 import warnings
 
 import numpy as np
-import torch
-from monai.metrics import compute_dice, compute_surface_dice
+from monai.metrics import compute_surface_dice
+
+from medsam2_engine.mask_measures import dice, one_hot
 
 DEFAULT_NSD_TOLERANCE_MM = 2.0
-
-
-def _one_hot(mask: np.ndarray) -> torch.Tensor:
-    fg = torch.from_numpy(np.ascontiguousarray(mask, dtype=bool))
-    return torch.stack([~fg, fg]).unsqueeze(0).float()  # [batch=1, classes=2, *spatial]
-
-
-def dice(prediction: np.ndarray, reference: np.ndarray) -> float:
-    _check(prediction, reference)
-    value = compute_dice(_one_hot(prediction), _one_hot(reference), include_background=False, ignore_empty=False)
-    return float(value[0, 0])
 
 
 def surface_dice(prediction: np.ndarray, reference: np.ndarray, spacing, tolerance: float) -> float:
@@ -35,8 +25,8 @@ def surface_dice(prediction: np.ndarray, reference: np.ndarray, spacing, toleran
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # monai warns on one-sided empty slices of the background class
         value = compute_surface_dice(
-            _one_hot(prediction),
-            _one_hot(reference),
+            one_hot(prediction),
+            one_hot(reference),
             class_thresholds=[float(tolerance)],
             include_background=False,
             spacing=[float(s) for s in spacing],

@@ -29,7 +29,7 @@ import numpy as np
 
 from medsam2_engine.engine import VolumeSegmenter
 from medsam2_engine.prompts import Box, LabelPrompts
-from medsam2_engine.training.validation import dice
+from medsam2_engine.mask_measures import dice, largest_slice
 
 WEIGHTS = {"disagreement": 0.35, "predicted_iou": 0.15, "object_score": 0.15, "box_leak": 0.35}
 BOX_MARGIN = 0.5  # the prior box is a guess: a mask this far beyond it (per side) is not a leak
@@ -58,7 +58,7 @@ def priors_from_labels(label_maps: list) -> list:
         size = np.maximum(np.array(labels.shape, float) - 1, 1)
         for value in (int(v) for v in np.unique(labels) if v > 0):
             mask = labels == value
-            k = int(np.argmax(mask.reshape(-1, mask.shape[2]).sum(axis=0)))
+            k = largest_slice(mask)
             ii, jj = np.nonzero(mask[:, :, k])
             boxes.setdefault(value, []).append(
                 (ii.min() / size[0], jj.min() / size[1], ii.max() / size[0], jj.max() / size[1], k / size[2])

@@ -14,11 +14,10 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from monai.metrics import compute_dice
-
 from ..engine import EngineSettings, VolumeSegmenter
+from ..mask_measures import box_on_largest_slice, dice
 from ..model_source import LoadedModel
-from ..prompts import Box, LabelPrompts
+from ..prompts import LabelPrompts
 from ..volume_io import Volume
 from .cases import Case
 
@@ -39,18 +38,6 @@ class InMemorySource:
 
     def get(self) -> LoadedModel:
         return self._loaded
-
-
-def box_on_largest_slice(mask: np.ndarray) -> Box:
-    """The bounding box of ``mask`` ([i, j, k] bool) on its largest slice."""
-    k = int(np.argmax(mask.reshape(-1, mask.shape[2]).sum(axis=0)))
-    ii, jj = np.nonzero(mask[:, :, k])
-    return Box(float(ii.min()), float(jj.min()), float(ii.max()), float(jj.max()), k)
-
-
-def dice(pred: np.ndarray, reference: np.ndarray) -> float:
-    as_tensor = lambda m: torch.from_numpy(np.ascontiguousarray(m, dtype=np.float32))[None, None]  # noqa: E731
-    return float(compute_dice(as_tensor(pred), as_tensor(reference), include_background=True)[0, 0])
 
 
 @dataclass
