@@ -122,7 +122,7 @@ class EncodeAhead:
             with network_lock(predictor), torch.inference_mode(), \
                     autocast_for(device, self.segmenter.settings.cpu_bf16):
                 # as sam2's _get_image_feature prepares a frame
-                image = frames[index].to(device).float().unsqueeze(0)
+                image = frames[index].to(predictor.device).float().unsqueeze(0)
                 backbone_out = predictor.forward_image(image)
                 cache.put(key, backbone_out)
             slice_bytes = slice_bytes or sum(t.numel() * t.element_size() for t in backbone_out["backbone_fpn"])
