@@ -74,3 +74,14 @@ def print_table(report: dict) -> None:
             text = ["-" if c is None else f"{c:g}" for c in cells]
             print(f"{slices:>6} {name:<46} {text[0]:>8} {text[1]:>4} {text[2]:>6} {text[3]:>7} {text[4]:>4} "
                   f"{text[5]:>6} {text[6]:>6} {text[7]:>7} {text[8]:>6} {text[9]:>6} {text[10]:>6}")
+            extra = []
+            if row.get("agreement_vs_torch_float32"):
+                agreement = row["agreement_vs_torch_float32"]
+                extra.append(f"Dice vs PyTorch float32 {agreement['dice']} ({agreement['voxels_differing']} voxels differ)")
+            if row.get("encoded_before_click") is not None:
+                extra.append(f"{row['encoded_before_click']} slices encoded before the click, "
+                             f"{row.get('first_encoded')} in the request")
+            if row.get("model_load_s") is not None:
+                extra.append(f"model load + warm-up {row['model_load_s']} s ({row.get('cpu_runtime')})")
+            if extra:
+                print(f"{'':>6} {'':<46} " + "; ".join(extra))

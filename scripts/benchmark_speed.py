@@ -134,63 +134,109 @@ def row_name(protocol: str, early: bool, local: bool, region: bool, own: str) ->
     return f"ours_{protocol}_reference" + "".join(f"+{o}" for o in options)
 
 
+def _region_json(report):
+    """The label's crop region as the app's JSON shows it (None: whole slices throughout)."""
+    if report is None:
+        return None
+    region = report.region
+    return {**(region.to_json() if region else {"whole_slices": True}), "grows": report.grows}
+
+
 def child_ours(args, vol, ref) -> dict:
     from medsam2_engine.checkpoints import get_preset
     from medsam2_engine.engine import EngineSettings, VolumeSegmenter
     from medsam2_engine.model_source import ModelSource
     from medsam2_engine.prompts import Box, LabelPrompts
     from medsam2_engine.propagation import CorrectionStop, EarlyStop
-    from medsam2_engine.roi import RoiSettings
+    from medsam2_engine.crop_region import CropRegionSettings
     from medsam2_engine.volume_io import Volume
 
+    t = time.perf_counter()
     models = ModelSource(get_preset(args.preset), tempfile.mkdtemp(), checkpoint=args.checkpoint, device=args.device,
-                         cpu_int8=args.cpu_int8 == "on")
+                         cpu_int8=args.cpu_int8 == "on", cpu_runtime=args.cpu_runtime)
     stages = StageTimer(models.get().model)
+    load_s = time.perf_counter() - t
     rss_model = peak_rss_mb()
     box, click = prompts_for(ref)
     volume = Volume(vol, np.diag([0.8, 0.8, 2.5, 1.0]), declared_modality="CT")
-    out = {"rss_after_model_mb": round(rss_model, 1), "runs": []}
+    out = {"rss_after_model_mb": round(rss_model, 1), "runs": [], "model_load_s": round(load_s, 2),
+           "cpu_runtime": models.runtime_in_use}
     configs = [(protocol, *options) for protocol, *options in engine_rows(args.preset)]
-    if args.mode != "ours":
+    if args.mode != "ours" or args.only_reference:
         configs = configs[:1]
+    if args.mode == "ahead":
+        return _ahead_runs(args, models, configs[0][0], volume, box, ref, out)
     # the first call in a process pays one-off costs: spend them on two slices, not on the first row
     warm_box = Box(box.i0, box.j0, box.i1, box.j1, 0)
-    VolumeSegmenter(models, EngineSettings(cpu_bf16=args.cpu_bf16)).segment(
+    VolumeSegmenter(models, EngineSettings(cpu_bf16=args.cpu_bf16)).run(
         Volume(vol[:, :, :2], np.eye(4), declared_modality="CT"), {"l": LabelPrompts(boxes=[warm_box])})
     stages.take()
     for protocol, early, local, region in configs:
         seg = VolumeSegmenter(models, EngineSettings(protocol=protocol, cpu_bf16=args.cpu_bf16,
-                                                     roi=RoiSettings(enabled=region),
+                                                     crop_region=CropRegionSettings(enabled=region),
                                                      correction_stop=CorrectionStop(enabled=local)))
         stop = EarlyStop(enabled=early)
         for rep in range(args.repeats):
             key = (f"rep{rep}",)
             stages.take()
             t = time.perf_counter()
-            first = seg.segment(volume, {"l": LabelPrompts(boxes=[box])}, session_key=key, early_stop=stop)
+            first = seg.run(volume, {"l": LabelPrompts(boxes=[box])}, session_key=key,
+                            options=seg.settings.options(early_stop=stop))
             t_first, st_first = time.perf_counter() - t, stages.take()
             # without correction_stop a correction re-runs every slice: long volumes time the first request only
             corr = t_corr = st_corr = None
             if local or vol.shape[2] <= args.full_correction_max_slices:
                 t = time.perf_counter()
-                corr = seg.segment(volume, {"l": LabelPrompts(boxes=[box], clicks=[click])}, session_key=key,
-                                   early_stop=stop)
+                corr = seg.run(volume, {"l": LabelPrompts(boxes=[box], clicks=[click])}, session_key=key,
+                               options=seg.settings.options(early_stop=stop))
                 t_corr, st_corr = time.perf_counter() - t, stages.take()
             out["runs"].append({
                 "protocol": protocol, "early_stop": early, "correction_stop": local, "crop_region": region,
-                "region": first.labels["l"].roi, "first_s": t_first, "correction_s": t_corr,
-                "first_slices": sum(p["slices"] for p in first.labels["l"].passes),
-                "first_encoded": first.session["slices_encoded"],
-                "correction_slices": corr and sum(p["slices"] for p in corr.labels["l"].passes),
-                "correction_encoded": corr and corr.session["slices_encoded"],
+                "region": _region_json(first.labels["l"].crop_region), "first_s": t_first, "correction_s": t_corr,
+                "first_slices": sum(p.slices for p in first.labels["l"].passes),
+                "first_encoded": first.session.slices_encoded,
+                "correction_slices": corr and sum(p.slices for p in corr.labels["l"].passes),
+                "correction_encoded": corr and corr.session.slices_encoded,
                 "first_dice": round(dice(first.labels["l"].mask, ref), 4),
                 "correction_dice": corr and round(dice(corr.labels["l"].mask, ref), 4),
                 "stages_first": st_first, "stages_correction": st_corr,
             })
+            if rep == 0 and (protocol, early, local, region) == configs[0]:
+                np.save(Path(args.workdir) / f"mask_{args.mode}_{args.cpu_runtime}.npy", first.labels["l"].mask)
             if args.mode == "precision":
                 np.save(Path(args.workdir) / f"mask_bf16-{args.cpu_bf16}_int8-{args.cpu_int8}.npy",
                         first.labels["l"].mask)
             seg.sessions.clear()
+    out["peak_rss_mb"], out["peak_cuda_mb"] = round(peak_rss_mb(), 1), peak_cuda_mb()
+    return out
+
+
+def _ahead_runs(args, models, protocol, volume, box, ref, out) -> dict:
+    """The study opened (encode-ahead starts), ``--ahead-pause`` s of looking at it, then the box:
+    the time from that click to the full 3D result."""
+    from medsam2_engine.encode_ahead import EncodeAhead
+    from medsam2_engine.engine import EngineSettings, VolumeSegmenter
+    from medsam2_engine.prompts import LabelPrompts
+
+    for rep in range(args.repeats):
+        seg = VolumeSegmenter(models, EngineSettings(protocol=protocol, cpu_bf16=args.cpu_bf16))
+        key = (f"ahead{rep}",)
+        job = EncodeAhead(seg).request(key, volume)
+        time.sleep(args.ahead_pause)
+        encoded_at_click = job.encoded
+        t = time.perf_counter()
+        first = seg.run(volume, {"l": LabelPrompts(boxes=[box])}, session_key=key)
+        t_first = time.perf_counter() - t
+        job.cancelled.set()
+        job.finished.wait()
+        out["runs"].append({"protocol": protocol, "first_s": t_first, "pause_s": args.ahead_pause,
+                            "encoded_before_click": encoded_at_click,
+                            "first_slices": sum(p.slices for p in first.labels["l"].passes),
+                            "first_encoded": first.session.slices_encoded,
+                            "first_dice": round(dice(first.labels["l"].mask, ref), 4)})
+        if rep == 0:
+            np.save(Path(args.workdir) / f"mask_ahead_{args.cpu_runtime}.npy", first.labels["l"].mask)
+        seg.sessions.clear()
     out["peak_rss_mb"], out["peak_cuda_mb"] = round(peak_rss_mb(), 1), peak_cuda_mb()
     return out
 
@@ -270,14 +316,16 @@ def child_video(args, vol, ref) -> dict:
 
 
 def run_child(args, mode: str, slices: int, cpu_bf16: str = "off", repeats: int | None = None,
-              cpu_int8: str | None = None) -> dict:
+              cpu_int8: str | None = None, cpu_runtime: str = "torch") -> dict:
     cpu_int8 = cpu_int8 or args.cpu_int8
     cmd = [sys.executable, __file__, "--child", mode, "--slices", str(slices), "--size", str(args.size),
            "--preset", args.preset, "--checkpoint", args.checkpoint, "--repeats", str(repeats or args.repeats),
            "--fraction", str(args.fraction), "--workdir", args.workdir, "--cpu-bf16", cpu_bf16,
            "--cpu-int8", cpu_int8, "--full-correction-max-slices", str(args.full_correction_max_slices),
-           "--device", args.device]
-    print(f"[bench] {mode} slices={slices} bf16={cpu_bf16} int8={cpu_int8}", flush=True)
+           "--device", args.device, "--cpu-runtime", cpu_runtime, "--ahead-pause", str(args.ahead_pause)]
+    if args.only_reference:
+        cmd.append("--only-reference")
+    print(f"[bench] {mode} slices={slices} bf16={cpu_bf16} int8={cpu_int8} runtime={cpu_runtime}", flush=True)
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         return {"error": proc.stderr[-3000:]}
@@ -286,13 +334,34 @@ def run_child(args, mode: str, slices: int, cpu_bf16: str = "off", repeats: int 
 
 # ----------------------------------------------------------------------------- parent
 def dice(a: np.ndarray, b: np.ndarray) -> float:
-    from monai.metrics import compute_dice
+    from medsam2_engine.mask_measures import dice as mask_dice
 
-    def hot(m):
-        t = torch.from_numpy(m.astype(bool))
-        return torch.stack([~t, t]).unsqueeze(0).float()
+    return mask_dice(a.astype(bool), b.astype(bool))
 
-    return float(compute_dice(hot(a), hot(b), include_background=False, ignore_empty=False)[0, 0])
+
+def _speed_rows(args, slices: int, vol_report: dict, own: str, builtin: dict) -> None:
+    """The runtime and encode-ahead rows, each with its masks' Dice against PyTorch float32's."""
+    reference = Path(args.workdir) / "mask_ours_torch.npy"
+    rows = [(f"ours_{own}_reference+{runtime}", "reference", runtime) for runtime in args.cpu_runtimes
+            if runtime != "torch"]
+    if args.ahead_pause > 0:
+        rows += [(f"ours_{own}_reference{'' if r == 'torch' else '+' + r}+encode_ahead_{args.ahead_pause:g}s",
+                  "ahead", r) for r in args.cpu_runtimes]
+    for name, mode, runtime in rows:
+        raw = run_child(args, mode, slices, cpu_runtime=runtime)
+        row = vol_report[name] = summarise(name, raw)
+        if "error" in row:
+            continue
+        row.update(ratios(row, builtin))
+        row["cpu_runtime"], row["model_load_s"] = raw.get("cpu_runtime"), raw.get("model_load_s")
+        if mode == "ahead":
+            row["encoded_before_click"] = raw["runs"][0]["encoded_before_click"]
+        mask = Path(args.workdir) / f"mask_{mode}_{runtime}.npy"
+        if reference.exists() and mask.exists():
+            a, b = np.load(reference), np.load(mask)
+            row["agreement_vs_torch_float32"] = {
+                "dice": round(dice(b, a), 5) if (a.any() or b.any()) else None,
+                "voxels_differing": int((a != b).sum()), "float32_voxels": int(a.sum())}
 
 
 def parent(args) -> dict:
@@ -325,6 +394,7 @@ def parent(args) -> dict:
             vol_report[name] = summarise("ours", ours_raw, early=early, local=local, region=region,
                                          protocol=protocol)
             vol_report[name].update(ratios(vol_report[name], builtin))
+        _speed_rows(args, slices, vol_report, rows[0][0], builtin)
         if not args.skip_video:
             vol_report["sam2_video_jpeg"] = summarise("video", run_child(args, "video", slices))
             vol_report["sam2_video_jpeg"].update(ratios(vol_report["sam2_video_jpeg"], builtin))
@@ -366,11 +436,19 @@ def main(argv=None) -> int:
     p.add_argument("--full-correction-max-slices", type=int, default=64,
                    help="also time a correction that re-propagates the whole volume, up to this many slices")
     p.add_argument("--device", default="cpu", help="cpu, or cuda / cuda:N (bf16 autocast, as the app runs there)")
+    p.add_argument("--cpu-runtimes", nargs="+", default=["torch", "openvino"], choices=["torch", "openvino"],
+                   help="CPU runtimes of the image encoder for the extra rows (torch: float32 reference)")
+    p.add_argument("--ahead-pause", type=float, default=10.0,
+                   help="seconds between opening a study (encode-ahead starts) and the click (0: no such rows)")
+    p.add_argument("--only-reference", action="store_true",
+                   help="of this app's option rows, run the faithful default only")
     p.add_argument("--skip-builtin", action="store_true")
     p.add_argument("--skip-video", action="store_true")
     p.add_argument("--out", default="benchmark_speed.json")
     p.add_argument("--workdir", default=None)
-    p.add_argument("--child", choices=["ours", "builtin", "video", "precision"], help=argparse.SUPPRESS)
+    p.add_argument("--child", choices=["ours", "builtin", "video", "precision", "reference", "ahead"],
+                   help=argparse.SUPPRESS)
+    p.add_argument("--cpu-runtime", default="torch", help=argparse.SUPPRESS)
     p.add_argument("--cpu-bf16", default="off", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     args.workdir = args.workdir or tempfile.mkdtemp(prefix="medsam2-bench-")
@@ -381,7 +459,8 @@ def main(argv=None) -> int:
         torch.manual_seed(0)
         vol, ref = phantom(args.slices[0], args.size, args.fraction)
         args.mode = args.child
-        child = {"ours": child_ours, "precision": child_ours, "builtin": child_builtin,
+        child = {"ours": child_ours, "precision": child_ours, "reference": child_ours, "ahead": child_ours,
+                 "builtin": child_builtin,
                  "video": child_video}[args.child]
         print(json.dumps(child(args, vol, ref)))
         return 0

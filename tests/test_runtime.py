@@ -21,7 +21,7 @@ def _dice(a, b) -> float:
 
 
 def _masks(segmenter, volume, prompts):
-    result = segmenter.segment(volume, prompts, session_key=("runtime", str(time.monotonic())))
+    result = segmenter.run(volume, prompts, session_key=("runtime", str(time.monotonic())))
     return {label: r.mask for label, r in result.labels.items()}, result
 
 
@@ -102,7 +102,7 @@ def test_missing_runtime_falls_back_to_pytorch(small_source, monkeypatch, phanto
     model = small_source.get().model
     used = attach_cpu_runtime(model, "openvino", [model.image_size])
     assert used.startswith("torch (openvino unavailable") and image_runtime(model) is None
-    result = VolumeSegmenter(small_source).segment(phantom, {"l": LabelPrompts(boxes=[Box(10, 8, 26, 20, 6)])},
+    result = VolumeSegmenter(small_source).run(phantom, {"l": LabelPrompts(boxes=[Box(10, 8, 26, 20, 6)])},
                                                    session_key=("fallback",))
     assert result.labels["l"].mask.shape == phantom.array.shape
 
