@@ -36,7 +36,7 @@ from .results import RunInfo, slice_score
 from .sessions import Session, SessionLimits, SessionStore, image_stamp, window_key
 from .tracks import LabelTrack, apply_changes, diff_prompts, starts_afresh
 from .volume_io import Volume, load_image
-from .windowing import Window, choose_window, guess_modality
+from .windowing import Window, model_window
 
 logger = logging.getLogger(__name__)
 
@@ -159,9 +159,7 @@ class VolumeSegmenter:
         if not volume.is_3d:
             raise PromptError(f"image {key[-1]} is 2D (shape {list(volume.array.shape)}); use the 2D model for it")
         load_seconds = time.perf_counter() - started
-        declared = modality if modality not in (None, "", "auto") else volume.declared_modality
-        resolved = guess_modality(volume.array, declared)
-        chosen = choose_window(volume.array, resolved, window)
+        chosen, resolved = model_window(volume, modality, window)
         frames = SliceFrames(volume.array, chosen, loaded.model.image_size,
                              resampling=input_resampling(self.protocol))
         cache = FeatureCache(int(self.settings.feature_cache_mb * 1024 * 1024))

@@ -23,7 +23,7 @@ from .predictor import network_lock
 from .results import RunInfo
 from .sessions import SessionLimits, SessionStore, image_stamp, window_key
 from .volume_io import Volume, load_image
-from .windowing import Window, choose_window, guess_modality
+from .windowing import Window, model_window
 
 if TYPE_CHECKING:
     from .model_source import LoadedModel
@@ -154,10 +154,8 @@ class ImageSegmenter:
         """The plane's embedding, windowed for the model (a later click on it only decodes)."""
         volume, loaded = session.volume, session.model
         plane = volume.array[:, :, slice_index] if volume.is_3d else volume.array
-        modality = session.window_key[1]
-        declared = modality if modality not in (None, "", "auto") else volume.declared_modality
-        resolved = "photo" if volume.is_rgb else guess_modality(plane, declared)
-        chosen = choose_window(volume.array, resolved, session.window_key[0])
+        window, modality = session.window_key
+        chosen, resolved = model_window(volume, modality, window, guess_from=plane)
         frames = SliceFrames(plane, chosen, loaded.model.image_size, is_rgb=volume.is_rgb)
         image01 = frames.image01(0)
         if image01.ndim == 2:

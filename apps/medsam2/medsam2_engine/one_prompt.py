@@ -42,7 +42,7 @@ from .propagation import AbsenceRun, EarlyStop, PassReport, slice_steps
 from .results import RunInfo, SliceScore, slice_score
 from .support_selection import SupportChoice, choose_supports, spanning_slices
 from .volume_io import Volume
-from .windowing import Window, choose_window, guess_modality
+from .windowing import Window, model_window
 
 logger = logging.getLogger(__name__)
 
@@ -139,8 +139,7 @@ class OnePromptSegmenter:
         size = self.models.get().model.image_size
         images = []
         for volume in (support.volume, target):
-            kind = "photo" if volume.is_rgb else guess_modality(volume.array, modality or volume.declared_modality)
-            chosen = choose_window(volume.array, kind, window)
+            chosen, _ = model_window(volume, modality, window)
             images.append((SliceFrames(volume.array, chosen, size, is_rgb=volume.is_rgb).image01(0), chosen))
         result = self.segment_images(images[0][0], [images[1][0]], support_mask=slice_to_image(support.mask))
         query = result.queries[0]
@@ -195,9 +194,7 @@ class _Run:
         self.settings = settings
         self.timings = timings
         self.window_spec = window
-        declared = modality if modality not in (None, "", "auto") else target.declared_modality
-        self.modality = guess_modality(target.array, declared)
-        self.window = choose_window(target.array, self.modality, window)
+        self.window, self.modality = model_window(target, modality, window)
         self.target = SliceFrames(target.array, self.window, predictor.image_size)
         self.shape = target.array.shape
         self.cache = FeatureCache(int(settings.feature_cache_mb * 2**20))
@@ -210,9 +207,8 @@ class _Run:
         return MemoryFrames([self.sources[k] for k in keys], self.predictor.image_size, rows, cols)
 
     def _add_support(self, support: Support) -> list:
-        modality = guess_modality(support.volume.array, support.volume.declared_modality)
-        frames = SliceFrames(support.volume.array, choose_window(support.volume.array, modality, self.window_spec),
-                             self.predictor.image_size)
+        support_window, modality = model_window(support.volume, None, self.window_spec)
+        frames = SliceFrames(support.volume.array, support_window, self.predictor.image_size)
         keys = []
         for k in support.slices:
             key = ("support", support.name, k)

@@ -104,3 +104,16 @@ def choose_window(volume: np.ndarray, modality: str, window: WindowSpec = None) 
     if high <= low:  # constant image: any non-empty window will do
         high = low + 1.0
     return Window(float(low), float(high), f"{modality} percentiles {p_low}-{p_high}")
+
+
+def model_window(volume, modality: str | None = None, window: WindowSpec = None, guess_from=None) -> tuple:
+    """``(Window, modality)``: how the model sees ``volume`` (a ``volume_io.Volume``).
+
+    ``modality``: the request's; absent or "auto", the image's declared one, else guessed from
+    ``guess_from`` (default the whole array: a 2D session guesses from its plane). RGB
+    images are "photo". ``window``: the request's (see :func:`choose_window`).
+    """
+    declared = modality if modality not in (None, "", "auto") else volume.declared_modality
+    resolved = "photo" if volume.is_rgb else guess_modality(volume.array if guess_from is None else guess_from,
+                                                            declared)
+    return choose_window(volume.array, resolved, window), resolved

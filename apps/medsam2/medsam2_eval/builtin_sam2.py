@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from medsam2_engine.checkpoints import config_path
-from medsam2_engine.windowing import choose_window, guess_modality
+from medsam2_engine.windowing import model_window
 from .methods import Method
 
 
@@ -93,8 +93,7 @@ class BuiltinSam2Method(Method):
 
             array = case.volume.array
             if self.input_mode == "windowed":
-                modality = guess_modality(array, case.volume.declared_modality)
-                array = np.rint(choose_window(array, modality, None).apply(array) * 255.0).astype(np.float32)
+                array = np.rint(model_window(case.volume)[0].apply(array) * 255.0).astype(np.float32)
             path = self.workdir / "builtin_images" / f"{len(self._images):04d}.nii.gz"
             path.parent.mkdir(parents=True, exist_ok=True)
             nib.save(nib.Nifti1Image(array.astype(np.float32), np.diag([*case.spacing, 1.0])), str(path))

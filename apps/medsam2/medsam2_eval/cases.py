@@ -125,13 +125,12 @@ def load_npz_case(path: Path) -> Case:
 
 def model_input_window(case: Case) -> dict:
     """The exact intensity range the engine maps to [0, 1] for this case (low, high, where it came from)."""
-    from medsam2_engine.windowing import choose_window, guess_modality
+    from medsam2_engine.windowing import model_window
 
     volume = case.volume
     if volume.is_rgb:
         return {"low": 0.0, "high": 255.0, "source": "RGB 0-255"}
-    modality = guess_modality(volume.array, volume.declared_modality)
-    return choose_window(volume.array, modality, case.window).to_json()
+    return model_window(volume, None, case.window)[0].to_json()
 
 
 def _find_2d_cases(folder: Path, images: list) -> list:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from medsam2_engine.frames import slice_to_image
-from medsam2_engine.windowing import choose_window, guess_modality
+from medsam2_engine.windowing import model_window
 
 
 def display_plane(case, k: int) -> np.ndarray:
@@ -14,6 +14,5 @@ def display_plane(case, k: int) -> np.ndarray:
     if volume.is_rgb:
         return slice_to_image(np.clip(volume.array / 255.0, 0, 1))
     plane = volume.array if not volume.is_3d else volume.array[:, :, k]
-    window = choose_window(volume.array, guess_modality(volume.array, volume.declared_modality),
-                           getattr(case, "window", None))
+    window, _ = model_window(volume, None, getattr(case, "window", None))
     return slice_to_image(window.apply(plane))

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..volume_io import ImageReadError, Volume, load_image
-from ..windowing import Window, choose_window, guess_modality
+from ..windowing import Window, model_window
 
 logger = logging.getLogger(__name__)
 
@@ -97,8 +97,7 @@ def load_case(files: CaseFiles) -> Case:
     check_label_fits(image, label, files)
     labels = _to_label_map(label, files)
     if image.is_3d:
-        modality = guess_modality(image.array, image.declared_modality)
-        window = choose_window(image.array, modality)
+        window, _ = model_window(image)
     else:
         window = Window(0.0, 255.0, "8-bit image") if image.array.max() > 1.0 else Window(0.0, 1.0, "unit image")
     values = [int(v) for v in np.unique(labels) if v > 0]
