@@ -86,7 +86,7 @@ class FineTuneTask(TrainTask):
         self.models = models
         self.labels = list(labels)
         self.defaults = {
-            "epochs": 5, "max_seconds": 0, "steps_per_epoch": 0, "lr": 0, "lr_schedule": "constant",
+            "epochs": FineTuneConfig.epochs, "max_seconds": 0, "steps_per_epoch": 0, "lr": 0, "lr_schedule": "constant",
             "warmup_steps": 0, "clip_length": 8, "max_objects": 3,
             "correction_clicks": 2, "freeze": "auto", "val_fraction": 0.2, "baseline_validation": True,
             "device": models.device, "multi_gpu": False, "gpus": "all", "seed": 0, "log_every": 10,
@@ -134,7 +134,7 @@ class FineTuneTask(TrainTask):
     def fine_tune_config(self, request: dict) -> FineTuneConfig:
         req = {**self.defaults, **{k: v for k, v in request.items() if k in self.defaults}}
         cfg = FineTuneConfig(
-            epochs=_number(req, "epochs", 5, int),
+            epochs=_number(req, "epochs", FineTuneConfig.epochs, int),
             max_seconds=_number(req, "max_seconds", 0.0) or None,
             steps_per_epoch=_number(req, "steps_per_epoch", 0, int) or None,
             lr=_number(req, "lr", 0.0) or None,

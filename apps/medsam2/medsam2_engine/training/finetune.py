@@ -35,7 +35,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class FineTuneConfig:
-    epochs: int = 10
+    epochs: int = 5  # the train request's default too (lib/trainers/finetune.py)
     max_seconds: float | None = None  # time budget: the epoch running out stops early, then validates
     steps_per_epoch: int | None = None  # default: every clip once
     lr: float | None = None  # default: 1e-5 from a pretrained checkpoint, 1e-4 from random weights
