@@ -40,12 +40,9 @@ def test_region_stays_inside_the_slice_and_gives_way_to_whole_slices():
 
 def test_prompts_move_into_region_coordinates():
     region = CropRegion(row0=100, col0=50, rows=64, cols=64, input_size=64)
-    mask = np.zeros((200, 200), bool)  # [i, j] = [cols, rows]
-    mask[60, 110] = True
-    prompt = FramePrompt(points=[(70.0, 120.0)], labels=[1], box=(55.0, 105.0, 80.0, 130.0), mask=mask)
+    prompt = FramePrompt(points=[(70.0, 120.0)], labels=[1], box=(55.0, 105.0, 80.0, 130.0))
     moved = region.prompt_in_region(prompt)
     assert moved.points == [(20.0, 20.0)] and moved.box == (5.0, 5.0, 30.0, 30.0)
-    assert moved.mask.shape == (64, 64) and moved.mask[10, 10] and moved.mask.sum() == 1
     assert prompt_extent([prompt]) == (105, 55, 130, 80)
 
 
@@ -141,9 +138,6 @@ def test_region_gives_the_whole_slice_result_at_a_fraction_of_the_pixels(fine_tu
     assert dice(whole.labels["x"].mask, truth) > 0.6, "the fine-tuned model should find the structure"
     assert dice(label.mask, whole.labels["x"].mask) > 0.8
     assert region.session.slices_encoded == whole.session.slices_encoded
-    # a drawn mask is SAM 2's output on its own slice: it must come back where it was drawn
-    drawn = _segment(segmenter, volume, LabelPrompts(masks={8: truth[:, :, 8]}), small, ("drawn",)).labels["x"]
-    assert drawn.crop_region is not None and dice(drawn.mask[:, :, 8], truth[:, :, 8]) > 0.9
 
 
 def test_region_grows_when_the_structure_is_larger_than_the_prompt(fine_tuned):

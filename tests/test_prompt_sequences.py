@@ -35,7 +35,6 @@ edits = st.one_of(
     st.tuples(st.just("click"), coordinate, st.booleans()),
     st.tuples(st.just("same_click_again"), st.none(), st.none()),
     st.tuples(st.just("box"), coordinate, st.integers(2, 10)),
-    st.tuples(st.just("mask"), coordinate, st.integers(1, 4)),
     st.tuples(st.just("undo"), st.none(), st.none()),
     st.tuples(st.just("clear"), st.none(), st.none()),
     st.tuples(st.just("replace"), coordinate, st.booleans()),
@@ -58,20 +57,12 @@ def _apply(edit, prompts: LabelPrompts, history: list) -> tuple:
         prompts.boxes.append(Box(float(i), float(j), float(min(i + extra, SHAPE[0] - 1)),
                                  float(min(j + extra, SHAPE[1] - 1)), k))
         history.append("box")
-    elif kind == "mask":
-        i, j, k = where
-        mask = np.zeros(SHAPE[:2], bool)
-        mask[max(i - extra, 0):i + extra, max(j - extra, 0):j + extra] = True
-        prompts.masks[k] = mask
-        history.append(("mask", k))
     elif kind == "undo" and history:
         last = history.pop()
         if last == "click" and prompts.clicks:
             prompts.clicks.pop()
         elif last == "box" and prompts.boxes:
             prompts.boxes.pop()
-        elif isinstance(last, tuple):
-            prompts.masks.pop(last[1], None)
     elif kind == "clear":
         prompts, history[:] = LabelPrompts(), []
     elif kind == "replace":

@@ -29,7 +29,7 @@ INPUT_MULTIPLE = 32  # Hiera's total stride: model input sides must be multiples
 @dataclass
 class CropRegionSettings:
     enabled: bool = False  # a departure from the reference protocol (another input size): opt in
-    context: float = 2.0  # region side = context x the prompts' extent (box, clicks, drawn masks)
+    context: float = 2.0  # region side = context x the prompts' extent (box, clicks)
     min_input: int = 256  # smallest region, in model input pixels
     full_fraction: float = 0.75  # a region at least this fraction of the input size becomes the whole slice
     max_grow: int = 2  # regrowths before falling back to the whole slice
@@ -63,14 +63,11 @@ class CropRegion:
         if prompt.box is not None:
             x0, y0, x1, y1 = prompt.box
             box = (x0 - self.col0, y0 - self.row0, x1 - self.col0, y1 - self.row0)
-        mask = None
-        if prompt.mask is not None:  # masks are [i, j] = [cols, rows]
-            mask = prompt.mask[self.col0:self.col0 + self.cols, self.row0:self.row0 + self.rows]
-        return FramePrompt(points=points, labels=list(prompt.labels), box=box, mask=mask)
+        return FramePrompt(points=points, labels=list(prompt.labels), box=box)
 
 
 def prompt_extent(prompts) -> tuple | None:
-    """``(row0, col0, row1, col1)`` (inclusive) covering every box, click and drawn mask."""
+    """``(row0, col0, row1, col1)`` (inclusive) covering every box and click."""
     rows, cols = [], []
     for prompt in prompts:
         for x, y in prompt.points:
@@ -80,10 +77,6 @@ def prompt_extent(prompts) -> tuple | None:
             x0, y0, x1, y1 = prompt.box
             cols += [x0, x1]
             rows += [y0, y1]
-        if prompt.mask is not None and prompt.mask.any():
-            ii, jj = np.nonzero(prompt.mask)
-            cols += [ii.min(), ii.max()]
-            rows += [jj.min(), jj.max()]
     if not rows:
         return None
     return int(math.floor(min(rows))), int(math.floor(min(cols))), int(math.ceil(max(rows))), int(math.ceil(max(cols)))

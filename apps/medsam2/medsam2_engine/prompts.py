@@ -7,11 +7,9 @@ A box is given as Slicer sends its ROI, ``[i0, i1, j0, j1, k0, k1]`` in voxel in
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
-import numpy as np
 
 
 class PromptError(ValueError):
@@ -42,11 +40,9 @@ class FramePrompt:
     points: list = field(default_factory=list)  # [(x, y), ...]
     labels: list = field(default_factory=list)  # 1 positive, 0 negative
     box: tuple | None = None  # (x0, y0, x1, y1)
-    mask: np.ndarray | None = None  # bool [i, j]: a drawn or existing label for this slice
 
     def key(self) -> tuple:
-        mask_key = None if self.mask is None else hashlib.sha1(np.packbits(self.mask)).hexdigest()
-        return (tuple(self.points), tuple(self.labels), self.box, mask_key)
+        return (tuple(self.points), tuple(self.labels), self.box)
 
 
 @dataclass
@@ -55,20 +51,17 @@ class LabelPrompts:
 
     clicks: list = field(default_factory=list)
     boxes: list = field(default_factory=list)
-    masks: dict = field(default_factory=dict)  # k -> bool [i, j]; on a slice, a mask wins over clicks
 
     def is_empty(self) -> bool:
-        return not self.clicks and not self.boxes and not self.masks
+        return not self.clicks and not self.boxes
 
     def slices(self) -> list:
-        return sorted({c.k for c in self.clicks} | {b.k for b in self.boxes} | set(self.masks))
+        return sorted({c.k for c in self.clicks} | {b.k for b in self.boxes})
 
     def by_frame(self) -> dict:
         """``{k: FramePrompt}``; a frame with several boxes keeps the last one (SAM 2 takes one)."""
-        frames: dict = {k: FramePrompt(mask=np.asarray(m, dtype=bool)) for k, m in self.masks.items()}
+        frames: dict = {}
         for box in self.boxes:
-            if box.k in self.masks:
-                continue
             frames.setdefault(box.k, FramePrompt()).box = (
                 min(box.i0, box.i1),
                 min(box.j0, box.j1),
@@ -76,8 +69,6 @@ class LabelPrompts:
                 max(box.j0, box.j1),
             )
         for click in self.clicks:
-            if click.k in self.masks:
-                continue
             prompt = frames.setdefault(click.k, FramePrompt())
             prompt.points.append((float(click.i), float(click.j)))
             prompt.labels.append(1 if click.positive else 0)

@@ -6,10 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 
 from .crop_region import CropRegion, CropRegionSettings, grown, mask_extent, reaches_edge, union
-from .frames import image_to_slice, slice_to_image
+from .frames import image_to_slice
 from .predictor import KeyedCache, at_input_size, network_lock
 from .prompts import FramePrompt
 from .propagation import (OBJ_ID, CorrectionStop, EarlyStop, PassPlan, Propagation, propagate_both_ways,
@@ -147,25 +146,20 @@ def starts_afresh(track: LabelTrack, wanted: dict) -> bool:
 
 
 def extends(new: FramePrompt, old: FramePrompt) -> bool:
-    """``new`` keeps ``old``'s box, mask and points, in order, and only adds points."""
+    """``new`` keeps ``old``'s box and points, in order, and only adds points."""
     n = len(old.points)
-    same_base = new.box == old.box and new.key()[3] == old.key()[3]
-    return same_base and new.points[:n] == old.points and new.labels[:n] == old.labels
+    return new.box == old.box and new.points[:n] == old.points and new.labels[:n] == old.labels
 
 
 def add_prompt(predictor, state: dict, k: int, prompt: FramePrompt) -> np.ndarray:
     """Give SAM 2 one slice's prompt (box and every point in one call); returns that slice's mask."""
+    points = np.asarray(prompt.points, dtype=np.float32).reshape(-1, 2) if prompt.points else None
+    labels = np.asarray(prompt.labels, dtype=np.int32) if prompt.points else None
     with network_lock(predictor):
-        if prompt.mask is not None:
-            mask = torch.from_numpy(slice_to_image(prompt.mask))
-            _, _, video_res_masks = predictor.add_new_mask(state, frame_idx=k, obj_id=OBJ_ID, mask=mask)
-        else:
-            points = np.asarray(prompt.points, dtype=np.float32).reshape(-1, 2) if prompt.points else None
-            labels = np.asarray(prompt.labels, dtype=np.int32) if prompt.points else None
-            _, _, video_res_masks = predictor.add_new_points_or_box(
-                state, frame_idx=k, obj_id=OBJ_ID, points=points, labels=labels, box=prompt.box,
-                clear_old_points=True,
-            )
+        _, _, video_res_masks = predictor.add_new_points_or_box(
+            state, frame_idx=k, obj_id=OBJ_ID, points=points, labels=labels, box=prompt.box,
+            clear_old_points=True,
+        )
     return (video_res_masks[0, 0] > 0.0).cpu().numpy()
 
 
