@@ -14,7 +14,7 @@ alone, never on the order they were given in.
 
 How the app's extras combine with it (the reference has one box on one key slice):
 
-- clicks, boxes and drawn masks on several slices are all given before any pass, each slice
+- clicks and boxes on several slices are all given before any pass, each slice
   in one call (box and every point together); the forward pass starts at the first prompted
   slice, the backward pass at the last; slices both passes reach take the union, as the
   reference does at its key slice;
