@@ -17,27 +17,20 @@ import nibabel as nib
 import numpy as np
 from PIL import Image
 
+from medsam2_eval.phantoms import ellipsoid, grid
+
 CT_LABELS = {"liver": 1, "spine": 2, "lesion": 3}
 MR_LABELS = {"tumour": 1}
-
-
-def _grid(shape):
-    return np.meshgrid(*[np.arange(n, dtype=np.float32) for n in shape], indexing="ij")
-
-
-def _ellipsoid(shape, centre, radii):
-    coords = _grid(shape)
-    return sum(((c - c0) / r) ** 2 for c, c0, r in zip(coords, centre, radii)) <= 1.0
 
 
 def ct_phantom(seed: int, shape=(96, 80, 40), spacing=(0.9, 0.9, 2.5)):
     """Abdomen-like CT in HU with liver, spine and a hypodense liver lesion."""
     rng = np.random.default_rng(seed)
     shift = rng.uniform(-4, 4, size=3)
-    body = _ellipsoid(shape, (48, 40, 20), (44, 34, 60))
-    liver = _ellipsoid(shape, (34 + shift[0], 36 + shift[1], 20 + shift[2] / 2), (20, 16, 12))
-    spine = _ellipsoid(shape, (48, 66, 20), (6, 6, 60))
-    lesion = _ellipsoid(shape, (30 + shift[0], 34 + shift[1], 21 + shift[2] / 2), (5, 5, 3)) & liver
+    body = ellipsoid((48, 40, 20), (44, 34, 60), shape)
+    liver = ellipsoid((34 + shift[0], 36 + shift[1], 20 + shift[2] / 2), (20, 16, 12), shape)
+    spine = ellipsoid((48, 66, 20), (6, 6, 60), shape)
+    lesion = ellipsoid((30 + shift[0], 34 + shift[1], 21 + shift[2] / 2), (5, 5, 3), shape) & liver
     hu = np.full(shape, -1000.0, dtype=np.float32)
     hu[body] = 40.0
     hu[liver] = 110.0
@@ -56,9 +49,9 @@ def ct_phantom(seed: int, shape=(96, 80, 40), spacing=(0.9, 0.9, 2.5)):
 def mr_phantom(seed: int, shape=(80, 72, 32), spacing=(1.0, 1.0, 3.0)):
     """Brain-like MR (arbitrary units, smooth bias field) with an enhancing tumour."""
     rng = np.random.default_rng(seed)
-    head = _ellipsoid(shape, (40, 36, 16), (36, 32, 20))
-    tumour = _ellipsoid(shape, (48 + rng.uniform(-3, 3), 30 + rng.uniform(-3, 3), 16), (8, 7, 5))
-    i, _, _ = _grid(shape)
+    head = ellipsoid((40, 36, 16), (36, 32, 20), shape)
+    tumour = ellipsoid((48 + rng.uniform(-3, 3), 30 + rng.uniform(-3, 3), 16), (8, 7, 5), shape)
+    i, _, _ = grid(shape)
     bias = 1.0 + 0.3 * (i / shape[0] - 0.5)
     mr = np.zeros(shape, np.float32)
     mr[head] = 300.0

@@ -17,22 +17,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from medsam2_eval import phantoms
+
 SHAPE = (40, 32, 8)
 AFFINE = np.diag([0.9, 0.8, 3.0, 1.0])
 BODY_HU, STRUCTURE_HU = 40.0, 200.0
 
 
 def ellipsoid(centre, radii, shape=SHAPE) -> np.ndarray:
-    coords = np.meshgrid(*[np.arange(n, dtype=np.float32) for n in shape], indexing="ij")
-    return sum(((c - c0) / r) ** 2 for c, c0, r in zip(coords, centre, radii)) <= 1.0
+    return phantoms.ellipsoid(centre, radii, shape)
 
 
 def body(seed: int, shape=SHAPE) -> np.ndarray:
     """Air around soft tissue, HU-like, with a little noise."""
-    rng = np.random.default_rng(seed)
-    array = np.full(shape, -1000.0, np.float32)
-    array[2:-2, 2:-2, :] = BODY_HU
-    return array + rng.normal(0, 5, shape).astype(np.float32)
+    return phantoms.ct_body(seed, shape, BODY_HU)
 
 
 def phantom(seed: int, shape=SHAPE):
