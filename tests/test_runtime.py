@@ -136,3 +136,31 @@ def test_new_weights_get_a_new_graph_compiled_at_load(small_model_files, tmp_pat
         old = runtime(image)["backbone_fpn"][-1]
     assert torch.allclose(got, reference, atol=1e-4)  # the new weights, not the old graph's
     assert not torch.allclose(old, reference, atol=1e-4)
+
+
+def test_int8_option_is_quantized_and_close_on_the_phantom_checkpoint(fine_tuned):
+    """openvino_int8 (NNCF) is an option: not float32's numbers, masks close to them (measured here)."""
+    pytest.importorskip("nncf", reason="nncf is not installed: the int8 option is unavailable")
+    from medsam2_engine.prompts import Box, LabelPrompts
+    from medsam2_engine.runtime_openvino import OpenVinoImageEncoder, attach_cpu_runtime, calibration_slices
+
+    segmenter, cases = fine_tuned
+    model = segmenter.models.get().model
+    image = calibration_slices(model.image_size, 1)[0]
+    with torch.inference_mode():
+        float32 = OpenVinoImageEncoder(model)(image)["backbone_fpn"][-1]
+        int8 = OpenVinoImageEncoder(model, int8=True)(image)["backbone_fpn"][-1]
+    assert not torch.allclose(int8, float32, atol=1e-4)  # quantized: other numbers
+    assert (int8 - float32).abs().max() < 0.25 * float32.abs().max()
+    mask = cases[0].labels == 1
+    k = int(np.median(np.nonzero(mask)[2]))
+    ii, jj = np.nonzero(mask[:, :, k])
+    prompts = {"l": LabelPrompts(boxes=[Box(ii.min(), jj.min(), ii.max(), jj.max(), k)])}
+    try:
+        assert attach_cpu_runtime(model, "torch") == "torch"
+        reference, _ = _masks(segmenter, cases[0].volume, prompts)
+        assert attach_cpu_runtime(model, "openvino_int8", [model.image_size]) == "openvino_int8"
+        quantized, _ = _masks(segmenter, cases[0].volume, prompts)
+    finally:
+        attach_cpu_runtime(model, "torch")
+    assert _dice(reference["l"], quantized["l"]) >= 0.9

@@ -8,6 +8,11 @@ bf16 units). One compiled graph per (model object, input size): a reloaded check
 fine-tune publishing new weights) is a new model object and gets its own graph, compiled
 and warmed up at load (``ModelSource``), so no user pays the compilation.
 
+``openvino_int8`` is an option, not a faithful runtime: NNCF (OpenVINO's own quantization
+tool) makes the graph int8, calibrated on a few synthetic CT-like slices (a body with a
+bright lesion, windowed and normalised as the app prepares slices); its masks differ from
+float32 by what the speed benchmark reports as its agreement.
+
 Used only for what it was validated for: CPU, float32, no autograd, batch 1, a traced input
 size. Anything else (training, bf16 autocast, CUDA) runs sam2's PyTorch code as before.
 """
@@ -22,7 +27,8 @@ import torch
 
 logger = logging.getLogger(__name__)
 
-CPU_RUNTIMES = ("torch", "openvino")
+CPU_RUNTIMES = ("torch", "openvino", "openvino_int8")
+CALIBRATION_SLICES = 6
 
 
 class RuntimeUnavailable(RuntimeError):
@@ -46,11 +52,15 @@ class OpenVinoImageEncoder:
 
     name = "openvino"
 
-    def __init__(self, model, threads: int | None = None):
+    def __init__(self, model, threads: int | None = None, int8: bool = False):
         try:
             import openvino as ov
+            if int8:
+                import nncf  # noqa: F401
         except ImportError as err:  # the fallback is PyTorch; the caller says so in /info
-            raise RuntimeUnavailable(f"openvino is not installed ({err})") from err
+            raise RuntimeUnavailable(f"{err.name or 'openvino'} is not installed ({err})") from err
+        self.int8 = int8
+        self.name = "openvino_int8" if int8 else "openvino"
         self._ov = ov
         self._core = ov.Core()
         self._model = model
@@ -74,6 +84,8 @@ class OpenVinoImageEncoder:
                 levels = len(self._model.forward_image(example)["backbone_fpn"])
                 try:
                     converted = self._ov.convert_model(_ForwardImage(self._model).eval(), example_input=example)
+                    if self.int8:
+                        converted = _quantized(converted, size)
                     config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": int(self._threads),
                               "PERFORMANCE_HINT": "LATENCY"}
                     compiled = self._core.compile_model(converted, "CPU", config)
@@ -95,10 +107,39 @@ class OpenVinoImageEncoder:
         return {"vision_features": fpn[-1], "vision_pos_enc": pos, "backbone_fpn": fpn}
 
 
+def _quantized(converted, size: int):
+    import nncf
+
+    calibration = [image.numpy() for image in calibration_slices(size)]
+    return nncf.quantize(converted, nncf.Dataset(calibration), model_type=nncf.ModelType.TRANSFORMER,
+                         subset_size=len(calibration))
+
+
+def calibration_slices(size: int, count: int = CALIBRATION_SLICES) -> list:
+    """CT-like slices as the model receives them: soft tissue, a bright lesion, noise, W400/L40."""
+    import numpy as np
+
+    from .frames import SliceFrames
+    from .windowing import choose_window
+
+    rng = np.random.default_rng(0)
+    i, j = np.meshgrid(np.arange(size), np.arange(size), indexing="ij")
+    array = np.full((size, size, count), -1000.0, np.float32)
+    for k in range(count):
+        body = ((i - size / 2) / (0.42 * size)) ** 2 + ((j - size / 2) / (0.32 * size)) ** 2 <= 1
+        array[body, k] = 40.0
+        radius = size * (0.03 + 0.1 * rng.random())
+        centre = size * (0.35 + 0.3 * rng.random(2))
+        array[(i - centre[0]) ** 2 + (j - centre[1]) ** 2 <= radius ** 2, k] = 160.0
+    array += rng.normal(0, 15, array.shape).astype(np.float32)
+    frames = SliceFrames(array, choose_window(array, "CT", None), size)
+    return [frames[k].unsqueeze(0) for k in range(count)]
+
+
 def attach_cpu_runtime(model, runtime: str, warm_up_sizes=()) -> str:
     """Give ``model`` (a VolumePredictor) its CPU image encoder; returns what will run it.
 
-    ``"torch"`` detaches any runtime. ``"openvino"`` compiles and runs one slice per size in
+    ``"torch"`` detaches any runtime. ``"openvino"`` (or ``"openvino_int8"``) compiles and runs one slice per size in
     ``warm_up_sizes`` now; if OpenVINO is missing or cannot convert the model, the model keeps
     PyTorch and the returned text says why.
     """
@@ -108,15 +149,15 @@ def attach_cpu_runtime(model, runtime: str, warm_up_sizes=()) -> str:
     if runtime == "torch":
         return "torch"
     try:
-        encoder = OpenVinoImageEncoder(model)
+        encoder = OpenVinoImageEncoder(model, int8=runtime == "openvino_int8")
         with torch.inference_mode():
             for size in warm_up_sizes:
                 encoder(torch.zeros(1, 3, int(size), int(size)))
     except RuntimeUnavailable as err:
-        logger.warning("cpu_runtime openvino unavailable, the image encoder runs on PyTorch: %s", err)
-        return f"torch (openvino unavailable: {err})"
+        logger.warning("cpu_runtime %s unavailable, the image encoder runs on PyTorch: %s", runtime, err)
+        return f"torch ({runtime} unavailable: {err})"
     model.__dict__["_image_runtime"] = encoder
-    return "openvino"
+    return runtime
 
 
 def image_runtime(model):
