@@ -96,7 +96,7 @@ class AppConfig:
             device=conf.get("device", "auto"),
             labels=labels,
             cpu_int8=_flag(conf, "cpu_int8", False),
-            cpu_runtime=_choice(conf, "cpu_runtime", "torch", ("torch", "openvino")),
+            cpu_runtime=_choice(conf, "cpu_runtime", "torch", ("torch", "openvino", "openvino_int8")),
             encode_ahead=_flag(conf, "encode_ahead", True),
             allow_download=_flag(conf, "download", True),
             engine=engine,
