@@ -11,7 +11,7 @@ import torch
 from omegaconf import OmegaConf
 
 from medsam2_engine.checkpoints import build_model, load_model_config, save_checkpoint
-from medsam2_eval.small_preset import SMALL_OVERRIDES, small_preset  # noqa: F401 (tests import both from here)
+from medsam2_eval.small_preset import small_preset  # tests import it from here too
 
 
 def write_small_config(path: Path) -> Path:
