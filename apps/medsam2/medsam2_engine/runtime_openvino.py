@@ -66,6 +66,7 @@ class OpenVinoImageEncoder:
         self._model = model
         self._threads = threads or torch.get_num_threads()
         self._compiled: dict = {}  # input size -> (compiled model, number of fpn levels)
+        self._idle_requests: dict = {}  # input size -> infer requests not in use
         self._lock = threading.Lock()
         self.compile_seconds: dict = {}
         self.calls = 0
@@ -97,11 +98,24 @@ class OpenVinoImageEncoder:
                             self.compile_seconds[size])
             return self._compiled[size]
 
+    def _take_request(self, size: int, compiled):
+        """An idle infer request of this size (made once: making one per call costs time)."""
+        with self._lock:
+            idle = self._idle_requests.setdefault(size, [])
+            if idle:
+                return idle.pop()
+        return compiled.create_infer_request()
+
     def __call__(self, image: torch.Tensor) -> dict:
-        compiled, levels = self.compile(int(image.shape[-1]))
-        request = compiled.create_infer_request()  # one per call: concurrent callers never share one
-        request.infer({0: image.contiguous().numpy()})
-        outputs = [torch.from_numpy(request.get_output_tensor(i).data.copy()) for i in range(2 * levels)]
+        size = int(image.shape[-1])
+        compiled, levels = self.compile(size)
+        request = self._take_request(size, compiled)  # never shared by two concurrent callers
+        try:
+            request.infer({0: image.contiguous().numpy()})
+            outputs = [torch.from_numpy(request.get_output_tensor(i).data.copy()) for i in range(2 * levels)]
+        finally:
+            with self._lock:
+                self._idle_requests.setdefault(size, []).append(request)
         self.calls += 1
         fpn, pos = outputs[:levels], outputs[levels:]
         return {"vision_features": fpn[-1], "vision_pos_enc": pos, "backbone_fpn": fpn}
