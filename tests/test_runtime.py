@@ -164,3 +164,25 @@ def test_int8_option_is_quantized_and_close_on_the_phantom_checkpoint(fine_tuned
     finally:
         attach_cpu_runtime(model, "torch")
     assert _dice(reference["l"], quantized["l"]) >= 0.9
+
+
+def test_concurrent_callers_each_get_their_own_features(small_source):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from medsam2_engine.runtime_openvino import OpenVinoImageEncoder
+
+    model = small_source.get().model
+    encoder = OpenVinoImageEncoder(model)
+    images = [torch.rand(1, 3, model.image_size, model.image_size, generator=torch.Generator().manual_seed(s))
+              for s in range(6)]
+    with torch.inference_mode():
+        expected = [encoder(image)["backbone_fpn"][-1] for image in images]
+
+        def encode(index):
+            with torch.inference_mode():
+                return encoder(images[index])["backbone_fpn"][-1]
+
+        with ThreadPoolExecutor(3) as pool:
+            got = list(pool.map(encode, [i % 6 for i in range(18)]))
+    for index, features in enumerate(got):
+        assert torch.equal(features, expected[index % 6]), index
