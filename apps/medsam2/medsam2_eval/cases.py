@@ -13,7 +13,8 @@ automatically, in any sub-folder:
   with several values gives one structure per value.
 
 Labels on another grid than their image (a different affine) are resampled onto it with
-nearest-neighbour interpolation.
+nearest-neighbour interpolation (``medsam2_engine.label_grid``, which also holds the stricter
+rule for labels saved through the app).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from medsam2_engine.label_grid import label_on_grid
 from medsam2_engine.volume_io import IMAGE_2D_SUFFIXES, Volume, load_image
 
 logger = logging.getLogger(__name__)
@@ -92,17 +94,8 @@ def _structures_from_map(array: np.ndarray, prefix: str) -> list:
 
 
 def _load_label_on(volume: Volume, path: Path) -> np.ndarray:
-    """A label file on ``volume``'s grid (resampled by nearest neighbour if its affine differs)."""
-    label = load_image(path)
-    if label.array.shape == volume.array.shape and np.allclose(label.affine, volume.affine, atol=1e-3):
-        return label.array
-    from monai.data import MetaTensor
-    from monai.transforms import ResampleToMatch
-
-    src = MetaTensor(label.array[None], affine=label.affine)
-    dst = MetaTensor(np.zeros((1, *volume.array.shape), np.float32), affine=volume.affine)
-    out = ResampleToMatch(mode="nearest", padding_mode="zeros")(src, dst)
-    return np.asarray(out[0])
+    """A reference label file on ``volume``'s grid (resampled by nearest neighbour: see label_grid)."""
+    return label_on_grid(volume, load_image(path), resample=True, name=f"label {path}")
 
 
 def load_npz_case(path: Path) -> Case:

@@ -1,5 +1,7 @@
 """A labelled study for training: the image, its label map, checked to lie on the same grid.
 
+``LabelMismatch`` and the grid rule live in ``label_grid`` (shared with the evaluation cases).
+
 A label that does not fit its image (another shape or affine, unreadable, not integer
 valued) is refused with a :class:`LabelMismatch` that names both files and what differs,
 so one bad save never silently enters training.
@@ -12,17 +14,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ..label_grid import LabelMismatch, label_on_grid
 from ..volume_io import ImageReadError, Volume, load_image
 from ..windowing import Window, model_window
 
 logger = logging.getLogger(__name__)
-
-AFFINE_TOLERANCE = 1e-3  # mm; ITK and NiBabel round-trips differ far below this
-
-
-class LabelMismatch(ValueError):
-    """The label file cannot be used with its image."""
-
 
 @dataclass(frozen=True)
 class CaseFiles:
@@ -59,18 +55,8 @@ def _to_label_map(label: Volume, files: CaseFiles) -> np.ndarray:
 
 
 def check_label_fits(image: Volume, label: Volume, files: CaseFiles) -> None:
-    """Raise LabelMismatch when the label is not on the image's grid."""
-    if tuple(label.spatial_shape) != tuple(image.spatial_shape):
-        raise LabelMismatch(
-            f"label {files.label} has shape {list(label.spatial_shape)} but image {files.image} has "
-            f"{list(image.spatial_shape)}; a label must be saved on its image's grid"
-        )
-    if image.is_3d and not np.allclose(label.affine, image.affine, atol=AFFINE_TOLERANCE):
-        diff = float(np.abs(np.asarray(label.affine) - np.asarray(image.affine)).max())
-        raise LabelMismatch(
-            f"label {files.label} has another affine (orientation/spacing/origin) than image {files.image}: "
-            f"largest difference {diff:.4g}; a label must be saved on its image's grid"
-        )
+    """Raise LabelMismatch when the label is not on the image's grid (never resampled: see label_grid)."""
+    label_on_grid(image, label, resample=False, name=f"label {files.label} for image {files.image}")
 
 
 def check_label_file(files: CaseFiles) -> list:
