@@ -186,3 +186,29 @@ def test_concurrent_callers_each_get_their_own_features(small_source):
             got = list(pool.map(encode, [i % 6 for i in range(18)]))
     for index, features in enumerate(got):
         assert torch.equal(features, expected[index % 6]), index
+
+
+def test_published_weights_are_loaded_and_compiled_before_the_next_request(small_model_files, tmp_path):
+    from medsam2_engine.checkpoints import build_model, preset_for_config_file, save_checkpoint
+    from medsam2_engine.model_source import ModelSource
+    from medsam2_engine.runtime_openvino import image_runtime
+
+    config, checkpoint = small_model_files
+    served = tmp_path / "served.pt"
+    served.write_bytes(checkpoint.read_bytes())
+    source = ModelSource(preset_for_config_file(config), tmp_path, checkpoint=str(served), device="cpu",
+                         cpu_runtime="openvino")
+    first = source.get()
+    source.watch(interval_s=0.05)
+    try:
+        torch.manual_seed(2)
+        save_checkpoint(build_model(preset_for_config_file(config), "random"), served)  # a fine-tune publishes
+        os.utime(served, ns=(time.time_ns(), time.time_ns() + 10**9))
+        deadline = time.monotonic() + 60
+        while source._loaded is first and time.monotonic() < deadline:  # no request calls get()
+            time.sleep(0.05)
+        reloaded = source._loaded
+    finally:
+        source.stop_watching()
+    assert reloaded is not first and reloaded.version == first.version + 1
+    assert list(image_runtime(reloaded.model).compile_seconds) == [reloaded.model.image_size]

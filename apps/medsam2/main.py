@@ -61,6 +61,7 @@ class MedSam2App(MONAILabelApp):
             cpu_runtime=self.settings.cpu_runtime,
         )
         self.models.ensure_available(allow_download=self.settings.allow_download)
+        self.models.watch()  # published weights are loaded (and compiled) before the next click needs them
         self.volume_segmenter = VolumeSegmenter(self.models, self.settings.engine)
         # slices encoded while the clinician looks at a study (see encode_study_ahead)
         self.encode_ahead = EncodeAhead(self.volume_segmenter) if self.settings.encode_ahead else None

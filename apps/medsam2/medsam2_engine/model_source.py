@@ -167,6 +167,38 @@ class ModelSource:
                              self._loaded.checkpoint)
             return self._loaded
 
+    def watch(self, interval_s: float = 5.0) -> threading.Thread:
+        """Reload in the background when the served file changes (a fine-tune published new
+        weights), so the model is rebuilt and its CPU runtime compiled before the next click
+        rather than during it. Requests still check on their own (``get``)."""
+
+        def changed() -> bool:
+            loaded = self._loaded
+            try:
+                path = self.resolve()
+            except ModelNotReady:
+                return False
+            stamp = None if path == RANDOM_WEIGHTS else file_stamp(path)
+            return loaded is None or loaded.checkpoint != path or loaded.stamp != stamp
+
+        def poll() -> None:
+            while not self._stop_watching.wait(interval_s):
+                try:
+                    if changed():
+                        self.get()
+                except Exception:  # noqa: BLE001 - the next request reports it; the watcher keeps going
+                    logger.exception("background model reload failed")
+
+        self._stop_watching = threading.Event()
+        thread = threading.Thread(target=poll, name="medsam2-model-watch", daemon=True)
+        thread.start()
+        return thread
+
+    def stop_watching(self) -> None:
+        event = getattr(self, "_stop_watching", None)
+        if event is not None:
+            event.set()
+
     def _load(self, path: str, stamp) -> None:
         action = "reloading" if self._loaded is not None else "loading"
         logger.info("%s model %s from %s on %s", action, self.preset.name, path, self.device)
