@@ -212,3 +212,26 @@ def test_published_weights_are_loaded_and_compiled_before_the_next_request(small
         source.stop_watching()
     assert reloaded is not first and reloaded.version == first.version + 1
     assert list(image_runtime(reloaded.model).compile_seconds) == [reloaded.model.image_size]
+
+
+def test_a_broken_published_file_is_tried_once_not_on_every_poll(small_model_files, tmp_path, monkeypatch):
+    import medsam2_engine.model_source as model_source_module
+    from medsam2_engine.checkpoints import preset_for_config_file
+    from medsam2_engine.model_source import ModelSource
+
+    config, checkpoint = small_model_files
+    served = tmp_path / "served.pt"
+    served.write_bytes(checkpoint.read_bytes())
+    source = ModelSource(preset_for_config_file(config), tmp_path, checkpoint=str(served), device="cpu")
+    first = source.get()
+    builds = []
+    real_build = model_source_module.build_model
+    monkeypatch.setattr(model_source_module, "build_model", lambda *a, **k: builds.append(1) or real_build(*a, **k))
+    source.watch(interval_s=0.02)
+    try:
+        served.write_bytes(b"not a checkpoint")
+        time.sleep(1.0)
+    finally:
+        source.stop_watching()
+    assert len(builds) == 1 and source._loaded is first  # still serving the old weights
+    assert source.last_error

@@ -172,19 +172,25 @@ class ModelSource:
         weights), so the model is rebuilt and its CPU runtime compiled before the next click
         rather than during it. Requests still check on their own (``get``)."""
 
-        def changed() -> bool:
+        tried = {"file": None}  # a file that failed to load is tried again only once it changes
+
+        def changed():
             loaded = self._loaded
             try:
                 path = self.resolve()
             except ModelNotReady:
-                return False
-            stamp = None if path == RANDOM_WEIGHTS else file_stamp(path)
-            return loaded is None or loaded.checkpoint != path or loaded.stamp != stamp
+                return None
+            file = (path, None if path == RANDOM_WEIGHTS else file_stamp(path))
+            if file == tried["file"] or (loaded is not None and (loaded.checkpoint, loaded.stamp) == file):
+                return None
+            return file
 
         def poll() -> None:
             while not self._stop_watching.wait(interval_s):
                 try:
-                    if changed():
+                    file = changed()
+                    if file is not None:
+                        tried["file"] = file
                         self.get()
                 except Exception:  # noqa: BLE001 - the next request reports it; the watcher keeps going
                     logger.exception("background model reload failed")
