@@ -79,21 +79,9 @@ class StageTimer:
 
 def phantom(slices: int, size: int, fraction: float, seed: int = 0) -> tuple:
     """A CT-like volume [i, j, k] in HU: body, and a lesion spanning ``fraction`` of the slices."""
-    rng = np.random.default_rng(seed)
-    i, j = np.meshgrid(np.arange(size), np.arange(size), indexing="ij")
-    body = ((i - size / 2) / (0.42 * size)) ** 2 + ((j - size / 2) / (0.32 * size)) ** 2 <= 1
-    vol = np.full((size, size, slices), -1000.0, np.float32)
-    vol[body] = 40.0
-    span = max(3, int(round(fraction * slices)))
-    k0 = (slices - span) // 2
-    ref = np.zeros(vol.shape, bool)
-    for k in range(k0, k0 + span):
-        r = 0.12 * size * np.sin(np.pi * (k - k0 + 0.5) / span)
-        disc = (i - 0.45 * size) ** 2 + (j - 0.55 * size) ** 2 <= r * r
-        ref[:, :, k] = disc
-    vol[ref] = 160.0
-    vol += rng.normal(0, 15, vol.shape).astype(np.float32)
-    return vol, ref
+    from medsam2_eval.phantoms import spindle_lesion
+
+    return spindle_lesion(slices, size, fraction, seed)
 
 
 def prompts_for(ref: np.ndarray) -> tuple:

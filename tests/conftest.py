@@ -53,19 +53,9 @@ def segmenter(small_source):
 def make_volume(shape=(40, 28, 12), seed=0, ct=True):
     """A non-square, non-cubic phantom: a bright ellipsoid in a body, HU-like if ``ct``."""
     from medsam2_engine.volume_io import Volume
+    from medsam2_eval.phantoms import bright_ellipsoid
 
-    rng = np.random.default_rng(seed)
-    i, j, k = np.meshgrid(*[np.arange(n) for n in shape], indexing="ij")
-    blob = ((i - shape[0] * 0.45) / (shape[0] * 0.2)) ** 2 + ((j - shape[1] * 0.5) / (shape[1] * 0.25)) ** 2 + (
-        (k - shape[2] * 0.5) / (shape[2] * 0.3)
-    ) ** 2 <= 1
-    base = -1000.0 if ct else 0.0
-    array = np.full(shape, base, np.float32)
-    array[2:-2, 2:-2, :] = 40.0 if ct else 200.0
-    array[blob] = 200.0 if ct else 700.0
-    array += rng.normal(0, 5, shape).astype(np.float32)
-    affine = np.diag([0.8, 0.7, 2.5, 1.0])
-    return Volume(array=array, affine=affine, path="")
+    return Volume(array=bright_ellipsoid(shape, seed, ct), affine=np.diag([0.8, 0.7, 2.5, 1.0]), path="")
 
 
 @pytest.fixture
