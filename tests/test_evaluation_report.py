@@ -56,16 +56,22 @@ def test_cases_are_found_and_paired(tmp_path):
     assert words("PGBM-001_MaskTumor.nii.gz") == {"pgbm", "001", "mask", "tumor"}
 
 
-def test_command_writes_json_curve_and_overlays(tmp_path, small_model_files):
+def _evaluate(tmp_path, small_model_files, out, *options) -> int:
+    """Run the evaluation command on the folder ``_write_folder`` makes, with the small model."""
     from medsam2_eval.cli import main
 
     config, checkpoint = small_model_files
     data = tmp_path / "data"
     data.mkdir()
     _write_folder(data)
+    return main(["--data", str(data), "--out", str(out), "--model-config", str(config), "--checkpoint",
+                 str(checkpoint), *options])
+
+
+def test_command_writes_json_curve_and_overlays(tmp_path, small_model_files):
     out = tmp_path / "report"
-    rc = main(["--data", str(data), "--out", str(out), "--model-config", str(config), "--checkpoint",
-               str(checkpoint), "--clicks", "2", "--no-builtin", "--cases", "pat1|slice7", "--max-structures", "1"])
+    rc = _evaluate(tmp_path, small_model_files, out, "--clicks", "2", "--no-builtin", "--cases", "pat1|slice7",
+                   "--max-structures", "1")
     assert rc == 0
     report = json.loads((out / "report.json").read_text())
     assert report["random_weights"] is False and report["settings"]["clicks"] == 2
@@ -87,16 +93,9 @@ def test_command_writes_json_curve_and_overlays(tmp_path, small_model_files):
 
 
 def test_compare_protocols_runs_the_reference_and_each_option(tmp_path, small_model_files):
-    from medsam2_eval.cli import main
-
-    config, checkpoint = small_model_files
-    data = tmp_path / "data"
-    data.mkdir()
-    _write_folder(data)
     out = tmp_path / "report"
-    rc = main(["--data", str(data), "--out", str(out), "--model-config", str(config), "--checkpoint",
-               str(checkpoint), "--clicks", "1", "--no-builtin", "--cases", "lesion", "--max-structures", "1",
-               "--compare-protocols"])
+    rc = _evaluate(tmp_path, small_model_files, out, "--clicks", "1", "--no-builtin", "--cases", "lesion",
+                   "--max-structures", "1", "--compare-protocols")
     assert rc == 0
     report = json.loads((out / "report.json").read_text())
     rows = {m for m in report["summary"] if m.startswith("engine_")}

@@ -8,15 +8,12 @@ then generates further requests (bounded examples) from the same field vocabular
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import time
 
 import pytest
 import requests
 
-from tests.conftest import ROOT
-from tests.support.server import RunningServer
+from tests.support.server import RunningServer, sample_studies
 
 try:
     from hypothesis import HealthCheck, given, settings
@@ -30,9 +27,7 @@ GOOD_POINT = [34, 36, 20]
 
 @pytest.fixture(scope="module")
 def studies(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("studies")
-    subprocess.run([sys.executable, str(ROOT / "sample-data" / "make_sample_data.py"), str(folder)], check=True)
-    return folder
+    return sample_studies(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

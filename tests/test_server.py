@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
-import sys
 
 import nibabel as nib
 import numpy as np
@@ -13,15 +11,12 @@ import pytest
 from monailabel.client import MONAILabelClient
 from monailabel.client.client import MONAILabelClientException
 
-from tests.conftest import ROOT
-from tests.support.server import RunningServer
+from tests.support.server import RunningServer, sample_studies
 
 
 @pytest.fixture(scope="module")
 def studies(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("studies")
-    subprocess.run([sys.executable, str(ROOT / "sample-data" / "make_sample_data.py"), str(folder)], check=True)
-    return folder
+    return sample_studies(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,24 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def sample_studies(tmp_path_factory) -> Path:
+    """A fresh folder of the sample studies (``sample-data/make_sample_data.py``), one per caller."""
+    folder = tmp_path_factory.mktemp("studies")
+    subprocess.run([sys.executable, str(ROOT / "sample-data" / "make_sample_data.py"), str(folder)], check=True)
+    return folder
+
+
+def stop_process_group(process: subprocess.Popen, grace_s: float = 20.0) -> None:
+    """SIGTERM a process started with ``start_new_session`` and its children; SIGKILL after ``grace_s``."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=grace_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
 class RunningServer:
     def __init__(self, studies: Path | str, conf: dict, log_path: Path, timeout: float = 180.0,
                  env: dict | None = None, headers: dict | None = None):
@@ -72,11 +90,5 @@ class RunningServer:
         self._log.close()
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+        stop_process_group(self.process)
         self._log.close()

@@ -20,13 +20,13 @@ import filecmp
 import json
 import logging
 import os
-import shutil
-import tempfile
 import time
 
 from filelock import FileLock
 from monailabel.datastore.local import DataModel, ImageLabelModel, LocalDatastore
 
+from medsam2_engine.atomic_files import atomic_copy as _atomic_copy
+from medsam2_engine.atomic_files import atomic_write_text as _atomic_write_text
 from medsam2_engine.training.cases import CaseFiles, LabelMismatch, check_label_file
 from medsam2_engine.volume_io import ImageReadError, load_image
 
@@ -36,6 +36,16 @@ logger = logging.getLogger(__name__)
 
 ALLOWED_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".png", ".jpg", ".jpeg")
 TEMP_SUFFIX = ".partial"  # matches none of the datastore's patterns, so never listed as data
+
+
+def atomic_copy(source: str, dest: str) -> None:
+    _atomic_copy(source, dest, prefix=".", suffix=TEMP_SUFFIX)
+
+
+def atomic_write_text(dest: str, content: str) -> None:
+    _atomic_write_text(dest, content, prefix=".", suffix=TEMP_SUFFIX)
+
+
 HISTORY_DIR = ".label_history"
 
 
@@ -46,47 +56,6 @@ def extension_of(filename: str, field: str) -> str:
             return ext
     raise OptionError(field, f"file type of {os.path.basename(filename or '')!r} is not accepted; "
                              f"allowed: {', '.join(ALLOWED_EXTENSIONS)}", status=415)
-
-
-def atomic_copy(source: str, dest: str) -> None:
-    """Copy ``source`` to ``dest`` through a temporary file in dest's folder and a rename."""
-    folder = os.path.dirname(dest)
-    fd, tmp = tempfile.mkstemp(prefix=".", suffix=TEMP_SUFFIX, dir=folder)
-    try:
-        with os.fdopen(fd, "wb") as out, open(source, "rb") as src:
-            shutil.copyfileobj(src, out)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(folder)
-
-
-def atomic_write_text(dest: str, content: str) -> None:
-    folder = os.path.dirname(dest)
-    fd, tmp = tempfile.mkstemp(prefix=".", suffix=TEMP_SUFFIX, dir=folder)
-    try:
-        with os.fdopen(fd, "w") as out:
-            out.write(content)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(folder)
-
-
-def _fsync_dir(folder: str) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class SafeLocalDatastore(LocalDatastore):

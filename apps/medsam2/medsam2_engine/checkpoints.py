@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 
 from . import hole_filling
-from .volume_io import atomic_write
+from .atomic_files import atomic_write
 
 logger = logging.getLogger(__name__)
 

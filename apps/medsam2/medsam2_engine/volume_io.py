@@ -9,11 +9,11 @@ restores the file's own (LPS) geometry.
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
+
+from .atomic_files import atomic_write
 
 IMAGE_2D_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
@@ -110,26 +110,6 @@ def load_image(path: str | os.PathLike) -> Volume:
         is_rgb=is_rgb,
         meta={k: v for k, v in meta.items() if isinstance(v, (str, int, float))},
     )
-
-
-def atomic_write(target: str | os.PathLike, write) -> str:
-    """Call ``write(tmp_path)`` then rename onto ``target``: readers never see half a file."""
-    target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    suffix = "".join(target.suffixes)
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=str(target.parent))
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes files private; give the usual mode
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return str(target)
 
 
 def save_mask(path: str | os.PathLike, mask: np.ndarray, like: Volume, dtype=np.uint8) -> str:

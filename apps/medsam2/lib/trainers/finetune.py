@@ -24,7 +24,7 @@ from medsam2_engine.training.cases import CaseFiles, load_cases
 from medsam2_engine.training.distributed import training_devices
 from medsam2_engine.training.finetune import FineTuneConfig, FineTuner
 from medsam2_engine.training.validation import volume_of
-from medsam2_engine.volume_io import atomic_write
+from medsam2_engine.atomic_files import atomic_write
 
 from ..options import choice, flag, integer, number
 from ..priority import yield_to_interactive

@@ -59,28 +59,30 @@ def check_label_fits(image: Volume, label: Volume, files: CaseFiles) -> None:
     label_on_grid(image, label, resample=False, name=f"label {files.label} for image {files.image}")
 
 
+def _read_pair(files: CaseFiles) -> tuple:
+    """(image, label) read and checked to lie on one grid; an unreadable label is a LabelMismatch."""
+    image = load_image(files.image)
+    try:
+        label = load_image(files.label)
+    except ImageReadError as err:
+        raise LabelMismatch(f"label {files.label} for image {files.image} cannot be read (empty or corrupt "
+                            f"file?): {err}") from err
+    check_label_fits(image, label, files)
+    return image, label
+
+
 def check_label_file(files: CaseFiles) -> list:
     """Check a label file against its image before it is stored; the label values it holds.
 
     Unlike ``load_case`` an all-zero label passes (a clinician may save "nothing here").
     """
-    image = load_image(files.image)
-    try:
-        label = load_image(files.label)
-    except ImageReadError as err:
-        raise LabelMismatch(f"the label cannot be read (empty or corrupt file?): {err}") from err
-    check_label_fits(image, label, files)
+    _, label = _read_pair(files)
     return [int(v) for v in np.unique(_to_label_map(label, files)) if v > 0]
 
 
 def load_case(files: CaseFiles) -> Case:
     """Read and check one study; raises LabelMismatch or ImageReadError with the file names."""
-    image = load_image(files.image)
-    try:
-        label = load_image(files.label)
-    except ImageReadError as err:
-        raise LabelMismatch(f"label {files.label} for image {files.image} cannot be read (corrupt?): {err}") from err
-    check_label_fits(image, label, files)
+    image, label = _read_pair(files)
     labels = _to_label_map(label, files)
     if image.is_3d:
         window, _ = model_window(image)
