@@ -16,7 +16,6 @@ from __future__ import annotations
 import gzip
 import json
 import time
-import urllib.request
 from pathlib import Path
 
 import nibabel as nib
@@ -26,10 +25,11 @@ import pytest
 from tests.support.browser import chromium_page, needs_chromium, screenshot  # noqa: F401  (fixture)
 from tests.support.orthanc import needs_orthanc, orthanc  # noqa: F401  (fixture)
 from tests.support.pacs_app import pacs_server, pacs_studies  # noqa: F401  (fixtures)
+from tests.support.viewer_page import (LABELS, click_voxel, final_label_info, form_field, get, keep_timings,
+                                       mask_from_infer_response, round_trip, wait_idle)
 
 ROOT = Path(__file__).resolve().parents[1]
 REPORTS = ROOT / "reports"
-LABELS = ["lesion", "organ"]
 # LPS-like axes (i and j flipped) and an origin: NiiVue reslices this for display
 FLIPPED_AFFINE = np.array([[-0.9, 0, 0, 20.0], [0, -0.8, 0, 15.0], [0, 0, 3.0, -10.0], [0, 0, 0, 1]])
 
@@ -89,207 +89,19 @@ def viewer_server(fine_tuned, small_model_files, tmp_path_factory):
         server.stop()
 
 
-def _get(url: str):
-    try:
-        with urllib.request.urlopen(url, timeout=60) as response:
-            return response.status, response.read()
-    except urllib.error.HTTPError as err:
-        return err.code, err.read()
-
-
-def _mask_from_infer_response(response) -> tuple:
-    """(mask array, result JSON) from a captured ``output=all`` infer response."""
-    from requests_toolbelt.multipart.decoder import MultipartDecoder
-
-    assert response.ok, f"infer failed: HTTP {response.status} {response.text()[:500]}"
-    parts = MultipartDecoder(response.body(), response.headers["content-type"]).parts
-    by_name = {}
-    for part in parts:
-        disposition = part.headers[b"Content-Disposition"].decode()
-        name = disposition.split('name="')[1].split('"')[0]
-        by_name[name] = part.content
-    result = json.loads(by_name["params"])
-    mask = nib.Nifti1Image.from_bytes(by_name["image"])
-    return np.asarray(mask.dataobj), mask.affine, result
-
-
-def _wait_idle(page, timeout_ms: int = 180_000) -> str:
-    page.wait_for_function("document.getElementById('status').dataset.state !== 'busy'", timeout=timeout_ms)
-    state = page.get_attribute("#status", "data-state")
-    text = page.inner_text("#status")
-    assert state != "error", f"the page reports an error: {text}"
-    return text
-
-
-def _click_voxel(page, voxel, shift: bool = False):
-    with page.expect_response(lambda r: "/infer/medsam2_3d" in r.url, timeout=180_000) as answer:
-        x, y = page.evaluate("v => window.medsam2Viewer.pagePosition(v)", list(voxel))
-        if shift:
-            page.keyboard.down("Shift")
-        page.mouse.click(x, y)
-        if shift:
-            page.keyboard.up("Shift")
-    _wait_idle(page)
-    return answer.value
-
-
-def _brightness(png: Path, xy) -> float:
-    from PIL import Image
-
-    pixel = Image.open(png).convert("L").getpixel((int(round(xy[0])), int(round(xy[1]))))
-    return float(pixel)
-
-
-def _assert_mask_on_screen(page, png: Path, mask: np.ndarray, k: int) -> None:
-    """The red overlay covers exactly the returned mask's voxels on slice ``k`` (a few edge misses)."""
-    from PIL import Image
-
-    rgb = np.asarray(Image.open(png).convert("RGB")).astype(int)
-    voxels = [[int(i), int(j), k] for i in range(mask.shape[0]) for j in range(mask.shape[1])]
-    where = page.evaluate("vs => vs.map(v => window.medsam2Viewer.pagePosition(v))", voxels)
-    red = np.array([rgb[int(round(y)), int(round(x)), 0] - rgb[int(round(y)), int(round(x)), 1] > 40
-                    for x, y in where])
-    inside = mask[:, :, k].reshape(-1).astype(bool)
-    assert inside.any()
-    assert red[inside].mean() > 0.95 and red[~inside].mean() < 0.02, (red[inside].mean(), red[~inside].mean())
-
-
-def _dice(a, b) -> float:
-    a, b = np.asarray(a, bool), np.asarray(b, bool)
-    return 2.0 * (a & b).sum() / max(a.sum() + b.sum(), 1)
-
-
-def round_trip(page, base_url: str, image: str, truth: np.ndarray, shots: Path, prefix: str) -> dict:
-    """The clinician's steps in the page; returns the masks the app sent back and the timings.
-
-    Open ``image``; click inside the structure on its largest slice; correct with a click two
-    slices away; draw a box for the second structure; save.
-    """
-    errors = []
-    page.on("pageerror", lambda err: errors.append(str(err)))
-    page.goto(base_url + "/medsam2/viewer/")
-    page.evaluate("window.medsam2Viewer.ready")
-    assert page.locator(f"#studies li[data-image='{image}']").count() == 1
-    assert page.locator("#labels li").all_inner_texts()[0].strip().startswith("lesion")
-    screenshot(page, f"{prefix}-1-studies", shots)
-
-    page.click(f"#studies li[data-image='{image}']")
-    _wait_idle(page)
-    k = int(np.argmax(truth.sum(axis=(0, 1))))  # the structure's largest slice
-    page.evaluate("k => window.medsam2Viewer.goToSlice(k)", k)
-    ii, jj = np.nonzero(truth[:, :, k])
-    inside = [int(round(ii.mean())), int(round(jj.mean())), k]
-    assert truth[tuple(inside)]
-    outside = [3, 3, k]  # soft tissue in the body's corner, far from the structure
-    assert not truth[tuple(outside)]
-    opened = screenshot(page, f"{prefix}-2-opened", shots)
-    # what is drawn where the page will click is the structure (bright), and beside it the body
-    at_inside = page.evaluate("v => window.medsam2Viewer.pagePosition(v)", inside)
-    at_outside = page.evaluate("v => window.medsam2Viewer.pagePosition(v)", outside)
-    assert _brightness(opened, at_inside) > _brightness(opened, at_outside) + 60
-
-    # 1. a click inside the lesion
-    first = _click_voxel(page, inside)
-    lesion, affine, result = _mask_from_infer_response(first)
-    request = json.loads(_form_field(first.request, "params"))
-    assert request["label"] == "lesion" and request["foreground"] == [inside]
-    assert request["client_id"].startswith("viewer-")
-    assert lesion.sum() > 0 and _dice(lesion, truth) > 0.5, f"first mask Dice {_dice(lesion, truth):.2f}"
-    assert "lesion" in page.inner_text("#result-summary")
-    shown = screenshot(page, f"{prefix}-3-first-click", shots)
-    _assert_mask_on_screen(page, shown, lesion, k)
-
-    # 2. a correction on another slice: every prompt is resent, the session is reused
-    k2 = k - 2
-    ii, jj = np.nonzero(truth[:, :, k2])
-    second_point = [int(round(ii.mean())), int(round(jj.mean())), k2]
-    page.evaluate("k => window.medsam2Viewer.goToSlice(k)", k2)
-    second = _click_voxel(page, second_point)
-    lesion, _, result = _mask_from_infer_response(second)
-    request = json.loads(_form_field(second.request, "params"))
-    assert request["foreground"] == [inside, second_point]
-    assert result["session"]["started"] is None, "the correction must reuse the session"
-    assert lesion.sum() > 0
-    screenshot(page, f"{prefix}-4-correction", shots)
-
-    # a point outside (shift+click), then Undo: the request drops it again
-    outside2 = [3, 3, k2]
-    negative = _click_voxel(page, outside2, shift=True)
-    request = json.loads(_form_field(negative.request, "params"))
-    assert request["foreground"] == [inside, second_point] and request["background"] == [outside2]
-    _mask_from_infer_response(negative)
-    with page.expect_response(lambda r: "/infer/medsam2_3d" in r.url, timeout=180_000) as undone:
-        page.click("#undo")
-    _wait_idle(page)
-    request = json.loads(_form_field(undone.value.request, "params"))
-    assert request["foreground"] == [inside, second_point] and request["background"] == []
-    lesion, _, _ = _mask_from_infer_response(undone.value)
-    assert lesion.sum() > 0
-
-    # 3. a second structure from a box (dragged on the shown slice)
-    page.click("#labels li[data-label=organ]")
-    page.check("input[name=tool][value=box]")
-    rows, cols = np.nonzero(truth[:, :, k2])
-    corners = [[int(rows.min()) - 1, int(cols.min()) - 1, k2], [int(rows.max()) + 1, int(cols.max()) + 1, k2]]
-    a = page.evaluate("v => window.medsam2Viewer.pagePosition(v)", corners[0])
-    b = page.evaluate("v => window.medsam2Viewer.pagePosition(v)", corners[1])
-    with page.expect_response(lambda r: "/infer/medsam2_3d" in r.url, timeout=180_000) as answer:
-        page.mouse.move(*a)
-        page.mouse.down()
-        page.mouse.move((a[0] + b[0]) / 2, (a[1] + b[1]) / 2)
-        page.mouse.move(*b)
-        page.mouse.up()
-    _wait_idle(page)
-    organ, _, _ = _mask_from_infer_response(answer.value)
-    request = json.loads(_form_field(answer.value.request, "params"))
-    assert request["label"] == "organ" and request["foreground"] == []
-    roi = request["roi"]
-    assert roi[:4] == [corners[0][0], corners[1][0], corners[0][1], corners[1][1]] and roi[4:] == [k2, k2]
-    assert organ.sum() > 0
-    screenshot(page, f"{prefix}-5-box", shots)
-
-    # 4. save as final
-    with page.expect_response(lambda r: "/datastore/label" in r.url, timeout=120_000) as saved:
-        page.click("#save")
-    _wait_idle(page)
-    assert saved.value.ok, saved.value.text()
-    screenshot(page, f"{prefix}-6-saved", shots)
-    assert page.locator(f"#studies li[data-image='{image}'] .tag").inner_text().startswith("final")
-    assert not errors, errors
-    timings = page.evaluate("[{opened_ms: window.medsam2Viewer.state.opened.ms}, ...window.medsam2Viewer.state.timings]")
-    print(prefix, "click to mask on screen:", timings)
-    return {"lesion": lesion, "organ": organ, "affine": affine, "timings": timings,
-            "expected": np.where(lesion > 0, 1, np.where(organ > 0, 2, 0)), "save_answer": saved.value.json()}
-
-
-def _keep_timings(name: str, timings: list, weights: str) -> None:
-    REPORTS.mkdir(exist_ok=True)
-    path = REPORTS / "viewer_timings.json"
-    kept = json.loads(path.read_text()) if path.exists() else {}
-    kept[name] = {"measured": time.strftime("%Y-%m-%d %H:%M"), "weights": weights,
-                  "click_to_mask_on_screen": timings}
-    path.write_text(json.dumps(kept, indent=2))
-
-
-def _final_label_info(server_url: str, image: str) -> dict:
-    status, body = _get(server_url + "/datastore/?output=all")
-    assert status == 200
-    return json.loads(body)["objects"][image]["labels"]["final"]["info"]
-
-
 @needs_chromium
 @needs_viewer_bundle
 def test_viewer_round_trip_on_a_studies_folder(viewer_server, chromium_page, tmp_path):
     server, studies, truth = viewer_server
 
     # the routes the page uses besides MONAI Label's own
-    status, body = _get(server.url + "/medsam2/viewer/studies")
+    status, body = get(server.url + "/medsam2/viewer/studies")
     assert status == 200
     assert json.loads(body)["studies"] == [
         {"image": "phantom10", "description": "", "final": False}, {"image": "photo", "description": "", "final": False}]
-    status, body = _get(server.url + "/medsam2/viewer/volume?image=nope")
+    status, body = get(server.url + "/medsam2/viewer/volume?image=nope")
     assert status == 404 and b"image" in body
-    status, body = _get(server.url + "/medsam2/viewer/volume?image=photo")
+    status, body = get(server.url + "/medsam2/viewer/volume?image=photo")
     assert status == 422 and b"2D" in body
 
     done = round_trip(chromium_page, server.url, "phantom10", truth, tmp_path / "shots", "viewer-local")
@@ -299,19 +111,9 @@ def test_viewer_round_trip_on_a_studies_folder(viewer_server, chromium_page, tmp
     np.testing.assert_array_equal(np.asarray(final.dataobj), done["expected"])
     np.testing.assert_allclose(final.affine, FLIPPED_AFFINE, atol=1e-4)
     np.testing.assert_allclose(done["affine"], FLIPPED_AFFINE, atol=1e-4)
-    info = _final_label_info(server.url, "phantom10")
+    info = final_label_info(server.url, "phantom10")
     assert {(e["name"], e["idx"]) for e in info["label_info"]} == {("lesion", 1), ("organ", 2)}
-    _keep_timings("studies_folder", done["timings"], "phantom-trained small test model")
-
-
-def _form_field(request, name: str) -> str:
-    """A field of a captured multipart/form-data request (the page posts FormData)."""
-    body = request.post_data_buffer
-    boundary = request.headers["content-type"].split("boundary=")[1].encode()
-    for part in body.split(b"--" + boundary):
-        if f'name="{name}"'.encode() in part.split(b"\r\n\r\n", 1)[0]:
-            return part.split(b"\r\n\r\n", 1)[1].rsplit(b"\r\n", 1)[0].decode()
-    raise AssertionError(f"no field {name} in the request")
+    keep_timings("studies_folder", done["timings"], "phantom-trained small test model")
 
 
 PASSWORD = "correct horse"
@@ -391,7 +193,7 @@ def test_viewer_log_in_untrained_weights_warning_and_unsure_slices(small_model_f
                            env={"MONAI_LABEL_AUTH_ENABLE": "true", "MONAI_LABEL_AUTH_REALM_URI": uri})
     try:
         for route in ("/medsam2/viewer/studies", "/medsam2/viewer/volume?image=phantom11"):
-            assert _get(server.url + route)[0] == 401, route  # nothing of a study without a log-in
+            assert get(server.url + route)[0] == 401, route  # nothing of a study without a log-in
         page = chromium_page
         page.goto(server.url + "/medsam2/viewer/")
         page.wait_for_selector("#login", state="visible")
@@ -406,23 +208,23 @@ def test_viewer_log_in_untrained_weights_warning_and_unsure_slices(small_model_f
         assert page.locator("#login").is_hidden() and issued == ["dr-who"]
         assert page.locator("#warning").is_hidden()
         page.click("#studies li[data-image=phantom11]")
-        _wait_idle(page)
+        wait_idle(page)
         k = int(np.argmax(truth.sum(axis=(0, 1))))
         page.evaluate("k => window.medsam2Viewer.goToSlice(k)", k)
         ii, jj = np.nonzero(truth[:, :, k])
         centre = [int(round(ii.mean())), int(round(jj.mean())), k]
-        answer = _click_voxel(page, centre)
+        answer = click_voxel(page, centre)
         assert answer.request.headers.get("authorization", "").startswith("Bearer ")
-        assert json.loads(_form_field(answer.request, "params"))["reset_state"] is False
-        _, _, result = _mask_from_infer_response(answer)
+        assert json.loads(form_field(answer.request, "params"))["reset_state"] is False
+        _, _, result = mask_from_infer_response(answer)
         screenshot(page, "viewer-untrained-warning", tmp_path / "shots")
         # Clear structure forgets its prompts and mask; the next click starts the label afresh
         page.click("#clear")
         assert page.locator("#labels li[data-label=lesion] .tag").count() == 0
-        again = _click_voxel(page, centre)
-        request = json.loads(_form_field(again.request, "params"))
+        again = click_voxel(page, centre)
+        request = json.loads(form_field(again.request, "params"))
         assert request["reset_state"] is True and request["foreground"] == [centre]
-        _, _, result = _mask_from_infer_response(again)
+        _, _, result = mask_from_infer_response(again)
     finally:
         server.stop()
 
@@ -466,7 +268,7 @@ def _seg_volumes(orthanc, study_uid: str, source_series: str, seg_series: str) -
 def test_viewer_round_trip_on_a_pacs(pacs_server, pacs_studies, orthanc, chromium_page, tmp_path):  # noqa: F811
     series = pacs_studies.phantoms["ohif"]
     uid = series.uids["series"]
-    status, body = _get(pacs_server.url + "/medsam2/viewer/studies")
+    status, body = get(pacs_server.url + "/medsam2/viewer/studies")
     listed = {s["image"]: s for s in json.loads(body)["studies"]}
     assert "ellipsoid phantom ohif" in listed[uid]["description"]  # the PACS's words, not a bare UID
 
@@ -480,9 +282,9 @@ def test_viewer_round_trip_on_a_pacs(pacs_server, pacs_studies, orthanc, chromiu
     np.testing.assert_allclose(final.affine, series.affine, atol=1e-3)
 
     # and the DICOM SEG in Orthanc: one segment per structure, the same voxels
-    info = _final_label_info(pacs_server.url, uid)
+    info = final_label_info(pacs_server.url, uid)
     segments = _seg_volumes(orthanc, series.uids["study"], uid, info["SeriesInstanceUID"])
     assert set(segments) == {"lesion", "organ"}
     for name, value in (("lesion", 1), ("organ", 2)):
         np.testing.assert_array_equal(segments[name], done["expected"] == value, err_msg=f"segment {name}")
-    _keep_timings("pacs_dicomweb", done["timings"], "phantom-trained small test model")
+    keep_timings("pacs_dicomweb", done["timings"], "phantom-trained small test model")
