@@ -41,6 +41,7 @@ import numpy as np
 import torch
 from bench_pipelines import child_builtin, child_ours, child_video, dice, engine_rows, phantom, row_name
 from bench_report import print_table, ratios, summarise
+from bench_roofline import child_roofline, print_roofline, roofline_summary
 
 def run_child(args, mode: str, slices: int, cpu_bf16: str = "off", repeats: int | None = None,
               cpu_int8: str | None = None, cpu_runtime: str = "torch") -> dict:
@@ -116,6 +117,8 @@ def parent(args) -> dict:
                                          protocol=protocol)
             vol_report[name].update(ratios(vol_report[name], builtin))
         _speed_rows(args, slices, vol_report, rows[0][0], builtin)
+        if not args.skip_roofline and args.device == "cpu":
+            vol_report["roofline_float32"] = roofline_summary(run_child(args, "roofline", slices), builtin)
         if not args.skip_video:
             vol_report["sam2_video_jpeg"] = summarise("video", run_child(args, "video", slices))
             vol_report["sam2_video_jpeg"].update(ratios(vol_report["sam2_video_jpeg"], builtin))
@@ -165,10 +168,12 @@ def main(argv=None) -> int:
     p.add_argument("--only-reference", action="store_true",
                    help="of this app's option rows, run the faithful default only")
     p.add_argument("--skip-builtin", action="store_true")
+    p.add_argument("--skip-roofline", action="store_true",
+                   help="skip counting the first request's FLOPs against the float32 matmul peak")
     p.add_argument("--skip-video", action="store_true")
     p.add_argument("--out", default="benchmark_speed.json")
     p.add_argument("--workdir", default=None)
-    p.add_argument("--child", choices=["ours", "builtin", "video", "precision", "reference", "ahead"],
+    p.add_argument("--child", choices=["ours", "builtin", "video", "precision", "reference", "ahead", "roofline"],
                    help=argparse.SUPPRESS)
     p.add_argument("--cpu-runtime", default="torch", help=argparse.SUPPRESS)
     p.add_argument("--cpu-bf16", default="off", help=argparse.SUPPRESS)
@@ -182,13 +187,17 @@ def main(argv=None) -> int:
         vol, ref = phantom(args.slices[0], args.size, args.fraction)
         args.mode = args.child
         child = {"ours": child_ours, "precision": child_ours, "reference": child_ours, "ahead": child_ours,
-                 "builtin": child_builtin,
+                 "builtin": child_builtin, "roofline": child_roofline,
                  "video": child_video}[args.child]
         print(json.dumps(child(args, vol, ref)))
         return 0
     report = parent(args)
     print(json.dumps({k: v for k, v in report.items() if k != "machine"}, indent=1))
     print_table(report)
+    for slices, rows in report["volumes"].items():
+        if "roofline_float32" in rows:
+            print(f"{slices} slices: ", end="")
+            print_roofline(rows["roofline_float32"])
     return 0
 
 
