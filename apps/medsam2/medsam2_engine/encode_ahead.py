@@ -1,15 +1,21 @@
 """Encode a study's slices before the first click: the image encoder's work does not depend
 on the prompts, so it can be done while the clinician is still looking at the study.
 
-One background thread works through queued studies. For each it opens (or finds) the
-session the first request will use, then encodes whole slices from the middle outwards into
-the session's feature cache, exactly as the predictor would (same input tensor, same
-``forward_image``, same cache key): the first request then finds them encoded and its masks
-are the same as without it. It yields to interactive work by taking the network lock per
-slice (a click waits for at most one slice), and stops when the session's feature cache or
-the store's memory budget would overflow, when the session is evicted or replaced, or when
-cancelled. Only the medsam2/sam2 protocols' whole slices are encoded (a crop region is
-chosen from the prompts, which are not known yet).
+One background thread works through queued studies, encoding whole slices from the middle
+outwards into the image's shared feature cache (``shared_features.py``), exactly as the
+predictor would (same input tensor, same ``forward_image``, same cache key): a later request
+of any session on that image, window and weights finds them encoded, and its masks are the
+same as without it. A job is either for a session (the viewer names its tab: the session is
+opened, so the volume is read before the click too) or for the image alone (a client that
+downloads the study before its first click, a PACS series just fetched): then the first
+request's session finds the image's cache. After a session's first request, the slices it
+did not reach are queued too (``follow_request``).
+
+It yields to interactive work: it waits while any request is running and takes the network
+lock per slice, so a click waits for at most one slice. It stops when the cache or the
+store's memory budget would overflow, when its session or cache is evicted, or when
+cancelled. Nothing is encoded when the server segments in crop regions by default (a region
+is chosen from the prompts, unknown yet; whole slices would be wasted).
 """
 
 from __future__ import annotations
@@ -29,14 +35,25 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class EncodeJob:
-    session_key: tuple
+    session_key: tuple | None  # None: for the image, whichever session comes to it
     image: object
     window: object = None
     modality: str | None = None
     encoded: int = 0
-    stopped: str = ""  # why it ended: "done", "budget", "evicted", "cancelled", "error: ..."
+    stopped: str = ""  # why it ended: "done", "budget", "evicted", "cancelled", "crop region", "error: ..."
     cancelled: threading.Event = field(default_factory=threading.Event)
     finished: threading.Event = field(default_factory=threading.Event)
+
+
+@dataclass
+class _Target:
+    """Where a job encodes: the model, the frames, their cache, and whether it is still wanted."""
+
+    predictor: object
+    frames: object
+    cache: object
+    still_held: object  # () -> bool
+    touch: object  # () -> None
 
 
 def centre_out(count: int) -> list:
@@ -50,34 +67,56 @@ def centre_out(count: int) -> list:
     return order[:count]
 
 
-class EncodeAhead:
-    """A single background worker encoding queued studies for a :class:`VolumeSegmenter`."""
+def _job_id(session_key, image, window, modality) -> tuple:
+    from .sessions import image_stamp, window_key
 
-    def __init__(self, segmenter):
+    return (None if session_key is None else tuple(session_key), image_stamp(image), window_key(window, modality))
+
+
+class EncodeAhead:
+    """A single background worker encoding queued studies for a :class:`VolumeSegmenter`.
+
+    ``follow_requests``: also queue, after a session's first request, the slices it left.
+    """
+
+    def __init__(self, segmenter, follow_requests: bool = True):
         self.segmenter = segmenter
         self._queue: queue.Queue = queue.Queue()
-        self._jobs: dict = {}  # session key -> the latest job for it
+        self._jobs: dict = {}  # (session key, image, window) -> the latest job for it
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self.queued = 0  # jobs accepted since start (a field /info-like reports can show)
+        if follow_requests:
+            segmenter.encode_ahead = self
 
     def request(self, session_key, image, window=None, modality=None) -> EncodeJob:
-        """Queue a study (path or Volume) for the session ``session_key``; one job per key at a time."""
-        key = tuple(session_key)
+        """Queue a study (path or Volume) for the session ``session_key`` (None: for the image,
+        any session); one unfinished job per (key, image, window) at a time."""
+        job_id = _job_id(session_key, image, window, modality)
         with self._lock:
-            job = self._jobs.get(key)
+            job = self._jobs.get(job_id)
             if job is not None and not job.finished.is_set():
                 return job
-            job = self._jobs[key] = EncodeJob(key, image, window, modality)
+            job = EncodeJob(None if session_key is None else tuple(session_key), image, window, modality)
+            self._jobs = {k: j for k, j in self._jobs.items() if not j.finished.is_set()}
+            self._jobs[job_id] = job
+            self.queued += 1
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._work, name="medsam2-encode-ahead", daemon=True)
                 self._thread.start()
         self._queue.put(job)
         return job
 
+    def follow_request(self, session) -> EncodeJob:
+        """After a session's first request: the slices it did not reach, for its next one."""
+        window, modality = session.window_key
+        return self.request(session.key, session.image, window, modality)
+
     def cancel(self, session_key) -> None:
+        key = None if session_key is None else tuple(session_key)
         with self._lock:
-            job = self._jobs.get(tuple(session_key))
-        if job is not None:
+            jobs = [job for job in self._jobs.values() if job.session_key == key]
+        for job in jobs:
             job.cancelled.set()
 
     def _work(self) -> None:
@@ -86,24 +125,38 @@ class EncodeAhead:
             try:
                 job.stopped = self._encode(job)
             except Exception as err:  # noqa: BLE001 - the request itself will encode what is missing
-                logger.exception("encode-ahead of %s failed", job.session_key)
+                logger.warning("encode-ahead of %s stopped: %s: %s", job.session_key or job.image,
+                               type(err).__name__, err)
                 job.stopped = f"error: {type(err).__name__}: {err}"
             finally:
                 job.finished.set()
-                logger.info("encode-ahead %s: %d slices (%s)", job.session_key, job.encoded, job.stopped)
+                logger.info("encode-ahead %s: %d slices (%s)", job.session_key or job.image, job.encoded,
+                            job.stopped)
 
-    def _session(self, job: EncodeJob):
-        segmenter = self.segmenter
+    def _target(self, job: EncodeJob) -> _Target:
+        segmenter, store = self.segmenter, self.segmenter.sessions
+        if job.session_key is None:
+            loaded, frames, key, cache = segmenter.prepare_features(job.image, job.window, job.modality)
+            return _Target(loaded.model, frames, cache, lambda: store.holds_features(key, cache),
+                           lambda: store.touch_features(key))
         # as a request opens it (same key, image, window): the first click finds this session
         with segmenter.open(job.session_key, job.image, job.window, job.modality) as session:
-            segmenter.sessions.put(session)
-        return session
+            store.put(session)
+        return _Target(session.model.model, session.frames, session.feature_cache,
+                       lambda: store.peek(job.session_key) is session,
+                       lambda: store.touch_features(session.feature_cache.key))
 
     def _encode(self, job: EncodeJob) -> str:
         if job.cancelled.is_set():
             return "cancelled"
-        session = self._session(job)
-        predictor, frames, cache = session.model.model, session.frames, session.feature_cache
+        settings = self.segmenter.settings
+        if settings.crop_region.enabled:
+            return "crop region"  # requests segment regions chosen from their prompts: whole slices unused
+        if job.session_key is None and not settings.share_features:
+            return "sharing off"  # no session would read the image's own cache
+        self.segmenter.wait_idle()
+        target = self._target(job)
+        predictor, frames, cache = target.predictor, target.frames, target.cache
         store = self.segmenter.sessions
         budget = store.limits.max_memory_mb * 2**20
         slice_bytes = None
@@ -111,7 +164,7 @@ class EncodeAhead:
         for index in centre_out(len(frames)):
             if job.cancelled.is_set():
                 return "cancelled"
-            if store.peek(job.session_key) is not session:
+            if not target.still_held():
                 return "evicted"
             if slice_bytes is not None and (cache.bytes + slice_bytes > cache.max_bytes
                                             or store.memory_bytes() + slice_bytes > budget):
@@ -119,12 +172,16 @@ class EncodeAhead:
             key = frames.key(index)
             if key in cache:
                 continue
+            self.segmenter.wait_idle()  # a clinician's request goes first, whole
             with network_lock(predictor), torch.inference_mode(), \
-                    autocast_for(device, self.segmenter.settings.cpu_bf16):
+                    autocast_for(device, settings.cpu_bf16):
+                if key in cache:  # a request encoded it while this waited
+                    continue
                 # as sam2's _get_image_feature prepares a frame
                 image = frames[index].to(predictor.device).float().unsqueeze(0)
                 backbone_out = predictor.forward_image(image)
                 cache.put(key, backbone_out)
+            target.touch()
             slice_bytes = slice_bytes or sum(t.numel() * t.element_size() for t in backbone_out["backbone_fpn"])
             job.encoded += 1
         return "done"

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -28,7 +29,7 @@ from .crop_region import CropRegion, CropRegionSettings, choose_region, prompt_e
 from .frames import SliceFrames
 from .model_source import ModelSource
 from .precision import autocast_for
-from .predictor import FeatureCache
+from .shared_features import FeatureKey, SessionFeatures
 from .prompts import LabelPrompts, PromptError
 from .propagation import CorrectionStop, EarlyStop
 from .protocols import check_protocol, default_protocol, input_resampling
@@ -62,6 +63,7 @@ class EngineSettings:
     limits: SessionLimits = field(default_factory=SessionLimits)
     cpu_bf16: str = "off"  # "off" | "on" | "auto" (only with AMX/AVX-512 bf16 units): see precision.py
     crop_region: CropRegionSettings = field(default_factory=CropRegionSettings)
+    share_features: bool = True  # sessions on one image share its encoded slices (shared_features.py)
 
     def options(self, **overrides) -> SegmentOptions:
         """The settings' options, with any of ``early_stop``, ``correction_stop``, ``crop_region`` replaced."""
@@ -119,6 +121,11 @@ class SegmentedLabel:
     mask: np.ndarray
 
 
+def _in_memory(image):
+    """An in-memory image's array (its identity is part of the feature key), else None."""
+    return image.array if isinstance(image, Volume) else None
+
+
 class VolumeSegmenter:
     def __init__(self, models: ModelSource, settings: EngineSettings | None = None,
                  sessions: SessionStore | None = None):
@@ -127,6 +134,9 @@ class VolumeSegmenter:
         self.protocol = check_protocol(self.settings.protocol or default_protocol(getattr(models, "preset", None)))
         models.protocol = self.protocol  # the model status (/info) names the protocol served
         self.sessions = sessions if sessions is not None else SessionStore(self.settings.limits)
+        self.encode_ahead = None  # an encode_ahead.EncodeAhead follows requests when it attaches itself
+        self._in_flight = 0  # segment calls running: encode-ahead waits for none (see wait_idle)
+        self._idle = threading.Condition()
 
     # -- sessions -----------------------------------------------------------------------
     @contextmanager
@@ -162,10 +172,37 @@ class VolumeSegmenter:
         chosen, resolved = model_window(volume, modality, window)
         frames = SliceFrames(volume.array, chosen, loaded.model.image_size,
                              resampling=input_resampling(self.protocol))
-        cache = FeatureCache(int(self.settings.feature_cache_mb * 1024 * 1024))
+        feature_key = self.feature_key(image, chosen, loaded, frames, owner=key)
+        cache = self.sessions.feature_cache(feature_key, int(self.settings.feature_cache_mb * 1024 * 1024),
+                                            _in_memory(image))
         return Session(key=key, image_stamp=image_stamp(image), model=loaded, window_key=window_key(window, modality),
-                       volume=volume, frames=frames, window=chosen, feature_cache=cache, modality=resolved,
-                       started=reason, load_seconds=load_seconds)
+                       volume=volume, frames=frames, window=chosen, feature_cache=SessionFeatures(cache, feature_key),
+                       modality=resolved, started=reason, load_seconds=load_seconds, image=image)
+
+    def feature_key(self, image, window: Window, loaded, frames: SliceFrames, owner: tuple | None = None) -> FeatureKey:
+        """What the image's encoded slices depend on; ``owner`` makes them its own when sharing is off."""
+        return FeatureKey(image_stamp(image), (float(window.low), float(window.high)), loaded.version,
+                          frames.image_size, frames.resampling, str(self.settings.cpu_bf16),
+                          None if self.settings.share_features else tuple(owner))
+
+    def prepare_features(self, image, window=None, modality: str | None = None):
+        """(model, frames, feature key, cache) of ``image`` as a request with this window would see it,
+        without a session: encode-ahead fills the image's cache before anyone has clicked."""
+        loaded = self.models.get()
+        volume = image if isinstance(image, Volume) else load_image(image)
+        if not volume.is_3d:
+            raise PromptError(f"image is 2D (shape {list(volume.array.shape)}): nothing to encode ahead")
+        chosen, _ = model_window(volume, modality, window)
+        frames = SliceFrames(volume.array, chosen, loaded.model.image_size,
+                             resampling=input_resampling(self.protocol))
+        key = self.feature_key(image, chosen, loaded, frames, owner=("encode-ahead",))
+        return loaded, frames, key, self.sessions.feature_cache(key, int(self.settings.feature_cache_mb * 2**20),
+                                                                _in_memory(image))
+
+    def wait_idle(self, timeout: float | None = None) -> bool:
+        """Block until no segment call is running (background work yields to clinicians' requests)."""
+        with self._idle:
+            return self._idle.wait_for(lambda: self._in_flight == 0, timeout)
 
     def segmented(self, key: tuple, label: str) -> SegmentedLabel | None:
         """The session's last mask of ``label`` (None if it has none, or it is empty)."""
@@ -192,6 +229,20 @@ class VolumeSegmenter:
         segments it again from its prompts alone.
         """
         options = options or self.settings.options()
+        with self._idle:
+            self._in_flight += 1
+        try:
+            result = self._segment(session, prompts, options, reset_labels)
+        finally:
+            with self._idle:
+                self._in_flight -= 1
+                self._idle.notify_all()
+        if self.encode_ahead is not None and session.requests == 1 and not options.crop_region.enabled:
+            # the slices this first request did not reach (early stop, one slice) are encoded for the next
+            self.encode_ahead.follow_request(session)
+        return result
+
+    def _segment(self, session: Session, prompts: dict, options: SegmentOptions, reset_labels) -> VolumeResult:
         timings: dict = {"load": session.load_seconds} if session.requests == 0 else {}
         started = time.perf_counter()
         for label in reset_labels:

@@ -1,4 +1,9 @@
-"""Interactive sessions: one per (client, image), bounded in number, memory and idle time."""
+"""Interactive sessions: one per (client, image), bounded in number, memory and idle time.
+
+The store also holds the encoded slices, which belong to the image and not to one session
+(``shared_features.py``): its memory budget counts each feature cache and each volume once,
+however many sessions share it, and evicts caches no session holds before sessions.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +14,8 @@ from collections import OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
+
+from .shared_features import FeatureKey, FeatureStore
 
 if TYPE_CHECKING:  # types only: these modules need nothing from here
     from .frames import SliceFrames
@@ -56,23 +63,34 @@ class Session:
     volume: Volume
     frames: SliceFrames
     window: Window
-    feature_cache: FeatureCache
+    feature_cache: FeatureCache  # a shared_features.SessionFeatures: the image's encoded slices
     modality: str = ""
     started: str = "new"  # why this session began: "new", "reset by request", "image changed", ...
     load_seconds: float = 0.0  # reading the image when it began
     requests: int = 0  # segment calls it has served
     tracks: dict = field(default_factory=dict)  # label -> LabelTrack
     last_used: float = field(default_factory=time.monotonic)
+    image: object = None  # the path (or Volume) it was opened with: encode-ahead opens it the same way
 
     @property
     def model_version(self) -> int:
         return self.model.version
 
     def memory_bytes(self) -> int:
-        total = self.feature_cache.bytes if self.feature_cache is not None else 0
-        total += self.volume.array.nbytes
+        """As if alone: its tracks, its volume and its feature cache."""
+        return self.private_bytes() + sum(self.shared_bytes().values())
+
+    def private_bytes(self) -> int:
         # other sessions' requests change their tracks while the store adds up memory: a snapshot
-        return total + sum(track.memory_bytes() for track in list(self.tracks.values()))
+        return sum(track.memory_bytes() for track in list(self.tracks.values()))
+
+    def shared_bytes(self) -> dict:
+        """Parts other sessions may hold too, by identity: the volume's array and the feature cache."""
+        parts = {id(self.volume.array): self.volume.array.nbytes}
+        if self.feature_cache is not None:
+            cache = getattr(self.feature_cache, "shared", self.feature_cache)
+            parts[id(cache)] = cache.bytes
+        return parts
 
 
 class SessionStore:
@@ -88,6 +106,7 @@ class SessionStore:
         self._sessions: OrderedDict = OrderedDict()
         self._lock = threading.RLock()
         self._key_locks: dict = {}  # session key -> [Lock, requests holding or waiting for it]
+        self.features = FeatureStore()  # the images' encoded slices, guarded by self._lock
         self.evictions = 0
 
     @contextmanager
@@ -135,18 +154,50 @@ class SessionStore:
     def clear(self) -> None:
         with self._lock:
             self._sessions.clear()
+            self.features.clear()
 
+    # -- the images' encoded slices -----------------------------------------------------
+    def feature_cache(self, key: FeatureKey, max_bytes: int, array=None):
+        """The shared cache of ``key`` (made when missing), marked as just used (``array``: see FeatureStore)."""
+        with self._lock:
+            return self.features.cache_for(key, max_bytes, self._clock(), array)
+
+    def holds_features(self, key: FeatureKey, cache) -> bool:
+        """Whether ``cache`` is still the store's for ``key`` (encode-ahead stops once it is evicted)."""
+        with self._lock:
+            return self.features.holds(key, cache)
+
+    def touch_features(self, key: FeatureKey) -> None:
+        with self._lock:
+            self.features.touch(key, self._clock())
+
+    def _held_cache_ids(self) -> set:
+        return {id(getattr(s.feature_cache, "shared", s.feature_cache))
+                for s in self._sessions.values() if getattr(s, "feature_cache", None) is not None}
+
+    # -- limits -------------------------------------------------------------------------
     def expire(self) -> None:
         now = self._clock()
         for key in [k for k, s in self._sessions.items() if now - s.last_used > self.limits.idle_timeout_s]:
             logger.info("session %s expired after %.0f s idle", key, now - self._sessions[key].last_used)
             del self._sessions[key]
             self.evictions += 1
+        held = self._held_cache_ids()
+        while (old := self.features.least_recent_unheld(held, idle_before=now - self.limits.idle_timeout_s)):
+            logger.info("encoded slices of %s expired (no session on them)", old.image)
+            self.features.drop(old)
 
     def enforce_limits(self, keep: tuple | None = None) -> None:
-        """Evict least recently used sessions (never ``keep``) until within the limits."""
+        """Evict until within the limits: feature caches no session holds first, then the least
+        recently used sessions (never ``keep``)."""
         with self._lock:
             limit_bytes = self.limits.max_memory_mb * 1024 * 1024
+            while self.memory_bytes() > limit_bytes:
+                unheld = self.features.least_recent_unheld(self._held_cache_ids())
+                if unheld is None:
+                    break
+                logger.info("dropping encoded slices of %s (session memory limit; no session on them)", unheld.image)
+                self.features.drop(unheld)
             while len(self._sessions) > 1:
                 too_many = len(self._sessions) > self.limits.max_sessions
                 too_big = self.memory_bytes() > limit_bytes
@@ -159,10 +210,24 @@ class SessionStore:
                 logger.info("evicting session %s (%s)", victim, reason)
                 del self._sessions[victim]
                 self.evictions += 1
+                if too_big:  # its cache may be held by no one now: it goes before the next session
+                    unheld = self.features.least_recent_unheld(self._held_cache_ids())
+                    while unheld is not None and self.memory_bytes() > limit_bytes:
+                        self.features.drop(unheld)
+                        unheld = self.features.least_recent_unheld(self._held_cache_ids())
 
     def memory_bytes(self) -> int:
+        """Every session's own memory, plus each volume and feature cache once however many share it."""
         with self._lock:
-            return sum(s.memory_bytes() for s in self._sessions.values())
+            total, shared = 0, {}
+            for session in self._sessions.values():
+                if hasattr(session, "shared_bytes"):
+                    total += session.private_bytes()
+                    shared.update(session.shared_bytes())
+                else:  # sessions with nothing shared (2D)
+                    total += session.memory_bytes()
+            shared.update({id(cache): cache.bytes for cache in self.features.caches()})
+            return total + sum(shared.values())
 
     def keys(self) -> list:
         with self._lock:

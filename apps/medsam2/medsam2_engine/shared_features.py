@@ -1,0 +1,137 @@
+"""Encoded slices belong to the image, not to a session: every session on the same image,
+window, weights, input size and input resampling reads and fills one :class:`FeatureCache`.
+
+The image encoder's output depends only on the model input tensor and the weights, so two
+clinicians on one study (or encode-ahead before anyone has a session) compute the same
+features: keeping one copy halves the work and the memory, and the masks are unchanged.
+
+- :class:`FeatureKey` says what the features depend on. New weights are a new model
+  version, so they never find features encoded with the old ones.
+- :class:`FeatureStore` holds the caches by key (guarded by the session store's lock, see
+  ``sessions.SessionStore``), which counts each one once in its memory budget and evicts
+  those no session holds, least recently used first.
+- :class:`SessionFeatures` is one session's view of a shared cache: it counts that
+  session's own encoder runs (``misses``) so a result says what *its* request encoded.
+"""
+
+from __future__ import annotations
+
+import threading
+import weakref
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from .predictor import FeatureCache
+
+
+@dataclass(frozen=True)
+class FeatureKey:
+    """What an image encoder output depends on (besides the slice index and region, the cache's own key)."""
+
+    image: tuple  # sessions.image_stamp: the file and its stamp, or an in-memory array
+    window: tuple  # (low, high) the slices are windowed with (not how the request named it)
+    model_version: int
+    image_size: int
+    resampling: str
+    precision: str = "off"  # cpu_bf16 setting: bf16 autocast gives other features
+    owner: tuple | None = None  # None: shared; a session key: that session's own (sharing off)
+
+
+class FeatureStore:
+    """Feature caches by :class:`FeatureKey`, least recently used first.
+
+    Not locked on its own: the session store calls it under its lock (one lock orders
+    sessions and caches, so a cache cannot be evicted while a session is being given it).
+    """
+
+    def __init__(self):
+        self._caches: OrderedDict = OrderedDict()  # FeatureKey -> [FeatureCache, last used, anchor]
+
+    def cache_for(self, key: FeatureKey, max_bytes: int, now: float, array=None) -> FeatureCache:
+        """The cache of ``key``, made when missing; caches of other weights are dropped.
+
+        ``array``: an in-memory image's pixels (its key is the array's ``id``, which Python
+        reuses once the array is freed): the cache is only found while that array lives.
+        """
+        self._drop_orphaned_arrays()
+        stale = [k for k in self._caches if k.model_version != key.model_version]
+        for old in stale:  # sessions still holding one keep it until they are begun anew
+            del self._caches[old]
+        entry = self._caches.get(key)
+        if entry is not None and array is not None and entry[2] is not None and entry[2]() is not array:
+            entry = None  # another array at the same address
+        if entry is None:
+            anchor = weakref.ref(array) if array is not None else None
+            entry = self._caches[key] = [FeatureCache(max_bytes), now, anchor]
+        entry[1] = now
+        self._caches.move_to_end(key)
+        return entry[0]
+
+    def _drop_orphaned_arrays(self) -> None:
+        for key in [k for k, entry in self._caches.items() if entry[2] is not None and entry[2]() is None]:
+            del self._caches[key]
+
+    def holds(self, key: FeatureKey, cache: FeatureCache) -> bool:
+        entry = self._caches.get(key)
+        return entry is not None and entry[0] is cache
+
+    def touch(self, key: FeatureKey, now: float) -> None:
+        entry = self._caches.get(key)
+        if entry is not None:
+            entry[1] = now
+            self._caches.move_to_end(key)
+
+    def caches(self) -> list:
+        return [entry[0] for entry in self._caches.values()]
+
+    def least_recent_unheld(self, held_ids: set, idle_before: float | None = None):
+        """The least recently used key whose cache no session holds (idle before ``idle_before``, if given)."""
+        for key, (cache, last_used, _) in self._caches.items():
+            if id(cache) in held_ids:
+                continue
+            if idle_before is None or last_used < idle_before:
+                return key
+        return None
+
+    def drop(self, key: FeatureKey) -> None:
+        self._caches.pop(key, None)
+
+    def clear(self) -> None:
+        self._caches.clear()
+
+    def __len__(self) -> int:
+        return len(self._caches)
+
+
+class SessionFeatures:
+    """One session's view of a shared cache: the same slices, its own count of encoder runs."""
+
+    def __init__(self, cache: FeatureCache, key: FeatureKey):
+        self.shared = cache
+        self.key = key
+        self._lock = threading.Lock()
+        self.misses = 0
+
+    def get(self, frame_key):
+        found = self.shared.get(frame_key)
+        if found is None:
+            with self._lock:
+                self.misses += 1
+        return found
+
+    def put(self, frame_key, backbone_out: dict) -> None:
+        self.shared.put(frame_key, backbone_out)
+
+    def __contains__(self, frame_key) -> bool:
+        return frame_key in self.shared
+
+    @property
+    def bytes(self) -> int:
+        return self.shared.bytes
+
+    @property
+    def max_bytes(self) -> int:
+        return self.shared.max_bytes
+
+    def __len__(self) -> int:
+        return len(self.shared)
