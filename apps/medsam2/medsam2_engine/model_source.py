@@ -21,7 +21,7 @@ from .checkpoints import (
     download,
 )
 from .precision import INT8_MODULES, quantize_int8
-from .runtime_openvino import CPU_RUNTIMES, attach_cpu_runtime
+from .runtime_openvino import CPU_RUNTIMES, attach_cpu_runtime, runtime_stages
 
 logger = logging.getLogger(__name__)
 
@@ -256,6 +256,7 @@ class ModelSource:
             "device": self.device,
             "cpu_int8": self.cpu_int8,
             "cpu_runtime": self.runtime_in_use,
+            "cpu_runtime_stages": runtime_stages(self._loaded.model) if self._loaded else None,
             "protocol": self.protocol,
             "reason": reason,
         }

@@ -194,6 +194,26 @@ def network_lock(predictor) -> FairLock:
     return predictor.__dict__["_network_lock"]
 
 
+class _MemoryAttentionCall:
+    """sam2's memory-attention call, through the runtime for the inputs it takes, else the module."""
+
+    def __init__(self, module, runtime):
+        self.module = module
+        self.runtime = runtime
+
+    def __call__(self, curr, memory, curr_pos=None, memory_pos=None, num_obj_ptr_tokens: int = 0):
+        one_curr = curr[0] if isinstance(curr, list) and len(curr) == 1 else curr
+        one_pos = curr_pos[0] if isinstance(curr_pos, list) and len(curr_pos) == 1 else curr_pos
+        if (isinstance(one_curr, torch.Tensor) and one_pos is not None and memory_pos is not None
+                and self.runtime.accepts(one_curr, memory, num_obj_ptr_tokens)):
+            return self.runtime(one_curr, memory, one_pos, memory_pos, num_obj_ptr_tokens)
+        return self.module(curr=curr, memory=memory, curr_pos=curr_pos, memory_pos=memory_pos,
+                           num_obj_ptr_tokens=num_obj_ptr_tokens)
+
+    def __getattr__(self, name):  # anything else (parameters, layers) is the module's
+        return getattr(self.module, name)
+
+
 class VolumePredictor(SAM2VideoPredictor):
     """A SAM2VideoPredictor over in-memory slices with cached features.
 
@@ -235,6 +255,15 @@ class VolumePredictor(SAM2VideoPredictor):
         if runtime is not None and runtime.accepts(img_batch):
             return runtime(img_batch)
         return super().forward_image(img_batch)
+
+    @property
+    def memory_attention(self):
+        # sam2 calls ``self.memory_attention(...)``; with a CPU runtime attached
+        # (runtime_memory_attention.py) the call goes through it when it takes the inputs.
+        # The module itself stays in ``_modules``: state_dict, training and .to() see it alone.
+        module = self._modules["memory_attention"]
+        runtime = self.__dict__.get("_memory_attention_runtime")
+        return module if runtime is None else _MemoryAttentionCall(module, runtime)
 
     def _track_step(self, *args, **kwargs):
         current_out, sam_outputs, high_res_features, pix_feat = super()._track_step(*args, **kwargs)

@@ -151,15 +151,26 @@ def calibration_slices(size: int, count: int = CALIBRATION_SLICES) -> list:
 
 
 def attach_cpu_runtime(model, runtime: str, warm_up_sizes=()) -> str:
-    """Give ``model`` (a VolumePredictor) its CPU image encoder; returns what will run it.
+    """Give ``model`` (a VolumePredictor) its CPU runtime; returns what runs the image encoder.
 
     ``"torch"`` detaches any runtime. ``"openvino"`` (or ``"openvino_int8"``) compiles and runs one slice per size in
     ``warm_up_sizes`` now; if OpenVINO is missing or cannot convert the model, the model keeps
-    PyTorch and the returned text says why.
+    PyTorch and the returned text says why. ``"openvino_int8"`` also quantises memory attention
+    (``runtime_memory_attention``); :func:`runtime_stages` says what runs each stage.
     """
+    from .runtime_memory_attention import attach_memory_attention
+
     if runtime not in CPU_RUNTIMES:
         raise ValueError(f"cpu_runtime must be one of {CPU_RUNTIMES}, got {runtime!r}")
     model.__dict__.pop("_image_runtime", None)
+    model.__dict__.pop("_memory_attention_runtime", None)
+    encoder = _attach_image_encoder(model, runtime, warm_up_sizes)
+    memory_attention = attach_memory_attention(model, runtime) if encoder == runtime else "torch"
+    model.__dict__["_runtime_stages"] = {"image_encoder": encoder, "memory_attention": memory_attention}
+    return encoder
+
+
+def _attach_image_encoder(model, runtime: str, warm_up_sizes) -> str:
     if runtime == "torch":
         return "torch"
     try:
@@ -172,6 +183,11 @@ def attach_cpu_runtime(model, runtime: str, warm_up_sizes=()) -> str:
         return f"torch ({runtime} unavailable: {err})"
     model.__dict__["_image_runtime"] = encoder
     return runtime
+
+
+def runtime_stages(model) -> dict:
+    """What runs each stage of ``model`` on CPU: ``{"image_encoder": ..., "memory_attention": ...}``."""
+    return dict(model.__dict__.get("_runtime_stages", {"image_encoder": "torch", "memory_attention": "torch"}))
 
 
 def image_runtime(model):
