@@ -23,12 +23,13 @@ def _study(fine_tuned):
     return segmenter.models, Volume(case.volume.array, case.volume.affine, ""), prompts
 
 
-def _segmenter(models, **limits):
+def _segmenter(models, share_features=True, **limits):
     from medsam2_engine.engine import EngineSettings, VolumeSegmenter
     from medsam2_engine.propagation import EarlyStop
     from medsam2_engine.sessions import SessionLimits
 
-    return VolumeSegmenter(models, EngineSettings(early_stop=EarlyStop(enabled=False), limits=SessionLimits(**limits)))
+    return VolumeSegmenter(models, EngineSettings(early_stop=EarlyStop(enabled=False), limits=SessionLimits(**limits),
+                                                  share_features=share_features))
 
 
 def test_centre_out_visits_every_slice_once():
@@ -95,10 +96,6 @@ def test_a_cancelled_job_encodes_nothing_more(fine_tuned):
     assert job.stopped == "cancelled" and job.encoded <= 1
 
 
-if __name__ == "__main__":  # pragma: no cover
-    pytest.main([__file__])
-
-
 def test_the_viewer_opening_a_study_queues_it_for_the_tabs_session(tmp_path, phantom):
     """GET /medsam2/viewer/volume queues the study under the key the same tab's clicks will use."""
     import nibabel as nib
@@ -135,3 +132,173 @@ def test_the_viewer_opening_a_study_queues_it_for_the_tabs_session(tmp_path, pha
     assert queued == [(expected, str(path))]
     bad = client.get("/medsam2/viewer/volume", params={"image": "study1", "client_id": "x" * 5000})
     assert bad.status_code == 400 and "client_id" in bad.json()["detail"]
+
+
+# -- encoded slices shared by the sessions on one image ------------------------------------
+
+def test_two_sessions_on_one_image_encode_each_slice_once_with_the_masks_of_separate_caches(fine_tuned):
+    models, volume, prompts = _study(fine_tuned)
+    slices = volume.array.shape[2]
+    shared, separate = _segmenter(models), _segmenter(models, share_features=False)
+    results = {}
+    for name, segmenter in (("shared", shared), ("separate", separate)):
+        for user in ("alice", "bob"):
+            results[name, user] = segmenter.run(volume, prompts, session_key=(user, "study"))
+    # the second user finds the first user's slices; without sharing each session encodes them all
+    assert [results["shared", u].session.slices_encoded for u in ("alice", "bob")] == [slices, 0]
+    assert [results["separate", u].session.slices_encoded for u in ("alice", "bob")] == [slices, slices]
+    assert len(shared.sessions.features) == 1 and len(separate.sessions.features) == 2
+    reference = results["separate", "alice"].labels["l"].mask
+    assert reference.any()
+    for result in results.values():
+        assert np.array_equal(result.labels["l"].mask, reference)
+    # the budget counts the shared cache (and the one in-memory volume) once
+    sessions = [shared.sessions.peek((u, "study")) for u in ("alice", "bob")]
+    assert sessions[0].feature_cache.shared is sessions[1].feature_cache.shared
+    once = sessions[0].memory_bytes() + sessions[1].private_bytes()
+    assert shared.sessions.memory_bytes() == once < sessions[0].memory_bytes() + sessions[1].memory_bytes()
+
+
+def test_another_window_or_new_weights_never_reuse_encoded_slices(fine_tuned):
+    import dataclasses
+
+    models, volume, prompts = _study(fine_tuned)
+    slices = volume.array.shape[2]
+    segmenter = _segmenter(models)
+    assert segmenter.run(volume, prompts, session_key=("alice", "s")).session.slices_encoded == slices
+    other_window = segmenter.run(volume, prompts, session_key=("bob", "s"), window=[-500.0, 500.0])
+    assert other_window.session.slices_encoded == slices
+
+    class NewWeights:  # the same source, its weights published again: a new model version
+        def __init__(self, source):
+            self.source, self.device = source, source.device
+
+        def get(self):
+            loaded = self.source.get()
+            return dataclasses.replace(loaded, version=loaded.version + 1)
+
+        def __getattr__(self, name):
+            return getattr(self.source, name)
+
+    renewed = _segmenter(NewWeights(models))
+    renewed.sessions = segmenter.sessions  # one store: the old version's slices are there
+    after = renewed.run(volume, prompts, session_key=("carol", "s"))
+    assert after.session.slices_encoded == slices
+    versions = {key.model_version for key in segmenter.sessions.features._caches}
+    assert versions == {models.get().version + 1}, "slices of the old weights are no longer offered"
+
+
+def test_a_download_queues_the_image_for_any_session_and_the_first_click_finds_it(fine_tuned, tmp_path):
+    import nibabel as nib
+
+    models, volume, prompts = _study(fine_tuned)
+    path = tmp_path / "study.nii.gz"
+    nib.save(nib.Nifti1Image(volume.array, volume.affine), str(path))
+    segmenter = _segmenter(models)
+    job = EncodeAhead(segmenter).request(None, str(path))  # no session yet: the client is not known
+    assert job.finished.wait(120) and (job.stopped, job.encoded) == ("done", volume.array.shape[2])
+    first = segmenter.run(str(path), prompts, session_key=("slicer-user", "study"))
+    assert first.session.slices_encoded == 0
+    cold = _segmenter(models).run(str(path), prompts, session_key=("slicer-user", "study"))
+    assert cold.session.slices_encoded == volume.array.shape[2]
+    assert np.array_equal(first.labels["l"].mask, cold.labels["l"].mask)
+
+
+def test_the_first_request_queues_the_slices_it_did_not_reach(fine_tuned):
+    from medsam2_engine.crop_region import CropRegionSettings
+    from medsam2_engine.propagation import EarlyStop
+
+    models, volume, prompts = _study(fine_tuned)
+    slices = volume.array.shape[2]
+    segmenter = _segmenter(models)
+    ahead = EncodeAhead(segmenter)
+    stop = segmenter.settings.options(early_stop=EarlyStop(enabled=True, patience=1, score_threshold=1e9))
+    first = segmenter.run(volume, prompts, session_key=("u", "s"), options=stop)
+    assert first.session.slices_encoded < slices, "early stop should leave slices unreached"
+    assert ahead.join(120)
+    assert ahead.queued == 1 and len(segmenter.sessions.peek(("u", "s")).feature_cache) == slices
+    whole = segmenter.run(volume, prompts, session_key=("u", "s"))  # early stop off: every slice
+    assert whole.session.slices_encoded == 0
+
+    cropped = _segmenter(models)
+    ahead = EncodeAhead(cropped)
+    region = cropped.settings.options(crop_region=CropRegionSettings(enabled=True, min_input=64))
+    cropped.run(volume, prompts, session_key=("u", "s"), options=region)
+    assert ahead.join(10) and ahead.queued == 0  # regions never use whole slices
+
+
+def test_eviction_drops_encoded_slices_no_session_holds_before_a_session(fine_tuned):
+    from medsam2_engine.volume_io import Volume
+
+    models, volume, prompts = _study(fine_tuned)
+    segmenter = _segmenter(models)
+    store = segmenter.sessions
+    segmenter.run(volume, prompts, session_key=("alice", "s"))
+    cache = store.peek(("alice", "s")).feature_cache.shared
+    store.drop(("alice", "s"))  # the session ends; its image's slices stay for the next user, counted
+    assert store.features.caches() == [cache] and store.memory_bytes() == cache.bytes > 0
+    assert segmenter.run(volume, prompts, session_key=("bob", "s")).session.slices_encoded == 0
+    store.drop(("bob", "s"))
+    # over the budget with another study: the unheld cache goes, the new session stays
+    store.limits.max_memory_mb = (cache.bytes / 2 + volume.array.nbytes) / 2**20
+    with segmenter.open(("carol", "t"), Volume(volume.array.copy(), volume.affine, "")) as session:
+        store.put(session)
+    assert store.features.caches() == [session.feature_cache.shared]
+    assert store.keys() == [("carol", "t")] and store.memory_bytes() <= store.limits.max_memory_mb * 2**20
+
+
+# -- through a real server: 3D Slicer's download before its first click -----------------------
+
+@pytest.fixture(scope="module")
+def slicer_server(small_model_files, tmp_path_factory):
+    from tests.support.server import RunningServer, sample_studies
+
+    config, checkpoint = small_model_files
+    studies = sample_studies(tmp_path_factory)
+    running = RunningServer(studies, {"model_config": config, "checkpoint": checkpoint, "labels": "liver"},
+                            tmp_path_factory.mktemp("ahead_logs") / "server.log")
+    running.studies = studies
+    yield running
+    running.stop()
+
+
+def _wait_for_log(server, pattern: str, timeout: float = 60.0):
+    import re
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = re.search(pattern, server.log())
+        if found:
+            return found
+        time.sleep(0.2)
+    raise AssertionError(f"{pattern!r} not in the server log:\n{server.log()[-3000:]}")
+
+
+def test_slicer_downloading_a_study_has_it_encoded_before_the_first_click(slicer_server, tmp_path):
+    import json
+
+    import requests
+    from monailabel.client import MONAILabelClient
+
+    server = slicer_server
+    slices = 40  # the sample CT phantoms' depth
+    client = MONAILabelClient(server.url, tmpdir=str(tmp_path), client_id="slicer-1")
+    click = {"foreground": [[34, 36, 20]], "label": "liver"}
+
+    def encoded_by_first_click(image):
+        _, params = client.infer("medsam2_3d", image, click)
+        session = (params if isinstance(params, dict) else json.loads(params))["session"]
+        return session["slices_encoded"], session["feature_cache_slices"]
+
+    assert encoded_by_first_click("ct_phantom_1") == (slices, slices)  # nobody downloaded it: the click encodes all
+
+    download = requests.get(f"{server.url}/datastore/image", params={"image": "ct_phantom_0"}, timeout=60)
+    assert download.status_code == 200
+    assert download.content == (server.studies / "ct_phantom_0.nii.gz").read_bytes()
+    found = _wait_for_log(server, r"encode-ahead \S*ct_phantom_0\.nii\.gz: (\d+) slices \((\w+)\)")
+    assert found.groups() == (str(slices), "done")
+    assert encoded_by_first_click("ct_phantom_0") == (0, slices)  # Slicer sends client_id only now: any session
+
+    bad = requests.get(f"{server.url}/datastore/image", params={"image": "../ct_phantom_0"}, timeout=10)
+    assert bad.status_code == 400 and "image" in bad.json()["detail"]
+    assert requests.get(f"{server.url}/datastore/image", params={"image": "nope"}, timeout=10).status_code == 404

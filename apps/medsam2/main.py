@@ -109,7 +109,10 @@ class MedSam2App(MONAILabelApp):
 
         author = SegAuthor(app_name="MedSAM-2 MONAI Label app", app_version=self.version,
                            series_description=f"MedSAM-2 (MONAI Label app medsam2 {self.version}) segmentation")
-        return open_dicomweb_datastore(self.studies, self.settings.dicomweb_modalities, author, self.settings.labels)
+        store = open_dicomweb_datastore(self.studies, self.settings.dicomweb_modalities, author, self.settings.labels)
+        if self.encode_ahead is not None:  # a series fetched for a request or a download: encode the rest ahead
+            store.on_series_ready = lambda series_uid, path: self.encode_ahead.request(None, path)
+        return store
 
     def on_init_complete(self):
         super().on_init_complete()

@@ -20,7 +20,7 @@ import re
 import shutil
 import tempfile
 import threading
-from typing import Any, Dict, List
+from typing import Any, Callable, Dict, List
 
 import requests
 from cachetools import TTLCache, cached
@@ -74,6 +74,8 @@ class MedSam2DicomWebDatastore(DICOMWebDatastore):
         self._label_names = list(label_names)
         self._series_locks: Dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
+        # (series UID, file) -> None, called once a series is fetched: it is about to be segmented
+        self.on_series_ready: Callable[[str, str], None] | None = None
 
     @cached(cache=TTLCache(maxsize=16, ttl=settings.MONAI_LABEL_DICOMWEB_CACHE_EXPIRY))
     def list_images(self) -> List[str]:
@@ -115,6 +117,11 @@ class MedSam2DicomWebDatastore(DICOMWebDatastore):
                 LocalDatastore.add_image(self, series_uid, converted, self._dicom_info(series_uid))
             finally:
                 os.unlink(converted)
+        if self.on_series_ready is not None:
+            try:
+                self.on_series_ready(series_uid, stable)
+            except Exception as err:  # noqa: BLE001 - the series is there; only the encoding ahead is lost
+                logger.warning("series %s: not queued for encoding ahead: %s", series_uid, err)
         return stable
 
     def _download(self, series_uid: str) -> str:

@@ -11,6 +11,10 @@ endpoints, which FastAPI runs in its worker threads, with the checks the origina
 - ``PUT /datastore/image`` and ``/datastore/label``, the deletes and the info updates: ids,
   tags, JSON and files are checked (here and by ``lib.datastore_local``); refusals become 4xx
   naming the field.
+- ``GET /datastore/image``: as MONAI Label's (off the event loop: a DICOMweb series is
+  fetched there), and a study a client downloads is about to be segmented (3D Slicer's
+  module fetches it before the first click), so its slices are queued for encoding ahead
+  (``encode_ahead``) into the image's shared feature cache, which any session finds.
 - ``/logs``: with authentication off, only a client on this machine may read the log
   (it holds every request's parameters); with it on, MONAI Label's admin role applies.
 - Request bodies above the upload cap are refused with 413 while they arrive.
@@ -162,6 +166,31 @@ def update_label_info(label: str, tag: str, info: str = Form("{}"),
     return _as_http(run)
 
 
+def download_image(
+    image: str,
+    check_only: bool = False,
+    check_sum: Optional[str] = None,
+    user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER)),
+):
+    identifier_checked = _as_http(lambda: identifier(image, "image"))
+    response = _as_http(lambda: datastore_routes.download_image(identifier_checked, check_only, check_sum))
+    encode_image_ahead(app_instance(), image)
+    return response
+
+
+def encode_image_ahead(instance, image: str) -> None:
+    """Queue a study that is about to be segmented for encoding, for whichever session opens it."""
+    ahead = getattr(instance, "encode_ahead", None)
+    if ahead is None:
+        return
+    try:
+        uri = instance.datastore().get_image_uri(image)
+        if uri and os.path.isfile(uri):
+            ahead.request(None, uri)
+    except Exception as err:  # noqa: BLE001 - the download itself succeeded; a click encodes what is missing
+        logger.warning("image %s: not queued for encoding ahead: %s", image, err)
+
+
 def no_whole_slide(model: str, user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER))):
     # MONAI Label's WSI routes hand any existing file path to the task; this app has no WSI model
     raise HTTPException(status_code=404, detail=f"model: this app has no whole-slide models; use "
@@ -196,6 +225,7 @@ REPLACEMENTS = [
     (f"{API}/datastore/", "PUT", add_image),
     (f"{API}/datastore/label", "PUT", save_label),
     (f"{API}/logs/", "GET", logs),
+    (f"{API}/datastore/image", "GET", download_image),
     (f"{API}/infer/wsi/{{model}}", "POST", no_whole_slide),
     (f"{API}/infer/wsi_v2/{{model}}", "POST", no_whole_slide),
     (f"{API}/datastore/image", "DELETE", remove_image),

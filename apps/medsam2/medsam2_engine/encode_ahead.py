@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from dataclasses import dataclass, field
 
 import torch
@@ -111,6 +112,17 @@ class EncodeAhead:
         """After a session's first request: the slices it did not reach, for its next one."""
         window, modality = session.window_key
         return self.request(session.key, session.image, window, modality)
+
+    def join(self, timeout: float) -> bool:
+        """Wait until every queued job has finished (tests, benchmarks); False on timeout."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                pending = [job for job in self._jobs.values() if not job.finished.is_set()]
+            if not pending:
+                return True
+            if not pending[0].finished.wait(max(0.0, deadline - time.monotonic())):
+                return False
 
     def cancel(self, session_key) -> None:
         key = None if session_key is None else tuple(session_key)
