@@ -47,3 +47,77 @@ def test_idle_sessions_expire():
     clock.now = 75.0
     assert store.get(("old",)) is None
     assert store.get(("new",)) is not None
+
+
+@dataclass
+class SharingSession:
+    """A session whose feature cache and volume other sessions may hold too."""
+
+    key: tuple
+    cache: object
+    array: object
+    own: int = 0
+    last_used: float = 0.0
+
+    def private_bytes(self) -> int:
+        return self.own
+
+    def shared_bytes(self) -> dict:
+        return {id(self.array): self.array.nbytes, id(self.cache): self.cache.bytes}
+
+    def memory_bytes(self) -> int:
+        return self.own + sum(self.shared_bytes().values())
+
+    @property
+    def feature_cache(self):
+        return self.cache
+
+
+def _features(store, image: str, slices: int, version: int = 1):
+    import torch
+
+    from medsam2_engine.shared_features import FeatureKey
+
+    cache = store.feature_cache(FeatureKey((image,), (0.0, 1.0), version, 64, "float"), 1 << 30)
+    for k in range(slices):  # 64 KiB of features per slice
+        cache.put(k, {"backbone_fpn": [torch.zeros(1, 16, 32, 32)], "vision_pos_enc": [torch.zeros(1, 16, 32, 32)]})
+    return cache
+
+
+def test_the_budget_counts_a_shared_feature_cache_and_volume_once():
+    import numpy as np
+
+    store = SessionStore(SessionLimits(max_sessions=10, max_memory_mb=100.0))
+    cache, array = _features(store, "ct1", 8), np.zeros(1024, np.float32)
+    store.put(SharingSession(("alice", "ct1"), cache, array, own=100))
+    store.put(SharingSession(("bob", "ct1"), cache, array, own=10))
+    assert cache.bytes == 8 * 64 * 1024
+    assert store.memory_bytes() == 110 + array.nbytes + cache.bytes
+
+
+def test_caches_no_session_holds_go_first_then_sessions_and_idle_ones_expire():
+    import numpy as np
+
+    clock = Clock()
+    store = SessionStore(SessionLimits(max_sessions=10, max_memory_mb=1.3, idle_timeout_s=60.0), clock=clock)
+    unheld = _features(store, "ct1", 8)  # 0.5 MiB encoded ahead, no session on it yet
+    clock.now = 10.0
+    held = _features(store, "ct2", 8)
+    store.put(SharingSession(("alice", "ct2"), held, np.zeros(16, np.uint8)))
+    assert store.features.caches() == [unheld, held]  # within the budget: both kept
+    clock.now = 20.0
+    store.put(SharingSession(("bob", "ct3"), _features(store, "ct3", 8), np.zeros(16, np.uint8)))
+    assert unheld not in store.features.caches(), "the cache no session holds goes first"
+    assert store.keys() == [("alice", "ct2"), ("bob", "ct3")]
+    store.drop(("alice", "ct2"))  # its cache stays for another user, until idle too long
+    assert held in store.features.caches()
+    clock.now = 75.0
+    store.get(("bob", "ct3"))
+    assert held not in store.features.caches() and len(store.features) == 1
+
+
+def test_new_weights_drop_the_old_versions_caches():
+    store = SessionStore()
+    old = _features(store, "ct1", 2, version=1)
+    new = _features(store, "ct1", 2, version=2)
+    assert new is not old and store.features.caches() == [new]
