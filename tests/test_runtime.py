@@ -3,6 +3,7 @@ float32 on the same weights, PyTorch when the runtime is missing, a new graph fo
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import sys
 import time
@@ -21,7 +22,10 @@ def _dice(a, b) -> float:
 
 
 def _masks(segmenter, volume, prompts):
-    result = segmenter.run(volume, prompts, session_key=("runtime", str(time.monotonic())))
+    # a fresh array per run: encoded slices are shared per image and weights (shared_features.py),
+    # so a runtime switched on the same model would otherwise find the other runtime's features
+    fresh = dataclasses.replace(volume, array=volume.array.copy())
+    result = segmenter.run(fresh, prompts, session_key=("runtime", str(time.monotonic())))
     return {label: r.mask for label, r in result.labels.items()}, result
 
 
@@ -128,6 +132,8 @@ def test_new_weights_get_a_new_graph_compiled_at_load(small_model_files, tmp_pat
     first = source.get()
     runtime = image_runtime(first.model)
     assert source.status()["cpu_runtime"] == "openvino"
+    # float32 OpenVINO memory attention measured slower than PyTorch: only the encoder moves
+    assert source.status()["cpu_runtime_stages"] == {"image_encoder": "openvino", "memory_attention": "torch"}
     assert list(runtime.compile_seconds) == [first.model.image_size]  # compiled before any request
     torch.manual_seed(1)
     save_checkpoint(build_model(preset_for_config_file(config), "random"), served)  # as a fine-tune publishes
@@ -309,21 +315,42 @@ def _segment_with_memory_attention(segmenter, volume, prompts, attach):
 
 
 def test_int8_memory_attention_masks_agree_on_the_phantom_checkpoint(fine_tuned):
-    """openvino_int8's memory attention alone (encoder on PyTorch): masks within the bound measured here."""
+    """openvino_int8's memory attention alone (encoder on PyTorch): close outputs, masks within the bound."""
     pytest.importorskip("nncf", reason="nncf is not installed: the int8 option is unavailable")
     from medsam2_engine.prompts import Box, LabelPrompts
-    from medsam2_engine.runtime_memory_attention import attach_memory_attention
+    from medsam2_engine.runtime_memory_attention import (attach_memory_attention, calibration_inputs,
+                                                         memory_attention_runtime)
 
     segmenter, cases = fine_tuned
+    model = segmenter.models.get().model
+    recorded = calibration_inputs(model)  # PyTorch's inputs and outputs of a real propagation
+    with torch.inference_mode():
+        expected = [_sam2_memory_attention(model, _as_call(inputs)) for inputs in recorded]
     mask = cases[1].labels == 1
     k = int(np.median(np.nonzero(mask)[2]))
     ii, jj = np.nonzero(mask[:, :, k])
     prompts = {"l": LabelPrompts(boxes=[Box(ii.min(), jj.min(), ii.max(), jj.max(), k)])}
-    reference, quantized, calls = _segment_with_memory_attention(
-        segmenter, cases[1].volume, prompts, lambda model: attach_memory_attention(model, "openvino_int8"))
+
+    def attach(model):
+        used = attach_memory_attention(model, "openvino_int8")
+        runtime = memory_attention_runtime(model)
+        for inputs, output in zip(recorded, expected):
+            got = runtime(*_as_call(inputs))
+            assert not torch.allclose(got, output, atol=1e-4)  # quantised: other numbers
+            assert (got - output).abs().max() < 0.02 * output.abs().max()  # measured: 0.003 to 0.004
+        runtime.calls = 0
+        return used
+
+    reference, quantized, calls = _segment_with_memory_attention(segmenter, cases[1].volume, prompts, attach)
     assert calls >= cases[1].volume.array.shape[2] - 2  # every propagated slice but the prompted one
     assert reference["l"].sum() > 0.3 * mask.sum()
-    assert _dice(reference["l"], quantized["l"]) >= 0.98
+    assert _dice(reference["l"], quantized["l"]) >= 0.99  # measured: 1.0 (0 voxels differ)
+
+
+def _as_call(inputs: dict) -> tuple:
+    """``graph_inputs`` back to sam2's (curr, memory, curr_pos, memory_pos, num_obj_ptr_tokens)."""
+    curr, curr_pos, memory, memory_pos, pointers, pointers_pos = (torch.from_numpy(inputs[i]) for i in range(6))
+    return curr, torch.cat((memory, pointers)), curr_pos, torch.cat((memory_pos, pointers_pos)), pointers.shape[0]
 
 
 @needs_shared_data
@@ -347,7 +374,7 @@ def test_int8_runtime_masks_agree_on_a_real_scan(fine_tuned):
     reference, quantized, calls = _segment_with_memory_attention(segmenter, case.volume, prompts, attach)
     assert calls >= case.volume.array.shape[2] - 2
     assert reference["l"].any(), "the phantom-trained model finds nothing here: no agreement to measure"
-    assert _dice(reference["l"], quantized["l"]) >= 0.95
+    assert _dice(reference["l"], quantized["l"]) >= 0.99  # measured: 0.99995
 
 
 def test_memory_attention_falls_back_to_pytorch_when_conversion_fails(small_source, monkeypatch, phantom, caplog):
