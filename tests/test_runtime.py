@@ -411,6 +411,9 @@ def test_memory_attention_runtime_only_for_inference_and_keeps_the_checkpoint_fo
     inputs = _memory_inputs(model, 2, 3, seed=5)
     curr, memory, curr_pos, memory_pos, pointer_tokens = inputs
     call = dict(curr=[curr], memory=memory, curr_pos=[curr_pos], memory_pos=memory_pos, num_obj_ptr_tokens=pointer_tokens)
+    assert not graph.accepts(curr[: queries // 4], memory, pointer_tokens)  # another input size (crop region)
+    assert not graph.accepts(curr, memory[1:], pointer_tokens)  # a bank that is not whole query maps
+    assert not graph.accepts(curr, memory, 0)  # no pointer tokens
     model.__dict__["_memory_attention_runtime"] = graph
     try:
         with torch.inference_mode():
