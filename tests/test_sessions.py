@@ -63,7 +63,7 @@ class SharingSession:
         return self.own
 
     def shared_bytes(self) -> dict:
-        return {id(self.array): self.array.nbytes, id(self.cache): self.cache.bytes}
+        return {id(self.array): self.array.nbytes, id(self.cache.shared): self.cache.bytes}
 
     def memory_bytes(self) -> int:
         return self.own + sum(self.shared_bytes().values())
@@ -76,9 +76,10 @@ class SharingSession:
 def _features(store, image: str, slices: int, version: int = 1):
     import torch
 
-    from medsam2_engine.shared_features import FeatureKey
+    from medsam2_engine.shared_features import FeatureKey, SessionFeatures
 
-    cache = store.feature_cache(FeatureKey((image,), (0.0, 1.0), version, 64, "float"), 1 << 30)
+    key = FeatureKey((image,), (0.0, 1.0), version, 64, "float")
+    cache = SessionFeatures(store.feature_cache(key, 1 << 30), key)  # as a session sees it
     for k in range(slices):  # 64 KiB of features per slice
         cache.put(k, {"backbone_fpn": [torch.zeros(1, 16, 32, 32)], "vision_pos_enc": [torch.zeros(1, 16, 32, 32)]})
     return cache
@@ -104,20 +105,24 @@ def test_caches_no_session_holds_go_first_then_sessions_and_idle_ones_expire():
     clock.now = 10.0
     held = _features(store, "ct2", 8)
     store.put(SharingSession(("alice", "ct2"), held, np.zeros(16, np.uint8)))
-    assert store.features.caches() == [unheld, held]  # within the budget: both kept
+    assert store.features.caches() == [unheld.shared, held.shared]  # within the budget: both kept
     clock.now = 20.0
     store.put(SharingSession(("bob", "ct3"), _features(store, "ct3", 8), np.zeros(16, np.uint8)))
-    assert unheld not in store.features.caches(), "the cache no session holds goes first"
+    assert unheld.shared not in store.features.caches(), "the cache no session holds goes first"
     assert store.keys() == [("alice", "ct2"), ("bob", "ct3")]
+    clock.now = 50.0
+    store.put(store.get(("alice", "ct2")))  # alice's last request: her image's slices idle from here
     store.drop(("alice", "ct2"))  # its cache stays for another user, until idle too long
-    assert held in store.features.caches()
     clock.now = 75.0
     store.get(("bob", "ct3"))
-    assert held not in store.features.caches() and len(store.features) == 1
+    assert held.shared in store.features.caches()
+    clock.now = 115.0
+    store.get(("bob", "ct3"))
+    assert held.shared not in store.features.caches() and len(store.features) == 1
 
 
 def test_new_weights_drop_the_old_versions_caches():
     store = SessionStore()
     old = _features(store, "ct1", 2, version=1)
     new = _features(store, "ct1", 2, version=2)
-    assert new is not old and store.features.caches() == [new]
+    assert new.shared is not old.shared and store.features.caches() == [new.shared]

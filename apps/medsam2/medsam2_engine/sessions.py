@@ -143,6 +143,9 @@ class SessionStore:
     def put(self, session: Session) -> None:
         with self._lock:
             session.last_used = self._clock()
+            feature_key = getattr(getattr(session, "feature_cache", None), "key", None)
+            if feature_key is not None:  # its image's slices idle from the session's last request on
+                self.features.touch(feature_key, session.last_used)
             self._sessions[session.key] = session
             self._sessions.move_to_end(session.key)
             self.enforce_limits(keep=session.key)
