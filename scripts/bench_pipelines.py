@@ -119,7 +119,7 @@ def child_ours(args, vol, ref) -> dict:
     box, click = prompts_for(ref)
     volume = Volume(vol, np.diag([0.8, 0.8, 2.5, 1.0]), declared_modality="CT")
     out = {"rss_after_model_mb": round(rss_model, 1), "runs": [], "model_load_s": round(load_s, 2),
-           "cpu_runtime": models.runtime_in_use}
+           "cpu_runtime": models.runtime_in_use, "cpu_runtime_stages": models.status().get("cpu_runtime_stages")}
     configs = [(protocol, *options) for protocol, *options in engine_rows(args.preset)]
     if args.mode != "ours" or args.only_reference:
         configs = configs[:1]

@@ -84,6 +84,8 @@ def print_table(report: dict) -> None:
                 extra.append(f"{row['encoded_before_click']} slices encoded before the click, "
                              f"{row.get('first_encoded')} in the request")
             if row.get("model_load_s") is not None:
-                extra.append(f"model load + warm-up {row['model_load_s']} s ({row.get('cpu_runtime')})")
+                stages = row.get("cpu_runtime_stages") or {}
+                runs = ", ".join(f"{k}: {v}" for k, v in stages.items()) if stages else row.get("cpu_runtime")
+                extra.append(f"model load + warm-up {row['model_load_s']} s ({runs})")
             if extra:
                 print(f"{'':>6} {'':<46} " + "; ".join(extra))

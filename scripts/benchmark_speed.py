@@ -76,6 +76,7 @@ def _speed_rows(args, slices: int, vol_report: dict, own: str, builtin: dict) ->
             continue
         row.update(ratios(row, builtin))
         row["cpu_runtime"], row["model_load_s"] = raw.get("cpu_runtime"), raw.get("model_load_s")
+        row["cpu_runtime_stages"] = raw.get("cpu_runtime_stages")
         if mode == "ahead":
             row["encoded_before_click"] = raw["runs"][0]["encoded_before_click"]
         mask = Path(args.workdir) / f"mask_{mode}_{runtime}.npy"
