@@ -302,3 +302,31 @@ def test_slicer_downloading_a_study_has_it_encoded_before_the_first_click(slicer
     bad = requests.get(f"{server.url}/datastore/image", params={"image": "../ct_phantom_0"}, timeout=10)
     assert bad.status_code == 400 and "image" in bad.json()["detail"]
     assert requests.get(f"{server.url}/datastore/image", params={"image": "nope"}, timeout=10).status_code == 404
+
+
+def test_two_users_and_the_worker_at_once_on_one_image_encode_each_slice_once(fine_tuned):
+    import threading
+
+    models, volume, prompts = _study(fine_tuned)
+    slices = volume.array.shape[2]
+    reference = _segmenter(models, share_features=False).run(volume, prompts, session_key=("ref", "s"))
+    segmenter = _segmenter(models)
+    ahead = EncodeAhead(segmenter, follow_requests=False)
+    results, start = {}, threading.Barrier(3)
+
+    def user(name):
+        start.wait()
+        results[name] = segmenter.run(volume, prompts, session_key=(name, "s"))
+
+    threads = [threading.Thread(target=user, args=(name,)) for name in ("alice", "bob")]
+    for thread in threads:
+        thread.start()
+    start.wait()
+    job = ahead.request(None, volume)
+    for thread in threads:
+        thread.join(120)
+    assert job.finished.wait(120)
+    encoded = [results[name].session.slices_encoded for name in ("alice", "bob")] + [job.encoded]
+    assert sum(encoded) == slices, f"each slice encoded once, got {encoded} for {slices} slices"
+    for result in results.values():
+        assert np.array_equal(result.labels["l"].mask, reference.labels["l"].mask)
