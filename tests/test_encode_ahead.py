@@ -8,6 +8,8 @@ import numpy as np
 import pytest
 
 from medsam2_engine.encode_ahead import EncodeAhead, centre_out
+from tests.support.orthanc import needs_orthanc, orthanc  # noqa: F401  (fixture)
+from tests.support.pacs_app import pacs_server, pacs_studies  # noqa: F401  (fixtures)
 
 
 def _study(fine_tuned):
@@ -330,3 +332,26 @@ def test_two_users_and_the_worker_at_once_on_one_image_encode_each_slice_once(fi
     assert sum(encoded) == slices, f"each slice encoded once, got {encoded} for {slices} slices"
     for result in results.values():
         assert np.array_equal(result.labels["l"].mask, reference.labels["l"].mask)
+
+
+@needs_orthanc
+def test_a_series_fetched_from_the_pacs_is_queued_for_any_session(pacs_server, orthanc, tmp_path):  # noqa: F811
+    """The first request on a PACS series fetches it: the series is queued for its image (trigger of the datastore)."""
+    import json
+    import re
+
+    import requests
+
+    from tests.support.dicom_series import write_series
+    from tests.support.trained_small_model import AFFINE, phantom
+
+    array, _ = phantom(11, shape=(64, 56, 12))
+    uid = write_series(array, AFFINE, tmp_path / "fresh", description="fetched once")["series"]  # no other test has it
+    orthanc.upload(tmp_path / "fresh")
+    params = {"foreground": [[20, 28, 6]], "label": "lesion"}
+    answer = requests.post(f"{pacs_server.url}/infer/medsam2_3d", params={"image": uid, "output": "json"},
+                           files={"params": (None, json.dumps(params))}, timeout=300)
+    assert answer.status_code == 200, answer.text
+    pattern = rf"encode-ahead \S*{re.escape(uid)}\.nii\.gz: (\d+) slices \((\w+)\)"  # an image job: the file
+    found = _wait_for_log(pacs_server, pattern)
+    assert found.group(2) == "done"
