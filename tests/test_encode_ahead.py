@@ -334,6 +334,23 @@ def test_two_users_and_the_worker_at_once_on_one_image_encode_each_slice_once(fi
         assert np.array_equal(result.labels["l"].mask, reference.labels["l"].mask)
 
 
+def test_a_one_slice_request_queues_the_study_for_the_3d_click_that_follows(slicer_server, tmp_path):
+    import json
+
+    from monailabel.client import MONAILabelClient
+
+    server = slicer_server
+    client = MONAILabelClient(server.url, tmpdir=str(tmp_path), client_id="ohif-2")
+    client.infer("medsam2_2d", "ct_phantom_2", {"foreground": [[34, 36, 20]], "slice": 20, "label": "liver"})
+    found = _wait_for_log(server, r"encode-ahead \S*ct_phantom_2\.nii\.gz: (\d+) slices \((\w+)\)")
+    assert found.groups() == ("40", "done")
+    _, params = client.infer("medsam2_3d", "ct_phantom_2", {"foreground": [[34, 36, 20]], "label": "liver"})
+    assert (params if isinstance(params, dict) else json.loads(params))["session"]["slices_encoded"] == 0
+    # a photograph has no slices: nothing queued, the server still answers
+    client.infer("medsam2_2d", "skin_lesion_0", {"foreground": [[80, 64]], "label": "liver"})
+    _wait_for_log(server, r"encode-ahead \S*skin_lesion_0\.\w+: 0 slices \(not a volume\)")
+
+
 @needs_orthanc
 def test_a_series_fetched_from_the_pacs_is_queued_for_any_session(pacs_server, orthanc, tmp_path):  # noqa: F811
     """The first request on a PACS series fetches it: the series is queued for its image (trigger of the datastore)."""

@@ -30,6 +30,7 @@ import torch
 
 from .precision import autocast_for
 from .predictor import network_lock
+from .prompts import PromptError
 
 logger = logging.getLogger(__name__)
 
@@ -167,7 +168,10 @@ class EncodeAhead:
         if job.session_key is None and not settings.share_features:
             return "sharing off"  # no session would read the image's own cache
         self.segmenter.wait_idle()
-        target = self._target(job)
+        try:
+            target = self._target(job)
+        except PromptError:
+            return "not a volume"  # a 2D image: no slices to encode
         predictor, frames, cache = target.predictor, target.frames, target.cache
         store = self.segmenter.sessions
         budget = store.limits.max_memory_mb * 2**20
