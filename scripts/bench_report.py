@@ -83,6 +83,8 @@ def print_table(report: dict) -> None:
             if row.get("encoded_before_click") is not None:
                 extra.append(f"{row['encoded_before_click']} slices encoded before the click, "
                              f"{row.get('first_encoded')} in the request")
+            if name.endswith("+second_user"):
+                extra.append(f"{row.get('first_encoded')} slices encoded in the second user's request")
             if row.get("model_load_s") is not None:
                 stages = row.get("cpu_runtime_stages") or {}
                 runs = ", ".join(f"{k}: {v}" for k, v in stages.items()) if stages else row.get("cpu_runtime")

@@ -69,6 +69,7 @@ def _speed_rows(args, slices: int, vol_report: dict, own: str, builtin: dict) ->
     if args.ahead_pause > 0:
         rows += [(f"ours_{own}_reference{'' if r == 'torch' else '+' + r}+encode_ahead_{args.ahead_pause:g}s",
                   "ahead", r) for r in args.cpu_runtimes]
+    rows.append((f"ours_{own}_reference+second_user", "second_user", "torch"))
     for name, mode, runtime in rows:
         raw = run_child(args, mode, slices, cpu_runtime=runtime)
         row = vol_report[name] = summarise(name, raw)
@@ -174,7 +175,8 @@ def main(argv=None) -> int:
     p.add_argument("--skip-video", action="store_true")
     p.add_argument("--out", default="benchmark_speed.json")
     p.add_argument("--workdir", default=None)
-    p.add_argument("--child", choices=["ours", "builtin", "video", "precision", "reference", "ahead", "roofline"],
+    p.add_argument("--child", choices=["ours", "builtin", "video", "precision", "reference", "ahead", "roofline",
+                                          "second_user"],
                    help=argparse.SUPPRESS)
     p.add_argument("--cpu-runtime", default="torch", help=argparse.SUPPRESS)
     p.add_argument("--cpu-bf16", default="off", help=argparse.SUPPRESS)
@@ -188,6 +190,7 @@ def main(argv=None) -> int:
         vol, ref = phantom(args.slices[0], args.size, args.fraction)
         args.mode = args.child
         child = {"ours": child_ours, "precision": child_ours, "reference": child_ours, "ahead": child_ours,
+                 "second_user": child_ours,
                  "builtin": child_builtin, "roofline": child_roofline,
                  "video": child_video}[args.child]
         print(json.dumps(child(args, vol, ref)))
