@@ -235,3 +235,23 @@ def test_a_broken_published_file_is_tried_once_not_on_every_poll(small_model_fil
 
 
 # --- memory attention (runtime_memory_attention.py) -------------------------------------------
+
+
+def test_slices_encoded_by_one_runtime_are_never_served_to_another(small_source, phantom):
+    from medsam2_engine.engine import VolumeSegmenter
+    from medsam2_engine.prompts import Box, LabelPrompts
+    from medsam2_engine.runtime_openvino import attach_cpu_runtime
+
+    segmenter = VolumeSegmenter(small_source)
+    model = small_source.get().model
+    prompts = {"l": LabelPrompts(boxes=[Box(10, 8, 26, 20, 6)])}
+    try:
+        torch_run = segmenter.run(phantom, prompts, session_key=("torch",))
+        assert attach_cpu_runtime(model, "openvino", [model.image_size]) == "openvino"
+        openvino_run = segmenter.run(phantom, prompts, session_key=("openvino",))
+    finally:
+        attach_cpu_runtime(model, "torch")
+    torch_again = segmenter.run(phantom, prompts, session_key=("torch again",))
+    assert torch_run.session.slices_encoded > 0
+    assert openvino_run.session.slices_encoded == torch_run.session.slices_encoded  # its own cache
+    assert torch_again.session.slices_encoded == 0  # the same runtime's slices are shared
