@@ -33,7 +33,7 @@ from .shared_features import FeatureKey, SessionFeatures
 from .prompts import LabelPrompts, PromptError
 from .propagation import CorrectionStop, EarlyStop
 from .protocols import check_protocol, default_protocol, input_resampling
-from .runtime_openvino import runtime_stages
+from .runtime_openvino import image_runtime
 from .results import RunInfo, slice_score
 from .sessions import Session, SessionLimits, SessionStore, image_stamp, window_key
 from .tracks import LabelTrack, apply_changes, diff_prompts, starts_afresh
@@ -184,7 +184,7 @@ class VolumeSegmenter:
         """What the image's encoded slices depend on; ``owner`` makes them its own when sharing is off."""
         return FeatureKey(image_stamp(image), (float(window.low), float(window.high)), loaded.version,
                           frames.image_size, frames.resampling, str(self.settings.cpu_bf16),
-                          encoder_runtime=runtime_stages(loaded.model)["image_encoder"],
+                          encoder_runtime=getattr(image_runtime(loaded.model), "name", "torch"),
                           owner=None if self.settings.share_features else tuple(owner))
 
     def prepare_features(self, image, window=None, modality: str | None = None):
