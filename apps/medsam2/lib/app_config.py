@@ -45,7 +45,7 @@ class AppConfig:
     labels: list
     cpu_int8: bool
     allow_download: bool
-    cpu_runtime: str = "torch"  # image encoder on CPU: PyTorch or OpenVINO (medsam2_engine/runtime_openvino.py)
+    cpu_runtime: str = "openvino"  # image encoder on CPU: OpenVINO float32 (same masks), PyTorch, or int8 (option)
     encode_ahead: bool = True  # encode a study's slices when the viewer opens it (medsam2_engine/encode_ahead.py)
     engine: EngineSettings = field(default_factory=EngineSettings)
     auto_finetune_after: int = 0  # fine-tune after this many new final labels (0: only on request)
@@ -96,7 +96,7 @@ class AppConfig:
             device=conf.get("device", "auto"),
             labels=labels,
             cpu_int8=_flag(conf, "cpu_int8", False),
-            cpu_runtime=_choice(conf, "cpu_runtime", "torch", ("torch", "openvino", "openvino_int8")),
+            cpu_runtime=_choice(conf, "cpu_runtime", "openvino", ("torch", "openvino", "openvino_int8")),
             encode_ahead=_flag(conf, "encode_ahead", True),
             allow_download=_flag(conf, "download", True),
             engine=engine,
