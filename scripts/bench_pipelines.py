@@ -191,16 +191,20 @@ def _ahead_runs(args, models, protocol, volume, box, ref, out) -> dict:
         t_first = time.perf_counter() - t
         job.cancelled.set()
         job.finished.wait()
-        out["runs"].append({"protocol": protocol, "first_s": t_first, "pause_s": args.ahead_pause,
-                            "encoded_before_click": encoded_at_click,
-                            "first_slices": sum(p.slices for p in first.labels["l"].passes),
-                            "first_encoded": first.session.slices_encoded,
-                            "first_dice": round(dice(first.labels["l"].mask, ref), 4)})
-        if rep == 0:
-            np.save(Path(args.workdir) / f"mask_ahead_{args.cpu_runtime}.npy", first.labels["l"].mask)
+        _record_first(args, out, "ahead", rep, first, t_first, ref,
+                      {"protocol": protocol, "pause_s": args.ahead_pause, "encoded_before_click": encoded_at_click})
         seg.sessions.clear()
     out["peak_rss_mb"], out["peak_cuda_mb"] = round(peak_rss_mb(), 1), peak_cuda_mb()
     return out
+
+
+def _record_first(args, out, mode: str, rep: int, first, seconds: float, ref, extra: dict) -> None:
+    """One timed first request's row (its mask kept from the first repeat, for the agreement)."""
+    out["runs"].append({**extra, "first_s": seconds, "first_slices": sum(p.slices for p in first.labels["l"].passes),
+                        "first_encoded": first.session.slices_encoded,
+                        "first_dice": round(dice(first.labels["l"].mask, ref), 4)})
+    if rep == 0:
+        np.save(Path(args.workdir) / f"mask_{mode}_{args.cpu_runtime}.npy", first.labels["l"].mask)
 
 
 def _second_user_runs(args, models, protocol, volume, box, ref, out) -> dict:
@@ -214,12 +218,7 @@ def _second_user_runs(args, models, protocol, volume, box, ref, out) -> dict:
         seg.run(volume, {"l": LabelPrompts(boxes=[box])}, session_key=("alice", rep))
         t = time.perf_counter()
         first = seg.run(volume, {"l": LabelPrompts(boxes=[box])}, session_key=("bob", rep))
-        out["runs"].append({"protocol": protocol, "first_s": time.perf_counter() - t,
-                            "first_slices": sum(p.slices for p in first.labels["l"].passes),
-                            "first_encoded": first.session.slices_encoded,
-                            "first_dice": round(dice(first.labels["l"].mask, ref), 4)})
-        if rep == 0:
-            np.save(Path(args.workdir) / f"mask_second_user_{args.cpu_runtime}.npy", first.labels["l"].mask)
+        _record_first(args, out, "second_user", rep, first, time.perf_counter() - t, ref, {"protocol": protocol})
         seg.sessions.clear()
     out["peak_rss_mb"], out["peak_cuda_mb"] = round(peak_rss_mb(), 1), peak_cuda_mb()
     return out
