@@ -50,9 +50,24 @@ def wait_idle(page, timeout_ms: int = 180_000) -> str:
     return text
 
 
+# a voxel's page position once it is the same two frames apart: a panel that has just changed
+# (a warning shown, a label cleared) can still move the canvas when the previous answer settles
+STABLE_POSITION = """async v => {
+    const frame = () => new Promise(done => requestAnimationFrame(() => requestAnimationFrame(done)));
+    let last = null;
+    for (let i = 0; i < 30; i++) {
+        await frame();
+        const now = window.medsam2Viewer.pagePosition(v);
+        if (last && now[0] === last[0] && now[1] === last[1]) return now;
+        last = now;
+    }
+    return last;
+}"""
+
+
 def click_voxel(page, voxel, shift: bool = False):
     with page.expect_response(lambda r: "/infer/medsam2_3d" in r.url, timeout=180_000) as answer:
-        x, y = page.evaluate("v => window.medsam2Viewer.pagePosition(v)", list(voxel))
+        x, y = page.evaluate(STABLE_POSITION, list(voxel))
         if shift:
             page.keyboard.down("Shift")
         page.mouse.click(x, y)
