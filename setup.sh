@@ -24,6 +24,13 @@ if [ ! -x .venv/bin/python ]; then
 fi
 # sam2 is an sdist; without CUDA it must skip its extension instead of failing the build
 export SAM2_BUILD_CUDA=0
+# The venv takes about 9 GB (torch's CUDA build alone is over 4 GB); pip keeps no second copy in
+# its cache, and a disk too full for it is named before pip fails half-way with "No space left".
+export PIP_NO_CACHE_DIR=1
+free_kb=$(df -Pk . | awk 'NR == 2 {print $4}')
+if ! compgen -G ".venv/lib/python3*/site-packages/torch" >/dev/null && [ "${free_kb:-0}" -lt $((10 * 1024 * 1024)) ]; then
+    echo "WARNING: $((free_kb / 1024)) MB free on this disk; the environment needs about 10 GB" >&2
+fi
 if ! .venv/bin/python -m pip install --disable-pip-version-check -q -r requirements.txt; then
     echo "installing requirements failed (see above)" >&2
     exit 1
