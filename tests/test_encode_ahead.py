@@ -190,20 +190,39 @@ def test_another_window_or_new_weights_never_reuse_encoded_slices(fine_tuned):
     assert versions == {models.get().version + 1}, "slices of the old weights are no longer offered"
 
 
-def test_a_download_queues_the_image_for_any_session_and_the_first_click_finds_it(fine_tuned, tmp_path):
+def test_a_download_queues_the_image_for_any_session_and_the_first_click_finds_it(fine_tuned, tmp_path, monkeypatch):
+    import os
+
     import nibabel as nib
+
+    from medsam2_engine import engine
 
     models, volume, prompts = _study(fine_tuned)
     path = tmp_path / "study.nii.gz"
     nib.save(nib.Nifti1Image(volume.array, volume.affine), str(path))
+    cold = _segmenter(models).run(str(path), prompts, session_key=("slicer-user", "study"))
+    assert cold.session.slices_encoded == volume.array.shape[2]
+
+    reads, read = [], engine.load_image
+    monkeypatch.setattr(engine, "load_image", lambda image: reads.append(image) or read(image))
     segmenter = _segmenter(models)
     job = EncodeAhead(segmenter).request(None, str(path))  # no session yet: the client is not known
     assert job.finished.wait(120) and (job.stopped, job.encoded) == ("done", volume.array.shape[2])
     first = segmenter.run(str(path), prompts, session_key=("slicer-user", "study"))
     assert first.session.slices_encoded == 0
-    cold = _segmenter(models).run(str(path), prompts, session_key=("slicer-user", "study"))
-    assert cold.session.slices_encoded == volume.array.shape[2]
     assert np.array_equal(first.labels["l"].mask, cold.labels["l"].mask)
+    assert reads == [str(path)], "the click reads the volume encode-ahead read"
+    segmenter.run(str(path), prompts, session_key=("second-user", "study"))
+    store = segmenter.sessions
+    kept = store.peek(("slicer-user", "study")).volume
+    assert reads == [str(path)] and store.peek(("second-user", "study")).volume is kept
+    store.drop(("slicer-user", "study"))
+    store.drop(("second-user", "study"))  # no session: the volume kept with the slices still counts
+    assert store.memory_bytes() == kept.array.nbytes + sum(cache.bytes for cache in store.features.caches())
+
+    os.utime(path, ns=(0, 0))  # the file changed: read again
+    segmenter.run(str(path), prompts, session_key=("slicer-user", "study"))
+    assert reads == [str(path)] * 2
 
 
 def test_the_first_request_queues_the_slices_it_did_not_reach(fine_tuned):

@@ -127,6 +127,11 @@ def _in_memory(image):
     return image.array if isinstance(image, Volume) else None
 
 
+def _read_from_file(image, volume: Volume):
+    """The volume read from the file ``image`` (kept with its encoded slices), else None."""
+    return None if isinstance(image, Volume) else volume
+
+
 class VolumeSegmenter:
     def __init__(self, models: ModelSource, settings: EngineSettings | None = None,
                  sessions: SessionStore | None = None):
@@ -166,7 +171,7 @@ class VolumeSegmenter:
 
     def _begin(self, key, image, loaded, window, modality, reason: str) -> Session:
         started = time.perf_counter()
-        volume = image if isinstance(image, Volume) else load_image(image)
+        volume = self._read(image)
         if not volume.is_3d:
             raise PromptError(f"image {key[-1]} is 2D (shape {list(volume.array.shape)}); use the 2D model for it")
         load_seconds = time.perf_counter() - started
@@ -175,7 +180,7 @@ class VolumeSegmenter:
                              resampling=input_resampling(self.protocol))
         feature_key = self.feature_key(image, chosen, loaded, frames, owner=key)
         cache = self.sessions.feature_cache(feature_key, int(self.settings.feature_cache_mb * 1024 * 1024),
-                                            _in_memory(image))
+                                            _in_memory(image), _read_from_file(image, volume))
         return Session(key=key, image_stamp=image_stamp(image), model=loaded, window_key=window_key(window, modality),
                        volume=volume, frames=frames, window=chosen, feature_cache=SessionFeatures(cache, feature_key),
                        modality=resolved, started=reason, load_seconds=load_seconds, image=image)
@@ -191,7 +196,7 @@ class VolumeSegmenter:
         """(model, frames, feature key, cache) of ``image`` as a request with this window would see it,
         without a session: encode-ahead fills the image's cache before anyone has clicked."""
         loaded = self.models.get()
-        volume = image if isinstance(image, Volume) else load_image(image)
+        volume = self._read(image)
         if not volume.is_3d:
             raise PromptError(f"image is 2D (shape {list(volume.array.shape)}): nothing to encode ahead")
         chosen, _ = model_window(volume, modality, window)
@@ -199,7 +204,14 @@ class VolumeSegmenter:
                              resampling=input_resampling(self.protocol))
         key = self.feature_key(image, chosen, loaded, frames, owner=("encode-ahead",))
         return loaded, frames, key, self.sessions.feature_cache(key, int(self.settings.feature_cache_mb * 2**20),
-                                                                _in_memory(image))
+                                                                _in_memory(image), _read_from_file(image, volume))
+
+    def _read(self, image) -> Volume:
+        """An in-memory image as it is; a file as already read for its encoded slices, else read now."""
+        if isinstance(image, Volume):
+            return image
+        kept = self.sessions.kept_volume(image_stamp(image))
+        return kept if kept is not None else load_image(image)
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Block until no segment call is running (background work yields to clinicians' requests)."""

@@ -160,10 +160,16 @@ class SessionStore:
             self.features.clear()
 
     # -- the images' encoded slices -----------------------------------------------------
-    def feature_cache(self, key: FeatureKey, max_bytes: int, array=None):
-        """The shared cache of ``key`` (made when missing), marked as just used (``array``: see FeatureStore)."""
+    def feature_cache(self, key: FeatureKey, max_bytes: int, array=None, volume=None):
+        """The shared cache of ``key`` (made when missing), marked as just used (``array``, ``volume``: see
+        FeatureStore.cache_for)."""
         with self._lock:
-            return self.features.cache_for(key, max_bytes, self._clock(), array)
+            return self.features.cache_for(key, max_bytes, self._clock(), array, volume)
+
+    def kept_volume(self, image: tuple):
+        """The volume already read from the file of ``image`` (an image_stamp), or None."""
+        with self._lock:
+            return self.features.volume_of(image)
 
     def holds_features(self, key: FeatureKey, cache) -> bool:
         """Whether ``cache`` is still the store's for ``key`` (encode-ahead stops once it is evicted)."""
@@ -230,6 +236,7 @@ class SessionStore:
                 else:  # sessions with nothing shared (2D)
                     total += session.memory_bytes()
             shared.update({id(cache): cache.bytes for cache in self.features.caches()})
+            shared.update({id(volume.array): volume.array.nbytes for volume in self.features.volumes()})
             return total + sum(shared.values())
 
     def keys(self) -> list:

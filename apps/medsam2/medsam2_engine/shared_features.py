@@ -9,7 +9,9 @@ features: keeping one copy halves the work and the memory, and the masks are unc
   version, so they never find features encoded with the old ones.
 - :class:`FeatureStore` holds the caches by key (guarded by the session store's lock, see
   ``sessions.SessionStore``), which counts each one once in its memory budget and evicts
-  those no session holds, least recently used first.
+  those no session holds, least recently used first. A cache of a file also keeps the
+  volume read from it, so the file is read once: encode-ahead's read is the first click's,
+  and a second clinician on the study reads nothing.
 - :class:`SessionFeatures` is one session's view of a shared cache: it counts that
   session's own encoder runs (``misses``) so a result says what *its* request encoded.
 """
@@ -46,13 +48,14 @@ class FeatureStore:
     """
 
     def __init__(self):
-        self._caches: OrderedDict = OrderedDict()  # FeatureKey -> [FeatureCache, last used, anchor]
+        self._caches: OrderedDict = OrderedDict()  # FeatureKey -> [FeatureCache, last used, anchor, volume]
 
-    def cache_for(self, key: FeatureKey, max_bytes: int, now: float, array=None) -> FeatureCache:
+    def cache_for(self, key: FeatureKey, max_bytes: int, now: float, array=None, volume=None) -> FeatureCache:
         """The cache of ``key``, made when missing; caches of other weights are dropped.
 
         ``array``: an in-memory image's pixels (its key is the array's ``id``, which Python
         reuses once the array is freed): the cache is only found while that array lives.
+        ``volume``: the volume read from the key's file, kept with the cache (see :meth:`volume_of`).
         """
         self._drop_orphaned_arrays()
         stale = [k for k in self._caches if k.model_version != key.model_version]
@@ -63,7 +66,9 @@ class FeatureStore:
             entry = None  # another array at the same address
         if entry is None:
             anchor = weakref.ref(array) if array is not None else None
-            entry = self._caches[key] = [FeatureCache(max_bytes), now, anchor]
+            entry = self._caches[key] = [FeatureCache(max_bytes), now, anchor, None]
+        if entry[3] is None:
+            entry[3] = volume
         entry[1] = now
         self._caches.move_to_end(key)
         return entry[0]
@@ -85,9 +90,20 @@ class FeatureStore:
     def caches(self) -> list:
         return [entry[0] for entry in self._caches.values()]
 
+    def volume_of(self, image: tuple):
+        """The volume read from the file of ``image`` (a ``sessions.image_stamp``: a rewritten file
+        has another) and kept with some cache of it, or None."""
+        for key, entry in reversed(self._caches.items()):
+            if key.image == image and entry[3] is not None:
+                return entry[3]
+        return None
+
+    def volumes(self) -> list:
+        return [entry[3] for entry in self._caches.values() if entry[3] is not None]
+
     def least_recent_unheld(self, held_ids: set, idle_before: float | None = None):
         """The least recently used key whose cache no session holds (idle before ``idle_before``, if given)."""
-        for key, (cache, last_used, _) in self._caches.items():
+        for key, (cache, last_used, _, _) in self._caches.items():
             if id(cache) in held_ids:
                 continue
             if idle_before is None or last_used < idle_before:
