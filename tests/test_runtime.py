@@ -255,3 +255,7 @@ def test_slices_encoded_by_one_runtime_are_never_served_to_another(small_source,
     assert torch_run.session.slices_encoded > 0
     assert openvino_run.session.slices_encoded == torch_run.session.slices_encoded  # its own cache
     assert torch_again.session.slices_encoded == 0  # the same runtime's slices are shared
+    # each result says what ran its network stages in that call
+    assert torch_run.run.runtimes == {"image_encoder": ["torch"], "memory_attention": ["torch"]}
+    assert openvino_run.run.runtimes == {"image_encoder": ["openvino"], "memory_attention": ["torch"]}
+    assert torch_again.run.runtimes == {"memory_attention": ["torch"]}  # nothing encoded in that call

@@ -75,7 +75,8 @@ def _segment_with_memory_attention(segmenter, volume, prompts, attach):
         reference, _ = _masks(segmenter, volume, prompts)
         assert attach(model) == "openvino_int8"
         runtime = memory_attention_runtime(model)
-        converted, _ = _masks(segmenter, volume, prompts)
+        converted, result = _masks(segmenter, volume, prompts)
+        assert result.run.runtimes["memory_attention"] == ["openvino_int8"]  # the result says what ran
         return reference, converted, runtime.calls
     finally:
         attach_cpu_runtime(model, "torch")

@@ -71,13 +71,14 @@ def test_3d_infer_then_correction(client, studies):
     assert {"slice", "object_score", "predicted_iou", "area"} <= set(liver["slices"][0])
     assert liver["crop_region"] is None  # the small test model's 128 px input leaves no room for a region
     assert params["latencies"]["total"] > 0 and "propagation" in params["stages"]
+    assert set(params["runtimes"]) == {"image_encoder", "memory_attention"}  # what ran each stage
     assert params["session"]["started"] == "new"
 
     request["background"] = [[60, 20, 24]]  # a correction on another slice
     result_file, params = client.infer("medsam2_3d", "ct_phantom_0", request)
     params = _params(params)
     assert params["session"]["started"] is None
-    assert params["session"]["slices_encoded"] == 0
+    assert params["session"]["slices_encoded"] == 0 and "image_encoder" not in params["runtimes"]
     assert params["labels"]["liver"]["prompted_slices"] == [20, 24]
 
 

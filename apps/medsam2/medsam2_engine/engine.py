@@ -29,6 +29,7 @@ from .crop_region import CropRegion, CropRegionSettings, choose_region, prompt_e
 from .frames import SliceFrames
 from .model_source import ModelSource
 from .precision import autocast_for
+from .predictor import runtimes_used
 from .shared_features import FeatureKey, SessionFeatures
 from .prompts import LabelPrompts, PromptError
 from .propagation import CorrectionStop, EarlyStop
@@ -263,7 +264,8 @@ class VolumeSegmenter:
             session.tracks.pop(label, None)
         encoder_before = session.feature_cache.misses
         results, warnings = {}, []
-        with torch.inference_mode(), autocast_for(self.models.device, self.settings.cpu_bf16):
+        with torch.inference_mode(), autocast_for(self.models.device, self.settings.cpu_bf16), \
+                runtimes_used() as runtimes:
             for label, label_prompts in prompts.items():
                 results[label] = self._segment_label_safely(session, label, label_prompts, options, timings)
                 if results[label].restarted and results[label].restarted.startswith("error"):
@@ -277,7 +279,7 @@ class VolumeSegmenter:
                                slices_encoded=cache.misses - encoder_before, feature_cache_slices=len(cache),
                                feature_cache_mb=round(cache.bytes / 2**20, 1))
         return VolumeResult(volume=session.volume, labels=results, window=session.window, modality=session.modality,
-                            run=RunInfo.of(session.model, self.protocol, timings), session=report, options=options,
+                            run=RunInfo.of(session.model, self.protocol, timings, runtimes), session=report, options=options,
                             warnings=warnings)
 
     def _segment_label_safely(self, session, label, prompts, options: SegmentOptions, timings) -> LabelResult:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import threading
 from collections import OrderedDict
+from contextlib import contextmanager
 
 import torch
 from sam2 import sam2_video_predictor as _sam2_video_module
@@ -23,6 +24,27 @@ from sam2.sam2_video_predictor import SAM2VideoPredictor
 from .frames import SliceFrames
 
 _install_lock = threading.Lock()
+_stage_runs = threading.local()  # what ran each stage in this thread's recording (runtimes_used)
+
+
+@contextmanager
+def runtimes_used():
+    """What ran the image encoder and memory attention on this thread within the block:
+    ``{"image_encoder": {"openvino"}, "memory_attention": {"torch"}}``, a stage absent when it
+    never ran (every slice was encoded already, say)."""
+    used: dict = {}
+    outer = getattr(_stage_runs, "used", None)
+    _stage_runs.used = used
+    try:
+        yield used
+    finally:
+        _stage_runs.used = outer
+
+
+def _ran(stage: str, runtime: str) -> None:
+    used = getattr(_stage_runs, "used", None)
+    if used is not None:
+        used.setdefault(stage, set()).add(runtime)
 
 
 def _install_in_memory_loader() -> None:
@@ -197,16 +219,18 @@ def network_lock(predictor) -> FairLock:
 class _MemoryAttentionCall:
     """sam2's memory-attention call, through the runtime for the inputs it takes, else the module."""
 
-    def __init__(self, module, runtime):
+    def __init__(self, module, runtime=None):
         self.module = module
         self.runtime = runtime
 
     def __call__(self, curr, memory, curr_pos=None, memory_pos=None, num_obj_ptr_tokens: int = 0):
         one_curr = curr[0] if isinstance(curr, list) and len(curr) == 1 else curr
         one_pos = curr_pos[0] if isinstance(curr_pos, list) and len(curr_pos) == 1 else curr_pos
-        if (isinstance(one_curr, torch.Tensor) and one_pos is not None and memory_pos is not None
-                and self.runtime.accepts(one_curr, memory, num_obj_ptr_tokens)):
+        if (self.runtime is not None and isinstance(one_curr, torch.Tensor) and one_pos is not None
+                and memory_pos is not None and self.runtime.accepts(one_curr, memory, num_obj_ptr_tokens)):
+            _ran("memory_attention", self.runtime.name)
             return self.runtime(one_curr, memory, one_pos, memory_pos, num_obj_ptr_tokens)
+        _ran("memory_attention", "torch")
         return self.module(curr=curr, memory=memory, curr_pos=curr_pos, memory_pos=memory_pos,
                            num_obj_ptr_tokens=num_obj_ptr_tokens)
 
@@ -253,7 +277,9 @@ class VolumePredictor(SAM2VideoPredictor):
         # the CPU runtime (runtime_openvino.py) when one is attached and takes this input
         runtime = self.__dict__.get("_image_runtime")
         if runtime is not None and runtime.accepts(img_batch):
+            _ran("image_encoder", runtime.name)
             return runtime(img_batch)
+        _ran("image_encoder", "torch")
         return super().forward_image(img_batch)
 
     @property
@@ -263,7 +289,9 @@ class VolumePredictor(SAM2VideoPredictor):
         # The module itself stays in ``_modules``: state_dict, training and .to() see it alone.
         module = self._modules["memory_attention"]
         runtime = self.__dict__.get("_memory_attention_runtime")
-        return module if runtime is None else _MemoryAttentionCall(module, runtime)
+        if runtime is None and getattr(_stage_runs, "used", None) is None:
+            return module  # nothing to choose or record (training, tools)
+        return _MemoryAttentionCall(module, runtime)
 
     def _track_step(self, *args, **kwargs):
         current_out, sam_outputs, high_res_features, pix_feat = super()._track_step(*args, **kwargs)

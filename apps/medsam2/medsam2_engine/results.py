@@ -1,11 +1,11 @@
 """What every engine result carries besides its masks: which weights and protocol made it,
-and how long each stage took. Results are plain dataclasses; JSON is built by the app's
+how long each stage took and what ran the network's heavy stages. Results are plain dataclasses; JSON is built by the app's
 tasks (``lib/infers``), never here.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .checkpoints import RANDOM_WEIGHTS
 
@@ -16,6 +16,7 @@ class RunInfo:
     random_weights: bool  # untrained: random weights, or weights fine-tuned from random ones
     protocol: str  # "medsam2" | "sam2" for the interactive engine; the engine's name otherwise
     timings: dict  # stage -> seconds, rounded
+    runtimes: dict = field(default_factory=dict)  # network stage -> what ran it in this call (sorted names)
 
     @property
     def untrained_origin(self) -> bool:
@@ -23,9 +24,11 @@ class RunInfo:
         return self.random_weights and self.checkpoint != RANDOM_WEIGHTS
 
     @classmethod
-    def of(cls, loaded, protocol: str, timings: dict) -> "RunInfo":
-        """From the model that ran (``ModelSource.get()``) and the stages' seconds."""
-        return cls(loaded.checkpoint, loaded.random_weights, protocol, {k: round(v, 4) for k, v in timings.items()})
+    def of(cls, loaded, protocol: str, timings: dict, runtimes: dict | None = None) -> "RunInfo":
+        """From the model that ran (``ModelSource.get()``), the stages' seconds and, where recorded
+        (``predictor.runtimes_used``), what ran each network stage."""
+        return cls(loaded.checkpoint, loaded.random_weights, protocol, {k: round(v, 4) for k, v in timings.items()},
+                   {stage: sorted(names) for stage, names in (runtimes or {}).items()})
 
 
 @dataclass(frozen=True)

@@ -129,6 +129,7 @@ class OpenVinoMemoryAttention:
         self.module = memory_attention
         self.queries = int(queries)
         self.int8 = calibration is not None
+        self.name = "openvino_int8" if self.int8 else "openvino"
         self.calls = 0
         self._idle: list = []
         self._lock = threading.Lock()

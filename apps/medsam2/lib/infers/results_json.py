@@ -23,6 +23,8 @@ def run_json(run: RunInfo, window, modality: str) -> dict:
         "modality": modality,
         "stages": dict(run.timings),
     }
+    if run.runtimes:
+        out["runtimes"] = {stage: list(names) for stage, names in run.runtimes.items()}
     if run.random_weights:
         out["warning"] = RANDOM_WEIGHTS_WARNING
         if run.untrained_origin:
