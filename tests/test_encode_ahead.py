@@ -318,6 +318,9 @@ def test_slicer_downloading_a_study_has_it_encoded_before_the_first_click(slicer
     assert download.content == (server.studies / "ct_phantom_0.nii.gz").read_bytes()
     found = _wait_for_log(server, r"encode-ahead \S*ct_phantom_0\.nii\.gz: (\d+) slices \((\w+)\)")
     assert found.groups() == (str(slices), "done")
+    status = requests.get(f"{server.url}/info/", timeout=10).json()["medsam2"]["encode_ahead"]
+    assert status["last"] == {"image": "ct_phantom_0.nii.gz", "slices_encoded": slices, "stopped": "done"}
+    assert status["running"] is None and status["waiting"] == 0 and status["queued"] >= 2  # and ct_phantom_1's rest
     assert encoded_by_first_click("ct_phantom_0") == (0, slices)  # Slicer sends client_id only now: any session
 
     bad = requests.get(f"{server.url}/datastore/image", params={"image": "../ct_phantom_0"}, timeout=10)

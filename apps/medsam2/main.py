@@ -163,4 +163,5 @@ class MedSam2App(MONAILabelApp):
     def info(self):
         info = super().info()
         info["medsam2"] = self.models.status()
+        info["medsam2"]["encode_ahead"] = self.encode_ahead.status() if self.encode_ahead else None
         return info

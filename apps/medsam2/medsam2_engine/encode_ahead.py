@@ -21,6 +21,7 @@ is chosen from the prompts, unknown yet; whole slices would be wasted).
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
@@ -69,6 +70,11 @@ def centre_out(count: int) -> list:
     return order[:count]
 
 
+def _job_status(job: EncodeJob) -> dict:
+    name = "in-memory volume" if hasattr(job.image, "array") else os.path.basename(str(job.image).rstrip("/"))
+    return {"image": name, "slices_encoded": job.encoded, "stopped": job.stopped or None}
+
+
 def _job_id(session_key, image, window, modality) -> tuple:
     from .sessions import image_stamp, window_key
 
@@ -87,7 +93,9 @@ class EncodeAhead:
         self._jobs: dict = {}  # (session key, image, window) -> the latest job for it
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
-        self.queued = 0  # jobs accepted since start (a field /info-like reports can show)
+        self.queued = 0  # jobs accepted since start
+        self._running: EncodeJob | None = None
+        self._last: EncodeJob | None = None
         if follow_requests:
             segmenter.encode_ahead = self
 
@@ -125,6 +133,15 @@ class EncodeAhead:
             if not pending[0].finished.wait(max(0.0, deadline - time.monotonic())):
                 return False
 
+    def status(self) -> dict:
+        """For /info: jobs accepted, waiting, the one running (slices so far) and the last finished."""
+        with self._lock:
+            waiting = [job for job in self._jobs.values() if not job.finished.is_set()]
+            running, last = self._running, self._last
+        return {"queued": self.queued, "waiting": sum(job is not running for job in waiting),
+                "running": None if running is None else _job_status(running),
+                "last": None if last is None else _job_status(last)}
+
     def cancel(self, session_key) -> None:
         key = None if session_key is None else tuple(session_key)
         with self._lock:
@@ -135,6 +152,8 @@ class EncodeAhead:
     def _work(self) -> None:
         while True:
             job = self._queue.get()
+            with self._lock:
+                self._running = job
             try:
                 job.stopped = self._encode(job)
             except Exception as err:  # noqa: BLE001 - the request itself will encode what is missing
@@ -142,6 +161,8 @@ class EncodeAhead:
                                type(err).__name__, err)
                 job.stopped = f"error: {type(err).__name__}: {err}"
             finally:
+                with self._lock:
+                    self._running, self._last = None, job
                 job.finished.set()
                 logger.info("encode-ahead %s: %d slices (%s)", job.session_key or job.image, job.encoded,
                             job.stopped)
