@@ -41,9 +41,10 @@ def test_click_lands_on_the_voxel_it_names(segmenter, phantom, monkeypatch):
     assert image[int(y), int(x)] == image.max() == 1.0  # the bright voxel, after windowing
 
 
-def test_propagates_both_ways_over_every_slice(segmenter, phantom):
+def test_propagates_both_ways_over_every_slice(segmenter, phantom, capsys):
     prompts = {"organ": LabelPrompts(clicks=[Click(18, 14, 5, True)])}
     result = segmenter.run(phantom, prompts, ("t", "both"))
+    assert "propagate in video" not in capsys.readouterr().err  # no sam2 progress bars in a server's log
     label = result.labels["organ"]
     directions = {p.direction: p for p in label.passes}
     assert directions["forward"].last == phantom.array.shape[2] - 1

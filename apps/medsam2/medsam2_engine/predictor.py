@@ -13,11 +13,13 @@ Three small changes, each by extending sam2 rather than rewriting it:
 from __future__ import annotations
 
 import copy
+import functools
 import threading
 from collections import OrderedDict
 from contextlib import contextmanager
 
 import torch
+from tqdm import tqdm
 from sam2 import sam2_video_predictor as _sam2_video_module
 from sam2.sam2_video_predictor import SAM2VideoPredictor
 
@@ -65,6 +67,9 @@ def _install_in_memory_loader() -> None:
 
         load_video_frames.accepts_slice_frames = True
         _sam2_video_module.load_video_frames = load_video_frames
+        # sam2 draws a progress bar per pass on stderr: a server's log gets hundreds of them a
+        # day. propagation.py logs long passes itself.
+        _sam2_video_module.tqdm = functools.partial(tqdm, disable=True)
 
 
 class FeatureCache:
