@@ -86,6 +86,12 @@ def test_slicer_roi_prompt(client):
     # Slicer's ROI in IJK, corners in either order: [i0, i1, j0, j1, k0, k1]
     _, params = client.infer("medsam2_3d", "ct_phantom_1", {"roi": [50, 15, 55, 18, 18, 22], "label": "liver"})
     assert _params(params)["labels"]["liver"]["prompted_slices"] == [20]
+    assert _params(params)["request_warnings"] == []
+    # Slicer sends each segment's points under its name: one the app has not is said, not silently dropped
+    _, params = client.infer("medsam2_3d", "ct_phantom_1", {"roi": [50, 15, 55, 18, 18, 22], "label": "liver",
+                                                            "kidney": [[30, 30, 20]], "result_dtype": "uint8"})
+    assert _params(params)["request_warnings"] == [
+        "kidney: points for a label this app does not have (its labels: liver, spine, lesion, tumour); not used"]
 
 
 def test_2d_infer_on_a_photograph(client, studies):

@@ -50,6 +50,7 @@ class Interactive2D(Sam2Task):
                 "slice": result.slice_index,
                 "predicted_iou": round(result.predicted_iou, 4),
                 "embedding_reused": result.embedding_reused,
+                "request_warnings": parsed.warnings,
             }
         )
         file_name, out = self.write(request, volume, label_map, out)

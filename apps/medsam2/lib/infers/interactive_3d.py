@@ -75,6 +75,7 @@ class Interactive3D(Sam2Task):
                 label_map[result.labels[name].mask] = value
                 label_names[name] = value
         out = volume_result_json(result, label_names)
+        out["request_warnings"] = parsed.warnings
         file_name, out = self.write(request, result.volume, label_map, out)
         total = time.perf_counter() - started
         load = result.run.timings.get("load", 0.0)

@@ -45,6 +45,7 @@ class ParsedRequest:
     reset_labels: set
     window: object
     modality: str | None
+    warnings: list = dataclasses.field(default_factory=list)  # what of the request was not used, and why
 
 
 def session_key_for(request: dict) -> tuple:
@@ -121,6 +122,20 @@ def _label(request: dict, labels: list):
     return label
 
 
+def _looks_like_points(value) -> bool:
+    return (isinstance(value, list) and bool(value)
+            and all(isinstance(p, (list, tuple)) and len(p) == 3
+                    and all(isinstance(c, (int, float)) and not isinstance(c, bool) for c in p) for p in value))
+
+
+def unused_point_lists(request: dict, labels: list) -> list:
+    """Fields holding ``[[i, j, k], ...]`` under a name that is neither a field nor a label of this app
+    (a segment the client has and the app has not): their points are not used, and the result says so."""
+    return sorted(name for name, value in request.items()
+                  if name not in RESERVED and name not in labels and not str(name).startswith("_")
+                  and _looks_like_points(value))
+
+
 def parse_request(request: dict, shape, labels: list) -> ParsedRequest:
     """Prompts per label, checked against the image ``shape`` (voxel order) and known labels."""
     image_size(shape)
@@ -162,4 +177,7 @@ def parse_request(request: dict, shape, labels: list) -> ParsedRequest:
             raise PromptError(f"label {name!r}: only background points; add a foreground point or a roi")
 
     reset = set(prompts) if request_flag(request, "reset_state", False) else set()
-    return ParsedRequest(prompts, session_key_for(request), reset, window_option(request), modality_option(request))
+    warnings = [f"{name}: points for a label this app does not have (its labels: {', '.join(labels)}); not used"
+                for name in unused_point_lists(request, labels)]
+    return ParsedRequest(prompts, session_key_for(request), reset, window_option(request), modality_option(request),
+                         warnings)
