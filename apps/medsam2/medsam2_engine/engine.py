@@ -123,16 +123,6 @@ class SegmentedLabel:
     mask: np.ndarray
 
 
-def _in_memory(image):
-    """An in-memory image's array (its identity is part of the feature key), else None."""
-    return image.array if isinstance(image, Volume) else None
-
-
-def _read_from_file(image, volume: Volume):
-    """The volume read from the file ``image`` (kept with its encoded slices), else None."""
-    return None if isinstance(image, Volume) else volume
-
-
 class VolumeSegmenter:
     def __init__(self, models: ModelSource, settings: EngineSettings | None = None,
                  sessions: SessionStore | None = None):
@@ -176,22 +166,10 @@ class VolumeSegmenter:
         if not volume.is_3d:
             raise PromptError(f"image {key[-1]} is 2D (shape {list(volume.array.shape)}); use the 2D model for it")
         load_seconds = time.perf_counter() - started
-        chosen, resolved = model_window(volume, modality, window)
-        frames = SliceFrames(volume.array, chosen, loaded.model.image_size,
-                             resampling=input_resampling(self.protocol))
-        feature_key = self.feature_key(image, chosen, loaded, frames, owner=key)
-        cache = self.sessions.feature_cache(feature_key, int(self.settings.feature_cache_mb * 1024 * 1024),
-                                            _in_memory(image), _read_from_file(image, volume))
+        chosen, resolved, frames, feature_key, cache = self._features_of(image, volume, loaded, window, modality, key)
         return Session(key=key, image_stamp=image_stamp(image), model=loaded, window_key=window_key(window, modality),
                        volume=volume, frames=frames, window=chosen, feature_cache=SessionFeatures(cache, feature_key),
                        modality=resolved, started=reason, load_seconds=load_seconds, image=image)
-
-    def feature_key(self, image, window: Window, loaded, frames: SliceFrames, owner: tuple | None = None) -> FeatureKey:
-        """What the image's encoded slices depend on; ``owner`` makes them its own when sharing is off."""
-        return FeatureKey(image_stamp(image), (float(window.low), float(window.high)), loaded.version,
-                          frames.image_size, frames.resampling, str(self.settings.cpu_bf16),
-                          encoder_runtime=getattr(image_runtime(loaded.model), "name", "torch"),
-                          owner=None if self.settings.share_features else tuple(owner))
 
     def prepare_features(self, image, window=None, modality: str | None = None):
         """(model, frames, feature key, cache) of ``image`` as a request with this window would see it,
@@ -200,12 +178,23 @@ class VolumeSegmenter:
         volume = self._read(image)
         if not volume.is_3d:
             raise PromptError(f"image is 2D (shape {list(volume.array.shape)}): nothing to encode ahead")
-        chosen, _ = model_window(volume, modality, window)
+        _, _, frames, key, cache = self._features_of(image, volume, loaded, window, modality, ("encode-ahead",))
+        return loaded, frames, key, cache
+
+    def _features_of(self, image, volume: Volume, loaded, window, modality, owner: tuple):
+        """(window, modality, frames, feature key, shared cache) of a volume as the model sees it."""
+        chosen, resolved = model_window(volume, modality, window)
         frames = SliceFrames(volume.array, chosen, loaded.model.image_size,
                              resampling=input_resampling(self.protocol))
-        key = self.feature_key(image, chosen, loaded, frames, owner=("encode-ahead",))
-        return loaded, frames, key, self.sessions.feature_cache(key, int(self.settings.feature_cache_mb * 2**20),
-                                                                _in_memory(image), _read_from_file(image, volume))
+        key = FeatureKey(image_stamp(image), (float(chosen.low), float(chosen.high)), loaded.version,
+                         frames.image_size, frames.resampling, str(self.settings.cpu_bf16),
+                         encoder_runtime=getattr(image_runtime(loaded.model), "name", "torch"),
+                         owner=None if self.settings.share_features else tuple(owner))
+        in_memory = isinstance(image, Volume)  # keyed by its array, which the caller holds
+        cache = self.sessions.feature_cache(key, int(self.settings.feature_cache_mb * 2**20),
+                                            array=volume.array if in_memory else None,
+                                            volume=None if in_memory else volume)
+        return chosen, resolved, frames, key, cache
 
     def _read(self, image) -> Volume:
         """An in-memory image as it is; a file as already read for its encoded slices, else read now."""

@@ -201,12 +201,7 @@ class SessionStore:
         recently used sessions (never ``keep``)."""
         with self._lock:
             limit_bytes = self.limits.max_memory_mb * 1024 * 1024
-            while self.memory_bytes() > limit_bytes:
-                unheld = self.features.least_recent_unheld(self._held_cache_ids())
-                if unheld is None:
-                    break
-                logger.info("dropping encoded slices of %s (session memory limit; no session on them)", unheld.image)
-                self.features.drop(unheld)
+            self._drop_unheld_caches(limit_bytes)
             while len(self._sessions) > 1:
                 too_many = len(self._sessions) > self.limits.max_sessions
                 too_big = self.memory_bytes() > limit_bytes
@@ -220,10 +215,16 @@ class SessionStore:
                 del self._sessions[victim]
                 self.evictions += 1
                 if too_big:  # its cache may be held by no one now: it goes before the next session
-                    unheld = self.features.least_recent_unheld(self._held_cache_ids())
-                    while unheld is not None and self.memory_bytes() > limit_bytes:
-                        self.features.drop(unheld)
-                        unheld = self.features.least_recent_unheld(self._held_cache_ids())
+                    self._drop_unheld_caches(limit_bytes)
+
+    def _drop_unheld_caches(self, limit_bytes: float) -> None:
+        """Drop feature caches no session holds, least recently used first, until within ``limit_bytes``."""
+        while self.memory_bytes() > limit_bytes:
+            unheld = self.features.least_recent_unheld(self._held_cache_ids())
+            if unheld is None:
+                return
+            logger.info("dropping encoded slices of %s (session memory limit; no session on them)", unheld.image)
+            self.features.drop(unheld)
 
     def memory_bytes(self) -> int:
         """Every session's own memory, plus each volume and feature cache once however many share it."""
