@@ -206,7 +206,8 @@ def test_a_download_queues_the_image_for_any_session_and_the_first_click_finds_i
     reads, read = [], engine.load_image
     monkeypatch.setattr(engine, "load_image", lambda image: reads.append(image) or read(image))
     segmenter = _segmenter(models)
-    job = EncodeAhead(segmenter).request(None, str(path))  # no session yet: the client is not known
+    ahead = EncodeAhead(segmenter)
+    job = ahead.request(None, str(path))  # no session yet: the client is not known
     assert job.finished.wait(120) and (job.stopped, job.encoded) == ("done", volume.array.shape[2])
     first = segmenter.run(str(path), prompts, session_key=("slicer-user", "study"))
     assert first.session.slices_encoded == 0
@@ -220,6 +221,7 @@ def test_a_download_queues_the_image_for_any_session_and_the_first_click_finds_i
     store.drop(("second-user", "study"))  # no session: the volume kept with the slices still counts
     assert store.memory_bytes() == kept.array.nbytes + sum(cache.bytes for cache in store.features.caches())
 
+    assert ahead.join(120)  # the sessions' follow-up jobs are done before the file changes
     os.utime(path, ns=(0, 0))  # the file changed: read again
     segmenter.run(str(path), prompts, session_key=("slicer-user", "study"))
     assert reads == [str(path)] * 2
@@ -368,8 +370,13 @@ def test_a_one_slice_request_queues_the_study_for_the_3d_click_that_follows(slic
     assert found.groups() == ("40", "done")
     _, params = client.infer("medsam2_3d", "ct_phantom_2", {"foreground": [[34, 36, 20]], "label": "liver"})
     assert (params if isinstance(params, dict) else json.loads(params))["session"]["slices_encoded"] == 0
-    # a photograph has no slices: nothing queued, the server still answers
+    # a photograph has no slices: a 2D request on it queues nothing; a download queues it and the worker says so
+    import requests
+
+    queued = requests.get(f"{server.url}/info/", timeout=10).json()["medsam2"]["encode_ahead"]["queued"]
     client.infer("medsam2_2d", "skin_lesion_0", {"foreground": [[80, 64]], "label": "liver"})
+    assert requests.get(f"{server.url}/info/", timeout=10).json()["medsam2"]["encode_ahead"]["queued"] == queued
+    assert requests.get(f"{server.url}/datastore/image", params={"image": "skin_lesion_0"}, timeout=30).ok
     _wait_for_log(server, r"encode-ahead \S*skin_lesion_0\.\w+: 0 slices \(not a volume\)")
 
 

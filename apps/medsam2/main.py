@@ -132,7 +132,7 @@ class MedSam2App(MONAILabelApp):
     def init_infers(self):
         return {
             "medsam2_3d": Interactive3D(self.volume_segmenter, self.settings.labels),
-            "medsam2_2d": Interactive2D(self.image_segmenter, self.settings.labels),
+            "medsam2_2d": Interactive2D(self.image_segmenter, self.settings.labels, self.encode_ahead),
             "medsam2_one_prompt": OnePrompt(self.models, self.settings.labels, self.datastore,
                                             one_prompt_settings(self.settings.engine),
                                             interactive=self.volume_segmenter),

@@ -49,7 +49,6 @@ logger = logging.getLogger(__name__)
 
 API = settings.MONAI_LABEL_API_STR
 # request fields only the server sets: a client cannot pick the image file or another user's session
-TWO_D_MODEL = "medsam2_2d"  # its requests on a volume segment one slice; the study's slices are encoded after
 SERVER_FIELDS = {"image", "model", "session", "description", USER_FIELD, ADDRESS_FIELD, IMAGE_ID_FIELD}
 
 
@@ -106,12 +105,8 @@ def infer(
         return json.dumps(request)
 
     checked = _as_http(prepare)
-    result = _as_http(lambda: infer_routes.run_inference(background_tasks, model, image, session_id, checked,
-                                                         file, label, output))
-    if model == TWO_D_MODEL and image:  # one slice of a study segmented: a 3D request may follow on it
-        request = json.loads(checked)
-        encode_image_ahead(instance, image, request.get("window"), request.get("modality"))
-    return result
+    return _as_http(lambda: infer_routes.run_inference(background_tasks, model, image, session_id, checked,
+                                                       file, label, output))
 
 
 def add_image(
@@ -183,18 +178,15 @@ def download_image(
     return response
 
 
-def encode_image_ahead(instance, image: str, window=None, modality=None) -> None:
+def encode_image_ahead(instance, image: str) -> None:
     """Queue a study that is about to be segmented for encoding, for whichever session opens it."""
     ahead = getattr(instance, "encode_ahead", None)
     if ahead is None:
         return
     try:
-        from .infers.request import modality_option, window_option
-
-        request = {"window": window, "modality": modality}
         uri = instance.datastore().get_image_uri(image)
         if uri and os.path.isfile(uri):
-            ahead.request(None, uri, window_option(request), modality_option(request))
+            ahead.request(None, uri)
     except Exception as err:  # noqa: BLE001 - the download itself succeeded; a click encodes what is missing
         logger.warning("image %s: not queued for encoding ahead: %s", image, err)
 

@@ -16,7 +16,7 @@ from .results_json import run_json
 
 
 class Interactive2D(Sam2Task):
-    def __init__(self, segmenter: ImageSegmenter, labels: list):
+    def __init__(self, segmenter: ImageSegmenter, labels: list, encode_ahead=None):
         super().__init__(
             segmenter.models,
             labels,
@@ -25,6 +25,7 @@ class Interactive2D(Sam2Task):
             config={"window": WINDOW_CHOICES, "modality": MODALITY_CHOICES},
         )
         self.segmenter = segmenter
+        self.encode_ahead = encode_ahead  # a slice of a study segmented: a 3D request may follow on it
 
     def run(self, request):
         started = time.perf_counter()
@@ -37,6 +38,8 @@ class Interactive2D(Sam2Task):
             label, prompts = next(iter(parsed.prompts.items()))
             slice_index = self._slice(request, prompts, volume) if volume.is_3d else None
             result = self.segmenter.segment(session, prompts, slice_index)
+        if volume.is_3d and self.encode_ahead is not None:
+            self.encode_ahead.request(None, request["image"], parsed.window, parsed.modality)
         if volume.is_3d:
             # Slicer imports a 2D result as a full volume with only this slice filled
             label_map = np.zeros(volume.array.shape, np.uint8)
