@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import logging
 import math
-import threading
 import time
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from .runtime_openvino import CompiledGraph, quantized
 
 logger = logging.getLogger(__name__)
 
@@ -131,8 +132,6 @@ class OpenVinoMemoryAttention:
         self.int8 = calibration is not None
         self.name = "openvino_int8" if self.int8 else "openvino"
         self.calls = 0
-        self._idle: list = []
-        self._lock = threading.Lock()
         started = time.perf_counter()
         dims = memory_attention.d_model, memory_attention.layers[0].cross_attn_image.kv_in_dim
         examples = example_inputs(self.queries, *dims)
@@ -140,10 +139,8 @@ class OpenVinoMemoryAttention:
         converted = ov.convert_model(MemoryAttentionGraph(memory_attention, self.queries).eval(),
                                      example_input=examples, input=shapes)
         if self.int8:
-            converted = _quantized(converted, calibration)
-        config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": int(threads),
-                  "PERFORMANCE_HINT": "LATENCY"}
-        self._compiled = core.compile_model(converted, "CPU", config)
+            converted = quantized(converted, calibration)
+        self._graph = CompiledGraph(core, converted, threads)
         self.compile_seconds = round(time.perf_counter() - started, 2)
 
     def accepts(self, curr, memory, num_obj_ptr_tokens: int) -> bool:
@@ -159,30 +156,14 @@ class OpenVinoMemoryAttention:
         return output
 
     def infer(self, inputs: dict) -> torch.Tensor:
-        """The graph on numbered inputs (:func:`graph_inputs`), on an infer request of this caller's own."""
-        with self._lock:
-            request = self._idle.pop() if self._idle else None
-        if request is None:
-            request = self._compiled.create_infer_request()  # one per concurrent caller, kept for reuse
-        try:
-            request.infer(inputs)
-            return torch.from_numpy(request.get_output_tensor(0).data.copy())
-        finally:
-            with self._lock:
-                self._idle.append(request)
+        """The graph on numbered inputs (:func:`graph_inputs`)."""
+        return self._graph.infer(inputs)[0]
 
 
 def example_inputs(queries: int, channels: int, memory_channels: int, frames: int = 2, pointers: int = 8) -> tuple:
     generator = torch.Generator().manual_seed(0)
     shapes = [(queries, channels)] * 2 + [(frames * queries, memory_channels)] * 2 + [(pointers, memory_channels)] * 2
     return tuple(torch.randn(n, 1, c, generator=generator) for n, c in shapes)
-
-
-def _quantized(converted, calibration: list):
-    import nncf
-
-    return nncf.quantize(converted, nncf.Dataset(calibration), model_type=nncf.ModelType.TRANSFORMER,
-                         subset_size=len(calibration))
 
 
 def graph_inputs(curr, memory, curr_pos, memory_pos, num_obj_ptr_tokens: int) -> dict:

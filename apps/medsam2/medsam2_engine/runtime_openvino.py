@@ -35,6 +35,40 @@ class RuntimeUnavailable(RuntimeError):
     """The runtime is not installed, or cannot take this model: serve with PyTorch."""
 
 
+class CompiledGraph:
+    """An OpenVINO graph compiled for CPU at float32 inference precision, with one infer request
+    per concurrent caller (a request holds its outputs: two callers never share one)."""
+
+    def __init__(self, core, converted, threads: int):
+        config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": int(threads),
+                  "PERFORMANCE_HINT": "LATENCY"}
+        self._compiled = core.compile_model(converted, "CPU", config)
+        self._outputs = len(self._compiled.outputs)
+        self._idle: list = []  # requests made once and reused: making one per call costs time
+        self._lock = threading.Lock()
+
+    def infer(self, inputs: dict) -> list:
+        """Every output of the graph on ``inputs`` (numbered numpy arrays), as tensors of their own."""
+        with self._lock:
+            request = self._idle.pop() if self._idle else None
+        if request is None:
+            request = self._compiled.create_infer_request()
+        try:
+            request.infer(inputs)
+            return [torch.from_numpy(request.get_output_tensor(i).data.copy()) for i in range(self._outputs)]
+        finally:
+            with self._lock:
+                self._idle.append(request)
+
+
+def quantized(converted, samples: list):
+    """``converted`` made int8 by NNCF, calibrated on ``samples`` (the graph's inputs, numpy)."""
+    import nncf
+
+    return nncf.quantize(converted, nncf.Dataset(samples), model_type=nncf.ModelType.TRANSFORMER,
+                         subset_size=len(samples))
+
+
 class _ForwardImage(torch.nn.Module):
     """``model.forward_image`` as a module with tensor outputs (what the runtime converts)."""
 
@@ -65,8 +99,7 @@ class OpenVinoImageEncoder:
         self._core = ov.Core()
         self._model = model
         self._threads = threads or torch.get_num_threads()
-        self._compiled: dict = {}  # input size -> (compiled model, number of fpn levels)
-        self._idle_requests: dict = {}  # input size -> infer requests not in use
+        self._compiled: dict = {}  # input size -> (CompiledGraph, number of fpn levels)
         self._lock = threading.Lock()
         self.compile_seconds: dict = {}
         self.calls = 0
@@ -86,10 +119,8 @@ class OpenVinoImageEncoder:
                 try:
                     converted = self._ov.convert_model(_ForwardImage(self._model).eval(), example_input=example)
                     if self.int8:
-                        converted = _quantized(converted, size)
-                    config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": int(self._threads),
-                              "PERFORMANCE_HINT": "LATENCY"}
-                    compiled = self._core.compile_model(converted, "CPU", config)
+                        converted = quantized(converted, [image.numpy() for image in calibration_slices(size)])
+                    compiled = CompiledGraph(self._core, converted, self._threads)
                 except Exception as err:  # noqa: BLE001 - any conversion failure means: stay on PyTorch
                     raise RuntimeUnavailable(f"openvino cannot convert the image encoder: {err}") from err
                 self._compiled[size] = (compiled, levels)
@@ -98,35 +129,12 @@ class OpenVinoImageEncoder:
                             self.compile_seconds[size])
             return self._compiled[size]
 
-    def _take_request(self, size: int, compiled):
-        """An idle infer request of this size (made once: making one per call costs time)."""
-        with self._lock:
-            idle = self._idle_requests.setdefault(size, [])
-            if idle:
-                return idle.pop()
-        return compiled.create_infer_request()
-
     def __call__(self, image: torch.Tensor) -> dict:
-        size = int(image.shape[-1])
-        compiled, levels = self.compile(size)
-        request = self._take_request(size, compiled)  # never shared by two concurrent callers
-        try:
-            request.infer({0: image.contiguous().numpy()})
-            outputs = [torch.from_numpy(request.get_output_tensor(i).data.copy()) for i in range(2 * levels)]
-        finally:
-            with self._lock:
-                self._idle_requests.setdefault(size, []).append(request)
+        compiled, levels = self.compile(int(image.shape[-1]))
+        outputs = compiled.infer({0: image.contiguous().numpy()})
         self.calls += 1
         fpn, pos = outputs[:levels], outputs[levels:]
         return {"vision_features": fpn[-1], "vision_pos_enc": pos, "backbone_fpn": fpn}
-
-
-def _quantized(converted, size: int):
-    import nncf
-
-    calibration = [image.numpy() for image in calibration_slices(size)]
-    return nncf.quantize(converted, nncf.Dataset(calibration), model_type=nncf.ModelType.TRANSFORMER,
-                         subset_size=len(calibration))
 
 
 def calibration_slices(size: int, count: int = CALIBRATION_SLICES) -> list:
