@@ -94,19 +94,11 @@ def markdown(rows: list, summary: dict, runtimes: list) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     lines.append(f"\\* {REFERENCE_NOTE}; fill box: the box filled on every slice the reference spans; "
-                 "Otsu in box: medsam2_eval.baselines.otsu_box_baseline.")
+                 "Otsu in box: medsam2_eval.baselines.")
     for name, s in summary.items():
         lines.append(f"- {name}: {s['measured']} structures, Dice min {s['min']}, median {s['median']}, "
                      f"below bound: {', '.join(s['below_bound']) or 'none'}")
     return "\n".join(lines)
-
-
-def fill_box(reference: np.ndarray, box) -> np.ndarray:
-    """The prompt's box filled on each slice the reference spans (told the true extent: optimistic)."""
-    ks = np.flatnonzero(reference.reshape(-1, reference.shape[2]).any(axis=0))
-    out = np.zeros_like(reference, dtype=bool)
-    out[int(box.i0): int(box.i1) + 1, int(box.j0): int(box.j1) + 1, ks.min(): ks.max() + 1] = True
-    return out
 
 
 def run_runtime(segmenter, work: list, runtime: str) -> dict:
@@ -138,7 +130,7 @@ def main(argv=None) -> int:
     from medsam2_engine.engine import VolumeSegmenter
     from medsam2_engine.model_source import ModelSource
     from medsam2_engine.runtime_openvino import attach_cpu_runtime, runtime_stages
-    from medsam2_eval.baselines import otsu_box_baseline
+    from medsam2_eval.baselines import fill_box_baseline, otsu_box_baseline
     from medsam2_eval.cases import find_cases, model_input_window, select_structures
     from medsam2_eval.clicks import box_prompt
 
@@ -183,7 +175,7 @@ def main(argv=None) -> int:
                    "box": dataclasses.asdict(box), "window": model_input_window(case),
                    "runtimes": {"torch": ran},
                    "reference_dice": {"note": REFERENCE_NOTE, "torch": agreement(structure.mask, reference)["dice"],
-                                      "fill_box": agreement(structure.mask, fill_box(structure.mask, box))["dice"],
+                                      "fill_box": agreement(structure.mask, fill_box_baseline(structure.mask, box))["dice"],
                                       "otsu_in_box": agreement(structure.mask, otsu_box_baseline(image, box))["dice"]}}
             for runtime in compared:
                 mask, row["runtimes"][runtime] = masks[runtime][case.name, structure.name]

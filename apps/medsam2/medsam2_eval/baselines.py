@@ -4,6 +4,8 @@
   perfectly) copied unchanged to every slice the reference structure spans. It is told
   the structure's true extent, so it is an optimistic "shape never changes" baseline; a
   propagating model should beat it inside the structure.
+- **fill_box**: the prompt's box filled on every slice the reference spans (told the true
+  extent too, so optimistic).
 - **otsu_box**: an Otsu threshold computed inside the box on the prompted slice; the side
   of the threshold holding the box centre is foreground; applied inside the same box on
   every slice, then only the 3D connected component(s) touching the prompted slice's
@@ -25,6 +27,13 @@ def copy_slice_baseline(reference: np.ndarray, k: int) -> np.ndarray:
     spans = np.nonzero(reference.reshape(-1, reference.shape[-1]).any(axis=0))[0]
     out = np.zeros_like(reference, dtype=bool)
     out[:, :, spans.min(): spans.max() + 1] = reference[:, :, k][:, :, None]
+    return out
+
+
+def fill_box_baseline(reference: np.ndarray, box: Box) -> np.ndarray:
+    spans = np.nonzero(reference.reshape(-1, reference.shape[-1]).any(axis=0))[0]
+    out = np.zeros_like(reference, dtype=bool)
+    out[int(box.i0): int(box.i1) + 1, int(box.j0): int(box.j1) + 1, spans.min(): spans.max() + 1] = True
     return out
 
 
