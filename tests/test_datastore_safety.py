@@ -107,6 +107,9 @@ def test_a_bad_label_leaves_the_final_label_byte_identical(server, area):
         response = put_label(server, "ct_phantom_0", content)
         assert 400 <= response.status_code < 500, (why, response.status_code, response.text)
         assert response.json()["detail"].startswith("label"), response.text
+        # one readable sentence naming the study, no server path and no reader tracebacks
+        detail = response.json()["detail"]
+        assert str(area) not in detail and "Traceback" not in detail and len(detail) < 400, (why, detail)
         assert digest(final) == original, why
     assert requests.get(f"{server.url}/info/", timeout=10).status_code == 200
 

@@ -132,7 +132,8 @@ class SafeLocalDatastore(LocalDatastore):
         try:
             values = check_label_file(CaseFiles(image_path, label_filename, image_id))
         except (LabelMismatch, ImageReadError) as err:
-            raise OptionError("label", _without_paths(str(err), image_path, label_filename), status=422) from err
+            names = {image_path: image_id, label_filename: "the uploaded file"}
+            raise OptionError("label", _without_paths(str(err), names), status=422) from err
 
         label_dir = self._inside(self._datastore.label_path(tag), "tag")
         dest = self._inside(os.path.join(label_dir, image_id + ext), "label")
@@ -213,8 +214,8 @@ def remove_leftovers(root: str) -> list:
     return removed
 
 
-def _without_paths(message: str, *paths: str) -> str:
-    """Error text for the client: the server's file paths replaced by what they are."""
-    for path, name in zip(paths, ("the image", "the uploaded label")):
+def _without_paths(message: str, names: dict) -> str:
+    """Error text for the client: the server's file paths replaced by what they are (``{path: name}``)."""
+    for path, name in names.items():
         message = message.replace(path, name)
     return message

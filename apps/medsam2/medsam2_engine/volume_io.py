@@ -83,7 +83,9 @@ def load_image(path: str | os.PathLike) -> Volume:
     try:
         image = LoadImage(reader=reader, image_only=True)(path)
     except Exception as err:  # the readers raise many types; name the file instead
-        raise ImageReadError(f"could not read image {path}: {err}") from err
+        # MONAI's LoadImage appends every reader's traceback: the first line says what failed
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ImageReadError(f"could not read {path}: {reason}") from err
 
     array = np.asarray(image)
     meta = dict(getattr(image, "meta", {}) or {})
