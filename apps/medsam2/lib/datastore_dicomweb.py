@@ -33,6 +33,8 @@ from monailabel.interfaces.datastore import DefaultLabelTag
 from pydicom.dataset import Dataset
 
 from lib.dicom_seg import SegAuthor, build_segmentation
+from lib.saved_structures import PreparedLabel, prepare_label
+from medsam2_engine.label_structures import structures_path, write_stack
 from lib.privacy import KEYWORDS as PATIENT_IDENTIFIERS
 
 logger = logging.getLogger(__name__)
@@ -179,13 +181,37 @@ class MedSam2DicomWebDatastore(DICOMWebDatastore):
         converted = ""
         if label_filename.endswith(".bin"):
             converted = label_filename = binary_to_image(image_uri, label_filename)
+        prepared = prepare_label(label_filename, label_info)
         try:
+            label_info.update(prepared.summary())
             if label_tag == DefaultLabelTag.FINAL:
-                label_info.update(self._store_seg(series_uid, label_filename, label_info.get("label_info")))
-            return LocalDatastore.save_label(self, series_uid, label_filename, label_tag, label_info)
+                label_info.update(self._store_seg(series_uid, prepared, label_info.get("label_info")))
+            saved = LocalDatastore.save_label(self, series_uid, prepared.label_file, label_tag, label_info)
+            stack_file = structures_path(os.path.join(self._datastore.label_path(label_tag), series_uid + ".nii.gz"))
+            if prepared.stack is not None:
+                write_stack(stack_file, prepared.stack, prepared.affine, prepared.values)
+            elif os.path.exists(stack_file):
+                os.unlink(stack_file)  # a plain label map replaces the structures saved before it
+            return saved
         finally:
+            prepared.cleanup()
             if converted:
                 os.unlink(converted)
+
+    def get_label_uri(self, label_id: str, label_tag: str, image_id: str = "") -> str:
+        """The app's copy of the label (saved through the app, stored in the PACS as SEG).
+
+        MONAI Label's own version downloads the series named ``label_id`` and reads it as a SEG;
+        ``GET /datastore/label`` passes the image's series there, so it failed with HTTP 500.
+        """
+        series_uid = check_series_uid(label_id)
+        obj = self._datastore.objects.get(series_uid)
+        label = obj.labels.get(label_tag) if obj else None
+        path = os.path.join(self._datastore.label_path(label_tag), series_uid + label.ext) if label else ""
+        if not path or not os.path.isfile(path):
+            raise HTTPException(status_code=404, detail=f"label: series {series_uid} has no {label_tag!r} label "
+                                                        "saved through this app")
+        return path
 
     def segment_names(self, label_info) -> Dict[int, str]:
         """Label value -> name: the client's ``label_info`` (Slicer sends it), else ``--conf labels`` order."""
@@ -197,10 +223,14 @@ class MedSam2DicomWebDatastore(DICOMWebDatastore):
                     names[value] = str(entry["name"])
         return names
 
-    def _store_seg(self, series_uid: str, label_file: str, label_info) -> dict:
+    def _store_seg(self, series_uid: str, prepared: PreparedLabel, label_info) -> dict:
         try:
-            seg = build_segmentation(self._series_dir(series_uid), label_file, self.segment_names(label_info),
-                                     self._author)
+            names = self.segment_names(label_info)
+            if prepared.stack is not None:  # each structure whole, overlaps included
+                seg = build_segmentation(self._series_dir(series_uid), prepared.label_file, names, self._author,
+                                         stack=prepared.stack, stack_values=[s.value for s in prepared.structures])
+            else:
+                seg = build_segmentation(self._series_dir(series_uid), prepared.label_file, names, self._author)
         except ValueError as err:
             raise HTTPException(status_code=400, detail=f"label for series {series_uid}: {err}") from err
         except Exception as err:  # highdicom refuses what the source series lacks: say so, keep serving

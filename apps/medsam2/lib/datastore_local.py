@@ -30,7 +30,10 @@ from medsam2_engine.atomic_files import atomic_write_text as _atomic_write_text
 from medsam2_engine.training.cases import CaseFiles, LabelMismatch, check_label_file
 from medsam2_engine.volume_io import ImageReadError, load_image
 
+from medsam2_engine.label_structures import structures_path, write_stack
+
 from .options import OptionError, identifier, image_size
+from .saved_structures import PreparedLabel, prepare_label
 
 logger = logging.getLogger(__name__)
 
@@ -123,34 +126,49 @@ class SafeLocalDatastore(LocalDatastore):
         return image_id
 
     # --- labels ---------------------------------------------------------------------------
-    def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: dict) -> str:
+    def save_label(self, image_id: str, label_filename: str, label_tag: str, label_info: dict,
+                   prepared: "PreparedLabel | None" = None) -> str:
         obj = self._image_entry(image_id)
         tag = identifier(label_tag, "tag")
-        ext = extension_of(label_filename, "label")
         self._check_upload(label_filename, "label")
+        if prepared is None:
+            prepared = prepare_label(label_filename, label_info)
+            try:
+                return self.save_label(image_id, label_filename, label_tag, label_info, prepared)
+            finally:
+                prepared.cleanup()
+        ext = extension_of(prepared.label_file, "label")
         image_path = self.get_image_uri(image_id)
         try:
-            values = check_label_file(CaseFiles(image_path, label_filename, image_id))
+            values = check_label_file(CaseFiles(image_path, prepared.label_file, image_id))
         except (LabelMismatch, ImageReadError) as err:
-            names = {image_path: image_id, label_filename: "the uploaded file"}
+            names = {image_path: image_id, prepared.label_file: "the uploaded file", label_filename: "the uploaded file"}
             raise OptionError("label", _without_paths(str(err), names), status=422) from err
 
         label_dir = self._inside(self._datastore.label_path(tag), "tag")
         dest = self._inside(os.path.join(label_dir, image_id + ext), "label")
+        stack_dest = self._inside(structures_path(dest), "label")
         with FileLock(self._lock_file):
             os.makedirs(label_dir, exist_ok=True)
             previous = obj.labels.get(tag)
             previous_path = os.path.join(label_dir, image_id + previous.ext) if previous else None
             if previous_path and os.path.exists(previous_path):
                 self._keep_history(tag, image_id, previous_path, previous.ext)
-            atomic_copy(label_filename, dest)
+            if prepared.stack is not None:  # the structures first: a crash between leaves the old map
+                write_stack(stack_dest, prepared.stack, prepared.affine, prepared.values, prefix=".", suffix=TEMP_SUFFIX)
+            elif os.path.exists(stack_dest):
+                os.unlink(stack_dest)  # a plain label map replaces the structures saved before it
+            atomic_copy(prepared.label_file, dest)
             if previous_path and previous_path != dest and os.path.exists(previous_path):
                 os.unlink(previous_path)  # saved in another format; the old one is in the history
             info = dict(label_info or {})
             info.update({"ts": int(time.time()), "name": image_id + ext, "label_values": values})
+            info.update(prepared.summary())
             obj.labels[tag] = DataModel(info=info, ext=ext)
             self._update_datastore_file(lock=False)
-        logger.info("saved label %s (tag %s, values %s)", image_id, tag, values)
+        logger.info("saved label %s (tag %s, values %s%s)", image_id, tag, values,
+                    f", {len(prepared.structures)} structures, {len(prepared.overlaps)} overlaps"
+                    if prepared.stack is not None else "")
         return image_id
 
     def remove_label(self, label_id: str, label_tag: str) -> None:

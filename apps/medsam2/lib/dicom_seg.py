@@ -93,17 +93,40 @@ def label_on_source_grid(label_file: str, source_image) -> np.ndarray:
     return sitk.GetArrayFromImage(resampled)
 
 
-def build_segmentation(source_folder: str, label_file: str, names: dict, author: SegAuthor):
+def stack_on_source_grid(label_file: str, stack: np.ndarray, source_image) -> list:
+    """Each channel of ``stack`` (``[i, j, k, n]``, on ``label_file``'s grid) on the source series."""
+    import SimpleITK as sitk
+
+    reference = sitk.ReadImage(label_file)
+    out = []
+    for channel in range(stack.shape[-1]):
+        image = sitk.GetImageFromArray(np.ascontiguousarray(np.transpose(stack[..., channel], (2, 1, 0)), np.uint8))
+        image.CopyInformation(reference)
+        resampled = sitk.Resample(image, source_image, sitk.Transform(), sitk.sitkNearestNeighbor, 0, sitk.sitkUInt8)
+        out.append(sitk.GetArrayFromImage(resampled) > 0)
+    return out
+
+
+def build_segmentation(source_folder: str, label_file: str, names: dict, author: SegAuthor,
+                       stack: np.ndarray | None = None, stack_values: list | None = None):
     """A highdicom ``Segmentation`` of ``label_file`` over the series in ``source_folder``.
 
     ``names`` maps label values to segment names; values in the file without a name are
-    named ``label <value>``. Raises ValueError for an empty label.
+    named ``label <value>``. With ``stack`` (one binary channel per structure, label value
+    ``stack_values[c]``) each segment is its structure's own mask, overlaps included (a
+    SEG's segments may overlap), instead of its share of the label map. Raises ValueError
+    for an empty label.
     """
     import highdicom as hd
 
     datasets, source_image = read_source_series(source_folder)
-    label_map = label_on_source_grid(label_file, source_image)
-    values = [int(v) for v in np.unique(label_map) if v != 0]
+    if stack is not None:
+        channels = stack_on_source_grid(label_file, stack, source_image)
+        by_value = {int(v): m for v, m in zip(stack_values, channels) if m.any()}
+    else:
+        label_map = label_on_source_grid(label_file, source_image)
+        by_value = {int(v): label_map == v for v in np.unique(label_map) if v != 0}
+    values = sorted(by_value)
     if not values:
         raise ValueError("the label is empty: there is nothing to store as DICOM SEG")
     algorithm = hd.AlgorithmIdentificationSequence(
@@ -119,7 +142,7 @@ def build_segmentation(source_folder: str, label_file: str, names: dict, author:
             segmented_property_type=codes.type, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.SEMIAUTOMATIC,
             algorithm_identification=algorithm,
         ))
-        masks.append(label_map == value)
+        masks.append(by_value[value])
     first = datasets[0]
     return hd.seg.Segmentation(
         source_images=datasets,

@@ -117,6 +117,14 @@ def build_router(app_instance, user_dependency) -> APIRouter:
     """Routes for the page; ``app_instance()`` returns the running MONAI Label app."""
     router = APIRouter(prefix=PREFIX, tags=["Viewer"])
 
+    @router.get("/auth", summary="Whether the page must log in (MONAI Label's authentication is on)")
+    def auth_enabled():
+        # answered without a token: the page asks before it has one, and MONAI Label 0.8.5 has
+        # no such route of its own when authentication is off (a 404 on every page load)
+        from monailabel.config import settings
+
+        return {"enabled": bool(settings.MONAI_LABEL_AUTH_ENABLE)}
+
     @router.get("/studies", summary="Studies of the datastore, for the viewer page")
     def studies(user=Depends(user_dependency)):
         return {"studies": study_list(app_instance().datastore())}

@@ -23,6 +23,9 @@ from .atomic_files import atomic_write
 logger = logging.getLogger(__name__)
 
 RANDOM_WEIGHTS = "random"
+# "random" weights are drawn from this seed, so an untrained server is the same network after a
+# restart and a problem seen with it can be reproduced (reported in /info as ``random_seed``)
+RANDOM_WEIGHTS_SEED = 0
 UNTRAINED_ORIGIN = "untrained_origin"  # checkpoint key: weights descend from random initialisation
 CHECKPOINT_ENV = "MEDSAM2_CHECKPOINT"
 FINETUNED_NAME = "finetuned.pt"
@@ -205,7 +208,9 @@ def build_model(preset: ModelPreset, checkpoint: str, device: str = "cpu", extra
     from hydra.utils import instantiate
 
     cfg = load_model_config(preset, extra_overrides)
-    model = instantiate(cfg.model, _recursive_=True)
+    with torch.random.fork_rng(devices=[]):  # seeded without touching the caller's random state
+        torch.manual_seed(RANDOM_WEIGHTS_SEED)
+        model = instantiate(cfg.model, _recursive_=True)
     if checkpoint == RANDOM_WEIGHTS:
         logger.warning(
             "MedSAM-2 is running with UNTRAINED RANDOM WEIGHTS (checkpoint=random): masks prove the "

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..label_grid import LabelMismatch, label_on_grid
+from ..label_structures import saved_structures
 from ..volume_io import ImageReadError, Volume, load_image
 from ..windowing import Window, model_window
 
@@ -36,10 +37,18 @@ class Case:
     labels: np.ndarray  # int, volume.spatial_shape
     window: Window
     values: list = field(default_factory=list)  # label values present
+    # value -> the structure's whole mask where the label was saved as structures (overlaps kept)
+    structures: dict | None = None
 
     @property
     def name(self) -> str:
         return self.files.name or self.files.image
+
+    def mask_of(self, value: int) -> np.ndarray:
+        """The structure's own voxels: whole from the saved structures, else its share of the map."""
+        if self.structures is not None and value in self.structures:
+            return self.structures[value]
+        return self.labels == value
 
 
 def _to_label_map(label: Volume, files: CaseFiles) -> np.ndarray:
@@ -88,10 +97,14 @@ def load_case(files: CaseFiles) -> Case:
         window, _ = model_window(image)
     else:
         window = Window(0.0, 255.0, "8-bit image") if image.array.max() > 1.0 else Window(0.0, 1.0, "unit image")
-    values = [int(v) for v in np.unique(labels) if v > 0]
+    structures = saved_structures(files.label, labels) if labels.ndim == 3 else None
+    if structures is not None:  # a structure hidden under a smaller one in the map is still one
+        values = sorted(v for v, m in structures.items() if m.any())
+    else:
+        values = [int(v) for v in np.unique(labels) if v > 0]
     if not values:
         raise LabelMismatch(f"label {files.label} for image {files.image} is empty (no structure to learn from)")
-    return Case(files, image, labels, window, values)
+    return Case(files, image, labels, window, values, structures)
 
 
 def load_cases(files: list, on_reject=None) -> list:

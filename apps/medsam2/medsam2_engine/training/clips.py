@@ -81,14 +81,23 @@ class ClipSampler:
         return self._frames[index]
 
     def _case_masks(self, index: int) -> torch.Tensor:
-        """Label map per slice as images at the model's size, ``(K, S, S)`` int16 (nearest)."""
+        """Structures per slice as images at the model's size, ``(K, S, S)`` int32 (nearest).
+
+        Bit ``c`` of a pixel is structure ``case.values[c]``, so overlapping structures (saved
+        as structures, not only as a label map) each keep every voxel.
+        """
         if index not in self._masks:
-            labels = self.cases[index].labels
+            case = self.cases[index]
+            if len(case.values) > 24:  # bits resized exactly through float32
+                raise ValueError(f"{case.name}: {len(case.values)} structures; training takes at most 24 per study")
+            labels = np.zeros(case.labels.shape, dtype=np.int32)
+            for bit, value in enumerate(case.values):
+                labels |= case.mask_of(value).astype(np.int32) << bit
             labels = labels[:, :, None] if labels.ndim == 2 else labels
             images = np.stack([slice_to_image(labels[:, :, k]) for k in range(labels.shape[2])])
             tensor = torch.from_numpy(images.astype(np.float32))[:, None]
             resized = F.interpolate(tensor, size=(self.image_size, self.image_size), mode="nearest")[:, 0]
-            self._masks[index] = resized.to(torch.int16)
+            self._masks[index] = resized.to(torch.int32)
         return self._masks[index]
 
     def batch(self, ref: ClipRef):
@@ -100,7 +109,8 @@ class ClipSampler:
         if ref.reverse:
             order.reverse()
         first = masks[order[0]]
-        present = [int(v) for v in torch.unique(first) if v > 0]
+        values = self.cases[ref.case_index].values
+        present = [v for bit, v in enumerate(values) if bool(((first >> bit) & 1).any())]
         if not present:
             return None
         if len(present) > self.max_objects:
@@ -110,7 +120,8 @@ class ClipSampler:
             frames=[
                 Frame(
                     data=frames[k].float(),
-                    objects=[Object(object_id=v, frame_index=k, segment=masks[k] == v) for v in present],
+                    objects=[Object(object_id=v, frame_index=k, segment=((masks[k] >> values.index(v)) & 1).bool())
+                             for v in present],
                 )
                 for k in order
             ],

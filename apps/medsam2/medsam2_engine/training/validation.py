@@ -66,9 +66,9 @@ def evaluate(segmenter: VolumeSegmenter, cases: list, label_names: dict | None =
         if volume is None:
             logger.info("validation skips colour image %s (the 3D engine reads grey images)", case.name)
             continue
-        labels = case.labels if case.labels.ndim == 3 else case.labels[:, :, None]
         for value in case.values:
-            reference = labels == value
+            reference = case.mask_of(value)
+            reference = reference if reference.ndim == 3 else reference[:, :, None]
             started = time.perf_counter()
             prompts = {str(value): LabelPrompts(boxes=[box_on_largest_slice(reference)])}
             result = segmenter.run(volume, prompts, session_key=("validation", case.name))

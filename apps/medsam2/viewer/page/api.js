@@ -29,7 +29,7 @@ async function failure(response, what) {
 
 // Whether the server wants a log-in that this tab has not done yet.
 export async function needsLogIn() {
-  const response = await fetch('/auth/');
+  const response = await fetch('auth'); // the viewer's own route: answered with auth on or off
   if (!response.ok) return false;
   return Boolean((await response.json()).enabled) && !sessionStorage.getItem(TOKEN_KEY);
 }

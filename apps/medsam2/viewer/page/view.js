@@ -1,8 +1,11 @@
 // The image on screen: NiiVue renders it; this maps between the screen and the app's voxels.
 //
-// NiiVue shows a volume resliced to RAS and its own voxel helpers count in that resliced
-// order. The app's voxels [i, j, k] are the file's own order, so every conversion here
-// goes through world millimetres and the file's affine (the one the app wrote).
+// NiiVue does not resample a volume for display: it permutes and flips the file's voxel axes
+// to the nearest RAS axes (its `permRAS`) and draws that grid as it is, also for an oblique
+// series (whose true tilt it ignores on screen). Its fractions (`frac`) count along that
+// permuted grid. So the voxel under the pointer is found by undoing the permutation, never
+// through millimetres: the file's oblique affine and NiiVue's straightened one disagree by
+// up to several voxels on a tilted series.
 
 import { Niivue, NVImage, SLICE_TYPE } from './vendor/niivue.js';
 import { toNiftiBytes } from './labelmap.js';
@@ -10,22 +13,8 @@ import { toNiftiBytes } from './labelmap.js';
 // NiiVue's drawing palette for values 1.. (its default "$itksnap"-like lookup table)
 export const LABEL_COLOURS = ['#ff0000', '#00ff00', '#0000ff', '#ffff00', '#00ffff', '#ff00ff', '#ffefd5', '#0000cd'];
 
-function inverse4(m) {
-  // affine inverse: invert the 3x3 part, then the translation
-  const [a, b, c] = [m[0], m[1], m[2]];
-  const det = a[0] * (b[1] * c[2] - b[2] * c[1]) - a[1] * (b[0] * c[2] - b[2] * c[0]) + a[2] * (b[0] * c[1] - b[1] * c[0]);
-  const r = [
-    [(b[1] * c[2] - b[2] * c[1]) / det, (a[2] * c[1] - a[1] * c[2]) / det, (a[1] * b[2] - a[2] * b[1]) / det],
-    [(b[2] * c[0] - b[0] * c[2]) / det, (a[0] * c[2] - a[2] * c[0]) / det, (a[2] * b[0] - a[0] * b[2]) / det],
-    [(b[0] * c[1] - b[1] * c[0]) / det, (a[1] * c[0] - a[0] * c[1]) / det, (a[0] * b[1] - a[1] * b[0]) / det],
-  ];
-  const t = [a[3], b[3], c[3]];
-  return r.map((row) => [...row, -(row[0] * t[0] + row[1] * t[1] + row[2] * t[2])]);
-}
-
-function apply(m, v) {
-  return [0, 1, 2].map((r) => m[r][0] * v[0] + m[r][1] * v[1] + m[r][2] * v[2] + m[r][3]);
-}
+// NiiVue's view of the RAS axis d (0: x, 1: y, 2: z) as a slice: the slice plane across it
+const VIEW_ACROSS = [SLICE_TYPE.SAGITTAL, SLICE_TYPE.CORONAL, SLICE_TYPE.AXIAL];
 
 export class VolumeView {
   constructor(glCanvas) {
@@ -49,11 +38,13 @@ export class VolumeView {
     this.nv.closeDrawing();
     for (const volume of [...this.nv.volumes]) this.nv.removeVolume(volume);
     this.nv.addVolume(image);
-    this.nv.setSliceType(SLICE_TYPE.AXIAL);
-    const affine = image.hdr.affine.map((row) => row.map(Number));
-    this.affine = affine;
-    this.inverse = inverse4(affine);
     this.dims = [image.hdr.dims[1], image.hdr.dims[2], image.hdr.dims[3]];
+    // permRAS[d] = +-(file axis + 1) shown along RAS axis d; negative: the axis is flipped
+    this.axisOf = image.permRAS.map((p) => Math.abs(p) - 1);
+    this.flipped = image.permRAS.map((p) => p < 0);
+    this.dimsRAS = [image.dimsRAS[1], image.dimsRAS[2], image.dimsRAS[3]];
+    // show the slices the app prompts on (its k axis), whichever RAS axis they lie across
+    this.nv.setSliceType(VIEW_ACROSS[this.axisOf.indexOf(2)]);
     this.goToVoxel(this.dims.map((n) => Math.floor(n / 2)));
   }
 
@@ -79,24 +70,39 @@ export class VolumeView {
     return v.every((x, d) => x >= 0 && x < this.dims[d]);
   }
 
+  // NiiVue's fraction of its RAS-permuted grid -> the file's voxel [i, j, k]
   voxelOfFrac(frac) {
-    const mm = this.nv.frac2mm(frac);
-    return apply(this.inverse, [mm[0], mm[1], mm[2]]).map((x) => Math.round(x));
+    const voxel = [0, 0, 0];
+    for (let d = 0; d < 3; d += 1) {
+      const n = this.dimsRAS[d];
+      const r = Math.min(n - 1, Math.max(-1, Math.floor(frac[d] * n))); // -1: off the image
+      const axis = this.axisOf[d];
+      voxel[axis] = r < 0 ? -1 : (this.flipped[d] ? this.dims[axis] - 1 - r : r);
+    }
+    return voxel;
+  }
+
+  // the file's voxel -> NiiVue's fraction at the voxel's centre
+  fracOfVoxel(voxel) {
+    return [0, 1, 2].map((d) => {
+      const axis = this.axisOf[d];
+      const r = this.flipped[d] ? this.dims[axis] - 1 - voxel[axis] : voxel[axis];
+      return (r + 0.5) / this.dimsRAS[d];
+    });
   }
 
   // CSS pixels on the canvas -> the app's voxel [i, j, k], or null off the image
   voxelAt(x, y) {
     if (!this.dims) return null;
     const frac = this.nv.canvasPos2frac([x * this.dpr, y * this.dpr]);
-    if (!frac || frac[0] < 0) return null;
+    if (!frac || frac[0] < 0 || frac.some((f) => f < 0 || f >= 1)) return null;
     const voxel = this.voxelOfFrac(frac);
     return this.inside(voxel) ? voxel : null;
   }
 
   // the app's voxel -> CSS pixels on the canvas (null when not on the shown slice)
   canvasOf(voxel) {
-    const frac = this.nv.mm2frac(apply(this.affine, voxel));
-    const pos = this.nv.frac2canvasPos(frac);
+    const pos = this.nv.frac2canvasPos(this.fracOfVoxel(voxel));
     return pos ? [pos[0] / this.dpr, pos[1] / this.dpr] : null;
   }
 
@@ -109,7 +115,7 @@ export class VolumeView {
   }
 
   goToVoxel(voxel) {
-    this.nv.scene.crosshairPos = this.nv.mm2frac(apply(this.affine, voxel));
+    this.nv.scene.crosshairPos = Float32Array.from(this.fracOfVoxel(voxel));
     this.nv.drawScene();
   }
 

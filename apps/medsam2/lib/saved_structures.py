@@ -1,0 +1,107 @@
+"""A label upload read as what the client means: a label map, or its structures as a stack.
+
+A client that keeps each structure whole (the viewer page) uploads ``[i, j, k, n]``, one
+binary channel per structure, with ``params`` ``{"structures": true, "label_info":
+[{"name", "idx", "voxels"}, ...]}`` in channel order. The app makes the label map from it
+(``medsam2_engine.label_structures``: one rule, the page's) and keeps the stack, so overlaps
+lose nothing. ``voxels`` is what the client shows for each structure: a stack that holds
+anything else is refused, so a save never differs from the screen without a word.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+
+from medsam2_engine.label_structures import describe, label_map_of, read_stack
+
+from .options import OptionError
+
+MAX_STRUCTURES = 64
+
+
+@dataclass
+class PreparedLabel:
+    label_file: str  # the label map to store (the upload itself, or one made from the stack)
+    stack: Optional[np.ndarray] = None  # [i, j, k, n] uint8 when the client sent structures
+    affine: Optional[np.ndarray] = None
+    structures: list = field(default_factory=list)  # label_structures.Structure
+    overlaps: list = field(default_factory=list)  # label_structures.Overlap
+    made: bool = False  # label_file is ours to delete
+
+    @property
+    def values(self) -> list:
+        return [s.value for s in self.structures]
+
+    def summary(self) -> dict:
+        if self.stack is None:
+            return {}
+        return {"structures": [s.as_json() for s in self.structures],
+                "overlaps": [o.as_json() for o in self.overlaps],
+                "overlap_rule": "where structures overlap, the label map keeps the smaller one; "
+                                "the structures file and the DICOM SEG keep each whole"}
+
+    def cleanup(self) -> None:
+        if self.made and os.path.exists(self.label_file):
+            os.unlink(self.label_file)
+
+
+def _entries(label_info: dict) -> list:
+    entries = label_info.get("label_info")
+    if not isinstance(entries, list) or not entries:
+        raise OptionError("params.label_info", "a structures upload needs label_info: one {name, idx} per channel")
+    if len(entries) > MAX_STRUCTURES:
+        raise OptionError("params.label_info", f"{len(entries)} structures; at most {MAX_STRUCTURES}")
+    names, values, voxels = [], [], []
+    for n, entry in enumerate(entries):
+        if not isinstance(entry, dict) or not isinstance(entry.get("name"), str) or not entry["name"].strip():
+            raise OptionError(f"params.label_info[{n}]", "needs a name")
+        value = entry.get("idx")
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 < value < 65536:
+            raise OptionError(f"params.label_info[{n}].idx", "must be a whole number from 1 to 65535")
+        count = entry.get("voxels")
+        if count is not None and (not isinstance(count, int) or isinstance(count, bool) or count < 0):
+            raise OptionError(f"params.label_info[{n}].voxels", "must be a non-negative whole number")
+        names.append(entry["name"].strip())
+        values.append(value)
+        voxels.append(count)
+    if len(set(values)) != len(values) or len(set(names)) != len(names):
+        raise OptionError("params.label_info", "each structure needs its own name and idx")
+    return names, values, voxels
+
+
+def prepare_label(label_file: str, label_info: Optional[dict]) -> PreparedLabel:
+    """Read ``label_file`` as the client means it; raises OptionError (4xx) naming what is wrong."""
+    label_info = label_info or {}
+    if not label_info.get("structures"):
+        return PreparedLabel(label_file)
+    names, values, voxels = _entries(label_info)
+    try:
+        stack, affine, _ = read_stack(label_file)
+    except Exception as err:
+        raise OptionError("label", f"the structures file cannot be read as NIfTI: {err}", status=422) from err
+    if stack.ndim != 4 or stack.shape[-1] != len(names):
+        raise OptionError("label", f"a structures file is [i, j, k, structure] with {len(names)} structure(s) "
+                                   f"(label_info); this one has shape {list(stack.shape)}", status=422)
+    structures, overlaps = describe(stack, values, names)
+    for structure, shown in zip(structures, voxels):
+        if shown is not None and shown != structure.voxels:
+            raise OptionError("label", f"structure {structure.name!r}: the file holds {structure.voxels} voxels, "
+                                       f"the client showed {shown}; nothing was saved", status=422)
+    fd, made = tempfile.mkstemp(prefix="medsam2-label-", suffix=".nii.gz")
+    os.close(fd)
+    try:
+        import nibabel as nib
+
+        image = nib.Nifti1Image(label_map_of(stack, values), np.asarray(affine, dtype=np.float64))
+        image.set_qform(image.affine, code=1)
+        image.set_sform(image.affine, code=1)
+        nib.save(image, made)
+    except BaseException:
+        os.unlink(made)
+        raise
+    return PreparedLabel(made, stack, affine, structures, overlaps, made=True)
