@@ -134,8 +134,16 @@ def save_label(
         return json.dumps(json_object(params, "params"))
 
     checked = _as_http(check)
-    return _as_http(lambda: datastore_routes.save_label(background_tasks, image, checked, tag, label,
-                                                        user.username))
+
+    def save() -> dict:
+        answer = datastore_routes.save_label(background_tasks, image, checked, tag, label, user.username)
+        # what was stored, for the client to compare with what it shows (structures, overlaps)
+        info = app_instance().datastore().get_label_info(image, tag or DefaultLabelTag.FINAL.value) or {}
+        answer["saved"] = {key: info[key] for key in ("label_values", "structures", "overlaps", "overlap_rule",
+                                                      "seg_segments") if key in info}
+        return answer
+
+    return _as_http(save)
 
 
 def remove_image(id: str, user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ADMIN))):

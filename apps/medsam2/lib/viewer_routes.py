@@ -14,7 +14,9 @@ datastore's ``get_image_uri``).
 from __future__ import annotations
 
 import gzip
+import json
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +24,7 @@ from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
 
+from medsam2_engine.label_structures import saved_structures, stack_bytes
 from medsam2_engine.volume_io import ImageReadError, Volume, load_image
 
 logger = logging.getLogger(__name__)
@@ -49,6 +52,30 @@ def volume_as_nifti(volume: Volume) -> bytes:
     image.set_qform(image.affine, code=1)
     image.set_sform(image.affine, code=1)
     return gzip.compress(image.to_bytes(), compresslevel=1)
+
+
+def final_label_structures(label_path: str, info: dict, app_labels: list) -> tuple:
+    """(stack ``[i, j, k, n]``, affine, [{name, idx}] per channel) of a saved final label.
+
+    The structures saved with it when there are any (overlaps whole), else one channel per
+    value of the label map, named by the saved ``label_info``, else by the app's labels.
+    """
+    import nibabel as nib
+
+    loaded = nib.load(label_path)
+    label_map = np.asarray(loaded.dataobj)
+    label_map = np.round(label_map).astype(np.int32) if label_map.ndim == 3 else label_map[..., 0].astype(np.int32)
+    names = {value: name for value, name in enumerate(app_labels, start=1)}
+    for entry in info.get("label_info") or []:
+        if isinstance(entry, dict) and isinstance(entry.get("idx"), int) and entry.get("name"):
+            names[entry["idx"]] = str(entry["name"])
+    masks = saved_structures(label_path, label_map)
+    if masks is None:
+        masks = {int(v): label_map == v for v in np.unique(label_map) if v > 0}
+    values = sorted(masks)
+    stack = np.stack([masks[v] for v in values], axis=-1).astype(np.uint8) if values else \
+        np.zeros(label_map.shape + (0,), np.uint8)
+    return stack, loaded.affine, [{"name": names.get(v, f"label {v}"), "idx": int(v)} for v in values]
 
 
 def study_list(datastore) -> list:
@@ -151,6 +178,27 @@ def build_router(app_instance, user_dependency) -> APIRouter:
             content=volume_as_nifti(loaded),
             media_type="application/octet-stream",
             headers={"Content-Disposition": f'attachment; filename="{image}.nii.gz"', "Cache-Control": "no-store"},
+        )
+
+    @router.get("/label", summary="A study's final label, each structure whole, for the page to show and edit")
+    def final_label(image: str = Query(..., description="image id of the datastore"),
+                    user=Depends(user_dependency)):
+        datastore = app_instance().datastore()
+        _known_image(datastore, image)
+        try:
+            path = datastore.get_label_uri(image, "final")
+        except HTTPException:
+            raise
+        except Exception:
+            path = ""
+        if not path or not os.path.isfile(path):
+            raise HTTPException(status_code=404, detail=f"image: {image} has no final label")
+        info = datastore.get_label_info(image, "final") or {}
+        stack, affine, entries = final_label_structures(path, info, list(app_instance().settings.labels))
+        return Response(
+            content=stack_bytes(stack, affine, [e["idx"] for e in entries]),
+            media_type="application/octet-stream",
+            headers={"X-Label-Info": json.dumps(entries), "Cache-Control": "no-store"},
         )
 
     @router.get("/vendor/niivue.js", include_in_schema=False)

@@ -1,6 +1,6 @@
 // Calls to the app: MONAI Label's own endpoints, and the viewer's two routes.
 
-import { Mask, gzip, toNiftiBytes } from './labelmap.js';
+import { Mask, gunzip, gzip, masksFromStack, stackNiftiBytes } from './labelmap.js';
 
 export const MODEL = 'medsam2_3d';
 const TOKEN_KEY = 'medsam2-token'; // this tab's bearer token when MONAI Label's auth is on
@@ -89,14 +89,28 @@ export async function infer(image, params) {
   return { result, mask };
 }
 
-// PUT /datastore/label?tag=final: the label map (gzipped NIfTI) and which value is which structure.
-export async function saveFinal(image, labelMap, labelInfo) {
-  const bytes = await gzip(toNiftiBytes(labelMap));
+// PUT /datastore/label?tag=final: each structure whole (a 4D stack, overlaps kept) with its name,
+// label value and the voxels the page shows; the app makes the label map and refuses a file
+// that holds anything else. Returns the app's answer, with what it stored under `saved`.
+export async function saveFinal(image, structures) {
+  const bytes = await gzip(stackNiftiBytes(structures.map((s) => s.mask)));
   const form = new FormData();
   form.append('label', new Blob([bytes], { type: 'application/gzip' }), `${image}.nii.gz`);
-  form.append('params', JSON.stringify({ label_info: labelInfo, client: 'medsam2-viewer' }));
+  const labelInfo = structures.map((s) => ({ name: s.name, idx: s.idx, voxels: s.mask.count() }));
+  form.append('params', JSON.stringify({ label_info: labelInfo, structures: true, client: 'medsam2-viewer' }));
   const url = `/datastore/label?image=${encodeURIComponent(image)}&tag=final`;
   const response = await fetch(url, withAuth({ method: 'PUT', body: form }));
   if (!response.ok) throw await failure(response, 'saving');
   return response.json();
+}
+
+// The study's final label, each structure whole: [{name, idx, mask}], or [] when it has none.
+export async function fetchFinal(image) {
+  const response = await fetch(`label?image=${encodeURIComponent(image)}`, withAuth());
+  if (response.status === 404) return [];
+  if (!response.ok) throw await failure(response, `reading the final label of ${image}`);
+  const entries = JSON.parse(response.headers.get('X-Label-Info') || '[]');
+  const masks = masksFromStack(await gunzip(await response.arrayBuffer()));
+  if (masks.length !== entries.length) throw new Error('the saved label and its structure names do not match');
+  return entries.map((entry, n) => ({ ...entry, mask: masks[n] }));
 }

@@ -1,8 +1,8 @@
 // The annotation page: study list, structures, prompts, the app's masks, save as final.
 
-import { AuthRequired, MODEL, appInfo, fetchVolume, infer, listStudies, needsLogIn, saveFinal } from './api.js';
+import { AuthRequired, MODEL, appInfo, fetchFinal, fetchVolume, infer, listStudies, needsLogIn, saveFinal } from './api.js';
 import { DisplayWindow } from './display.js';
-import { combine } from './labelmap.js';
+import { combine, overlaps } from './labelmap.js';
 import { askLogIn } from './login.js';
 import { LabelPrompts } from './prompts.js';
 import { LABEL_COLOURS, VolumeView } from './view.js';
@@ -25,6 +25,7 @@ const state = {
   prompts: new Map(), // label -> LabelPrompts
   masks: new Map(), // label value (1-based) -> Mask
   results: new Map(), // label -> last result JSON
+  saved: new Map(), // label -> its mask in the study's saved final label (shown until re-segmented)
   inFlight: false,
   pending: null,
   timings: [], // click to mask on screen, ms
@@ -79,9 +80,11 @@ function renderLabels() {
     item.dataset.label = label;
     const swatch = Object.assign(document.createElement('span'), { className: 'swatch' });
     swatch.style.background = LABEL_COLOURS[n % LABEL_COLOURS.length];
-    const count = state.masks.get(n + 1)?.count();
+    const mask = state.masks.get(n + 1);
+    const count = mask?.count();
     item.append(swatch, label);
-    if (count) item.append(Object.assign(document.createElement('span'), { className: 'tag', textContent: `${count} vx` }));
+    const saved = mask && state.saved.get(label) === mask ? ' saved' : '';
+    if (count) item.append(Object.assign(document.createElement('span'), { className: 'tag', textContent: `${count} vx${saved}` }));
     if (label === state.label) item.classList.add('selected');
     item.addEventListener('click', () => { state.label = label; refreshPanels(); });
     list.append(item);
@@ -100,17 +103,37 @@ function refreshPanels() {
     $('prompt-summary').textContent = `${state.label}: ${prompts.points(true).length} inside, `
       + `${prompts.points(false).length} outside${box ? `, box on slice ${box[4]}` : ''}`;
   }
+  renderOverlaps();
   renderResult();
   drawMarks();
+}
+
+// Structures that share voxels: the label map shows the smaller one there (the app's rule);
+// the saved structures and the DICOM SEG keep each whole. Said before saving, not after.
+function renderOverlaps() {
+  const shown = new Map([...state.masks].filter(([, m]) => m.count() > 0));
+  const map = combine(shown);
+  $('overlaps').textContent = overlaps(shown).map(({ values: [a, b], voxels }) => {
+    const n = map.voxels.findIndex((v, i) => v && shown.get(a).voxels[i] && shown.get(b).voxels[i]);
+    return `${state.labels[a - 1]} and ${state.labels[b - 1]} overlap on ${voxels} voxels: shown as `
+      + `${state.labels[map.voxels[n] - 1]}; both are saved whole.`;
+  }).join(' ');
 }
 
 // ---- the result JSON: warning, per-slice confidence ----------------------------------------
 function renderResult() {
   const result = state.results.get(state.label);
+  const savedMask = state.saved.get(state.label);
+  if (!result && savedMask && state.masks.get(labelValue(state.label)) === savedMask) {
+    $('result').hidden = false;
+    $('result-summary').textContent = `${state.label}: the saved final label, ${savedMask.count()} voxels. `
+      + 'A click or box re-segments this structure (Undo back to no prompt restores the saved one).';
+    $('unsure').replaceChildren();
+  }
   const warning = [...state.results.values()].map((r) => r.warning).find(Boolean);
   $('warning').hidden = !warning;
   $('warning').textContent = warning ? `⚠ ${warning}` : '';
-  if (!result) { $('result').hidden = true; return; }
+  if (!result) { if (!savedMask) $('result').hidden = true; return; }
   $('result').hidden = false;
   const info = result.labels?.[state.label] || {};
   const slices = info.slices || [];
@@ -245,7 +268,8 @@ async function requestMask(clickedAt) {
   const label = state.label;
   const prompts = promptsOf(label);
   if (!prompts.canSegment()) {
-    state.masks.delete(labelValue(label));
+    if (state.saved.has(label)) state.masks.set(labelValue(label), state.saved.get(label));
+    else state.masks.delete(labelValue(label));
     state.results.delete(label);
     await view.showLabels(combine(state.masks));
     refreshPanels();
@@ -270,8 +294,9 @@ async function requestMask(clickedAt) {
     const ms = Math.round(performance.now() - clickedAt);
     state.timings.push({ label, ms, server_s: result.latencies?.total });
     refreshPanels();
+    const replaced = state.saved.has(label) ? ` It replaces the saved ${label} (Undo back to no prompt restores it).` : '';
     setStatus(`${label}: mask on screen ${(ms / 1000).toFixed(2)} s after the click `
-      + `(server ${result.latencies?.total ?? '?'} s).`, 'idle');
+      + `(server ${result.latencies?.total ?? '?'} s).${replaced}`, 'idle');
   } catch (error) {
     showError(error);
   } finally {
@@ -291,27 +316,40 @@ $('undo').addEventListener('click', () => {
 });
 $('clear').addEventListener('click', async () => {
   promptsOf(state.label).clear();
+  const hadSaved = state.saved.delete(state.label);
   state.masks.delete(labelValue(state.label));
   state.results.delete(state.label);
   await view.showLabels(combine(state.masks));
   refreshPanels();
-  setStatus(`${state.label} cleared.`);
+  setStatus(`${state.label} cleared.${hadSaved ? ' The saved one is removed from the final label when you save.' : ''}`);
 });
 $('slice').addEventListener('input', (event) => goToSlice(Number(event.target.value)));
 window.addEventListener('resize', () => requestAnimationFrame(drawMarks));
+// the image moves when a banner or the result panel appears: redraw the marks where it now is
+new ResizeObserver(() => requestAnimationFrame(() => requestAnimationFrame(drawMarks))).observe($('stage'));
 
 // ---- saving ---------------------------------------------------------------------------------
 $('save').addEventListener('click', async () => {
-  const labelMap = combine(new Map([...state.masks].filter(([, m]) => m.count() > 0)));
-  const labelInfo = [...state.masks].filter(([, m]) => m.count() > 0).sort((a, b) => a[0] - b[0])
-    .map(([value]) => ({ name: state.labels[value - 1], idx: value }));
+  const structures = [...state.masks].filter(([, m]) => m.count() > 0).sort((a, b) => a[0] - b[0])
+    .map(([value, mask]) => ({ name: state.labels[value - 1], idx: value, mask }));
   $('save').disabled = true;
   setStatus('Saving…', 'busy');
   try {
-    const answer = await saveFinal(state.image, labelMap, labelInfo);
-    const names = labelInfo.map((l) => l.name).join(', ');
-    $('save-status').textContent = `Saved ${names} as the final label of ${studyName(state.image)}`
-      + `${answer.warning ? ` - ${answer.warning}` : ''}.`;
+    const answer = await saveFinal(state.image, structures);
+    const stored = new Map((answer.saved?.structures || []).map((s) => [s.name, s]));
+    // what the app stored, structure by structure, against what the page shows
+    const differ = structures.filter((s) => stored.get(s.name)?.voxels !== s.mask.count());
+    if (differ.length || stored.size !== structures.length) {
+      throw new Error(`the app stored something else than this page shows (${differ.map((s) => s.name).join(', ')
+        || 'another set of structures'}): check the final label before relying on it`);
+    }
+    const what = structures.map((s) => `${s.name} (${s.mask.count()} voxels)`).join(', ');
+    const shared = (answer.saved?.overlaps || []).map((o) => `${o.structures.join(' and ')} overlap on ${o.voxels} `
+      + `voxels, each kept whole (the label map shows ${o.label_map_keeps} there)`).join('; ');
+    $('save-status').textContent = `Saved ${what} as the final label of ${studyName(state.image)}`
+      + `${shared ? `. ${shared}` : ''}${answer.warning ? ` - ${answer.warning}` : ''}.`;
+    for (const s of structures) state.saved.set(s.name, s.mask);
+    for (const label of [...state.saved.keys()]) if (!structures.some((s) => s.name === label)) state.saved.delete(label);
     setStatus(`Saved: final label of ${studyName(state.image)}.`, answer.warning ? 'error' : 'idle');
     state.studies = await listStudies();
     renderStudies();
@@ -333,7 +371,20 @@ async function openStudy(image) {
     showError(error);
     return;
   }
-  Object.assign(state, { image, prompts: new Map(), masks: new Map(), results: new Map(), pending: null });
+  Object.assign(state, { image, prompts: new Map(), masks: new Map(), results: new Map(), saved: new Map(), pending: null });
+  let unknown = [];
+  try {
+    // the saved final label, each structure whole: shown, and saved again unless changed
+    for (const { name, mask } of await fetchFinal(image)) {
+      if (!state.labels.includes(name)) { unknown.push(name); continue; }
+      state.saved.set(name, mask);
+      state.masks.set(labelValue(name), mask);
+    }
+    await view.showLabels(combine(state.masks));
+  } catch (error) {
+    showError(error);
+    return;
+  }
   display.apply();
   state.opened = { image, ms: Math.round(performance.now() - started) }; // fetch, decode, first draw
   $('empty').hidden = true;
@@ -343,7 +394,14 @@ async function openStudy(image) {
   renderStudies();
   syncSlice();
   refreshPanels();
-  setStatus(`${studyName(image)}: ${view.dims.join(' x ')} voxels. Click inside a structure, or draw a box.`);
+  const opened = `${studyName(image)}: ${view.dims.join(' x ')} voxels`;
+  if (unknown.length) {
+    setStatus(`${opened}. Its final label has structures this server does not offer (${unknown.join(', ')}): `
+      + 'they are not shown, and saving here would drop them.', 'error');
+  } else {
+    setStatus(`${opened}${state.saved.size ? `, final label: ${[...state.saved.keys()].join(', ')}` : ''}. `
+      + 'Click inside a structure, or draw a box.');
+  }
 }
 
 async function start() {

@@ -1,0 +1,228 @@
+"""The viewer page on tilted and flipped studies: a click, a box, a mark and the overlay are on the
+voxel the clinician sees. Expected voxels come from the screenshots (tests/support/screen_voxels.py),
+never from the page's own conversions.
+
+Also the saved label seen again: overlapping structures saved whole, the page told what was
+stored, the study reopened with its structures shown, corrected and saved again.
+"""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from tests.support import screen_voxels as sv
+from tests.support.browser import chromium_page, needs_chromium, screenshot  # noqa: F401  (fixture)
+from tests.support.orthanc import needs_orthanc, orthanc  # noqa: F401  (fixture)
+from tests.support.pacs_app import TCIA_STUDY, pacs_server, pacs_studies  # noqa: F401  (fixtures)
+from tests.support.viewer_page import LABELS, form_field, get, wait_idle
+from tests.test_viewer import needs_viewer_bundle
+
+SHAPE = (40, 34, 9)
+STUDIES = {  # image id -> affine: tilted by 10 and 30 degrees, and tilted with flipped axes
+    "oblique10": sv.oblique_affine(10),
+    "oblique30": sv.oblique_affine(30),
+    "oblique30flipped": sv.oblique_affine(30, flip=(-1, 1, -1)),
+}
+
+
+@pytest.fixture(scope="module")
+def geometry_server(small_model_files, tmp_path_factory):
+    from tests.support.server import RunningServer
+
+    config, _ = small_model_files
+    folder = tmp_path_factory.mktemp("geometry")
+    studies = folder / "studies"
+    studies.mkdir()
+    volumes = {}
+    for n, (name, affine) in enumerate(STUDIES.items()):
+        volumes[name] = sv.level_volume(SHAPE, seed=n)
+        nib.save(nib.Nifti1Image(volumes[name], affine), studies / f"{name}.nii.gz")
+    server = RunningServer(studies, {"model_config": config, "checkpoint": "random", "labels": ",".join(LABELS)},
+                           folder / "server.log")
+    try:
+        yield server, studies, volumes
+    finally:
+        server.stop()
+
+
+# the centre of the green (inside) point marks drawn on the marks layer, in page pixels
+MARK_CENTRE = """() => {
+    const marks = document.getElementById('marks');
+    const rect = marks.getBoundingClientRect();
+    const dpr = marks.width / rect.width;
+    const d = marks.getContext('2d').getImageData(0, 0, marks.width, marks.height).data;
+    let n = 0, sx = 0, sy = 0;
+    for (let i = 0; i < d.length; i += 4) {
+        if (d[i + 1] > 150 && d[i] < 120 && d[i + 3] > 200) { n++; sx += (i / 4) % marks.width; sy += Math.floor(i / 4 / marks.width); }
+    }
+    return n ? [rect.left + sx / n / dpr, rect.top + sy / n / dpr] : null;
+}"""
+
+
+def voxel_square(rgb, x: float, y: float) -> tuple:
+    """(left, right, top, bottom) of the run of the pointer's grey around it on the screenshot: the
+    voxel drawn under the pointer (with any neighbour of the same grey)."""
+    xi, yi = int(round(x)), int(round(y))
+    grey = rgb[yi, xi, 0]
+    left = right = xi
+    while left > 0 and rgb[yi, left - 1, 0] == grey:
+        left -= 1
+    while right < rgb.shape[1] - 1 and rgb[yi, right + 1, 0] == grey:
+        right += 1
+    top = bottom = yi
+    while top > 0 and rgb[top - 1, xi, 0] == grey:
+        top -= 1
+    while bottom < rgb.shape[0] - 1 and rgb[bottom + 1, xi, 0] == grey:
+        bottom += 1
+    return left, right, top, bottom
+
+
+def open_study(page, url: str, image: str, k: int) -> None:
+    page.goto(url + "/medsam2/viewer/")
+    page.evaluate("window.medsam2Viewer.ready")
+    page.click(f"#studies li[data-image='{image}']")
+    wait_idle(page)
+    page.evaluate("k => window.medsam2Viewer.goToSlice(k)", k)
+    sv.fixed_window(page)
+    sv.settle(page)
+
+
+def readable_positions(page, png, n: int = 9) -> list:
+    """(x, y, level on screen) where one untinted voxel covers the pointer's neighbourhood."""
+    rgb = sv.screen(png)
+    out = []
+    for x, y in sv.grid(page, n):
+        grey = sv.uniform_grey(rgb, x, y)
+        if grey is not None:
+            out.append((x, y, sv.level_of_grey(grey)))
+    return out
+
+
+def check_positions(page, positions, volume, k) -> int:
+    """Every position's voxel, as the page would send it, has the level drawn there; returns the count."""
+    wrong, checked = [], 0
+    for x, y, level in positions:
+        voxel = sv.voxel_the_page_sends(page, x, y)
+        if voxel is None:
+            assert level == 0, f"({x:.0f}, {y:.0f}) shows level {level} but the page says it is off the image"
+            continue
+        checked += 1
+        if voxel[2] != k or sv.level_of_value(volume[tuple(voxel)]) != level:
+            wrong.append(((round(x), round(y)), level, voxel, sv.level_of_value(volume[tuple(voxel)])))
+    assert not wrong, f"{len(wrong)} of {checked} positions map to another voxel than the one shown: {wrong[:5]}"
+    return checked
+
+
+@needs_chromium
+@needs_viewer_bundle
+@pytest.mark.parametrize("image", list(STUDIES))
+def test_the_voxel_under_the_pointer_is_the_voxel_sent(geometry_server, chromium_page, image, tmp_path):
+    server, _, volumes = geometry_server
+    page, volume, k = chromium_page, volumes[image], SHAPE[2] // 2
+    open_study(page, server.url, image, k)
+    shot = screenshot(page, f"viewer-geometry-{image}", tmp_path)
+    positions = readable_positions(page, shot)
+    assert check_positions(page, positions, volume, k) >= 30
+
+    # real clicks: the request carries the voxel drawn under the pointer, and its mark is drawn there
+    for n in range(3):
+        sv.fixed_window(page)
+        sv.settle(page)  # the page may have moved the image since (banner, result panel)
+        before = screenshot(page, f"viewer-geometry-{image}-before", tmp_path)
+        x, y, level = [p for p in readable_positions(page, before) if p[2] > 0][5 * n]
+        square = voxel_square(sv.screen(before), x, y)
+        held = []  # the request waits while the marks layer is read: the answer may move the image
+        hold = lambda route: held.append(route)  # noqa: E731  (Playwright needs a Python function)
+        page.route("**/infer/medsam2_3d*", hold)
+        with page.expect_response(lambda r: "/infer/medsam2_3d" in r.url, timeout=180_000) as answer:
+            page.evaluate("() => window.medsam2Viewer.state.prompts.clear()")  # one mark on the layer
+            page.mouse.click(x, y)
+            for _ in range(100):
+                if held:
+                    break
+                page.wait_for_timeout(50)
+            mark = page.evaluate(MARK_CENTRE)
+            held.pop().continue_()
+        page.unroute("**/infer/medsam2_3d*", hold)
+        left, right, top, bottom = square
+        assert mark and left <= mark[0] <= right and top <= mark[1] <= bottom, \
+            f"the point mark {mark} is not on the voxel under the pointer ({x:.0f}, {y:.0f}): {square}"
+        wait_idle(page)
+        sent = json.loads(form_field(answer.value.request, "params"))["foreground"][-1]
+        assert sent[2] == k and sv.level_of_value(volume[tuple(sent)]) == level, (sent, level)
+        sv.settle(page)
+        # the image may have moved (banner, result panel): the mark moved with its voxel
+        at = page.evaluate("v => window.medsam2Viewer.pagePosition(v)", sent)
+        assert sv.voxel_the_page_sends(page, *at) == sent
+        rgb = sv.screen(screenshot(page, f"viewer-geometry-{image}-click", tmp_path))
+        r, g, b = rgb[int(round(at[1])), int(round(at[0]))]
+        assert g > 150 and r < 120 and b < 150, f"the mark of {sent} is not drawn on it after the answer: {r, g, b}"
+    # the layout changed (result panel, maybe a warning banner): the mapping still holds
+    sv.fixed_window(page)
+    sv.settle(page)
+    shot = screenshot(page, f"viewer-geometry-{image}-after", tmp_path)
+    check_positions(page, readable_positions(page, shot), volume, k)
+
+    # a box: its corners are the voxels under the pointer, on the slice shown
+    page.click("#labels li[data-label=organ]")
+    page.check("input[name=tool][value=box]")
+    sv.fixed_window(page)
+    sv.settle(page)
+    shot = screenshot(page, f"viewer-geometry-{image}-box", tmp_path)
+    corners = readable_positions(page, shot, 7)
+    (ax, ay, a_level), (bx, by, b_level) = corners[0], corners[-1]
+    a, b = sv.voxel_the_page_sends(page, ax, ay), sv.voxel_the_page_sends(page, bx, by)
+    with page.expect_response(lambda r: "/infer/medsam2_3d" in r.url, timeout=180_000) as answer:
+        page.mouse.move(ax, ay)
+        page.mouse.down()
+        page.mouse.move((ax + bx) / 2, (ay + by) / 2)
+        page.mouse.move(bx, by)
+        page.mouse.up()
+    wait_idle(page)
+    roi = json.loads(form_field(answer.value.request, "params"))["roi"]
+    assert roi[4:] == [k, k] and page.inner_text("#prompt-summary").endswith(f"box on slice {k}")
+    assert sorted(roi[0:2]) == sorted([a[0], b[0]]) and sorted(roi[2:4]) == sorted([a[1], b[1]])
+    assert [sv.level_of_value(volume[tuple(v)]) for v in (a, b)] == [a_level, b_level]
+
+
+def put_label(url: str, image: str, array: np.ndarray, affine, params: dict | None = None):
+    import requests
+
+    data = nib.Nifti1Image(array, affine).to_bytes()
+    return requests.put(f"{url}/datastore/label", params={"image": image, "tag": "final"},
+                        files={"label": (f"{image}.nii", data)}, data={"params": json.dumps(params or {})},
+                        timeout=120)
+
+
+@needs_chromium
+@needs_viewer_bundle
+def test_the_overlay_on_screen_is_the_label_on_a_tilted_study(geometry_server, chromium_page, tmp_path):
+    """A saved label of exactly the brightest voxels: on screen it tints those, and only those."""
+    server, _, volumes = geometry_server
+    image, k = "oblique30flipped", SHAPE[2] // 2
+    volume = volumes[image]
+    brightest = (volume == volume.max()).astype(np.uint8)
+    answer = put_label(server.url, image, brightest, STUDIES[image])
+    assert answer.status_code == 200, answer.text
+    open_study(chromium_page, server.url, image, k)
+    rgb = sv.screen(screenshot(chromium_page, "viewer-geometry-overlay", tmp_path))
+    tinted, bright_untinted, dark_tinted = 0, [], []
+    for x, y in sv.grid(chromium_page, 15):
+        xi, yi = int(round(x)), int(round(y))
+        patch = rgb[yi - 2: yi + 3, xi - 2: xi + 3].reshape(-1, 3)
+        if np.ptp(patch, axis=0).max() > 3:
+            continue  # a voxel edge
+        r, g, b = patch[0]
+        if r - g > 40:
+            tinted += 1
+            if b < 150:  # under the tint: not the brightest level (255 * (1 - opacity))
+                dark_tinted.append((xi, yi, (r, g, b)))
+        elif r > 240 and g > 240:
+            bright_untinted.append((xi, yi))
+    assert tinted >= 10
+    assert not bright_untinted, f"brightest voxels shown without the label: {bright_untinted[:5]}"
+    assert not dark_tinted, f"label drawn over other voxels: {dark_tinted[:5]}"
