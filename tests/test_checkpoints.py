@@ -99,6 +99,22 @@ def test_random_weights_are_flagged(small_model_files, tmp_path, caplog):
     assert "UNTRAINED RANDOM WEIGHTS" in caplog.text
 
 
+def test_random_weights_are_the_same_network_after_a_restart(small_model_files, tmp_path):
+    """Seeded, and reported in /info: a problem seen with random weights can be reproduced."""
+    from medsam2_engine.checkpoints import RANDOM_WEIGHTS_SEED, build_model
+
+    preset = preset_for_config_file(small_model_files[0])
+    torch.manual_seed(123)
+    before = torch.rand(1)
+    first = build_model(preset, "random").state_dict()
+    torch.manual_seed(123)
+    assert torch.equal(torch.rand(1), before)  # the caller's random state is left alone
+    second = build_model(preset, "random").state_dict()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    status = ModelSource(preset, tmp_path, checkpoint="random").status()
+    assert status["random_seed"] == RANDOM_WEIGHTS_SEED and status["random_weights"]
+
+
 def test_finetuned_file_is_preferred_and_hot_reloaded(small_model_files, tmp_path, phantom):
     from medsam2_engine.engine import VolumeSegmenter
 

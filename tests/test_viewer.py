@@ -103,6 +103,8 @@ def test_viewer_round_trip_on_a_studies_folder(viewer_server, chromium_page, tmp
     assert status == 404 and b"image" in body
     status, body = get(server.url + "/medsam2/viewer/volume?image=photo")
     assert status == 422 and b"2D" in body
+    status, body = get(server.url + "/medsam2/viewer/auth")  # the page's log-in probe, no token needed
+    assert status == 200 and json.loads(body) == {"enabled": False}
 
     done = round_trip(chromium_page, server.url, "phantom10", truth, tmp_path / "shots", "viewer-local")
 
@@ -113,7 +115,49 @@ def test_viewer_round_trip_on_a_studies_folder(viewer_server, chromium_page, tmp
     np.testing.assert_allclose(done["affine"], FLIPPED_AFFINE, atol=1e-4)
     info = final_label_info(server.url, "phantom10")
     assert {(e["name"], e["idx"]) for e in info["label_info"]} == {("lesion", 1), ("organ", 2)}
+    # each structure whole beside the map: overlaps lose nothing
+    from medsam2_engine.label_structures import read_stack, structures_path
+
+    stack, _, values = read_stack(structures_path(str(next((studies / "labels" / "final").glob("phantom10.*")))))
+    assert values == [1, 2]
+    np.testing.assert_array_equal(stack > 0, done["stack"])
+    assert get(server.url + "/datastore/label?label=phantom10&tag=final")[0] == 200
     keep_timings("studies_folder", done["timings"], "phantom-trained small test model")
+
+    reopen_correct_and_save_again(chromium_page, server.url, "phantom10", truth, done, tmp_path / "shots")
+    assert '"GET /auth/' not in server.log(), "the page asked MONAI Label's /auth/ (a 404 on every page load)"
+    stack, _, _ = read_stack(structures_path(str(next((studies / "labels" / "final").glob("phantom10.*")))))
+    np.testing.assert_array_equal(stack[..., 0] > 0, done["lesion"] > 0)  # the saved lesion stood as it was
+
+
+def reopen_correct_and_save_again(page, url: str, image: str, truth, done: dict, shots: Path) -> None:
+    """Open the study again: its saved structures are shown and kept; re-segment one, save again."""
+    from tests.support.viewer_page import assert_mask_on_screen, click_voxel
+
+    page.goto(url + "/medsam2/viewer/")
+    page.evaluate("window.medsam2Viewer.ready")
+    page.click(f"#studies li[data-image='{image}']")
+    wait_idle(page)
+    tags = {label: page.inner_text(f"#labels li[data-label={label}] .tag") for label in ("lesion", "organ")}
+    assert tags == {"lesion": f"{int(done['lesion'].sum())} vx saved", "organ": f"{int(done['organ'].sum())} vx saved"}
+    k = int(np.argmax(truth.sum(axis=(0, 1))))
+    page.evaluate("k => window.medsam2Viewer.goToSlice(k)", k)
+    shown = screenshot(page, "viewer-local-7-reopened", shots)
+    assert_mask_on_screen(page, shown, done["expected"] == 1, k)  # the lesion, as the label map shows it
+    assert "final label: lesion, organ" in page.inner_text("#status")
+
+    page.click("#labels li[data-label=organ]")
+    page.check("input[name=tool][value=point]")
+    ii, jj = np.nonzero(truth[:, :, k])
+    organ_answer = click_voxel(page, [int(ii.max()), int(round(jj.mean())), k])
+    organ, _, _ = mask_from_infer_response(organ_answer)
+    assert "replaces the saved organ" in page.inner_text("#status")
+    with page.expect_response(lambda r: "/datastore/label" in r.url, timeout=120_000) as saved:
+        page.click("#save")
+    wait_idle(page)
+    stored = {s["name"]: s["voxels"] for s in saved.value.json()["saved"]["structures"]}
+    assert stored == {"lesion": int(done["lesion"].sum()), "organ": int((organ > 0).sum())}
+    screenshot(page, "viewer-local-8-saved-again", shots)
 
 
 PASSWORD = "correct horse"
@@ -285,6 +329,11 @@ def test_viewer_round_trip_on_a_pacs(pacs_server, pacs_studies, orthanc, chromiu
     info = final_label_info(pacs_server.url, uid)
     segments = _seg_volumes(orthanc, series.uids["study"], uid, info["SeriesInstanceUID"])
     assert set(segments) == {"lesion", "organ"}
-    for name, value in (("lesion", 1), ("organ", 2)):
-        np.testing.assert_array_equal(segments[name], done["expected"] == value, err_msg=f"segment {name}")
+    for channel, name in enumerate(("lesion", "organ")):  # each segment whole, overlaps included
+        np.testing.assert_array_equal(segments[name], done["stack"][..., channel], err_msg=f"segment {name}")
+    status, body = get(pacs_server.url + f"/datastore/label?label={uid}&tag=final")
+    assert status == 200, body[:300]
+    np.testing.assert_array_equal(np.asarray(nib.Nifti1Image.from_bytes(gzip.decompress(body)).dataobj)
+                                  if body[:2] == b"\x1f\x8b" else np.asarray(nib.Nifti1Image.from_bytes(body).dataobj),
+                                  done["expected"])
     keep_timings("pacs_dicomweb", done["timings"], "phantom-trained small test model")

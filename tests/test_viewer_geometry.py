@@ -9,6 +9,7 @@ stored, the study reopened with its structures shown, corrected and saved again.
 from __future__ import annotations
 
 import json
+import os
 
 import nibabel as nib
 import numpy as np
@@ -226,3 +227,86 @@ def test_the_overlay_on_screen_is_the_label_on_a_tilted_study(geometry_server, c
     assert tinted >= 10
     assert not bright_untinted, f"brightest voxels shown without the label: {bright_untinted[:5]}"
     assert not dark_tinted, f"label drawn over other voxels: {dark_tinted[:5]}"
+
+
+@needs_orthanc
+@needs_chromium
+@needs_viewer_bundle
+@pytest.mark.skipif(not TCIA_STUDY.is_dir(), reason=f"the real oblique MR series is not here ({TCIA_STUDY})")
+def test_a_real_oblique_series_from_the_pacs(pacs_server, pacs_studies, chromium_page, tmp_path):  # noqa: F811
+    """TCIA PGBM-001 T1post, tilted about 10 degrees, through Orthanc: every readable position's
+    grey on screen is the grey of the voxel the page sends for it, in the page's own window."""
+    import gzip
+
+    uid = pacs_studies.tcia["T1post"]
+    status, body = get(pacs_server.url + f"/medsam2/viewer/volume?image={uid}")
+    assert status == 200
+    loaded = nib.Nifti1Image.from_bytes(gzip.decompress(body))
+    volume = np.asarray(loaded.dataobj).astype(np.float64)
+    tilt = np.degrees(np.arccos(np.max(np.abs(loaded.affine[:3, :3] / np.linalg.norm(loaded.affine[:3, :3], axis=0)),
+                                       axis=0)))
+    assert tilt.max() > 5, f"the series is not oblique ({tilt})"
+    page, k = chromium_page, volume.shape[2] // 2
+    page.goto(pacs_server.url + "/medsam2/viewer/")
+    page.evaluate("window.medsam2Viewer.ready")
+    page.click(f"#studies li[data-image='{uid}']")
+    wait_idle(page)
+    page.evaluate("k => window.medsam2Viewer.goToSlice(k)", k)
+    low, high = float(np.percentile(volume, 1)), float(np.percentile(volume, 99))
+    page.evaluate("w => window.medsam2Viewer.view.setWindow(w)", [low, high])
+    sv.settle(page)
+    rgb = sv.screen(screenshot(page, "viewer-geometry-tcia-oblique", tmp_path))
+    checked, wrong = 0, []
+    for x, y in sv.grid(page, 15):
+        grey = sv.uniform_grey(rgb, x, y, radius=1)
+        voxel = sv.voxel_the_page_sends(page, x, y)
+        if grey is None or voxel is None:
+            continue
+        expected = float(np.clip((volume[tuple(voxel)] - low) / (high - low), 0, 1) * 255)
+        checked += 1
+        if voxel[2] != k or abs(grey - expected) > 3:
+            wrong.append(((round(x), round(y)), voxel, grey, round(expected)))
+    assert checked >= 60
+    assert not wrong, f"{len(wrong)} of {checked} positions show another voxel than the one sent: {wrong[:5]}"
+
+
+def test_overlapping_structures_are_saved_whole_or_refused(geometry_server):
+    """Through a real server: a stack of structures is checked against what the client showed,
+    the label map follows the one rule, training reads each structure whole, and a plain label
+    map saved later replaces the structures."""
+    from medsam2_engine.label_structures import structures_path
+    from medsam2_engine.training.cases import CaseFiles, load_case
+
+    server, studies, _ = geometry_server
+    image, affine = "oblique10", STUDIES["oblique10"]
+    organ = np.zeros(SHAPE, np.uint8)
+    organ[5:30, 5:25, 2:7] = 1
+    lesion = np.zeros(SHAPE, np.uint8)
+    lesion[10:15, 10:14, 3:5] = 1  # inside the organ
+    stack = np.stack([lesion, organ], axis=-1)
+    info = [{"name": "lesion", "idx": 1, "voxels": int(lesion.sum())}, {"name": "organ", "idx": 2, "voxels": 9}]
+    refused = put_label(server.url, image, stack, affine, {"structures": True, "label_info": info})
+    assert refused.status_code == 422 and "'organ'" in refused.text and "showed 9" in refused.text, refused.text
+    refused = put_label(server.url, image, stack[..., :1], affine, {"structures": True, "label_info": info})
+    assert refused.status_code == 422 and "2 structure(s)" in refused.text, refused.text
+    final = studies / "labels" / "final" / f"{image}.nii.gz"
+    assert not final.exists()
+
+    info[1]["voxels"] = int(organ.sum())
+    answer = put_label(server.url, image, stack, affine, {"structures": True, "label_info": info})
+    assert answer.status_code == 200, answer.text
+    saved = answer.json()["saved"]
+    assert [(s["name"], s["voxels"], s["voxels_in_label_map"]) for s in saved["structures"]] == [
+        ("lesion", lesion.sum(), lesion.sum()), ("organ", organ.sum(), organ.sum() - lesion.sum())]
+    assert saved["overlaps"] == [{"structures": ["lesion", "organ"], "voxels": int(lesion.sum()),
+                                  "label_map_keeps": "lesion"}]
+    label_map = np.asarray(nib.load(final).dataobj)
+    np.testing.assert_array_equal(label_map, np.where(lesion > 0, 1, organ * 2))
+    case = load_case(CaseFiles(str(studies / f"{image}.nii.gz"), str(final)))
+    assert case.values == [1, 2]
+    np.testing.assert_array_equal(case.mask_of(2), organ > 0)  # whole, under the lesion too
+
+    plain = put_label(server.url, image, (organ * 2).astype(np.uint8), affine)
+    assert plain.status_code == 200, plain.text
+    assert "structures" not in plain.json()["saved"]
+    assert not os.path.exists(structures_path(str(final)))

@@ -202,8 +202,20 @@ def round_trip(page, base_url: str, image: str, truth: np.ndarray, shots: Path, 
     assert not errors, errors
     timings = page.evaluate("[{opened_ms: window.medsam2Viewer.state.opened.ms}, ...window.medsam2Viewer.state.timings]")
     print(prefix, "click to mask on screen:", timings)
-    return {"lesion": lesion, "organ": organ, "affine": affine, "timings": timings,
-            "expected": np.where(lesion > 0, 1, np.where(organ > 0, 2, 0)), "save_answer": saved.value.json()}
+    # the app stored what the page showed, structure by structure, and the page said so
+    answer = saved.value.json()
+    stored = {s["name"]: s["voxels"] for s in answer["saved"]["structures"]}
+    assert stored == {"lesion": int((lesion > 0).sum()), "organ": int((organ > 0).sum())}, stored
+    shared = int(((lesion > 0) & (organ > 0)).sum())
+    said = page.inner_text("#save-status")
+    assert f"lesion ({stored['lesion']} voxels)" in said and f"organ ({stored['organ']} voxels)" in said, said
+    if shared:
+        assert f"overlap on {shared} voxels" in said, said
+    from medsam2_engine.label_structures import label_map_of
+
+    stack = np.stack([lesion > 0, organ > 0], axis=-1)
+    return {"lesion": lesion, "organ": organ, "affine": affine, "timings": timings, "stack": stack,
+            "expected": label_map_of(stack, [1, 2]), "save_answer": answer, "shared": shared}
 
 
 def keep_timings(name: str, timings: list, weights: str) -> None:

@@ -28,7 +28,14 @@ export class VolumeView {
       isNearestInterpolation: true,
     });
     this.glCanvas = glCanvas;
-    this.ready = this.nv.attachToCanvas(glCanvas);
+    this.ready = this.nv.attachToCanvas(glCanvas).then(() => {
+      // the overlay's colours are the swatches' colours, value for value (0: nothing)
+      const rgb = LABEL_COLOURS.map((hex) => [1, 3, 5].map((at) => parseInt(hex.slice(at, at + 2), 16)));
+      this.nv.setDrawColormap({
+        R: [0, ...rgb.map((c) => c[0])], G: [0, ...rgb.map((c) => c[1])], B: [0, ...rgb.map((c) => c[2])],
+        A: [0, ...rgb.map(() => 255)], I: [0, ...rgb.map((_, n) => n + 1)], labels: ['', ...rgb.map((_, n) => `${n + 1}`)],
+      });
+    });
     this.dims = null;
   }
 
