@@ -124,8 +124,7 @@ def test_new_weights_get_a_new_graph_compiled_at_load(small_model_files, tmp_pat
     # float32 OpenVINO memory attention measured slower than PyTorch: only the encoder moves
     assert source.status()["cpu_runtime_stages"] == {"image_encoder": "openvino", "memory_attention": "torch"}
     assert list(runtime.compile_seconds) == [first.model.image_size]  # compiled before any request
-    torch.manual_seed(1)
-    save_checkpoint(build_model(preset_for_config_file(config), "random"), served)  # as a fine-tune publishes
+    save_checkpoint(build_model(preset_for_config_file(config), "random", seed=1), served)  # as a fine-tune publishes
     os.utime(served, ns=(time.time_ns(), time.time_ns() + 10**9))
     second = source.get()
     assert second.version == first.version + 1
@@ -198,8 +197,7 @@ def test_published_weights_are_loaded_and_compiled_before_the_next_request(small
     first = source.get()
     source.watch(interval_s=0.05)
     try:
-        torch.manual_seed(2)
-        save_checkpoint(build_model(preset_for_config_file(config), "random"), served)  # a fine-tune publishes
+        save_checkpoint(build_model(preset_for_config_file(config), "random", seed=2), served)  # a fine-tune publishes
         os.utime(served, ns=(time.time_ns(), time.time_ns() + 10**9))
         deadline = time.monotonic() + 60
         while source._loaded is first and time.monotonic() < deadline:  # no request calls get()

@@ -29,8 +29,7 @@ def write_small_checkpoint(path: Path, seed: int = 0, object_present: bool = Tru
     model reports the object everywhere; otherwise its random score hides most masks and
     tests of corrections or several labels would compare empty masks with empty masks.
     """
-    torch.manual_seed(seed)
-    model = build_model(small_preset(), "random")
+    model = build_model(small_preset(), "random", seed=seed)
     if object_present:
         with torch.no_grad():
             model.sam_mask_decoder.pred_obj_score_head.layers[2].bias.fill_(8.0)

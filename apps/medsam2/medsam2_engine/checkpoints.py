@@ -200,8 +200,12 @@ def check_fits(model: torch.nn.Module, state_dict: dict, path: str, config: str)
         raise CheckpointError(f"checkpoint {path} does not fit model config {config}: " + "; ".join(details))
 
 
-def build_model(preset: ModelPreset, checkpoint: str, device: str = "cpu", extra_overrides: dict | None = None):
+def build_model(preset: ModelPreset, checkpoint: str, device: str = "cpu", extra_overrides: dict | None = None,
+                seed: int = RANDOM_WEIGHTS_SEED):
     """Instantiate the predictor for ``preset`` and load ``checkpoint`` (a path or ``"random"``).
+
+    Initial (``"random"``) weights are drawn from ``seed``, without touching the caller's
+    random state.
 
     A file that does not fit the config is reported key by key before torch sees it.
     """
@@ -209,7 +213,7 @@ def build_model(preset: ModelPreset, checkpoint: str, device: str = "cpu", extra
 
     cfg = load_model_config(preset, extra_overrides)
     with torch.random.fork_rng(devices=[]):  # seeded without touching the caller's random state
-        torch.manual_seed(RANDOM_WEIGHTS_SEED)
+        torch.manual_seed(seed)
         model = instantiate(cfg.model, _recursive_=True)
     if checkpoint == RANDOM_WEIGHTS:
         logger.warning(
