@@ -204,14 +204,21 @@ class MedSam2DicomWebDatastore(DICOMWebDatastore):
         MONAI Label's own version downloads the series named ``label_id`` and reads it as a SEG;
         ``GET /datastore/label`` passes the image's series there, so it failed with HTTP 500.
         """
+        if image_id:  # MONAI Label's own sync of the PACS's SEGs (label_id: the SEG series)
+            own = self._saved_label_path(check_series_uid(image_id), label_tag)
+            return own or super().get_label_uri(label_id, label_tag, image_id)
         series_uid = check_series_uid(label_id)
-        obj = self._datastore.objects.get(series_uid)
-        label = obj.labels.get(label_tag) if obj else None
-        path = os.path.join(self._datastore.label_path(label_tag), series_uid + label.ext) if label else ""
-        if not path or not os.path.isfile(path):
+        path = self._saved_label_path(series_uid, label_tag)
+        if not path:
             raise HTTPException(status_code=404, detail=f"label: series {series_uid} has no {label_tag!r} label "
                                                         "saved through this app")
         return path
+
+    def _saved_label_path(self, series_uid: str, label_tag: str) -> str:
+        obj = self._datastore.objects.get(series_uid)
+        label = obj.labels.get(label_tag) if obj else None
+        path = os.path.join(self._datastore.label_path(label_tag), series_uid + label.ext) if label else ""
+        return path if path and os.path.isfile(path) else ""
 
     def segment_names(self, label_info) -> Dict[int, str]:
         """Label value -> name: the client's ``label_info`` (Slicer sends it), else ``--conf labels`` order."""
