@@ -92,6 +92,7 @@ class MedSam2App(MONAILabelApp):
         return SafeLocalDatastore(
             self.studies,
             max_upload_bytes=int(self.settings.upload_max_mb * 2**20),
+            max_decoded_bytes=int(self.settings.upload_max_decoded_mb * 2**20),
             forbidden=[self.settings.model_dir],
             extensions=settings.MONAI_LABEL_DATASTORE_FILE_EXT,
             auto_reload=settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
@@ -110,6 +111,7 @@ class MedSam2App(MONAILabelApp):
         author = SegAuthor(app_name="MedSAM-2 MONAI Label app", app_version=self.version,
                            series_description=f"MedSAM-2 (MONAI Label app medsam2 {self.version}) segmentation")
         store = open_dicomweb_datastore(self.studies, self.settings.dicomweb_modalities, author, self.settings.labels)
+        store.max_decoded_bytes = int(self.settings.upload_max_decoded_mb * 2**20)
         if self.encode_ahead is not None:  # a series fetched for a request or a download: encode the rest ahead
             store.on_series_ready = lambda series_uid, path: self.encode_ahead.request(None, path)
         return store
@@ -117,10 +119,11 @@ class MedSam2App(MONAILabelApp):
     def on_init_complete(self):
         super().on_init_complete()
         server = sys.modules.get("monailabel.app")  # absent when the app runs outside the server
+        mount_viewer()  # the annotation page at /medsam2/viewer/ (lib/viewer_routes.py)
         if server is not None:
             install_auth()
+            # last: every route the server exposes is in lib/route_inventory.py, the rest removed
             install_routes(server.app, max_body_bytes=int(self.settings.upload_max_mb * 2**20))
-        mount_viewer()  # the annotation page at /medsam2/viewer/ (lib/viewer_routes.py)
 
     def encode_study_ahead(self, request: dict, image_path: str) -> None:
         """Queue a study the viewer just opened for encoding, in the session its first click will use."""

@@ -52,6 +52,7 @@ class AppConfig:
     finetune: dict = field(default_factory=dict)  # train request defaults from --conf finetune_<name>
     dicomweb_modalities: list = field(default_factory=lambda: ["CT", "MR"])  # series listed from a PACS
     upload_max_mb: float = 1024.0  # largest request body / uploaded file the server accepts
+    upload_max_decoded_mb: float = 4096.0  # largest uploaded image or label once decompressed
     auto_scoring: bool = False  # MONAI Label's scoring of the whole datastore at start and after each sample
 
     @classmethod
@@ -105,5 +106,6 @@ class AppConfig:
             dicomweb_modalities=[m.strip().upper() for m in str(conf.get("dicomweb_modalities", "CT,MR")).split(",")
                                  if m.strip()],
             upload_max_mb=_number(conf, "upload_max_mb", 1024.0),
+            upload_max_decoded_mb=_number(conf, "upload_max_decoded_mb", 4096.0),
             auto_scoring=_flag(conf, "auto_scoring", False),
         )

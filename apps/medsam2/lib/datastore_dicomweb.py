@@ -34,6 +34,7 @@ from pydicom.dataset import Dataset
 
 from lib.dicom_seg import SegAuthor, build_segmentation
 from lib.saved_structures import PreparedLabel, prepare_label
+from lib.upload_checks import check_label_values, decoded
 from medsam2_engine.label_structures import structures_path, write_stack
 from lib.privacy import KEYWORDS as PATIENT_IDENTIFIERS
 
@@ -74,6 +75,7 @@ class MedSam2DicomWebDatastore(DICOMWebDatastore):
         self._modalities = list(modalities)
         self._author = author
         self._label_names = list(label_names)
+        self.max_decoded_bytes = 4 << 30  # set by the app (--conf upload_max_decoded_mb)
         self._series_locks: Dict[str, threading.Lock] = {}
         self._locks_guard = threading.Lock()
         # (series UID, file) -> None, called once a series is fetched: it is about to be segmented
@@ -181,6 +183,7 @@ class MedSam2DicomWebDatastore(DICOMWebDatastore):
         converted = ""
         if label_filename.endswith(".bin"):
             converted = label_filename = binary_to_image(image_uri, label_filename)
+        check_label_values(decoded(label_filename, label_filename, self.max_decoded_bytes, "label"))
         prepared = prepare_label(label_filename, label_info)
         try:
             label_info.update(prepared.summary())

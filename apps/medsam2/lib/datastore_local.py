@@ -34,6 +34,7 @@ from medsam2_engine.label_structures import structures_path, write_stack
 
 from .options import OptionError, identifier, image_size
 from .saved_structures import PreparedLabel, prepare_label
+from .upload_checks import check_label_values, decoded
 
 logger = logging.getLogger(__name__)
 
@@ -62,10 +63,12 @@ def extension_of(filename: str, field: str) -> str:
 
 
 class SafeLocalDatastore(LocalDatastore):
-    def __init__(self, datastore_path: str, *, max_upload_bytes: int, forbidden=(), **kwargs):
+    def __init__(self, datastore_path: str, *, max_upload_bytes: int, max_decoded_bytes: int = 4 << 30, forbidden=(),
+                 **kwargs):
         self._root = os.path.realpath(datastore_path)
         self._forbidden = [os.path.realpath(p) for p in forbidden]
         self._max_upload_bytes = int(max_upload_bytes)
+        self._max_decoded_bytes = int(max_decoded_bytes)
         if self._root in self._forbidden or any(self._root.startswith(f + os.sep) for f in self._forbidden):
             raise ValueError(f"the studies folder {self._root} lies inside the model folder; choose another")
         removed = remove_leftovers(self._root)
@@ -90,6 +93,45 @@ class SafeLocalDatastore(LocalDatastore):
             raise OptionError(field, f"{size} bytes; uploads are limited to {self._max_upload_bytes} bytes "
                                      "(--conf upload_max_mb)", status=413)
 
+    # --- reads and deletes: a link in the studies folder never reaches a file outside it --------
+    def _resolved_inside(self, path: str, field: str) -> str:
+        if not path:
+            return path
+        real = os.path.realpath(path)
+        if not real.startswith(self._root + os.sep) or \
+                any(real == f or real.startswith(f + os.sep) for f in self._forbidden):
+            raise OptionError(field, "the stored file resolves outside the studies folder (a link?); refused",
+                              status=403)
+        return real
+
+    def get_image_uri(self, image_id: str) -> str:
+        return self._resolved_inside(super().get_image_uri(image_id), "image")
+
+    def get_label_uri(self, label_id: str, label_tag: str) -> str:
+        return self._resolved_inside(super().get_label_uri(label_id, label_tag), "label")
+
+    def list_images(self):
+        """The studies whose files lie inside the studies folder (a link out is not a study here)."""
+        inside = []
+        for image_id in super().list_images():
+            try:
+                self.get_image_uri(image_id)
+                inside.append(image_id)
+            except OptionError:
+                logger.warning("study %s is a link outside the studies folder: not listed", image_id)
+        return inside
+
+    def get_image_info(self, image_id: str) -> dict:
+        self.get_image_uri(image_id)
+        info = super().get_image_info(image_id)
+        info.pop("path", None)  # the server's own paths are never answered
+        return info
+
+    def get_label_info(self, label_id: str, label_tag: str) -> dict:
+        info = dict(super().get_label_info(label_id, label_tag) or {})
+        info.pop("path", None)
+        return info
+
     def _image_entry(self, image_id: str):
         obj = self._datastore.objects.get(identifier(image_id, "image"))
         if obj is None:
@@ -103,6 +145,7 @@ class SafeLocalDatastore(LocalDatastore):
             image_id = os.path.basename(image_filename)[: -len(ext)]
         identifier(image_id, "image")
         self._check_upload(image_filename, "file")
+        decoded(image_filename, image_filename, self._max_decoded_bytes, "file")  # whole, within the limit
         try:
             image = load_image(image_filename)
         except ImageReadError as err:
@@ -132,6 +175,7 @@ class SafeLocalDatastore(LocalDatastore):
         tag = identifier(label_tag, "tag")
         self._check_upload(label_filename, "label")
         if prepared is None:
+            check_label_values(decoded(label_filename, label_filename, self._max_decoded_bytes, "label"))
             prepared = prepare_label(label_filename, label_info)
             try:
                 return self.save_label(image_id, label_filename, label_tag, label_info, prepared)
@@ -177,14 +221,21 @@ class SafeLocalDatastore(LocalDatastore):
         label = obj.labels.get(tag)
         if label is None:
             raise OptionError("tag", f"image {label_id} has no {tag!r} label", status=404)
-        path = os.path.join(self._datastore.label_path(tag), label_id + label.ext)
+        self._inside(self._datastore.label_path(tag), "tag")
+        path = self.get_label_uri(label_id, tag)
         if os.path.exists(path):
             with FileLock(self._lock_file):
                 self._keep_history(tag, label_id, path, label.ext)
         super().remove_label(label_id, tag)
+        if os.path.exists(structures_path(path)):
+            os.unlink(structures_path(path))  # the structures went with their label map
 
     def remove_image(self, image_id: str) -> None:
-        self._image_entry(image_id)
+        obj = self._image_entry(image_id)
+        self.get_image_uri(image_id)  # refuses a link out before any label of it is removed
+        for tag in list(obj.labels):
+            self._inside(self._datastore.label_path(tag), "tag")
+            self.get_label_uri(image_id, tag)
         super().remove_image(image_id)
 
     def _keep_history(self, tag: str, image_id: str, path: str, ext: str) -> None:

@@ -28,6 +28,7 @@ import ipaddress
 import json
 import logging
 import os
+import threading
 from typing import Callable, Optional
 
 from fastapi import BackgroundTasks, Depends, File, Form, HTTPException, Request, UploadFile
@@ -52,15 +53,37 @@ API = settings.MONAI_LABEL_API_STR
 SERVER_FIELDS = {"image", "model", "session", "description", USER_FIELD, ADDRESS_FIELD, IMAGE_ID_FIELD}
 
 
-def _as_http(call: Callable):
+_SAVE_LOCKS: dict = {}
+
+
+def _as_http(call: Callable, background_tasks: Optional[BackgroundTasks] = None):
+    """``call()`` with the app's errors as HTTP answers. On any error the request's clean-up tasks
+    (MONAI Label's temporary copies of uploads) run now: FastAPI runs them only after a success."""
     try:
         return call()
     except OptionError as err:
+        _clean_up(background_tasks)
         raise HTTPException(status_code=err.status, detail=str(err)) from err
     except (ImageNotFoundException, LabelNotFoundException) as err:
+        _clean_up(background_tasks)
         raise HTTPException(status_code=404, detail=err.msg) from err
     except MONAILabelException as err:
+        _clean_up(background_tasks)
         raise HTTPException(status_code=400, detail=err.msg) from err
+    except BaseException:
+        _clean_up(background_tasks)
+        raise
+
+
+def _clean_up(background_tasks: Optional[BackgroundTasks]) -> None:
+    if background_tasks is None:
+        return
+    for task in list(background_tasks.tasks):
+        try:
+            task.func(*task.args, **task.kwargs)
+        except Exception as err:  # noqa: BLE001 - removing a temporary file
+            logger.warning("clean-up after a refused request failed: %s", err)
+    background_tasks.tasks.clear()
 
 
 def _user_name(user: User) -> Optional[str]:
@@ -85,6 +108,9 @@ def infer(
 
     def prepare() -> str:
         request = json_object(params, "params")
+        if request.get("save_label") or "label_tag" in request:
+            raise OptionError("params.save_label", "inference never writes a label: save one with PUT "
+                                                   "/datastore/label (annotator role)")
         bad = sorted(k for k in request if k in SERVER_FIELDS or (isinstance(k, str) and k.startswith("_")))
         if bad:
             raise OptionError(f"params.{bad[0]}", "is set by the server; give the image as the image= query "
@@ -94,19 +120,20 @@ def infer(
             raise OptionError("output", "dicom_seg needs a DICOMweb datastore; use output=image or all")
         if image or not (file or session_id):
             identifier(image, "image")
-            if isinstance(datastore, LocalDatastore) and not datastore.get_image_uri(image):
+            if image not in set(datastore.list_images()):
                 raise OptionError("image", f"image not found: {image}", status=404)
-            if not isinstance(datastore, LocalDatastore) and os.path.exists(image):
-                # MONAI Label would read this file of the server's working folder instead of the PACS
-                raise OptionError("image", f"{image!r} is not an image id of this datastore")
+            # MONAI Label reads an id that names a file of the server's working folder (README.md) as
+            # that file: it is handed the datastore's own file instead
+            resolved[0] = datastore.get_image_uri(image)
             request[IMAGE_ID_FIELD] = image
         request[USER_FIELD] = _user_name(user)
         request[ADDRESS_FIELD] = http.client.host if http.client else None
         return json.dumps(request)
 
+    resolved = [image]
     checked = _as_http(prepare)
-    return _as_http(lambda: infer_routes.run_inference(background_tasks, model, image, session_id, checked,
-                                                       file, label, output))
+    return _as_http(lambda: infer_routes.run_inference(background_tasks, model, resolved[0], session_id, checked,
+                                                       file, label, output), background_tasks)
 
 
 def add_image(
@@ -117,7 +144,8 @@ def add_image(
     user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ANNOTATOR)),
 ):
     checked = _as_http(lambda: json.dumps(json_object(params, "params")))
-    return _as_http(lambda: datastore_routes.add_image(background_tasks, image, checked, file, user.username))
+    return _as_http(lambda: datastore_routes.add_image(background_tasks, image, checked, file, user.username),
+                    background_tasks)
 
 
 def save_label(
@@ -134,16 +162,29 @@ def save_label(
         return json.dumps(json_object(params, "params"))
 
     checked = _as_http(check)
+    tag = tag or DefaultLabelTag.FINAL.value
 
     def save() -> dict:
-        answer = datastore_routes.save_label(background_tasks, image, checked, tag, label, user.username)
+        datastore = app_instance().datastore()
+        request = json.loads(checked)
+        with _SAVE_LOCKS.setdefault((image, tag), threading.Lock()):  # check and save as one step
+            current = (datastore.get_label_info(image, tag) or {}).get("ts") \
+                if datastore.get_label_by_image_id(image, tag) else None
+            if "replaces" in request and request["replaces"] != current:
+                raise OptionError("params.replaces", f"the {tag} label of {image} changed since you read it "
+                                                     f"(version {request['replaces']}, now {current}); nothing "
+                                                     "was saved: read the current one, or send its version to "
+                                                     "replace it", status=409)
+            answer = datastore_routes.save_label(background_tasks, image, checked, tag, label, user.username)
+            info = datastore.get_label_info(image, tag) or {}
         # what was stored, for the client to compare with what it shows (structures, overlaps)
-        info = app_instance().datastore().get_label_info(image, tag or DefaultLabelTag.FINAL.value) or {}
-        answer["saved"] = {key: info[key] for key in ("label_values", "structures", "overlaps", "overlap_rule",
+        answer["saved"] = {key: info[key] for key in ("ts", "label_values", "structures", "overlaps", "overlap_rule",
                                                       "seg_segments") if key in info}
+        if current is not None:
+            answer["replaced"] = {"ts": current, "restore": f"GET /medsam2/labels/history?image={image}&tag={tag}"}
         return answer
 
-    return _as_http(save)
+    return _as_http(save, background_tasks)
 
 
 def remove_image(id: str, user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_ADMIN))):
@@ -227,35 +268,14 @@ def _is_loopback(http: Request) -> bool:
         return False
 
 
-REPLACEMENTS = [
-    (f"{API}/infer/{{model}}", "POST", infer),
-    (f"{API}/datastore/image", "PUT", add_image),
-    (f"{API}/datastore/", "PUT", add_image),
-    (f"{API}/datastore/label", "PUT", save_label),
-    (f"{API}/logs/", "GET", logs),
-    (f"{API}/datastore/image", "GET", download_image),
-    (f"{API}/infer/wsi/{{model}}", "POST", no_whole_slide),
-    (f"{API}/infer/wsi_v2/{{model}}", "POST", no_whole_slide),
-    (f"{API}/datastore/image", "DELETE", remove_image),
-    (f"{API}/datastore/", "DELETE", remove_image),
-    (f"{API}/datastore/label", "DELETE", remove_label),
-    (f"{API}/datastore/image/info", "PUT", update_image_info),
-    (f"{API}/datastore/label/info", "PUT", update_label_info),
-]
-
-
 def install(fastapi_app, max_body_bytes: int) -> None:
-    """Swap the routes above into the running server and cap request bodies."""
-    router = fastapi_app.router
-    for path, method, endpoint in REPLACEMENTS:
-        # FastAPI keeps included routers nested, so the originals cannot be picked out; the
-        # first route that matches answers, so ours go in front of them.
-        router.add_api_route(path, endpoint, methods=[method])
-        router.routes.insert(0, router.routes.pop())
+    """The inventory's routes (lib/route_inventory.py) and a cap on request bodies."""
+    from .route_inventory import install as install_inventory
+
+    install_inventory(fastapi_app)
     if fastapi_app.middleware_stack is not None:
         fastapi_app.middleware_stack = BodyLimit(fastapi_app.middleware_stack, max_body_bytes)
-    logger.info("routes run off the event loop: %s; request bodies capped at %d bytes",
-                [f"{m} {p}" for p, m, _ in REPLACEMENTS], max_body_bytes)
+    logger.info("request bodies capped at %d bytes", max_body_bytes)
 
 
 class BodyLimit:

@@ -6,6 +6,8 @@ The same shape as the 3D engine: ``with segmenter.open(key, image) as session:``
 
 from __future__ import annotations
 
+import copy
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -81,6 +83,8 @@ class ImageSegmenter:
         self.models = models
         self.sessions = sessions if sessions is not None else SessionStore(limits or SessionLimits())
         self.cpu_bf16 = cpu_bf16  # as the 3D engine's (see precision.py)
+        self._template: SAM2ImagePredictor | None = None  # see _predictor_for
+        self._template_lock = threading.Lock()
 
     @contextmanager
     def open(self, key: tuple, image, window=None, modality: str | None = None) -> Iterator[ImageSession]:
@@ -150,6 +154,25 @@ class ImageSegmenter:
             embedding_reused=reused,
         )
 
+    def _predictor_for(self, model) -> SAM2ImagePredictor:
+        """A fresh predictor over ``model``: a copy of one built once per model.
+
+        Building one runs ``torch.jit.script`` (its transforms), which fails when two threads
+        do it at once ("Can't redefine method: forward"); a shallow copy shares the scripted
+        transforms and the network and owns its image state.
+        """
+        with self._template_lock:
+            template = self._template
+            if template is None or template.model is not model:
+                template = SAM2ImagePredictor(model)
+                # sam2 assumes 1024 px input here; MedSAM2 runs at 512, so give the real feature sizes
+                size = model.image_size
+                template._bb_feat_sizes = [(size // 4, size // 4), (size // 8, size // 8), (size // 16, size // 16)]
+                self._template = template
+        predictor = copy.copy(template)
+        predictor.reset_predictor()
+        return predictor
+
     def _encode(self, session: ImageSession, slice_index: int, timings: dict) -> None:
         """The plane's embedding, windowed for the model (a later click on it only decodes)."""
         volume, loaded = session.volume, session.model
@@ -161,10 +184,7 @@ class ImageSegmenter:
         if image01.ndim == 2:
             image01 = np.repeat(image01[:, :, None], 3, axis=2)
         t0 = time.perf_counter()
-        predictor = SAM2ImagePredictor(loaded.model)
-        # sam2 assumes 1024 px input here; MedSAM2 runs at 512, so give the real feature sizes
-        size = loaded.model.image_size
-        predictor._bb_feat_sizes = [(size // 4, size // 4), (size // 8, size // 8), (size // 16, size // 16)]
+        predictor = self._predictor_for(loaded.model)
         with network_lock(loaded.model), torch.inference_mode(), autocast_for(self.models.device, self.cpu_bf16):
             predictor.set_image(image01)
         timings["encode"] = time.perf_counter() - t0

@@ -1,0 +1,170 @@
+"""Every route the server exposes, once: who may call it, what it checks, which code answers it.
+
+The server is MONAI Label plus this app. At start-up :func:`install` puts the app's versions
+of MONAI Label's routes in front and then removes every route that is not listed here, with
+the originals the app replaces. So a MONAI Label upgrade that adds a route cannot open a
+hole: the route is removed (and named in the log) until someone lists it here. The
+exposed routes are logged in one line (``EXPOSED_ROUTES``), which the tests compare with
+this list.
+
+Roles: ``public`` (no token), ``user``, ``annotator``, ``admin`` (MONAI Label's realm roles
+``monailabel-user``, ``-annotator``, ``-admin``); ``login`` routes exist only with
+authentication on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+from monailabel.config import settings
+
+from . import routes, routes_reads, routes_tasks
+
+logger = logging.getLogger(__name__)
+
+API = settings.MONAI_LABEL_API_STR
+EXPOSED_ROUTES = "exposed routes:"
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str  # GET, PUT, POST, DELETE, HEAD, or MOUNT for a static folder
+    path: str
+    role: str
+    rules: str  # what it checks and limits, in a few words
+    endpoint: Optional[Callable] = None  # the app's version; None: MONAI Label's own, kept as it is
+
+
+def _r(method, path, role, rules, endpoint=None):
+    return Route(method, API + path if path.startswith("/") and not path.startswith("/medsam2") else path, role,
+                 rules, endpoint)
+
+
+INVENTORY = [
+    # documentation and static files
+    _r("GET", "/", "public", "API documentation page"),
+    _r("GET", "/openapi.json", "public", "API schema"),
+    _r("GET", "/docs", "public", "API documentation"),
+    _r("GET", "/favicon.ico", "public", "icon"),
+    _r("MOUNT", "/static", "public", "MONAI Label's static files"),
+    _r("POST", "/reload", "admin", "drops every session and reloads the app", routes_tasks.reload),
+    # log-in (authentication on)
+    _r("GET", "/auth/", "login", "is authentication on"),
+    _r("POST", "/auth/token", "login", "password grant against the realm"),
+    _r("GET", "/auth/token/valid", "login", "token check"),
+    # information
+    _r("GET", "/info/", "user", "the app, its models and labels"),
+    _r("GET", "/logs/", "admin", "only from this machine when authentication is off", routes.logs),
+    _r("GET", "/logs/gpu", "admin", "nvidia-smi"),
+    # inference
+    _r("POST", "/infer/{model}", "user", "known model; strict params; image id of the datastore; never saves a "
+                                         "label", routes.infer),
+    _r("POST", "/infer/wsi/{model}", "user", "refused: no whole-slide models", routes.no_whole_slide),
+    _r("POST", "/infer/wsi_v2/{model}", "user", "refused: no whole-slide models", routes.no_whole_slide),
+    _r("GET", "/batch/infer", "user", "status of the batch task"),
+    _r("POST", "/batch/infer/{model}", "admin", "known model; one at a time; writes 'original' labels only",
+       routes_tasks.batch_infer),
+    _r("DELETE", "/batch/infer", "admin", "stops the batch task"),
+    # training, scoring, active learning
+    _r("GET", "/train/", "user", "fine-tune status"),
+    _r("POST", "/train/{model}", "admin", "known trainer; one at a time (409), never queued",
+       routes_tasks.train_model),
+    _r("DELETE", "/train/", "admin", "stops the fine-tune"),
+    _r("GET", "/scoring/", "user", "scoring status"),
+    _r("POST", "/scoring/{method}", "annotator", "known method; one at a time; off the event loop",
+       routes_tasks.score),
+    _r("DELETE", "/scoring/", "annotator", "stops scoring"),
+    _r("POST", "/activelearning/{strategy}", "user", "known strategy; answers the id, no path",
+       routes_tasks.next_sample),
+    # datastore
+    _r("GET", "/datastore/", "user", "stats, all, or train (paths relative to the studies folder)",
+       routes_reads.listing),
+    _r("PUT", "/datastore/", "annotator", "as PUT /datastore/image", routes.add_image),
+    _r("PUT", "/datastore/image", "annotator", "checked id and type; size and decoded-size caps; never replaces",
+       routes.add_image),
+    _r("DELETE", "/datastore/", "admin", "as DELETE /datastore/image", routes.remove_image),
+    _r("DELETE", "/datastore/image", "admin", "known id; nothing outside the studies folder", routes.remove_image),
+    _r("HEAD", "/datastore/image", "user", "known id; links out refused"),
+    _r("GET", "/datastore/image", "user", "known id; links out refused", routes.download_image),
+    _r("GET", "/datastore/image/info", "user", "known id; no paths", routes_reads.image_info),
+    _r("PUT", "/datastore/image/info", "annotator", "known id; JSON object", routes.update_image_info),
+    _r("PUT", "/datastore/label", "annotator", "decoded whole within caps, finite whole values, on the image's "
+                                               "grid; 409 on a stale version; history kept", routes.save_label),
+    _r("DELETE", "/datastore/label", "admin", "known id and tag; history kept; links out refused",
+       routes.remove_label),
+    _r("HEAD", "/datastore/label", "user", "known id and tag"),
+    _r("GET", "/datastore/label", "user", "known id and tag; links out refused", routes_reads.download_label),
+    _r("GET", "/datastore/label/info", "user", "known id and tag; no paths", routes_reads.label_info),
+    _r("PUT", "/datastore/label/info", "annotator", "known id and tag; JSON object", routes.update_label_info),
+    _r("GET", "/medsam2/labels/history", "user", "a label's replaced versions", routes_reads.label_history),
+    _r("POST", "/medsam2/labels/restore", "annotator", "saves a history entry again, through PUT "
+                                                       "/datastore/label's checks", routes_reads.restore_label),
+    # sessions (3D Slicer's upload of a volume the datastore lacks)
+    _r("GET", "/session/{session_id}", "user", "known id; image only from the session store",
+       routes_tasks.get_session),
+    _r("PUT", "/session/", "user", "no archives; files by base name; a readable image", routes_tasks.create_session),
+    _r("DELETE", "/session/{session_id}", "user", "known id", routes_tasks.remove_session),
+    # OHIF and its DICOMweb proxy
+    _r("GET", "/ohif/{path:path}", "user", "files of MONAI Label's OHIF only", routes_tasks.ohif_file),
+    _r("GET", "/proxy/dicom/{path:path}", "user", "GET to the PACS only (a PACS datastore); no '..'",
+       routes_tasks.dicom_proxy),
+    # the app's page
+    _r("GET", "/medsam2/viewer/auth", "public", "is authentication on"),
+    _r("GET", "/medsam2/viewer/studies", "user", "the datastore's studies, no patient identifiers"),
+    _r("GET", "/medsam2/viewer/volume", "user", "known id; a volume"),
+    _r("GET", "/medsam2/viewer/label", "user", "known id; the final label as structures"),
+    _r("GET", "/medsam2/viewer/vendor/niivue.js", "public", "NiiVue's bundle"),
+    _r("MOUNT", "/medsam2/viewer", "public", "the page's files"),
+]
+BY_KEY = {(r.method, r.path): r for r in INVENTORY}
+
+
+def _methods(route) -> list:
+    methods = getattr(route, "methods", None)
+    if methods:
+        return sorted(m for m in methods if m != "HEAD" or methods == {"HEAD"})
+    return ["MOUNT"]
+
+
+def live_routes(fastapi_app) -> list:
+    """(method, full path, route, the list holding it, its router) of every route the server answers."""
+    out = []
+
+    def walk(router, prefix: str) -> None:
+        for route in list(router.routes):
+            if type(route).__name__ == "_IncludedRouter":  # FastAPI keeps included routers nested
+                walk(route.original_router, prefix + (route.include_context.prefix or ""))
+                continue
+            for method in _methods(route):
+                out.append((method, prefix + route.path, route, router))
+
+    walk(fastapi_app.router, "")
+    return out
+
+
+def _allowed(method: str, path: str, route) -> bool:
+    entry = BY_KEY.get((method, path))
+    if entry is None:
+        return False
+    return entry.endpoint is None or getattr(route, "endpoint", None) is entry.endpoint
+
+
+def install(fastapi_app) -> list:
+    """The app's versions in front, then everything not in the inventory removed; returns what is exposed."""
+    for entry in INVENTORY:
+        if entry.endpoint is not None:
+            fastapi_app.router.add_api_route(entry.path, entry.endpoint, methods=[entry.method])
+    removed = []
+    for method, path, route, router in live_routes(fastapi_app):
+        if not _allowed(method, path, route) and route in router.routes:
+            router.routes.remove(route)
+            if hasattr(router, "_mark_routes_changed"):
+                router._mark_routes_changed()
+            removed.append(f"{method} {path}")
+    exposed = sorted({f"{m} {p}" for m, p, _, _ in live_routes(fastapi_app)})
+    logger.info("routes removed (not in lib/route_inventory.py, or replaced by the app's): %s", removed)
+    logger.info("%s %s", EXPOSED_ROUTES, json.dumps(exposed))
+    return exposed

@@ -1,0 +1,140 @@
+"""An uploaded image or label decoded whole, within a size limit, before anything is stored.
+
+A compressed file can declare far more voxels than it carries bytes (2 MB of gzip that
+claims 2048 x 1024 x 1024 voxels), or stop half way (a truncated gzip that some readers
+pad with zeros). Both are refused here, by what the file declares before decoding and by
+counting bytes while decompressing, and a label must hold finite whole numbers: a label
+map with NaN or infinity is not a label.
+"""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+
+import numpy as np
+
+from .options import OptionError
+
+CHUNK = 1 << 20
+
+
+def _too_large(field: str, shape, nbytes: int, limit: int) -> OptionError:
+    return OptionError(field, f"declares {' x '.join(str(int(n)) for n in shape)} voxels ({nbytes / 2**20:.0f} MB "
+                              f"decoded), over the server's limit of {limit / 2**20:.0f} MB "
+                              "(--conf upload_max_decoded_mb)", status=413)
+
+
+def _gunzip_within(path: str, limit: int, field: str, head: int = 0) -> bytes:
+    """The decompressed bytes of ``path`` (its first ``head`` bytes only, if given); refuses a
+    truncated stream or one that grows past ``limit``."""
+    out = bytearray()
+    try:
+        with gzip.open(path, "rb") as stream:
+            while chunk := stream.read(head or CHUNK):
+                out += chunk
+                if head:
+                    break
+                if len(out) > limit:
+                    raise OptionError(field, f"decompresses to over {limit / 2**20:.0f} MB "
+                                             "(--conf upload_max_decoded_mb)", status=413)
+    except (EOFError, gzip.BadGzipFile, zlib.error, OSError) as err:
+        raise OptionError(field, f"the file is truncated or not valid gzip ({err})", status=422) from err
+    return bytes(out)
+
+
+def _nifti_image(data: bytes, field: str):
+    import nibabel as nib
+
+    for kind in (nib.Nifti1Image, nib.Nifti2Image):
+        try:
+            return kind.from_bytes(data)
+        except Exception:  # noqa: BLE001 - try the other NIfTI version
+            continue
+    raise OptionError(field, "not a readable NIfTI file", status=422)
+
+
+def _nifti(path: str, limit: int, field: str) -> np.ndarray:
+    with open(path, "rb") as raw:
+        compressed = raw.read(2) == b"\x1f\x8b"  # by content: clients name files loosely
+    if compressed:
+        header = _nifti_image(_gunzip_within(path, limit, field, head=1024) + bytes(1 << 16), field).header
+    else:
+        with open(path, "rb") as raw:
+            header = _nifti_image(raw.read(1024) + bytes(1 << 16), field).header
+    shape, dtype = header.get_data_shape(), header.get_data_dtype()
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if nbytes > limit:
+        raise _too_large(field, shape, nbytes, limit)
+    declared = int(header["vox_offset"]) + nbytes
+    if compressed:
+        data = _gunzip_within(path, declared + CHUNK, field)
+    else:
+        with open(path, "rb") as raw:
+            data = raw.read(declared + CHUNK)
+    if len(data) < declared:
+        raise OptionError(field, f"the file holds {len(data)} bytes, its header declares {declared}: truncated",
+                          status=422)
+    return np.asarray(_nifti_image(data, field).dataobj)
+
+
+def _nrrd(path: str, limit: int, field: str) -> np.ndarray:
+    import nrrd
+
+    try:
+        header = nrrd.read_header(path)
+        dtype = nrrd.reader._determine_datatype(header)
+    except Exception as err:
+        raise OptionError(field, f"not a readable NRRD file ({err})", status=422) from err
+    shape = [int(n) for n in header.get("sizes", [])]
+    nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if nbytes > limit:
+        raise _too_large(field, shape, nbytes, limit)
+    try:
+        data, _ = nrrd.read(path)
+    except Exception as err:
+        raise OptionError(field, f"the NRRD data cannot be read whole ({err})", status=422) from err
+    return data
+
+
+def _picture(path: str, limit: int, field: str) -> np.ndarray:
+    from PIL import Image
+
+    try:
+        with Image.open(path) as picture:
+            bands = len(picture.getbands())
+            nbytes = picture.size[0] * picture.size[1] * bands
+            if nbytes > limit:
+                raise _too_large(field, picture.size + (bands,), nbytes, limit)
+            picture.load()
+            return np.asarray(picture)
+    except OptionError:
+        raise
+    except Exception as err:
+        raise OptionError(field, f"the picture cannot be decoded whole ({err})", status=422) from err
+
+
+def decoded(path: str, filename: str, limit: int, field: str) -> np.ndarray:
+    """The whole array of an uploaded file (``filename``: the client's name, for its type)."""
+    name = filename.lower()
+    if name.endswith((".nii", ".nii.gz")):
+        return _nifti(path, limit, field)
+    if name.endswith(".nrrd"):
+        return _nrrd(path, limit, field)
+    if name.endswith((".png", ".jpg", ".jpeg")):
+        return _picture(path, limit, field)
+    raise OptionError(field, f"file type of {filename!r} is not accepted", status=415)
+
+
+def check_label_values(array: np.ndarray, field: str = "label") -> None:
+    """A label holds finite, whole, non-negative values."""
+    if array.size == 0:
+        raise OptionError(field, "the label has no voxels", status=422)
+    if np.issubdtype(array.dtype, np.floating):
+        bad = int(np.count_nonzero(~np.isfinite(array)))
+        if bad:
+            raise OptionError(field, f"{bad} voxel(s) are NaN or infinite; a label holds whole numbers", status=422)
+        if not np.array_equal(array, np.round(array)):
+            raise OptionError(field, "holds fractional values; a label holds whole numbers", status=422)
+    if np.issubdtype(array.dtype, np.number) and array.min() < 0:
+        raise OptionError(field, "holds negative values; a label holds 0 and structure values", status=422)
