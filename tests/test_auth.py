@@ -126,3 +126,30 @@ def test_sessions_are_per_authenticated_user(server, realm):
     assert first.json()["session"]["key"] == ["user:alice", "ct_phantom_0"]
     assert second.json()["session"]["key"] == ["user:bob", "ct_phantom_0"]
     assert second.json()["session"]["started"] == "new"  # bob did not continue alice's session
+
+
+def test_every_inventory_route_asks_for_its_role(server, realm):
+    """Each route of lib/route_inventory.py refuses a caller without a token (401) and, where it
+    needs more than the user role, a user-role token (403): MONAI Label's own routes included
+    (POST /reload took none)."""
+    from lib.route_inventory import INVENTORY
+
+    _, key = realm
+    reader = bearer(token(key, "bob", [USER]))
+    checked = 0
+    for route in INVENTORY:
+        if route.method == "MOUNT" or route.role in ("public", "login"):
+            continue
+        path = route.path.replace("{model}", "medsam2_3d").replace("{strategy}", "random") \
+            .replace("{method}", "medsam2_uncertainty").replace("{session_id}", "nope").replace("{path:path}", "x")
+        no_token = requests.request(route.method, server.url + path, timeout=30)
+        assert no_token.status_code == 401, (route.method, path, no_token.status_code)
+        if route.role in ("annotator", "admin"):
+            as_user = requests.request(route.method, server.url + path, headers=reader, timeout=30)
+            assert as_user.status_code == 403, (route.method, path, as_user.status_code, as_user.text[:200])
+        checked += 1
+    assert checked >= 35
+    # an annotator's infer still cannot write a label
+    annotator = bearer(token(key, "alice", [USER, ANNOTATOR]))
+    refused = infer(server, annotator, {"foreground": [[34, 36, 20]], "save_label": True, "label_tag": "final"})
+    assert refused.status_code == 400 and "save_label" in refused.text

@@ -20,6 +20,7 @@ import re
 import shutil
 import tempfile
 import threading
+import uuid
 from typing import Any, Callable, Dict, List
 
 import requests
@@ -187,6 +188,7 @@ class MedSam2DicomWebDatastore(DICOMWebDatastore):
         prepared = prepare_label(label_filename, label_info)
         try:
             label_info.update(prepared.summary())
+            label_info["version"] = uuid.uuid4().hex  # what a client names to replace exactly this label
             if label_tag == DefaultLabelTag.FINAL:
                 label_info.update(self._store_seg(series_uid, prepared, label_info.get("label_info")))
             saved = LocalDatastore.save_label(self, series_uid, prepared.label_file, label_tag, label_info)

@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import time
+import uuid
 
 from filelock import FileLock
 from monailabel.datastore.local import DataModel, ImageLabelModel, LocalDatastore
@@ -121,6 +122,14 @@ class SafeLocalDatastore(LocalDatastore):
                 logger.warning("study %s is a link outside the studies folder: not listed", image_id)
         return inside
 
+    def get_labeled_images(self, label_tag=None, labels=None):
+        inside = set(self.list_images())
+        return [i for i in super().get_labeled_images(label_tag, labels) if i in inside]
+
+    def get_unlabeled_images(self, label_tag=None, labels=None):
+        inside = set(self.list_images())
+        return [i for i in super().get_unlabeled_images(label_tag, labels) if i in inside]
+
     def get_image_info(self, image_id: str) -> dict:
         self.get_image_uri(image_id)
         info = super().get_image_info(image_id)
@@ -206,7 +215,8 @@ class SafeLocalDatastore(LocalDatastore):
             if previous_path and previous_path != dest and os.path.exists(previous_path):
                 os.unlink(previous_path)  # saved in another format; the old one is in the history
             info = dict(label_info or {})
-            info.update({"ts": int(time.time()), "name": image_id + ext, "label_values": values})
+            info.update({"ts": int(time.time()), "name": image_id + ext, "label_values": values,
+                         "version": uuid.uuid4().hex})  # what a client names to replace exactly this label
             info.update(prepared.summary())
             obj.labels[tag] = DataModel(info=info, ext=ext)
             self._update_datastore_file(lock=False)
@@ -242,10 +252,9 @@ class SafeLocalDatastore(LocalDatastore):
         folder = self._inside(os.path.join(self._root, HISTORY_DIR, tag, image_id), "label")
         os.makedirs(folder, exist_ok=True)
         stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        name, n = f"{stamp}{ext}", 1
-        while os.path.exists(os.path.join(folder, name)):
+        n = 1  # numbered within the second, so that names sort in the order of the saves
+        while os.path.exists(os.path.join(folder, name := f"{stamp}-{n:03d}{ext}")):
             n += 1
-            name = f"{stamp}-{n}{ext}"
         atomic_copy(path, os.path.join(folder, name))
 
     def label_history(self, image_id: str, tag: str = "final") -> list:

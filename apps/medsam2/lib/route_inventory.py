@@ -58,7 +58,6 @@ INVENTORY = [
     # information
     _r("GET", "/info/", "user", "the app, its models and labels"),
     _r("GET", "/logs/", "admin", "only from this machine when authentication is off", routes.logs),
-    _r("GET", "/logs/gpu", "admin", "nvidia-smi"),
     # inference
     _r("POST", "/infer/{model}", "user", "known model; strict params; image id of the datastore; never saves a "
                                          "label", routes.infer),

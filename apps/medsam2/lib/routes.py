@@ -168,7 +168,7 @@ def save_label(
         datastore = app_instance().datastore()
         request = json.loads(checked)
         with _SAVE_LOCKS.setdefault((image, tag), threading.Lock()):  # check and save as one step
-            current = (datastore.get_label_info(image, tag) or {}).get("ts") \
+            current = (datastore.get_label_info(image, tag) or {}).get("version") \
                 if datastore.get_label_by_image_id(image, tag) else None
             if "replaces" in request and request["replaces"] != current:
                 raise OptionError("params.replaces", f"the {tag} label of {image} changed since you read it "
@@ -178,10 +178,10 @@ def save_label(
             answer = datastore_routes.save_label(background_tasks, image, checked, tag, label, user.username)
             info = datastore.get_label_info(image, tag) or {}
         # what was stored, for the client to compare with what it shows (structures, overlaps)
-        answer["saved"] = {key: info[key] for key in ("ts", "label_values", "structures", "overlaps", "overlap_rule",
+        answer["saved"] = {key: info[key] for key in ("version", "ts", "label_values", "structures", "overlaps", "overlap_rule",
                                                       "seg_segments") if key in info}
         if current is not None:
-            answer["replaced"] = {"ts": current, "restore": f"GET /medsam2/labels/history?image={image}&tag={tag}"}
+            answer["replaced"] = {"version": current, "restore": f"GET /medsam2/labels/history?image={image}&tag={tag}"}
         return answer
 
     return _as_http(save, background_tasks)

@@ -198,7 +198,8 @@ def build_router(app_instance, user_dependency) -> APIRouter:
         return Response(
             content=stack_bytes(stack, affine, [e["idx"] for e in entries]),
             media_type="application/octet-stream",
-            headers={"X-Label-Info": json.dumps(entries), "Cache-Control": "no-store"},
+            headers={"X-Label-Info": json.dumps(entries), "X-Label-Version": str(info.get("version") or ""),
+                     "Cache-Control": "no-store"},
         )
 
     @router.get("/vendor/niivue.js", include_in_schema=False)

@@ -92,25 +92,39 @@ export async function infer(image, params) {
 // PUT /datastore/label?tag=final: each structure whole (a 4D stack, overlaps kept) with its name,
 // label value and the voxels the page shows; the app makes the label map and refuses a file
 // that holds anything else. Returns the app's answer, with what it stored under `saved`.
-export async function saveFinal(image, structures) {
+export class SaveConflict extends Error {}
+
+// replaces: the version of the final label the page started from (null: none); the app refuses
+// (409) when the label has changed since, instead of one save silently replacing another
+export async function saveFinal(image, structures, replaces) {
   const bytes = await gzip(stackNiftiBytes(structures.map((s) => s.mask)));
   const form = new FormData();
   form.append('label', new Blob([bytes], { type: 'application/gzip' }), `${image}.nii.gz`);
   const labelInfo = structures.map((s) => ({ name: s.name, idx: s.idx, voxels: s.mask.count() }));
-  form.append('params', JSON.stringify({ label_info: labelInfo, structures: true, client: 'medsam2-viewer' }));
+  form.append('params', JSON.stringify({ label_info: labelInfo, structures: true, replaces, client: 'medsam2-viewer' }));
   const url = `/datastore/label?image=${encodeURIComponent(image)}&tag=final`;
   const response = await fetch(url, withAuth({ method: 'PUT', body: form }));
+  if (response.status === 409) throw new SaveConflict((await failure(response, 'saving')).message);
   if (!response.ok) throw await failure(response, 'saving');
   return response.json();
 }
 
-// The study's final label, each structure whole: [{name, idx, mask}], or [] when it has none.
+// The version of the study's final label now (null: it has none).
+export async function finalVersion(image) {
+  const response = await fetch(`/datastore/label/info?label=${encodeURIComponent(image)}&tag=final`, withAuth());
+  if (response.status === 404) return null;
+  if (!response.ok) throw await failure(response, 'reading the final label');
+  return (await response.json()).version ?? null;
+}
+
+// The study's final label, each structure whole: {version, structures: [{name, idx, mask}]}.
 export async function fetchFinal(image) {
   const response = await fetch(`label?image=${encodeURIComponent(image)}`, withAuth());
-  if (response.status === 404) return [];
+  if (response.status === 404) return { version: null, structures: [] };
   if (!response.ok) throw await failure(response, `reading the final label of ${image}`);
   const entries = JSON.parse(response.headers.get('X-Label-Info') || '[]');
   const masks = masksFromStack(await gunzip(await response.arrayBuffer()));
   if (masks.length !== entries.length) throw new Error('the saved label and its structure names do not match');
-  return entries.map((entry, n) => ({ ...entry, mask: masks[n] }));
+  return { version: response.headers.get('X-Label-Version') || null,
+    structures: entries.map((entry, n) => ({ ...entry, mask: masks[n] })) };
 }

@@ -1,6 +1,7 @@
 // The annotation page: study list, structures, prompts, the app's masks, save as final.
 
-import { AuthRequired, MODEL, appInfo, fetchFinal, fetchVolume, infer, listStudies, needsLogIn, saveFinal } from './api.js';
+import { AuthRequired, MODEL, SaveConflict, appInfo, fetchFinal, fetchVolume, finalVersion, infer, listStudies, needsLogIn,
+  saveFinal } from './api.js';
 import { DisplayWindow } from './display.js';
 import { combine, overlaps } from './labelmap.js';
 import { askLogIn } from './login.js';
@@ -335,7 +336,9 @@ $('save').addEventListener('click', async () => {
   $('save').disabled = true;
   setStatus('Saving…', 'busy');
   try {
-    const answer = await saveFinal(state.image, structures);
+    const answer = await saveFinal(state.image, structures, state.version);
+    state.version = answer.saved?.version ?? null;
+    $('save').textContent = 'Save as final label';
     const stored = new Map((answer.saved?.structures || []).map((s) => [s.name, s]));
     // what the app stored, structure by structure, against what the page shows
     const differ = structures.filter((s) => stored.get(s.name)?.voxels !== s.mask.count());
@@ -354,7 +357,15 @@ $('save').addEventListener('click', async () => {
     state.studies = await listStudies();
     renderStudies();
   } catch (error) {
-    showError(error);
+    if (error instanceof SaveConflict) {
+      // someone saved this study since it was opened: say so; a second click replaces theirs
+      state.version = await finalVersion(state.image).catch(() => state.version);
+      $('save').textContent = 'Save anyway (replaces the label saved since)';
+      setStatus('Not saved: another save of this study\'s final label came in after you opened it. '
+        + 'Open the study again to see it, or save anyway to replace it (it stays in the label history).', 'error');
+    } else {
+      showError(error);
+    }
   } finally {
     refreshPanels();
   }
@@ -371,11 +382,15 @@ async function openStudy(image) {
     showError(error);
     return;
   }
-  Object.assign(state, { image, prompts: new Map(), masks: new Map(), results: new Map(), saved: new Map(), pending: null });
+  Object.assign(state, { image, prompts: new Map(), masks: new Map(), results: new Map(), saved: new Map(), pending: null,
+    version: null });
+  $('save').textContent = 'Save as final label';
   let unknown = [];
   try {
     // the saved final label, each structure whole: shown, and saved again unless changed
-    for (const { name, mask } of await fetchFinal(image)) {
+    const final = await fetchFinal(image);
+    state.version = final.version;
+    for (const { name, mask } of final.structures) {
       if (!state.labels.includes(name)) { unknown.push(name); continue; }
       state.saved.set(name, mask);
       state.masks.set(labelValue(name), mask);
