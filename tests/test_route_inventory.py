@@ -237,6 +237,7 @@ def test_bad_labels_are_refused_before_anything_is_written(server, area):
             prober.join()
         assert answer.status_code == status, (name, answer.status_code, answer.text[:300])
     assert (area / "studies" / FINAL).read_bytes() == before
+    print(f"bad labels: {len(cases)} refused; /info during them: max {max(latencies):.2f} s of {len(latencies)}")
     assert max(latencies) < 5, latencies
     assert set((area / "tmp").iterdir()) == temp_before, "a refused upload left its copy in the temp folder"
 
@@ -315,6 +316,7 @@ def test_one_task_at_a_time_and_never_on_the_event_loop(server):
         done.set()
         prober.join()
         stopper.join()
+    print(f"/info while scoring ran synchronously: max {max(latencies):.2f} s of {len(latencies)}")
     assert latencies and max(latencies) < 3, latencies
 
 
