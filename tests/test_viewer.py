@@ -250,6 +250,9 @@ def test_viewer_log_in_untrained_weights_warning_and_unsure_slices(small_model_f
         page.click("#login button[type=submit]")
         page.wait_for_selector("#studies li[data-image=phantom11]", timeout=60_000)
         assert page.locator("#login").is_hidden() and issued == ["dr-who"]
+        # an annotator without the admin role: no fine-tune button (the server refuses them too)
+        page.wait_for_function("document.getElementById('progress-text').textContent.length > 0")
+        assert page.locator("#train").is_hidden() and page.locator("#save").count() == 1
         assert page.locator("#warning").is_hidden()
         page.click("#studies li[data-image=phantom11]")
         wait_idle(page)

@@ -53,6 +53,7 @@ class AppConfig:
     dicomweb_modalities: list = field(default_factory=lambda: ["CT", "MR"])  # series listed from a PACS
     upload_max_mb: float = 1024.0  # largest request body / uploaded file the server accepts
     upload_max_decoded_mb: float = 4096.0  # largest uploaded image or label once decompressed
+    next_study_strategy: str = "uncertainty"  # what the viewer's "Next study" asks
     auto_scoring: bool = False  # MONAI Label's scoring of the whole datastore at start and after each sample
 
     @classmethod
@@ -107,5 +108,7 @@ class AppConfig:
                                  if m.strip()],
             upload_max_mb=_number(conf, "upload_max_mb", 1024.0),
             upload_max_decoded_mb=_number(conf, "upload_max_decoded_mb", 4096.0),
+            next_study_strategy=options.choice(conf.get("next_study_strategy", "uncertainty"),
+                                               "--conf next_study_strategy", ("uncertainty", "random", "first")),
             auto_scoring=_flag(conf, "auto_scoring", False),
         )

@@ -225,6 +225,15 @@ class MedSam2DicomWebDatastore(DICOMWebDatastore):
         path = os.path.join(self._datastore.label_path(label_tag), series_uid + label.ext) if label else ""
         return path if path and os.path.isfile(path) else ""
 
+    def get_labeled_images(self, label_tag=None, labels=None) -> List[str]:
+        """Series with a SEG in the PACS (MONAI Label's list, cached for minutes) and those saved through
+        this app since (its own records: a save counts at once, as the page's progress expects)."""
+        saved = [uid for uid, obj in self._datastore.objects.items() if DefaultLabelTag.FINAL in obj.labels]
+        return sorted(set(super().get_labeled_images(label_tag, labels)) | set(saved))
+
+    def get_unlabeled_images(self, label_tag=None, labels=None) -> List[str]:
+        return sorted(set(self.list_images()) - set(self.get_labeled_images(label_tag, labels)))
+
     def segment_names(self, label_info) -> Dict[int, str]:
         """Label value -> name: the client's ``label_info`` (Slicer sends it), else ``--conf labels`` order."""
         names = {value: name for value, name in enumerate(self._label_names, start=1)}

@@ -21,7 +21,7 @@ from typing import Callable, Optional
 
 from monailabel.config import settings
 
-from . import routes, routes_reads, routes_tasks
+from . import loop_routes, routes, routes_reads, routes_tasks
 
 logger = logging.getLogger(__name__)
 
@@ -117,6 +117,8 @@ INVENTORY = [
     _r("GET", "/medsam2/viewer/label", "user", "known id; the final label as structures"),
     _r("GET", "/medsam2/viewer/vendor/niivue.js", "public", "NiiVue's bundle"),
     _r("MOUNT", "/medsam2/viewer", "public", "the page's files"),
+    _r("GET", "/medsam2/loop", "user", "labelling progress, fine-tune progress, served weights, learning curve, "
+                                       "this user's permissions", loop_routes.loop),
 ]
 BY_KEY = {(r.method, r.path): r for r in INVENTORY}
 

@@ -54,6 +54,9 @@ def _start(task: str, call):
 def train_model(model: str, params: Optional[dict] = None, run_sync: Optional[bool] = False,
                 enqueue: Optional[bool] = False, user: User = Depends(RBAC(ADMIN))):
     _known("trainer", model, app_instance().info().get("trainers", {}))
+    if not app_instance().datastore().get_labeled_images():
+        raise HTTPException(status_code=409, detail="train: no final labels yet; save at least one study's label "
+                                                    "first")
     # never queued behind a running fine-tune: one at a time, and the caller is told
     return _start("train", lambda: train_routes.run_model(model, params, run_sync, enqueue=False))
 

@@ -228,6 +228,8 @@ def build_model(preset: ModelPreset, checkpoint: str, device: str = "cpu", extra
         model.load_state_dict(state_dict, strict=True)
     # a fine-tune that began from random weights is still untrained in origin (see UNTRAINED_ORIGIN)
     model.untrained_origin = checkpoint == RANDOM_WEIGHTS or bool(payload.get(UNTRAINED_ORIGIN))
+    # a fine-tune's record ({"number", "published_ts", "epoch", "metric", "value", ...}); None otherwise
+    model.finetune_meta = None if checkpoint == RANDOM_WEIGHTS else payload.get("finetune")
     return model.to(device).eval()
 
 

@@ -11,7 +11,8 @@ from pathlib import Path
 import torch
 
 from .checkpoints import (
-    untrained_origin,
+    UNTRAINED_ORIGIN,
+    read_checkpoint,
     CHECKPOINT_ENV,
     FINETUNED_NAME,
     RANDOM_WEIGHTS,
@@ -50,6 +51,22 @@ class LoadedModel:
     def random_weights(self) -> bool:
         """Random weights, or weights fine-tuned from random ones: either way no trained model."""
         return self.checkpoint == RANDOM_WEIGHTS or bool(getattr(self.model, "untrained_origin", False))
+
+    @property
+    def model_version(self) -> dict:
+        return version_of(self.checkpoint, getattr(self.model, "finetune_meta", None))
+
+
+def version_of(checkpoint: str, finetune_meta: dict | None) -> dict:
+    """Which weights these are, in a clinician's words: the base checkpoint, or fine-tune N."""
+    meta = finetune_meta or {}
+    if checkpoint == RANDOM_WEIGHTS:
+        return {"name": f"random weights (seed {RANDOM_WEIGHTS_SEED})", "finetune": None, "published": None}
+    if meta.get("number"):
+        return {"name": f"fine-tune {meta['number']}", "finetune": int(meta["number"]),
+                "published": meta.get("published_ts"), "metric": meta.get("metric"), "value": meta.get("value")}
+    # the file the server was given (official, or trained elsewhere): this folder's fine-tunes are numbered
+    return {"name": "base checkpoint", "finetune": None, "published": None, "file": os.path.basename(checkpoint)}
 
 
 def file_stamp(path: str) -> tuple | None:
@@ -223,18 +240,31 @@ class ModelSource:
         """From the served model, or for a file not loaded yet its metadata (read once per version)."""
         if not path or path == RANDOM_WEIGHTS:
             return path == RANDOM_WEIGHTS
+        return self._file_meta(path)[0]
+
+    def _version(self, path) -> dict | None:
+        """The version the next request is served with (the file's record when not loaded yet)."""
+        if not path:
+            return None
+        if path == RANDOM_WEIGHTS:
+            return version_of(path, None)
+        return version_of(path, self._file_meta(path)[1])
+
+    def _file_meta(self, path) -> tuple:
+        """(untrained origin, fine-tune record) of a checkpoint file, read once per version of it."""
         stamp = file_stamp(path)
         loaded = self._loaded
         if loaded is not None and loaded.checkpoint == path and loaded.stamp == stamp:
-            return loaded.random_weights
+            return loaded.random_weights, getattr(loaded.model, "finetune_meta", None)
         key = (path, stamp)
-        cache = self.__dict__.setdefault("_origin_cache", {})
+        cache = self.__dict__.setdefault("_meta_cache", {})
         if key not in cache:
             try:
-                cache.clear()
-                cache[key] = untrained_origin(path)
+                payload = read_checkpoint(path)
             except CheckpointError:
-                return False
+                return False, None
+            cache.clear()
+            cache[key] = (bool(payload.get(UNTRAINED_ORIGIN)), payload.get("finetune"))
         return cache[key]
 
     def status(self) -> dict:
@@ -260,5 +290,6 @@ class ModelSource:
             "cpu_runtime": self.runtime_in_use,
             "cpu_runtime_stages": runtime_stages(self._loaded.model) if self._loaded else None,
             "protocol": self.protocol,
+            "version": self._version(path),
             "reason": reason,
         }

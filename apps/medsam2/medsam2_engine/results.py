@@ -17,6 +17,7 @@ class RunInfo:
     protocol: str  # "medsam2" | "sam2" for the interactive engine; the engine's name otherwise
     timings: dict  # stage -> seconds, rounded
     runtimes: dict = field(default_factory=dict)  # network stage -> what ran it in this call (sorted names)
+    model_version: dict = field(default_factory=dict)  # LoadedModel.model_version: base checkpoint or fine-tune N
 
     @property
     def untrained_origin(self) -> bool:
@@ -28,7 +29,8 @@ class RunInfo:
         """From the model that ran (``ModelSource.get()``), the stages' seconds and, where recorded
         (``predictor.runtimes_used``), what ran each network stage."""
         return cls(loaded.checkpoint, loaded.random_weights, protocol, {k: round(v, 4) for k, v in timings.items()},
-                   {stage: sorted(names) for stage, names in (runtimes or {}).items()})
+                   {stage: sorted(names) for stage, names in (runtimes or {}).items()},
+                   dict(getattr(loaded, "model_version", {}) or {}))
 
 
 @dataclass(frozen=True)

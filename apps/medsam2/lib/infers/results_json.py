@@ -18,7 +18,7 @@ def window_json(window) -> dict:
 def run_json(run: RunInfo, window, modality: str) -> dict:
     """What every result says: the weights (and a loud warning when untrained), window, stages."""
     out = {
-        "model": {"checkpoint": run.checkpoint, "random_weights": run.random_weights},
+        "model": {"checkpoint": run.checkpoint, "random_weights": run.random_weights, "version": run.model_version},
         "window": window_json(window),
         "modality": modality,
         "stages": dict(run.timings),

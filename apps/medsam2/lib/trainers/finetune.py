@@ -28,6 +28,7 @@ from medsam2_engine.atomic_files import atomic_write
 
 from ..options import choice, flag, integer, number
 from ..priority import yield_to_interactive
+from .history import next_number, record
 
 logger = logging.getLogger(__name__)
 
@@ -205,4 +206,9 @@ class FineTuneTask(TrainTask):
         progress = StatsWriter(self.stats_path, {"rejected": rejected, "train_studies": [c.name for c in train],
                                                  "val_studies": [c.name for c in val]})
         tuner = FineTuner(self.models.preset, cfg, self.models.extra_overrides)
-        return tuner.run(train, val, checkpoint, str(self.models.finetuned_path), progress)
+        tuner.number = next_number(self.models.model_dir)
+        summary = tuner.run(train, val, checkpoint, str(self.models.finetuned_path), progress)
+        if summary.get("published"):
+            summary["finetune"] = record(self.models.model_dir, tuner.number, summary, len(cases), val)
+            self._write_stats({**self.stats(), "finetune": summary["finetune"]})
+        return summary

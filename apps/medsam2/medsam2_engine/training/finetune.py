@@ -76,6 +76,7 @@ class FineTuner:
         self.preset = preset
         self.config = config
         self.extra_overrides = extra_overrides or {}
+        self.number = None  # which fine-tune of this model folder this is (set by the caller; in the file it writes)
         self.devices = [pick_device(d) for d in config.devices] if config.devices else [pick_device(config.device)]
         self.device = self.devices[0]
 
@@ -145,7 +146,8 @@ class FineTuner:
                 best = score
                 metric = "val_mean_dice" if graded else "negative_train_loss"
                 save_checkpoint(model, output, extra={
-                    "finetune": {"epoch": epoch, "metric": metric, "value": score, "start_checkpoint": checkpoint},
+                    "finetune": {"epoch": epoch, "metric": metric, "value": score, "start_checkpoint": checkpoint,
+                                 "number": self.number, "published_ts": time.time()},
                     UNTRAINED_ORIGIN: untrained})
                 summary.update(best_metric=round(score, 4), best_metric_name=metric, best_metric_epoch=epoch,
                                published=True)

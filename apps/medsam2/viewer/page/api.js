@@ -128,3 +128,31 @@ export async function fetchFinal(image) {
   return { version: response.headers.get('X-Label-Version') || null,
     structures: entries.map((entry, n) => ({ ...entry, mask: masks[n] })) };
 }
+
+// GET /medsam2/loop: progress, the fine-tune, the served weights, the learning curve, permissions.
+export async function loopState() {
+  const response = await fetch('/medsam2/loop', withAuth());
+  if (!response.ok) throw await failure(response, 'reading the learning loop');
+  return response.json();
+}
+
+// MONAI Label's active learning: the id of the study the strategy picks (null: none left).
+export async function nextStudy(strategy) {
+  const response = await fetch(`/activelearning/${encodeURIComponent(strategy)}`, withAuth({
+    method: 'POST', headers: { 'Content-Type': 'application/json' }, body: '{}' }));
+  if (!response.ok) throw await failure(response, 'asking for the next study');
+  return (await response.json()).id || null;
+}
+
+export async function startFineTune(trainer) {
+  const response = await fetch(`/train/${encodeURIComponent(trainer)}`, withAuth({
+    method: 'POST', headers: { 'Content-Type': 'application/json' }, body: '{}' }));
+  if (!response.ok) throw await failure(response, 'starting the fine-tune');
+  return response.json();
+}
+
+export async function stopFineTune() {
+  const response = await fetch('/train/', withAuth({ method: 'DELETE' }));
+  if (!response.ok) throw await failure(response, 'stopping the fine-tune');
+  return response.json();
+}

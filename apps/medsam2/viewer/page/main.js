@@ -5,6 +5,7 @@ import { AuthRequired, MODEL, SaveConflict, appInfo, fetchFinal, fetchVolume, fi
 import { DisplayWindow } from './display.js';
 import { combine, overlaps } from './labelmap.js';
 import { askLogIn } from './login.js';
+import { LearningLoop } from './loop.js';
 import { LabelPrompts } from './prompts.js';
 import { LABEL_COLOURS, VolumeView } from './view.js';
 
@@ -141,7 +142,8 @@ function renderResult() {
   const withMask = slices.filter((s) => s.area > 0);
   const span = withMask.length ? `slices ${withMask[0].slice}-${withMask[withMask.length - 1].slice}` : 'no slice';
   $('result-summary').textContent = `${state.label}: ${info.voxels ?? 0} voxels on ${withMask.length} slices (${span}); `
-    + `checkpoint ${result.model?.checkpoint ?? '?'}; ${result.latencies?.total ?? '?'} s on the server`;
+    + `made by ${result.model?.version?.name ?? 'the served weights'} (${result.model?.checkpoint?.split('/').pop() ?? '?'}); `
+    + `${result.latencies?.total ?? '?'} s on the server`;
   const unsure = slices.filter((s) => (s.area > 0 && s.predicted_iou !== null && s.predicted_iou < UNSURE_IOU)
     || Math.abs(s.object_score) < UNSURE_SCORE);
   const box = $('unsure');
@@ -296,8 +298,12 @@ async function requestMask(clickedAt) {
     state.timings.push({ label, ms, server_s: result.latencies?.total });
     refreshPanels();
     const replaced = state.saved.has(label) ? ` It replaces the saved ${label} (Undo back to no prompt restores it).` : '';
+    const version = result.model?.version?.name;
+    const changed = version && state.modelVersion && version !== state.modelVersion
+      ? ` New weights: ${version} made this mask (before: ${state.modelVersion}).` : '';
+    if (version) state.modelVersion = version;
     setStatus(`${label}: mask on screen ${(ms / 1000).toFixed(2)} s after the click `
-      + `(server ${result.latencies?.total ?? '?'} s).${replaced}`, 'idle');
+      + `(server ${result.latencies?.total ?? '?'} s).${replaced}${changed}`, 'idle');
   } catch (error) {
     showError(error);
   } finally {
@@ -356,6 +362,7 @@ $('save').addEventListener('click', async () => {
     setStatus(`Saved: final label of ${studyName(state.image)}.`, answer.warning ? 'error' : 'idle');
     state.studies = await listStudies();
     renderStudies();
+    loop.refresh().catch(() => {});
   } catch (error) {
     if (error instanceof SaveConflict) {
       // someone saved this study since it was opened: say so; a second click replaces theirs
@@ -440,7 +447,21 @@ async function start() {
   renderStudies();
   refreshPanels();
   setStatus(`${state.studies.length} studies. Model ${MODEL}; this tab's session ${clientId}.`);
+  await loop.refresh().catch((error) => setStatus(error.message, 'error'));
 }
+
+// the learning loop: "Next study" opens what the strategy picks; the page hides what the user
+// may not do (the server refuses it anyway)
+const loop = new LearningLoop({
+  openStudy: async (image) => {
+    if (!state.studies.some((s) => s.image === image)) state.studies = await listStudies();
+    await openStudy(image);
+  },
+  onState: (loopState) => {
+    state.loop = loopState;
+    $('save').hidden = !loopState.can.save;
+  },
+});
 
 // for the end-to-end test and for scripting: where a voxel is on the page, and what happened
 window.medsam2Viewer = {
@@ -453,5 +474,6 @@ window.medsam2Viewer = {
     return [rect.left + p[0], rect.top + p[1]];
   },
   goToSlice,
+  loop,
   ready: start(),
 };
