@@ -225,6 +225,10 @@ class MedSam2DicomWebDatastore(DICOMWebDatastore):
         path = os.path.join(self._datastore.label_path(label_tag), series_uid + label.ext) if label else ""
         return path if path and os.path.isfile(path) else ""
 
+    @staticmethod
+    def check_image_id(image_id: str) -> str:
+        return check_series_uid(image_id)
+
     def get_labeled_images(self, label_tag=None, labels=None) -> List[str]:
         """Series with a SEG in the PACS (MONAI Label's list, cached for minutes) and those saved through
         this app since (its own records: a save counts at once, as the page's progress expects)."""

@@ -120,8 +120,11 @@ def infer(
             raise OptionError("output", "dicom_seg needs a DICOMweb datastore; use output=image or all")
         if image or not (file or session_id):
             identifier(image, "image")
-            if image not in set(datastore.list_images()):
-                raise OptionError("image", f"image not found: {image}", status=404)
+            if isinstance(datastore, LocalDatastore) and not hasattr(datastore, "check_image_id"):
+                if image not in set(datastore.list_images()):
+                    raise OptionError("image", f"image not found: {image}", status=404)
+            else:
+                datastore.check_image_id(image)  # a PACS: a series UID (the list is cached; it may be new)
             # MONAI Label reads an id that names a file of the server's working folder (README.md) as
             # that file: it is handed the datastore's own file instead
             resolved[0] = datastore.get_image_uri(image)

@@ -101,7 +101,11 @@ def _sessions():
 
 
 def _session_image(session_id: str):
-    info = _sessions().get_session(identifier(session_id, "session_id"))
+    try:
+        identifier(session_id, "session_id")
+    except OptionError as err:
+        raise HTTPException(status_code=err.status, detail=str(err)) from err
+    info = _sessions().get_session(session_id)
     if not info:
         raise HTTPException(status_code=404, detail=f"session_id: no session {session_id!r}")
     store = os.path.realpath(_sessions().store_path)
