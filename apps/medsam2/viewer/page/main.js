@@ -1,18 +1,15 @@
 // The annotation page: study list, structures, prompts, the app's masks, save as final.
 
-import { AuthRequired, MODEL, SaveConflict, appInfo, fetchFinal, fetchVolume, finalVersion, infer, listStudies, needsLogIn,
-  saveFinal } from './api.js';
+import { AuthRequired, MODEL, SaveConflict, appInfo, fetchFinal, fetchVolume, infer, listStudies, needsLogIn } from './api.js';
 import { DisplayWindow } from './display.js';
-import { combine, overlaps } from './labelmap.js';
+import { combine } from './labelmap.js';
 import { askLogIn } from './login.js';
 import { LearningLoop } from './loop.js';
+import { showOverlaps, showResult } from './panels.js';
 import { LabelPrompts } from './prompts.js';
+import { saveStructures } from './saving.js';
 import { LABEL_COLOURS, VolumeView } from './view.js';
 
-// A slice is listed as unsure when SAM 2's predicted IoU for its mask is low, or its
-// object score (a logit: > 0 means "the structure is here") is close to the boundary.
-const UNSURE_IOU = 0.8;
-const UNSURE_SCORE = 2.0;
 const DRAG_PIXELS = 4;
 
 const $ = (id) => document.getElementById(id);
@@ -110,53 +107,12 @@ function refreshPanels() {
   drawMarks();
 }
 
-// Structures that share voxels: the label map shows the smaller one there (the app's rule);
-// the saved structures and the DICOM SEG keep each whole. Said before saving, not after.
 function renderOverlaps() {
-  const shown = new Map([...state.masks].filter(([, m]) => m.count() > 0));
-  const map = combine(shown);
-  $('overlaps').textContent = overlaps(shown).map(({ values: [a, b], voxels }) => {
-    const n = map.voxels.findIndex((v, i) => v && shown.get(a).voxels[i] && shown.get(b).voxels[i]);
-    return `${state.labels[a - 1]} and ${state.labels[b - 1]} overlap on ${voxels} voxels: shown as `
-      + `${state.labels[map.voxels[n] - 1]}; both are saved whole.`;
-  }).join(' ');
+  showOverlaps(state);
 }
 
-// ---- the result JSON: warning, per-slice confidence ----------------------------------------
 function renderResult() {
-  const result = state.results.get(state.label);
-  const savedMask = state.saved.get(state.label);
-  if (!result && savedMask && state.masks.get(labelValue(state.label)) === savedMask) {
-    $('result').hidden = false;
-    $('result-summary').textContent = `${state.label}: the saved final label, ${savedMask.count()} voxels. `
-      + 'A click or box re-segments this structure (Undo back to no prompt restores the saved one).';
-    $('unsure').replaceChildren();
-  }
-  const warning = [...state.results.values()].map((r) => r.warning).find(Boolean);
-  $('warning').hidden = !warning;
-  $('warning').textContent = warning ? `⚠ ${warning}` : '';
-  if (!result) { if (!savedMask) $('result').hidden = true; return; }
-  $('result').hidden = false;
-  const info = result.labels?.[state.label] || {};
-  const slices = info.slices || [];
-  const withMask = slices.filter((s) => s.area > 0);
-  const span = withMask.length ? `slices ${withMask[0].slice}-${withMask[withMask.length - 1].slice}` : 'no slice';
-  $('result-summary').textContent = `${state.label}: ${info.voxels ?? 0} voxels on ${withMask.length} slices (${span}); `
-    + `made by ${result.model?.version?.name ?? 'the served weights'} (${result.model?.checkpoint?.split('/').pop() ?? '?'}); `
-    + `${result.latencies?.total ?? '?'} s on the server`;
-  const unsure = slices.filter((s) => (s.area > 0 && s.predicted_iou !== null && s.predicted_iou < UNSURE_IOU)
-    || Math.abs(s.object_score) < UNSURE_SCORE);
-  const box = $('unsure');
-  box.replaceChildren(document.createTextNode(unsure.length
-    ? `The model is unsure on ${unsure.length} slice(s) (predicted IoU < ${UNSURE_IOU} or object score near 0): check them `
-    : 'The model is confident on every slice it segmented.'));
-  for (const s of unsure) {
-    const button = Object.assign(document.createElement('button'), { type: 'button', textContent: `${s.slice}` });
-    button.title = `object score ${s.object_score}, predicted IoU ${s.predicted_iou}, area ${s.area}`;
-    button.dataset.slice = s.slice;
-    button.addEventListener('click', () => goToSlice(s.slice));
-    box.append(button);
-  }
+  showResult(state, labelValue(state.label), goToSlice);
 }
 
 // "as the model sees it" follows the window of the last result (the app's own choice)
@@ -337,39 +293,17 @@ new ResizeObserver(() => requestAnimationFrame(() => requestAnimationFrame(drawM
 
 // ---- saving ---------------------------------------------------------------------------------
 $('save').addEventListener('click', async () => {
-  const structures = [...state.masks].filter(([, m]) => m.count() > 0).sort((a, b) => a[0] - b[0])
-    .map(([value, mask]) => ({ name: state.labels[value - 1], idx: value, mask }));
   $('save').disabled = true;
   setStatus('Saving…', 'busy');
   try {
-    const answer = await saveFinal(state.image, structures, state.version);
-    state.version = answer.saved?.version ?? null;
-    $('save').textContent = 'Save as final label';
-    const stored = new Map((answer.saved?.structures || []).map((s) => [s.name, s]));
-    // what the app stored, structure by structure, against what the page shows
-    const differ = structures.filter((s) => stored.get(s.name)?.voxels !== s.mask.count());
-    if (differ.length || stored.size !== structures.length) {
-      throw new Error(`the app stored something else than this page shows (${differ.map((s) => s.name).join(', ')
-        || 'another set of structures'}): check the final label before relying on it`);
-    }
-    const what = structures.map((s) => `${s.name} (${s.mask.count()} voxels)`).join(', ');
-    const shared = (answer.saved?.overlaps || []).map((o) => `${o.structures.join(' and ')} overlap on ${o.voxels} `
-      + `voxels, each kept whole (the label map shows ${o.label_map_keeps} there)`).join('; ');
-    $('save-status').textContent = `Saved ${what} as the final label of ${studyName(state.image)}`
-      + `${shared ? `. ${shared}` : ''}${answer.warning ? ` - ${answer.warning}` : ''}.`;
-    for (const s of structures) state.saved.set(s.name, s.mask);
-    for (const label of [...state.saved.keys()]) if (!structures.some((s) => s.name === label)) state.saved.delete(label);
+    const answer = await saveStructures(state, studyName(state.image));
     setStatus(`Saved: final label of ${studyName(state.image)}.`, answer.warning ? 'error' : 'idle');
     state.studies = await listStudies();
     renderStudies();
     loop.refresh().catch(() => {});
   } catch (error) {
     if (error instanceof SaveConflict) {
-      // someone saved this study since it was opened: say so; a second click replaces theirs
-      state.version = await finalVersion(state.image).catch(() => state.version);
-      $('save').textContent = 'Save anyway (replaces the label saved since)';
-      setStatus('Not saved: another save of this study\'s final label came in after you opened it. '
-        + 'Open the study again to see it, or save anyway to replace it (it stays in the label history).', 'error');
+      setStatus(error.message, 'error');
     } else {
       showError(error);
     }
