@@ -343,3 +343,15 @@ def test_no_route_answers_a_bad_request_with_a_server_error(server, area, data):
     answer = requests.request(route.method, url(server, path), params=params, data=body, timeout=120)
     assert answer.status_code < 500, (route.method, path, params, body, answer.status_code, answer.text[:300])
     assert str(area) not in answer.text
+
+
+def test_a_reload_keeps_the_inventory(server):
+    """``POST /reload`` (here from this machine, authentication off) builds the app again; the
+    routes stay the inventory's and their rules still hold."""
+    assert requests.post(url(server, "/reload"), timeout=300).status_code == 200
+    assert requests.get(url(server, "/info/"), timeout=300).status_code == 200
+    answer = requests.put(url(server, "/session/"), params={"uncompress": "true"},
+                          files={"files": ("x.tar.gz", b"x")}, timeout=30)
+    assert answer.status_code == 400
+    assert requests.get(url(server, "/datastore/dataset"), timeout=30).status_code == 404
+    assert requests.post(url(server, "/train/nope"), timeout=30).status_code == 404

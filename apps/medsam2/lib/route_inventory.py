@@ -155,9 +155,10 @@ def _allowed(method: str, path: str, route) -> bool:
 
 def install(fastapi_app) -> list:
     """The app's versions in front, then everything not in the inventory removed; returns what is exposed."""
+    present = {(m, p, getattr(r, "endpoint", None)) for m, p, r, _ in live_routes(fastapi_app)}
     for entry in INVENTORY:
-        if entry.endpoint is not None:
-            fastapi_app.router.add_api_route(entry.path, entry.endpoint, methods=[entry.method])
+        if entry.endpoint is not None and (entry.method, entry.path, entry.endpoint) not in present:
+            fastapi_app.router.add_api_route(entry.path, entry.endpoint, methods=[entry.method])  # once: reloads too
     removed = []
     for method, path, route, router in live_routes(fastapi_app):
         if not _allowed(method, path, route) and route in router.routes:

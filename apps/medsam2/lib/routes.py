@@ -276,7 +276,7 @@ def install(fastapi_app, max_body_bytes: int) -> None:
     from .route_inventory import install as install_inventory
 
     install_inventory(fastapi_app)
-    if fastapi_app.middleware_stack is not None:
+    if fastapi_app.middleware_stack is not None and not isinstance(fastapi_app.middleware_stack, BodyLimit):
         fastapi_app.middleware_stack = BodyLimit(fastapi_app.middleware_stack, max_body_bytes)
     logger.info("request bodies capped at %d bytes", max_body_bytes)
 
