@@ -78,6 +78,26 @@ def final_shape_like(server_area) -> tuple:
     return image.shape, image.affine
 
 
+def while_timing_info(server, latencies: list, call):
+    """``call()``, while ``/info`` is asked every 0.2 s from another thread (its latencies appended)."""
+    done = threading.Event()
+
+    def probe():
+        while not done.is_set():
+            started = time.monotonic()
+            requests.get(url(server, "/info/"), timeout=60)
+            latencies.append(time.monotonic() - started)
+            time.sleep(0.2)
+
+    prober = threading.Thread(target=probe)
+    prober.start()
+    try:
+        return call()
+    finally:
+        done.set()
+        prober.join()
+
+
 def put_label(server, content: bytes, params=None, filename="label.nii.gz", image="ct_phantom_0"):
     return requests.put(url(server, "/datastore/label"), params={"image": image, "tag": "final"},
                         files={"label": (filename, content)}, data={"params": json.dumps(params or {})}, timeout=120)
@@ -219,22 +239,7 @@ def test_bad_labels_are_refused_before_anything_is_written(server, area):
     cases["grows past its header"] = (compressor.compress(small + bytes(200 << 20)) + compressor.flush(), 413)
     latencies = []
     for name, (content, status) in cases.items():
-        done = threading.Event()
-
-        def probe():
-            while not done.is_set():
-                started = time.monotonic()
-                requests.get(url(server, "/info/"), timeout=60)
-                latencies.append(time.monotonic() - started)
-                time.sleep(0.2)
-
-        prober = threading.Thread(target=probe)
-        prober.start()
-        try:
-            answer = put_label(server, content)
-        finally:
-            done.set()
-            prober.join()
+        answer = while_timing_info(server, latencies, lambda: put_label(server, content))
         assert answer.status_code == status, (name, answer.status_code, answer.text[:300])
     assert (area / "studies" / FINAL).read_bytes() == before
     print(f"bad labels: {len(cases)} refused; /info during them: max {max(latencies):.2f} s of {len(latencies)}")
@@ -297,24 +302,13 @@ def test_one_task_at_a_time_and_never_on_the_event_loop(server):
         assert second.status_code == 409 and "already running" in second.text, second.text
     finally:
         requests.delete(url(server, "/train/"), timeout=60)
-    latencies, done = [], threading.Event()
-
-    def probe():
-        while not done.is_set():
-            started = time.monotonic()
-            requests.get(url(server, "/info/"), timeout=60)
-            latencies.append(time.monotonic() - started)
-            time.sleep(0.2)
-
-    prober = threading.Thread(target=probe)
-    prober.start()
+    latencies = []
     stopper = threading.Timer(6.0, lambda: requests.delete(url(server, "/scoring/"), timeout=60))
     stopper.start()
     try:
-        requests.post(url(server, "/scoring/medsam2_uncertainty"), params={"run_sync": "true"}, timeout=300)
+        while_timing_info(server, latencies, lambda: requests.post(
+            url(server, "/scoring/medsam2_uncertainty"), params={"run_sync": "true"}, timeout=300))
     finally:
-        done.set()
-        prober.join()
         stopper.join()
     print(f"/info while scoring ran synchronously: max {max(latencies):.2f} s of {len(latencies)}")
     assert latencies and max(latencies) < 3, latencies
