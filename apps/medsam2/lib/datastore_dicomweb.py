@@ -35,7 +35,6 @@ from pydicom.dataset import Dataset
 
 from lib.dicom_seg import SegAuthor, build_segmentation
 from lib.saved_structures import PreparedLabel, prepare_label
-from lib.upload_checks import check_label_values, decoded
 from medsam2_engine.label_structures import structures_path, write_stack
 from lib.privacy import KEYWORDS as PATIENT_IDENTIFIERS
 
@@ -184,8 +183,7 @@ class MedSam2DicomWebDatastore(DICOMWebDatastore):
         converted = ""
         if label_filename.endswith(".bin"):
             converted = label_filename = binary_to_image(image_uri, label_filename)
-        check_label_values(decoded(label_filename, label_filename, self.max_decoded_bytes, "label"))
-        prepared = prepare_label(label_filename, label_info)
+        prepared = prepare_label(label_filename, label_info, self.max_decoded_bytes)
         try:
             label_info.update(prepared.summary())
             label_info["version"] = uuid.uuid4().hex  # what a client names to replace exactly this label

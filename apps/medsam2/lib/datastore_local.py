@@ -35,7 +35,7 @@ from medsam2_engine.label_structures import structures_path, write_stack
 
 from .options import OptionError, identifier, image_size
 from .saved_structures import PreparedLabel, prepare_label
-from .upload_checks import check_label_values, decoded
+from .upload_checks import decoded
 
 logger = logging.getLogger(__name__)
 
@@ -184,8 +184,7 @@ class SafeLocalDatastore(LocalDatastore):
         tag = identifier(label_tag, "tag")
         self._check_upload(label_filename, "label")
         if prepared is None:
-            check_label_values(decoded(label_filename, label_filename, self._max_decoded_bytes, "label"))
-            prepared = prepare_label(label_filename, label_info)
+            prepared = prepare_label(label_filename, label_info, self._max_decoded_bytes)
             try:
                 return self.save_label(image_id, label_filename, label_tag, label_info, prepared)
             finally:

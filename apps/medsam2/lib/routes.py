@@ -121,7 +121,7 @@ def infer(
         if image or not (file or session_id):
             identifier(image, "image")
             if isinstance(datastore, LocalDatastore) and not hasattr(datastore, "check_image_id"):
-                if image not in set(datastore.list_images()):
+                if not datastore.get_image_uri(image):  # one lookup (links out refused), not a listing
                     raise OptionError("image", f"image not found: {image}", status=404)
             else:
                 datastore.check_image_id(image)  # a PACS: a series UID (the list is cached; it may be new)

@@ -17,9 +17,10 @@ from typing import Optional
 
 import numpy as np
 
-from medsam2_engine.label_structures import describe, label_map_of, read_stack
+from medsam2_engine.label_structures import describe, label_map_of
 
 from .options import OptionError
+from .upload_checks import check_label_values, decoded, decoded_nifti
 
 MAX_STRUCTURES = 64
 
@@ -74,16 +75,19 @@ def _entries(label_info: dict) -> list:
     return names, values, voxels
 
 
-def prepare_label(label_file: str, label_info: Optional[dict]) -> PreparedLabel:
-    """Read ``label_file`` as the client means it; raises OptionError (4xx) naming what is wrong."""
+def prepare_label(label_file: str, label_info: Optional[dict], max_decoded_bytes: int) -> PreparedLabel:
+    """Read ``label_file`` as the client means it, decoded once and whole within ``max_decoded_bytes``
+    (``upload_checks``); raises OptionError (4xx) naming what is wrong."""
     label_info = label_info or {}
     if not label_info.get("structures"):
+        check_label_values(decoded(label_file, label_file, max_decoded_bytes, "label"))
         return PreparedLabel(label_file)
     names, values, voxels = _entries(label_info)
-    try:
-        stack, affine, _ = read_stack(label_file)
-    except Exception as err:
-        raise OptionError("label", f"the structures file cannot be read as NIfTI: {err}", status=422) from err
+    if not label_file.lower().endswith((".nii", ".nii.gz")):
+        raise OptionError("label", "a structures file is NIfTI ([i, j, k, structure])", status=415)
+    array, affine = decoded_nifti(label_file, max_decoded_bytes, "label")
+    check_label_values(array)
+    stack = (array > 0).astype(np.uint8)
     if stack.ndim != 4 or stack.shape[-1] != len(names):
         raise OptionError("label", f"a structures file is [i, j, k, structure] with {len(names)} structure(s) "
                                    f"(label_info); this one has shape {list(stack.shape)}", status=422)

@@ -54,7 +54,8 @@ def _nifti_image(data: bytes, field: str):
     raise OptionError(field, "not a readable NIfTI file", status=422)
 
 
-def _nifti(path: str, limit: int, field: str) -> np.ndarray:
+def decoded_nifti(path: str, limit: int, field: str) -> tuple:
+    """(array, affine) of an uploaded NIfTI file (gzipped or not, by its content), decoded whole."""
     with open(path, "rb") as raw:
         compressed = raw.read(2) == b"\x1f\x8b"  # by content: clients name files loosely
     if compressed:
@@ -75,7 +76,8 @@ def _nifti(path: str, limit: int, field: str) -> np.ndarray:
     if len(data) < declared:
         raise OptionError(field, f"the file holds {len(data)} bytes, its header declares {declared}: truncated",
                           status=422)
-    return np.asarray(_nifti_image(data, field).dataobj)
+    image = _nifti_image(data, field)
+    return np.asarray(image.dataobj), image.affine
 
 
 def _nrrd(path: str, limit: int, field: str) -> np.ndarray:
@@ -118,7 +120,7 @@ def decoded(path: str, filename: str, limit: int, field: str) -> np.ndarray:
     """The whole array of an uploaded file (``filename``: the client's name, for its type)."""
     name = filename.lower()
     if name.endswith((".nii", ".nii.gz")):
-        return _nifti(path, limit, field)
+        return decoded_nifti(path, limit, field)[0]
     if name.endswith(".nrrd"):
         return _nrrd(path, limit, field)
     if name.endswith((".png", ".jpg", ".jpeg")):
