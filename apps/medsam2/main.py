@@ -5,7 +5,7 @@
 
 Settings (all ``--conf``): model (a preset, default medsam2), model_config (a yaml of
 one's own instead), checkpoint, model_dir, device (auto/cpu/cuda), labels, download,
-early_stop, early_stop_patience, early_stop_score, feature_cache_mb, max_sessions,
+early_stop, early_stop_patience, early_stop_score, exact_stop, feature_cache_mb, max_sessions,
 session_memory_mb, session_timeout_s, auto_finetune_after (fine-tune after N new final
 labels), finetune_<option> (defaults of POST /train/medsam2_finetune, e.g. finetune_epochs).
 See the README for what each does.

@@ -72,6 +72,8 @@ class AppConfig:
                 enabled=_flag(conf, "early_stop", False),
                 patience=_number(conf, "early_stop_patience", 3, int),
                 score_threshold=_number(conf, "early_stop_score", 0.0),
+                # exact (propagation.py), so on: off runs both passes to the volume's ends
+                exact_stop=_flag(conf, "exact_stop", True),
             ),
             correction_stop=CorrectionStop(
                 enabled=_flag(conf, "correction_stop", False),

@@ -32,6 +32,7 @@ from .precision import autocast_for
 from .predictor import runtimes_used
 from .shared_features import FeatureKey, SessionFeatures
 from .prompts import LabelPrompts, PromptError
+from .exact_stop import ExactStopReport, exact_stop_report, misses_prompted_range
 from .propagation import CorrectionStop, EarlyStop
 from .protocols import check_protocol, default_protocol, input_resampling
 from .runtime_openvino import image_runtime
@@ -101,6 +102,7 @@ class LabelResult:
     reused: bool  # prompts unchanged: the session's previous result
     crop_region: CropRegionReport | None = None  # None: whole slices from the start
     restarted: str | None = None  # why the label's track started afresh (or was dropped after a failure)
+    exact_stop: ExactStopReport | None = None  # where the exact stop ended the passes; None: at the ends
 
 
 @dataclass
@@ -322,6 +324,13 @@ class VolumeSegmenter:
                     continue
             propagation = track.propagate(view, self.protocol, wanted, sorted(diff.changed), local, early_stop,
                                           correction_stop)
+            if self._exact_stop_missed(track, propagation, wanted, session.volume.array.shape):
+                logger.info("label %s: the exact stop's result has no voxel on the prompted slices; running the "
+                            "full passes", label)
+                timings["propagation"] = timings.get("propagation", 0.0) + propagation.seconds
+                full = dataclasses.replace(early_stop, exact_stop=False)
+                propagation = track.propagate(view, self.protocol, wanted, sorted(diff.changed), local, full,
+                                              correction_stop)
             timings["propagation"] = timings.get("propagation", 0.0) + propagation.seconds
             track.local_correction = local
             masks = [output.mask for output in propagation.outputs.values()]
@@ -332,6 +341,12 @@ class VolumeSegmenter:
         track.early_stop = dataclasses.replace(early_stop)
         track.paste(propagation, session.volume.array.shape, self.protocol)
         return self._label_result(label, track, wanted, reused=False, restarted=restarted)
+
+    def _exact_stop_missed(self, track: LabelTrack, propagation, wanted: dict, shape: tuple) -> bool:
+        """Whether a pass stopped detached and the kept component misses the prompted slices (exact_stop.py)."""
+        if self.protocol != "medsam2" or not any(p.ended_detached for p in propagation.passes):
+            return False
+        return misses_prompted_range(track.kept_component(propagation, shape), sorted(wanted))
 
     @staticmethod
     def _start_track(predictor, session: Session, label: str, region: CropRegion | None, grows: int,
@@ -361,5 +376,6 @@ class VolumeSegmenter:
         crop = None
         if track.region is not None or track.grows:
             crop = CropRegionReport(track.region, track.grows)
-        return LabelResult(label, track.mask, sorted(wanted), slices, passes, reused, crop, restarted)
+        stopped = exact_stop_report(track.propagation, track.mask.shape[2], int(track.mask.sum()))
+        return LabelResult(label, track.mask, sorted(wanted), slices, passes, reused, crop, restarted, stopped)
 

@@ -6,6 +6,11 @@ backward from the last prompted slice; slices both passes reach take the union. 
 forward and backward from the first prompted slice in one state. Every prompted slice is a
 conditioning frame, so slices between prompts see all of them.
 
+*Exact stop* (on by default, ``medsam2`` protocol only): a pass ends at the first slice
+beyond the prompted ones where nothing is connected to them any more; it changes no voxel
+of the result but in one named case (see :mod:`.exact_stop`). The ``sam2`` protocol keeps
+every component and never stops so.
+
 Options, off by default (they change what the model computes): *early stop* ends a pass
 beyond the last prompted slice once SAM 2's object score says the structure is gone for
 ``patience`` slices in a row.
@@ -28,6 +33,7 @@ from typing import Callable
 import numpy as np
 import torch
 
+from .exact_stop import DetachmentWatch
 from .predictor import network_lock
 
 logger = logging.getLogger(__name__)
@@ -40,6 +46,7 @@ class EarlyStop:
     enabled: bool = False
     patience: int = 3  # consecutive empty slices beyond the last prompt
     score_threshold: float = 0.0  # object score logit at or below which the object is absent
+    exact_stop: bool = True  # medsam2 protocol: end a pass where the structure is cut off (exact_stop.py)
 
 
 @dataclass
@@ -62,8 +69,14 @@ class PassReport:
     start: int
     last: int | None = None
     slices: int = 0
-    stopped_early: bool = False
+    stopped_early: bool = False  # the object score said the structure is gone (early stop)
     converged: bool = False  # a correction's pass met the previous result and stopped
+    ended_detached: bool = False  # the exact stop: nothing on the last slice reached the prompted ones
+
+    @property
+    def ended(self) -> bool:
+        """The pass stopped short of the volume's end with the structure gone (either stop)."""
+        return self.stopped_early or self.ended_detached
 
 
 @dataclass
@@ -138,6 +151,7 @@ class PassPlan:
     backward_from: int
     before_pass: Callable | None = None  # called with reverse=False/True before each pass
     union: bool = False  # slices reached by both passes: union (medsam2) or the later pass (sam2)
+    exact_stop: bool = False  # only with the largest-component step (medsam2)
 
 
 def propagate_both_ways(predictor, state: dict, early_stop: EarlyStop, log_every: int = 50,
@@ -156,17 +170,18 @@ def propagate_both_ways(predictor, state: dict, early_stop: EarlyStop, log_every
 
 def propagate_correction(predictor, state: dict, corrected: list, previous: Propagation, early_stop: EarlyStop,
                          stop: CorrectionStop, log_every: int = 50, before_pass: Callable | None = None,
-                         union: bool = False, prompted: list | None = None) -> Propagation:
+                         union: bool = False, prompted: list | None = None,
+                         exact_stop: bool = False) -> Propagation:
     """Re-propagate outward from the ``corrected`` slices until the masks meet ``previous``.
 
     The returned outputs are the previous ones with every slice this pass reached replaced.
     """
     cond_frames = sorted(prompted) if prompted else _prompted_frames(state)
-    plan = PassPlan(min(corrected), max(corrected), before_pass, union)
+    plan = PassPlan(min(corrected), max(corrected), before_pass, union, exact_stop)
     fresh = _run_passes(predictor, state, early_stop, plan, cond_frames, log_every, previous.outputs, stop)
     kept = dict(previous.outputs)
     for report in fresh.passes:  # where the structure now ends early, the old masks beyond go
-        if report.stopped_early:
+        if report.ended:
             backward = report.direction == "backward"
             kept = {k: v for k, v in kept.items() if not (k < report.last if backward else k > report.last)}
     fresh.outputs = {**kept, **fresh.outputs}
@@ -229,6 +244,7 @@ def _run_passes(predictor, state: dict, early_stop: EarlyStop, plan: PassPlan, c
         converge_after = plan.forward_from if reverse else plan.backward_from
         report = PassReport("backward" if reverse else "forward", start)
         absence, agree_run = AbsenceRun(early_stop), 0
+        watch = DetachmentWatch() if plan.exact_stop else None
         with slice_steps(predictor, state, start, reverse) as steps:
             for frame_idx, output in steps:
                 merged = _union(result.outputs.get(frame_idx), output) if plan.union else output
@@ -241,6 +257,9 @@ def _run_passes(predictor, state: dict, early_stop: EarlyStop, plan: PassPlan, c
                 if early_stop.enabled and beyond_prompts and absence.stops_after(output):
                     report.stopped_early = True
                     break
+                if watch is not None and beyond_prompts and watch.detached_after(merged.mask):
+                    report.ended_detached = True
+                    break
                 beyond_correction = frame_idx < converge_after if reverse else frame_idx > converge_after
                 if stop is not None and stop.enabled and beyond_correction:
                     old = previous.get(frame_idx)
@@ -251,3 +270,4 @@ def _run_passes(predictor, state: dict, early_stop: EarlyStop, plan: PassPlan, c
         result.passes.append(report)
     result.seconds = time.perf_counter() - started
     return result
+

@@ -98,22 +98,40 @@ class LabelTrack:
         def before_pass(reverse: bool) -> None:
             prompts_only(view, self, wanted)
 
+        exact_stop = early_stop.exact_stop  # exact with the largest-component step (exact_stop.py)
         if local:
             return propagate_correction(view, self.state, changed, self.propagation, early_stop,
                                         correction_stop, before_pass=before_pass, union=True,
-                                        prompted=sorted(wanted))
-        plan = PassPlan(min(wanted), max(wanted), before_pass, union=True)
+                                        prompted=sorted(wanted), exact_stop=exact_stop)
+        plan = PassPlan(min(wanted), max(wanted), before_pass, union=True, exact_stop=exact_stop)
         return propagate_both_ways(view, self.state, early_stop, plan=plan, prompted=sorted(wanted))
 
     def paste(self, propagation: Propagation, volume_shape: tuple, protocol: str) -> None:
         """The slices' masks, placed in the volume (their region of it), become the track's mask."""
-        mask = np.zeros(volume_shape, dtype=bool)
-        region_i, region_j = (slice(None), slice(None)) if self.region is None else self.region.voxel_region()
-        for k, output in propagation.outputs.items():
-            mask[region_i, region_j, k] = image_to_slice(output.mask)
         if protocol == "medsam2":
-            mask = largest_component(mask)
+            mask = self.kept_component(propagation, volume_shape)
+        else:
+            mask = np.zeros(volume_shape, dtype=bool)
+            region_i, region_j = self._voxel_region()
+            for k, output in propagation.outputs.items():
+                mask[region_i, region_j, k] = image_to_slice(output.mask)
         self.mask, self.propagation = mask, propagation
+
+    def kept_component(self, propagation: Propagation, volume_shape: tuple) -> np.ndarray:
+        """The largest 3D component of the slices' masks (labelled over the slices reached only)."""
+        mask = np.zeros(volume_shape, dtype=bool)
+        if not propagation.outputs:
+            return mask
+        low, high = min(propagation.outputs), max(propagation.outputs)
+        slab = np.zeros(volume_shape[:2] + (high - low + 1,), dtype=bool)
+        region_i, region_j = self._voxel_region()
+        for k, output in propagation.outputs.items():
+            slab[region_i, region_j, k - low] = image_to_slice(output.mask)
+        mask[:, :, low:high + 1] = largest_component(slab)
+        return mask
+
+    def _voxel_region(self) -> tuple:
+        return (slice(None), slice(None)) if self.region is None else self.region.voxel_region()
 
 
 @dataclass

@@ -35,6 +35,7 @@ class Interactive3D(Sam2Task):
                 "modality": MODALITY_CHOICES,
                 "early_stop": early.enabled,
                 "early_stop_patience": early.patience,
+                "exact_stop": early.exact_stop,
                 "correction_stop": segmenter.settings.correction_stop.enabled,
                 "crop_region": segmenter.settings.crop_region.enabled,
                 "reset_state": False,

@@ -82,10 +82,11 @@ def positive_int(value, field_name: str) -> int:
 
 
 def early_stop_option(request: dict, default):
-    """``early_stop`` and ``early_stop_patience`` over the app's ``EarlyStop`` setting."""
+    """``early_stop``, ``early_stop_patience`` and ``exact_stop`` over the app's ``EarlyStop`` setting."""
     return dataclasses.replace(
         default,
         enabled=request_flag(request, "early_stop", default.enabled),
+        exact_stop=request_flag(request, "exact_stop", default.exact_stop),
         patience=positive_int(request.get("early_stop_patience", default.patience), "early_stop_patience"),
     )
 

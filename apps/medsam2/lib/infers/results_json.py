@@ -47,7 +47,15 @@ def slice_json(score: SliceScore) -> dict:
 
 def pass_json(report) -> dict:
     return {"direction": report.direction, "start": report.start, "last": report.last, "slices": report.slices,
-            "stopped_early": report.stopped_early, "converged": report.converged}
+            "stopped_early": report.stopped_early, "converged": report.converged,
+            "ended_detached": report.ended_detached}
+
+
+def exact_stop_json(stopped) -> dict | None:
+    if stopped is None:
+        return None
+    return {"slices_segmented": [stopped.first, stopped.last], "num_slices": stopped.num_slices,
+            "note": stopped.note()}
 
 
 def crop_region_json(report) -> dict | None:
@@ -86,6 +94,8 @@ def volume_result_json(result, label_names: dict) -> dict:
                     "feature_cache_mb": session.feature_cache_mb},
         "protocol": result.run.protocol,
         "protocol_options": {"early_stop": result.options.early_stop.enabled,
+                             "exact_stop": result.options.early_stop.exact_stop
+                             and result.run.protocol == "medsam2",
                              "correction_stop": result.options.correction_stop.enabled,
                              "crop_region": result.options.crop_region.enabled},
         "engine_warnings": list(result.warnings),  # e.g. a label's track dropped after a failure
@@ -95,6 +105,7 @@ def volume_result_json(result, label_names: dict) -> dict:
                 "passes": [pass_json(p) for p in r.passes],
                 "reused_previous_result": r.reused,
                 "restarted": r.restarted,
+                "exact_stop": exact_stop_json(r.exact_stop),
                 "crop_region": crop_region_json(r.crop_region),
                 "voxels": int(r.mask.sum()),
                 "slices": slices_json(r.slices),

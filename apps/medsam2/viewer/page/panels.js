@@ -43,7 +43,8 @@ export function showResult(state, value, goToSlice) {
   const span = withMask.length ? `slices ${withMask[0].slice}-${withMask[withMask.length - 1].slice}` : 'no slice';
   $('result-summary').textContent = `${state.label}: ${info.voxels ?? 0} voxels on ${withMask.length} slices (${span}); `
     + `made by ${result.model?.version?.name ?? 'the served weights'} (${result.model?.checkpoint?.split('/').pop() ?? '?'}); `
-    + `${result.latencies?.total ?? '?'} s on the server`;
+    + `${result.latencies?.total ?? '?'} s on the server`
+    + (info.exact_stop ? `. ${info.exact_stop.note}` : '');
   const unsure = slices.filter((s) => (s.area > 0 && s.predicted_iou !== null && s.predicted_iou < UNSURE_IOU)
     || Math.abs(s.object_score) < UNSURE_SCORE);
   const box = $('unsure');
