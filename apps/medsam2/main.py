@@ -132,6 +132,13 @@ class MedSam2App(MONAILabelApp):
 
             self.encode_ahead.request(session_key_for(request), image_path)
 
+    def focus_study_ahead(self, request: dict, image_path: str, k: int) -> None:
+        """The viewer shows slice ``k``: encode-ahead for that tab's session works outward from it."""
+        if self.encode_ahead is not None:
+            from lib.infers.request import session_key_for
+
+            self.encode_ahead.focus(session_key_for(request), image_path, k)
+
     def init_infers(self):
         return {
             "medsam2_3d": Interactive3D(self.volume_segmenter, self.settings.labels),

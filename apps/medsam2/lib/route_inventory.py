@@ -114,6 +114,7 @@ INVENTORY = [
     _r("GET", "/medsam2/viewer/auth", "public", "is authentication on"),
     _r("GET", "/medsam2/viewer/studies", "user", "the datastore's studies, no patient identifiers"),
     _r("GET", "/medsam2/viewer/volume", "user", "known id; a volume"),
+    _r("POST", "/medsam2/viewer/focus", "user", "known id; slice 0-100000; encode-ahead order only"),
     _r("GET", "/medsam2/viewer/label", "user", "known id; the final label as structures"),
     _r("GET", "/medsam2/viewer/vendor/niivue.js", "public", "NiiVue's bundle"),
     _r("MOUNT", "/medsam2/viewer", "public", "the page's files"),

@@ -152,6 +152,28 @@ def build_router(app_instance, user_dependency) -> APIRouter:
 
         return {"enabled": bool(settings.MONAI_LABEL_AUTH_ENABLE)}
 
+    @router.post("/focus", summary="The slice the page shows: encode-ahead works outward from it")
+    def focus(http: Request, image: str = Query(..., description="image id of the datastore"),
+              slice: int = Query(..., ge=0, le=100_000, description="the slice index shown (the volume's k)"),
+              client_id: str = Query("", description="the viewer tab's session"),
+              user=Depends(user_dependency)):
+        datastore = app_instance().datastore()
+        _known_image(datastore, image)
+        set_focus = getattr(app_instance(), "focus_study_ahead", None)
+        if set_focus is None:
+            return {"encode_ahead": False}
+        from .infers.request import ADDRESS_FIELD, IMAGE_ID_FIELD, USER_FIELD
+        from .options import OptionError
+        from .routes import _user_name
+
+        try:
+            set_focus({USER_FIELD: _user_name(user), "client_id": client_id or None, IMAGE_ID_FIELD: image,
+                       ADDRESS_FIELD: http.client.host if http.client else None},
+                      datastore.get_image_uri(image), slice)
+        except OptionError as err:
+            raise HTTPException(status_code=err.status, detail=str(err)) from err
+        return {"encode_ahead": True, "slice": slice}
+
     @router.get("/studies", summary="Studies of the datastore, for the viewer page")
     def studies(user=Depends(user_dependency)):
         return {"studies": study_list(app_instance().datastore())}

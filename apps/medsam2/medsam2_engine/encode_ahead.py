@@ -1,8 +1,11 @@
 """Encode a study's slices before the first click: the image encoder's work does not depend
 on the prompts, so it can be done while the clinician is still looking at the study.
 
-One background thread works through queued studies, encoding whole slices from the middle
-outwards into the image's shared feature cache (``shared_features.py``), exactly as the
+One background thread works through queued studies, encoding whole slices outward from the
+slice the clinician is looking at (the page reports it as they scroll, :meth:`EncodeAhead.focus`;
+the middle until then; the prompted slices after a request), so the slices a pass stopped
+near the structure needs (``exact_stop.py``) are the first encoded, into the image's shared
+feature cache (``shared_features.py``), exactly as the
 predictor would (same input tensor, same ``forward_image``, same cache key): a later request
 of any session on that image, window and weights finds them encoded, and its masks are the
 same as without it. A job is either for a session (the viewer names its tab: the session is
@@ -42,6 +45,7 @@ class EncodeJob:
     image: object
     window: object = None
     modality: str | None = None
+    focus: int | None = None  # the slice to encode outward from; None: the middle (or the session's focus)
     encoded: int = 0
     stopped: str = ""  # why it ended: "done", "budget", "evicted", "cancelled", "crop region", "error: ..."
     cancelled: threading.Event = field(default_factory=threading.Event)
@@ -59,9 +63,9 @@ class _Target:
     touch: object  # () -> None
 
 
-def centre_out(count: int) -> list:
-    """Slice indices from the middle outwards (the structure is more often central)."""
-    middle = count // 2
+def centre_out(count: int, focus: int | None = None) -> list:
+    """Slice indices outward from ``focus`` (None: the middle, where a structure more often is)."""
+    middle = count // 2 if focus is None else min(max(int(focus), 0), count - 1)
     order = [middle]
     for step in range(1, count):
         for index in (middle - step, middle + step):
@@ -96,6 +100,7 @@ class EncodeAhead:
         self.queued = 0  # jobs accepted since start
         self._running: EncodeJob | None = None
         self._last: EncodeJob | None = None
+        self._focus: dict = {}  # (session key, image stamp) -> the slice the clinician looks at
         if follow_requests:
             segmenter.encode_ahead = self
 
@@ -117,10 +122,29 @@ class EncodeAhead:
         self._queue.put(job)
         return job
 
-    def follow_request(self, session) -> EncodeJob:
-        """After a session's first request: the slices it did not reach, for its next one."""
+    def follow_request(self, session, prompted: list | None = None) -> EncodeJob:
+        """After a session's first request: the slices it did not reach, outward from its prompts."""
         window, modality = session.window_key
+        if prompted:
+            self.focus(session.key, session.image, int(sum(prompted) // len(prompted)))
         return self.request(session.key, session.image, window, modality)
+
+    def focus(self, session_key, image, k: int) -> None:
+        """The clinician of ``session_key`` now looks at slice ``k`` of ``image``: encode outward from it."""
+        from .sessions import image_stamp
+
+        key = (None if session_key is None else tuple(session_key), image_stamp(image))
+        with self._lock:
+            if len(self._focus) > 1024:  # one entry per tab and study; forget the oldest
+                self._focus.pop(next(iter(self._focus)))
+            self._focus[key] = int(k)
+
+    def _focus_of(self, job: EncodeJob) -> int | None:
+        from .sessions import image_stamp
+
+        with self._lock:
+            focus = self._focus.get((job.session_key, image_stamp(job.image)))
+        return job.focus if focus is None else focus
 
     def join(self, timeout: float) -> bool:
         """Wait until every queued job has finished (tests, benchmarks); False on timeout."""
@@ -198,7 +222,10 @@ class EncodeAhead:
         budget = store.limits.max_memory_mb * 2**20
         slice_bytes = None
         device = self.segmenter.models.device
-        for index in centre_out(len(frames)):
+        done: set = set()
+        while len(done) < len(frames):
+            index = next(k for k in centre_out(len(frames), self._focus_of(job)) if k not in done)
+            done.add(index)
             if job.cancelled.is_set():
                 return "cancelled"
             if not target.still_held():

@@ -244,8 +244,8 @@ class VolumeSegmenter:
                 self._in_flight -= 1
                 self._idle.notify_all()
         if self.encode_ahead is not None and session.requests == 1 and not options.crop_region.enabled:
-            # the slices this first request did not reach (early stop, one slice) are encoded for the next
-            self.encode_ahead.follow_request(session)
+            # the slices this first request did not reach are encoded for the next, nearest its prompts first
+            self.encode_ahead.follow_request(session, [k for r in result.labels.values() for k in r.prompted_slices])
         return result
 
     def _segment(self, session: Session, prompts: dict, options: SegmentOptions, reset_labels) -> VolumeResult:

@@ -67,6 +67,13 @@ export async function fetchVolume(image, clientId) {
   return response.arrayBuffer();
 }
 
+// The slice shown, so the server encodes outward from it; a failure only loses that ordering
+export async function sendFocus(image, clientId, k) {
+  const query = `image=${encodeURIComponent(image)}&client_id=${encodeURIComponent(clientId)}&slice=${k}`;
+  const response = await fetch(`focus?${query}`, withAuth({ method: 'POST' }));
+  if (!response.ok) console.warn('focus not sent:', response.status);
+}
+
 // One infer call with MONAI Label's request fields; returns {result (the JSON), mask (Mask)}.
 export async function infer(image, params) {
   const form = new FormData();

@@ -1,6 +1,7 @@
 // The annotation page: study list, structures, prompts, the app's masks, save as final.
 
-import { AuthRequired, MODEL, SaveConflict, appInfo, fetchFinal, fetchVolume, infer, listStudies, needsLogIn } from './api.js';
+import { AuthRequired, MODEL, SaveConflict, appInfo, fetchFinal, fetchVolume, infer, listStudies, needsLogIn, sendFocus,
+} from './api.js';
 import { DisplayWindow } from './display.js';
 import { combine } from './labelmap.js';
 import { askLogIn } from './login.js';
@@ -125,11 +126,16 @@ function goToSlice(k) {
   syncSlice();
 }
 
+let focusTimer = null;
 function syncSlice() {
   const k = view.currentSlice();
   $('slice').value = k;
   $('slice-label').textContent = `${k} / ${view.dims[2] - 1}`;
   drawMarks();
+  // where the clinician looks is where the next prompt will be: the server encodes outward from it
+  clearTimeout(focusTimer);
+  const image = state.image;
+  focusTimer = setTimeout(() => { if (image) sendFocus(image, clientId, k).catch(() => {}); }, 300);
 }
 
 let dragStart = null;
