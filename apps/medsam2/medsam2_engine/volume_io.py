@@ -57,17 +57,45 @@ def _modality_from_meta(meta: dict, path: str) -> str | None:
     return (str(value).strip() or None) if value is not None else None
 
 
-def _dicom_series_modality(folder: str) -> str | None:
-    """The Modality tag of a series folder's first readable DICOM file."""
+def _first_dicom_header(folder: str):
+    """The header of a series folder's first readable DICOM file (None: there is none)."""
     import pydicom
 
     for name in sorted(os.listdir(folder)):
         try:
-            header = pydicom.dcmread(os.path.join(folder, name), stop_before_pixels=True)
+            return pydicom.dcmread(os.path.join(folder, name), stop_before_pixels=True)
         except Exception:  # not a DICOM file (a README, a thumbnail): try the next
             continue
-        return getattr(header, "Modality", None)
     return None
+
+
+def _dicom_series_modality(folder: str) -> str | None:
+    """The Modality tag of a series folder's first readable DICOM file."""
+    return getattr(_first_dicom_header(folder), "Modality", None)
+
+
+def _first_value(value) -> float | None:
+    """A DICOM DS that may hold several values ("40\\400" or a MultiValue): the first, as a number."""
+    if value is None:
+        return None
+    if not isinstance(value, str) and hasattr(value, "__len__"):
+        value = value[0] if len(value) else None
+    try:
+        return float(str(value).split("\\")[0])
+    except (TypeError, ValueError):
+        return None
+
+
+def _dicom_window_from(meta: dict, path: str) -> dict:
+    """The series' WindowCenter/WindowWidth (0028,1050 / 0028,1051), the first value when several."""
+    center, width = meta.get("0028|1050"), meta.get("0028|1051")
+    if (center is None or width is None) and os.path.isdir(path):
+        header = _first_dicom_header(path)
+        center, width = getattr(header, "WindowCenter", None), getattr(header, "WindowWidth", None)
+    center, width = _first_value(center), _first_value(width)
+    if center is None or width is None:
+        return {}
+    return {"dicom_window_center": center, "dicom_window_width": width}
 
 
 def load_image(path: str | os.PathLike) -> Volume:
@@ -81,7 +109,7 @@ def load_image(path: str | os.PathLike) -> Volume:
     is_2d_file = path.lower().endswith(IMAGE_2D_SUFFIXES)
     reader = PILReader() if is_2d_file else ITKReader(affine_lps_to_ras=True)
     try:
-        image = LoadImage(reader=reader, image_only=True)(path)
+        image = LoadImage(reader=reader, image_only=True, dtype=None)(path)  # the file's own pixel type
     except Exception as err:  # the readers raise many types; name the file instead
         # MONAI's LoadImage appends every reader's traceback: the first line says what failed
         reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
@@ -110,7 +138,8 @@ def load_image(path: str | os.PathLike) -> Volume:
         path=path,
         declared_modality=_modality_from_meta(meta, path),
         is_rgb=is_rgb,
-        meta={k: v for k, v in meta.items() if isinstance(v, (str, int, float))},
+        meta={**{k: v for k, v in meta.items() if isinstance(v, (str, int, float))}, **_dicom_window_from(meta, path),
+              "source_dtype": str(array.dtype)},  # the reference scales in its precision (windowing.py)
     )
 
 

@@ -1,8 +1,14 @@
-"""Intensity windowing: raw scanner values to [0, 1], chosen per modality.
+"""Intensity windowing: raw scanner values to [0, 1], chosen per modality, as MedSAM2 prepares them.
 
-CT is windowed in Hounsfield units with a named preset or an explicit ``[low, high]``;
-MR and everything else use robust percentiles of the whole volume, so that one bright
-vessel or a zero-filled border does not wash out the tissue contrast.
+CT is windowed in Hounsfield units with a named preset, the series' own DICOM window
+(``"dicom"``) or an explicit ``[low, high]``; MR uses the 0.5-99.5 percentiles of its
+non-zero voxels, other images the percentiles of all voxels. Then, as MedSAM2's scripts do
+(``medsam2_infer_3D_CT.py``; its MR examples), the volume is clipped to the window and
+scaled by the *clipped volume's own* minimum and maximum (the same as the window's bounds
+only when the volume reaches both), and on MR the voxels that are 0 stay 0. A constant
+volume becomes 0 (the reference would divide by zero). Every protocol uses this one
+scaling, in the precision the reference's numpy arithmetic has on the file's own data type
+(float64 for integer pixels, float32 for float32 ones), so the uint8 grey levels are the same.
 """
 
 from __future__ import annotations
@@ -38,13 +44,50 @@ class Window:
     low: float
     high: float
     source: str  # e.g. "CT preset soft_tissue", "MR percentiles 0.5-99.5"
+    scale: tuple | None = None  # (min, max) of the clipped volume, which map to 0 and 1; None: (low, high)
+    keep_zero: bool = False  # voxels equal to 0 stay 0 (MedSAM2's MR preparation)
+    precision: str = "float64"  # the reference's arithmetic on the source pixels: float64 (integers) or float32
 
     def apply(self, values: np.ndarray) -> np.ndarray:
-        scaled = (values.astype(np.float32) - self.low) / max(self.high - self.low, 1e-6)
-        return np.clip(scaled, 0.0, 1.0)
+        """Values in [0, 1], computed as the reference's numpy arithmetic does."""
+        dtype = np.dtype(self.precision)
+        lo, hi = (dtype.type(v) for v in (self.scale if self.scale is not None else (self.low, self.high)))
+        clipped = np.clip(np.asarray(values, dtype=dtype), dtype.type(self.low), dtype.type(self.high))
+        scaled = (clipped - lo) / (hi - lo) if hi > lo else np.zeros_like(clipped)
+        if self.keep_zero:
+            scaled[np.asarray(values) == 0] = 0.0
+        return scaled
 
     def to_json(self) -> dict:
-        return {"low": float(self.low), "high": float(self.high), "source": self.source}
+        out = {"low": float(self.low), "high": float(self.high), "source": self.source}
+        if self.scale is not None:
+            out["scaled_from"] = [float(self.scale[0]), float(self.scale[1])]
+        if self.keep_zero:
+            out["zero_stays_zero"] = True
+        return out
+
+
+def precision_of(dtype) -> str:
+    """The precision numpy's arithmetic has on pixels of ``dtype``, as the reference computes on them."""
+    return "float32" if np.dtype(dtype) in (np.float16, np.float32) else "float64"
+
+
+def _scaled(volume: np.ndarray, low: float, high: float, source: str, keep_zero: bool = False,
+            precision: str | None = None) -> Window:
+    """The window with the clipped volume's own minimum and maximum as its scale (the reference's)."""
+    precision = precision or precision_of(volume.dtype)
+    if volume.size == 0:
+        return Window(low, high, source, None, keep_zero, precision)
+    vmin, vmax = float(np.min(volume)), float(np.max(volume))
+    return Window(low, high, source, (min(max(vmin, low), high), min(max(vmax, low), high)), keep_zero, precision)
+
+
+def dicom_window(meta: dict) -> tuple | None:
+    """``(low, high)`` from a series' WindowCenter/WindowWidth (the first value when several)."""
+    center, width = meta.get("dicom_window_center"), meta.get("dicom_window_width")
+    if center is None or width is None or not float(width) > 0:
+        return None
+    return float(center) - float(width) / 2.0, float(center) + float(width) / 2.0
 
 
 def guess_modality(volume: np.ndarray, declared: str | None = None) -> str:
@@ -67,12 +110,14 @@ def guess_modality(volume: np.ndarray, declared: str | None = None) -> str:
     return "MR" if volume.ndim == 3 else "other"
 
 
-def choose_window(volume: np.ndarray, modality: str, window: WindowSpec = None) -> Window:
+def choose_window(volume: np.ndarray, modality: str, window: WindowSpec = None, precision: str | None = None) -> Window:
     """Pick the window for ``volume`` given its modality and an optional request value.
 
     ``window`` may be a CT preset name, ``[low, high]`` in the volume's own units, or
-    ``"percentile"`` / ``None`` for the modality default.
+    ``"percentile"`` / ``None`` for the modality default. ``precision``: of the source pixels'
+    arithmetic (see :func:`precision_of`; default from ``volume``'s own dtype).
     """
+    precision = precision or precision_of(volume.dtype)
     if isinstance(window, str) and "," in window:  # "low,high" typed into a text field
         window = [v.strip() for v in window.strip("[] ").split(",")]
     if window is not None and not isinstance(window, str):
@@ -85,25 +130,31 @@ def choose_window(volume: np.ndarray, modality: str, window: WindowSpec = None) 
             raise WindowError(f"window [low, high] must be numbers; got {window!r}") from err
         if not np.isfinite([low, high]).all() or high <= low:
             raise WindowError(f"window [low, high] needs finite low < high; got {window!r}")
-        return Window(low, high, "request [low, high]")
+        return _scaled(volume, low, high, "request [low, high]", precision=precision)
 
     if isinstance(window, str) and window not in ("", "auto", "percentile"):
+        if window == "dicom":
+            raise WindowError("window 'dicom': this image carries no DICOM WindowCenter/WindowWidth")
         if window not in CT_WINDOW_PRESETS:
-            names = ", ".join(sorted(CT_WINDOW_PRESETS))
+            names = ", ".join(sorted(CT_WINDOW_PRESETS) + ["dicom"])
             raise WindowError(f"unknown window preset {window!r}; known: {names}")
         low, high = CT_WINDOW_PRESETS[window]
-        return Window(low, high, f"CT preset {window}")
+        return _scaled(volume, low, high, f"CT preset {window}", precision=precision)
 
     if modality == "CT" and window != "percentile":
         low, high = CT_WINDOW_PRESETS[DEFAULT_CT_PRESET]
-        return Window(low, high, f"CT preset {DEFAULT_CT_PRESET}")
+        return _scaled(volume, low, high, f"CT preset {DEFAULT_CT_PRESET}", precision=precision)
 
     p_low, p_high = DEFAULT_PERCENTILES
-    sample = volume if volume.size <= 4_000_000 else volume.ravel()[:: volume.size // 4_000_000 + 1]
-    low, high = np.percentile(sample, [p_low, p_high])
-    if high <= low:  # constant image: any non-empty window will do
-        high = low + 1.0
-    return Window(float(low), float(high), f"{modality} percentiles {p_low}-{p_high}")
+    mr = modality == "MR"
+    sample = volume[volume > 0] if mr else volume.ravel()
+    if sample.size == 0:  # an MR of zeros only
+        return Window(0.0, 1.0, f"{modality}: no non-zero voxel", (0.0, 0.0), mr, precision)
+    low, high = (float(v) for v in np.percentile(sample.astype(precision), [p_low, p_high]))
+    source = f"{modality} percentiles {p_low}-{p_high}" + (" of the non-zero voxels" if mr else "")
+    if high <= low:  # constant: the reference would divide by zero; every voxel becomes 0
+        return Window(low, low + 1.0, source + " (constant)", (low, low), mr, precision)
+    return _scaled(volume, low, high, source, keep_zero=mr, precision=precision)
 
 
 def model_window(volume, modality: str | None = None, window: WindowSpec = None, guess_from=None) -> tuple:
@@ -116,4 +167,8 @@ def model_window(volume, modality: str | None = None, window: WindowSpec = None,
     declared = modality if modality not in (None, "", "auto") else volume.declared_modality
     resolved = "photo" if volume.is_rgb else guess_modality(volume.array if guess_from is None else guess_from,
                                                             declared)
-    return choose_window(volume.array, resolved, window), resolved
+    precision = precision_of(volume.meta.get("source_dtype", volume.array.dtype))
+    if window == "dicom" and dicom_window(volume.meta) is not None:
+        low, high = dicom_window(volume.meta)
+        return _scaled(volume.array, low, high, "the series' DICOM window", precision=precision), resolved
+    return choose_window(volume.array, resolved, window, precision), resolved

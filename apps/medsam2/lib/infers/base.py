@@ -21,7 +21,7 @@ from medsam2_engine.windowing import CT_WINDOW_PRESETS, WindowError
 
 logger = logging.getLogger(__name__)
 
-WINDOW_CHOICES = ["auto", *CT_WINDOW_PRESETS, "percentile"]
+WINDOW_CHOICES = ["auto", *CT_WINDOW_PRESETS, "dicom", "percentile"]
 MODALITY_CHOICES = ["auto", "CT", "MR", "other"]
 
 
