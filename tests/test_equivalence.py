@@ -174,3 +174,39 @@ def test_default_protocol_is_medsam2s_published_3d_protocol(fine_tuned, small_mo
     old_mask = old.run(volume, {"lesion": LabelPrompts(boxes=[box])}, ("old", key_slice)).labels["lesion"].mask
     if key_slice == 8:
         assert not np.array_equal(old_mask, reference)
+
+
+def medsam2_point_reference(predictor, frames: SliceFrames, jpeg_dir, points, labels, key_slice: int) -> np.ndarray:
+    """MedSAM2's point protocol: the key slice's mask from its points, then each pass from a fresh
+    state given that mask back (``add_new_mask``); the union, no largest-component step."""
+    segs = np.zeros((len(frames), frames.video_height, frames.video_width), np.uint8)  # [z, y, x]
+    with torch.inference_mode():
+        state = _state_on(predictor, frames, jpeg_dir)
+        _, _, logits = predictor.add_new_points_or_box(inference_state=state, frame_idx=key_slice, obj_id=1,
+                                                       points=points, labels=labels)
+        key_mask = (logits[0, 0] > 0.0).numpy()
+        for reverse in (False, True):
+            predictor.reset_state(state)
+            predictor.add_new_mask(inference_state=state, frame_idx=key_slice, obj_id=1, mask=key_mask)
+            for t, _, logits in predictor.propagate_in_video(state, reverse=reverse):
+                segs[t, (logits[0] > 0.0).numpy()[0]] = 1
+    return np.transpose(segs, (2, 1, 0)).astype(bool)
+
+
+def test_a_click_without_a_box_runs_medsam2s_point_protocol(fine_tuned, small_model_files, tmp_path):
+    segmenter, _ = fine_tuned
+    default = VolumeSegmenter(segmenter.models)
+    volume, truth = _lesion_study()
+    clicks = [Click(17.0, 16.0, 8, True), Click(12.0, 14.0, 8, True)]
+    ours = default.run(volume, {"lesion": LabelPrompts(clicks=clicks)}, ("point", 1)).labels["lesion"]
+    assert ours.protocol == "medsam2_point" and ours.exact_stop is None
+
+    frames = SliceFrames(volume.array, choose_window(volume.array, "CT", None), image_size=128, resampling="medsam2")
+    points = np.array([[c.i, c.j] for c in clicks], np.float32)  # SAM 2's (x, y) is the voxel's (i, j)
+    reference = medsam2_point_reference(_sam2_own_predictor(segmenter.models.explicit, medsam2_settings=True),
+                                        frames, tmp_path, points, np.ones(len(clicks), np.int32), 8)
+    assert reference.any()
+    np.testing.assert_array_equal(ours.mask, reference)
+    boxed = default.run(volume, {"lesion": LabelPrompts(boxes=[Box(9.0, 10.0, 25.0, 22.0, 8)], clicks=clicks)},
+                        ("point", 2)).labels["lesion"]
+    assert boxed.protocol == "medsam2"  # a box: the box protocol

@@ -142,3 +142,15 @@ def test_a_checkpoint_for_another_input_size_is_refused(tmp_path, small_model_fi
         build_model(preset, str(tmp_path / "MedSAM2_latest.pt"))
     save_checkpoint(model, tmp_path / "right_size.pt")
     assert build_model(preset, str(tmp_path / "right_size.pt")).image_size == 128
+
+
+def test_largest_component_ties_go_as_the_references_scan_order():
+    from skimage import measure
+
+    mask = np.zeros((6, 5, 4), bool)  # [i, j, k]
+    mask[0, 4, 3] = mask[0, 3, 3] = True  # first in [i, j, k] order, last in [k, j, i] order
+    mask[5, 0, 0] = mask[4, 0, 0] = True  # same size, first in [k, j, i] (the reference's [z, y, x])
+    segs = np.transpose(mask, (2, 1, 0)).astype(np.uint8)  # as MedSAM2 holds it
+    labels = measure.label(segs)
+    reference = np.transpose(labels == np.argmax(np.bincount(labels.flat)[1:]) + 1, (2, 1, 0))
+    assert np.array_equal(largest_component(mask), reference) and reference[5, 0, 0]

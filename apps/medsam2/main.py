@@ -59,6 +59,7 @@ class MedSam2App(MONAILabelApp):
             device=self.settings.device,
             cpu_int8=self.settings.cpu_int8,
             cpu_runtime=self.settings.cpu_runtime,
+            cuda_numerics=self.settings.cuda_numerics,
         )
         self.models.ensure_available(allow_download=self.settings.allow_download)
         self.models.watch()  # published weights are loaded (and compiled) before the next click needs them

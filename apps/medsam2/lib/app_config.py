@@ -46,6 +46,7 @@ class AppConfig:
     cpu_int8: bool
     allow_download: bool
     cpu_runtime: str = "openvino"  # image encoder on CPU: OpenVINO float32 (same masks), PyTorch, or int8 (option)
+    cuda_numerics: str = "reference"  # on CUDA: MedSAM2's TF32 / Flash / bf16 prompt embeddings, or sam2's
     encode_ahead: bool = True  # encode a study's slices when the viewer opens it (medsam2_engine/encode_ahead.py)
     engine: EngineSettings = field(default_factory=EngineSettings)
     auto_finetune_after: int = 0  # fine-tune after this many new final labels (0: only on request)
@@ -101,6 +102,7 @@ class AppConfig:
             labels=labels,
             cpu_int8=_flag(conf, "cpu_int8", False),
             cpu_runtime=_choice(conf, "cpu_runtime", "openvino", ("torch", "openvino", "openvino_int8")),
+            cuda_numerics=_choice(conf, "cuda_numerics", "reference", ("reference", "sam2")),
             encode_ahead=_flag(conf, "encode_ahead", True),
             allow_download=_flag(conf, "download", True),
             engine=engine,

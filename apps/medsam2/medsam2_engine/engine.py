@@ -34,7 +34,7 @@ from .shared_features import FeatureKey, SessionFeatures
 from .prompts import LabelPrompts, PromptError
 from .exact_stop import ExactStopReport, exact_stop_report, misses_prompted_range
 from .propagation import CorrectionStop, EarlyStop
-from .protocols import check_protocol, default_protocol, input_resampling
+from .protocols import check_protocol, default_protocol, input_resampling, label_protocol
 from .runtime_openvino import image_runtime
 from .results import RunInfo, slice_score
 from .sessions import Session, SessionLimits, SessionStore, image_stamp, window_key
@@ -103,6 +103,7 @@ class LabelResult:
     crop_region: CropRegionReport | None = None  # None: whole slices from the start
     restarted: str | None = None  # why the label's track started afresh (or was dropped after a failure)
     exact_stop: ExactStopReport | None = None  # where the exact stop ended the passes; None: at the ends
+    protocol: str | None = None  # the protocol this label ran (medsam2's point protocol for clicks alone)
 
 
 @dataclass
@@ -314,22 +315,23 @@ class VolumeSegmenter:
             exact_wanted = not correction_stop.enabled and track.local_correction  # asks for the full pass
             if not diff.changed and not diff.removed and same_rule and track.mask is not None and not exact_wanted:
                 return self._label_result(label, track, wanted, reused=True, restarted=restarted)
+            protocol = label_protocol(self.protocol, wanted.values())
             local = bool(diff.changed or diff.removed) and diff.only_added and same_rule \
-                and correction_stop.enabled and track.propagation is not None
-            if self.protocol == "sam2":
+                and correction_stop.enabled and track.propagation is not None and protocol != "medsam2_point"
+            if protocol == "sam2":
                 prompted_masks = apply_changes(view, track, diff)
                 timings["prompts"] = timings.get("prompts", 0.0) + time.perf_counter() - t0
                 if track.reaches_edge(prompted_masks, slice_shape, crop):
                     track = self._grow(predictor, session, label, track, prompted_masks, extent, crop, timings)
                     continue
-            propagation = track.propagate(view, self.protocol, wanted, sorted(diff.changed), local, early_stop,
+            propagation = track.propagate(view, protocol, wanted, sorted(diff.changed), local, early_stop,
                                           correction_stop)
-            if self._exact_stop_missed(track, propagation, wanted, session.volume.array.shape):
+            if self._exact_stop_missed(protocol, track, propagation, wanted, session.volume.array.shape):
                 logger.info("label %s: the exact stop's result has no voxel on the prompted slices; running the "
                             "full passes", label)
                 timings["propagation"] = timings.get("propagation", 0.0) + propagation.seconds
                 full = dataclasses.replace(early_stop, exact_stop=False)
-                propagation = track.propagate(view, self.protocol, wanted, sorted(diff.changed), local, full,
+                propagation = track.propagate(view, protocol, wanted, sorted(diff.changed), local, full,
                                               correction_stop)
             timings["propagation"] = timings.get("propagation", 0.0) + propagation.seconds
             track.local_correction = local
@@ -339,12 +341,14 @@ class VolumeSegmenter:
                 continue
             break
         track.early_stop = dataclasses.replace(early_stop)
-        track.paste(propagation, session.volume.array.shape, self.protocol)
+        track.paste(propagation, session.volume.array.shape, protocol)
+        track.protocol = protocol
         return self._label_result(label, track, wanted, reused=False, restarted=restarted)
 
-    def _exact_stop_missed(self, track: LabelTrack, propagation, wanted: dict, shape: tuple) -> bool:
+    @staticmethod
+    def _exact_stop_missed(protocol: str, track: LabelTrack, propagation, wanted: dict, shape: tuple) -> bool:
         """Whether a pass stopped detached and the kept component misses the prompted slices (exact_stop.py)."""
-        if self.protocol != "medsam2" or not any(p.ended_detached for p in propagation.passes):
+        if protocol != "medsam2" or not any(p.ended_detached for p in propagation.passes):
             return False
         return misses_prompted_range(track.kept_component(propagation, shape), sorted(wanted))
 
@@ -377,5 +381,6 @@ class VolumeSegmenter:
         if track.region is not None or track.grows:
             crop = CropRegionReport(track.region, track.grows)
         stopped = exact_stop_report(track.propagation, track.mask.shape[2], int(track.mask.sum()))
-        return LabelResult(label, track.mask, sorted(wanted), slices, passes, reused, crop, restarted, stopped)
+        return LabelResult(label, track.mask, sorted(wanted), slices, passes, reused, crop, restarted, stopped,
+                           track.protocol)
 

@@ -22,6 +22,7 @@ from .checkpoints import (
     build_model,
     download,
 )
+from . import cuda_numerics
 from .precision import INT8_MODULES, quantize_int8
 from .runtime_openvino import CPU_RUNTIMES, attach_cpu_runtime, runtime_stages
 
@@ -93,6 +94,7 @@ class ModelSource:
         extra_overrides: dict | None = None,
         cpu_int8: bool = False,
         cpu_runtime: str = "torch",
+        cuda_numerics: str = "reference",
     ):
         self.preset = preset
         self.model_dir = Path(model_dir)
@@ -104,6 +106,7 @@ class ModelSource:
             raise ValueError(f"cpu_runtime must be one of {CPU_RUNTIMES}, got {cpu_runtime!r}")
         self.cpu_runtime = cpu_runtime if self.device == "cpu" else "torch"  # CUDA: PyTorch with bf16 autocast
         self.runtime_in_use = "torch"  # what runs the image encoder of the served model (see runtime_openvino)
+        self.cuda_numerics = cuda_numerics  # MedSAM2's TF32 / Flash / bf16 prompt embeddings on CUDA (cuda_numerics.py)
         self._loaded: LoadedModel | None = None
         self._versions = 0
         self._lock = threading.RLock()
@@ -227,6 +230,8 @@ class ModelSource:
         action = "reloading" if self._loaded is not None else "loading"
         logger.info("%s model %s from %s on %s", action, self.preset.name, path, self.device)
         model = build_model(self.preset, path, self.device, self.extra_overrides)
+        if cuda_numerics.install(model, self.device, self.cuda_numerics):
+            logger.info("CUDA numerics as MedSAM2's: TF32, Flash attention, bf16 point embeddings")
         if self.cpu_int8:
             quantize_int8(model)
             logger.info("int8 linear layers in %s (cpu_int8)", ", ".join(INT8_MODULES))

@@ -45,9 +45,15 @@ def use_cpu_bf16(setting: str = "off") -> bool:
 
 
 def autocast_for(device: str, cpu_bf16: str = "off"):
-    """bf16 autocast on CUDA; on CPU only if ``cpu_bf16`` asks for it; float32 otherwise."""
+    """bf16 autocast on CUDA (with the reference's attention kernel, see cuda_numerics.py); on CPU only
+    if ``cpu_bf16`` asks for it; float32 otherwise."""
     if str(device).startswith("cuda"):
-        return torch.autocast("cuda", dtype=torch.bfloat16)
+        from .cuda_numerics import attention_context
+
+        stack = contextlib.ExitStack()
+        stack.enter_context(torch.autocast("cuda", dtype=torch.bfloat16))
+        stack.enter_context(attention_context(device))
+        return stack
     if use_cpu_bf16(cpu_bf16):
         return torch.autocast("cpu", dtype=torch.bfloat16)
     return contextlib.nullcontext()

@@ -22,6 +22,13 @@ How the app's extras combine with it (the reference has one box on one key slice
   state: with every prompted slice in the memory attention, any prompt can change any slice;
 - several labels are independent runs, one state each; the largest component is per label.
 
+``medsam2_point`` is MedSAM2's point/RECIST protocol (``medsam2_infer_CT_lesion_npz_recist.py``,
+``examples/infer_CT_LUNA25.py``): each prompted slice's mask is made from its prompts alone,
+then every pass starts from a fresh state given those masks back (``add_new_mask``); the
+passes' union is kept whole, with no largest-component step (so no exact stop either).
+Under ``medsam2`` a label prompted by clicks only, without any box, runs this protocol: it is
+how MedSAM2 segments from points, and every client can send a click without a box.
+
 ``sam2`` is sam2's own video-predictor usage: one state per label, clicks refine a slice
 with its previous mask, forward then backward pass in that same state, no component filter.
 """
@@ -31,7 +38,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-PROTOCOLS = ("medsam2", "sam2")
+PROTOCOLS = ("medsam2", "medsam2_point", "sam2")
 _TWENTY_SIX_CONNECTED = np.ones((3, 3, 3), dtype=bool)
 
 
@@ -53,14 +60,27 @@ def default_protocol(preset) -> str:
 
 def input_resampling(protocol: str) -> str:
     """How slices become model inputs: MedSAM2's uint8 + PIL bicubic for ``medsam2``, float otherwise."""
-    return "medsam2" if protocol == "medsam2" else "float"
+    return "medsam2" if protocol.startswith("medsam2") else "float"
+
+
+def label_protocol(protocol: str, frame_prompts) -> str:
+    """The protocol one label runs: ``medsam2``'s point protocol when its prompts hold no box."""
+    if protocol == "medsam2" and not any(p.box is not None for p in frame_prompts):
+        return "medsam2_point"
+    return protocol
 
 
 def largest_component(mask: np.ndarray) -> np.ndarray:
-    """The largest 26-connected component of a 3D bool mask (ties: the first in scan order)."""
+    """The largest 26-connected component of a 3D bool mask ``[i, j, k]``.
+
+    Ties go to the component met first scanning ``[k, j, i]`` (slice, row, column), as the
+    reference's ``skimage.measure.label`` on its ``[z, y, x]`` array and ``argmax`` do.
+    """
     if not mask.any():
         return mask
-    labels, _ = ndimage.label(mask, structure=_TWENTY_SIX_CONNECTED if mask.ndim == 3 else None)
+    scan = mask.transpose(2, 1, 0) if mask.ndim == 3 else mask.T
+    labels, _ = ndimage.label(scan, structure=_TWENTY_SIX_CONNECTED if mask.ndim == 3 else None)
     sizes = np.bincount(labels.ravel())
     sizes[0] = 0
-    return labels == int(np.argmax(sizes))
+    kept = labels == int(np.argmax(sizes))
+    return kept.transpose(2, 1, 0) if mask.ndim == 3 else kept.T

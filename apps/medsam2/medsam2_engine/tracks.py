@@ -34,6 +34,7 @@ class LabelTrack:
     propagation: Propagation | None = None
     early_stop: EarlyStop | None = None
     local_correction: bool = False  # the mask came from a correction stopped where it met the last one
+    protocol: str | None = None  # the protocol its mask was made with (protocols.label_protocol)
 
     @classmethod
     def start(cls, predictor, frames, feature_cache, region: CropRegion | None, grows: int = 0) -> "LabelTrack":
@@ -93,6 +94,11 @@ class LabelTrack:
                 return propagate_correction(view, self.state, changed, self.propagation, early_stop,
                                             correction_stop)
             return propagate_both_ways(view, self.state, early_stop)
+
+        if protocol == "medsam2_point":  # each pass from a fresh state given the prompted slices' masks
+            masks = masks_from_prompts(view, self, wanted)
+            plan = PassPlan(min(wanted), max(wanted), lambda reverse: masks_only(view, self, masks), union=True)
+            return propagate_both_ways(view, self.state, early_stop, plan=plan, prompted=sorted(wanted))
 
         # medsam2: each pass from a state that holds the prompts only (reset_state, prompts again)
         def before_pass(reverse: bool) -> None:
@@ -188,6 +194,23 @@ def prompts_only(predictor, track: LabelTrack, wanted: dict) -> None:
     for k, prompt in sorted(wanted.items()):
         add_prompt(predictor, track.state, k, track.in_view(prompt))
     track.frame_prompts = dict(wanted)
+
+
+def masks_from_prompts(predictor, track: LabelTrack, wanted: dict) -> dict:
+    """MedSAM2's point protocol, first step: each prompted slice's mask from its prompts, in a fresh state."""
+    with network_lock(predictor):
+        predictor.reset_state(track.state)
+    masks = {k: add_prompt(predictor, track.state, k, track.in_view(prompt)) for k, prompt in sorted(wanted.items())}
+    track.frame_prompts = dict(wanted)
+    return masks
+
+
+def masks_only(predictor, track: LabelTrack, masks: dict) -> None:
+    """A fresh state given the prompted slices' masks back (``add_new_mask``), as each point-protocol pass starts."""
+    with network_lock(predictor):
+        predictor.reset_state(track.state)
+        for k, mask in sorted(masks.items()):
+            predictor.add_new_mask(track.state, frame_idx=k, obj_id=OBJ_ID, mask=mask)
 
 
 def apply_changes(predictor, track: LabelTrack, diff: PromptDiff) -> list:

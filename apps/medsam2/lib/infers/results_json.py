@@ -102,6 +102,7 @@ def volume_result_json(result, label_names: dict) -> dict:
         "labels": {
             name: {
                 "prompted_slices": r.prompted_slices,
+                "protocol": r.protocol,
                 "passes": [pass_json(p) for p in r.passes],
                 "reused_previous_result": r.reused,
                 "restarted": r.restarted,
