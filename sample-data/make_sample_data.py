@@ -17,7 +17,7 @@ import nibabel as nib
 import numpy as np
 from PIL import Image
 
-from medsam2_eval.phantoms import ellipsoid, grid
+from medsam2_engine.phantoms import ellipsoid, grid
 
 CT_LABELS = {"liver": 1, "spine": 2, "lesion": 3}
 MR_LABELS = {"tumour": 1}

@@ -50,7 +50,7 @@ class StageTimer:
 
 def phantom(slices: int, size: int, fraction: float, seed: int = 0) -> tuple:
     """A CT-like volume [i, j, k] in HU: body, and a lesion spanning ``fraction`` of the slices."""
-    from medsam2_eval.phantoms import spindle_lesion
+    from medsam2_engine.phantoms import spindle_lesion
 
     return spindle_lesion(slices, size, fraction, seed)
 

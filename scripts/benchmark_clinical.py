@@ -40,7 +40,7 @@ from bench_pipelines import StageTimer, child_builtin, dice, peak_rss_mb, prompt
 
 
 def lesion_volume(slices: int, size: int, span: int) -> tuple:
-    from medsam2_eval.phantoms import spindle_lesion
+    from medsam2_engine.phantoms import spindle_lesion
 
     return spindle_lesion(slices, size, span / slices, seed=0)
 
@@ -165,7 +165,7 @@ def main(argv=None) -> int:
     p.add_argument("--preset", default="medsam2")
     p.add_argument("--checkpoint", required=True, help="the phantom-trained checkpoint (scripts/phantom_checkpoint.py)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--cpu-runtime", default="torch", choices=["torch", "openvino", "openvino_int8"])
+    p.add_argument("--cpu-runtime", default="torch", choices=["torch", "openvino", "openvino_bf16", "openvino_int8"])
     p.add_argument("--out", default="benchmark_clinical.json")
     p.add_argument("--workdir", default=None)
     p.add_argument("--child", choices=["builtin", "full", "default"], help=argparse.SUPPRESS)

@@ -163,7 +163,7 @@ def main(argv=None) -> int:
                    help="also time a correction that re-propagates the whole volume, up to this many slices")
     p.add_argument("--device", default="cpu", help="cpu, or cuda / cuda:N (bf16 autocast, as the app runs there)")
     p.add_argument("--cpu-runtimes", nargs="+", default=["torch", "openvino"],
-                   choices=["torch", "openvino", "openvino_int8"],
+                   choices=["torch", "openvino", "openvino_bf16", "openvino_int8"],
                    help="CPU runtimes of the image encoder for the extra rows (torch: float32 reference)")
     p.add_argument("--ahead-pause", type=float, default=10.0,
                    help="seconds between opening a study (encode-ahead starts) and the click (0: no such rows)")

@@ -24,7 +24,7 @@ import torch
 
 os.environ.setdefault("TQDM_DISABLE", "1")
 
-from medsam2_eval.phantoms import spindle_lesion as phantom  # noqa: E402
+from medsam2_engine.phantoms import spindle_lesion as phantom  # noqa: E402
 
 
 def phantom_cases(seeds, slices: int, size: int) -> list:

@@ -7,7 +7,7 @@ reference mask in a data folder (issue 14: Dice >= 0.999 for the default runtime
 Cases come from ``medsam2_eval.cases`` (2D images are skipped), each structure gets the
 evaluation protocol's box (its largest slice) and the app's window for its modality. One
 model and one ``VolumeSegmenter`` with the faithful default settings; each runtime is attached
-once (``runtime_openvino.attach_cpu_runtime``) and runs every structure, on a fresh copy of
+once (``runtime.attach_cpu_runtime``) and runs every structure, on a fresh copy of
 each image so no runtime finds another's encoded slices. Per structure: Dice and differing
 voxels of each runtime against PyTorch float32, what ran each stage (``result.run.runtimes``),
 and PyTorch's Dice against the reference mask beside two classical baselines. The reference
@@ -44,7 +44,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--data", default=str(Path(__file__).resolve().parents[1].parent / "shared" / "data"))
     p.add_argument("--checkpoint", default="/tmp/h5_phantom.pt")
     p.add_argument("--preset", default="medsam2")
-    p.add_argument("--runtimes", nargs="+", default=["openvino", "openvino_int8"],
+    p.add_argument("--runtimes", nargs="+", default=["openvino", "openvino_bf16", "openvino_int8"],
                    help="runtimes compared with PyTorch float32 (torch always runs first)")
     p.add_argument("--max-structures", type=int, default=2, help="largest structures per case (0: all)")
     p.add_argument("--min-voxels", type=int, default=50)
@@ -129,7 +129,7 @@ def main(argv=None) -> int:
     from medsam2_engine.checkpoints import get_preset
     from medsam2_engine.engine import VolumeSegmenter
     from medsam2_engine.model_source import ModelSource
-    from medsam2_engine.runtime_openvino import attach_cpu_runtime, runtime_stages
+    from medsam2_engine.runtime import attach_cpu_runtime, runtime_stages
     from medsam2_eval.baselines import fill_box_baseline, otsu_box_baseline
     from medsam2_eval.cases import find_cases, model_input_window, select_structures
     from medsam2_eval.clicks import box_prompt

@@ -53,7 +53,7 @@ def segmenter(small_source):
 def make_volume(shape=(40, 28, 12), seed=0, ct=True):
     """A non-square, non-cubic phantom: a bright ellipsoid in a body, HU-like if ``ct``."""
     from medsam2_engine.volume_io import Volume
-    from medsam2_eval.phantoms import bright_ellipsoid
+    from medsam2_engine.phantoms import bright_ellipsoid
 
     return Volume(array=bright_ellipsoid(shape, seed, ct), affine=np.diag([0.8, 0.7, 2.5, 1.0]), path="")
 

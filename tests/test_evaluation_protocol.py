@@ -108,3 +108,36 @@ def test_otsu_box_baseline_finds_a_bright_blob_and_a_dark_one():
     grown = type(box)(box.i0 - 3, box.j0 - 3, box.i1 + 3, box.j1 + 3, box.k)
     assert dice(otsu_box_baseline(image, grown), ref) > 0.95
     assert dice(otsu_box_baseline(-image, grown), ref) > 0.95  # the side of the threshold follows the centre
+
+
+def test_per_case_windows_from_a_table(tmp_path):
+    import numpy as np
+
+    from medsam2_engine.volume_io import Volume
+    from medsam2_eval.cases import Case
+    from medsam2_eval.cli import apply_windows, read_windows
+
+    table = tmp_path / "windows.csv"
+    table.write_text("case,low,high\nlesion_a,-175,275\n004_02_01_123,-1350,150\nnobody,0,1\n")
+    windows = read_windows(str(table))
+    cases = [Case("lesion_a", Volume(np.zeros((4, 4, 2)), np.eye(4))),
+             Case("ds__004_02_01_123", Volume(np.zeros((4, 4, 2)), np.eye(4)), source={"image": "/d/004_02_01_123.npz"}),
+             Case("other", Volume(np.zeros((4, 4, 2)), np.eye(4)))]
+    assert apply_windows(cases, windows) == ["nobody"]
+    assert [c.window for c in cases] == [[-175.0, 275.0], [-1350.0, 150.0], None]
+    table.write_text("a,300,100\n")
+    with pytest.raises(SystemExit, match="low < high"):
+        read_windows(str(table))
+
+
+def test_compare_protocols_reports_every_protocol_and_the_full_passes(small_source):
+    from medsam2_engine.checkpoints import get_preset
+    from medsam2_engine.propagation import EarlyStop
+    from medsam2_eval.cli import protocol_variants
+
+    rows = protocol_variants(small_source, get_preset("medsam2"), None, EarlyStop(), compare=True)
+    names = [r.name for r in rows]
+    assert names[:2] == ["engine_medsam2_reference", "engine_medsam2_full_passes"]
+    assert {"engine_medsam2_point_protocol", "engine_sam2_protocol"} <= set(names)
+    full = rows[1].volumes.settings.early_stop
+    assert not full.exact_stop and rows[0].volumes.settings.early_stop.exact_stop

@@ -20,7 +20,7 @@ pytest.importorskip("openvino", reason="openvino is not installed (pip install o
 
 def _with_and_without_runtime(segmenter, volume, prompts):
     """(torch masks, openvino masks, openvino calls) for one call each on the same weights."""
-    from medsam2_engine.runtime_openvino import attach_cpu_runtime, image_runtime
+    from medsam2_engine.runtime import attach_cpu_runtime, image_runtime
 
     model = segmenter.models.get().model
     try:
@@ -36,7 +36,7 @@ def _with_and_without_runtime(segmenter, volume, prompts):
 
 
 def test_encoder_outputs_match_pytorch(small_source):
-    from medsam2_engine.runtime_openvino import OpenVinoImageEncoder
+    from medsam2_engine.runtime import OpenVinoImageEncoder
 
     model = small_source.get().model
     image = torch.randn(1, 3, model.image_size, model.image_size, generator=torch.Generator().manual_seed(0))
@@ -89,7 +89,7 @@ def test_masks_agree_with_pytorch_on_a_real_scan(fine_tuned):
 def test_missing_runtime_falls_back_to_pytorch(small_source, monkeypatch, phantom):
     from medsam2_engine.engine import VolumeSegmenter
     from medsam2_engine.prompts import Box, LabelPrompts
-    from medsam2_engine.runtime_openvino import attach_cpu_runtime, image_runtime
+    from medsam2_engine.runtime import attach_cpu_runtime, image_runtime
 
     monkeypatch.setitem(sys.modules, "openvino", None)  # import openvino now raises ImportError
     model = small_source.get().model
@@ -114,7 +114,7 @@ def _served_with_openvino(small_model_files, tmp_path) -> tuple:
 
 def test_new_weights_get_a_new_graph_compiled_at_load(small_model_files, tmp_path):
     from medsam2_engine.checkpoints import build_model, preset_for_config_file, save_checkpoint
-    from medsam2_engine.runtime_openvino import image_runtime
+    from medsam2_engine.runtime import image_runtime
     from sam2.sam2_video_predictor import SAM2VideoPredictor
 
     config, served, source = _served_with_openvino(small_model_files, tmp_path)
@@ -143,7 +143,7 @@ def test_int8_option_is_quantized_and_close_on_the_phantom_checkpoint(fine_tuned
     """openvino_int8 (NNCF) is an option: not float32's numbers, masks close to them (measured here)."""
     pytest.importorskip("nncf", reason="nncf is not installed: the int8 option is unavailable")
     from medsam2_engine.prompts import Box, LabelPrompts
-    from medsam2_engine.runtime_openvino import OpenVinoImageEncoder, attach_cpu_runtime, calibration_slices
+    from medsam2_engine.runtime import OpenVinoImageEncoder, attach_cpu_runtime, calibration_slices
 
     segmenter, cases = fine_tuned
     model = segmenter.models.get().model
@@ -170,7 +170,7 @@ def test_int8_option_is_quantized_and_close_on_the_phantom_checkpoint(fine_tuned
 def test_concurrent_callers_each_get_their_own_features(small_source):
     from concurrent.futures import ThreadPoolExecutor
 
-    from medsam2_engine.runtime_openvino import OpenVinoImageEncoder
+    from medsam2_engine.runtime import OpenVinoImageEncoder
 
     model = small_source.get().model
     encoder = OpenVinoImageEncoder(model)
@@ -191,7 +191,7 @@ def test_concurrent_callers_each_get_their_own_features(small_source):
 
 def test_published_weights_are_loaded_and_compiled_before_the_next_request(small_model_files, tmp_path):
     from medsam2_engine.checkpoints import build_model, preset_for_config_file, save_checkpoint
-    from medsam2_engine.runtime_openvino import image_runtime
+    from medsam2_engine.runtime import image_runtime
 
     config, served, source = _served_with_openvino(small_model_files, tmp_path)
     first = source.get()
@@ -232,13 +232,13 @@ def test_a_broken_published_file_is_tried_once_not_on_every_poll(small_model_fil
     assert source.last_error
 
 
-# --- memory attention (runtime_memory_attention.py) -------------------------------------------
+# --- memory attention (runtime/memory_attention.py) -------------------------------------------
 
 
 def test_slices_encoded_by_one_runtime_are_never_served_to_another(small_source, phantom):
     from medsam2_engine.engine import VolumeSegmenter
     from medsam2_engine.prompts import Box, LabelPrompts
-    from medsam2_engine.runtime_openvino import attach_cpu_runtime
+    from medsam2_engine.runtime import attach_cpu_runtime
 
     segmenter = VolumeSegmenter(small_source)
     model = small_source.get().model
@@ -257,3 +257,31 @@ def test_slices_encoded_by_one_runtime_are_never_served_to_another(small_source,
     assert torch_run.run.runtimes == {"image_encoder": ["torch"], "memory_attention": ["torch"]}
     assert openvino_run.run.runtimes == {"image_encoder": ["openvino"], "memory_attention": ["torch"]}
     assert torch_again.run.runtimes == {"memory_attention": ["torch"]}  # nothing encoded in that call
+
+
+def test_bf16_option_only_where_the_cpu_has_bf16_units(small_source, monkeypatch):
+    from medsam2_engine.runtime import image_encoder as runtime_openvino
+    from medsam2_engine.runtime import attach_cpu_runtime, runtime_stages
+
+    model = small_source.get().model
+    monkeypatch.setattr(runtime_openvino, "cpu_bf16_units", lambda: ())  # a CPU without them (AVX2 only)
+    try:
+        used = attach_cpu_runtime(model, "openvino_bf16", [model.image_size])
+        assert used.startswith("torch (openvino_bf16 unavailable") and "no bf16 units" in used
+        assert runtime_stages(model) == {"image_encoder": used, "memory_attention": "torch"}
+    finally:
+        attach_cpu_runtime(model, "torch")
+
+
+@pytest.mark.skipif(not __import__("medsam2_engine.precision", fromlist=["x"]).cpu_bf16_units(),
+                    reason="this CPU has no bf16 units (avx512_bf16 or amx_bf16)")
+def test_bf16_option_runs_both_stages_in_bf16_close_to_float32(small_source):
+    from medsam2_engine.runtime import OpenVinoImageEncoder, calibration_slices
+
+    model = small_source.get().model
+    image = calibration_slices(model.image_size, 1)[0]
+    with torch.inference_mode():
+        float32 = OpenVinoImageEncoder(model)(image)["backbone_fpn"][-1]
+        bf16 = OpenVinoImageEncoder(model, bf16=True)(image)["backbone_fpn"][-1]
+    assert not torch.equal(bf16, float32)  # other arithmetic
+    assert (bf16 - float32).abs().max() < 0.1 * float32.abs().max()

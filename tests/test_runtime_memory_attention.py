@@ -34,7 +34,7 @@ def _sam2_memory_attention(model, inputs):
 
 
 def test_real_valued_rope_is_sam2s_complex_rope():
-    from medsam2_engine.runtime_memory_attention import rope_tables, rotate
+    from medsam2_engine.runtime.memory_attention import rope_tables, rotate
     from sam2.modeling.position_encoding import apply_rotary_enc, compute_axial_cis
     from sam2.modeling.sam.transformer import RoPEAttention
 
@@ -50,7 +50,7 @@ def test_real_valued_rope_is_sam2s_complex_rope():
 def test_memory_attention_graph_matches_pytorch_for_every_memory_length(small_source):
     """Float32 OpenVINO memory attention: sam2's output, with the bank filling and pointers varying."""
     import openvino as ov
-    from medsam2_engine.runtime_memory_attention import OpenVinoMemoryAttention
+    from medsam2_engine.runtime.memory_attention import OpenVinoMemoryAttention
 
     model = small_source.get().model
     queries = (model.image_size // model.backbone_stride) ** 2
@@ -66,8 +66,8 @@ def test_memory_attention_graph_matches_pytorch_for_every_memory_length(small_so
 
 def _segment_with_memory_attention(segmenter, volume, prompts, attach):
     """(PyTorch masks, masks with ``attach(model)``'s memory attention, its calls) on the same weights."""
-    from medsam2_engine.runtime_memory_attention import memory_attention_runtime
-    from medsam2_engine.runtime_openvino import attach_cpu_runtime
+    from medsam2_engine.runtime.memory_attention import memory_attention_runtime
+    from medsam2_engine.runtime import attach_cpu_runtime
 
     model = segmenter.models.get().model
     try:
@@ -86,7 +86,7 @@ def test_int8_memory_attention_masks_agree_on_the_phantom_checkpoint(fine_tuned)
     """openvino_int8's memory attention alone (encoder on PyTorch): close outputs, masks within the bound."""
     pytest.importorskip("nncf", reason="nncf is not installed: the int8 option is unavailable")
     from medsam2_engine.prompts import Box, LabelPrompts
-    from medsam2_engine.runtime_memory_attention import (attach_memory_attention, calibration_inputs,
+    from medsam2_engine.runtime.memory_attention import (attach_memory_attention, calibration_inputs,
                                                          memory_attention_runtime)
 
     segmenter, cases = fine_tuned
@@ -128,7 +128,7 @@ def test_int8_runtime_masks_agree_on_a_real_scan(fine_tuned):
     from medsam2_eval.cases import load_npz_case
     from medsam2_eval.clicks import box_prompt
     from medsam2_engine.prompts import LabelPrompts
-    from medsam2_engine.runtime_openvino import attach_cpu_runtime, runtime_stages
+    from medsam2_engine.runtime import attach_cpu_runtime, runtime_stages
 
     segmenter, _ = fine_tuned
     case = load_npz_case(sorted((SHARED_DATA / "ct_lesion_deeplesion_npz").glob("*.npz"))[0])
@@ -146,7 +146,7 @@ def test_int8_runtime_masks_agree_on_a_real_scan(fine_tuned):
 
 
 def test_memory_attention_falls_back_to_pytorch_when_conversion_fails(small_source, monkeypatch, phantom, caplog):
-    import medsam2_engine.runtime_memory_attention as runtime_module
+    import medsam2_engine.runtime.memory_attention as runtime_module
     from medsam2_engine.engine import VolumeSegmenter
     from medsam2_engine.prompts import Box, LabelPrompts
 
@@ -170,7 +170,7 @@ def test_memory_attention_runtime_only_for_inference_and_keeps_the_checkpoint_fo
     """Attached: inference goes through it; autograd and training use sam2's module; state_dict unchanged."""
     import openvino as ov
     from medsam2_engine.checkpoints import save_checkpoint
-    from medsam2_engine.runtime_memory_attention import OpenVinoMemoryAttention
+    from medsam2_engine.runtime.memory_attention import OpenVinoMemoryAttention
 
     model = small_source.get().model
     keys = list(model.state_dict())
@@ -204,7 +204,7 @@ def test_concurrent_memory_attention_callers_each_get_their_own_output(small_sou
     from concurrent.futures import ThreadPoolExecutor
 
     import openvino as ov
-    from medsam2_engine.runtime_memory_attention import OpenVinoMemoryAttention
+    from medsam2_engine.runtime.memory_attention import OpenVinoMemoryAttention
 
     model = small_source.get().model
     queries = (model.image_size // model.backbone_stride) ** 2

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from medsam2_eval import phantoms
+from medsam2_engine import phantoms
 
 SHAPE = (40, 32, 8)
 AFFINE = np.diag([0.9, 0.8, 3.0, 1.0])

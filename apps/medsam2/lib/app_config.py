@@ -101,7 +101,7 @@ class AppConfig:
             device=conf.get("device", "auto"),
             labels=labels,
             cpu_int8=_flag(conf, "cpu_int8", False),
-            cpu_runtime=_choice(conf, "cpu_runtime", "openvino", ("torch", "openvino", "openvino_int8")),
+            cpu_runtime=_choice(conf, "cpu_runtime", "openvino", ("torch", "openvino", "openvino_bf16", "openvino_int8")),
             cuda_numerics=_choice(conf, "cuda_numerics", "reference", ("reference", "sam2")),
             encode_ahead=_flag(conf, "encode_ahead", True),
             allow_download=_flag(conf, "download", True),

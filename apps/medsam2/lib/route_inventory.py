@@ -124,6 +124,13 @@ INVENTORY = [
 BY_KEY = {(r.method, r.path): r for r in INVENTORY}
 
 
+def markdown_table() -> str:
+    """The inventory as docs/security.md shows it (tests/test_docs.py checks the two agree)."""
+    rows = ["| method | path | role | rules |", "|---|---|---|---|"]
+    rows += [f"| {r.method} | `{r.path}` | {r.role} | {r.rules} |" for r in INVENTORY]
+    return "\n".join(rows) + "\n"
+
+
 def _methods(route) -> list:
     methods = getattr(route, "methods", None)
     if methods:

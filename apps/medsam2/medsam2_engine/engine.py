@@ -35,7 +35,7 @@ from .prompts import LabelPrompts, PromptError
 from .exact_stop import ExactStopReport, exact_stop_report, misses_prompted_range
 from .propagation import CorrectionStop, EarlyStop
 from .protocols import check_protocol, default_protocol, input_resampling, label_protocol
-from .runtime_openvino import image_runtime
+from .runtime import image_runtime
 from .results import RunInfo, slice_score
 from .sessions import Session, SessionLimits, SessionStore, image_stamp, window_key
 from .tracks import LabelTrack, apply_changes, diff_prompts, starts_afresh

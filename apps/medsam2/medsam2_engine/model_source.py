@@ -24,7 +24,7 @@ from .checkpoints import (
 )
 from . import cuda_numerics
 from .precision import INT8_MODULES, quantize_int8
-from .runtime_openvino import CPU_RUNTIMES, attach_cpu_runtime, runtime_stages
+from .runtime import CPU_RUNTIMES, attach_cpu_runtime, runtime_stages
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ class ModelSource:
         if cpu_runtime not in CPU_RUNTIMES:
             raise ValueError(f"cpu_runtime must be one of {CPU_RUNTIMES}, got {cpu_runtime!r}")
         self.cpu_runtime = cpu_runtime if self.device == "cpu" else "torch"  # CUDA: PyTorch with bf16 autocast
-        self.runtime_in_use = "torch"  # what runs the image encoder of the served model (see runtime_openvino)
+        self.runtime_in_use = "torch"  # what runs the image encoder of the served model (see runtime/)
         self.cuda_numerics = cuda_numerics  # MedSAM2's TF32 / Flash / bf16 prompt embeddings on CUDA (cuda_numerics.py)
         self._loaded: LoadedModel | None = None
         self._versions = 0

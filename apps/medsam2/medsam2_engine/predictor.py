@@ -279,7 +279,7 @@ class VolumePredictor(SAM2VideoPredictor):
         return features
 
     def forward_image(self, img_batch):
-        # the CPU runtime (runtime_openvino.py) when one is attached and takes this input
+        # the CPU runtime (runtime/image_encoder.py) when one is attached and takes this input
         runtime = self.__dict__.get("_image_runtime")
         if runtime is not None and runtime.accepts(img_batch):
             _ran("image_encoder", runtime.name)
@@ -290,7 +290,7 @@ class VolumePredictor(SAM2VideoPredictor):
     @property
     def memory_attention(self):
         # sam2 calls ``self.memory_attention(...)``; with a CPU runtime attached
-        # (runtime_memory_attention.py) the call goes through it when it takes the inputs.
+        # (runtime/memory_attention.py) the call goes through it when it takes the inputs.
         # The module itself stays in ``_modules``: state_dict, training and .to() see it alone.
         module = self._modules["memory_attention"]
         runtime = self.__dict__.get("_memory_attention_runtime")

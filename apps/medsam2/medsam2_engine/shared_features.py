@@ -36,7 +36,7 @@ class FeatureKey:
     image_size: int
     resampling: str
     precision: str = "off"  # cpu_bf16 setting: bf16 autocast gives other features
-    encoder_runtime: str = "torch"  # what runs the encoder (runtime_openvino.image_runtime): int8 differs
+    encoder_runtime: str = "torch"  # what runs the encoder (runtime.image_runtime): int8 differs
     owner: tuple | None = None  # None: shared; a session key: that session's own (sharing off)
 
 

@@ -25,7 +25,7 @@ import torch
 from medsam2_engine.checkpoints import RANDOM_WEIGHTS, build_model, get_preset, preset_for_config_file, save_checkpoint
 from .cases import find_cases, model_input_window, select_structures
 from .methods import CopySliceMethod, EngineMethod, OtsuBoxMethod
-from medsam2_engine.protocols import default_protocol
+from medsam2_engine.protocols import PROTOCOLS, default_protocol
 from medsam2_engine.propagation import CorrectionStop
 from medsam2_engine.crop_region import CropRegionSettings
 from .protocol import ProtocolSettings, run_structure
@@ -54,10 +54,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--max-cases", type=int, default=0, help="first N cases only (0: all)")
     p.add_argument("--cases", help="regular expression on case names")
     p.add_argument("--nsd-tolerance", type=float, default=2.0, help="NSD tolerance in mm (pixels for 2D)")
-    p.add_argument("--protocol", choices=["medsam2", "sam2"], help="the engine's protocol (default: the preset's)")
+    p.add_argument("--protocol", choices=list(PROTOCOLS), help="the engine's protocol (default: the preset's)")
     p.add_argument("--compare-protocols", action="store_true",
-                   help="run the reference protocol and each option (crop region, early stop, correction stop, the "
-                   "other protocol) side by side: Dice, NSD and time per row")
+                   help="run every protocol and option side by side (the preset's protocol with and without the exact "
+                   "stop, each option alone, the other protocols): Dice, NSD and time per row")
+    p.add_argument("--windows", help="CSV of per-case windows, rows 'case,low,high' (e.g. DeepLesion's DICOM windows); "
+                   "a case's name or file stem")
     p.add_argument("--early-stop", choices=["on", "off"], default="off")
     p.add_argument("--patience", type=int, default=3)
     p.add_argument("--one-prompt", action="store_true",
@@ -87,16 +89,49 @@ def protocol_variants(models, preset, protocol: str | None, early_stop: EarlySto
     protocol = protocol or default_protocol(preset)
     if not compare:
         return [EngineMethod(models, early_stop, protocol=protocol)]
-    other = "sam2" if protocol == "medsam2" else "medsam2"
     off = EarlyStop(enabled=False)
-    return [
+    rows = [
         EngineMethod(models, off, f"engine_{protocol}_reference", protocol),
         EngineMethod(models, off, f"engine_{protocol}+crop_region", protocol, crop_region=CropRegionSettings(enabled=True)),
         EngineMethod(models, EarlyStop(enabled=True), f"engine_{protocol}+early_stop", protocol),
         EngineMethod(models, off, f"engine_{protocol}+correction_stop", protocol,
                      correction_stop=CorrectionStop(enabled=True)),
-        EngineMethod(models, off, f"engine_{other}_protocol", other),
     ]
+    if protocol == "medsam2":  # the default's exact stop against both passes to the ends
+        rows.insert(1, EngineMethod(models, EarlyStop(enabled=False, exact_stop=False),
+                                    f"engine_{protocol}_full_passes", protocol))
+    return rows + [EngineMethod(models, off, f"engine_{other}_protocol", other) for other in PROTOCOLS
+                   if other != protocol]
+
+
+def read_windows(path: str) -> dict:
+    """``{case name or stem: [low, high]}`` from a CSV of rows ``case,low,high`` (a header row is skipped)."""
+    import csv
+
+    windows = {}
+    with open(path, newline="") as handle:
+        for row in csv.reader(handle):
+            if len(row) < 3 or not row[0].strip() or row[0].strip().lower() == "case":
+                continue
+            try:
+                low, high = float(row[1]), float(row[2])
+            except ValueError as err:
+                raise SystemExit(f"--windows {path}: row {row!r}: low and high must be numbers") from err
+            if not high > low:
+                raise SystemExit(f"--windows {path}: row {row!r}: needs low < high")
+            windows[row[0].strip()] = [low, high]
+    return windows
+
+
+def apply_windows(cases: list, windows: dict) -> list:
+    """Give each case its window from the table (by name, else by its image's file stem); returns the unmatched."""
+    used = set()
+    for case in cases:
+        stem = Path(str(case.source.get("image", case.name))).name.split(".")[0]
+        key = case.name if case.name in windows else stem if stem in windows else None
+        if key is not None:
+            case.window, _ = windows[key], used.add(key)
+    return sorted(set(windows) - used)
 
 
 def resolve_checkpoint(args, preset, workdir: Path) -> tuple:
@@ -131,6 +166,10 @@ def main(argv=None) -> int:
     builtin_clicks = args.clicks if args.builtin_clicks is None else args.builtin_clicks
 
     cases = find_cases(args.data)
+    if args.windows:
+        unmatched = apply_windows(cases, read_windows(args.windows))
+        if unmatched:
+            logger.warning("--windows: no case named %s", ", ".join(unmatched))
     if args.cases:
         cases = [c for c in cases if re.search(args.cases, c.name)]
     if args.max_cases:

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .runtime_openvino import CompiledGraph, quantized
+from .graph import CompiledGraph, quantized
 
 logger = logging.getLogger(__name__)
 
@@ -123,14 +123,15 @@ def convertible(memory_attention) -> str | None:
 class OpenVinoMemoryAttention:
     """``model.memory_attention`` of one model through one OpenVINO graph (a fixed query map)."""
 
-    def __init__(self, ov, core, memory_attention, queries: int, threads: int, calibration=None):
+    def __init__(self, ov, core, memory_attention, queries: int, threads: int, calibration=None,
+                 precision: str = "f32"):
         reason = convertible(memory_attention)
         if reason:
             raise ValueError(reason)
         self.module = memory_attention
         self.queries = int(queries)
         self.int8 = calibration is not None
-        self.name = "openvino_int8" if self.int8 else "openvino"
+        self.name = "openvino_int8" if self.int8 else "openvino_bf16" if precision == "bf16" else "openvino"
         self.calls = 0
         started = time.perf_counter()
         dims = memory_attention.d_model, memory_attention.layers[0].cross_attn_image.kv_in_dim
@@ -140,7 +141,7 @@ class OpenVinoMemoryAttention:
                                      example_input=examples, input=shapes)
         if self.int8:
             converted = quantized(converted, calibration)
-        self._graph = CompiledGraph(core, converted, threads)
+        self._graph = CompiledGraph(core, converted, threads, precision)
         self.compile_seconds = round(time.perf_counter() - started, 2)
 
     def accepts(self, curr, memory, num_obj_ptr_tokens: int) -> bool:
@@ -173,29 +174,14 @@ def graph_inputs(curr, memory, curr_pos, memory_pos, num_obj_ptr_tokens: int) ->
     return {i: t.detach().contiguous().numpy() for i, t in enumerate(parts)}
 
 
-def phantom_volume(size: int, slices: int = CALIBRATION_SLICES, seed: int = 0) -> tuple:
-    """(CT-like volume in HU [i, j, k], lesion mask): a body and a lesion disc that grows and shrinks."""
-    rng = np.random.default_rng(seed)
-    i, j = np.meshgrid(np.arange(size), np.arange(size), indexing="ij")
-    body = ((i - size / 2) / (0.42 * size)) ** 2 + ((j - size / 2) / (0.32 * size)) ** 2 <= 1
-    volume = np.full((size, size, slices), -1000.0, np.float32)
-    volume[body] = 40.0
-    lesion = np.zeros(volume.shape, bool)
-    for k in range(slices):
-        radius = 0.1 * size * (0.4 + 0.6 * np.sin(np.pi * (k + 0.5) / slices))
-        lesion[:, :, k] = (i - 0.45 * size) ** 2 + (j - 0.55 * size) ** 2 <= radius ** 2
-    volume[lesion] = 160.0
-    volume += rng.normal(0, 15, volume.shape).astype(np.float32)
-    return volume, lesion
-
-
 def calibration_inputs(model, slices: int = CALIBRATION_SLICES) -> list:
     """Memory-attention inputs of ``model`` (PyTorch) propagating a box through a CT-like phantom."""
-    from .frames import SliceFrames
-    from .windowing import choose_window
+    from ..frames import SliceFrames
+    from ..phantoms import spindle_lesion
+    from ..windowing import choose_window
 
     size = model.image_size
-    volume, lesion = phantom_volume(size, slices)
+    volume, lesion = spindle_lesion(slices, size, 1.0, seed=0)
     frames = SliceFrames(volume, choose_window(volume, "CT", None), size)
     start = 2
     ii, jj = np.nonzero(lesion[:, :, start])
@@ -226,11 +212,12 @@ def calibration_inputs(model, slices: int = CALIBRATION_SLICES) -> list:
 def attach_memory_attention(model, runtime: str, threads: int | None = None) -> str:
     """Give ``model`` its CPU memory attention for ``runtime``; returns what will run it.
 
-    Only ``openvino_int8`` converts it: float32 OpenVINO measured no faster than PyTorch here
-    (README, "CPU runtime: memory attention"). Calibrated, compiled and run once now, at load.
+    Only ``openvino_int8`` and ``openvino_bf16`` convert it: float32 OpenVINO measured no faster
+    than PyTorch here (docs/performance.md, "CPU runtime: memory attention"). Calibrated (int8),
+    compiled and run once now, at load.
     """
     model.__dict__.pop("_memory_attention_runtime", None)
-    if runtime != "openvino_int8":
+    if runtime not in ("openvino_int8", "openvino_bf16"):
         return "torch"
     try:
         import openvino as ov
@@ -239,14 +226,16 @@ def attach_memory_attention(model, runtime: str, threads: int | None = None) -> 
         calibration = calibration_inputs(model)
         if not calibration:
             raise ValueError("the calibration propagation made no memory-attention call")
+        int8 = runtime == "openvino_int8"
         attached = OpenVinoMemoryAttention(ov, ov.Core(), model._modules["memory_attention"], queries,
-                                           threads or torch.get_num_threads(), calibration=calibration)
+                                           threads or torch.get_num_threads(), calibration=calibration if int8 else None,
+                                           precision="f32" if int8 else "bf16")
         attached.infer(calibration[-1])  # warm-up: the first inference allocates
     except Exception as err:  # noqa: BLE001 - any failure means: memory attention stays on PyTorch
         logger.warning("memory attention runs on PyTorch: %s cannot take it: %s", runtime, err)
         return f"torch ({runtime} unavailable: {err})"
-    logger.info("memory attention through OpenVINO int8 (%d calibration calls), built in %.1f s",
-                len(calibration), attached.compile_seconds)
+    logger.info("memory attention through OpenVINO %s (%d calibration calls), built in %.1f s",
+                runtime, len(calibration), attached.compile_seconds)
     model.__dict__["_memory_attention_runtime"] = attached
     return runtime
 

@@ -8,6 +8,11 @@ bf16 units). One compiled graph per (model object, input size): a reloaded check
 fine-tune publishing new weights) is a new model object and gets its own graph, compiled
 and warmed up at load (``ModelSource``), so no user pays the compilation.
 
+``openvino_bf16`` (option) compiles the same graphs (image encoder and memory attention) at
+bf16 inference precision, only on a CPU with bf16 units (``avx512_bf16`` or ``amx_bf16``,
+detected at run time; elsewhere OpenVINO would emulate it, slower than float32): its masks
+differ from float32 by what ``scripts/runtime_agreement.py`` reports.
+
 ``openvino_int8`` is an option, not a faithful runtime: NNCF (OpenVINO's own quantization
 tool) makes the graph int8, calibrated on a few synthetic CT-like slices (a body with a
 bright lesion, windowed and normalised as the app prepares slices); its masks differ from
@@ -25,49 +30,12 @@ import time
 
 import torch
 
+from ..precision import cpu_bf16_units
+from .graph import CompiledGraph, RuntimeUnavailable, quantized
+
 logger = logging.getLogger(__name__)
 
-CPU_RUNTIMES = ("torch", "openvino", "openvino_int8")
 CALIBRATION_SLICES = 6
-
-
-class RuntimeUnavailable(RuntimeError):
-    """The runtime is not installed, or cannot take this model: serve with PyTorch."""
-
-
-class CompiledGraph:
-    """An OpenVINO graph compiled for CPU at float32 inference precision, with one infer request
-    per concurrent caller (a request holds its outputs: two callers never share one)."""
-
-    def __init__(self, core, converted, threads: int):
-        config = {"INFERENCE_PRECISION_HINT": "f32", "INFERENCE_NUM_THREADS": int(threads),
-                  "PERFORMANCE_HINT": "LATENCY"}
-        self._compiled = core.compile_model(converted, "CPU", config)
-        self._outputs = len(self._compiled.outputs)
-        self._idle: list = []  # requests made once and reused: making one per call costs time
-        self._lock = threading.Lock()
-
-    def infer(self, inputs: dict) -> list:
-        """Every output of the graph on ``inputs`` (numbered numpy arrays), as tensors of their own."""
-        with self._lock:
-            request = self._idle.pop() if self._idle else None
-        if request is None:
-            request = self._compiled.create_infer_request()
-        try:
-            request.infer(inputs)
-            return [torch.from_numpy(request.get_output_tensor(i).data.copy()) for i in range(self._outputs)]
-        finally:
-            with self._lock:
-                self._idle.append(request)
-
-
-def quantized(converted, samples: list):
-    """``converted`` made int8 by NNCF, calibrated on ``samples`` (the graph's inputs, numpy)."""
-    import nncf
-
-    return nncf.quantize(converted, nncf.Dataset(samples), model_type=nncf.ModelType.TRANSFORMER,
-                         subset_size=len(samples))
-
 
 class _ForwardImage(torch.nn.Module):
     """``model.forward_image`` as a module with tensor outputs (what the runtime converts)."""
@@ -86,15 +54,18 @@ class OpenVinoImageEncoder:
 
     name = "openvino"
 
-    def __init__(self, model, threads: int | None = None, int8: bool = False):
+    def __init__(self, model, threads: int | None = None, int8: bool = False, bf16: bool = False):
         try:
             import openvino as ov
             if int8:
                 import nncf  # noqa: F401
         except ImportError as err:  # the fallback is PyTorch; the caller says so in /info
             raise RuntimeUnavailable(f"{err.name or 'openvino'} is not installed ({err})") from err
+        if bf16 and not cpu_bf16_units():
+            raise RuntimeUnavailable("this CPU has no bf16 units (avx512_bf16 or amx_bf16): bf16 would be emulated")
         self.int8 = int8
-        self.name = "openvino_int8" if int8 else "openvino"
+        self.precision = "bf16" if bf16 else "f32"
+        self.name = "openvino_int8" if int8 else "openvino_bf16" if bf16 else "openvino"
         self._ov = ov
         self._core = ov.Core()
         self._model = model
@@ -120,7 +91,7 @@ class OpenVinoImageEncoder:
                     converted = self._ov.convert_model(_ForwardImage(self._model).eval(), example_input=example)
                     if self.int8:
                         converted = quantized(converted, [image.numpy() for image in calibration_slices(size)])
-                    compiled = CompiledGraph(self._core, converted, self._threads)
+                    compiled = CompiledGraph(self._core, converted, self._threads, self.precision)
                 except Exception as err:  # noqa: BLE001 - any conversion failure means: stay on PyTorch
                     raise RuntimeUnavailable(f"openvino cannot convert the image encoder: {err}") from err
                 self._compiled[size] = (compiled, levels)
@@ -138,51 +109,21 @@ class OpenVinoImageEncoder:
 
 
 def calibration_slices(size: int, count: int = CALIBRATION_SLICES) -> list:
-    """CT-like slices as the model receives them: soft tissue, a bright lesion, noise, W400/L40."""
-    import numpy as np
+    """CT-like slices as the model receives them (the phantom's lesion on each), windowed W400/L40."""
+    from ..frames import SliceFrames
+    from ..phantoms import spindle_lesion
+    from ..windowing import choose_window
 
-    from .frames import SliceFrames
-    from .windowing import choose_window
-
-    rng = np.random.default_rng(0)
-    i, j = np.meshgrid(np.arange(size), np.arange(size), indexing="ij")
-    array = np.full((size, size, count), -1000.0, np.float32)
-    for k in range(count):
-        body = ((i - size / 2) / (0.42 * size)) ** 2 + ((j - size / 2) / (0.32 * size)) ** 2 <= 1
-        array[body, k] = 40.0
-        radius = size * (0.03 + 0.1 * rng.random())
-        centre = size * (0.35 + 0.3 * rng.random(2))
-        array[(i - centre[0]) ** 2 + (j - centre[1]) ** 2 <= radius ** 2, k] = 160.0
-    array += rng.normal(0, 15, array.shape).astype(np.float32)
+    array, _ = spindle_lesion(count, size, 1.0, seed=0)
     frames = SliceFrames(array, choose_window(array, "CT", None), size)
     return [frames[k].unsqueeze(0) for k in range(count)]
 
 
-def attach_cpu_runtime(model, runtime: str, warm_up_sizes=()) -> str:
-    """Give ``model`` (a VolumePredictor) its CPU runtime; returns what runs the image encoder.
-
-    ``"torch"`` detaches any runtime. ``"openvino"`` (or ``"openvino_int8"``) compiles and runs one slice per size in
-    ``warm_up_sizes`` now; if OpenVINO is missing or cannot convert the model, the model keeps
-    PyTorch and the returned text says why. ``"openvino_int8"`` also quantises memory attention
-    (``runtime_memory_attention``); :func:`runtime_stages` says what runs each stage.
-    """
-    from .runtime_memory_attention import attach_memory_attention
-
-    if runtime not in CPU_RUNTIMES:
-        raise ValueError(f"cpu_runtime must be one of {CPU_RUNTIMES}, got {runtime!r}")
-    model.__dict__.pop("_image_runtime", None)
-    model.__dict__.pop("_memory_attention_runtime", None)
-    encoder = _attach_image_encoder(model, runtime, warm_up_sizes)
-    memory_attention = attach_memory_attention(model, runtime) if encoder == runtime else "torch"
-    model.__dict__["_runtime_stages"] = {"image_encoder": encoder, "memory_attention": memory_attention}
-    return encoder
-
-
-def _attach_image_encoder(model, runtime: str, warm_up_sizes) -> str:
+def attach_image_encoder(model, runtime: str, warm_up_sizes) -> str:
     if runtime == "torch":
         return "torch"
     try:
-        encoder = OpenVinoImageEncoder(model, int8=runtime == "openvino_int8")
+        encoder = OpenVinoImageEncoder(model, int8=runtime == "openvino_int8", bf16=runtime == "openvino_bf16")
         with torch.inference_mode():
             for size in warm_up_sizes:
                 encoder(torch.zeros(1, 3, int(size), int(size)))
@@ -191,11 +132,6 @@ def _attach_image_encoder(model, runtime: str, warm_up_sizes) -> str:
         return f"torch ({runtime} unavailable: {err})"
     model.__dict__["_image_runtime"] = encoder
     return runtime
-
-
-def runtime_stages(model) -> dict:
-    """What runs each stage of ``model`` on CPU: ``{"image_encoder": ..., "memory_attention": ...}``."""
-    return dict(model.__dict__.get("_runtime_stages", {"image_encoder": "torch", "memory_attention": "torch"}))
 
 
 def image_runtime(model):

@@ -1,0 +1,42 @@
+"""The CPU runtimes of the per-slice stages: the image encoder and memory attention through
+OpenVINO (float32, bf16 or int8), PyTorch otherwise. ``graph`` holds what both share, one
+module per stage, and :func:`attach_cpu_runtime` above them gives a model its runtime.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from .graph import CPU_RUNTIMES, RuntimeUnavailable
+from .image_encoder import OpenVinoImageEncoder, attach_image_encoder, calibration_slices, image_runtime
+from .memory_attention import attach_memory_attention, memory_attention_runtime
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["CPU_RUNTIMES", "OpenVinoImageEncoder", "RuntimeUnavailable", "attach_cpu_runtime", "calibration_slices",
+           "image_runtime", "memory_attention_runtime", "runtime_stages"]
+
+
+def attach_cpu_runtime(model, runtime: str, warm_up_sizes=()) -> str:
+    """Give ``model`` (a VolumePredictor) its CPU runtime; returns what runs the image encoder.
+
+    ``"torch"`` detaches any runtime. ``"openvino"`` (or ``"openvino_int8"``) compiles and runs one slice per size in
+    ``warm_up_sizes`` now; if OpenVINO is missing or cannot convert the model, the model keeps
+    PyTorch and the returned text says why. ``"openvino_int8"`` also quantises memory attention
+    (``runtime.memory_attention``); :func:`runtime_stages` says what runs each stage.
+    """
+    if runtime not in CPU_RUNTIMES:
+        raise ValueError(f"cpu_runtime must be one of {CPU_RUNTIMES}, got {runtime!r}")
+    model.__dict__.pop("_image_runtime", None)
+    model.__dict__.pop("_memory_attention_runtime", None)
+    encoder = attach_image_encoder(model, runtime, warm_up_sizes)
+    memory_attention = attach_memory_attention(model, runtime) if encoder == runtime else "torch"
+    model.__dict__["_runtime_stages"] = {"image_encoder": encoder, "memory_attention": memory_attention}
+    return encoder
+
+
+def runtime_stages(model) -> dict:
+    """What runs each stage of ``model`` on CPU: ``{"image_encoder": ..., "memory_attention": ...}``."""
+    return dict(model.__dict__.get("_runtime_stages", {"image_encoder": "torch", "memory_attention": "torch"}))
+
+
