@@ -41,8 +41,10 @@ def test_cuda_serves_pytorch_with_bf16_autocast_never_the_cpu_runtime(monkeypatc
     import medsam2_engine.precision as precision
 
     made = []
-    monkeypatch.setattr(precision.torch, "autocast", lambda device, dtype: made.append((device, dtype)) or "scope")
-    assert autocast_for("cuda:0") == "scope" and made == [("cuda", torch.bfloat16)]  # made without a GPU here
+    monkeypatch.setattr(precision.torch, "autocast",
+                        lambda device, dtype: made.append((device, dtype)) or contextlib.nullcontext())
+    with autocast_for("cuda:0"):  # made without a GPU here
+        assert made == [("cuda", torch.bfloat16)]
     monkeypatch.undo()
     assert isinstance(autocast_for("cpu"), contextlib.nullcontext)
 

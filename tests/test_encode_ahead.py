@@ -25,6 +25,13 @@ def _study(fine_tuned):
     return segmenter.models, Volume(case.volume.array, case.volume.affine, ""), prompts
 
 
+def _ahead(segmenter) -> EncodeAhead:
+    """Encode-ahead as main.py wires it: it also follows each session's first request."""
+    ahead = EncodeAhead(segmenter)
+    segmenter.after_first_request = ahead.follow_request
+    return ahead
+
+
 def _segmenter(models, share_features=True, **limits):
     from medsam2_engine.engine import EngineSettings, VolumeSegmenter
     from medsam2_engine.propagation import EarlyStop
@@ -44,7 +51,7 @@ def test_encoding_works_outward_from_the_slice_the_clinician_looks_at(fine_tuned
     models, volume, _ = _study(fine_tuned)
     slices = volume.array.shape[2]
     segmenter = _segmenter(models, max_memory_mb=volume.array.nbytes / 2**20 + 1.0)  # a few slices' features
-    ahead = EncodeAhead(segmenter)
+    ahead = _ahead(segmenter)
     key = ("u", "focused")
     ahead.focus(key, volume, 1)  # the page reports the slice shown
     job = ahead.request(key, volume)
@@ -64,7 +71,7 @@ def test_first_click_after_a_pause_finds_the_slices_encoded_with_the_same_masks(
     assert cold.session.slices_encoded == reached > 0  # without it the click pays every slice it reaches
 
     segmenter = _segmenter(models)
-    job = EncodeAhead(segmenter).request(("u", "study"), volume)
+    job = _ahead(segmenter).request(("u", "study"), volume)
     assert job.finished.wait(120), "encode-ahead did not finish"
     assert (job.stopped, job.encoded) == ("done", slices)
     warm = segmenter.run(volume, prompts, session_key=("u", "study"))
@@ -77,7 +84,7 @@ def test_encoding_stops_at_the_session_memory_budget(fine_tuned):
     models, volume, _ = _study(fine_tuned)
     volume_mb = volume.array.nbytes / 2**20
     segmenter = _segmenter(models, max_memory_mb=volume_mb + 1.0)  # the volume and a few slices' features
-    job = EncodeAhead(segmenter).request(("u", "small budget"), volume)
+    job = _ahead(segmenter).request(("u", "small budget"), volume)
     assert job.finished.wait(120)
     assert job.stopped == "budget" and 0 < job.encoded < volume.array.shape[2]
     assert segmenter.sessions.memory_bytes() <= (volume_mb + 1.0) * 2**20
@@ -90,7 +97,7 @@ def test_an_evicted_session_stops_its_encoding(fine_tuned):
     segmenter = _segmenter(models)
     key = ("u", "evicted")
     with network_lock(models.get().model):  # an interactive step holds the network: the worker waits
-        job = EncodeAhead(segmenter).request(key, volume)
+        job = _ahead(segmenter).request(key, volume)
         deadline = time.monotonic() + 60
         while segmenter.sessions.peek(key) is None and time.monotonic() < deadline:
             time.sleep(0.01)
@@ -105,7 +112,7 @@ def test_a_cancelled_job_encodes_nothing_more(fine_tuned):
     from medsam2_engine.predictor import network_lock
 
     segmenter = _segmenter(models)
-    ahead = EncodeAhead(segmenter)
+    ahead = _ahead(segmenter)
     with network_lock(models.get().model):
         job = ahead.request(("u", "cancelled"), volume)
         while segmenter.sessions.peek(("u", "cancelled")) is None and not job.finished.is_set():
@@ -139,7 +146,7 @@ def test_the_viewer_opening_a_study_queues_it_for_the_tabs_session(tmp_path, pha
         def datastore(self):
             return Datastore()
 
-        def encode_study_ahead(self, request, uri):
+        def prefetch_study(self, uri, request=None, focus=None):
             queued.append((session_key_for(request), uri))
 
     server = FastAPI()
@@ -223,7 +230,7 @@ def test_a_download_queues_the_image_for_any_session_and_the_first_click_finds_i
     reads, read = [], engine.load_image
     monkeypatch.setattr(engine, "load_image", lambda image: reads.append(image) or read(image))
     segmenter = _segmenter(models)
-    ahead = EncodeAhead(segmenter)
+    ahead = _ahead(segmenter)
     job = ahead.request(None, str(path))  # no session yet: the client is not known
     assert job.finished.wait(120) and (job.stopped, job.encoded) == ("done", volume.array.shape[2])
     first = segmenter.run(str(path), prompts, session_key=("slicer-user", "study"))
@@ -251,7 +258,7 @@ def test_the_first_request_queues_the_slices_it_did_not_reach(fine_tuned):
     models, volume, prompts = _study(fine_tuned)
     slices = volume.array.shape[2]
     segmenter = _segmenter(models)
-    ahead = EncodeAhead(segmenter)
+    ahead = _ahead(segmenter)
     stop = segmenter.settings.options(early_stop=EarlyStop(enabled=True, patience=1, score_threshold=1e9))
     first = segmenter.run(volume, prompts, session_key=("u", "s"), options=stop)
     assert first.session.slices_encoded < slices, "early stop should leave slices unreached"
@@ -261,7 +268,7 @@ def test_the_first_request_queues_the_slices_it_did_not_reach(fine_tuned):
     assert whole.session.slices_encoded == 0
 
     cropped = _segmenter(models)
-    ahead = EncodeAhead(cropped)
+    ahead = _ahead(cropped)
     region = cropped.settings.options(crop_region=CropRegionSettings(enabled=True, min_input=64))
     cropped.run(volume, prompts, session_key=("u", "s"), options=region)
     assert ahead.join(10) and ahead.queued == 0  # regions never use whole slices
@@ -354,7 +361,7 @@ def test_two_users_and_the_worker_at_once_on_one_image_encode_each_slice_once(fi
     slices = volume.array.shape[2]
     reference = _segmenter(models, share_features=False).run(volume, prompts, session_key=("ref", "s"))
     segmenter = _segmenter(models)
-    ahead = EncodeAhead(segmenter, follow_requests=False)
+    ahead = EncodeAhead(segmenter)
     results, start = {}, threading.Barrier(3)
 
     def user(name):

@@ -66,6 +66,8 @@ class MedSam2App(MONAILabelApp):
         self.volume_segmenter = VolumeSegmenter(self.models, self.settings.engine)
         # slices encoded while the clinician looks at a study (see encode_study_ahead)
         self.encode_ahead = EncodeAhead(self.volume_segmenter) if self.settings.encode_ahead else None
+        if self.encode_ahead is not None:  # after a session's first request, the slices it left
+            self.volume_segmenter.after_first_request = self.encode_ahead.follow_request
         # one session store, so one memory budget, for 3D and 2D sessions
         self.image_segmenter = ImageSegmenter(self.models, sessions=self.volume_segmenter.sessions,
                                               cpu_bf16=self.settings.engine.cpu_bf16)
@@ -113,8 +115,7 @@ class MedSam2App(MONAILabelApp):
                            series_description=f"MedSAM-2 (MONAI Label app medsam2 {self.version}) segmentation")
         store = open_dicomweb_datastore(self.studies, self.settings.dicomweb_modalities, author, self.settings.labels)
         store.max_decoded_bytes = int(self.settings.upload_max_decoded_mb * 2**20)
-        if self.encode_ahead is not None:  # a series fetched for a request or a download: encode the rest ahead
-            store.on_series_ready = lambda series_uid, path: self.encode_ahead.request(None, path)
+        store.on_series_ready = lambda series_uid, path: self.prefetch_study(path)  # fetched: encode the rest
         return store
 
     def on_init_complete(self):
@@ -126,24 +127,27 @@ class MedSam2App(MONAILabelApp):
             # last: every route the server exposes is in lib/route_inventory.py, the rest removed
             install_routes(server.app, max_body_bytes=int(self.settings.upload_max_mb * 2**20))
 
-    def encode_study_ahead(self, request: dict, image_path: str) -> None:
-        """Queue a study the viewer just opened for encoding, in the session its first click will use."""
-        if self.encode_ahead is not None:
-            from lib.infers.request import session_key_for
+    def prefetch_study(self, image_path: str, request: dict | None = None, focus: int | None = None,
+                       window=None, modality: str | None = None) -> None:
+        """A study is about to be segmented: encode its slices ahead (every trigger calls this).
 
-            self.encode_ahead.request(session_key_for(request), image_path)
+        ``request``: the client's request fields, so the slices go to the session its first
+        click will use (else the image's cache, for any session); ``focus``: the slice shown,
+        encoded first and outward from it.
+        """
+        if self.encode_ahead is None:
+            return
+        from lib.infers.request import session_key_for
 
-    def focus_study_ahead(self, request: dict, image_path: str, k: int) -> None:
-        """The viewer shows slice ``k``: encode-ahead for that tab's session works outward from it."""
-        if self.encode_ahead is not None:
-            from lib.infers.request import session_key_for
-
-            self.encode_ahead.focus(session_key_for(request), image_path, k)
+        key = None if request is None else session_key_for(request)
+        if focus is not None:
+            self.encode_ahead.focus(key, image_path, focus)
+        self.encode_ahead.request(key, image_path, window, modality)
 
     def init_infers(self):
         return {
             "medsam2_3d": Interactive3D(self.volume_segmenter, self.settings.labels),
-            "medsam2_2d": Interactive2D(self.image_segmenter, self.settings.labels, self.encode_ahead),
+            "medsam2_2d": Interactive2D(self.image_segmenter, self.settings.labels, self.prefetch_study),
             "medsam2_one_prompt": OnePrompt(self.models, self.settings.labels, self.datastore,
                                             one_prompt_settings(self.settings.engine),
                                             interactive=self.volume_segmenter),
@@ -173,6 +177,6 @@ class MedSam2App(MONAILabelApp):
 
     def info(self):
         info = super().info()
-        info["medsam2"] = self.models.status()
+        info["medsam2"] = {**self.models.status(), "protocol": self.volume_segmenter.protocol}
         info["medsam2"]["encode_ahead"] = self.encode_ahead.status() if self.encode_ahead else None
         return info

@@ -232,13 +232,10 @@ def download_image(
 
 def encode_image_ahead(instance, image: str) -> None:
     """Queue a study that is about to be segmented for encoding, for whichever session opens it."""
-    ahead = getattr(instance, "encode_ahead", None)
-    if ahead is None:
-        return
     try:
         uri = instance.datastore().get_image_uri(image)
         if uri and os.path.isfile(uri):
-            ahead.request(None, uri)
+            instance.prefetch_study(uri)
     except Exception as err:  # noqa: BLE001 - the download itself succeeded; a click encodes what is missing
         logger.warning("image %s: not queued for encoding ahead: %s", image, err)
 

@@ -123,19 +123,16 @@ def _known_image(datastore, image_id: str) -> str:
     return image_id
 
 
-def _encode_ahead(app, http, image: str, client_id: str, user, uri: str) -> None:
-    """The study is about to be segmented: queue its slices for the session its clicks will use."""
-    queue_study = getattr(app, "encode_study_ahead", None)
-    if queue_study is None:
-        return
+def _prefetch(app, http, image: str, client_id: str, user, uri: str, focus: int | None = None) -> None:
+    """The study is about to be segmented: its slices encoded for the session its clicks will use."""
     from .infers.request import ADDRESS_FIELD, IMAGE_ID_FIELD, USER_FIELD
+    from .options import OptionError
     from .routes import _user_name
 
-    from .options import OptionError
-
+    request = {USER_FIELD: _user_name(user), "client_id": client_id or None, IMAGE_ID_FIELD: image,
+               ADDRESS_FIELD: http.client.host if http.client else None}
     try:
-        queue_study({USER_FIELD: _user_name(user), "client_id": client_id or None, IMAGE_ID_FIELD: image,
-                     ADDRESS_FIELD: http.client.host if http.client else None}, uri)
+        app.prefetch_study(uri, request, focus)
     except OptionError as err:
         raise HTTPException(status_code=err.status, detail=str(err)) from err
 
@@ -159,20 +156,8 @@ def build_router(app_instance, user_dependency) -> APIRouter:
               user=Depends(user_dependency)):
         datastore = app_instance().datastore()
         _known_image(datastore, image)
-        set_focus = getattr(app_instance(), "focus_study_ahead", None)
-        if set_focus is None:
-            return {"encode_ahead": False}
-        from .infers.request import ADDRESS_FIELD, IMAGE_ID_FIELD, USER_FIELD
-        from .options import OptionError
-        from .routes import _user_name
-
-        try:
-            set_focus({USER_FIELD: _user_name(user), "client_id": client_id or None, IMAGE_ID_FIELD: image,
-                       ADDRESS_FIELD: http.client.host if http.client else None},
-                      datastore.get_image_uri(image), slice)
-        except OptionError as err:
-            raise HTTPException(status_code=err.status, detail=str(err)) from err
-        return {"encode_ahead": True, "slice": slice}
+        _prefetch(app_instance(), http, image, client_id, user, datastore.get_image_uri(image), focus=slice)
+        return {"slice": slice}
 
     @router.get("/studies", summary="Studies of the datastore, for the viewer page")
     def studies(user=Depends(user_dependency)):
@@ -195,7 +180,7 @@ def build_router(app_instance, user_dependency) -> APIRouter:
                 detail=f"image: {image} is 2D (shape {list(loaded.array.shape)}); the viewer shows volumes, "
                 "use the medsam2_2d model from another client",
             )
-        _encode_ahead(app_instance(), http, image, client_id, user, uri)
+        _prefetch(app_instance(), http, image, client_id, user, uri)
         return Response(
             content=volume_as_nifti(loaded),
             media_type="application/octet-stream",

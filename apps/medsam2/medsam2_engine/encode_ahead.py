@@ -88,10 +88,11 @@ def _job_id(session_key, image, window, modality) -> tuple:
 class EncodeAhead:
     """A single background worker encoding queued studies for a :class:`VolumeSegmenter`.
 
-    ``follow_requests``: also queue, after a session's first request, the slices it left.
+    To also queue, after a session's first request, the slices it left, the app passes
+    :meth:`follow_request` as the segmenter's ``after_first_request`` (main.py wires it).
     """
 
-    def __init__(self, segmenter, follow_requests: bool = True):
+    def __init__(self, segmenter):
         self.segmenter = segmenter
         self._queue: queue.Queue = queue.Queue()
         self._jobs: dict = {}  # (session key, image, window) -> the latest job for it
@@ -101,8 +102,6 @@ class EncodeAhead:
         self._running: EncodeJob | None = None
         self._last: EncodeJob | None = None
         self._focus: dict = {}  # (session key, image stamp) -> the slice the clinician looks at
-        if follow_requests:
-            segmenter.encode_ahead = self
 
     def request(self, session_key, image, window=None, modality=None) -> EncodeJob:
         """Queue a study (path or Volume) for the session ``session_key`` (None: for the image,

@@ -132,9 +132,10 @@ class VolumeSegmenter:
         self.models = models
         self.settings = settings or EngineSettings()
         self.protocol = check_protocol(self.settings.protocol or default_protocol(getattr(models, "preset", None)))
-        models.protocol = self.protocol  # the model status (/info) names the protocol served
         self.sessions = sessions if sessions is not None else SessionStore(self.settings.limits)
-        self.encode_ahead = None  # an encode_ahead.EncodeAhead follows requests when it attaches itself
+        # called with (session, prompted slices) after a session's first request; the app wires
+        # encode-ahead's follow_request here (main.py), None: nothing follows
+        self.after_first_request = None
         self._in_flight = 0  # segment calls running: encode-ahead waits for none (see wait_idle)
         self._idle = threading.Condition()
 
@@ -244,9 +245,9 @@ class VolumeSegmenter:
             with self._idle:
                 self._in_flight -= 1
                 self._idle.notify_all()
-        if self.encode_ahead is not None and session.requests == 1 and not options.crop_region.enabled:
-            # the slices this first request did not reach are encoded for the next, nearest its prompts first
-            self.encode_ahead.follow_request(session, [k for r in result.labels.values() for k in r.prompted_slices])
+        if self.after_first_request is not None and session.requests == 1 and not options.crop_region.enabled:
+            # e.g. the slices this first request did not reach encoded for the next, nearest its prompts first
+            self.after_first_request(session, [k for r in result.labels.values() for k in r.prompted_slices])
         return result
 
     def _segment(self, session: Session, prompts: dict, options: SegmentOptions, reset_labels) -> VolumeResult:

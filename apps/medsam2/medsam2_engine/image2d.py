@@ -180,7 +180,7 @@ class ImageSegmenter:
         window, modality = session.window_key
         chosen, resolved = model_window(volume, modality, window, guess_from=plane)
         frames = SliceFrames(plane, chosen, loaded.model.image_size, is_rgb=volume.is_rgb)
-        image01 = frames.image01(0)
+        image01 = frames.image01(0).astype(np.float32)  # windowed exactly (float64 for integer pixels)
         if image01.ndim == 2:
             image01 = np.repeat(image01[:, :, None], 3, axis=2)
         t0 = time.perf_counter()

@@ -111,7 +111,6 @@ class ModelSource:
         self._versions = 0
         self._lock = threading.RLock()
         self.last_error: str | None = None
-        self.protocol: str | None = None  # set by the 3D engine serving this model: reported in status()
 
     @property
     def finetuned_path(self) -> Path:
@@ -294,7 +293,6 @@ class ModelSource:
             "cpu_int8": self.cpu_int8,
             "cpu_runtime": self.runtime_in_use,
             "cpu_runtime_stages": runtime_stages(self._loaded.model) if self._loaded else None,
-            "protocol": self.protocol,
             "version": self._version(path),
             "reason": reason,
         }

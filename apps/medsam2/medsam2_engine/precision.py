@@ -48,15 +48,18 @@ def autocast_for(device: str, cpu_bf16: str = "off"):
     """bf16 autocast on CUDA (with the reference's attention kernel, see cuda_numerics.py); on CPU only
     if ``cpu_bf16`` asks for it; float32 otherwise."""
     if str(device).startswith("cuda"):
-        from .cuda_numerics import attention_context
-
-        stack = contextlib.ExitStack()
-        stack.enter_context(torch.autocast("cuda", dtype=torch.bfloat16))
-        stack.enter_context(attention_context(device))
-        return stack
+        return _cuda_scope(str(device))
     if use_cpu_bf16(cpu_bf16):
         return torch.autocast("cpu", dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def _cuda_scope(device: str):
+    from .cuda_numerics import attention_context
+
+    with torch.autocast("cuda", dtype=torch.bfloat16), attention_context(device):
+        yield
 
 
 def quantize_int8(model: torch.nn.Module) -> torch.nn.Module:

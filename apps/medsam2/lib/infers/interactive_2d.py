@@ -11,12 +11,12 @@ from medsam2_engine.prompts import PromptError
 
 from .base import MODALITY_CHOICES, WINDOW_CHOICES, Sam2Task
 from ..options import integer
-from .request import modality_option, parse_request, session_key_for, window_option
+from .request import parse_prompts, read_head
 from .results_json import run_json
 
 
 class Interactive2D(Sam2Task):
-    def __init__(self, segmenter: ImageSegmenter, labels: list, encode_ahead=None):
+    def __init__(self, segmenter: ImageSegmenter, labels: list, prefetch=None):
         super().__init__(
             segmenter.models,
             labels,
@@ -25,21 +25,21 @@ class Interactive2D(Sam2Task):
             config={"window": WINDOW_CHOICES, "modality": MODALITY_CHOICES},
         )
         self.segmenter = segmenter
-        self.encode_ahead = encode_ahead  # a slice of a study segmented: a 3D request may follow on it
+        self.prefetch = prefetch  # (image, window=, modality=): a slice segmented, a 3D request may follow
 
     def run(self, request):
         started = time.perf_counter()
-        key = session_key_for(request)
-        with self.segmenter.open(key, request["image"], window_option(request), modality_option(request)) as session:
+        head = read_head(request, self.labels)
+        with self.segmenter.open(head.session_key, request["image"], head.window, head.modality) as session:
             volume = session.volume
-            parsed = parse_request(request, volume.spatial_shape, self.labels)
+            parsed = parse_prompts(request, head, volume.spatial_shape, self.labels)
             if len(parsed.prompts) != 1:
                 raise PromptError(f"the 2D model segments one label per request, got {sorted(parsed.prompts)}")
             label, prompts = next(iter(parsed.prompts.items()))
             slice_index = self._slice(request, prompts, volume) if volume.is_3d else None
             result = self.segmenter.segment(session, prompts, slice_index)
-        if volume.is_3d and self.encode_ahead is not None:
-            self.encode_ahead.request(None, request["image"], parsed.window, parsed.modality)
+        if volume.is_3d and self.prefetch is not None:
+            self.prefetch(request["image"], window=head.window, modality=head.modality)
         if volume.is_3d:
             # Slicer imports a 2D result as a full volume with only this slice filled
             label_map = np.zeros(volume.array.shape, np.uint8)

@@ -16,7 +16,7 @@ import numpy as np
 from medsam2_engine.engine import SegmentOptions, VolumeSegmenter
 
 from .base import MODALITY_CHOICES, WINDOW_CHOICES, Sam2Task
-from .request import early_stop_option, parse_request, request_flag, session_key_for, window_option, modality_option
+from .request import early_stop_option, parse_prompts, read_head, request_flag
 from .results_json import volume_result_json
 
 logger = logging.getLogger(__name__)
@@ -57,10 +57,9 @@ class Interactive3D(Sam2Task):
 
     def run(self, request):
         started = time.perf_counter()
-        options = self.options(request)
-        key = session_key_for(request)
-        with self.segmenter.open(key, request["image"], window_option(request), modality_option(request)) as session:
-            parsed = parse_request(request, session.volume.array.shape, self.labels)
+        head, options = read_head(request, self.labels), self.options(request)
+        with self.segmenter.open(head.session_key, request["image"], head.window, head.modality) as session:
+            parsed = parse_prompts(request, head, session.volume.array.shape, self.labels)
             result = self.segmenter.segment(session, parsed.prompts, options, reset_labels=parsed.reset_labels)
         infer_done = time.perf_counter()
 

@@ -38,14 +38,28 @@ MAX_COUNT = 10_000  # ceiling of the request's whole-number options (patience, s
 USER_FIELD, ADDRESS_FIELD, IMAGE_ID_FIELD = "_user", "_client_address", "_image_id"
 
 
-@dataclass
-class ParsedRequest:
-    prompts: dict  # label -> LabelPrompts
+@dataclass(frozen=True)
+class RequestHead:
+    """What a request says before its image is open: read once, checked strictly."""
+
     session_key: tuple
-    reset_labels: set
     window: object
     modality: str | None
+    reset: bool  # reset_state: forget the prompted labels' earlier prompts
+    label: str | None  # the label foreground points and the roi belong to (None: per-label lists only)
+
+
+@dataclasses.dataclass
+class ParsedPrompts:
+    prompts: dict  # label -> LabelPrompts
+    reset_labels: set
     warnings: list = dataclasses.field(default_factory=list)  # what of the request was not used, and why
+
+
+def read_head(request: dict, labels: list) -> RequestHead:
+    """The session key, window, modality, reset and label of a request (prompts come after the image)."""
+    return RequestHead(session_key_for(request), window_option(request), modality_option(request),
+                       request_flag(request, "reset_state", False), _label(request, labels))
 
 
 def session_key_for(request: dict) -> tuple:
@@ -137,11 +151,11 @@ def unused_point_lists(request: dict, labels: list) -> list:
                   and _looks_like_points(value))
 
 
-def parse_request(request: dict, shape, labels: list) -> ParsedRequest:
-    """Prompts per label, checked against the image ``shape`` (voxel order) and known labels."""
+def parse_prompts(request: dict, head: RequestHead, shape, labels: list) -> ParsedPrompts:
+    """Prompts per label, checked against the open image's ``shape`` (voxel order) and known labels."""
     image_size(shape)
     per_label = [name for name in labels if name in request and request[name] not in (None, [])]
-    label = _label(request, labels)
+    label = head.label
     if label is None and not per_label:
         label = labels[0]
 
@@ -177,8 +191,7 @@ def parse_request(request: dict, shape, labels: list) -> ParsedRequest:
         if not any(c.positive for c in target.clicks) and not target.boxes:
             raise PromptError(f"label {name!r}: only background points; add a foreground point or a roi")
 
-    reset = set(prompts) if request_flag(request, "reset_state", False) else set()
+    reset = set(prompts) if head.reset else set()
     warnings = [f"{name}: points for a label this app does not have (its labels: {', '.join(labels)}); not used"
                 for name in unused_point_lists(request, labels)]
-    return ParsedRequest(prompts, session_key_for(request), reset, window_option(request), modality_option(request),
-                         warnings)
+    return ParsedPrompts(prompts, reset, warnings)

@@ -114,9 +114,9 @@ def calibration_slices(size: int, count: int = CALIBRATION_SLICES) -> list:
     from ..phantoms import spindle_lesion
     from ..windowing import choose_window
 
-    array, _ = spindle_lesion(count, size, 1.0, seed=0)
+    array, _ = spindle_lesion(max(count, 3), size, 1.0, seed=0)  # the phantom's lesion needs 3 slices
     frames = SliceFrames(array, choose_window(array, "CT", None), size)
-    return [frames[k].unsqueeze(0) for k in range(count)]
+    return [frames[k].unsqueeze(0) for k in range(count)]  # the first ``count``
 
 
 def attach_image_encoder(model, runtime: str, warm_up_sizes) -> str:
