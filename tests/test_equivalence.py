@@ -207,6 +207,7 @@ def test_a_click_without_a_box_runs_medsam2s_point_protocol(fine_tuned, small_mo
                                         frames, tmp_path, points, np.ones(len(clicks), np.int32), 8)
     assert reference.any()
     np.testing.assert_array_equal(ours.mask, reference)
-    boxed = default.run(volume, {"lesion": LabelPrompts(boxes=[Box(9.0, 10.0, 25.0, 22.0, 8)], clicks=clicks)},
-                        ("point", 2)).labels["lesion"]
-    assert boxed.protocol == "medsam2"  # a box: the box protocol
+    from medsam2_engine.protocols import label_protocol
+
+    with_box = LabelPrompts(boxes=[Box(9.0, 10.0, 25.0, 22.0, 8)], clicks=clicks).by_frame().values()
+    assert label_protocol("medsam2", with_box) == "medsam2" and label_protocol("sam2", []) == "sam2"

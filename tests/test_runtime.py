@@ -285,3 +285,15 @@ def test_bf16_option_runs_both_stages_in_bf16_close_to_float32(small_source):
         bf16 = OpenVinoImageEncoder(model, bf16=True)(image)["backbone_fpn"][-1]
     assert not torch.equal(bf16, float32)  # other arithmetic
     assert (bf16 - float32).abs().max() < 0.1 * float32.abs().max()
+
+
+def test_auto_picks_bf16_only_where_the_cpu_has_bf16_units(monkeypatch):
+    from medsam2_engine import precision
+    from medsam2_engine.runtime import resolve_cpu_runtime
+
+    monkeypatch.setattr(precision, "cpu_bf16_units", lambda: ("avx512_bf16",))
+    assert resolve_cpu_runtime("auto") == "openvino_bf16"
+    monkeypatch.setattr(precision, "cpu_bf16_units", lambda: ())  # AVX2 only: float32
+    assert resolve_cpu_runtime("auto") == "openvino" and resolve_cpu_runtime("torch") == "torch"
+    with pytest.raises(ValueError, match="cpu_runtime"):
+        resolve_cpu_runtime("fast")

@@ -50,7 +50,8 @@ class RunningServer:
         command = [str(monailabel), "start_server", "--app", str(APP_DIR), "--studies", str(studies),
                    "--host", "127.0.0.1", "--port", str(self.port)]
         # an empty model folder of its own, so no file in apps/medsam2/model leaks into a test
-        conf = {"model_dir": log_path.parent / "model", **conf}
+        # the CPU runtime named, as before "auto" was the default: the same graphs on every machine
+        conf = {"model_dir": log_path.parent / "model", "cpu_runtime": "openvino", **conf}
         for key, value in conf.items():
             command += ["--conf", key, str(value)]
         env = {**os.environ, "MONAI_LABEL_AUTO_UPDATE_SCORING": "false", "OMP_NUM_THREADS": "2", **(env or {})}

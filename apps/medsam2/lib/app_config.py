@@ -11,6 +11,7 @@ from medsam2_engine.checkpoints import DEFAULT_PRESET, ModelPreset, get_preset, 
 from medsam2_engine.engine import EngineSettings
 from medsam2_engine.propagation import CorrectionStop, EarlyStop
 from medsam2_engine.protocols import PROTOCOLS, default_protocol
+from medsam2_engine.runtime import CPU_RUNTIME_CHOICES
 from medsam2_engine.crop_region import CropRegionSettings
 from medsam2_engine.sessions import SessionLimits
 
@@ -45,7 +46,7 @@ class AppConfig:
     labels: list
     cpu_int8: bool
     allow_download: bool
-    cpu_runtime: str = "openvino"  # image encoder on CPU: OpenVINO float32 (same masks), PyTorch, or int8 (option)
+    cpu_runtime: str = "auto"  # per-slice stages on CPU: auto (bf16 where the CPU has bf16 units, else float32)
     cuda_numerics: str = "reference"  # on CUDA: MedSAM2's TF32 / Flash / bf16 prompt embeddings, or sam2's
     encode_ahead: bool = True  # encode a study's slices when the viewer opens it (medsam2_engine/encode_ahead.py)
     engine: EngineSettings = field(default_factory=EngineSettings)
@@ -101,7 +102,7 @@ class AppConfig:
             device=conf.get("device", "auto"),
             labels=labels,
             cpu_int8=_flag(conf, "cpu_int8", False),
-            cpu_runtime=_choice(conf, "cpu_runtime", "openvino", ("torch", "openvino", "openvino_bf16", "openvino_int8")),
+            cpu_runtime=_choice(conf, "cpu_runtime", "auto", CPU_RUNTIME_CHOICES),
             cuda_numerics=_choice(conf, "cuda_numerics", "reference", ("reference", "sam2")),
             encode_ahead=_flag(conf, "encode_ahead", True),
             allow_download=_flag(conf, "download", True),

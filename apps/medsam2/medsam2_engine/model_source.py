@@ -24,7 +24,7 @@ from .checkpoints import (
 )
 from . import cuda_numerics
 from .precision import INT8_MODULES, quantize_int8
-from .runtime import CPU_RUNTIMES, attach_cpu_runtime, runtime_stages
+from .runtime import attach_cpu_runtime, resolve_cpu_runtime, runtime_stages
 
 logger = logging.getLogger(__name__)
 
@@ -102,8 +102,7 @@ class ModelSource:
         self.device = pick_device(device)
         self.extra_overrides = extra_overrides or {}
         self.cpu_int8 = bool(cpu_int8) and self.device == "cpu"  # see precision.quantize_int8
-        if cpu_runtime not in CPU_RUNTIMES:
-            raise ValueError(f"cpu_runtime must be one of {CPU_RUNTIMES}, got {cpu_runtime!r}")
+        cpu_runtime = resolve_cpu_runtime(cpu_runtime)  # "auto": bf16 where the CPU has bf16 units
         self.cpu_runtime = cpu_runtime if self.device == "cpu" else "torch"  # CUDA: PyTorch with bf16 autocast
         self.runtime_in_use = "torch"  # what runs the image encoder of the served model (see runtime/)
         self.cuda_numerics = cuda_numerics  # MedSAM2's TF32 / Flash / bf16 prompt embeddings on CUDA (cuda_numerics.py)

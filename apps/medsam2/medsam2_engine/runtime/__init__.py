@@ -13,8 +13,23 @@ from .memory_attention import attach_memory_attention, memory_attention_runtime
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CPU_RUNTIMES", "OpenVinoImageEncoder", "RuntimeUnavailable", "attach_cpu_runtime", "calibration_slices",
-           "image_runtime", "memory_attention_runtime", "runtime_stages"]
+__all__ = ["CPU_RUNTIMES", "CPU_RUNTIME_CHOICES", "OpenVinoImageEncoder", "RuntimeUnavailable", "attach_cpu_runtime",
+           "calibration_slices", "image_runtime", "memory_attention_runtime", "resolve_cpu_runtime", "runtime_stages"]
+
+CPU_RUNTIME_CHOICES = ("auto", *CPU_RUNTIMES)
+
+
+def resolve_cpu_runtime(choice: str) -> str:
+    """``auto`` (the app's default): ``openvino_bf16`` on a CPU with bf16 units, detected now (its masks
+    agreed with float32 at Dice >= 0.9996 on every real scan measured, docs/performance.md), else
+    ``openvino`` (float32). Any other choice is taken as it is."""
+    from ..precision import cpu_bf16_units
+
+    if choice not in CPU_RUNTIME_CHOICES:
+        raise ValueError(f"cpu_runtime must be one of {CPU_RUNTIME_CHOICES}, got {choice!r}")
+    if choice != "auto":
+        return choice
+    return "openvino_bf16" if cpu_bf16_units() else "openvino"
 
 
 def attach_cpu_runtime(model, runtime: str, warm_up_sizes=()) -> str:
