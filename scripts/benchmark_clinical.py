@@ -37,6 +37,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_pipelines import StageTimer, child_builtin, dice, peak_rss_mb, prompts_for  # noqa: E402
+from medsam2_engine.runtime import CPU_RUNTIMES  # noqa: E402
 
 
 def lesion_volume(slices: int, size: int, span: int) -> tuple:
@@ -168,7 +169,7 @@ def main(argv=None) -> int:
     p.add_argument("--preset", default="medsam2")
     p.add_argument("--checkpoint", required=True, help="the phantom-trained checkpoint (scripts/phantom_checkpoint.py)")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--cpu-runtime", default="torch", choices=["torch", "openvino", "openvino_bf16", "openvino_int8"])
+    p.add_argument("--cpu-runtime", default="torch", choices=list(CPU_RUNTIMES))
     p.add_argument("--pipelines", nargs="+", default=["builtin", "full", "default"],
                    choices=["builtin", "full", "default"])
     p.add_argument("--out", default="benchmark_clinical.json")

@@ -42,6 +42,7 @@ import torch
 from bench_pipelines import child_builtin, child_ours, child_video, dice, engine_rows, phantom, row_name
 from bench_report import print_table, ratios, summarise
 from bench_roofline import child_roofline, print_roofline, roofline_summary
+from medsam2_engine.runtime import CPU_RUNTIMES
 
 def run_child(args, mode: str, slices: int, cpu_bf16: str = "off", repeats: int | None = None,
               cpu_int8: str | None = None, cpu_runtime: str = "torch") -> dict:
@@ -163,7 +164,7 @@ def main(argv=None) -> int:
                    help="also time a correction that re-propagates the whole volume, up to this many slices")
     p.add_argument("--device", default="cpu", help="cpu, or cuda / cuda:N (bf16 autocast, as the app runs there)")
     p.add_argument("--cpu-runtimes", nargs="+", default=["torch", "openvino"],
-                   choices=["torch", "openvino", "openvino_bf16", "openvino_int8"],
+                   choices=list(CPU_RUNTIMES),
                    help="CPU runtimes of the image encoder for the extra rows (torch: float32 reference)")
     p.add_argument("--ahead-pause", type=float, default=10.0,
                    help="seconds between opening a study (encode-ahead starts) and the click (0: no such rows)")

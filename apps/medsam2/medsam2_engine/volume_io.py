@@ -8,6 +8,7 @@ restores the file's own (LPS) geometry.
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass, field
 
@@ -50,10 +51,11 @@ class Volume:
         return self.array.shape[2] if self.is_3d else 1
 
 
-def _modality_from_meta(meta: dict, path: str) -> str | None:
+def _modality_from_meta(meta: dict, header) -> str | None:
+    """The Modality tag: from the reader's metadata, else from the series' first header (``header()``)."""
     value = meta.get("0008|0060") or meta.get("modality")
-    if value is None and os.path.isdir(path):
-        value = _dicom_series_modality(path)
+    if value is None:
+        value = getattr(header(), "Modality", None)
     return (str(value).strip() or None) if value is not None else None
 
 
@@ -69,11 +71,6 @@ def _first_dicom_header(folder: str):
     return None
 
 
-def _dicom_series_modality(folder: str) -> str | None:
-    """The Modality tag of a series folder's first readable DICOM file."""
-    return getattr(_first_dicom_header(folder), "Modality", None)
-
-
 def _first_value(value) -> float | None:
     """A DICOM DS that may hold several values ("40\\400" or a MultiValue): the first, as a number."""
     if value is None:
@@ -86,12 +83,11 @@ def _first_value(value) -> float | None:
         return None
 
 
-def _dicom_window_from(meta: dict, path: str) -> dict:
+def _dicom_window_from(meta: dict, header) -> dict:
     """The series' WindowCenter/WindowWidth (0028,1050 / 0028,1051), the first value when several."""
     center, width = meta.get("0028|1050"), meta.get("0028|1051")
-    if (center is None or width is None) and os.path.isdir(path):
-        header = _first_dicom_header(path)
-        center, width = getattr(header, "WindowCenter", None), getattr(header, "WindowWidth", None)
+    if center is None or width is None:
+        center, width = getattr(header(), "WindowCenter", None), getattr(header(), "WindowWidth", None)
     center, width = _first_value(center), _first_value(width)
     if center is None or width is None:
         return {}
@@ -117,6 +113,8 @@ def load_image(path: str | os.PathLike) -> Volume:
 
     array = np.asarray(image)
     meta = dict(getattr(image, "meta", {}) or {})
+    # a series folder's first header, read at most once, only if the reader's metadata lacks a tag
+    header = functools.lru_cache(maxsize=1)(lambda: _first_dicom_header(path) if os.path.isdir(path) else None)
     affine = np.asarray(getattr(image, "affine", np.eye(4)), dtype=np.float64)
     is_rgb = False
     if is_2d_file and array.ndim == 3:
@@ -136,9 +134,9 @@ def load_image(path: str | os.PathLike) -> Volume:
         array=array.astype(np.float32),
         affine=affine,
         path=path,
-        declared_modality=_modality_from_meta(meta, path),
+        declared_modality=_modality_from_meta(meta, header),
         is_rgb=is_rgb,
-        meta={**{k: v for k, v in meta.items() if isinstance(v, (str, int, float))}, **_dicom_window_from(meta, path),
+        meta={**{k: v for k, v in meta.items() if isinstance(v, (str, int, float))}, **_dicom_window_from(meta, header),
               "source_dtype": str(array.dtype)},  # the reference scales in its precision (windowing.py)
     )
 
