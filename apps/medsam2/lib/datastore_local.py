@@ -12,27 +12,27 @@ no label is lost or half-written.
 - The label a save replaces (or a delete removes) is kept under
   ``<studies>/.label_history/<tag>/<image id>/<UTC time><ext>``, for a clinician to restore.
 - Leftover temporary files of a crashed write are removed when the datastore opens.
+- Several server processes (replicas) may share the folder: the records are re-read and
+  written under one cross-process lock (``datastore_records.py``).
 """
 
 from __future__ import annotations
 
 import filecmp
-import json
 import logging
 import os
 import time
 import uuid
 
-from filelock import FileLock
 from monailabel.datastore.local import DataModel, ImageLabelModel, LocalDatastore
 
 from medsam2_engine.atomic_files import atomic_copy as _atomic_copy
-from medsam2_engine.atomic_files import atomic_write_text as _atomic_write_text
 from medsam2_engine.training.cases import CaseFiles, LabelMismatch, check_label_file
 from medsam2_engine.volume_io import ImageReadError, load_image
 
 from medsam2_engine.label_structures import structures_path, write_stack
 
+from .datastore_records import SharedRecords
 from .options import OptionError, identifier, image_size
 from .saved_structures import PreparedLabel, prepare_label
 from .upload_checks import decoded
@@ -47,10 +47,6 @@ def atomic_copy(source: str, dest: str) -> None:
     _atomic_copy(source, dest, prefix=".", suffix=TEMP_SUFFIX)
 
 
-def atomic_write_text(dest: str, content: str) -> None:
-    _atomic_write_text(dest, content, prefix=".", suffix=TEMP_SUFFIX)
-
-
 HISTORY_DIR = ".label_history"
 
 
@@ -63,7 +59,7 @@ def extension_of(filename: str, field: str) -> str:
                              f"allowed: {', '.join(ALLOWED_EXTENSIONS)}", status=415)
 
 
-class SafeLocalDatastore(LocalDatastore):
+class SafeLocalDatastore(SharedRecords, LocalDatastore):
     def __init__(self, datastore_path: str, *, max_upload_bytes: int, max_decoded_bytes: int = 4 << 30, forbidden=(),
                  **kwargs):
         self._root = os.path.realpath(datastore_path)
@@ -75,6 +71,7 @@ class SafeLocalDatastore(LocalDatastore):
         removed = remove_leftovers(self._root)
         if removed:
             logger.warning("removed %d temporary file(s) left by an interrupted write: %s", len(removed), removed)
+        self._init_shared_records(datastore_path)
         super().__init__(datastore_path, **kwargs)
 
     # --- checks -------------------------------------------------------------------------
@@ -161,7 +158,7 @@ class SafeLocalDatastore(LocalDatastore):
             raise OptionError("file", f"not a readable image: {err}") from err
         image_size(image.array.shape, "file")
         dest = self._inside(os.path.join(self._datastore.image_path(), image_id + ext), "image")
-        with FileLock(self._lock_file):
+        with self.records_lock():
             existing = self._datastore.objects.get(image_id)
             if existing is not None:
                 current = os.path.join(self._datastore.image_path(), image_id + existing.image.ext)
@@ -200,7 +197,9 @@ class SafeLocalDatastore(LocalDatastore):
         label_dir = self._inside(self._datastore.label_path(tag), "tag")
         dest = self._inside(os.path.join(label_dir, image_id + ext), "label")
         stack_dest = self._inside(structures_path(dest), "label")
-        with FileLock(self._lock_file):
+        with self.records_lock():  # the records as another replica may just have written them
+            obj = self._image_entry(image_id)
+            _check_replaces(obj, tag, image_id, label_info)
             os.makedirs(label_dir, exist_ok=True)
             previous = obj.labels.get(tag)
             previous_path = os.path.join(label_dir, image_id + previous.ext) if previous else None
@@ -232,12 +231,12 @@ class SafeLocalDatastore(LocalDatastore):
             raise OptionError("tag", f"image {label_id} has no {tag!r} label", status=404)
         self._inside(self._datastore.label_path(tag), "tag")
         path = self.get_label_uri(label_id, tag)
-        if os.path.exists(path):
-            with FileLock(self._lock_file):
+        with self.records_lock():
+            if os.path.exists(path):
                 self._keep_history(tag, label_id, path, label.ext)
-        super().remove_label(label_id, tag)
-        if os.path.exists(structures_path(path)):
-            os.unlink(structures_path(path))  # the structures went with their label map
+            super().remove_label(label_id, tag)
+            if os.path.exists(structures_path(path)):
+                os.unlink(structures_path(path))  # the structures went with their label map
 
     def remove_image(self, image_id: str) -> None:
         obj = self._image_entry(image_id)
@@ -260,22 +259,6 @@ class SafeLocalDatastore(LocalDatastore):
         folder = os.path.join(self._root, HISTORY_DIR, identifier(tag, "tag"), identifier(image_id, "image"))
         return sorted(os.path.join(folder, f) for f in os.listdir(folder)) if os.path.isdir(folder) else []
 
-    # --- the datastore's own JSON ---------------------------------------------------------
-    def _update_datastore_file(self, lock=True):
-        """As MONAI Label's, but renamed into place: a crash never leaves a truncated JSON."""
-
-        def write():
-            self._ignore_event_config = True
-            content = json.dumps(self._datastore.model_dump(exclude={"base_path"}), indent=2, default=str)
-            atomic_write_text(self._datastore_config_path, content)
-            self._config_ts = os.stat(self._datastore_config_path).st_mtime
-
-        if lock:
-            with FileLock(self._lock_file):
-                write()
-        else:
-            write()
-
 
 def remove_leftovers(root: str) -> list:
     """Delete the temporary files of writes a crash interrupted (ours end in ``.partial``)."""
@@ -289,6 +272,19 @@ def remove_leftovers(root: str) -> list:
                 os.unlink(path)
                 removed.append(os.path.relpath(path, root))
     return removed
+
+
+def _check_replaces(obj, tag: str, image_id: str, label_info: dict | None) -> None:
+    """A save naming the version it replaces (``params.replaces``) fails if the label changed since,
+    checked under the records lock so that a save through another replica counts too."""
+    if not label_info or "replaces" not in label_info:
+        return
+    current = obj.labels.get(tag)
+    current = current.info.get("version") if current else None
+    if label_info["replaces"] != current:
+        raise OptionError("params.replaces", f"the {tag} label of {image_id} changed since you read it (version "
+                                             f"{label_info['replaces']}, now {current}); nothing was saved",
+                          status=409)
 
 
 def _without_paths(message: str, names: dict) -> str:
