@@ -55,10 +55,10 @@ def _label_file(folder: str, image_id: str, scratch: str) -> str:
     return path
 
 
-def _worker(folder: str, kind: str, image_ids: list, start_at: float, scratch: str, out) -> None:
+def _worker(folder: str, kind: str, image_ids: list, barrier, scratch: str, out) -> None:
     store = _open(folder, kind)
     files = {i: _label_file(folder, i, scratch) for i in image_ids}
-    time.sleep(max(0.0, start_at - time.time()))
+    barrier.wait(timeout=240)  # every process has opened its datastore: the saves start together
     seconds = []
     for image_id in image_ids:
         began = time.perf_counter()
@@ -75,8 +75,8 @@ def race(folder: Path, processes: int = 2, per_process: int = 10, kind: str = "s
     scratch.mkdir(exist_ok=True)
     context = multiprocessing.get_context("spawn")
     out = context.Queue()
-    start_at = time.time() + 4.0  # every process has opened its datastore by then
-    workers = [context.Process(target=_worker, args=(str(folder), kind, ids[n::processes], start_at, str(scratch),
+    barrier = context.Barrier(processes)
+    workers = [context.Process(target=_worker, args=(str(folder), kind, ids[n::processes], barrier, str(scratch),
                                                      out)) for n in range(processes)]
     for worker in workers:
         worker.start()
