@@ -103,7 +103,7 @@ def _region_json(report):
 
 def child_ours(args, vol, ref) -> dict:
     from medsam2_engine.checkpoints import get_preset
-    from medsam2_engine.engine import EngineSettings, VolumeSegmenter
+    from medsam2_engine.volume_segmenter import EngineSettings, VolumeSegmenter
     from medsam2_engine.model_source import ModelSource
     from medsam2_engine.prompts import Box, LabelPrompts
     from medsam2_engine.propagation import CorrectionStop, EarlyStop
@@ -176,7 +176,7 @@ def _ahead_runs(args, models, protocol, volume, box, ref, out) -> dict:
     """The study opened (encode-ahead starts), ``--ahead-pause`` s of looking at it, then the box:
     the time from that click to the full 3D result."""
     from medsam2_engine.encode_ahead import EncodeAhead
-    from medsam2_engine.engine import EngineSettings, VolumeSegmenter
+    from medsam2_engine.volume_segmenter import EngineSettings, VolumeSegmenter
     from medsam2_engine.prompts import LabelPrompts
 
     for rep in range(args.repeats):
@@ -210,7 +210,7 @@ def _record_first(args, out, mode: str, rep: int, first, seconds: float, ref, ex
 def _second_user_runs(args, models, protocol, volume, box, ref, out) -> dict:
     """A second clinician's first request on a study another one has just segmented: the
     image's encoded slices are shared, so it propagates without encoding."""
-    from medsam2_engine.engine import EngineSettings, VolumeSegmenter
+    from medsam2_engine.volume_segmenter import EngineSettings, VolumeSegmenter
     from medsam2_engine.prompts import LabelPrompts
 
     for rep in range(args.repeats):

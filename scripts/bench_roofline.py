@@ -66,7 +66,7 @@ def child_roofline(args, vol, ref) -> dict:
     from bench_pipelines import StageTimer, prompts_for
 
     from medsam2_engine.checkpoints import get_preset
-    from medsam2_engine.engine import EngineSettings, VolumeSegmenter
+    from medsam2_engine.volume_segmenter import EngineSettings, VolumeSegmenter
     from medsam2_engine.model_source import ModelSource
     from medsam2_engine.prompts import Box, LabelPrompts
     from medsam2_engine.volume_io import Volume

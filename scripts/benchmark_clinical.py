@@ -48,7 +48,7 @@ def lesion_volume(slices: int, size: int, span: int) -> tuple:
 
 def child_engine(args, vol, ref) -> dict:
     from medsam2_engine.checkpoints import get_preset
-    from medsam2_engine.engine import EngineSettings, VolumeSegmenter
+    from medsam2_engine.volume_segmenter import EngineSettings, VolumeSegmenter
     from medsam2_engine.model_source import ModelSource
     from medsam2_engine.prompts import Box, LabelPrompts
     from medsam2_engine.propagation import EarlyStop

@@ -135,7 +135,7 @@ def main() -> None:
                         help="weight of the object-score loss (sam2's recipe: 1)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    for noisy in ("monai", "medsam2_engine.engine"):
+    for noisy in ("monai", "medsam2_engine.volume_segmenter"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     torch.set_num_threads(args.threads)
     data = Path(args.data)

@@ -55,7 +55,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    logging.getLogger("medsam2_engine.engine").setLevel(logging.WARNING)
+    logging.getLogger("medsam2_engine.volume_segmenter").setLevel(logging.WARNING)
 
     from medsam2_engine.checkpoints import build_model, get_preset, save_checkpoint
     from medsam2_engine.training.finetune import FineTuneConfig, FineTuner

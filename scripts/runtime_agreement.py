@@ -127,7 +127,7 @@ def main(argv=None) -> int:
 
     torch.set_num_threads(args.threads)
     from medsam2_engine.checkpoints import get_preset
-    from medsam2_engine.engine import VolumeSegmenter
+    from medsam2_engine.volume_segmenter import VolumeSegmenter
     from medsam2_engine.model_source import ModelSource
     from medsam2_engine.runtime import attach_cpu_runtime, runtime_stages
     from medsam2_eval.baselines import fill_box_baseline, otsu_box_baseline

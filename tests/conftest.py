@@ -44,7 +44,7 @@ def small_source(small_model_files):
 
 @pytest.fixture
 def segmenter(small_source):
-    from medsam2_engine.engine import EngineSettings, VolumeSegmenter
+    from medsam2_engine.volume_segmenter import EngineSettings, VolumeSegmenter
     from medsam2_engine.propagation import EarlyStop
 
     return VolumeSegmenter(small_source, EngineSettings(early_stop=EarlyStop(enabled=False)))
@@ -67,7 +67,7 @@ def phantom():
 def fine_tuned(small_model_files, tmp_path_factory):
     """(segmenter, training cases): the small model fine-tuned ~30 s on bright-ellipsoid phantoms."""
     from medsam2_engine.checkpoints import preset_for_config_file
-    from medsam2_engine.engine import EngineSettings, VolumeSegmenter
+    from medsam2_engine.volume_segmenter import EngineSettings, VolumeSegmenter
     from medsam2_engine.model_source import ModelSource
     from medsam2_engine.propagation import EarlyStop
     from tests.support.trained_small_model import fine_tune_small_model, training_cases

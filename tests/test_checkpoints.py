@@ -116,7 +116,7 @@ def test_random_weights_are_the_same_network_after_a_restart(small_model_files, 
 
 
 def test_finetuned_file_is_preferred_and_hot_reloaded(small_model_files, tmp_path, phantom):
-    from medsam2_engine.engine import VolumeSegmenter
+    from medsam2_engine.volume_segmenter import VolumeSegmenter
 
     preset = preset_for_config_file(small_model_files[0])
     official = tmp_path / preset.filename
@@ -139,7 +139,7 @@ def test_finetuned_file_is_preferred_and_hot_reloaded(small_model_files, tmp_pat
 
 
 def test_broken_republish_keeps_serving_previous_weights(small_model_files, tmp_path, phantom):
-    from medsam2_engine.engine import VolumeSegmenter
+    from medsam2_engine.volume_segmenter import VolumeSegmenter
 
     preset = preset_for_config_file(small_model_files[0])
     path = tmp_path / "finetuned.pt"

@@ -6,8 +6,8 @@ import threading
 
 import numpy as np
 
-from medsam2_engine.engine import EngineSettings, VolumeSegmenter
-from medsam2_engine.image2d import ImageSegmenter
+from medsam2_engine.volume_segmenter import EngineSettings, VolumeSegmenter
+from medsam2_engine.image_segmenter import ImageSegmenter
 from medsam2_engine.predictor import FairLock, network_lock
 from medsam2_engine.prompts import Box, Click, LabelPrompts
 from medsam2_engine.sessions import SessionLimits, SessionStore

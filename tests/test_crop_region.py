@@ -79,7 +79,7 @@ def test_one_feature_cache_holds_whole_slices_and_regions_apart():
     import torch
 
     from medsam2_engine.frames import SliceFrames
-    from medsam2_engine.predictor import FeatureCache, KeyedCache
+    from medsam2_engine.feature_cache import FeatureCache
     from medsam2_engine.windowing import Window
 
     def encoded(size):  # an image-encoder output: FPN maps and their positional encodings
@@ -89,13 +89,12 @@ def test_one_feature_cache_holds_whole_slices_and_regions_apart():
     frames = SliceFrames(np.zeros((64, 64, 3), np.float32), Window(0.0, 1.0, "test"), 128)
     region = frames.cropped((slice(0, 32), slice(0, 32)), 64)
     cache = FeatureCache(1 << 20)
-    whole_view, region_view = KeyedCache(cache, frames), KeyedCache(cache, region)
-    whole_view.put(1, encoded(8))
-    assert region_view.get(1) is None  # the same slice in a region is another frame
-    region_view.put(1, encoded(4))
+    cache.put(frames.key(1), encoded(8))
+    assert cache.get(region.key(1)) is None  # the same slice in a region is another frame
+    cache.put(region.key(1), encoded(4))
     assert len(cache) == 2 and cache.misses == 1
-    for view, size in ((whole_view, 8), (region_view, 4)):
-        out = view.get(1)
+    for sequence, size in ((frames, 8), (region, 4)):
+        out = cache.get(sequence.key(1))
         assert out["backbone_fpn"][0].shape[-1] == size and out["vision_pos_enc"][0].shape[-1] == size
 
 

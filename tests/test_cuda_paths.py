@@ -73,9 +73,9 @@ class _Scopes:
 
 def test_autocast_is_scoped_to_each_call_and_covers_every_encoder_run(monkeypatch, small_source, phantom):
     import medsam2_engine.encode_ahead as encode_ahead_module
-    import medsam2_engine.engine as engine_module
+    import medsam2_engine.volume_segmenter as engine_module
     from medsam2_engine.encode_ahead import EncodeAhead
-    from medsam2_engine.engine import VolumeSegmenter
+    from medsam2_engine.volume_segmenter import VolumeSegmenter
     from medsam2_engine.prompts import Box, LabelPrompts
 
     scopes = _Scopes()
@@ -100,7 +100,7 @@ def test_autocast_is_scoped_to_each_call_and_covers_every_encoder_run(monkeypatc
 
 
 def test_features_stay_on_their_device_and_count_in_the_budget():
-    from medsam2_engine.predictor import FeatureCache
+    from medsam2_engine.feature_cache import FeatureCache
 
     def features(dtype):  # a 32 px and a 16 px level, on a device no host copy could come from
         return {"backbone_fpn": [torch.empty(1, 8, 32, 32, dtype=dtype, device="meta"),
@@ -142,7 +142,7 @@ def test_the_benchmark_runs_every_pipeline_on_the_requested_device(monkeypatch, 
 @needs_cuda
 def test_segmenting_on_cuda_matches_cpu(small_model_files, phantom):
     from medsam2_engine.checkpoints import preset_for_config_file
-    from medsam2_engine.engine import VolumeSegmenter
+    from medsam2_engine.volume_segmenter import VolumeSegmenter
     from medsam2_engine.model_source import ModelSource
     from medsam2_engine.prompts import Box, LabelPrompts
 

@@ -32,13 +32,13 @@ def _ahead(segmenter) -> EncodeAhead:
     return ahead
 
 
-def _segmenter(models, share_features=True, **limits):
-    from medsam2_engine.engine import EngineSettings, VolumeSegmenter
+def _segmenter(models, share_features=True, sessions=None, **limits):
+    from medsam2_engine.volume_segmenter import EngineSettings, VolumeSegmenter
     from medsam2_engine.propagation import EarlyStop
     from medsam2_engine.sessions import SessionLimits
 
     return VolumeSegmenter(models, EngineSettings(early_stop=EarlyStop(enabled=False), limits=SessionLimits(**limits),
-                                                  share_features=share_features))
+                                                  share_features=share_features), sessions=sessions)
 
 
 def test_centre_out_visits_every_slice_once():
@@ -206,8 +206,7 @@ def test_another_window_or_new_weights_never_reuse_encoded_slices(fine_tuned):
         def __getattr__(self, name):
             return getattr(self.source, name)
 
-    renewed = _segmenter(NewWeights(models))
-    renewed.sessions = segmenter.sessions  # one store: the old version's slices are there
+    renewed = _segmenter(NewWeights(models), sessions=segmenter.sessions)  # one store: the old version's slices are there
     after = renewed.run(volume, prompts, session_key=("carol", "s"))
     assert after.session.slices_encoded == slices
     versions = {key.model_version for key in segmenter.sessions.features._caches}
@@ -219,7 +218,7 @@ def test_a_download_queues_the_image_for_any_session_and_the_first_click_finds_i
 
     import nibabel as nib
 
-    from medsam2_engine import engine
+    from medsam2_engine import image_features
 
     models, volume, prompts = _study(fine_tuned)
     path = tmp_path / "study.nii.gz"
@@ -227,8 +226,8 @@ def test_a_download_queues_the_image_for_any_session_and_the_first_click_finds_i
     cold = _segmenter(models).run(str(path), prompts, session_key=("slicer-user", "study"))
     assert cold.session.slices_encoded == volume.array.shape[2]
 
-    reads, read = [], engine.load_image
-    monkeypatch.setattr(engine, "load_image", lambda image: reads.append(image) or read(image))
+    reads, read = [], image_features.load_image
+    monkeypatch.setattr(image_features, "load_image", lambda image: reads.append(image) or read(image))
     segmenter = _segmenter(models)
     ahead = _ahead(segmenter)
     job = ahead.request(None, str(path))  # no session yet: the client is not known

@@ -123,7 +123,7 @@ def test_window_changes_the_frames(segmenter, phantom):
 
 
 def test_sessions_are_evicted_least_recently_used_first(small_source):
-    from medsam2_engine.engine import EngineSettings, VolumeSegmenter
+    from medsam2_engine.volume_segmenter import EngineSettings, VolumeSegmenter
     from medsam2_engine.sessions import SessionLimits
 
     seg = VolumeSegmenter(small_source, EngineSettings(early_stop=EarlyStop(enabled=False),
@@ -162,7 +162,7 @@ def test_replacing_the_points_on_a_slice_matches_a_fresh_session(segmenter, phan
 
 def test_added_points_refine_the_slice_from_its_previous_mask(small_source, phantom, monkeypatch):
     """sam2 protocol: clicks refine a slice from its previous mask (medsam2 rebuilds from the prompts)."""
-    from medsam2_engine.engine import EngineSettings, VolumeSegmenter
+    from medsam2_engine.volume_segmenter import EngineSettings, VolumeSegmenter
 
     segmenter = VolumeSegmenter(small_source, EngineSettings(protocol="sam2"))
     model = segmenter.models.get().model

@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from medsam2_engine.checkpoints import load_model_config, read_state_dict
-from medsam2_engine.engine import EngineSettings, VolumeSegmenter
+from medsam2_engine.volume_segmenter import EngineSettings, VolumeSegmenter
 from medsam2_engine.frames import SliceFrames, image_to_slice
 from medsam2_engine.propagation import CorrectionStop, EarlyStop
 from medsam2_engine.prompts import Box, Click, LabelPrompts

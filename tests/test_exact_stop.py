@@ -12,7 +12,6 @@ Proved three ways against the full protocol (both passes to the volume's ends):
 
 from __future__ import annotations
 
-import threading
 
 import numpy as np
 import pytest
@@ -20,9 +19,10 @@ import torch
 from hypothesis import given, settings, strategies as st
 from scipy import ndimage
 
-from medsam2_engine.engine import EngineSettings, VolumeSegmenter
+from medsam2_engine.volume_segmenter import EngineSettings, VolumeSegmenter
 from medsam2_engine.prompts import Box, LabelPrompts
 from medsam2_engine.exact_stop import exact_stop_report, misses_prompted_range
+from medsam2_engine.predictor import Serving
 from medsam2_engine.propagation import EarlyStop, PassPlan, propagate_both_ways
 from medsam2_engine.protocols import largest_component
 from medsam2_engine.volume_io import Volume
@@ -41,7 +41,7 @@ class ScriptedPasses:
 
     def __init__(self, forward: np.ndarray, backward: np.ndarray):
         self.masks = {False: forward, True: backward}  # [H, W, K] bool per direction
-        self.__dict__["_network_lock"] = threading.Lock()
+        self.serving = Serving()
         self.steps = 0
 
     def propagate_in_video(self, state, start_frame_idx, reverse=False):

@@ -197,3 +197,36 @@ def test_2d_support_from_a_prompt_and_empty_support_refused(one_prompt):
         one_prompt.segment_images(support, [query], support_mask=np.zeros_like(lesion))
     with pytest.raises(ValueError, match="either a mask or a prompt"):
         one_prompt.segment_images(support, [query])
+
+
+def test_one_prompt_encodes_through_the_sessions_store_and_reuses_their_slices(small_source, tmp_path):
+    """The target's encoded slices are the interactive sessions' (one store, one memory budget):
+    a study a clinician has open is not encoded again, and one-prompt's slices serve the next click."""
+    import nibabel as nib
+
+    from medsam2_engine.volume_segmenter import VolumeSegmenter
+    from medsam2_engine.prompts import Box, LabelPrompts
+
+    target = make_volume(SHAPE, seed=2)
+    path = tmp_path / "target.nii.gz"
+    nib.save(nib.Nifti1Image(target.array, np.eye(4)), str(path))
+    segmenter = VolumeSegmenter(small_source)
+    store = segmenter.sessions
+    settings = OnePromptSettings(slices_per_support=2, max_probes=SHAPE[2], early_stop=EarlyStop(enabled=False))
+    one_prompt = OnePromptSegmenter(small_source, settings, segmenter.image_features)
+
+    before = store.memory_bytes()
+    one_prompt.segment_volume(str(path), [_blob_support()])
+    target_caches = [key for key in store.features._caches if key.image[0] == str(path)]
+    assert len(target_caches) == 1, "the target's slices are kept in the sessions' store"
+    cache = store.features.cache_for(target_caches[0], 1 << 30, now=0.0)
+    assert len(cache) == SHAPE[2], "every target slice was probed, so every one is encoded"
+    assert store.memory_bytes() >= before + cache.bytes, "and counted in the sessions' memory budget"
+
+    misses = cache.misses
+    one_prompt.segment_volume(str(path), [_blob_support()])
+    assert cache.misses == misses, "a second run on the study encodes none of its slices again"
+
+    prompts = {"organ": LabelPrompts(boxes=[Box(10, 8, 24, 20, k=4)])}
+    result = segmenter.run(str(path), prompts, session_key=("alice", "target"))
+    assert result.session.slices_encoded == 0, "a click on the study finds one-prompt's slices encoded"

@@ -27,7 +27,7 @@ def test_bf16_units_are_read_from_cpuinfo(tmp_path, monkeypatch):
 
 def test_int8_model_keeps_the_masks_of_the_float32_model(fine_tuned, small_model_files):
     from medsam2_engine.checkpoints import preset_for_config_file
-    from medsam2_engine.engine import EngineSettings, VolumeSegmenter
+    from medsam2_engine.volume_segmenter import EngineSettings, VolumeSegmenter
     from medsam2_engine.model_source import ModelSource
     from medsam2_engine.propagation import EarlyStop
     from medsam2_engine.mask_measures import box_on_largest_slice, dice

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from medsam2_engine.engine import EngineSettings, VolumeSegmenter
+from medsam2_engine.volume_segmenter import EngineSettings, VolumeSegmenter
 from medsam2_engine.prompts import Box, Click, LabelPrompts, PromptError
 from tests.conftest import make_volume
 

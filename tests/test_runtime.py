@@ -87,7 +87,7 @@ def test_masks_agree_with_pytorch_on_a_real_scan(fine_tuned):
 
 
 def test_missing_runtime_falls_back_to_pytorch(small_source, monkeypatch, phantom):
-    from medsam2_engine.engine import VolumeSegmenter
+    from medsam2_engine.volume_segmenter import VolumeSegmenter
     from medsam2_engine.prompts import Box, LabelPrompts
     from medsam2_engine.runtime import attach_cpu_runtime, image_runtime
 
@@ -236,7 +236,7 @@ def test_a_broken_published_file_is_tried_once_not_on_every_poll(small_model_fil
 
 
 def test_slices_encoded_by_one_runtime_are_never_served_to_another(small_source, phantom):
-    from medsam2_engine.engine import VolumeSegmenter
+    from medsam2_engine.volume_segmenter import VolumeSegmenter
     from medsam2_engine.prompts import Box, LabelPrompts
     from medsam2_engine.runtime import attach_cpu_runtime
 

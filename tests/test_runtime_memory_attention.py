@@ -147,7 +147,7 @@ def test_int8_runtime_masks_agree_on_a_real_scan(fine_tuned):
 
 def test_memory_attention_falls_back_to_pytorch_when_conversion_fails(small_source, monkeypatch, phantom, caplog):
     import medsam2_engine.runtime.memory_attention as runtime_module
-    from medsam2_engine.engine import VolumeSegmenter
+    from medsam2_engine.volume_segmenter import VolumeSegmenter
     from medsam2_engine.prompts import Box, LabelPrompts
 
     model = small_source.get().model
@@ -182,7 +182,7 @@ def test_memory_attention_runtime_only_for_inference_and_keeps_the_checkpoint_fo
     assert not graph.accepts(curr[: queries // 4], memory, pointer_tokens)  # another input size (crop region)
     assert not graph.accepts(curr, memory[1:], pointer_tokens)  # a bank that is not whole query maps
     assert not graph.accepts(curr, memory, 0)  # no pointer tokens
-    model.__dict__["_memory_attention_runtime"] = graph
+    model.serving.memory_attention = graph
     try:
         with torch.inference_mode():
             expected = _sam2_memory_attention(model, inputs)
@@ -197,7 +197,7 @@ def test_memory_attention_runtime_only_for_inference_and_keeps_the_checkpoint_fo
         save_checkpoint(model, tmp_path / "saved.pt")
         assert list(torch.load(tmp_path / "saved.pt", map_location="cpu")["model"]) == keys
     finally:
-        model.__dict__.pop("_memory_attention_runtime", None)
+        model.serving.memory_attention = None
 
 
 def test_concurrent_memory_attention_callers_each_get_their_own_output(small_source):

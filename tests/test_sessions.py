@@ -76,10 +76,10 @@ class SharingSession:
 def _features(store, image: str, slices: int, version: int = 1):
     import torch
 
-    from medsam2_engine.shared_features import FeatureKey, SessionFeatures
+    from medsam2_engine.feature_cache import FeatureKey, FeatureCacheView
 
     key = FeatureKey((image,), (0.0, 1.0), version, 64, "float")
-    cache = SessionFeatures(store.feature_cache(key, 1 << 30), key)  # as a session sees it
+    cache = FeatureCacheView(store.feature_cache(key, 1 << 30), key)  # as a session sees it
     for k in range(slices):  # 64 KiB of features per slice
         cache.put(k, {"backbone_fpn": [torch.zeros(1, 16, 32, 32)], "vision_pos_enc": [torch.zeros(1, 16, 32, 32)]})
     return cache

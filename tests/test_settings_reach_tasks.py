@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from medsam2_engine.engine import EngineSettings
+from medsam2_engine.volume_segmenter import EngineSettings
 from medsam2_engine.prompts import Click, LabelPrompts
 from medsam2_engine.propagation import EarlyStop
 from medsam2_engine.results import RunInfo
@@ -25,7 +25,7 @@ def _spy_autocast(monkeypatch, module):
 
 
 def test_cpu_bf16_reaches_the_2d_engine(small_source, monkeypatch):
-    import medsam2_engine.image2d as image2d
+    import medsam2_engine.image_segmenter as image2d
 
     seen = _spy_autocast(monkeypatch, image2d)
     images = image2d.ImageSegmenter(small_source, cpu_bf16="auto")

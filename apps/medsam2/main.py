@@ -31,6 +31,7 @@ from lib.app_config import AppConfig  # noqa: E402
 from lib.datastore_local import SafeLocalDatastore  # noqa: E402
 from lib.auth import install as install_auth  # noqa: E402
 from lib.privacy import install as install_privacy  # noqa: E402
+from lib.replicas import ReplicaHeader, annotate_result  # noqa: E402
 from lib.routes import install as install_routes  # noqa: E402
 from lib.infers.interactive_2d import Interactive2D  # noqa: E402
 from lib.infers.interactive_3d import Interactive3D  # noqa: E402
@@ -39,8 +40,8 @@ from lib.trainers.finetune import FineTuneTask  # noqa: E402
 from lib.viewer_routes import mount_on_monailabel_server as mount_viewer  # noqa: E402
 from lib.infers.one_prompt import OnePrompt, one_prompt_settings  # noqa: E402
 from medsam2_engine.encode_ahead import EncodeAhead  # noqa: E402
-from medsam2_engine.engine import VolumeSegmenter  # noqa: E402
-from medsam2_engine.image2d import ImageSegmenter  # noqa: E402
+from medsam2_engine.volume_segmenter import VolumeSegmenter  # noqa: E402
+from medsam2_engine.image_segmenter import ImageSegmenter  # noqa: E402
 from medsam2_engine.model_source import ModelSource  # noqa: E402
 
 logger = logging.getLogger(__name__)
@@ -71,8 +72,10 @@ class MedSam2App(MONAILabelApp):
         # one session store, so one memory budget, for 3D and 2D sessions
         self.image_segmenter = ImageSegmenter(self.models, sessions=self.volume_segmenter.sessions,
                                               cpu_bf16=self.settings.engine.cpu_bf16)
+        # only the trainer replica fine-tunes (docs/deployment.md); the others serve what it publishes
         self._auto_finetune = AutoFineTune(
-            self.settings.auto_finetune_after, lambda: self.async_training(FINETUNE, enqueue=True)
+            self.settings.auto_finetune_after if self.settings.replica.trainer else 0,
+            lambda: self.async_training(FINETUNE, enqueue=True),
         )
         super().__init__(
             app_dir=app_dir,
@@ -126,6 +129,9 @@ class MedSam2App(MONAILabelApp):
             install_auth()
             # last: every route the server exposes is in lib/route_inventory.py, the rest removed
             install_routes(server.app, max_body_bytes=int(self.settings.upload_max_mb * 2**20))
+            stack = server.app.middleware_stack
+            if stack is not None and not isinstance(stack, ReplicaHeader):
+                server.app.middleware_stack = ReplicaHeader(stack, self.settings.replica.display_name)
 
     def prefetch_study(self, image_path: str, request: dict | None = None, focus: int | None = None,
                        window=None, modality: str | None = None) -> None:
@@ -175,8 +181,15 @@ class MedSam2App(MONAILabelApp):
             result.update(self._auto_finetune.label_saved())
         return result
 
+    def infer(self, request, datastore=None):
+        result = super().infer(request, datastore)
+        if isinstance(result, dict):
+            annotate_result(result.get("params"), request, self.settings.replica)
+        return result
+
     def info(self):
         info = super().info()
-        info["medsam2"] = {**self.models.status(), "protocol": self.volume_segmenter.protocol}
+        info["medsam2"] = {**self.models.status(), "protocol": self.volume_segmenter.protocol,
+                           "replica": self.settings.replica.status()}
         info["medsam2"]["encode_ahead"] = self.encode_ahead.status() if self.encode_ahead else None
         return info

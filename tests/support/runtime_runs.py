@@ -9,7 +9,7 @@ import time
 def masks_of_fresh_run(segmenter, volume, prompts):
     """(label -> mask, result) of one run on a copy of ``volume``'s array.
 
-    Encoded slices are shared per image and weights (shared_features.py): a runtime switched
+    Encoded slices are shared per image and weights (feature_cache.py): a runtime switched
     on the same model would otherwise find the other runtime's features.
     """
     fresh = dataclasses.replace(volume, array=volume.array.copy())

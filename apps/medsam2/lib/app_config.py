@@ -7,8 +7,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from lib import options
+from lib.replicas import ReplicaSettings
 from medsam2_engine.checkpoints import DEFAULT_PRESET, ModelPreset, get_preset, preset_for_config_file
-from medsam2_engine.engine import EngineSettings
+from medsam2_engine.volume_segmenter import EngineSettings
 from medsam2_engine.propagation import CorrectionStop, EarlyStop
 from medsam2_engine.protocols import PROTOCOLS, default_protocol
 from medsam2_engine.runtime import CPU_RUNTIME_CHOICES
@@ -57,6 +58,7 @@ class AppConfig:
     upload_max_decoded_mb: float = 4096.0  # largest uploaded image or label once decompressed
     next_study_strategy: str = "uncertainty"  # what the viewer's "Next study" asks
     auto_scoring: bool = False  # MONAI Label's scoring of the whole datastore at start and after each sample
+    replica: ReplicaSettings = field(default_factory=ReplicaSettings)  # several replicas: docs/deployment.md
 
     @classmethod
     def from_conf(cls, app_dir: str, conf: dict) -> "AppConfig":
@@ -116,4 +118,9 @@ class AppConfig:
             next_study_strategy=options.choice(conf.get("next_study_strategy", "uncertainty"),
                                                "--conf next_study_strategy", ("uncertainty", "random", "first")),
             auto_scoring=_flag(conf, "auto_scoring", False),
+            replica=ReplicaSettings(
+                name=str(conf.get("replica_name", os.environ.get("MEDSAM2_REPLICA", ""))).strip(),
+                trainer=_flag(conf, "trainer", True),
+                trainer_name=str(conf.get("trainer_name", "")).strip(),
+            ),
         )

@@ -10,9 +10,13 @@ from __future__ import annotations
 import importlib
 
 _PUBLIC = {
-    "VolumeSegmenter": "engine", "EngineSettings": "engine", "SegmentOptions": "engine", "VolumeResult": "engine",
-    "LabelResult": "engine", "ImageSegmenter": "image2d", "OnePromptSegmenter": "one_prompt",
+    "VolumeSegmenter": "volume_segmenter", "EngineSettings": "volume_segmenter",
+    "SegmentOptions": "volume_segmenter", "VolumeResult": "volume_segmenter", "LabelResult": "volume_segmenter",
+    "ImageSegmenter": "image_segmenter", "ImageResult": "image_segmenter",
+    "OnePromptSegmenter": "one_prompt", "OnePromptResult": "one_prompt", "OnePromptImageResult": "one_prompt",
     "ModelSource": "model_source", "EncodeAhead": "encode_ahead",
+    "ImageFeatures": "image_features", "FeatureCache": "feature_cache", "FeatureStore": "feature_cache",
+    "SessionStore": "sessions", "SessionLimits": "sessions",
     "LabelPrompts": "prompts", "Click": "prompts", "Box": "prompts", "PromptError": "prompts",
     "EarlyStop": "propagation", "CorrectionStop": "propagation", "CropRegionSettings": "crop_region",
     "ExactStopReport": "exact_stop", "Volume": "volume_io", "load_image": "volume_io",

@@ -5,7 +5,7 @@ One background thread works through queued studies, encoding whole slices outwar
 slice the clinician is looking at (the page reports it as they scroll, :meth:`EncodeAhead.focus`;
 the middle until then; the prompted slices after a request), so the slices a pass stopped
 near the structure needs (``exact_stop.py``) are the first encoded, into the image's shared
-feature cache (``shared_features.py``), exactly as the
+feature cache (``feature_cache.py``), exactly as the
 predictor would (same input tensor, same ``forward_image``, same cache key): a later request
 of any session on that image, window and weights finds them encoded, and its masks are the
 same as without it. A job is either for a session (the viewer names its tab: the session is

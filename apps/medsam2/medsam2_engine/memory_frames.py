@@ -3,8 +3,8 @@
 One-prompt segmentation puts labelled images (the support) and unlabelled images (the
 query or target) into one in-memory frame sequence: the support frames carry masks and
 become conditioning frames, so every other frame attends to their memory. Frames come
-from different images, so each has a stable ``key`` under which its encoder features are
-cached; the same slice placed in two sequences is encoded once.
+from different images, so each is encoded through its own image's cache: the same slice
+placed in two sequences, or already encoded for a session on its image, is encoded once.
 
 A query frame's own prediction from the support memory alone (no neighbouring query
 frames) is :func:`predict_from_memory`; it stores nothing in the state.
@@ -20,14 +20,19 @@ import torch
 import torch.nn.functional as F
 
 from .frames import to_model_input
-from .predictor import FeatureCache
+from .feature_cache import FeatureCache
 from .propagation import OBJ_ID
 
 
 @dataclass
 class FrameSource:
-    key: tuple  # stable identity of the image, e.g. ("support", 0, k) or ("target", k)
+    """One frame of a memory sequence: where its image comes from and which cache keeps its encoding."""
+
+    name: tuple  # the frame's name in the sequence, e.g. ("support", "study-3", k) or ("target", k)
     image01: Callable[[], np.ndarray]  # the image in [0, 1], [rows, cols] or [rows, cols, 3]
+    cache: FeatureCache  # the cache of the image the frame comes from (image_features.py)
+    cache_key: tuple | None = None  # its key there (``SliceFrames.key``); None: ``name``
+    model_input: Callable[[], torch.Tensor] | None = None  # as its image's sessions see it; None: image01 resized
 
 
 class MemoryFrames:
@@ -35,7 +40,9 @@ class MemoryFrames:
 
     Each frame is resized to the model's square input on its own, so support images need
     not share the target's size; ``video_height``/``video_width`` only set the resolution
-    of the masks sam2 returns (the target's slice size).
+    of the masks sam2 returns (the target's slice size). Each frame is encoded through its
+    own image's cache (:attr:`caches`), so a slice a session on that image already encoded
+    is not encoded again.
     """
 
     in_memory_frames = True  # recognised by VolumePredictor.init_state_from_frames
@@ -47,33 +54,53 @@ class MemoryFrames:
         self.image_size = int(image_size)
         self.video_height = int(video_height)
         self.video_width = int(video_width)
+        self._by_name = {source.name: source for source in self.sources}
+        self.caches = _SourceCaches(self._by_name)
 
     def __len__(self) -> int:
         return len(self.sources)
 
     def key(self, index: int) -> tuple:
-        return self.sources[index].key
+        return self.sources[index].name
 
     def __getitem__(self, index: int) -> torch.Tensor:
         if not -len(self) <= index < len(self):
             raise IndexError(f"frame {index} out of range for {len(self)} frames")
-        return to_model_input(self.sources[index].image01(), self.image_size)
+        source = self.sources[index]
+        if source.model_input is not None:
+            return source.model_input()
+        return to_model_input(source.image01(), self.image_size)
 
 
-def encode(predictor, frames: MemoryFrames, index: int, cache: FeatureCache) -> dict:
+class _SourceCaches:
+    """The caches of a memory sequence's frames, looked up by frame name (what sam2's passes use)."""
+
+    def __init__(self, by_name: dict):
+        self._by_name = by_name
+
+    def get(self, name: tuple):
+        source = self._by_name[name]
+        return source.cache.get(source.cache_key if source.cache_key is not None else name)
+
+    def put(self, name: tuple, backbone_out: dict) -> None:
+        source = self._by_name[name]
+        source.cache.put(source.cache_key if source.cache_key is not None else name, backbone_out)
+
+
+def encode(predictor, frames: MemoryFrames, index: int) -> dict:
     """The image encoder's output for one frame, through the cache sam2's passes also use."""
-    key = frames.key(index)
-    backbone_out = cache.get(key)
+    name = frames.key(index)
+    backbone_out = frames.caches.get(name)
     if backbone_out is None:
         device = next(predictor.parameters()).device
         backbone_out = predictor.forward_image(frames[index].unsqueeze(0).to(device))
-        cache.put(key, backbone_out)
+        frames.caches.put(name, backbone_out)
     return backbone_out
 
 
-def embedding(predictor, frames: MemoryFrames, index: int, cache: FeatureCache) -> torch.Tensor:
+def embedding(predictor, frames: MemoryFrames, index: int) -> torch.Tensor:
     """A global descriptor of a frame: its coarsest encoder features averaged over space."""
-    top = encode(predictor, frames, index, cache)["backbone_fpn"][-1]
+    top = encode(predictor, frames, index)["backbone_fpn"][-1]
     return top.float().mean(dim=(0, 2, 3)).cpu()
 
 

@@ -108,6 +108,7 @@ class ModelSource:
         self.cuda_numerics = cuda_numerics  # MedSAM2's TF32 / Flash / bf16 prompt embeddings on CUDA (cuda_numerics.py)
         self._loaded: LoadedModel | None = None
         self._versions = 0
+        self._meta_cache: dict = {}  # (path, file stamp) -> (untrained origin, fine-tune record)
         self._lock = threading.RLock()
         self.last_error: str | None = None
 
@@ -260,7 +261,7 @@ class ModelSource:
         if loaded is not None and loaded.checkpoint == path and loaded.stamp == stamp:
             return loaded.random_weights, getattr(loaded.model, "finetune_meta", None)
         key = (path, stamp)
-        cache = self.__dict__.setdefault("_meta_cache", {})
+        cache = self._meta_cache
         if key not in cache:
             try:
                 payload = read_checkpoint(path)

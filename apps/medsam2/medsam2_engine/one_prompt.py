@@ -35,9 +35,9 @@ from .memory_frames import (
     frame_confidence,
     predict_from_memory,
 )
+from .image_features import EncodedImage, ImageFeatures
 from .model_source import ModelSource
 from .one_prompt_images import QueryResult, segment_queries
-from .predictor import FeatureCache, KeyedCache
 from .propagation import AbsenceRun, EarlyStop, PassReport, slice_steps
 from .results import RunInfo, SliceScore, slice_score
 from .support_selection import SupportChoice, choose_supports, spanning_slices
@@ -68,7 +68,7 @@ class OnePromptSettings:
     max_supports: int = 2
     max_probes: int = 24  # target slices scored from the support memory to find the start
     early_stop: EarlyStop = field(default_factory=EarlyStop)
-    feature_cache_mb: float = 2048.0  # the app passes the engine's setting (--conf feature_cache_mb)
+    feature_cache_mb: float = 2048.0  # without the app's ImageFeatures: the bound of this segmenter's own caches
     cpu_bf16: str = "off"  # as the engine's (see precision.py)
 
 
@@ -89,14 +89,14 @@ class OnePromptResult:
 
 
 @dataclass
-class ImagesResult:
+class OnePromptImagesResult:
     support_mask: np.ndarray  # the support's mask as used (given, or made from the prompt)
     queries: list  # QueryResult per query image, in order
     run: RunInfo
 
 
 @dataclass
-class ImageResult:
+class OnePromptImageResult:
     """A 2D target segmented from one 2D support."""
 
     query: QueryResult  # its mask is the target image's [i, j]
@@ -107,22 +107,36 @@ class ImageResult:
 
 
 class OnePromptSegmenter:
-    def __init__(self, models: ModelSource, settings: OnePromptSettings | None = None):
+    """``image_features``: the interactive engine's (``VolumeSegmenter.image_features``), so one-prompt's encoded
+    slices are the sessions' (a target a clinician opened is not encoded again) and count in their
+    memory budget; without it, a store of its own."""
+
+    def __init__(self, models: ModelSource, settings: OnePromptSettings | None = None,
+                 image_features: ImageFeatures | None = None):
         self.models = models
         self.settings = settings or OnePromptSettings()
+        if image_features is None:
+            from .volume_segmenter import EngineSettings, VolumeSegmenter
+
+            image_features = VolumeSegmenter(models, EngineSettings(feature_cache_mb=self.settings.feature_cache_mb,
+                                                                    cpu_bf16=self.settings.cpu_bf16)).image_features
+        self.image_features = image_features
         self._lock = threading.Lock()  # one whole-study search at a time: it must not crowd out clicks
 
-    def segment_volume(self, target: Volume, supports: list, window=None, modality=None,
+    def segment_volume(self, target, supports: list, window=None, modality=None,
                        settings: OnePromptSettings | None = None) -> OnePromptResult:
+        """``target``: the study's file (its encoded slices shared with sessions on it) or a Volume."""
         settings = settings or self.settings
-        if not target.is_3d:
-            raise OnePromptError(f"target must be a 3D volume, got shape {list(target.array.shape)}")
+        volume = self.image_features.read(target)
+        if not volume.is_3d:
+            raise OnePromptError(f"target must be a 3D volume, got shape {list(volume.array.shape)}")
         usable, rejected = _check_supports(supports, settings.slices_per_support)
         started = time.perf_counter()
         timings: dict = {}
         loaded = self.models.get()
         with self._lock, torch.inference_mode(), autocast_for(self.models.device, settings.cpu_bf16):
-            run = _Run(loaded.model, target, window, modality, settings, timings)
+            target_image = self.image_features.encoded(target, loaded, window, modality, owner=("one-prompt",), volume=volume)
+            run = _Run(loaded, self.image_features, target_image, window, settings, timings)
             choices = run.choose(usable, rejected)
             result = run.segment([s for s in usable if s.name in {c.name for c in choices if c.used}])
         timings["total"] = time.perf_counter() - started
@@ -130,7 +144,7 @@ class OnePromptSegmenter:
         result.run = RunInfo.of(loaded, "one-prompt", timings)
         return result
 
-    def segment_image(self, target: Volume, supports: list, window=None, modality=None) -> ImageResult:
+    def segment_image(self, target: Volume, supports: list, window=None, modality=None) -> OnePromptImageResult:
         """A 2D target from the first 2D support (by the given order), each windowed for the model."""
         flat = [s for s in supports if not s.volume.is_3d]
         if not flat:
@@ -146,9 +160,9 @@ class OnePromptSegmenter:
         query.mask = image_to_slice(query.mask)
         choices = [SupportChoice(s.name, None, s is support, "first 2D support" if s is support
                                  else "one support per 2D image") for s in supports]
-        return ImageResult(query, images[1][1], "photo" if target.is_rgb else "image", choices, result.run)
+        return OnePromptImageResult(query, images[1][1], "photo" if target.is_rgb else "image", choices, result.run)
 
-    def segment_images(self, support_image01, queries: list, support_mask=None, prompt=None) -> ImagesResult:
+    def segment_images(self, support_image01, queries: list, support_mask=None, prompt=None) -> OnePromptImagesResult:
         """2D: the support image with a mask or prompt; each query image's mask and confidence.
 
         Images are ``[rows, cols]`` (or ``[rows, cols, 3]``) in [0, 1]; masks are images too.
@@ -156,13 +170,14 @@ class OnePromptSegmenter:
         timings: dict = {}
         started = time.perf_counter()
         loaded = self.models.get()
+        call = np.zeros(0)  # the call's encodings count in the budget while it runs, then go
         with self._lock, torch.inference_mode(), autocast_for(self.models.device, self.settings.cpu_bf16):
             support_mask, results = segment_queries(
-                loaded.model, support_image01, queries, support_mask, prompt,
-                self.settings.early_stop.score_threshold, timings,
+                loaded.model, self.image_features.call_cache(loaded, call), support_image01, queries, support_mask,
+                prompt, self.settings.early_stop.score_threshold, timings,
             )
         timings["total"] = time.perf_counter() - started
-        return ImagesResult(support_mask, results, RunInfo.of(loaded, "one-prompt", timings))
+        return OnePromptImagesResult(support_mask, results, RunInfo.of(loaded, "one-prompt", timings))
 
 
 def _check_supports(supports: list, per_support: int) -> tuple:
@@ -189,34 +204,39 @@ def _check_supports(supports: list, per_support: int) -> tuple:
 class _Run:
     """One target study's one-prompt segmentation (state shared by its steps)."""
 
-    def __init__(self, predictor, target: Volume, window, modality, settings: OnePromptSettings, timings: dict):
-        self.predictor = predictor
+    def __init__(self, loaded, features: ImageFeatures, target: EncodedImage, window, settings: OnePromptSettings,
+                 timings: dict):
+        self.loaded = loaded
+        self.predictor = loaded.model
+        self.features = features
         self.settings = settings
         self.timings = timings
         self.window_spec = window
-        self.window, self.modality = model_window(target, modality, window)
-        self.target = SliceFrames(target.array, self.window, predictor.image_size)
-        self.shape = target.array.shape
-        self.cache = FeatureCache(int(settings.feature_cache_mb * 2**20))
-        self.sources = {("target", k): FrameSource(("target", k), lambda k=k: self.target.image01(k))
-                        for k in range(len(self.target))}
-        self.support_masks: dict = {}  # key -> mask image [rows, cols]
+        self.window, self.modality = target.window, target.modality
+        self.target = target.frames
+        self.shape = target.volume.array.shape
+        self.sources = {("target", k): self._source(("target", k), target, k) for k in range(len(self.target))}
+        self.support_masks: dict = {}  # name -> mask image [rows, cols]
 
-    def _frames(self, keys: list) -> MemoryFrames:
+    @staticmethod
+    def _source(name: tuple, image: EncodedImage, k: int) -> FrameSource:
+        frames = image.frames
+        return FrameSource(name, lambda: frames.image01(k), image.cache, frames.key(k), lambda: frames[k])
+
+    def _frames(self, names: list) -> MemoryFrames:
         rows, cols = self.target.video_height, self.target.video_width
-        return MemoryFrames([self.sources[k] for k in keys], self.predictor.image_size, rows, cols)
+        return MemoryFrames([self.sources[n] for n in names], self.predictor.image_size, rows, cols)
 
     def _add_support(self, support: Support) -> list:
-        support_window, modality = model_window(support.volume, None, self.window_spec)
-        frames = SliceFrames(support.volume.array, support_window, self.predictor.image_size)
-        keys = []
+        image = self.features.encoded(support.volume, self.loaded, self.window_spec, None, owner=("one-prompt",))
+        names = []
         for k in support.slices:
-            key = ("support", support.name, k)
-            self.sources[key] = FrameSource(key, lambda k=k, f=frames: f.image01(k))
-            self.support_masks[key] = slice_to_image(support.mask[:, :, k])
-            keys.append(key)
-        support.modality = modality
-        return keys
+            name = ("support", support.name, k)
+            self.sources[name] = self._source(name, image, k)
+            self.support_masks[name] = slice_to_image(support.mask[:, :, k])
+            names.append(name)
+        support.modality = image.modality
+        return names
 
     # -- 1. which supports ------------------------------------------------------------
     def choose(self, supports: list, rejected: dict) -> list:
@@ -228,7 +248,7 @@ class _Run:
             return [SupportChoice(only.name, None, True, "the only usable support", only.slices)] + not_usable
         sampled = np.unique(np.linspace(0, len(self.target) - 1, min(8, len(self.target))).round().astype(int))
         catalog = self._frames([*(("target", int(k)) for k in sampled), *(k for ks in keys.values() for k in ks)])
-        descriptors = [embedding(self.predictor, catalog, i, self.cache) for i in range(len(catalog))]
+        descriptors = [embedding(self.predictor, catalog, i) for i in range(len(catalog))]
         target_desc = torch.stack(descriptors[: len(sampled)])
         offset, candidates = len(sampled), {}
         for name, ks in keys.items():
@@ -246,7 +266,7 @@ class _Run:
 
     def _state(self, support_keys: list, target_slices: list) -> tuple:
         frames = self._frames([*support_keys, *(("target", k) for k in target_slices)])
-        state = self.predictor.init_state_from_frames(frames, KeyedCache(self.cache, frames))
+        state = self.predictor.init_state_from_frames(frames, frames.caches)
         for index, key in enumerate(support_keys):
             add_support_mask(self.predictor, state, index, self.support_masks[key])
         self.predictor.propagate_in_video_preflight(state)  # encodes the support memory

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .memory_frames import FrameSource, MemoryFrames, add_support_mask, predict_from_memory
-from .predictor import FeatureCache, KeyedCache
+from .feature_cache import FeatureCache
 from .prompts import FramePrompt
 from .propagation import OBJ_ID
 
@@ -36,9 +36,12 @@ def _image_size(image01: np.ndarray, what: str) -> tuple:
     return image01.shape[0], image01.shape[1]
 
 
-def segment_queries(predictor, support_image01: np.ndarray, queries: list, support_mask: np.ndarray | None = None,
-                    prompt: FramePrompt | None = None, score_threshold: float = 0.0, timings: dict | None = None):
+def segment_queries(predictor, cache: FeatureCache, support_image01: np.ndarray, queries: list,
+                    support_mask: np.ndarray | None = None, prompt: FramePrompt | None = None,
+                    score_threshold: float = 0.0, timings: dict | None = None):
     """(support mask used, [QueryResult per query]); images in [0, 1], masks as images [rows, cols].
+
+    ``cache``: where the images' encodings are kept for the call (image_features.ImageFeatures.call_cache).
 
     Give the support either ``support_mask`` or a ``prompt`` (points ``(x, y)`` and/or a
     box in the support image's pixels); an empty support mask is refused.
@@ -50,12 +53,11 @@ def segment_queries(predictor, support_image01: np.ndarray, queries: list, suppo
         raise ValueError("no query images to segment")
     rows, cols = _image_size(support_image01, "support image")
     sizes = [_image_size(q, f"query {n}") for n, q in enumerate(queries)]
-    sources = [FrameSource(("support",), lambda: support_image01)]
-    sources += [FrameSource(("query", n), lambda q=q: q) for n, q in enumerate(queries)]
+    sources = [FrameSource(("support",), lambda: support_image01, cache)]
+    sources += [FrameSource(("query", n), lambda q=q: q, cache) for n, q in enumerate(queries)]
     frames = MemoryFrames(sources, predictor.image_size, rows, cols)
-    cache = FeatureCache(1 << 30)
     t0 = time.perf_counter()
-    state = predictor.init_state_from_frames(frames, KeyedCache(cache, frames))
+    state = predictor.init_state_from_frames(frames, frames.caches)
     if support_mask is not None:
         support_mask = np.asarray(support_mask, dtype=bool)
         if support_mask.shape != (rows, cols):

@@ -4,8 +4,9 @@ Three small changes, each by extending sam2 rather than rewriting it:
 
 - ``init_state_from_frames`` lets sam2 build its own inference state from a
   :class:`~medsam2_engine.frames.SliceFrames` (sam2 itself only reads JPEG folders/MP4);
-- ``_get_image_feature`` consults a :class:`FeatureCache` first, so a correction never
-  re-runs the image encoder on a slice it has already seen;
+- ``_get_image_feature`` consults the frames' :class:`~.feature_cache.FeatureCache` first
+  (under ``frames.key(index)``), so a correction never re-runs the image encoder on a slice
+  it has already seen;
 - the mask decoder's predicted IoU, which sam2 computes and then drops, is kept in each
   frame's output as ``predicted_iou`` so results can say how sure the model was.
 """
@@ -15,8 +16,9 @@ from __future__ import annotations
 import copy
 import functools
 import threading
-from collections import OrderedDict
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
 
 import torch
 from tqdm import tqdm
@@ -24,6 +26,9 @@ from sam2 import sam2_video_predictor as _sam2_video_module
 from sam2.sam2_video_predictor import SAM2VideoPredictor
 
 from .frames import SliceFrames
+
+if TYPE_CHECKING:
+    from .feature_cache import FeatureCache
 
 _install_lock = threading.Lock()
 _stage_runs = threading.local()  # what ran each stage in this thread's recording (runtimes_used)
@@ -72,80 +77,9 @@ def _install_in_memory_loader() -> None:
         _sam2_video_module.tqdm = functools.partial(tqdm, disable=True)
 
 
-class FeatureCache:
-    """Image-encoder outputs per frame, least recently used evicted beyond ``max_bytes``.
-
-    Only the FPN features differ between frames; the positional encodings depend on the
-    feature map's size alone, so one copy per size is shared (it is larger than the features).
-    """
-
-    def __init__(self, max_bytes: int):
-        self.max_bytes = int(max_bytes)
-        self._frames: OrderedDict = OrderedDict()
-        self._pos_enc: dict = {}  # feature map size -> positional encodings
-        self._lock = threading.Lock()
-        self.bytes = 0
-        self.hits = 0
-        self.misses = 0
-
-    @staticmethod
-    def _map_size(fpn) -> tuple:
-        return tuple(fpn[-1].shape[-2:])
-
-    @staticmethod
-    def _size(fpn) -> int:
-        return sum(t.numel() * t.element_size() for t in fpn)
-
-    def get(self, frame_idx: int):
-        with self._lock:
-            fpn = self._frames.get(frame_idx)
-            if fpn is None:
-                self.misses += 1
-                return None
-            self.hits += 1
-            self._frames.move_to_end(frame_idx)
-            return {"backbone_fpn": list(fpn), "vision_pos_enc": list(self._pos_enc[self._map_size(fpn)])}
-
-    def __contains__(self, frame_idx) -> bool:
-        """Whether the frame is encoded (counts neither a hit nor a miss: for encode-ahead)."""
-        with self._lock:
-            return frame_idx in self._frames
-
-    def put(self, frame_idx: int, backbone_out: dict) -> None:
-        with self._lock:  # encode-ahead's worker puts while a request reads
-            if frame_idx in self._frames or self.max_bytes <= 0:
-                return
-            fpn = tuple(backbone_out["backbone_fpn"])
-            self._pos_enc.setdefault(self._map_size(fpn), tuple(backbone_out["vision_pos_enc"]))
-            self._frames[frame_idx] = fpn
-            self.bytes += self._size(fpn)
-            while self.bytes > self.max_bytes and len(self._frames) > 1:
-                _, evicted = self._frames.popitem(last=False)
-                self.bytes -= self._size(evicted)
-
-    def __len__(self) -> int:
-        return len(self._frames)
-
-
-class KeyedCache:
-    """A shared FeatureCache seen through one frame sequence: frame index -> ``frames.key(index)``."""
-
-    def __init__(self, cache: FeatureCache, frames):
-        self.cache = cache
-        self.frames = frames
-
-    def get(self, frame_idx: int):
-        return self.cache.get(self.frames.key(frame_idx))
-
-    def put(self, frame_idx: int, backbone_out: dict) -> None:
-        self.cache.put(self.frames.key(frame_idx), backbone_out)
-
-    def __len__(self) -> int:
-        return len(self.cache)
-
-
 class _CachedFrames:
-    """One state's frames with the feature cache they are encoded through (per call, never shared)."""
+    """One state's frames with the cache they are encoded through, keyed by ``frames.key(index)``
+    (per call, never shared): sam2 encodes frame 0 inside ``init_state``, before the state exists."""
 
     in_memory_frames = True
 
@@ -210,6 +144,22 @@ class FairLock:
         self.release()
 
 
+@dataclass
+class Serving:
+    """What serving adds to one network, shared by the network and its input-size views.
+
+    A declared attribute of :class:`VolumePredictor` (``predictor.serving``), set by the
+    runtime package and read by the steps: nothing else of the server is kept on the model.
+    """
+
+    lock: FairLock = field(default_factory=FairLock)  # see network_lock
+    image_encoder: object = None  # runtime.image_encoder's compiled encoder, or None: PyTorch
+    memory_attention: object = None  # runtime.memory_attention's compiled graph, or None: PyTorch
+    stages: dict = field(default_factory=lambda: {"image_encoder": "torch", "memory_attention": "torch"})
+    views: dict = field(default_factory=dict)  # input size -> view (at_input_size)
+    views_lock: threading.Lock = field(default_factory=threading.Lock)
+
+
 def network_lock(predictor) -> FairLock:
     """The one lock of a network (shared by its input-size views): held per slice step.
 
@@ -218,7 +168,7 @@ def network_lock(predictor) -> FairLock:
     slice by slice rather than one waiting for another's whole propagation, and the CPU
     threads or GPU memory are never split between two forward passes at once.
     """
-    return predictor.__dict__["_network_lock"]
+    return predictor.serving.lock
 
 
 class _MemoryAttentionCall:
@@ -252,9 +202,8 @@ class VolumePredictor(SAM2VideoPredictor):
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.__dict__["_network_lock"] = FairLock()
-        self.__dict__["_step_local"] = threading.local()
-        self.__dict__["_views_lock"] = threading.Lock()
+        self.serving = Serving()
+        self._step_local = threading.local()
 
     def init_state_from_frames(self, frames: SliceFrames, feature_cache: FeatureCache | None = None) -> dict:
         _install_in_memory_loader()
@@ -265,9 +214,10 @@ class VolumePredictor(SAM2VideoPredictor):
         return state
 
     def _get_image_feature(self, inference_state, frame_idx, batch_size):
-        cache = getattr(inference_state["images"], "feature_cache", None)
+        frames = inference_state["images"]
+        cache = getattr(frames, "feature_cache", None)
         if cache is not None and frame_idx not in inference_state["cached_features"]:
-            backbone_out = cache.get(frame_idx)
+            backbone_out = cache.get(frames.key(frame_idx))
             if backbone_out is not None:
                 # sam2 keeps (image, features); it never reads the image back, so a
                 # one-pixel stand-in avoids holding a full-resolution frame per slice.
@@ -275,12 +225,12 @@ class VolumePredictor(SAM2VideoPredictor):
                 inference_state["cached_features"] = {frame_idx: (placeholder, backbone_out)}
         features = super()._get_image_feature(inference_state, frame_idx, batch_size)
         if cache is not None:
-            cache.put(frame_idx, inference_state["cached_features"][frame_idx][1])
+            cache.put(frames.key(frame_idx), inference_state["cached_features"][frame_idx][1])
         return features
 
     def forward_image(self, img_batch):
         # the CPU runtime (runtime/image_encoder.py) when one is attached and takes this input
-        runtime = self.__dict__.get("_image_runtime")
+        runtime = self.serving.image_encoder
         if runtime is not None and runtime.accepts(img_batch):
             _ran("image_encoder", runtime.name)
             return runtime(img_batch)
@@ -293,7 +243,7 @@ class VolumePredictor(SAM2VideoPredictor):
         # (runtime/memory_attention.py) the call goes through it when it takes the inputs.
         # The module itself stays in ``_modules``: state_dict, training and .to() see it alone.
         module = self._modules["memory_attention"]
-        runtime = self.__dict__.get("_memory_attention_runtime")
+        runtime = self.serving.memory_attention
         if runtime is None and getattr(_stage_runs, "used", None) is None:
             return module  # nothing to choose or record (training, tools)
         return _MemoryAttentionCall(module, runtime)
@@ -325,12 +275,12 @@ def at_input_size(predictor: VolumePredictor, size: int) -> VolumePredictor:
         return predictor
     if size % 32:
         raise ValueError(f"model input size must be a multiple of 32, got {size}")
-    with predictor.__dict__["_views_lock"]:
+    with predictor.serving.views_lock:
         return _view(predictor, size)
 
 
 def _view(predictor: VolumePredictor, size: int) -> VolumePredictor:
-    views = predictor.__dict__.setdefault("_input_size_views", {})
+    views = predictor.serving.views
     view = views.get(size)
     if view is None:
         embedding = size // predictor.backbone_stride

@@ -1,7 +1,7 @@
 """Interactive sessions: one per (client, image), bounded in number, memory and idle time.
 
 The store also holds the encoded slices, which belong to the image and not to one session
-(``shared_features.py``): its memory budget counts each feature cache and each volume once,
+(``feature_cache.py``): its memory budget counts each feature cache and each volume once,
 however many sessions share it, and evicts caches no session holds before sessions.
 """
 
@@ -15,12 +15,12 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
-from .shared_features import FeatureKey, FeatureStore
+from .feature_cache import FeatureKey, FeatureStore
 
 if TYPE_CHECKING:  # types only: these modules need nothing from here
     from .frames import SliceFrames
     from .model_source import LoadedModel
-    from .predictor import FeatureCache
+    from .feature_cache import FeatureCache
     from .volume_io import Volume
     from .windowing import Window
 
@@ -63,7 +63,7 @@ class Session:
     volume: Volume
     frames: SliceFrames
     window: Window
-    feature_cache: FeatureCache  # a shared_features.SessionFeatures: the image's encoded slices
+    feature_cache: FeatureCache  # a feature_cache.FeatureCacheView: the image's encoded slices
     modality: str = ""
     started: str = "new"  # why this session began: "new", "reset by request", "image changed", ...
     load_seconds: float = 0.0  # reading the image when it began

@@ -9,7 +9,7 @@ import numpy as np
 
 from .crop_region import CropRegion, CropRegionSettings, grown, mask_extent, reaches_edge, union
 from .frames import image_to_slice
-from .predictor import KeyedCache, at_input_size, network_lock
+from .predictor import at_input_size, network_lock
 from .prompts import FramePrompt
 from .propagation import (OBJ_ID, CorrectionStop, EarlyStop, PassPlan, Propagation, propagate_both_ways,
                           propagate_correction, restart_frame)
@@ -45,7 +45,7 @@ class LabelTrack:
         """
         frames = frames if region is None else frames.cropped(region.voxel_region(), region.input_size)
         view = at_input_size(predictor, frames.image_size)
-        state = view.init_state_from_frames(frames, KeyedCache(feature_cache, frames))
+        state = view.init_state_from_frames(frames, feature_cache)
         return cls(state=state, region=region, grows=grows)
 
     def memory_bytes(self) -> int:

@@ -26,21 +26,19 @@ import numpy as np
 import torch
 
 from .crop_region import CropRegion, CropRegionSettings, choose_region, prompt_extent
-from .frames import SliceFrames
 from .model_source import ModelSource
 from .precision import autocast_for
 from .predictor import runtimes_used
-from .shared_features import FeatureKey, SessionFeatures
+from .image_features import ImageFeatures
 from .prompts import LabelPrompts, PromptError
 from .exact_stop import ExactStopReport, exact_stop_report, misses_prompted_range
 from .propagation import CorrectionStop, EarlyStop
-from .protocols import check_protocol, default_protocol, input_resampling, label_protocol
-from .runtime import image_runtime
+from .protocols import check_protocol, default_protocol, label_protocol
 from .results import RunInfo, slice_score
 from .sessions import Session, SessionLimits, SessionStore, image_stamp, window_key
 from .tracks import LabelTrack, apply_changes, diff_prompts, starts_afresh
-from .volume_io import Volume, load_image
-from .windowing import Window, model_window
+from .volume_io import Volume
+from .windowing import Window
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +64,7 @@ class EngineSettings:
     limits: SessionLimits = field(default_factory=SessionLimits)
     cpu_bf16: str = "off"  # "off" | "on" | "auto" (only with AMX/AVX-512 bf16 units): see precision.py
     crop_region: CropRegionSettings = field(default_factory=CropRegionSettings)
-    share_features: bool = True  # sessions on one image share its encoded slices (shared_features.py)
+    share_features: bool = True  # sessions on one image share its encoded slices (feature_cache.py)
 
     def options(self, **overrides) -> SegmentOptions:
         """The settings' options, with any of ``early_stop``, ``correction_stop``, ``crop_region`` replaced."""
@@ -133,6 +131,7 @@ class VolumeSegmenter:
         self.settings = settings or EngineSettings()
         self.protocol = check_protocol(self.settings.protocol or default_protocol(getattr(models, "preset", None)))
         self.sessions = sessions if sessions is not None else SessionStore(self.settings.limits)
+        self.image_features = ImageFeatures(self.sessions, self.settings, self.protocol)  # slices and their caches
         # called with (session, prompted slices) after a session's first request; the app wires
         # encode-ahead's follow_request here (main.py), None: nothing follows
         self.after_first_request = None
@@ -166,46 +165,24 @@ class VolumeSegmenter:
 
     def _begin(self, key, image, loaded, window, modality, reason: str) -> Session:
         started = time.perf_counter()
-        volume = self._read(image)
+        volume = self.image_features.read(image)
         if not volume.is_3d:
             raise PromptError(f"image {key[-1]} is 2D (shape {list(volume.array.shape)}); use the 2D model for it")
         load_seconds = time.perf_counter() - started
-        chosen, resolved, frames, feature_key, cache = self._features_of(image, volume, loaded, window, modality, key)
+        encoded = self.image_features.encoded(image, loaded, window, modality, owner=key, volume=volume)
         return Session(key=key, image_stamp=image_stamp(image), model=loaded, window_key=window_key(window, modality),
-                       volume=volume, frames=frames, window=chosen, feature_cache=SessionFeatures(cache, feature_key),
-                       modality=resolved, started=reason, load_seconds=load_seconds, image=image)
+                       volume=volume, frames=encoded.frames, window=encoded.window, feature_cache=encoded.cache,
+                       modality=encoded.modality, started=reason, load_seconds=load_seconds, image=image)
 
     def prepare_features(self, image, window=None, modality: str | None = None):
         """(model, frames, feature key, cache) of ``image`` as a request with this window would see it,
         without a session: encode-ahead fills the image's cache before anyone has clicked."""
         loaded = self.models.get()
-        volume = self._read(image)
+        volume = self.image_features.read(image)
         if not volume.is_3d:
             raise PromptError(f"image is 2D (shape {list(volume.array.shape)}): nothing to encode ahead")
-        _, _, frames, key, cache = self._features_of(image, volume, loaded, window, modality, ("encode-ahead",))
-        return loaded, frames, key, cache
-
-    def _features_of(self, image, volume: Volume, loaded, window, modality, owner: tuple):
-        """(window, modality, frames, feature key, shared cache) of a volume as the model sees it."""
-        chosen, resolved = model_window(volume, modality, window)
-        frames = SliceFrames(volume.array, chosen, loaded.model.image_size,
-                             resampling=input_resampling(self.protocol))
-        key = FeatureKey(image_stamp(image), (float(chosen.low), float(chosen.high)), loaded.version,
-                         frames.image_size, frames.resampling, str(self.settings.cpu_bf16),
-                         encoder_runtime=getattr(image_runtime(loaded.model), "name", "torch"),
-                         owner=None if self.settings.share_features else tuple(owner))
-        in_memory = isinstance(image, Volume)  # keyed by its array, which the caller holds
-        cache = self.sessions.feature_cache(key, int(self.settings.feature_cache_mb * 2**20),
-                                            array=volume.array if in_memory else None,
-                                            volume=None if in_memory else volume)
-        return chosen, resolved, frames, key, cache
-
-    def _read(self, image) -> Volume:
-        """An in-memory image as it is; a file as already read for its encoded slices, else read now."""
-        if isinstance(image, Volume):
-            return image
-        kept = self.sessions.kept_volume(image_stamp(image))
-        return kept if kept is not None else load_image(image)
+        encoded = self.image_features.encoded(image, loaded, window, modality, owner=("encode-ahead",), volume=volume)
+        return loaded, encoded.frames, encoded.cache.key, encoded.cache.shared
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """Block until no segment call is running (background work yields to clinicians' requests)."""

@@ -10,8 +10,8 @@ from __future__ import annotations
 import time
 
 
-from medsam2_engine.engine import EngineSettings, SegmentOptions, VolumeSegmenter
-from medsam2_engine.image2d import ImageSegmenter
+from medsam2_engine.volume_segmenter import EngineSettings, SegmentOptions, VolumeSegmenter
+from medsam2_engine.image_segmenter import ImageSegmenter
 from medsam2_engine.prompts import LabelPrompts
 from medsam2_engine.propagation import CorrectionStop, EarlyStop
 from medsam2_engine.crop_region import CropRegionSettings

@@ -14,7 +14,7 @@ import time
 from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.scoring import ScoringMethod
 
-from medsam2_engine.engine import VolumeSegmenter
+from medsam2_engine.volume_segmenter import VolumeSegmenter
 from medsam2_engine.model_source import file_stamp
 from medsam2_engine.training.cases import CaseFiles, LabelMismatch, load_case
 from medsam2_engine.volume_io import ImageReadError, load_image

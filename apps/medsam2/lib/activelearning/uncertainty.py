@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from medsam2_engine.engine import VolumeSegmenter
+from medsam2_engine.volume_segmenter import VolumeSegmenter
 from medsam2_engine.prompts import Box, LabelPrompts
 from medsam2_engine.mask_measures import dice, largest_slice
 

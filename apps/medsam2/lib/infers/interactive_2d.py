@@ -6,7 +6,7 @@ import time
 
 import numpy as np
 
-from medsam2_engine.image2d import ImageSegmenter
+from medsam2_engine.image_segmenter import ImageSegmenter
 from medsam2_engine.prompts import PromptError
 
 from .base import MODALITY_CHOICES, WINDOW_CHOICES, Sam2Task

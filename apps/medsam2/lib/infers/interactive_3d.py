@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from medsam2_engine.engine import SegmentOptions, VolumeSegmenter
+from medsam2_engine.volume_segmenter import SegmentOptions, VolumeSegmenter
 
 from .base import MODALITY_CHOICES, WINDOW_CHOICES, Sam2Task
 from .request import early_stop_option, parse_prompts, read_head, request_flag

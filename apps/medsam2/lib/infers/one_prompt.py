@@ -41,10 +41,9 @@ import numpy as np
 from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 from monailabel.interfaces.tasks.infer_v2 import InferType
 
-from medsam2_engine.engine import EngineSettings, VolumeSegmenter
+from medsam2_engine.volume_segmenter import EngineSettings, VolumeSegmenter
 from medsam2_engine.model_source import ModelSource
 from medsam2_engine.one_prompt import OnePromptError, OnePromptSegmenter, OnePromptSettings, Support
-from medsam2_engine.volume_io import load_image
 
 from .base import MODALITY_CHOICES, WINDOW_CHOICES, Sam2Task
 from ..options import identifier
@@ -84,7 +83,8 @@ class OnePrompt(Sam2Task):
             },
         )
         self.type = InferType.SEGMENTATION  # runs without clicks
-        self.segmenter = OnePromptSegmenter(models, settings)
+        # one-prompt's encoded slices are the interactive sessions' (one store, one memory budget)
+        self.segmenter = OnePromptSegmenter(models, settings, interactive.image_features if interactive else None)
         self.datastore = datastore
         self.interactive = interactive  # its sessions hold what users just segmented
 
@@ -107,10 +107,10 @@ class OnePrompt(Sam2Task):
         supports = ([session_support] if session_support else []) + supports
         if not supports:
             raise OnePromptError("no usable support study: " + "; ".join(f"{k}: {v}" for k, v in rejected.items()))
-        target = load_image(request["image"])
+        target = self.segmenter.image_features.read(request["image"])  # as encode-ahead read it, if it did
         window, modality = window_option(request), modality_option(request)
         if target.is_3d:
-            out, mask = self._volume(request, target, supports, rejected, window, modality)
+            out, mask = self._volume(request, request["image"], supports, rejected, window, modality)
         else:
             out, mask = self._image(target, supports, rejected, window, modality)
         out.update({"label": label, "label_names": {label: 1}, "target": target_id})

@@ -42,16 +42,15 @@ def attach_cpu_runtime(model, runtime: str, warm_up_sizes=()) -> str:
     """
     if runtime not in CPU_RUNTIMES:
         raise ValueError(f"cpu_runtime must be one of {CPU_RUNTIMES}, got {runtime!r}")
-    model.__dict__.pop("_image_runtime", None)
-    model.__dict__.pop("_memory_attention_runtime", None)
+    model.serving.image_encoder = model.serving.memory_attention = None
     encoder = attach_image_encoder(model, runtime, warm_up_sizes)
     memory_attention = attach_memory_attention(model, runtime) if encoder == runtime else "torch"
-    model.__dict__["_runtime_stages"] = {"image_encoder": encoder, "memory_attention": memory_attention}
+    model.serving.stages = {"image_encoder": encoder, "memory_attention": memory_attention}
     return encoder
 
 
 def runtime_stages(model) -> dict:
     """What runs each stage of ``model`` on CPU: ``{"image_encoder": ..., "memory_attention": ...}``."""
-    return dict(model.__dict__.get("_runtime_stages", {"image_encoder": "torch", "memory_attention": "torch"}))
+    return dict(model.serving.stages)
 
 

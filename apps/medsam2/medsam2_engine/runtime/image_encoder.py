@@ -130,10 +130,10 @@ def attach_image_encoder(model, runtime: str, warm_up_sizes) -> str:
     except RuntimeUnavailable as err:
         logger.warning("cpu_runtime %s unavailable, the image encoder runs on PyTorch: %s", runtime, err)
         return f"torch ({runtime} unavailable: {err})"
-    model.__dict__["_image_runtime"] = encoder
+    model.serving.image_encoder = encoder
     return runtime
 
 
 def image_runtime(model):
     """The runtime attached to ``model`` (or to the model it is an input-size view of), or None."""
-    return model.__dict__.get("_image_runtime")
+    return model.serving.image_encoder

@@ -216,7 +216,7 @@ def attach_memory_attention(model, runtime: str, threads: int | None = None) -> 
     than PyTorch here (docs/performance.md, "CPU runtime: memory attention"). Calibrated (int8),
     compiled and run once now, at load.
     """
-    model.__dict__.pop("_memory_attention_runtime", None)
+    model.serving.memory_attention = None
     if runtime not in ("openvino_int8", "openvino_bf16"):
         return "torch"
     try:
@@ -236,10 +236,10 @@ def attach_memory_attention(model, runtime: str, threads: int | None = None) -> 
         return f"torch ({runtime} unavailable: {err})"
     logger.info("memory attention through OpenVINO %s (%d calibration calls), built in %.1f s",
                 runtime, len(calibration), attached.compile_seconds)
-    model.__dict__["_memory_attention_runtime"] = attached
+    model.serving.memory_attention = attached
     return runtime
 
 
 def memory_attention_runtime(model):
     """The memory-attention runtime attached to ``model``, or None."""
-    return model.__dict__.get("_memory_attention_runtime")
+    return model.serving.memory_attention

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from ..engine import EngineSettings, VolumeSegmenter
+from ..volume_segmenter import EngineSettings, VolumeSegmenter
 from ..mask_measures import box_on_largest_slice, dice
 from ..model_source import LoadedModel
 from ..prompts import LabelPrompts
