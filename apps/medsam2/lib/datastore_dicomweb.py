@@ -20,6 +20,7 @@ import re
 import shutil
 import tempfile
 import threading
+import time
 import uuid
 from typing import Any, Callable, Dict, List
 
@@ -34,6 +35,7 @@ from monailabel.interfaces.datastore import DefaultLabelTag
 from pydicom.dataset import Dataset
 
 from lib.dicom_seg import SegAuthor, build_segmentation
+from lib.pacs_labels import PacsLabels
 from lib.saved_structures import PreparedLabel, prepare_label
 from medsam2_engine.label_structures import structures_path, write_stack
 from lib.privacy import KEYWORDS as PATIENT_IDENTIFIERS
@@ -80,6 +82,10 @@ class MedSam2DicomWebDatastore(DICOMWebDatastore):
         self._locks_guard = threading.Lock()
         # (series UID, file) -> None, called once a series is fetched: it is about to be segmented
         self.on_series_ready: Callable[[str, str], None] | None = None
+        # the final label is the PACS's newest SEG of the series (replicas share the PACS; the cache is a cache)
+        self._pacs_labels = PacsLabels(client, label_names)
+        self._synced: Dict[str, float] = {}  # series UID -> when its label was last compared with the PACS
+        self.label_sync_s = 2.0  # within one request (several label lookups) the PACS is asked once
 
     @cached(cache=TTLCache(maxsize=16, ttl=settings.MONAI_LABEL_DICOMWEB_CACHE_EXPIRY))
     def list_images(self) -> List[str]:
@@ -189,6 +195,7 @@ class MedSam2DicomWebDatastore(DICOMWebDatastore):
             label_info["version"] = uuid.uuid4().hex  # what a client names to replace exactly this label
             if label_tag == DefaultLabelTag.FINAL:
                 label_info.update(self._store_seg(series_uid, prepared, label_info.get("label_info")))
+                label_info["version"] = label_info["SeriesInstanceUID"]  # the same on every replica
             saved = LocalDatastore.save_label(self, series_uid, prepared.label_file, label_tag, label_info)
             stack_file = structures_path(os.path.join(self._datastore.label_path(label_tag), series_uid + ".nii.gz"))
             if prepared.stack is not None:
@@ -217,7 +224,66 @@ class MedSam2DicomWebDatastore(DICOMWebDatastore):
                                                         "saved through this app")
         return path
 
+    def sync_final_label(self, series_uid: str, fetch: bool = False) -> None:
+        """Make the cached final label the PACS's newest SEG of the series (saved through any replica).
+
+        ``fetch``: a series not in this replica's cache is fetched first when the PACS holds a
+        SEG of it (a label read); otherwise only cached series are compared (study lists).
+        """
+        now = time.monotonic()
+        if now - self._synced.get(series_uid, -1e9) < self.label_sync_s:
+            return
+        try:
+            if fetch and series_uid not in self._datastore.objects:
+                found = self._client.search_for_series(search_filters={"SeriesInstanceUID": series_uid})
+                study_uid = str(Dataset.from_json(found[0])["StudyInstanceUID"].value) if found else ""
+                if not study_uid or self._pacs_labels.latest(series_uid, study_uid) is None:
+                    return
+                self.get_image_uri(series_uid)  # the label's grid is the series' own
+            with self._lock_for(series_uid):
+                self._sync_final_label(series_uid)
+            self._synced[series_uid] = time.monotonic()
+        except HTTPException:
+            raise
+        except Exception as err:  # noqa: BLE001 - the PACS is unreachable: the cached label is served
+            logger.warning("series %s: final label not compared with the PACS: %s", series_uid, err)
+
+    def _sync_final_label(self, series_uid: str) -> None:
+        study_uid = (self._datastore.objects[series_uid].image.info.get("StudyInstanceUID")
+                     if series_uid in self._datastore.objects else None)
+        if not study_uid:
+            return  # not fetched here yet: get_image_uri fetches it, and the next lookup syncs
+        latest = self._pacs_labels.latest(series_uid, study_uid)
+        obj = self._datastore.objects.get(series_uid)
+        cached = obj.labels.get(DefaultLabelTag.FINAL) if obj else None
+        if latest is None or (cached is not None and cached.info.get("version") == latest[0]):
+            return
+        path, segments = self._pacs_labels.to_label_file(latest[0], study_uid, self._series_dir(series_uid),
+                                                         self._stable_path(series_uid))
+        try:
+            info = {"version": latest[0], "SeriesInstanceUID": latest[0], "label_info": segments, "from_pacs": True}
+            LocalDatastore.save_label(self, series_uid, path, DefaultLabelTag.FINAL, info)
+        finally:
+            os.unlink(path)
+        stack_file = structures_path(os.path.join(self._datastore.label_path(DefaultLabelTag.FINAL),
+                                                  series_uid + ".nii.gz"))
+        if os.path.exists(stack_file):
+            os.unlink(stack_file)  # the structures of the label the PACS's newer one replaces
+        logger.info("series %s: final label read from the PACS (SEG %s)", series_uid, latest[0])
+
+    def get_label_info(self, label_id: str, label_tag: str) -> Dict[str, Any]:
+        if label_tag == DefaultLabelTag.FINAL and DICOM_UID.match(label_id or ""):
+            self.sync_final_label(label_id)
+        return super().get_label_info(label_id, label_tag)
+
+    def get_labels_by_image_id(self, image_id: str) -> Dict[str, str]:
+        if DICOM_UID.match(image_id or ""):
+            self.sync_final_label(image_id)
+        return super().get_labels_by_image_id(image_id)
+
     def _saved_label_path(self, series_uid: str, label_tag: str) -> str:
+        if label_tag == DefaultLabelTag.FINAL:
+            self.sync_final_label(series_uid)
         obj = self._datastore.objects.get(series_uid)
         label = obj.labels.get(label_tag) if obj else None
         path = os.path.join(self._datastore.label_path(label_tag), series_uid + label.ext) if label else ""

@@ -69,7 +69,8 @@ INVENTORY = [
     _r("DELETE", "/batch/infer", "admin", "stops the batch task"),
     # training, scoring, active learning
     _r("GET", "/train/", "user", "fine-tune status"),
-    _r("POST", "/train/{model}", "admin", "known trainer; one at a time (409), never queued",
+    _r("POST", "/train/{model}", "admin", "known trainer; one at a time (409), never queued; only on the trainer "
+                                         "replica (elsewhere 409 naming it)",
        routes_tasks.train_model),
     _r("DELETE", "/train/", "admin", "stops the fine-tune"),
     _r("GET", "/scoring/", "user", "scoring status"),

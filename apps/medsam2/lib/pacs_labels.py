@@ -1,0 +1,102 @@
+"""A series' latest final label read back from the PACS (DICOM SEG), for replicas sharing one PACS.
+
+A replica's cache is only a cache: the label of a series is the newest DICOM SEG in the
+PACS that references it. ``PacsLabels.latest(series, study)`` finds it (a QIDO query for
+the study's SEG series; each SEG's metadata fetched once, as a SEG never changes), and
+``to_label_file`` turns it into a label map on the grid of the series' cached NIfTI.
+A label saved through this app is versioned by its SEG's SeriesInstanceUID, so every
+replica names the same version for it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import threading
+
+import numpy as np
+from pydicom.dataset import Dataset
+
+logger = logging.getLogger(__name__)
+
+
+def _value(meta: Dataset, keyword: str, default=""):
+    value = getattr(meta, keyword, None)
+    return default if value is None else value
+
+
+class PacsLabels:
+    def __init__(self, client, label_names: list):
+        self._client = client
+        self._label_names = list(label_names)
+        self._references: dict = {}  # SEG series UID -> (referenced series UID, sort key)
+        self._lock = threading.Lock()
+
+    def latest(self, series_uid: str, study_uid: str):
+        """(SEG series UID, study UID) of the newest SEG referencing ``series_uid``, or None."""
+        found = []
+        for entry in self._client.search_for_series(search_filters={"Modality": "SEG",
+                                                                     "StudyInstanceUID": study_uid}):
+            seg_uid = str(Dataset.from_json(entry)["SeriesInstanceUID"].value)
+            reference = self._reference(study_uid, seg_uid)
+            if reference and reference[0] == series_uid:
+                found.append((reference[1], seg_uid))
+        return (max(found)[1], study_uid) if found else None
+
+    def _reference(self, study_uid: str, seg_uid: str):
+        with self._lock:
+            if seg_uid in self._references:
+                return self._references[seg_uid]
+        try:
+            meta = Dataset.from_json(self._client.retrieve_series_metadata(study_uid, seg_uid)[0])
+        except Exception as err:  # noqa: BLE001 - a SEG that cannot be read is not this app's label
+            logger.warning("SEG series %s: metadata not readable: %s", seg_uid, err)
+            return None
+        referenced = _value(meta, "ReferencedSeriesSequence", [])
+        series = str(referenced[0].SeriesInstanceUID) if referenced else ""
+        when = f"{_value(meta, 'ContentDate')}{_value(meta, 'ContentTime')}"
+        reference = (series, (when, seg_uid))
+        with self._lock:
+            self._references[seg_uid] = reference
+        return reference
+
+    def value_of(self, segment_label: str, number: int) -> int:
+        """A segment's label value: its name's place in ``--conf labels``, ``label N``, or its number."""
+        if segment_label in self._label_names:
+            return self._label_names.index(segment_label) + 1
+        if segment_label.startswith("label ") and segment_label[6:].isdigit():
+            return int(segment_label[6:])
+        return number
+
+    def to_label_file(self, seg_uid: str, study_uid: str, series_dir: str, image_file: str) -> tuple:
+        """(label NIfTI path, label_info) of a SEG, on the grid of ``image_file`` (made from ``series_dir``)."""
+        import highdicom as hd
+        import pydicom
+        import SimpleITK as sitk
+
+        instance = self._client.retrieve_series(study_uid, seg_uid)[0]
+        seg = hd.seg.Segmentation.from_dataset(instance)
+        files = sitk.ImageSeriesReader().GetGDCMSeriesFileNames(series_dir)
+        uids = [str(pydicom.dcmread(f, stop_before_pixels=True).SOPInstanceUID) for f in files]
+        listed = {uid for _, _, uid in seg.get_source_image_uids()}
+        present = [u for u in uids if u in listed]
+        image = sitk.ReadImage(image_file)
+        label = np.zeros(sitk.GetArrayFromImage(image).shape, dtype=np.uint8)  # [slice, row, column]
+        info = []
+        if present:
+            pixels = seg.get_pixels_by_source_instance(source_sop_instance_uids=present, combine_segments=False,
+                                                       assert_missing_frames_are_empty=True)
+            numbers = list(seg.segment_numbers)
+            for column, number in enumerate(numbers):
+                name = str(seg.get_segment_description(number).segment_label)
+                value = self.value_of(name, number)
+                info.append({"name": name, "idx": value})
+                for row, uid in enumerate(present):
+                    label[uids.index(uid)][pixels[row, ..., column] > 0] = value
+        out = sitk.GetImageFromArray(label)
+        out.CopyInformation(image)
+        fd, path = tempfile.mkstemp(suffix=".nii.gz")
+        os.close(fd)
+        sitk.WriteImage(out, path)
+        return path, info
