@@ -3,8 +3,8 @@
 # requirements, and the generated sample studies in sample-data/studies. Safe to re-run.
 #
 #   bash setup.sh           the app (serve with .venv/bin/monailabel start_server ...)
-#   bash setup.sh --tests   also what the PACS and browser tests use: Debian's orthanc,
-#                           orthanc-dicomweb and chromium (apt, needs root) and the pinned
+#   bash setup.sh --tests   also what the PACS, browser and replica tests use: Debian's orthanc,
+#                           orthanc-dicomweb, chromium and nginx (apt, needs root) and the pinned
 #                           requirements-tests.txt. Without apt those tests skip and say why.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
@@ -76,7 +76,7 @@ if [ "$WITH_TESTS" = 1 ]; then
         echo "installing requirements-tests.txt failed (see above)" >&2
         exit 1
     fi
-    packages="orthanc orthanc-dicomweb chromium"
+    packages="orthanc orthanc-dicomweb chromium nginx"
     missing=""
     for package in $packages; do
         dpkg -s "$package" >/dev/null 2>&1 || missing="$missing $package"
@@ -89,8 +89,8 @@ if [ "$WITH_TESTS" = 1 ]; then
             && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -q --no-install-recommends $missing; then
             echo "installed$missing"
         else
-            echo "WARNING: could not install$missing with apt-get; the PACS (Orthanc) and browser" \
-                 "(OHIF in Chromium) tests will skip and say why" >&2
+            echo "WARNING: could not install$missing with apt-get; the PACS (Orthanc), browser" \
+                 "(OHIF in Chromium) and replica (nginx) tests will skip and say why" >&2
         fi
     fi
 fi

@@ -60,7 +60,7 @@ def cluster(orthanc, pacs_studies, small_model_files, tmp_path_factory):  # noqa
     nginx = RunningNginx(folder / "nginx", [f"127.0.0.1:{servers[n].port}" for n in confs],
                          trainer=f"127.0.0.1:{servers['a'].port}", fail_timeout_s=30)
     try:
-        yield {"nginx": nginx, **servers}
+        yield {"nginx": nginx, "model_dir": model_dir, **servers}
     finally:
         nginx.stop()
         for server in servers.values():
@@ -143,7 +143,7 @@ def test_the_trainer_publishes_and_both_replicas_serve_it(cluster, two_studies):
     refused = requests.post(f"{cluster['b'].url}/train/medsam2_finetune", json={}, timeout=30)
     assert refused.status_code == 409 and "'a'" in refused.json()["detail"]
     request = {"epochs": 1, "steps_per_epoch": 1, "clip_length": 2, "max_objects": 1, "val_fraction": 0,
-               "baseline_validation": False, "correction_clicks": 0}
+               "baseline_validation": False, "correction_clicks": 1}
     started = requests.post(f"{cluster['nginx'].url}/train/medsam2_finetune", json=request, timeout=60)
     assert started.status_code == 200, started.text
     assert started.headers[REPLICA] == "a"
@@ -154,6 +154,8 @@ def test_the_trainer_publishes_and_both_replicas_serve_it(cluster, two_studies):
                     for name in ("a", "b")}
         if all((v or {}).get("name") == "fine-tune 1" for v in versions.values()):
             break
+        stats = cluster["model_dir"] / "train_stats.json"
+        assert not stats.exists() or json.loads(stats.read_text()).get("status") != "FAILED", stats.read_text()
         time.sleep(2)
     assert versions["a"] == versions["b"] and versions["a"]["name"] == "fine-tune 1", versions
     for replica, series in two_studies.items():  # each replica's next click is made by those weights

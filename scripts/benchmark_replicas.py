@@ -1,0 +1,184 @@
+"""Requests per second and click latency with one and with two replicas behind nginx, and
+what a failover costs (docs/deployment.md).
+
+    .venv/bin/python scripts/benchmark_replicas.py [--users 4] [--clicks 6] [--model small|medsam2]
+
+Each simulated user clicks on a study of its own (a first click, then corrections that add a
+point each, all prompts resent as the clients do), all users at once; the same load runs
+against nginx with 1 replica, then with 2 on a shared studies folder and model folder. Then
+the replica holding user 0's study is killed (kill -9) and user 0 clicks again: the failover
+cost is the time from the kill to that click's answer. ``--model small``: the tests' tiny
+SAM 2 (plumbing and proxy cost); ``medsam2``: MedSAM2's preset (SAM 2.1 tiny, 512 px) with
+random weights (a clinical-size network, masks meaningless). Needs nginx (Debian package).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shutil
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import requests
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.support.nginx import RunningNginx  # noqa: E402
+from tests.support.server import RunningServer  # noqa: E402
+
+SHAPE = (96, 96, 24)
+
+
+def write_studies(folder: Path, count: int) -> list:
+    from tests.support.trained_small_model import AFFINE, phantom
+
+    folder.mkdir(parents=True)
+    for n in range(count):
+        array, _ = phantom(100 + n, shape=SHAPE)
+        nib.save(nib.Nifti1Image(np.round(array).astype(np.int16), AFFINE), str(folder / f"study_{n:02d}.nii.gz"))
+    return [f"study_{n:02d}" for n in range(count)]
+
+
+def click(url: str, study: str, user: str, points: list) -> tuple:
+    params = {"foreground": points, "background": [], "client_id": user, "label": "lesion"}
+    began = time.perf_counter()
+    answer = requests.post(f"{url}/infer/medsam2_3d", params={"image": study, "output": "json"},
+                           files={"params": (None, json.dumps(params))}, timeout=600)
+    seconds = time.perf_counter() - began
+    answer.raise_for_status()
+    return seconds, answer.headers.get("X-MedSAM2-Replica"), answer.json()
+
+
+def user_points(n: int) -> list:
+    cx, cy, cz = SHAPE[0] // 2, SHAPE[1] // 2, SHAPE[2] // 2
+    return [[cx + (n % 3) - 1, cy + (n // 3) % 3 - 1, cz + (n % 5) - 2]]
+
+
+def run_load(url: str, studies: list, clicks: int) -> dict:
+    latencies, first, replicas, errors = [], [], {}, []
+    lock = threading.Lock()
+
+    def user(n: int) -> None:
+        points = []
+        try:
+            for c in range(clicks):
+                points = points + user_points(n + c)
+                seconds, replica, _ = click(url, studies[n], f"user-{n}", points)
+                with lock:
+                    (first if c == 0 else latencies).append(seconds)
+                    replicas.setdefault(studies[n], replica)
+        except Exception as err:  # noqa: BLE001 - counted, reported
+            with lock:
+                errors.append(f"user {n}: {err}")
+
+    threads = [threading.Thread(target=user, args=(n,)) for n in range(len(studies))]
+    began = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - began
+    count = len(first) + len(latencies)
+    return {"requests": count, "wall_s": round(wall, 2), "requests_per_s": round(count / wall, 3),
+            "first_click_p50_s": _pct(first, 50), "correction_p50_s": _pct(latencies, 50),
+            "correction_p95_s": _pct(latencies, 95), "errors": errors, "replica_of_study": replicas}
+
+
+def _pct(values: list, q: int):
+    if not values:
+        return None
+    return round(float(np.percentile(values, q)), 3)
+
+
+def start_replicas(count: int, studies_dir: Path, model_conf: dict, folder: Path) -> list:
+    servers: list = [None] * count
+
+    def start(n: int) -> None:
+        conf = {**model_conf, "model_dir": folder / "model", "replica_name": f"r{n + 1}",
+                "trainer": "true" if n == 0 else "false", "trainer_name": "r1", "encode_ahead": "false"}
+        servers[n] = RunningServer(studies_dir, conf, folder / f"r{n + 1}.log", timeout=600)
+
+    threads = [threading.Thread(target=start, args=(n,)) for n in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if not all(servers):
+        raise RuntimeError(f"a replica did not start; logs in {folder}")
+    return servers
+
+
+def measure(count: int, args, studies_dir: Path, studies: list, model_conf: dict, work: Path) -> dict:
+    folder = work / f"replicas_{count}"
+    (folder / "model").mkdir(parents=True)
+    servers = start_replicas(count, studies_dir, model_conf, folder)
+    nginx = RunningNginx(folder / "nginx", [f"127.0.0.1:{s.port}" for s in servers])
+    try:
+        run_load(nginx.url, studies, 1)  # warm-up: every study opened once, as a viewer would
+        result = run_load(nginx.url, studies, args.clicks)
+        result["replicas"] = count
+        if count > 1:
+            result["failover"] = failover(nginx.url, servers, studies[0], result["replica_of_study"][studies[0]])
+        return result
+    finally:
+        nginx.stop()
+        for server in servers:
+            server.stop()
+
+
+def failover(url: str, servers: list, study: str, replica: str) -> dict:
+    points = user_points(0) + user_points(1)
+    before, _, _ = click(url, study, "user-0", points)  # a correction on the live replica, for comparison
+    victim = next(s for s in servers if requests.get(f"{s.url}/info/", timeout=30).json()["medsam2"]["replica"][
+        "name"] == replica)
+    victim.kill()
+    killed = time.perf_counter()
+    seconds, moved_to, result = click(url, study, "user-0", points)
+    return {"killed": replica, "moved_to": moved_to, "kill_to_answer_s": round(time.perf_counter() - killed, 3),
+            "click_after_failover_s": round(seconds, 3), "same_click_before_s": round(before, 3),
+            "session_started": result["session"]["started"], "warning": result.get("warning")}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--users", type=int, default=4)
+    parser.add_argument("--clicks", type=int, default=6, help="clicks per user: the first, then corrections")
+    parser.add_argument("--model", choices=("small", "medsam2"), default="small")
+    parser.add_argument("--out", type=Path, help="write the figures as JSON here")
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench_replicas_"))
+    try:
+        studies = write_studies(work / "studies", args.users)
+        if args.model == "small":
+            from tests.support.small_model import write_small_checkpoint, write_small_config
+
+            model_conf = {"model_config": write_small_config(work / "small.yaml"),
+                          "checkpoint": write_small_checkpoint(work / "small.pt")}
+        else:
+            model_conf = {"model": "medsam2", "checkpoint": "random", "download": "false"}
+        results = [measure(n, args, work / "studies", studies, model_conf, work) for n in (1, 2)]
+        report = {"machine": f"{platform.processor() or platform.machine()}, {_cores()} cores", "users": args.users,
+                  "clicks_per_user": args.clicks, "model": args.model, "results": results}
+        print(json.dumps(report, indent=1))
+        if args.out:
+            args.out.write_text(json.dumps(report, indent=1))
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _cores() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+
+if __name__ == "__main__":
+    main()

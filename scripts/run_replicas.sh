@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# N replicas of the app behind nginx on one machine (docs/deployment.md).
+#
+#   bash scripts/run_replicas.sh N STUDIES [extra start_server arguments, e.g. --conf device cuda:1]
+#
+# STUDIES: a shared studies folder or a PACS's DICOMweb URL. Replica n listens on
+# 127.0.0.1:$((PORT + n)) and is named r<n>; r1 is the trainer (--conf trainer true), the
+# others refuse fine-tunes and serve what r1 publishes to the shared MODEL_DIR. nginx listens
+# on 127.0.0.1:PORT (clients connect there). Ctrl-C stops everything.
+# Environment: PORT (8000), MODEL_DIR (apps/medsam2/model), RUN_DIR (./replicas-run: logs,
+# each replica's DICOMweb cache, nginx's folder), GPUS (e.g. "0 1": replica n gets device
+# cuda:<the n-th, round robin>; unset: --conf device as given or auto).
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+if [ $# -lt 2 ]; then
+    sed -n 2,12p "$0"; exit 2
+fi
+N=$1; STUDIES=$2; shift 2
+PORT=${PORT:-8000}
+MODEL_DIR=${MODEL_DIR:-apps/medsam2/model}
+RUN_DIR=${RUN_DIR:-replicas-run}
+read -r -a GPU_LIST <<< "${GPUS:-}"
+mkdir -p "$RUN_DIR"
+command -v nginx >/dev/null || { echo "nginx not found (Debian: apt-get install nginx)" >&2; exit 1; }
+
+pids=()
+stop_all() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; wait; }
+trap stop_all EXIT INT TERM
+
+replicas=()
+for n in $(seq 1 "$N"); do
+    port=$((PORT + n))
+    trainer=false; [ "$n" = 1 ] && trainer=true
+    device=()
+    if [ ${#GPU_LIST[@]} -gt 0 ]; then device=(--conf device "cuda:${GPU_LIST[$(( (n - 1) % ${#GPU_LIST[@]} ))]}"); fi
+    MONAI_LABEL_DICOMWEB_CACHE_PATH="$RUN_DIR/cache_r$n" \
+        .venv/bin/monailabel start_server --app apps/medsam2 --studies "$STUDIES" --host 127.0.0.1 --port "$port" \
+        --conf model_dir "$MODEL_DIR" --conf replica_name "r$n" --conf trainer "$trainer" --conf trainer_name r1 \
+        "${device[@]}" "$@" > "$RUN_DIR/r$n.log" 2>&1 &
+    pids+=($!)
+    replicas+=(--replica "127.0.0.1:$port")
+    echo "replica r$n (trainer: $trainer) on 127.0.0.1:$port, log $RUN_DIR/r$n.log"
+done
+
+for n in $(seq 1 "$N"); do  # nginx marks a replica that refuses connections as down: wait for each
+    until curl -sf "http://127.0.0.1:$((PORT + n))/info/" >/dev/null; do sleep 2; done
+done
+user=(); [ "$(id -u)" = 0 ] && user=(--user root)
+.venv/bin/python apps/medsam2/deploy/render_nginx.py --listen "127.0.0.1:$PORT" "${replicas[@]}" \
+    --trainer "127.0.0.1:$((PORT + 1))" --out "$RUN_DIR/nginx" "${user[@]}" >/dev/null
+echo "nginx on http://127.0.0.1:$PORT (configuration $RUN_DIR/nginx/nginx.conf)"
+nginx -p "$RUN_DIR/nginx" -c "$(realpath "$RUN_DIR/nginx/nginx.conf")" -g 'daemon off;' &
+pids+=($!)
+wait -n "${pids[@]}"
+echo "a process ended; stopping the others" >&2
