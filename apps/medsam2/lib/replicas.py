@@ -2,9 +2,9 @@
 
 - Every answer names the replica that made it (``X-MedSAM2-Replica`` header; ``/info``
   ``medsam2.replica``; each infer result's ``replica``).
-- A request that carries more than one prompt but finds no session on this replica was a
-  continuation for its client: the replica that held the session stopped (or the session
-  expired), so the result says the session restarted here. Clients resend every prompt of
+- A request that carries more than one prompt but finds no session on this replica was
+  likely a continuation for its client (the replica that held the session stopped, or the
+  session expired): with ``--conf replica_name`` set, the result says so. Clients resend every prompt of
   a label with each click, so the mask is the one the old session would have given.
 - Only the replica started with ``--conf trainer true`` fine-tunes; the others refuse
   ``POST /train/...`` naming it (the sample nginx configuration sends ``/train/`` there).
@@ -60,10 +60,12 @@ def annotate_result(result_json: dict, request: dict, replica: ReplicaSettings) 
     session = result_json.get("session")
     started = session.get("started") if isinstance(session, dict) else None
     prompts = prompt_count(request)
-    if started == "new" and prompts > 1 and not request.get("reset_state"):
-        note = (f"session restarted on replica {replica.display_name}: it held no session for this study (the "
-                f"replica that did stopped, or the session expired); the mask was computed again from the "
-                f"{prompts} prompts of this request, nothing was lost")
+    # only where replicas are named (deployed as several): a lone server's first request may carry
+    # several prompts too (OHIF sends every point placed before Run), so the note says "if"
+    if replica.name and started == "new" and prompts > 1 and not request.get("reset_state"):
+        note = (f"new session on replica {replica.display_name}: it held none for this study; if you had "
+                f"clicked before, the replica that held your session stopped (or the session expired): the "
+                f"mask was computed again from the {prompts} prompts of this request, nothing was lost")
         session["restarted_on_replica"] = note
         result_json["warning"] = f"{result_json['warning']} | {note}" if result_json.get("warning") else note
     return result_json
