@@ -23,16 +23,36 @@ import pytest
 import requests
 
 from tests.support.nginx import RunningNginx, needs_nginx
-from tests.support.orthanc import needs_orthanc, orthanc  # noqa: F401  (fixture)
-from tests.support.pacs_app import LABELS, pacs_studies  # noqa: F401  (fixture)
+from tests.support.orthanc import RunningOrthanc, needs_orthanc
+from tests.support.pacs_app import LABELS, _phantom_series
 from tests.support.server import RunningServer
 
 pytestmark = [needs_nginx, needs_orthanc]
 REPLICA = "X-MedSAM2-Replica"
 
 
+SERIES = 10  # small phantom series: enough that the hash gives each replica some (all on one: 2 in 1,000)
+
+
 @pytest.fixture(scope="module")
-def cluster(orthanc, pacs_studies, small_model_files, tmp_path_factory):  # noqa: F811
+def pacs(tmp_path_factory):
+    """An Orthanc of this module's own: the phantom series, no label another test saved (training
+    reads every labelled study: a shared PACS would make its time depend on the test order)."""
+    folder = tmp_path_factory.mktemp("replicas_pacs")
+    server = RunningOrthanc(folder / "orthanc")
+    try:
+        series = []
+        for seed in range(SERIES):
+            series.append(_phantom_series(folder, 20 + seed, f"replica{seed}").uids["series"])
+            server.upload(folder / f"replica{seed}")
+        server.series = series
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster(pacs, small_model_files, tmp_path_factory):
     config, checkpoint = small_model_files
     folder = tmp_path_factory.mktemp("replicas")
     model_dir = folder / "model"  # shared: the trainer publishes here, both serve it
@@ -45,7 +65,7 @@ def cluster(orthanc, pacs_studies, small_model_files, tmp_path_factory):  # noqa
     servers: dict = {}
 
     def start(name):
-        servers[name] = RunningServer(orthanc.dicomweb, {**common, **confs[name]}, folder / f"{name}.log",
+        servers[name] = RunningServer(pacs.dicomweb, {**common, **confs[name]}, folder / f"{name}.log",
                                       env={"MONAI_LABEL_DICOMWEB_CACHE_PATH": str(folder / f"cache_{name}")})
 
     threads = [threading.Thread(target=start, args=(n,)) for n in confs]
@@ -84,13 +104,11 @@ def _click(url: str, series: str, client: str, points: list) -> requests.Respons
 
 
 @pytest.fixture(scope="module")
-def two_studies(cluster, pacs_studies):  # noqa: F811
+def two_studies(cluster, pacs):
     """One series on each replica (the hash decides; there are enough series for both to get one)."""
     url = cluster["nginx"].url
     by_replica: dict = {}
-    candidates = [p.uids["series"] for p in pacs_studies.phantoms.values()]
-    candidates += [s["series"] for s in (pacs_studies.sample_ct, pacs_studies.sample_mr) if s]
-    for series in candidates:
+    for series in pacs.series:
         by_replica.setdefault(_replica_of(url, series), series)
     assert set(by_replica) == {"a", "b"}, f"every candidate series hashed to {set(by_replica)}"
     return by_replica
