@@ -158,7 +158,9 @@ def test_unreachable_pacs_is_a_502_naming_it(tmp_path):
     from tests.support.server import free_port
 
     url = f"http://127.0.0.1:{free_port()}/dicom-web"  # nothing listens there
-    store = MedSam2DicomWebDatastore(DICOMwebClient(url), ["CT", "MR"], SegAuthor("a", "1", "d"), ["lesion"],
+    client = DICOMwebClient(url)
+    client.set_http_retry_params(retry=False)  # the client's own back-off (30 s by default) is not what is tested
+    store = MedSam2DicomWebDatastore(client, ["CT", "MR"], SegAuthor("a", "1", "d"), ["lesion"],
                                      cache_path=str(tmp_path))
     with pytest.raises(HTTPException) as raised:
         store.get_image_uri("1.2.3.4")
