@@ -10,6 +10,8 @@
 # Environment: PORT (8000), MODEL_DIR (apps/medsam2/model), RUN_DIR (./replicas-run: logs,
 # each replica's DICOMweb cache, nginx's folder), GPUS (e.g. "0 1": replica n gets device
 # cuda:<the n-th, round robin>; unset: --conf device as given or auto).
+# A replica that exits is started again after RESTART_S seconds (5): meanwhile nginx sends its
+# studies to the others, and they come back to it once it answers.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -24,9 +26,29 @@ read -r -a GPU_LIST <<< "${GPUS:-}"
 mkdir -p "$RUN_DIR"
 command -v nginx >/dev/null || { echo "nginx not found (Debian: apt-get install nginx)" >&2; exit 1; }
 
+RESTART_S=${RESTART_S:-5}
 pids=()
-stop_all() { for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done; wait; }
+stop_all() {  # each supervisor stops its replica; then nginx
+    trap - EXIT INT TERM
+    for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    wait
+}
 trap stop_all EXIT INT TERM
+
+# one replica, started again whenever it exits (a crash, an out-of-memory kill)
+supervise() {
+    local n=$1 child=""
+    shift
+    trap 'kill "$child" 2>/dev/null; wait "$child" 2>/dev/null; exit 0' TERM INT
+    while true; do
+        MONAI_LABEL_DICOMWEB_CACHE_PATH="$RUN_DIR/cache_r$n" \
+            .venv/bin/monailabel start_server "$@" >> "$RUN_DIR/r$n.log" 2>&1 &
+        child=$!
+        wait "$child" || true
+        echo "$(date -u +%FT%TZ) replica r$n exited; starting it again in ${RESTART_S} s (log $RUN_DIR/r$n.log)" >&2
+        sleep "$RESTART_S"
+    done
+}
 
 replicas=()
 for n in $(seq 1 "$N"); do
@@ -34,10 +56,9 @@ for n in $(seq 1 "$N"); do
     trainer=false; [ "$n" = 1 ] && trainer=true
     device=()
     if [ ${#GPU_LIST[@]} -gt 0 ]; then device=(--conf device "cuda:${GPU_LIST[$(( (n - 1) % ${#GPU_LIST[@]} ))]}"); fi
-    MONAI_LABEL_DICOMWEB_CACHE_PATH="$RUN_DIR/cache_r$n" \
-        .venv/bin/monailabel start_server --app apps/medsam2 --studies "$STUDIES" --host 127.0.0.1 --port "$port" \
+    supervise "$n" --app apps/medsam2 --studies "$STUDIES" --host 127.0.0.1 --port "$port" \
         --conf model_dir "$MODEL_DIR" --conf replica_name "r$n" --conf trainer "$trainer" --conf trainer_name r1 \
-        "${device[@]}" "$@" > "$RUN_DIR/r$n.log" 2>&1 &
+        "${device[@]}" "$@" &
     pids+=($!)
     replicas+=(--replica "127.0.0.1:$port")
     echo "replica r$n (trainer: $trainer) on 127.0.0.1:$port, log $RUN_DIR/r$n.log"
@@ -52,5 +73,5 @@ user=(); [ "$(id -u)" = 0 ] && user=(--user root)
 echo "nginx on http://127.0.0.1:$PORT (configuration $RUN_DIR/nginx/nginx.conf)"
 nginx -p "$RUN_DIR/nginx" -c "$(realpath "$RUN_DIR/nginx/nginx.conf")" -g 'daemon off;' &
 pids+=($!)
-wait -n "${pids[@]}"
-echo "a process ended; stopping the others" >&2
+wait "$!" || true  # (a trap runs during wait, not during a foreground command)
+echo "nginx ended; stopping the replicas" >&2
