@@ -134,15 +134,19 @@ def test_each_study_stays_on_its_replica(cluster, two_studies):
 
 
 def test_a_label_saved_through_one_replica_is_read_through_the_other(cluster, two_studies):
+    """As the page saves: each structure whole (a 4D stack), two overlapping; read through the other
+    replica from the PACS's SEG, both structures come back whole and the label map keeps the app's rule."""
     series = two_studies["a"]
     image = requests.get(f"{cluster['nginx'].url}/datastore/image", params={"image": series}, timeout=60)
     volume = _nifti(image.content)
-    label = np.zeros(volume.shape, dtype=np.uint8)
-    label[20:30, 20:30, 4:8] = 1
-    body = io.BytesIO(nib.Nifti1Image(label, volume.affine).to_bytes())
+    stack = np.zeros((*volume.shape, 2), dtype=np.uint8)
+    stack[20:30, 20:30, 4:8, 0] = 1  # lesion: 400 voxels
+    stack[16:34, 16:34, 3:9, 1] = 1  # organ: 1,944 voxels, holding the whole lesion
+    entries = [{"name": "lesion", "idx": 1, "voxels": 400}, {"name": "organ", "idx": 2, "voxels": 1944}]
+    body = gzip.compress(nib.Nifti1Image(stack, volume.affine).to_bytes())
     saved = requests.put(f"{cluster['nginx'].url}/datastore/label", params={"image": series, "tag": "final"},
-                         files={"label": ("label.nii", body.getvalue()),
-                                "params": (None, json.dumps({"label_info": [{"name": "lesion", "idx": 1}]}))},
+                         files={"label": ("label.nii.gz", body),
+                                "params": (None, json.dumps({"label_info": entries, "structures": True}))},
                          timeout=120)
     assert saved.status_code == 200, saved.text
     assert saved.headers[REPLICA] == "a"
@@ -153,8 +157,17 @@ def test_a_label_saved_through_one_replica_is_read_through_the_other(cluster, tw
     assert info.json()["version"] == version  # the SEG's series UID: one version on every replica
     read = requests.get(f"{cluster['b'].url}/datastore/label", params={"label": series, "tag": "final"}, timeout=60)
     assert read.status_code == 200, read.text
-    read_back = np.asarray(_nifti(read.content).dataobj)
-    assert read_back.shape == label.shape and np.array_equal(read_back > 0, label > 0)
+    label_map = np.asarray(_nifti(read.content).dataobj)
+    assert label_map.shape == volume.shape
+    assert int((label_map == 1).sum()) == 400 and int((label_map == 2).sum()) == 1944 - 400  # the smaller keeps
+    # the page on replica b reopens each structure whole, so saving it again loses no voxel
+    reopened = requests.get(f"{cluster['b'].url}/medsam2/viewer/label", params={"image": series}, timeout=60)
+    assert reopened.status_code == 200, reopened.text
+    structures = np.asarray(_nifti(reopened.content).dataobj) > 0
+    reopened_entries = json.loads(reopened.headers["X-Label-Info"])
+    assert sorted((e["name"], e["idx"]) for e in reopened_entries) == [("lesion", 1), ("organ", 2)]
+    for channel, entry in enumerate(reopened_entries):  # each structure whole, overlap included
+        assert np.array_equal(structures[..., channel], stack[..., entry["idx"] - 1] > 0), entry
 
 
 def test_the_trainer_publishes_and_both_replicas_serve_it(cluster, two_studies):

@@ -24,6 +24,7 @@ import time
 import uuid
 from typing import Any, Callable, Dict, List
 
+import numpy as np
 import requests
 from cachetools import TTLCache, cached
 from fastapi import HTTPException
@@ -37,7 +38,7 @@ from pydicom.dataset import Dataset
 from lib.dicom_seg import SegAuthor, build_segmentation
 from lib.pacs_labels import PacsLabels
 from lib.saved_structures import PreparedLabel, prepare_label
-from medsam2_engine.label_structures import structures_path, write_stack
+from medsam2_engine.label_structures import label_map_of, structures_path, write_stack
 from lib.privacy import KEYWORDS as PATIENT_IDENTIFIERS
 
 logger = logging.getLogger(__name__)
@@ -258,18 +259,35 @@ class MedSam2DicomWebDatastore(DICOMWebDatastore):
         cached = obj.labels.get(DefaultLabelTag.FINAL) if obj else None
         if latest is None or (cached is not None and cached.info.get("version") == latest[0]):
             return
-        path, segments = self._pacs_labels.to_label_file(latest[0], study_uid, self._series_dir(series_uid),
-                                                         self._stable_path(series_uid))
+        path, segments, (stack, values) = self._pacs_labels.to_label_file(
+            latest[0], study_uid, self._series_dir(series_uid), self._stable_path(series_uid))
         try:
             info = {"version": latest[0], "SeriesInstanceUID": latest[0], "label_info": segments, "from_pacs": True}
             LocalDatastore.save_label(self, series_uid, path, DefaultLabelTag.FINAL, info)
         finally:
             os.unlink(path)
-        stack_file = structures_path(os.path.join(self._datastore.label_path(DefaultLabelTag.FINAL),
-                                                  series_uid + ".nii.gz"))
+        label_file = os.path.join(self._datastore.label_path(DefaultLabelTag.FINAL), series_uid + ".nii.gz")
+        self._keep_structures(label_file, stack, values)
+        logger.info("series %s: final label read from the PACS (SEG %s)", series_uid, latest[0])
+
+    @staticmethod
+    def _keep_structures(label_file: str, stack, values: list) -> None:
+        """The SEG's segments whole beside the label map read from it (as a save through this replica
+        keeps them), so the page reopens each structure with its overlaps and saves it again unchanged."""
+        import nibabel as nib
+
+        stack_file = structures_path(label_file)
         if os.path.exists(stack_file):
             os.unlink(stack_file)  # the structures of the label the PACS's newer one replaces
-        logger.info("series %s: final label read from the PACS (SEG %s)", series_uid, latest[0])
+        if not values or not os.path.isfile(label_file):
+            return
+        saved = nib.load(label_file)
+        if stack.shape[:-1] != saved.shape or not np.array_equal(label_map_of(stack, values),
+                                                                  np.asarray(saved.dataobj)):
+            logger.warning("%s: the SEG's segments do not make the label map read from it; only the map is kept",
+                           label_file)
+            return
+        write_stack(stack_file, stack, saved.affine, values)
 
     def get_label_info(self, label_id: str, label_tag: str) -> Dict[str, Any]:
         if label_tag == DefaultLabelTag.FINAL and DICOM_UID.match(label_id or ""):

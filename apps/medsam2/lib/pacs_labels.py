@@ -70,7 +70,12 @@ class PacsLabels:
         return number
 
     def to_label_file(self, seg_uid: str, study_uid: str, series_dir: str, image_file: str) -> tuple:
-        """(label NIfTI path, label_info) of a SEG, on the grid of ``image_file`` (made from ``series_dir``)."""
+        """(label NIfTI path, label_info, structures) of a SEG, on the grid of ``image_file`` (made from
+        ``series_dir``). ``structures``: (stack ``[i, j, k, segment]``, label value per segment), each
+        segment whole (overlaps included, as the app writes them); the label map is made from it by
+        the app's one overlap rule (``label_structures.label_map_of``)."""
+        from medsam2_engine.label_structures import label_map_of
+
         import highdicom as hd
         import pydicom
         import SimpleITK as sitk
@@ -82,21 +87,23 @@ class PacsLabels:
         listed = {uid for _, _, uid in seg.get_source_image_uids()}
         present = [u for u in uids if u in listed]
         image = sitk.ReadImage(image_file)
-        label = np.zeros(sitk.GetArrayFromImage(image).shape, dtype=np.uint8)  # [slice, row, column]
-        info = []
+        shape = sitk.GetArrayFromImage(image).shape  # [slice, row, column]
+        numbers = list(seg.segment_numbers)
+        stack = np.zeros((*shape, len(numbers)), dtype=np.uint8)
+        info, values = [], []
+        for number in numbers:
+            name = str(seg.get_segment_description(number).segment_label)
+            values.append(self.value_of(name, number))
+            info.append({"name": name, "idx": values[-1]})
         if present:
             pixels = seg.get_pixels_by_source_instance(source_sop_instance_uids=present, combine_segments=False,
                                                        assert_missing_frames_are_empty=True)
-            numbers = list(seg.segment_numbers)
-            for column, number in enumerate(numbers):
-                name = str(seg.get_segment_description(number).segment_label)
-                value = self.value_of(name, number)
-                info.append({"name": name, "idx": value})
-                for row, uid in enumerate(present):
-                    label[uids.index(uid)][pixels[row, ..., column] > 0] = value
+            for row, uid in enumerate(present):
+                stack[uids.index(uid)] = pixels[row] > 0
+        label = label_map_of(stack, values) if numbers else np.zeros(shape, dtype=np.uint8)
         out = sitk.GetImageFromArray(label)
         out.CopyInformation(image)
         fd, path = tempfile.mkstemp(suffix=".nii.gz")
         os.close(fd)
         sitk.WriteImage(out, path)
-        return path, info
+        return path, info, (np.transpose(stack, (2, 1, 0, 3)), values)
