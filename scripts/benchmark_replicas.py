@@ -5,7 +5,10 @@ what a failover costs (docs/deployment.md).
 
 Each simulated user clicks on a study of its own (a first click, then corrections that add a
 point each, all prompts resent as the clients do), all users at once; the same load runs
-against nginx with 1 replica, then with 2 on a shared studies folder and model folder. Then
+against nginx with 1 replica, then with 2 on a shared studies folder and model folder. The
+studies are phantoms of one size; with 2 replicas the users' studies are picked from a pool so
+that the consistent hash gives each replica an equal share (with a handful of studies the hash
+alone may put them all on one replica, and the run would measure one replica twice). Then
 the replica holding user 0's study is killed (kill -9) and user 0 clicks again: the failover
 cost is the time from the kill to that click's answer. ``--model small``: the tests' tiny
 SAM 2 (plumbing and proxy cost); ``medsam2``: MedSAM2's preset (SAM 2.1 tiny, 512 px) with
@@ -116,12 +119,29 @@ def start_replicas(count: int, studies_dir: Path, model_conf: dict, folder: Path
     return servers
 
 
-def measure(count: int, args, studies_dir: Path, studies: list, model_conf: dict, work: Path) -> dict:
+def balanced(url: str, pool: list, users: int) -> list:
+    """``users`` studies of ``pool``, taken in turn from each replica's share (as the hash places them)."""
+    by_replica: dict = {}
+    for study in pool:
+        answer = requests.get(f"{url}/datastore/image/info", params={"image": study}, timeout=60)
+        answer.raise_for_status()
+        by_replica.setdefault(answer.headers.get("X-MedSAM2-Replica"), []).append(study)
+    shares = list(by_replica.values())
+    chosen = []
+    while len(chosen) < users and any(shares):
+        for share in shares:
+            if share and len(chosen) < users:
+                chosen.append(share.pop(0))
+    return chosen
+
+
+def measure(count: int, args, studies_dir: Path, pool: list, model_conf: dict, work: Path) -> dict:
     folder = work / f"replicas_{count}"
     (folder / "model").mkdir(parents=True)
     servers = start_replicas(count, studies_dir, model_conf, folder)
     nginx = RunningNginx(folder / "nginx", [f"127.0.0.1:{s.port}" for s in servers])
     try:
+        studies = pool[: args.users] if count == 1 else balanced(nginx.url, pool, args.users)
         run_load(nginx.url, studies, 1)  # warm-up: every study opened once, as a viewer would
         result = run_load(nginx.url, studies, args.clicks)
         result["replicas"] = count
@@ -156,7 +176,7 @@ def main() -> None:
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench_replicas_"))
     try:
-        studies = write_studies(work / "studies", args.users)
+        pool = write_studies(work / "studies", 4 * args.users)  # 2 replicas: the users' studies come from here
         if args.model == "small":
             from tests.support.small_model import write_small_checkpoint, write_small_config
 
@@ -164,7 +184,7 @@ def main() -> None:
                           "checkpoint": write_small_checkpoint(work / "small.pt")}
         else:
             model_conf = {"model": "medsam2", "checkpoint": "random", "download": "false"}
-        results = [measure(n, args, work / "studies", studies, model_conf, work) for n in (1, 2)]
+        results = [measure(n, args, work / "studies", pool, model_conf, work) for n in (1, 2)]
         report = {"machine": f"{platform.processor() or platform.machine()}, {_cores()} cores", "users": args.users,
                   "clicks_per_user": args.clicks, "model": args.model, "results": results}
         print(json.dumps(report, indent=1))
