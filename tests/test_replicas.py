@@ -170,6 +170,31 @@ def test_a_label_saved_through_one_replica_is_read_through_the_other(cluster, tw
         assert np.array_equal(structures[..., channel], stack[..., entry["idx"] - 1] > 0), entry
 
 
+def test_every_replica_counts_a_label_saved_through_another_within_seconds(cluster, two_studies):
+    """The labelled studies (the loop's progress, the next study, what the trainer trains on) are the
+    PACS's now on every replica, not a list one replica cached hours ago."""
+    def labelled_on_a() -> int:
+        answer = requests.get(f"{cluster['a'].url}/medsam2/loop", timeout=60)
+        assert answer.status_code == 200, answer.text
+        return answer.json()["progress"]["labelled"]
+
+    before = labelled_on_a()  # replica a has listed the labelled studies once
+    series = two_studies["b"]
+    volume = _nifti(requests.get(f"{cluster['nginx'].url}/datastore/image", params={"image": series},
+                                 timeout=60).content)
+    label = np.zeros(volume.shape, dtype=np.uint8)
+    label[20:28, 20:28, 4:7] = 1
+    saved = requests.put(f"{cluster['nginx'].url}/datastore/label", params={"image": series, "tag": "final"},
+                         files={"label": ("label.nii", nib.Nifti1Image(label, volume.affine).to_bytes()),
+                                "params": (None, json.dumps({"label_info": [{"name": "lesion", "idx": 1}]}))},
+                         timeout=120)
+    assert saved.status_code == 200 and saved.headers[REPLICA] == "b", saved.text
+    deadline = time.monotonic() + 20
+    while labelled_on_a() != before + 1 and time.monotonic() < deadline:
+        time.sleep(1)
+    assert labelled_on_a() == before + 1, "replica a counts the label saved through replica b"
+
+
 def test_the_trainer_publishes_and_both_replicas_serve_it(cluster, two_studies):
     refused = requests.post(f"{cluster['b'].url}/train/medsam2_finetune", json={}, timeout=30)
     assert refused.status_code == 409 and "'a'" in refused.json()["detail"]

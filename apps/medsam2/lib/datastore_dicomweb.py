@@ -312,10 +312,11 @@ class MedSam2DicomWebDatastore(DICOMWebDatastore):
         return check_series_uid(image_id)
 
     def get_labeled_images(self, label_tag=None, labels=None) -> List[str]:
-        """Series with a SEG in the PACS (MONAI Label's list, cached for minutes) and those saved through
-        this app since (its own records: a save counts at once, as the page's progress expects)."""
+        """Series a SEG in the PACS references, as the PACS says now (seconds old at most, whichever
+        replica saved it), and those saved through this replica (a save counts at once)."""
         saved = [uid for uid, obj in self._datastore.objects.items() if DefaultLabelTag.FINAL in obj.labels]
-        return sorted(set(super().get_labeled_images(label_tag, labels)) | set(saved))
+        in_pacs = set(self._pacs_labels.labelled_series()) & set(self.list_images())
+        return sorted(in_pacs | set(saved))
 
     def get_unlabeled_images(self, label_tag=None, labels=None) -> List[str]:
         return sorted(set(self.list_images()) - set(self.get_labeled_images(label_tag, labels)))

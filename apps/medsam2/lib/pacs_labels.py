@@ -5,7 +5,10 @@ PACS that references it. ``PacsLabels.latest(series, study)`` finds it (a QIDO q
 the study's SEG series; each SEG's metadata fetched once, as a SEG never changes), and
 ``to_label_file`` turns it into a label map on the grid of the series' cached NIfTI.
 A label saved through this app is versioned by its SEG's SeriesInstanceUID, so every
-replica names the same version for it.
+replica names the same version for it. ``labelled_series()`` is the set of series any SEG in
+the PACS references, seconds old at most (MONAI Label caches its own list for hours, so a
+replica would not see labels saved through another: the trainer would not train on them and
+the next study could be one already labelled).
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import logging
 import os
 import tempfile
 import threading
+import time
 
 import numpy as np
 from pydicom.dataset import Dataset
@@ -27,11 +31,28 @@ def _value(meta: Dataset, keyword: str, default=""):
 
 
 class PacsLabels:
-    def __init__(self, client, label_names: list):
+    def __init__(self, client, label_names: list, list_ttl_s: float = 5.0):
         self._client = client
         self._label_names = list(label_names)
         self._references: dict = {}  # SEG series UID -> (referenced series UID, sort key)
         self._lock = threading.Lock()
+        self.list_ttl_s = list_ttl_s
+        self._labelled: tuple = (-float("inf"), frozenset())  # (when listed, series UIDs)
+
+    def labelled_series(self) -> frozenset:
+        """Series UIDs some SEG in the PACS references (one QIDO query per ``list_ttl_s``; each SEG's
+        metadata fetched once, as a SEG never changes)."""
+        listed_at, series = self._labelled
+        if time.monotonic() - listed_at < self.list_ttl_s:
+            return series
+        found = set()
+        for entry in self._client.search_for_series(search_filters={"Modality": "SEG"}):
+            meta = Dataset.from_json(entry)
+            reference = self._reference(str(meta["StudyInstanceUID"].value), str(meta["SeriesInstanceUID"].value))
+            if reference and reference[0]:
+                found.add(reference[0])
+        self._labelled = (time.monotonic(), frozenset(found))
+        return self._labelled[1]
 
     def latest(self, series_uid: str, study_uid: str):
         """(SEG series UID, study UID) of the newest SEG referencing ``series_uid``, or None."""
