@@ -219,6 +219,7 @@ def test_one_prompt_encodes_through_the_sessions_store_and_reuses_their_slices(s
     one_prompt.segment_volume(str(path), [_blob_support()])
     target_caches = [key for key in store.features._caches if key.image[0] == str(path)]
     assert len(target_caches) == 1, "the target's slices are kept in the sessions' store"
+    assert len(store.features) == 1, "the supports' slices (read for this run only) are freed when it ends"
     cache = store.features.cache_for(target_caches[0], 1 << 30, now=0.0)
     assert len(cache) == SHAPE[2], "every target slice was probed, so every one is encoded"
     assert store.memory_bytes() >= before + cache.bytes, "and counted in the sessions' memory budget"

@@ -7,13 +7,11 @@ import os
 import shutil
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from tests.support.server import ROOT, free_port, stop_process_group
+from tests.support.server import ROOT, free_port, stop_process_group, wait_until_answering
 
 NGINX_BINARY = shutil.which("nginx") or "/usr/sbin/nginx"
 
@@ -39,17 +37,7 @@ class RunningNginx:
         self.process = subprocess.Popen([NGINX_BINARY, "-p", str(folder), "-c", str(self.config),
                                          "-g", "daemon off;"], stdout=self._log, stderr=subprocess.STDOUT,
                                         start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"nginx exited with {self.process.returncode}:\n{self.log()}")
-            try:
-                urllib.request.urlopen(self.url + "/info/", timeout=30).close()
-                return
-            except OSError:
-                time.sleep(0.2)
-        self.stop()
-        raise TimeoutError(f"nginx did not answer within {timeout} s:\n{self.log()}")
+        wait_until_answering(self, self.url + "/info/", timeout, "nginx", poll_s=0.2)
 
     def log(self) -> str:
         text = ""

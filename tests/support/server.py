@@ -39,6 +39,24 @@ def stop_process_group(process: subprocess.Popen, grace_s: float = 20.0) -> None
             process.wait()
 
 
+def wait_until_answering(running, request, timeout: float, what: str, poll_s: float) -> None:
+    """Until ``request`` (a URL or urllib Request) answers 200; stops ``running`` and says why if it
+    exits first or never answers (``running``: ``process``, ``stop()``, ``log()``)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if running.process.poll() is not None:
+            raise RuntimeError(f"{what} exited with {running.process.returncode}:\n{running.log()[-3000:]}")
+        try:
+            with urllib.request.urlopen(request, timeout=5) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(poll_s)
+    running.stop()
+    raise TimeoutError(f"{what} did not answer {getattr(request, 'full_url', request)} within {timeout} s:\n"
+                       f"{running.log()[-3000:]}")
+
+
 class RunningServer:
     def __init__(self, studies: Path | str, conf: dict, log_path: Path, timeout: float = 180.0,
                  env: dict | None = None, headers: dict | None = None):
@@ -63,19 +81,8 @@ class RunningServer:
         self._wait(timeout)
 
     def _wait(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log()[-3000:]}")
-            try:
-                request = urllib.request.Request(self.url + "/info/", headers=self.headers)
-                with urllib.request.urlopen(request, timeout=5) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                time.sleep(1.0)
-        self.stop()
-        raise TimeoutError(f"server did not answer /info within {timeout} s:\n{self.log()[-3000:]}")
+        wait_until_answering(self, urllib.request.Request(self.url + "/info/", headers=self.headers), timeout,
+                             "server", poll_s=1.0)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")

@@ -294,6 +294,12 @@ class MedSam2DicomWebDatastore(DICOMWebDatastore):
             self.sync_final_label(label_id)
         return super().get_label_info(label_id, label_tag)
 
+    def get_label_by_image_id(self, image_id: str, tag: str) -> str:
+        """A label asked for by name: a final one saved through another replica is fetched with its series."""
+        if tag == DefaultLabelTag.FINAL and DICOM_UID.match(image_id or ""):
+            self.sync_final_label(image_id, fetch=True)
+        return super().get_label_by_image_id(image_id, tag)
+
     def get_labels_by_image_id(self, image_id: str) -> Dict[str, str]:
         if DICOM_UID.match(image_id or ""):
             self.sync_final_label(image_id)

@@ -37,10 +37,7 @@ def _known_image(image: str) -> str:
 
 def _known_label(image: str, tag: str) -> str:
     _known_image(image)
-    datastore = app_instance().datastore()
-    if tag == "final" and hasattr(datastore, "sync_final_label"):  # a PACS: a SEG saved through another replica
-        datastore.sync_final_label(image, fetch=True)
-    if not datastore.get_label_by_image_id(image, identifier(tag, "tag")):
+    if not app_instance().datastore().get_label_by_image_id(image, identifier(tag, "tag")):
         raise OptionError("tag", f"image {image} has no {tag!r} label", status=404)
     return image
 

@@ -54,8 +54,7 @@ def _start(task: str, call):
 def train_model(model: str, params: Optional[dict] = None, run_sync: Optional[bool] = False,
                 enqueue: Optional[bool] = False, user: User = Depends(RBAC(ADMIN))):
     _known("trainer", model, app_instance().info().get("trainers", {}))
-    settings_ = getattr(app_instance(), "settings", None)
-    refusal = settings_.replica.training_refusal() if settings_ is not None else None
+    refusal = app_instance().settings.replica.training_refusal()
     if refusal:  # one trainer per model folder (docs/deployment.md)
         raise HTTPException(status_code=409, detail=refusal)
     if not app_instance().datastore().get_labeled_images():

@@ -81,14 +81,13 @@ def final_label_structures(label_path: str, info: dict, app_labels: list) -> tup
 def study_list(datastore) -> list:
     """Every image of the datastore, what it is (PACS series), whether it has a final label."""
     descriptions = _series_descriptions(datastore)
-    studies = []
-    for image_id in sorted(datastore.list_images()):
-        try:
-            final = bool(datastore.get_label_by_image_id(image_id, "final"))
-        except Exception:  # a datastore that cannot say: the list still shows the study
-            final = False
-        studies.append({"image": image_id, "description": descriptions.get(image_id, ""), "final": final})
-    return studies
+    try:  # one call: on a PACS, its list of labelled series now (whichever replica saved them)
+        labelled = set(datastore.get_labeled_images())
+    except Exception:  # noqa: BLE001 - a datastore that cannot say: the list still shows the studies
+        logger.warning("the study list cannot say which studies have a final label", exc_info=True)
+        labelled = set()
+    return [{"image": image_id, "description": descriptions.get(image_id, ""), "final": image_id in labelled}
+            for image_id in sorted(datastore.list_images())]
 
 
 def _series_descriptions(datastore) -> dict:

@@ -9,7 +9,6 @@ encoded again for the others.
 
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -56,10 +55,11 @@ class ImageFeatures:
         return kept if kept is not None else load_image(image)
 
     def encoded(self, image, loaded: LoadedModel, window=None, modality: str | None = None,
-                owner: tuple = ("shared",), volume: Volume | None = None) -> EncodedImage:
+                owner: tuple = ("shared",), volume: Volume | None = None, private: bool = False) -> EncodedImage:
         """``image`` (a path, or a Volume the caller keeps alive) windowed for ``loaded``'s model.
 
-        ``owner`` names the user when features are not shared (``share_features`` off).
+        ``owner`` names the user when features are not shared (``share_features`` off) or when the
+        caller wants a cache of its own (``private``: one it may :meth:`release` when done).
         """
         volume = volume if volume is not None else self.read(image)
         chosen, resolved = model_window(volume, modality, window)
@@ -67,7 +67,7 @@ class ImageFeatures:
         key = FeatureKey(image_stamp(image), (float(chosen.low), float(chosen.high)), loaded.version,
                          frames.image_size, frames.resampling, str(self.settings.cpu_bf16),
                          encoder_runtime=self._encoder_runtime(loaded),
-                         owner=None if self.settings.share_features else tuple(owner))
+                         owner=None if self.settings.share_features and not private else tuple(owner))
         in_memory = isinstance(image, Volume)  # keyed by its array, which the caller holds
         cache = self.store.feature_cache(key, self._max_bytes(), array=volume.array if in_memory else None,
                                          volume=None if in_memory else volume)
@@ -75,12 +75,15 @@ class ImageFeatures:
 
     def call_cache(self, loaded: LoadedModel, anchor) -> FeatureCacheView:
         """A cache for images that live only during one call (2D one-prompt's support and queries),
-        counted in the budget while ``anchor`` (any object the call holds) lives."""
+        counted in the budget until :meth:`release` (or until ``anchor``, an object the call holds, is freed)."""
         key = FeatureKey(("call", id(anchor)), (0.0, 1.0), loaded.version, loaded.model.image_size, "float",
                          str(self.settings.cpu_bf16), encoder_runtime=self._encoder_runtime(loaded),
                          owner=("call",))
-        weakref.ref(anchor)  # the store keeps a weak reference: refuse an anchor that cannot have one
         return FeatureCacheView(self.store.feature_cache(key, self._max_bytes(), array=anchor), key)
+
+    def release(self, cache: FeatureCacheView) -> None:
+        """Free the encoded slices of an image nobody will ask for again (a call's own, an in-memory support)."""
+        self.store.drop_features(cache.key)
 
     def _max_bytes(self) -> int:
         return int(self.settings.feature_cache_mb * 2**20)

@@ -137,8 +137,11 @@ class OnePromptSegmenter:
         with self._lock, torch.inference_mode(), autocast_for(self.models.device, settings.cpu_bf16):
             target_image = self.image_features.encoded(target, loaded, window, modality, owner=("one-prompt",), volume=volume)
             run = _Run(loaded, self.image_features, target_image, window, settings, timings)
-            choices = run.choose(usable, rejected)
-            result = run.segment([s for s in usable if s.name in {c.name for c in choices if c.used}])
+            try:
+                choices = run.choose(usable, rejected)
+                result = run.segment([s for s in usable if s.name in {c.name for c in choices if c.used}])
+            finally:
+                run.release_supports()
         timings["total"] = time.perf_counter() - started
         result.supports = choices
         result.run = RunInfo.of(loaded, "one-prompt", timings)
@@ -171,11 +174,15 @@ class OnePromptSegmenter:
         started = time.perf_counter()
         loaded = self.models.get()
         call = np.zeros(0)  # the call's encodings count in the budget while it runs, then go
-        with self._lock, torch.inference_mode(), autocast_for(self.models.device, self.settings.cpu_bf16):
-            support_mask, results = segment_queries(
-                loaded.model, self.image_features.call_cache(loaded, call), support_image01, queries, support_mask,
-                prompt, self.settings.early_stop.score_threshold, timings,
-            )
+        cache = self.image_features.call_cache(loaded, call)
+        try:
+            with self._lock, torch.inference_mode(), autocast_for(self.models.device, self.settings.cpu_bf16):
+                support_mask, results = segment_queries(
+                    loaded.model, cache, support_image01, queries, support_mask, prompt,
+                    self.settings.early_stop.score_threshold, timings,
+                )
+        finally:
+            self.image_features.release(cache)
         timings["total"] = time.perf_counter() - started
         return OnePromptImagesResult(support_mask, results, RunInfo.of(loaded, "one-prompt", timings))
 
@@ -217,6 +224,11 @@ class _Run:
         self.shape = target.volume.array.shape
         self.sources = {("target", k): self._source(("target", k), target, k) for k in range(len(self.target))}
         self.support_masks: dict = {}  # name -> mask image [rows, cols]
+        self.support_caches: list = []
+
+    def release_supports(self) -> None:
+        for cache in self.support_caches:
+            self.features.release(cache)
 
     @staticmethod
     def _source(name: tuple, image: EncodedImage, k: int) -> FrameSource:
@@ -228,7 +240,10 @@ class _Run:
         return MemoryFrames([self.sources[n] for n in names], self.predictor.image_size, rows, cols)
 
     def _add_support(self, support: Support) -> list:
-        image = self.features.encoded(support.volume, self.loaded, self.window_spec, None, owner=("one-prompt",))
+        # the run's own cache (supports are read for this request): freed when it ends
+        image = self.features.encoded(support.volume, self.loaded, self.window_spec, None,
+                                      owner=("one-prompt", id(self)), private=True)
+        self.support_caches.append(image.cache)
         names = []
         for k in support.slices:
             name = ("support", support.name, k)

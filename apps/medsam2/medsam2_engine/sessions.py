@@ -176,6 +176,10 @@ class SessionStore:
         with self._lock:
             return self.features.holds(key, cache)
 
+    def drop_features(self, key: FeatureKey) -> None:
+        with self._lock:
+            self.features.drop(key)
+
     def touch_features(self, key: FeatureKey) -> None:
         with self._lock:
             self.features.touch(key, self._clock())
