@@ -77,7 +77,7 @@ def cluster(pacs, small_model_files, tmp_path_factory):
         for server in servers.values():
             server.stop()
         pytest.fail("a replica did not start (see its log)")
-    nginx = RunningNginx(folder / "nginx", [f"127.0.0.1:{servers[n].port}" for n in confs],
+    nginx = RunningNginx(folder / "nginx", [f"{n}=127.0.0.1:{servers[n].port}" for n in confs],
                          trainer=f"127.0.0.1:{servers['a'].port}", fail_timeout_s=30)
     try:
         yield {"nginx": nginx, "model_dir": model_dir, **servers}

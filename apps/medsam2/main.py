@@ -61,9 +61,14 @@ class MedSam2App(MONAILabelApp):
             cpu_int8=self.settings.cpu_int8,
             cpu_runtime=self.settings.cpu_runtime,
             cuda_numerics=self.settings.cuda_numerics,
+            # new weights are loaded, compiled and checked in the background; clicks meanwhile get the old ones
+            prepare_in_background=True,
+            # per replica: OpenVINO's compiled blobs are not written for several processes at once
+            runtime_cache_dir=(self.settings.model_dir / "runtime-cache" / (self.settings.replica.name or "server")
+                               if self.settings.runtime_cache else None),
         )
         self.models.ensure_available(allow_download=self.settings.allow_download)
-        self.models.watch()  # published weights are loaded (and compiled) before the next click needs them
+        self.models.watch()  # published weights are prepared before the next click needs them
         self.volume_segmenter = VolumeSegmenter(self.models, self.settings.engine)
         # slices encoded while the clinician looks at a study (see encode_study_ahead)
         self.encode_ahead = EncodeAhead(self.volume_segmenter) if self.settings.encode_ahead else None

@@ -1,10 +1,19 @@
-"""Which checkpoint to serve, whether it is ready, and reloading it when the file changes."""
+"""Which checkpoint to serve, whether it is ready, and switching to new weights when the file changes.
+
+A server never makes a click wait for new weights (``prepare_in_background``): when the
+served file changes (a fine-tune published), the new weights are loaded, compiled for the
+CPU runtime and checked in a background thread while the old ones keep answering; the
+switch happens between two requests (each request holds the model it started with), and
+only then do ``status()`` and results name the new version. ``status()["preparing"]`` says
+what is being prepared meanwhile.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,6 +87,38 @@ def file_stamp(path: str) -> tuple | None:
     return (st.st_mtime_ns, st.st_size, st.st_ino)
 
 
+@dataclass
+class Preparation:
+    """New weights being loaded, compiled and checked while the old ones serve."""
+
+    checkpoint: str
+    stamp: tuple | None
+    version: dict | None
+    started: float
+    stage: str = "loading the weights"
+
+    @property
+    def version_name(self) -> str:
+        return (self.version or {}).get("name") or os.path.basename(self.checkpoint)
+
+    def as_json(self) -> dict:
+        return {"version": self.version, "name": self.version_name, "stage": self.stage,
+                "since": self.started, "seconds": round(time.time() - self.started, 1)}
+
+
+def check_prepared(model) -> None:
+    """New weights must give finite image features through what will serve them (the CPU runtime
+    included) on a CT-like slice; otherwise they are refused and the old ones stay served."""
+    from .runtime import calibration_slices
+
+    device = next(model.parameters()).device
+    slice_ = calibration_slices(model.image_size, count=1)[0].to(device)
+    with torch.inference_mode():
+        features = model.forward_image(slice_)
+    if not all(torch.isfinite(t).all() for t in features["backbone_fpn"]):
+        raise CheckpointError("the new weights give non-finite image features (NaN or infinity): not served")
+
+
 class ModelSource:
     """Resolves the checkpoint on every request and rebuilds the model when it changed.
 
@@ -95,6 +136,8 @@ class ModelSource:
         cpu_int8: bool = False,
         cpu_runtime: str = "torch",
         cuda_numerics: str = "reference",
+        prepare_in_background: bool = False,
+        runtime_cache_dir: str | os.PathLike | None = None,
     ):
         self.preset = preset
         self.model_dir = Path(model_dir)
@@ -111,6 +154,11 @@ class ModelSource:
         self._meta_cache: dict = {}  # (path, file stamp) -> (untrained origin, fine-tune record)
         self._lock = threading.RLock()
         self.last_error: str | None = None
+        # a server: new weights are prepared off the request path (module docstring); a script: inline
+        self.prepare_in_background = bool(prepare_in_background)
+        self.runtime_cache_dir = Path(runtime_cache_dir) if runtime_cache_dir else None  # compiled graphs on disk
+        self._preparing: Preparation | None = None
+        self._failed_file: tuple | None = None  # a file that failed to prepare is tried again once it changes
 
     @property
     def finetuned_path(self) -> Path:
@@ -177,6 +225,9 @@ class ModelSource:
             stamp = None if path == RANDOM_WEIGHTS else file_stamp(path)
             if self._loaded is not None and self._loaded.checkpoint == path and self._loaded.stamp == stamp:
                 return self._loaded
+            if self._loaded is not None and self.prepare_in_background:
+                self._prepare_in_background(path, stamp)
+                return self._loaded  # the old weights answer until the new ones are ready
             try:
                 self._load(path, stamp)
             except CheckpointError as err:
@@ -226,7 +277,11 @@ class ModelSource:
             event.set()
 
     def _load(self, path: str, stamp) -> None:
-        action = "reloading" if self._loaded is not None else "loading"
+        self._switch(*self._build(path, stamp))
+
+    def _build(self, path: str, stamp, preparation: "Preparation | None" = None) -> tuple:
+        """(model, runtime, path, stamp): the network built, compiled for its CPU runtime and checked."""
+        action = "preparing" if self._loaded is not None else "loading"
         logger.info("%s model %s from %s on %s", action, self.preset.name, path, self.device)
         model = build_model(self.preset, path, self.device, self.extra_overrides)
         if cuda_numerics.install(model, self.device, self.cuda_numerics):
@@ -234,11 +289,55 @@ class ModelSource:
         if self.cpu_int8:
             quantize_int8(model)
             logger.info("int8 linear layers in %s (cpu_int8)", ", ".join(INT8_MODULES))
+        if preparation is not None:
+            preparation.stage = "compiling for the CPU runtime"
         # compiled for these weights and warmed up now, before the model is served
-        self.runtime_in_use = attach_cpu_runtime(model, self.cpu_runtime, [model.image_size])
-        self._versions += 1
-        self._loaded = LoadedModel(model, path, self._versions, stamp)
-        self.last_error = None
+        runtime = attach_cpu_runtime(model, self.cpu_runtime, [model.image_size], cache_dir=self.runtime_cache_dir)
+        if preparation is not None:
+            preparation.stage = "checking"
+        check_prepared(model)
+        return model, runtime, path, stamp
+
+    def _switch(self, model, runtime: str, path: str, stamp) -> None:
+        with self._lock:
+            self.runtime_in_use = runtime
+            self._versions += 1
+            self._loaded = LoadedModel(model, path, self._versions, stamp)
+            self.last_error = None
+
+    def _prepare_in_background(self, path: str, stamp) -> None:
+        """Start preparing ``path`` unless it is being prepared, or failed as it is now. Under the lock."""
+        if self._preparing is not None or self._failed_file == (path, stamp):
+            return
+        preparation = Preparation(path, stamp, self._version(path), time.time())
+        self._preparing = preparation
+
+        def run() -> None:
+            try:
+                built = self._build(path, stamp, preparation)
+            except Exception as err:  # noqa: BLE001 - the old weights stay served; status() says why
+                with self._lock:
+                    self._preparing, self._failed_file = None, (path, stamp)
+                    self.last_error = str(err) if isinstance(err, CheckpointError) else f"{type(err).__name__}: {err}"
+                logger.error("new weights %s could not be prepared (%s); still serving %s", path, err,
+                             self._loaded.checkpoint if self._loaded else None)
+                return
+            with self._lock:
+                self._switch(*built)
+                self._preparing = None
+            logger.info("now serving %s (%s), prepared in %.1f s", path, preparation.version_name,
+                        time.time() - preparation.started)
+
+        threading.Thread(target=run, name="medsam2-prepare-weights", daemon=True).start()
+
+    def wait_prepared(self, timeout: float | None = None) -> bool:
+        """Block until no new weights are being prepared (tests, scripts); False on timeout."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self._preparing is not None:
+            if deadline is not None and time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
 
     def _untrained_origin(self, path) -> bool:
         """From the served model, or for a file not loaded yet its metadata (read once per version)."""
@@ -273,10 +372,13 @@ class ModelSource:
 
     def status(self) -> dict:
         """For /info: is the model ready, which file, and if not, why."""
+        loaded, preparing = self._loaded, self._preparing
         try:
             path = self.resolve()
-            loaded_now = self._loaded is not None and self._loaded.checkpoint == path
-            ready, reason = (loaded_now or self.last_error is None), self.last_error
+            loaded_now = loaded is not None and loaded.checkpoint == path
+            ready, reason = (loaded_now or self.last_error is None or loaded is not None), self.last_error
+            if loaded is not None:
+                path = loaded.checkpoint  # what answers requests now, not what is being prepared
         except ModelNotReady as err:
             path, ready, reason = None, False, str(err)
             if self.last_error and self.last_error != reason:
@@ -286,13 +388,14 @@ class ModelSource:
             "model": self.preset.name,
             "image_size": self.preset.image_size,
             "checkpoint": path,
-            "random_weights": path == RANDOM_WEIGHTS or self._untrained_origin(path),
-            "untrained_origin": path == RANDOM_WEIGHTS or self._untrained_origin(path),
+            "random_weights": loaded.random_weights if loaded is not None else self._untrained_origin(path),
+            "untrained_origin": loaded.random_weights if loaded is not None else self._untrained_origin(path),
             "random_seed": RANDOM_WEIGHTS_SEED if path == RANDOM_WEIGHTS else None,
             "device": self.device,
             "cpu_int8": self.cpu_int8,
             "cpu_runtime": self.runtime_in_use,
             "cpu_runtime_stages": runtime_stages(self._loaded.model) if self._loaded else None,
-            "version": self._version(path),
+            "version": loaded.model_version if loaded is not None else self._version(path),
+            "preparing": preparing.as_json() if preparing is not None else None,
             "reason": reason,
         }

@@ -156,6 +156,7 @@ class Serving:
     image_encoder: object = None  # runtime.image_encoder's compiled encoder, or None: PyTorch
     memory_attention: object = None  # runtime.memory_attention's compiled graph, or None: PyTorch
     stages: dict = field(default_factory=lambda: {"image_encoder": "torch", "memory_attention": "torch"})
+    graph_cache: object = None  # runtime.GraphCache the stages were compiled through (hits: read from disk)
     views: dict = field(default_factory=dict)  # input size -> view (at_input_size)
     views_lock: threading.Lock = field(default_factory=threading.Lock)
 

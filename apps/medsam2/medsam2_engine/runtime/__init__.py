@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import logging
 
-from .graph import CPU_RUNTIMES, RuntimeUnavailable
+from .graph import CPU_RUNTIMES, GraphCache, RuntimeUnavailable
 from .image_encoder import OpenVinoImageEncoder, attach_image_encoder, calibration_slices, image_runtime
 from .memory_attention import attach_memory_attention, memory_attention_runtime
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["CPU_RUNTIMES", "CPU_RUNTIME_CHOICES", "OpenVinoImageEncoder", "RuntimeUnavailable", "attach_cpu_runtime",
+__all__ = ["CPU_RUNTIMES", "CPU_RUNTIME_CHOICES", "GraphCache", "OpenVinoImageEncoder", "RuntimeUnavailable", "attach_cpu_runtime",
            "calibration_slices", "image_runtime", "memory_attention_runtime", "resolve_cpu_runtime", "runtime_stages"]
 
 CPU_RUNTIME_CHOICES = ("auto", *CPU_RUNTIMES)
@@ -32,19 +32,22 @@ def resolve_cpu_runtime(choice: str) -> str:
     return "openvino_bf16" if cpu_bf16_units() else "openvino"
 
 
-def attach_cpu_runtime(model, runtime: str, warm_up_sizes=()) -> str:
+def attach_cpu_runtime(model, runtime: str, warm_up_sizes=(), cache_dir=None) -> str:
     """Give ``model`` (a VolumePredictor) its CPU runtime; returns what runs the image encoder.
 
     ``"torch"`` detaches any runtime. ``"openvino"`` (or ``"openvino_int8"``) compiles and runs one slice per size in
     ``warm_up_sizes`` now; if OpenVINO is missing or cannot convert the model, the model keeps
     PyTorch and the returned text says why. ``"openvino_int8"`` also quantises memory attention
     (``runtime.memory_attention``); :func:`runtime_stages` says what runs each stage.
+    ``cache_dir``: converted and compiled graphs kept on disk by their weights (``GraphCache``).
     """
     if runtime not in CPU_RUNTIMES:
         raise ValueError(f"cpu_runtime must be one of {CPU_RUNTIMES}, got {runtime!r}")
     model.serving.image_encoder = model.serving.memory_attention = None
-    encoder = attach_image_encoder(model, runtime, warm_up_sizes)
-    memory_attention = attach_memory_attention(model, runtime) if encoder == runtime else "torch"
+    cache = GraphCache(cache_dir) if cache_dir else None
+    encoder = attach_image_encoder(model, runtime, warm_up_sizes, cache)
+    memory_attention = attach_memory_attention(model, runtime, cache=cache) if encoder == runtime else "torch"
+    model.serving.graph_cache = cache
     model.serving.stages = {"image_encoder": encoder, "memory_attention": memory_attention}
     return encoder
 

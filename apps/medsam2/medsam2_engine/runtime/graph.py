@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
+import io
+import logging
+import os
+import shutil
+import tempfile
 import threading
+from pathlib import Path
 
 import torch
+
+logger = logging.getLogger(__name__)
 
 CPU_RUNTIMES = ("torch", "openvino", "openvino_bf16", "openvino_int8")
 
@@ -45,3 +54,66 @@ def quantized(converted, samples: list):
 
     return nncf.quantize(converted, nncf.Dataset(samples), model_type=nncf.ModelType.TRANSFORMER,
                          subset_size=len(samples))
+
+
+class GraphCache:
+    """Converted graphs on disk, keyed by the exact weights and what was asked of them, so that a
+    restart with the same weights (a replica started again, a server restarted) neither traces
+    nor compiles again: the converted graph is saved as OpenVINO IR and the compiled blob goes
+    to OpenVINO's own model cache (``CACHE_DIR``). New weights give new keys: nothing stale is
+    ever served. A cache that cannot be written is skipped (the graph is converted as before)."""
+
+    def __init__(self, folder):
+        self.folder = Path(folder)
+        self.hits = 0
+        self.misses = 0
+
+    def configure(self, core) -> None:
+        """Let ``core`` keep compiled blobs in the cache too."""
+        try:
+            (self.folder / "compiled").mkdir(parents=True, exist_ok=True)
+            core.set_property({"CACHE_DIR": str(self.folder / "compiled")})
+        except Exception as err:  # noqa: BLE001 - an unwritable cache only costs the compile time
+            logger.warning("OpenVINO model cache unavailable in %s: %s", self.folder, err)
+
+    def converted(self, ov, core, key: str, convert):
+        """The graph under ``key`` from disk, or ``convert()`` saved there under it."""
+        path = self.folder / f"{key}.xml"
+        if path.is_file() and path.with_suffix(".bin").is_file():
+            try:
+                model = core.read_model(str(path))
+                self.hits += 1
+                return model
+            except Exception as err:  # noqa: BLE001 - a damaged entry is converted again
+                logger.warning("cached graph %s unreadable (%s): converting again", path, err)
+        self.misses += 1
+        model = convert()
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            staging = Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.folder))
+            try:
+                ov.save_model(model, str(staging / path.name), compress_to_fp16=False)
+                os.replace(staging / path.with_suffix(".bin").name, path.with_suffix(".bin"))
+                os.replace(staging / path.name, path)  # the .xml last: it marks the entry complete
+            finally:
+                shutil.rmtree(staging, ignore_errors=True)
+        except Exception as err:  # noqa: BLE001 - serving goes on without the cache
+            logger.warning("could not cache the converted graph in %s: %s", self.folder, err)
+        return model
+
+
+def cache_key(module: torch.nn.Module, *what) -> str:
+    """A digest of ``module``'s exact weights and buffers, and of ``what`` (runtime, size, versions)."""
+    import openvino
+
+    digest = hashlib.sha256(repr((openvino.__version__, torch.__version__, *what)).encode())
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        if isinstance(tensor, torch.Tensor) and not tensor.is_quantized:
+            digest.update(str(tensor.dtype).encode() + str(tuple(tensor.shape)).encode())
+            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        else:  # packed or quantized parameters (cpu_int8): their serialised form
+            buffer = io.BytesIO()
+            torch.save(tensor, buffer)
+            digest.update(buffer.getvalue())
+    return digest.hexdigest()[:32]

@@ -31,7 +31,7 @@ import time
 import torch
 
 from ..precision import cpu_bf16_units
-from .graph import CompiledGraph, RuntimeUnavailable, quantized
+from .graph import CompiledGraph, GraphCache, RuntimeUnavailable, cache_key, quantized
 
 logger = logging.getLogger(__name__)
 
@@ -54,7 +54,8 @@ class OpenVinoImageEncoder:
 
     name = "openvino"
 
-    def __init__(self, model, threads: int | None = None, int8: bool = False, bf16: bool = False):
+    def __init__(self, model, threads: int | None = None, int8: bool = False, bf16: bool = False,
+                 cache: GraphCache | None = None):
         try:
             import openvino as ov
             if int8:
@@ -68,6 +69,9 @@ class OpenVinoImageEncoder:
         self.name = "openvino_int8" if int8 else "openvino_bf16" if bf16 else "openvino"
         self._ov = ov
         self._core = ov.Core()
+        self._cache = cache
+        if cache is not None:
+            cache.configure(self._core)
         self._model = model
         self._threads = threads or torch.get_num_threads()
         self._compiled: dict = {}  # input size -> (CompiledGraph, number of fpn levels)
@@ -87,10 +91,18 @@ class OpenVinoImageEncoder:
                 started = time.perf_counter()
                 example = torch.zeros(1, 3, size, size)
                 levels = len(self._model.forward_image(example)["backbone_fpn"])
-                try:
+                def convert():
                     converted = self._ov.convert_model(_ForwardImage(self._model).eval(), example_input=example)
                     if self.int8:
                         converted = quantized(converted, [image.numpy() for image in calibration_slices(size)])
+                    return converted
+
+                try:
+                    if self._cache is not None:
+                        key = cache_key(self._model, "image_encoder", self.name, size)
+                        converted = self._cache.converted(self._ov, self._core, key, convert)
+                    else:
+                        converted = convert()
                     compiled = CompiledGraph(self._core, converted, self._threads, self.precision)
                 except Exception as err:  # noqa: BLE001 - any conversion failure means: stay on PyTorch
                     raise RuntimeUnavailable(f"openvino cannot convert the image encoder: {err}") from err
@@ -119,11 +131,12 @@ def calibration_slices(size: int, count: int = CALIBRATION_SLICES) -> list:
     return [frames[k].unsqueeze(0) for k in range(count)]  # the first ``count``
 
 
-def attach_image_encoder(model, runtime: str, warm_up_sizes) -> str:
+def attach_image_encoder(model, runtime: str, warm_up_sizes, cache: GraphCache | None = None) -> str:
     if runtime == "torch":
         return "torch"
     try:
-        encoder = OpenVinoImageEncoder(model, int8=runtime == "openvino_int8", bf16=runtime == "openvino_bf16")
+        encoder = OpenVinoImageEncoder(model, int8=runtime == "openvino_int8", bf16=runtime == "openvino_bf16",
+                                       cache=cache)
         with torch.inference_mode():
             for size in warm_up_sizes:
                 encoder(torch.zeros(1, 3, int(size), int(size)))

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .graph import CompiledGraph, quantized
+from .graph import CompiledGraph, GraphCache, cache_key, quantized
 
 logger = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ class OpenVinoMemoryAttention:
     """``model.memory_attention`` of one model through one OpenVINO graph (a fixed query map)."""
 
     def __init__(self, ov, core, memory_attention, queries: int, threads: int, calibration=None,
-                 precision: str = "f32"):
+                 precision: str = "f32", cache: GraphCache | None = None):
         reason = convertible(memory_attention)
         if reason:
             raise ValueError(reason)
@@ -137,10 +137,21 @@ class OpenVinoMemoryAttention:
         dims = memory_attention.d_model, memory_attention.layers[0].cross_attn_image.kv_in_dim
         examples = example_inputs(self.queries, *dims)
         shapes = [[self.queries, 1, dims[0]]] * 2 + [[-1, 1, dims[1]]] * 4
-        converted = ov.convert_model(MemoryAttentionGraph(memory_attention, self.queries).eval(),
-                                     example_input=examples, input=shapes)
-        if self.int8:
-            converted = quantized(converted, calibration)
+
+        def convert():
+            converted = ov.convert_model(MemoryAttentionGraph(memory_attention, self.queries).eval(),
+                                         example_input=examples, input=shapes)
+            # calibration: the inputs themselves, or a callable that records them (only on a cache miss)
+            return quantized(converted, calibration() if callable(calibration) else calibration) if self.int8 \
+                else converted
+
+        if cache is not None:
+            cache.configure(core)
+            converted = cache.converted(ov, core, cache_key(memory_attention, "memory_attention", self.name,
+                                                            self.queries), convert)
+        else:
+            converted = convert()
+        self.warm_up_inputs = {i: t.numpy() for i, t in enumerate(examples)}
         self._graph = CompiledGraph(core, converted, threads, precision)
         self.compile_seconds = round(time.perf_counter() - started, 2)
 
@@ -209,7 +220,7 @@ def calibration_inputs(model, slices: int = CALIBRATION_SLICES) -> list:
     return recorded
 
 
-def attach_memory_attention(model, runtime: str, threads: int | None = None) -> str:
+def attach_memory_attention(model, runtime: str, threads: int | None = None, cache: GraphCache | None = None) -> str:
     """Give ``model`` its CPU memory attention for ``runtime``; returns what will run it.
 
     Only ``openvino_int8`` and ``openvino_bf16`` convert it: float32 OpenVINO measured no faster
@@ -223,19 +234,26 @@ def attach_memory_attention(model, runtime: str, threads: int | None = None) -> 
         import openvino as ov
 
         queries = (model.image_size // model.backbone_stride) ** 2
-        calibration = calibration_inputs(model)
-        if not calibration:
-            raise ValueError("the calibration propagation made no memory-attention call")
+        calls = 0
+
+        def calibration():  # int8 only, and only when the quantised graph is not cached
+            nonlocal calls
+            recorded = calibration_inputs(model)
+            calls = len(recorded)
+            if not recorded:
+                raise ValueError("the calibration propagation made no memory-attention call")
+            return recorded
+
         int8 = runtime == "openvino_int8"
         attached = OpenVinoMemoryAttention(ov, ov.Core(), model._modules["memory_attention"], queries,
                                            threads or torch.get_num_threads(), calibration=calibration if int8 else None,
-                                           precision="f32" if int8 else "bf16")
-        attached.infer(calibration[-1])  # warm-up: the first inference allocates
+                                           precision="f32" if int8 else "bf16", cache=cache)
+        attached.infer(attached.warm_up_inputs)  # warm-up: the first inference allocates
     except Exception as err:  # noqa: BLE001 - any failure means: memory attention stays on PyTorch
         logger.warning("memory attention runs on PyTorch: %s cannot take it: %s", runtime, err)
         return f"torch ({runtime} unavailable: {err})"
     logger.info("memory attention through OpenVINO %s (%d calibration calls), built in %.1f s",
-                runtime, len(calibration), attached.compile_seconds)
+                runtime, calls, attached.compile_seconds)
     model.serving.memory_attention = attached
     return runtime
 
