@@ -26,12 +26,12 @@ from render_nginx import write as write_config  # noqa: E402
 
 class RunningNginx:
     def __init__(self, folder: Path, replicas: list, trainer: str | None = None, fail_timeout_s: int = 10,
-                 timeout: float = 20.0):
+                 timeout: float = 20.0, max_fails: int = 1):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         user = "root" if os.geteuid() == 0 else None  # workers must reach the test's own folder
         self.config = write_config(folder, f"127.0.0.1:{self.port}", replicas, trainer, user=user,
-                                   fail_timeout_s=fail_timeout_s)
+                                   fail_timeout_s=fail_timeout_s, max_fails=max_fails)
         self.folder = Path(folder)
         self._log = open(self.folder / "logs" / "stdout.log", "w")
         self.process = subprocess.Popen([NGINX_BINARY, "-p", str(folder), "-c", str(self.config),
