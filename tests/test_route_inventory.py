@@ -228,23 +228,115 @@ def test_bad_labels_are_refused_before_anything_is_written(server, area):
     assert len(whole) > 3 * 2248
     cases = {"NaN": (nii_gz(nan, affine), 422), "inf": (nii_gz(inf, affine), 422),
              "truncated gzip": (whole[:2248], 422)}
-    # a small file declaring 2048 x 1024 x 1024 voxels
+    # a small file declaring 2048 x 1024 x 1024 voxels: another grid than its image's
     header = nib.Nifti1Header()
     header.set_data_shape((2048, 1024, 1024))
     header.set_data_dtype(np.uint8)
-    cases["declares 2 GB"] = (gzip.compress(header.binaryblock + b"\0" * 4 + bytes(1 << 20)), 413)
+    cases["declares 2 GB"] = (gzip.compress(header.binaryblock + b"\0" * 4 + bytes(1 << 20)), 422)
     # a header declaring a small label, then 200 MB of zeros in the stream
     small = nib.Nifti1Image(np.zeros((4, 4, 4), np.uint8), np.eye(4)).to_bytes()
     compressor = zlib.compressobj(9, zlib.DEFLATED, 31)
-    cases["grows past its header"] = (compressor.compress(small + bytes(200 << 20)) + compressor.flush(), 413)
+    cases["grows past its header"] = (compressor.compress(small + bytes(200 << 20)) + compressor.flush(), 422)
+    # the image's own grid declared, then far more data than the grid holds
+    on_grid = nib.Nifti1Image(np.zeros(shape, np.uint8), affine).to_bytes()
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 31)
+    cases["its grid, then 200 MB more"] = (compressor.compress(on_grid + bytes(200 << 20)) + compressor.flush(), 413)
+    # a PNG or NRRD label of another grid
+    cases["2D picture on a 3D image"] = (_png(np.zeros((8, 8), np.uint8)), 422)
     latencies = []
     for name, (content, status) in cases.items():
-        answer = while_timing_info(server, latencies, lambda: put_label(server, content))
+        filename = "label.png" if name.startswith("2D picture") else "label.nii.gz"
+        answer = while_timing_info(server, latencies, lambda: put_label(server, content, filename=filename))
         assert answer.status_code == status, (name, answer.status_code, answer.text[:300])
+        assert set((area / "tmp").iterdir()) == temp_before, f"{name}: the refused upload left a file behind"
     assert (area / "studies" / FINAL).read_bytes() == before
     print(f"bad labels: {len(cases)} refused; /info during them: max {max(latencies):.2f} s of {len(latencies)}")
     assert max(latencies) < 5, latencies
     assert set((area / "tmp").iterdir()) == temp_before, "a refused upload left its copy in the temp folder"
+
+
+def _png(array) -> bytes:
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.fromarray(array).save(out, format="PNG")
+    return out.getvalue()
+
+
+def _server_rss_mb(server) -> float:
+    """Resident memory of the server process and its children, in MB."""
+    import psutil
+
+    root = psutil.Process(server.process.pid)
+    return sum(p.memory_info().rss for p in [root, *root.children(recursive=True)]) / 2**20
+
+
+def test_a_label_that_declares_another_grid_is_refused_from_its_header(server, area):
+    """2 MB of gzip declaring 2 GiB (2048 x 1024 x 1024), the zeros really there: refused before
+    decompressing, with under 50 MB of growth (it used to decode 2 GiB first)."""
+    header = nib.Nifti1Header()
+    header.set_data_shape((2048, 1024, 1024))
+    header.set_data_dtype(np.uint8)
+    compressor = zlib.compressobj(9, zlib.DEFLATED, 31)
+    parts = [compressor.compress(header.binaryblock + b"\0" * 4)]
+    zeros = bytes(64 << 20)
+    for _ in range(32):  # 2 GiB of zeros
+        parts.append(compressor.compress(zeros))
+    bomb = b"".join(parts) + compressor.flush()
+    assert len(bomb) < 3 << 20
+    temp_before = set((area / "tmp").iterdir())
+    peak = [before := _server_rss_mb(server)]
+    done = threading.Event()
+
+    def watch():
+        while not done.is_set():
+            peak.append(_server_rss_mb(server))
+            time.sleep(0.02)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        answer = put_label(server, bomb)
+    finally:
+        done.set()
+        watcher.join()
+    assert answer.status_code == 422 and "grid" in answer.json()["detail"], answer.text[:300]
+    growth = max(peak) - before
+    print(f"header bomb: refused, server grew by {growth:.1f} MB")
+    assert growth < 50, f"the server grew by {growth:.0f} MB refusing a header bomb"
+    assert set((area / "tmp").iterdir()) == temp_before
+
+
+def test_refused_uploads_of_every_kind_leave_no_temporary_file(server, area):
+    temp_before = set((area / "tmp").iterdir())
+    shape, affine = final_shape_like(area)
+    noise = nii_gz(np.random.default_rng(1).integers(-1000, 1000, shape).astype(np.int16), affine)
+    attempts = {
+        "image of an unknown type": lambda: requests.put(url(server, "/datastore/image"), params={"image": "x1"},
+                                                         files={"file": ("x.exe", b"MZ" * 600_000)}, timeout=60),
+        "truncated image": lambda: requests.put(url(server, "/datastore/image"), params={"image": "x2"},
+                                                files={"file": ("x.nii.gz", noise[:len(noise) // 2])}, timeout=60),
+        "session of a non-image": lambda: requests.put(url(server, "/session/"),
+                                                       files={"files": ("notes.nii", b"not an image" * 200_000)},
+                                                       timeout=60),
+        "infer with a bad uploaded label": lambda: requests.post(
+            url(server, "/infer/medsam2_3d"), params={"image": "ct_phantom_0"},
+            data={"params": json.dumps({"foreground": [[34, 36, 20]], "label_tag": "final"})},
+            files={"label": ("l.nii.gz", b"\x1f\x8b" + b"x" * 2_000_000)}, timeout=60),
+    }
+    for name, attempt in attempts.items():
+        answer = attempt()
+        assert 400 <= answer.status_code < 500, (name, answer.status_code, answer.text[:300])
+        assert set((area / "tmp").iterdir()) == temp_before, f"{name}: a file was left in the temporary folder"
+    # and an accepted label: its temporary copies go once the answer is sent
+    current = requests.get(url(server, "/datastore/label/info"), params={"label": "ct_phantom_0", "tag": "final"},
+                           timeout=30).json().get("version")
+    saved = put_label(server, nii_gz(np.zeros(shape, np.uint8), affine), {"replaces": current})
+    assert saved.status_code == 200, saved.text
+    deadline = time.monotonic() + 10
+    while set((area / "tmp").iterdir()) != temp_before and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert set((area / "tmp").iterdir()) == temp_before, "an accepted upload left a file in the temporary folder"
 
 
 def test_a_stale_save_is_refused_and_history_restores(server, area):

@@ -37,7 +37,7 @@ from pydicom.dataset import Dataset
 
 from lib.dicom_seg import SegAuthor, build_segmentation
 from lib.pacs_labels import PacsLabels
-from lib.saved_structures import PreparedLabel, prepare_label
+from lib.saved_structures import PreparedLabel, image_grid, prepare_label
 from medsam2_engine.label_structures import label_map_of, structures_path, write_stack
 from lib.privacy import KEYWORDS as PATIENT_IDENTIFIERS
 
@@ -187,11 +187,11 @@ class MedSam2DicomWebDatastore(DICOMWebDatastore):
         series_uid = check_series_uid(image_id)
         image_uri = self.get_image_uri(series_uid)
         label_info = dict(label_info or {})
-        converted = ""
-        if label_filename.endswith(".bin"):
-            converted = label_filename = binary_to_image(image_uri, label_filename)
-        prepared = prepare_label(label_filename, label_info, self.max_decoded_bytes)
+        converted, prepared = "", None
         try:
+            if label_filename.endswith(".bin"):
+                converted = label_filename = binary_to_image(image_uri, label_filename)
+            prepared = prepare_label(label_filename, label_info, self.max_decoded_bytes, grid=image_grid(image_uri))
             label_info.update(prepared.summary())
             label_info["version"] = uuid.uuid4().hex  # what a client names to replace exactly this label
             if label_tag == DefaultLabelTag.FINAL:
@@ -204,9 +204,10 @@ class MedSam2DicomWebDatastore(DICOMWebDatastore):
             elif os.path.exists(stack_file):
                 os.unlink(stack_file)  # a plain label map replaces the structures saved before it
             return saved
-        finally:
-            prepared.cleanup()
-            if converted:
+        finally:  # refused or saved, no copy of the upload is left behind
+            if prepared is not None:
+                prepared.cleanup()
+            if converted and os.path.exists(converted):
                 os.unlink(converted)
 
     def get_label_uri(self, label_id: str, label_tag: str, image_id: str = "") -> str:

@@ -34,7 +34,7 @@ from medsam2_engine.label_structures import structures_path, write_stack
 
 from .datastore_records import SharedRecords
 from .options import OptionError, identifier, image_size
-from .saved_structures import PreparedLabel, prepare_label
+from .saved_structures import PreparedLabel, image_grid, prepare_label
 from .upload_checks import decoded
 
 logger = logging.getLogger(__name__)
@@ -181,7 +181,8 @@ class SafeLocalDatastore(SharedRecords, LocalDatastore):
         tag = identifier(label_tag, "tag")
         self._check_upload(label_filename, "label")
         if prepared is None:
-            prepared = prepare_label(label_filename, label_info, self._max_decoded_bytes)
+            prepared = prepare_label(label_filename, label_info, self._max_decoded_bytes,
+                                     grid=image_grid(self.get_image_uri(image_id)))
             try:
                 return self.save_label(image_id, label_filename, label_tag, label_info, prepared)
             finally:

@@ -20,7 +20,7 @@ import numpy as np
 from medsam2_engine.label_structures import describe, label_map_of
 
 from .options import OptionError
-from .upload_checks import check_label_values, decoded, decoded_nifti
+from .upload_checks import check_label_values, decoded, decoded_nifti, grid_limit
 
 MAX_STRUCTURES = 64
 
@@ -75,17 +75,30 @@ def _entries(label_info: dict) -> list:
     return names, values, voxels
 
 
-def prepare_label(label_file: str, label_info: Optional[dict], max_decoded_bytes: int) -> PreparedLabel:
+def image_grid(image_path: str):
+    """The spatial shape a label of this image must have (None if the image cannot be read: the
+    full check after decoding then says why)."""
+    from medsam2_engine.volume_io import ImageReadError, load_image
+
+    try:
+        return load_image(image_path).spatial_shape
+    except ImageReadError:
+        return None
+
+
+def prepare_label(label_file: str, label_info: Optional[dict], max_decoded_bytes: int, grid=None) -> PreparedLabel:
     """Read ``label_file`` as the client means it, decoded once and whole within ``max_decoded_bytes``
+    and, given its image's ``grid`` (spatial shape), only if its header declares that grid
     (``upload_checks``); raises OptionError (4xx) naming what is wrong."""
     label_info = label_info or {}
     if not label_info.get("structures"):
-        check_label_values(decoded(label_file, label_file, max_decoded_bytes, "label"))
+        check_label_values(decoded(label_file, label_file, grid_limit(grid, max_decoded_bytes), "label", grid))
         return PreparedLabel(label_file)
     names, values, voxels = _entries(label_info)
     if not label_file.lower().endswith((".nii", ".nii.gz")):
         raise OptionError("label", "a structures file is NIfTI ([i, j, k, structure])", status=415)
-    array, affine = decoded_nifti(label_file, max_decoded_bytes, "label")
+    array, affine = decoded_nifti(label_file, grid_limit(grid, max_decoded_bytes, len(names)), "label", grid,
+                                  extra_dims=1)
     check_label_values(array)
     stack = (array > 0).astype(np.uint8)
     if stack.ndim != 4 or stack.shape[-1] != len(names):

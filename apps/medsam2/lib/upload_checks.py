@@ -4,7 +4,8 @@ A compressed file can declare far more voxels than it carries bytes (2 MB of gzi
 claims 2048 x 1024 x 1024 voxels), or stop half way (a truncated gzip that some readers
 pad with zeros). Both are refused here, by what the file declares before decoding and by
 counting bytes while decompressing, and a label must hold finite whole numbers: a label
-map with NaN or infinity is not a label.
+map with NaN or infinity is not a label. A label's limit is its image's grid: a header that
+declares another grid is refused from the header alone (``grid``), before any decompression.
 """
 
 from __future__ import annotations
@@ -23,6 +24,32 @@ def _too_large(field: str, shape, nbytes: int, limit: int) -> OptionError:
     return OptionError(field, f"declares {' x '.join(str(int(n)) for n in shape)} voxels ({nbytes / 2**20:.0f} MB "
                               f"decoded), over the server's limit of {limit / 2**20:.0f} MB "
                               "(--conf upload_max_decoded_mb)", status=413)
+
+
+def check_declared_grid(field: str, declared, grid, extra_dims: int = 0) -> None:
+    """Refuse a label whose header declares a grid other than its image's ``grid`` (spatial shape).
+
+    Trailing dimensions of 1 are ignored (a 2D label saved as W x H x 1); ``extra_dims`` more
+    dimensions may follow the grid (a structures file: [i, j, k, structure]).
+    """
+    if grid is None:
+        return
+    shape = [int(n) for n in declared]
+    spatial = shape[:len(grid)]
+    rest = shape[len(grid):]
+    while len(rest) > extra_dims and rest[-1] == 1:
+        rest.pop()
+    if tuple(spatial) != tuple(int(n) for n in grid) or len(rest) > extra_dims:
+        raise OptionError(field, f"declares a grid of {' x '.join(map(str, shape))} voxels; its image's grid is "
+                                 f"{' x '.join(str(int(n)) for n in grid)}: a label is saved on its image's grid "
+                                 "(nothing was decoded or saved)", status=422)
+
+
+def grid_limit(grid, limit: int, structures: int = 1) -> int:
+    """The decoded-size cap of a label on ``grid``: at most 8 bytes a voxel per structure."""
+    if grid is None:
+        return limit
+    return min(limit, int(np.prod([int(n) for n in grid], dtype=np.int64)) * max(1, structures) * 8 + CHUNK)
 
 
 def _gunzip_within(path: str, limit: int, field: str, head: int = 0) -> bytes:
@@ -54,8 +81,9 @@ def _nifti_image(data: bytes, field: str):
     raise OptionError(field, "not a readable NIfTI file", status=422)
 
 
-def decoded_nifti(path: str, limit: int, field: str) -> tuple:
-    """(array, affine) of an uploaded NIfTI file (gzipped or not, by its content), decoded whole."""
+def decoded_nifti(path: str, limit: int, field: str, grid=None, extra_dims: int = 0) -> tuple:
+    """(array, affine) of an uploaded NIfTI file (gzipped or not, by its content), decoded whole;
+    ``grid``: the image's spatial shape the header must declare (:func:`check_declared_grid`)."""
     with open(path, "rb") as raw:
         compressed = raw.read(2) == b"\x1f\x8b"  # by content: clients name files loosely
     if compressed:
@@ -64,6 +92,7 @@ def decoded_nifti(path: str, limit: int, field: str) -> tuple:
         with open(path, "rb") as raw:
             header = _nifti_image(raw.read(1024) + bytes(1 << 16), field).header
     shape, dtype = header.get_data_shape(), header.get_data_dtype()
+    check_declared_grid(field, shape, grid, extra_dims)
     nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if nbytes > limit:
         raise _too_large(field, shape, nbytes, limit)
@@ -80,7 +109,7 @@ def decoded_nifti(path: str, limit: int, field: str) -> tuple:
     return np.asarray(image.dataobj), image.affine
 
 
-def _nrrd(path: str, limit: int, field: str) -> np.ndarray:
+def _nrrd(path: str, limit: int, field: str, grid=None) -> np.ndarray:
     import nrrd
 
     try:
@@ -89,6 +118,7 @@ def _nrrd(path: str, limit: int, field: str) -> np.ndarray:
     except Exception as err:
         raise OptionError(field, f"not a readable NRRD file ({err})", status=422) from err
     shape = [int(n) for n in header.get("sizes", [])]
+    check_declared_grid(field, shape, grid)
     nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
     if nbytes > limit:
         raise _too_large(field, shape, nbytes, limit)
@@ -99,12 +129,13 @@ def _nrrd(path: str, limit: int, field: str) -> np.ndarray:
     return data
 
 
-def _picture(path: str, limit: int, field: str) -> np.ndarray:
+def _picture(path: str, limit: int, field: str, grid=None) -> np.ndarray:
     from PIL import Image
 
     try:
         with Image.open(path) as picture:
             bands = len(picture.getbands())
+            check_declared_grid(field, picture.size, grid)
             nbytes = picture.size[0] * picture.size[1] * bands
             if nbytes > limit:
                 raise _too_large(field, picture.size + (bands,), nbytes, limit)
@@ -116,15 +147,16 @@ def _picture(path: str, limit: int, field: str) -> np.ndarray:
         raise OptionError(field, f"the picture cannot be decoded whole ({err})", status=422) from err
 
 
-def decoded(path: str, filename: str, limit: int, field: str) -> np.ndarray:
-    """The whole array of an uploaded file (``filename``: the client's name, for its type)."""
+def decoded(path: str, filename: str, limit: int, field: str, grid=None) -> np.ndarray:
+    """The whole array of an uploaded file (``filename``: the client's name, for its type);
+    ``grid``: the spatial shape its header must declare (a label: its image's)."""
     name = filename.lower()
     if name.endswith((".nii", ".nii.gz")):
-        return decoded_nifti(path, limit, field)[0]
+        return decoded_nifti(path, limit, field, grid)[0]
     if name.endswith(".nrrd"):
-        return _nrrd(path, limit, field)
+        return _nrrd(path, limit, field, grid)
     if name.endswith((".png", ".jpg", ".jpeg")):
-        return _picture(path, limit, field)
+        return _picture(path, limit, field, grid)
     raise OptionError(field, f"file type of {filename!r} is not accepted", status=415)
 
 
