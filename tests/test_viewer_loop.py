@@ -55,6 +55,10 @@ def _label_in_page(page, image: str, truth: np.ndarray) -> None:
 def run_the_loop(page, base_url: str, studies: dict, shots: Path, prefix: str) -> dict:
     """``studies``: image id -> truth mask, three of them; the first two get labelled."""
     ids = list(studies)
+    # a second tab (another clinician's, say), open all along and never reloaded
+    other = page.context.new_page()
+    other.goto(base_url + "/medsam2/viewer/")
+    other.evaluate("window.medsam2Viewer.ready")
     page.goto(base_url + "/medsam2/viewer/")
     page.evaluate("window.medsam2Viewer.ready")
     page.wait_for_function("document.getElementById('progress-text').textContent.includes('studies labelled')")
@@ -67,6 +71,10 @@ def run_the_loop(page, base_url: str, studies: dict, shots: Path, prefix: str) -
         first_version = first_version or page.evaluate("window.medsam2Viewer.state.modelVersion")
     page.wait_for_function("document.getElementById('progress-text').textContent.startsWith('2 of 3')")
     assert first_version == "base checkpoint"
+    # the other tab learns of the saves from the server's events
+    other.wait_for_function("document.getElementById('progress-text').textContent.startsWith('2 of 3')",
+                            timeout=15_000)
+    assert "no final labels" not in other.inner_text("#training-status")
     screenshot(page, f"{prefix}-1-labelled", shots)
 
     page.click("#train")
@@ -76,7 +84,14 @@ def run_the_loop(page, base_url: str, studies: dict, shots: Path, prefix: str) -
                            timeout=600_000)
     status = page.inner_text("#training-status")
     assert "Fine-tune 1 done" in status, status
-    assert page.inner_text("#model-version") == "Served weights: fine-tune 1"
+    # the new weights are prepared in the background, then served: every tab is told
+    for tab in (page, other):
+        tab.wait_for_function("document.getElementById('model-version').textContent === 'Served weights: fine-tune 1'",
+                              timeout=300_000)
+    page.wait_for_function("document.getElementById('training-status').textContent.includes('its weights are served')",
+                           timeout=15_000)
+    screenshot(other, f"{prefix}-2b-other-tab", shots)
+    other.close()
     assert page.locator("#curve svg circle.point-1").count() == 1  # fill-the-box baseline beside it
 
     # the next click is made by the new weights, and the page says so

@@ -121,6 +121,8 @@ INVENTORY = [
     _r("MOUNT", "/medsam2/viewer", "public", "the page's files"),
     _r("GET", "/medsam2/loop", "user", "labelling progress, fine-tune progress, served weights, learning curve, "
                                        "this user's permissions", loop_routes.loop),
+    _r("GET", "/medsam2/events", "user", "the loop's answer pushed as server-sent events when it changes; one "
+                                         "shared snapshot a second whatever the number of tabs", loop_routes.events),
 ]
 BY_KEY = {(r.method, r.path): r for r in INVENTORY}
 

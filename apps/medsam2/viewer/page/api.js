@@ -12,19 +12,40 @@ function withAuth(options = {}) {
   return token ? { ...options, headers: { ...(options.headers || {}), Authorization: `Bearer ${token}` } } : options;
 }
 
+// What went wrong, in a clinician's words: the server's own explanation where it gives one
+// (it names the field and what to do), never a status code or a route.
+const PLAIN = {
+  403: 'your account may not do this (ask an administrator for the role)',
+  404: 'it is no longer there (reload the list)',
+  413: 'the file is larger than this server accepts',
+  429: 'the server is busy; try again in a moment',
+  500: 'the server ran into an error (it is in the server log); try again, or tell your administrator',
+  502: 'the server did not answer (it may be restarting); try again in a moment',
+  503: 'the server is starting or busy; try again in a moment',
+  504: 'the server took too long to answer; try again in a moment',
+};
+
+export function plainDetail(status, detail) {
+  const text = (detail || '').replace(/\b(HTTP ?)?[1-5]\d\d\b:? ?/g, '').replace(/\b(GET|PUT|POST|DELETE) \/\S*/g, '').trim();
+  if (status >= 500 || !text) return PLAIN[status] || 'the server could not do it; try again in a moment';
+  return text;
+}
+
 async function failure(response, what) {
   if (response.status === 401) {
     sessionStorage.removeItem(TOKEN_KEY);
-    return new AuthRequired(`${what}: log in first (HTTP 401)`);
+    return new AuthRequired(`${what}: log in first`);
   }
   let detail = '';
   try {
     const body = await response.json();
-    detail = typeof body.detail === 'string' ? body.detail : JSON.stringify(body.detail ?? body);
+    detail = typeof body.detail === 'string' ? body.detail : (body.detail?.msg ?? '');
   } catch {
-    detail = await response.text().catch(() => '');
+    detail = '';
   }
-  return new Error(`${what}: HTTP ${response.status}${detail ? ` - ${detail}` : ''}`);
+  const error = new Error(`${what}: ${plainDetail(response.status, detail)}`);
+  error.status = response.status;
+  return error;
 }
 
 // Whether the server wants a log-in that this tab has not done yet.
@@ -160,6 +181,42 @@ export async function startFineTune(trainer) {
 
 export async function stopFineTune() {
   const response = await fetch('/train/', withAuth({ method: 'DELETE' }));
+  if (response.status === 409) return { stopped: false }; // it had ended already: nothing to stop
   if (!response.ok) throw await failure(response, 'stopping the fine-tune');
   return response.json();
+}
+
+// GET /medsam2/events: the loop's state, pushed whenever it changes (server-sent events read
+// through fetch, so the tab's log-in token goes with it). Calls onState(state) for each; returns
+// a function that stops listening. Reconnects by itself after a dropped connection.
+export function loopEvents(onState, onTrouble) {
+  const controller = new AbortController();
+  let stopped = false;
+  (async () => {
+    while (!stopped) {
+      try {
+        const response = await fetch('/medsam2/events', withAuth({ signal: controller.signal }));
+        if (!response.ok) throw await failure(response, 'following the learning loop');
+        const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+        let buffer = '';
+        for (;;) {
+          const { value, done } = await reader.read();
+          if (done) break;
+          buffer += value;
+          let end;
+          while ((end = buffer.indexOf('\n\n')) >= 0) {
+            const block = buffer.slice(0, end);
+            buffer = buffer.slice(end + 2);
+            const data = block.split('\n').filter((l) => l.startsWith('data: ')).map((l) => l.slice(6)).join('\n');
+            if (block.includes('event: loop') && data) onState(JSON.parse(data));
+          }
+        }
+      } catch (error) {
+        if (stopped) return;
+        onTrouble?.(error);
+      }
+      await new Promise((resolve) => setTimeout(resolve, 2000));
+    }
+  })();
+  return () => { stopped = true; controller.abort(); };
 }

@@ -1,40 +1,53 @@
 // The learning loop in the page: labelling progress, "Next study", fine-tuning from the page
 // (start, watch, stop), which weights are served, and the learning curve beside the classical
-// baselines. Everything comes from GET /medsam2/loop; the server refuses what the user may not do.
+// baselines. Everything comes from GET /medsam2/loop, then from GET /medsam2/events as it changes
+// (every open tab shows the loop as it is now); the server refuses what the user may not do.
 
-import { loopState, nextStudy, startFineTune, stopFineTune } from './api.js';
+import { loopEvents, loopState, nextStudy, startFineTune, stopFineTune } from './api.js';
 
 const $ = (id) => document.getElementById(id);
 const POLL_MS = 2000;
 
 function seconds(s) {
   if (s === null || s === undefined) return '';
-  return s >= 90 ? `about ${Math.round(s / 60)} min` : `about ${Math.round(s)} s`;
+  if (s < 60) return `about ${Math.max(5, Math.round(s / 5) * 5)} s`;
+  return `about ${Math.round(s / 60)} min`;
 }
 
-function trainingText(t) {
+function servedText(model) {
+  const name = model.version?.name ?? model.checkpoint_file ?? '?';
+  const preparing = model.preparing ? ` (preparing ${model.preparing.name}: ${model.preparing.stage}; the current weights answer meanwhile)` : '';
+  return `Served weights: ${name}${preparing}`;
+}
+
+function trainingText(t, model) {
   if (t.status === 'RUNNING' || t.status === 'LOADING') {
     if (!t.epoch) return `Fine-tuning: preparing the studies${t.start_dice !== null && t.start_dice !== undefined ? ` (current weights score held-out Dice ${t.start_dice.toFixed(3)})` : ''}…`;
     const dice = t.val_dice !== null && t.val_dice !== undefined ? `, held-out Dice ${t.val_dice.toFixed(3)}` : '';
-    const left = t.seconds_left !== null ? `, ${seconds(t.seconds_left)} left` : '';
+    const left = t.seconds_left !== null && t.seconds_left !== undefined ? `, ${seconds(t.seconds_left)} left` : '';
     return `Fine-tuning: epoch ${t.epoch} of ${t.epochs}, loss ${t.train_loss}${dice}${left}.`;
   }
   if (t.status === 'DONE') {
-    return t.finetune ? `Fine-tune ${t.finetune.number} done: its weights are served from the next click`
-      + `${t.finetune.val_dice !== null ? ` (held-out Dice ${t.finetune.val_dice.toFixed(3)})` : ''}.`
-      : 'The last fine-tune did not beat the served weights: they stay.';
+    if (!t.finetune) return 'The last fine-tune did not beat the served weights: they stay.';
+    const dice = t.finetune.val_dice !== null && t.finetune.val_dice !== undefined
+      ? ` (held-out Dice ${t.finetune.val_dice.toFixed(3)})` : '';
+    const served = model?.version?.finetune === t.finetune.number;
+    return served ? `Fine-tune ${t.finetune.number} done${dice}: its weights are served.`
+      : `Fine-tune ${t.finetune.number} done${dice}: its weights are being prepared; the current ones answer until they are ready.`;
   }
-  if (t.status === 'FAILED' || t.status === 'INTERRUPTED') return `The last fine-tune ${t.status.toLowerCase()}: ${t.error || ''}`;
+  if (t.status === 'INTERRUPTED') return 'The last fine-tune was stopped before it finished; the weights it had published stay served.';
+  if (t.status === 'FAILED') return `The last fine-tune failed: ${t.error || 'see the server log'}`;
   return 'No fine-tune has run yet.';
 }
 
 // validation Dice per fine-tune against the number of labelled studies, with the baselines
-export function curveSvg(history) {
+export function curveSvg(history, running) {
   const width = 250;
   const height = 150;
   const pad = 28;
   const points = history.filter((e) => e.labelled_studies !== undefined);
-  if (!points.length) return '<p class="small">No fine-tune has published weights yet.</p>';
+  const note = running ? `<p class="small">Fine-tune ${running} is running and its best weights so far are served; its point joins the curve when it ends.</p>` : '';
+  if (!points.length) return note || '<p class="small">No fine-tune has published weights yet.</p>';
   const maxX = Math.max(...points.map((e) => e.labelled_studies), 1);
   const x = (n) => pad + (n / maxX) * (width - pad - 8);
   const y = (d) => height - pad + 4 - d * (height - pad - 8);
@@ -55,7 +68,7 @@ export function curveSvg(history) {
     for (const p of pts) svg += `<circle class="point-${n}" cx="${p.split(',')[0]}" cy="${p.split(',')[1]}" r="3" fill="${colour}"/>`;
     svg += `<text x="${pad + 4}" y="${12 + 10 * n}" fill="${colour}" font-size="9">${name}</text>`;
   });
-  return `${svg}</svg>`;
+  return `${svg}</svg>${note}`;
 }
 
 export class LearningLoop {
@@ -69,14 +82,24 @@ export class LearningLoop {
     $('train-stop').addEventListener('click', () => this.stop());
   }
 
+  // every change of the loop, pushed by the server; a poll stands in while the stream is down
+  follow() {
+    this.unfollow?.();
+    this.unfollow = loopEvents((state) => this.render(state), () => this.refresh().catch(() => {}));
+  }
+
   async refresh() {
-    this.state = await loopState();
+    return this.render(await loopState());
+  }
+
+  render(state) {
+    this.state = state;
     const s = this.state;
     const { studies, labelled } = s.progress;
     $('progress-text').textContent = `${labelled} of ${studies} studies labelled`;
     $('progress-bar').value = labelled;
     $('progress-bar').max = Math.max(studies, 1);
-    $('model-version').textContent = `Served weights: ${s.model.version?.name ?? s.model.checkpoint_file ?? '?'}`;
+    $('model-version').textContent = servedText(s.model);
     const t = s.training;
     // just asked for: the child process has not written its first status yet
     const pending = this.askedAt && (t.started ?? 0) < this.askedAt && Date.now() / 1000 - this.askedAt < 120;
@@ -87,11 +110,12 @@ export class LearningLoop {
     $('train').disabled = running || Boolean(t.cannot_start);
     $('train').title = t.cannot_start || '';
     $('training-status').textContent = pending ? 'Fine-tuning: starting…'
-      : (t.cannot_start && !running ? `Fine-tuning cannot start: ${t.cannot_start}` : trainingText(t));
-    $('curve').innerHTML = curveSvg(s.history);
+      : (t.cannot_start && !running ? `Fine-tuning cannot start: ${t.cannot_start}` : trainingText(t, s.model));
+    $('curve').innerHTML = curveSvg(s.history, s.model.unrecorded_finetune);
     this.onState(s);
     clearTimeout(this.timer);
-    if (running) this.timer = setTimeout(() => this.refresh().catch(() => {}), POLL_MS);
+    // just asked for and not yet reported: look again soon (the stream reports the rest)
+    if (pending) this.timer = setTimeout(() => this.refresh().catch(() => {}), POLL_MS);
     return s;
   }
 
@@ -115,7 +139,12 @@ export class LearningLoop {
   }
 
   async stop() {
-    await stopFineTune();
+    try {
+      await stopFineTune();
+    } catch (error) {
+      $('training-status').textContent = `The fine-tune could not be stopped: ${error.message}`;
+      return;
+    }
     await this.refresh();
   }
 }

@@ -388,6 +388,7 @@ async function start() {
   refreshPanels();
   setStatus(`${state.studies.length} studies. Model ${MODEL}; this tab's session ${clientId}.`);
   await loop.refresh().catch((error) => setStatus(error.message, 'error'));
+  loop.follow(); // from now on the server pushes every change of the loop to this tab
 }
 
 // the learning loop: "Next study" opens what the strategy picks; the page hides what the user
@@ -398,8 +399,12 @@ const loop = new LearningLoop({
     await openStudy(image);
   },
   onState: (loopState) => {
+    const before = state.loop?.progress?.labelled;
     state.loop = loopState;
     $('save').hidden = !loopState.can.save;
+    if (before !== undefined && before !== loopState.progress.labelled) { // saved elsewhere: the list's marks
+      listStudies().then((studies) => { state.studies = studies; renderStudies(); }).catch(() => {});
+    }
   },
 });
 
