@@ -9,8 +9,10 @@ against nginx with 1 replica, then with 2 on a shared studies folder and model f
 studies are phantoms of one size; with 2 replicas the users' studies are picked from a pool so
 that the consistent hash gives each replica an equal share (with a handful of studies the hash
 alone may put them all on one replica, and the run would measure one replica twice). Then
-the replica holding user 0's study is killed (kill -9) and user 0 clicks again: the failover
-cost is the time from the kill to that click's answer. ``--model small``: the tests' tiny
+the replica holding user 0's study is killed (kill -9) and started again as
+``scripts/run_replicas.sh`` does (after 5 s, on its port, at nice 10, its compiled runtime
+from the cache); user 0 clicks at once and every 2 s until it is back: the failover cost is
+the time from the kill to the first answer, and the slowest click while the replica restarts. ``--model small``: the tests' tiny
 SAM 2 (plumbing and proxy cost); ``medsam2``: MedSAM2's preset (SAM 2.1 tiny, 512 px) with
 random weights (a clinical-size network, masks meaningless). Needs nginx (Debian package).
 """
@@ -101,13 +103,17 @@ def _pct(values: list, q: int):
     return round(float(np.percentile(values, q)), 3)
 
 
+def replica_conf(n: int, model_conf: dict, folder: Path) -> dict:
+    return {**model_conf, "model_dir": folder / "model", "replica_name": f"r{n + 1}",
+            "trainer": "true" if n == 0 else "false", "trainer_name": "r1", "encode_ahead": "false"}
+
+
 def start_replicas(count: int, studies_dir: Path, model_conf: dict, folder: Path) -> list:
     servers: list = [None] * count
 
     def start(n: int) -> None:
-        conf = {**model_conf, "model_dir": folder / "model", "replica_name": f"r{n + 1}",
-                "trainer": "true" if n == 0 else "false", "trainer_name": "r1", "encode_ahead": "false"}
-        servers[n] = RunningServer(studies_dir, conf, folder / f"r{n + 1}.log", timeout=600)
+        servers[n] = RunningServer(studies_dir, replica_conf(n, model_conf, folder), folder / f"r{n + 1}.log",
+                                   timeout=600)
 
     threads = [threading.Thread(target=start, args=(n,)) for n in range(count)]
     for t in threads:
@@ -139,14 +145,16 @@ def measure(count: int, args, studies_dir: Path, pool: list, model_conf: dict, w
     folder = work / f"replicas_{count}"
     (folder / "model").mkdir(parents=True)
     servers = start_replicas(count, studies_dir, model_conf, folder)
-    nginx = RunningNginx(folder / "nginx", [f"127.0.0.1:{s.port}" for s in servers])
+    nginx = RunningNginx(folder / "nginx", [f"r{n + 1}=127.0.0.1:{s.port}" for n, s in enumerate(servers)])
     try:
         studies = pool[: args.users] if count == 1 else balanced(nginx.url, pool, args.users)
         run_load(nginx.url, studies, 1)  # warm-up: every study opened once, as a viewer would
         result = run_load(nginx.url, studies, args.clicks)
         result["replicas"] = count
         if count > 1:
-            result["failover"] = failover(nginx.url, servers, studies[0], result["replica_of_study"][studies[0]])
+            result["failover"] = failover(nginx.url, servers, studies[0], result["replica_of_study"][studies[0]],
+                                          restart=lambda victim: restart(victim, servers, studies_dir, model_conf,
+                                                                         folder))
         return result
     finally:
         nginx.stop()
@@ -154,16 +162,51 @@ def measure(count: int, args, studies_dir: Path, pool: list, model_conf: dict, w
             server.stop()
 
 
-def failover(url: str, servers: list, study: str, replica: str) -> dict:
+RESTART_DELAY_S = 5  # scripts/run_replicas.sh's default RESTART_S
+
+
+def restart(victim, servers: list, studies_dir: Path, model_conf: dict, folder: Path):
+    """Start the killed replica again as run_replicas.sh does: after its delay, on its port, at nice 10
+    (renice back to 0 is the script's business once it answers; here it stays at 10 to the end)."""
+    n = servers.index(victim)
+    time.sleep(RESTART_DELAY_S)
+    servers[n] = RunningServer(studies_dir, replica_conf(n, model_conf, folder), folder / f"r{n + 1}-restart.log",
+                               timeout=600, port=victim.port, nice=10)
+    return servers[n]
+
+
+def failover(url: str, servers: list, study: str, replica: str, restart=None) -> dict:
+    """kill -9 the replica of ``study``; its user clicks at once and then every 2 s while the
+    replica restarts (``restart``, as an operator's supervisor does) until it answers again."""
     points = user_points(0) + user_points(1)
     before, _, _ = click(url, study, "user-0", points)  # a correction on the live replica, for comparison
     victim = next(s for s in servers if requests.get(f"{s.url}/info/", timeout=30).json()["medsam2"]["replica"][
         "name"] == replica)
     victim.kill()
     killed = time.perf_counter()
+    restarted = {}
+    restarter = None
+    if restart is not None:
+        def run():
+            started = time.perf_counter()
+            restarted["server"] = restart(victim)
+            restarted["back_after_s"] = round(time.perf_counter() - killed, 1)
+            restarted["start_s"] = round(time.perf_counter() - started - RESTART_DELAY_S, 1)
+
+        restarter = threading.Thread(target=run)
+        restarter.start()
     seconds, moved_to, result = click(url, study, "user-0", points)
-    return {"killed": replica, "moved_to": moved_to, "kill_to_answer_s": round(time.perf_counter() - killed, 3),
+    first_answer_s = round(time.perf_counter() - killed, 3)
+    during = []
+    while restarter is not None and restarter.is_alive():
+        time.sleep(2)
+        during.append(round(click(url, study, "user-0", points)[0], 3))
+    if restarter is not None:
+        restarter.join()
+    return {"killed": replica, "moved_to": moved_to, "kill_to_answer_s": first_answer_s,
             "click_after_failover_s": round(seconds, 3), "same_click_before_s": round(before, 3),
+            "clicks_while_restarting_s": during, "max_click_while_restarting_s": max(during) if during else None,
+            "replica_back_after_s": restarted.get("back_after_s"), "replica_start_s": restarted.get("start_s"),
             "session_started": result["session"]["started"], "warning": result.get("warning")}
 
 
@@ -185,13 +228,20 @@ def main() -> None:
         else:
             model_conf = {"model": "medsam2", "checkpoint": "random", "download": "false"}
         results = [measure(n, args, work / "studies", pool, model_conf, work) for n in (1, 2)]
-        report = {"machine": f"{platform.processor() or platform.machine()}, {_cores()} cores", "users": args.users,
+        report = {"machine": f"{_cpu_name()}, {_cores()} cores", "users": args.users,
                   "clicks_per_user": args.clicks, "model": args.model, "results": results}
         print(json.dumps(report, indent=1))
         if args.out:
             args.out.write_text(json.dumps(report, indent=1))
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+def _cpu_name() -> str:
+    try:
+        return next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
 
 
 def _cores() -> int:

@@ -109,7 +109,8 @@ class FineTuneTask(TrainTask):
         if stats.get("status") in ("LOADING", "RUNNING") and not _process_alive(stats.get("pid")):
             # the fine-tune was killed; what it published before stays served
             stats["status"] = "INTERRUPTED"
-            stats["error"] = f"the fine-tune process {stats.get('pid')} is gone (killed or crashed)"
+            stats["error"] = ("the fine-tune stopped before it finished (stopped from the page, or the server "
+                              "restarted); the weights it had published stay served")
         return stats
 
     def remove_leftovers(self) -> list:
