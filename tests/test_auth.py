@@ -142,8 +142,8 @@ def test_every_inventory_route_asks_for_its_role(server, realm):
             continue
         path = route.path.replace("{model}", "medsam2_3d").replace("{strategy}", "random") \
             .replace("{method}", "medsam2_uncertainty").replace("{session_id}", "nope").replace("{path:path}", "x")
-        no_token = requests.request(route.method, server.url + path, timeout=30)
-        assert no_token.status_code == 401, (route.method, path, no_token.status_code)
+        with requests.request(route.method, server.url + path, timeout=30, stream=True) as no_token:
+            assert no_token.status_code == 401, (route.method, path, no_token.status_code)
         if route.role in ("annotator", "admin"):
             as_user = requests.request(route.method, server.url + path, headers=reader, timeout=30)
             assert as_user.status_code == 403, (route.method, path, as_user.status_code, as_user.text[:200])

@@ -126,3 +126,29 @@ def test_new_weights_drop_the_old_versions_caches():
     old = _features(store, "ct1", 2, version=1)
     new = _features(store, "ct1", 2, version=2)
     assert new.shared is not old.shared and store.features.caches() == [new.shared]
+
+
+def test_a_fine_tune_starting_makes_sessions_give_it_room():
+    """With a limit on the process family, sessions get what the rest leaves: when the trainer's
+    memory appears, the least recently used sessions go; the one in use stays."""
+    mb = 1024 * 1024
+    process = {"others": 1000 * mb}  # the network, runtimes, Python: everything but the sessions
+    store = SessionStore(SessionLimits(max_sessions=50, max_memory_mb=4096.0, process_limit_mb=1500.0),
+                         process_bytes=lambda: process["others"] + store.memory_bytes())
+    for name in "abcd":
+        store.put(FakeSession((name,), 100 * mb))
+    assert len(store) == 4 and store.session_budget_bytes() == 500 * mb
+    process["others"] += 250 * mb  # a fine-tune starts as a child process
+    store.put(FakeSession(("e",), 100 * mb))
+    assert store.keys() == [("d",), ("e",)]  # 250 MB left for sessions: the oldest three went
+    assert process["others"] + store.memory_bytes() <= 1500 * mb
+    report = store.memory_report()
+    assert report["sessions_mb"] == 200 and report["session_budget_mb"] == 250 and report["process_limit_mb"] == 1500
+
+
+def test_without_a_process_limit_only_the_session_budget_counts():
+    mb = 1024 * 1024
+    store = SessionStore(SessionLimits(max_memory_mb=300.0), process_bytes=lambda: 10**12)
+    for name in "abc":
+        store.put(FakeSession((name,), 100 * mb))
+    assert len(store) == 3 and store.session_budget_bytes() == 300 * mb

@@ -197,4 +197,6 @@ class MedSam2App(MONAILabelApp):
         info["medsam2"] = {**self.models.status(), "protocol": self.volume_segmenter.protocol,
                            "replica": self.settings.replica.status()}
         info["medsam2"]["encode_ahead"] = self.encode_ahead.status() if self.encode_ahead else None
+        # what sessions hold against their budget; the server's and its fine-tune's memory against the limit
+        info["medsam2"]["memory"] = self.volume_segmenter.sessions.memory_report()
         return info

@@ -38,6 +38,13 @@ def _choice(conf: dict, key: str, default: str, choices: tuple) -> str:
     return value
 
 
+def default_memory_limit_mb() -> float:
+    """Three quarters of this machine's memory: the server and its fine-tune together stay within it."""
+    import psutil
+
+    return float(round(psutil.virtual_memory().total * 0.75 / 2**20))
+
+
 @dataclass
 class AppConfig:
     preset: ModelPreset
@@ -96,6 +103,7 @@ class AppConfig:
                 max_sessions=_number(conf, "max_sessions", 8, int),
                 max_memory_mb=_number(conf, "session_memory_mb", 4096.0),
                 idle_timeout_s=_number(conf, "session_timeout_s", 1800.0),
+                process_limit_mb=_number(conf, "memory_limit_mb", default_memory_limit_mb()),
             ),
         )
         return cls(

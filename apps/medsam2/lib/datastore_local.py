@@ -66,6 +66,7 @@ class SafeLocalDatastore(SharedRecords, LocalDatastore):
         self._forbidden = [os.path.realpath(p) for p in forbidden]
         self._max_upload_bytes = int(max_upload_bytes)
         self._max_decoded_bytes = int(max_decoded_bytes)
+        self._reported_links: set = set()
         if self._root in self._forbidden or any(self._root.startswith(f + os.sep) for f in self._forbidden):
             raise ValueError(f"the studies folder {self._root} lies inside the model folder; choose another")
         removed = remove_leftovers(self._root)
@@ -116,7 +117,9 @@ class SafeLocalDatastore(SharedRecords, LocalDatastore):
                 self.get_image_uri(image_id)
                 inside.append(image_id)
             except OptionError:
-                logger.warning("study %s is a link outside the studies folder: not listed", image_id)
+                if image_id not in self._reported_links:  # once: the list is read every second for open tabs
+                    self._reported_links.add(image_id)
+                    logger.warning("study %s is a link outside the studies folder: not listed", image_id)
         return inside
 
     def get_labeled_images(self, label_tag=None, labels=None):

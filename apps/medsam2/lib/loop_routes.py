@@ -112,15 +112,16 @@ class _Snapshot:
 _SNAPSHOT = _Snapshot()
 EVENT_CHECK_S = 1.0
 KEEP_ALIVE_S = 15.0
+MAX_STREAM_S = 600.0  # then the browser reconnects (``retry``): a forgotten tab holds nothing for long
 
 
 async def events(request: Request, user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER))):
     can = _permissions(user)
 
     async def stream():
-        last, quiet_since = None, time.monotonic()
+        last, quiet_since, opened = None, time.monotonic(), time.monotonic()
         yield "retry: 2000\n\n"  # the browser reconnects after 2 s if the server goes away
-        while not await request.is_disconnected():
+        while not await request.is_disconnected() and time.monotonic() - opened < MAX_STREAM_S:
             try:
                 state = {**await run_in_threadpool(_SNAPSHOT.get), "can": can}
             except Exception as err:  # noqa: BLE001 - a datastore hiccup: say so, try again next second

@@ -46,6 +46,23 @@ class SessionLimits:
     max_sessions: int = 8
     max_memory_mb: float = 4096.0
     idle_timeout_s: float = 1800.0
+    # the whole process family (the server and what it started: a fine-tune) within this many MB:
+    # sessions get what the rest leaves (0: no such limit); see SessionStore.session_budget_bytes
+    process_limit_mb: float = 0.0
+
+
+def process_family_bytes() -> int:
+    """Resident memory of this process and its children (a fine-tune runs as a child process)."""
+    import psutil
+
+    me = psutil.Process()
+    total = me.memory_info().rss
+    for child in me.children(recursive=True):
+        try:
+            total += child.memory_info().rss
+        except psutil.Error:  # ended meanwhile
+            continue
+    return total
 
 
 @dataclass
@@ -100,9 +117,11 @@ class SessionStore:
     ``locked(key)`` serialises the requests of one session; different sessions run at once.
     """
 
-    def __init__(self, limits: SessionLimits | None = None, clock: Callable[[], float] = time.monotonic):
+    def __init__(self, limits: SessionLimits | None = None, clock: Callable[[], float] = time.monotonic,
+                 process_bytes: Callable[[], int] = process_family_bytes):
         self.limits = limits or SessionLimits()
         self._clock = clock
+        self._process_bytes = process_bytes
         self._sessions: OrderedDict = OrderedDict()
         self._lock = threading.RLock()
         self._key_locks: dict = {}  # session key -> [Lock, requests holding or waiting for it]
@@ -204,7 +223,7 @@ class SessionStore:
         """Evict until within the limits: feature caches no session holds first, then the least
         recently used sessions (never ``keep``)."""
         with self._lock:
-            limit_bytes = self.limits.max_memory_mb * 1024 * 1024
+            limit_bytes = self.session_budget_bytes()
             self._drop_unheld_caches(limit_bytes)
             while len(self._sessions) > 1:
                 too_many = len(self._sessions) > self.limits.max_sessions
@@ -220,6 +239,36 @@ class SessionStore:
                 self.evictions += 1
                 if too_big:  # its cache may be held by no one now: it goes before the next session
                     self._drop_unheld_caches(limit_bytes)
+
+    def session_budget_bytes(self) -> float:
+        """What sessions may hold now: ``max_memory_mb``, and with ``process_limit_mb`` no more than
+        the limit leaves after everything else the process family holds (the network, its
+        runtimes, a running fine-tune): when a fine-tune starts, sessions make room for it."""
+        budget = self.limits.max_memory_mb * 1024 * 1024
+        if self.limits.process_limit_mb > 0:
+            held = self.memory_bytes()
+            others = max(0, self._process_bytes() - held)
+            budget = min(budget, max(0.0, self.limits.process_limit_mb * 1024 * 1024 - others))
+        return budget
+
+    def memory_report(self) -> dict:
+        """For /info: what sessions hold against their budget, and the process family's memory."""
+        with self._lock:
+            held = self.memory_bytes()
+            report = {"sessions": len(self._sessions), "sessions_mb": round(held / 2**20),
+                      "session_budget_mb": round(self.session_budget_bytes() / 2**20),
+                      "max_sessions_mb": self.limits.max_memory_mb,
+                      "process_limit_mb": self.limits.process_limit_mb or None, "evictions": self.evictions}
+        try:
+            import psutil
+
+            me = psutil.Process()
+            children = me.children(recursive=True)
+            report["server_mb"] = round(me.memory_info().rss / 2**20)
+            report["children_mb"] = round(sum(c.memory_info().rss for c in children if c.is_running()) / 2**20)
+        except Exception:  # noqa: BLE001 - a report, never a failure
+            pass
+        return report
 
     def _drop_unheld_caches(self, limit_bytes: float) -> None:
         """Drop feature caches no session holds, least recently used first, until within ``limit_bytes``."""
