@@ -80,7 +80,7 @@ def test_train_publishes_weights_that_the_next_infer_uses(setup, tmp_path):
     before = (studies / "labels" / "final" / "phantom_2.nii.gz").read_bytes()
     with pytest.raises(MONAILabelClientException) as refused:
         client.save_label("phantom_2", str(bad), tag="final")
-    assert "Status: 422" in refused.value.msg and "shape" in refused.value.msg
+    assert "Status: 422" in refused.value.msg and "grid" in refused.value.msg
     assert (studies / "labels" / "final" / "phantom_2.nii.gz").read_bytes() == before
 
     client.train_start("medsam2_finetune", TRAIN_REQUEST)
@@ -104,6 +104,13 @@ def test_train_publishes_weights_that_the_next_infer_uses(setup, tmp_path):
     assert set(new) == set(old)
     assert any(not torch.equal(new[k], old[k]) for k in old), "training did not change any weight"
 
+    # the new weights are prepared in the background, then served: /info says when
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        served = client.info()["medsam2"]
+        if served["checkpoint"] == str(finetuned) and served["preparing"] is None:
+            break
+        time.sleep(0.5)
     _, after = client.infer("medsam2_3d", "phantom_2", prompt)
     assert after["model"]["checkpoint"] == str(finetuned)
-    assert "reloading model" in server.log()
+    assert "preparing model" in server.log() and "now serving" in server.log()
