@@ -25,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import numpy as np
+
 os.environ.setdefault("TQDM_DISABLE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "apps" / "medsam2"))
@@ -34,6 +36,7 @@ from medsam2_engine.model_source import ModelSource  # noqa: E402
 from medsam2_engine.phantoms import spindle_lesion  # noqa: E402
 from medsam2_engine.precision import cpu_bf16_units  # noqa: E402
 from medsam2_engine.prompts import Click, LabelPrompts  # noqa: E402
+from medsam2_engine.volume_io import Volume  # noqa: E402
 from medsam2_engine.volume_segmenter import VolumeSegmenter  # noqa: E402
 
 
@@ -68,12 +71,18 @@ def main() -> None:
     args = parser.parse_args()
     preset = get_preset(args.model)
     work = Path(tempfile.mkdtemp(prefix="bench_switch_"))
-    volume, lesion = spindle_lesion(args.slices, preset.image_size, 0.5, seed=0)
+    array, lesion = spindle_lesion(args.slices, preset.image_size, 0.5, seed=0)
+    volume = Volume(array, np.diag([0.8, 0.8, 2.5, 1.0]), declared_modality="CT")
     k = int(lesion.sum(axis=(0, 1)).argmax())
     ii, jj = lesion[:, :, k].nonzero()
     first = {"lesion": LabelPrompts(clicks=[Click(int(ii.mean()), int(jj.mean()), k, True)])}
-    correction = {"lesion": LabelPrompts(clicks=[Click(int(ii.mean()), int(jj.mean()), k, True),
-                                                 Click(int(ii.min()), int(jj.mean()), k, True)])}
+    added = []
+
+    def correction():
+        """The first click and one more each time: every timed click is a real correction."""
+        added.append(Click(int(ii.min()) + len(added), int(jj.mean()), k, True))
+        return {"lesion": LabelPrompts(clicks=[Click(int(ii.mean()), int(jj.mean()), k, True), *added])}
+
     result = {"cpu": cpu_name(), "bf16_units": list(cpu_bf16_units()), "cores": os.cpu_count(),
               "model": preset.name, "image_size": preset.image_size, "slices": args.slices,
               "weights": "random (timing only)"}
@@ -93,16 +102,16 @@ def main() -> None:
     result["cpu_runtime"] = models.runtime_in_use
     segmenter = VolumeSegmenter(models)
     segmenter.run(volume, first, ("u", "study"))
-    result["click_baseline_s"], _ = timed(lambda: segmenter.run(volume, correction, ("u", "study")))
+    result["click_baseline_s"], _ = timed(lambda: segmenter.run(volume, correction(), ("u", "study")))
     publish(preset, folder / "finetuned.pt", seed=2)
     models.get()  # the watcher's poll: preparation starts
     prepare_started = time.perf_counter()
-    result["click_while_preparing_s"], during = timed(lambda: segmenter.run(volume, correction, ("u", "study")))
+    result["click_while_preparing_s"], during = timed(lambda: segmenter.run(volume, correction(), ("u", "study")))
     result["click_while_preparing_answered_by"] = during.run.model_version.get("name")
     result["still_preparing_after_click"] = models.status()["preparing"] is not None
     models.wait_prepared()
     result["preparation_s"] = round(time.perf_counter() - prepare_started, 2)
-    result["first_click_after_switch_s"], _ = timed(lambda: segmenter.run(volume, correction, ("u", "study")))
+    result["first_click_after_switch_s"], _ = timed(lambda: segmenter.run(volume, correction(), ("u", "study")))
 
     # the old behaviour: the request loads and compiles (no cache: what a new fine-tune costs)
     folder = work / "inline"
@@ -113,7 +122,7 @@ def main() -> None:
     old = VolumeSegmenter(inline)
     old.run(volume, first, ("u", "study"))
     publish(preset, folder / "finetuned.pt", seed=3)
-    result["click_inline_reload_s"], _ = timed(lambda: old.run(volume, correction, ("u", "study")))
+    result["click_inline_reload_s"], _ = timed(lambda: old.run(volume, correction(), ("u", "study")))
     result["stall_removed_ratio"] = round(result["click_inline_reload_s"] / max(result["click_while_preparing_s"],
                                                                                  1e-6), 1)
     text = json.dumps(result, indent=1)

@@ -119,3 +119,21 @@ def test_a_restart_with_the_same_weights_reads_the_compiled_runtime_from_disk(sm
     new = start()
     assert (new.hits, new.misses) == (0, 1)
     assert len(list(cache.glob("*.xml"))) == 2 and not list(cache.glob(".tmp-*"))
+
+
+def test_new_weights_are_compiled_by_a_low_priority_child_into_the_cache(small_model_files, tmp_path):
+    """In the background the compile runs in a child process at nice 19 (the clicks keep the cores);
+    the server then only reads the compiled graphs from the cache."""
+    pytest.importorskip("openvino", reason="the OpenVINO runtime is not installed")
+    served = tmp_path / "finetuned.pt"
+    _publish(served, seed=1)
+    source = ModelSource(preset_for_config_file(small_model_files[0]), tmp_path, device="cpu",
+                         cpu_runtime="openvino", prepare_in_background=True, runtime_cache_dir=tmp_path / "cache")
+    first = source.get()
+    assert first.model.serving.graph_cache.misses == 1  # the first load compiles here, as before
+    _publish(served, seed=2)
+    assert source.get() is first
+    assert source.wait_prepared(300)
+    new = source.get()
+    assert new is not first and source.status()["cpu_runtime"] == "openvino"
+    assert (new.model.serving.graph_cache.hits, new.model.serving.graph_cache.misses) == (1, 0)

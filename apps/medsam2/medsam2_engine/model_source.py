@@ -34,6 +34,7 @@ from .checkpoints import (
 from . import cuda_numerics
 from .precision import INT8_MODULES, quantize_int8
 from .runtime import attach_cpu_runtime, resolve_cpu_runtime, runtime_stages
+from .runtime.prepare import compile_in_child
 
 logger = logging.getLogger(__name__)
 
@@ -283,13 +284,19 @@ class ModelSource:
         """(model, runtime, path, stamp): the network built, compiled for its CPU runtime and checked."""
         action = "preparing" if self._loaded is not None else "loading"
         logger.info("%s model %s from %s on %s", action, self.preset.name, path, self.device)
+        if preparation is not None and self.runtime_cache_dir and self.device == "cpu" and self.cpu_runtime != "torch":
+            # the compile at the lowest priority in a child process, into the cache read below (runtime/prepare.py)
+            preparation.stage = "compiling for the CPU runtime (at low priority)"
+            compile_in_child(self.preset, path, self.cpu_runtime, self.runtime_cache_dir, self.extra_overrides,
+                             self.cpu_int8)
+            preparation.stage = "loading the compiled runtime"
         model = build_model(self.preset, path, self.device, self.extra_overrides)
         if cuda_numerics.install(model, self.device, self.cuda_numerics):
             logger.info("CUDA numerics as MedSAM2's: TF32, Flash attention, bf16 point embeddings")
         if self.cpu_int8:
             quantize_int8(model)
             logger.info("int8 linear layers in %s (cpu_int8)", ", ".join(INT8_MODULES))
-        if preparation is not None:
+        if preparation is not None and preparation.stage == "loading the weights":
             preparation.stage = "compiling for the CPU runtime"
         # compiled for these weights and warmed up now, before the model is served
         runtime = attach_cpu_runtime(model, self.cpu_runtime, [model.image_size], cache_dir=self.runtime_cache_dir)
