@@ -197,16 +197,22 @@ def failover(url: str, servers: list, study: str, replica: str, restart=None) ->
         restarter.start()
     seconds, moved_to, result = click(url, study, "user-0", points)
     first_answer_s = round(time.perf_counter() - killed, 3)
-    during = []
+    during, back = [], None
     while restarter is not None and restarter.is_alive():
         time.sleep(2)
+        points = points + user_points(len(points) + 2)  # a new correction each time (no answer is reused)
         during.append(round(click(url, study, "user-0", points)[0], 3))
     if restarter is not None:
         restarter.join()
+        time.sleep(11)  # nginx tries the replica again after fail_timeout (10 s): the study goes back to it
+        points = points + user_points(len(points) + 2)
+        back, back_on, _ = click(url, study, "user-0", points)
     return {"killed": replica, "moved_to": moved_to, "kill_to_answer_s": first_answer_s,
             "click_after_failover_s": round(seconds, 3), "same_click_before_s": round(before, 3),
             "clicks_while_restarting_s": during, "max_click_while_restarting_s": max(during) if during else None,
             "replica_back_after_s": restarted.get("back_after_s"), "replica_start_s": restarted.get("start_s"),
+            "click_after_return_s": round(back, 3) if back is not None else None,
+            "answered_after_return_by": back_on if back is not None else None,
             "session_started": result["session"]["started"], "warning": result.get("warning")}
 
 
