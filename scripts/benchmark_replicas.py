@@ -52,11 +52,14 @@ def write_studies(folder: Path, count: int) -> list:
     return [f"study_{n:02d}" for n in range(count)]
 
 
+CLICK_TIMEOUT_S = 600
+
+
 def click(url: str, study: str, user: str, points: list) -> tuple:
     params = {"foreground": points, "background": [], "client_id": user, "label": "lesion"}
     began = time.perf_counter()
     answer = requests.post(f"{url}/infer/medsam2_3d", params={"image": study, "output": "json"},
-                           files={"params": (None, json.dumps(params))}, timeout=600)
+                           files={"params": (None, json.dumps(params))}, timeout=CLICK_TIMEOUT_S)
     seconds = time.perf_counter() - began
     answer.raise_for_status()
     return seconds, answer.headers.get("X-MedSAM2-Replica"), answer.json()

@@ -152,3 +152,47 @@ def test_without_a_process_limit_only_the_session_budget_counts():
     for name in "abc":
         store.put(FakeSession((name,), 100 * mb))
     assert len(store) == 3 and store.session_budget_bytes() == 300 * mb
+
+
+def test_a_new_session_waits_for_room_and_one_always_proceeds():
+    """Within a process limit, a session being begun waits while the others being begun and it
+    would not fit; it goes once one of them is answered. Alone it always proceeds."""
+    import threading
+    import time
+
+    import pytest
+
+    from medsam2_engine.sessions import MemoryBusy
+
+    mb = 1024 * 1024
+    store = SessionStore(SessionLimits(max_sessions=50, process_limit_mb=1000.0),
+                         process_bytes=lambda: 600 * mb + store.memory_bytes())  # 400 MB left for sessions
+    order = []
+    first_in = threading.Event()
+    release_first = threading.Event()
+
+    def first():
+        with store.reserve(300 * mb):
+            order.append("first in")
+            first_in.set()
+            release_first.wait(10)
+        order.append("first out")
+
+    def second():
+        first_in.wait(10)
+        with store.reserve(300 * mb):  # 300 + 300 > 400: waits for the first
+            order.append("second in")
+
+    threads = [threading.Thread(target=first), threading.Thread(target=second)]
+    for t in threads:
+        t.start()
+    time.sleep(0.5)
+    assert order == ["first in"] and store.memory_report()["being_opened"] == 1
+    release_first.set()
+    for t in threads:
+        t.join(10)
+    assert order == ["first in", "first out", "second in"] and store.waited == 1
+    with store.reserve(5000 * mb):  # alone: larger than the budget, still proceeds
+        with pytest.raises(MemoryBusy, match="memory limit"):
+            with store.reserve(300 * mb, timeout_s=0.2):
+                pass

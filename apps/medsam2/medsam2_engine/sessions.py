@@ -41,6 +41,10 @@ def window_key(window, modality) -> tuple:
     return (tuple(window) if isinstance(window, (list, tuple)) else window, modality)
 
 
+class MemoryBusy(RuntimeError):
+    """No room for one more session within the memory limit, after waiting: try again later."""
+
+
 @dataclass
 class SessionLimits:
     max_sessions: int = 8
@@ -127,6 +131,9 @@ class SessionStore:
         self._key_locks: dict = {}  # session key -> [Lock, requests holding or waiting for it]
         self.features = FeatureStore()  # the images' encoded slices, guarded by self._lock
         self.evictions = 0
+        self._room = threading.Condition(self._lock)  # new sessions wait here for memory (reserve)
+        self._reserved: dict = {}  # reservation id -> bytes promised to a session being begun
+        self.waited = 0  # new sessions that had to wait for memory
 
     @contextmanager
     def locked(self, key: tuple):
@@ -240,6 +247,44 @@ class SessionStore:
                 if too_big:  # its cache may be held by no one now: it goes before the next session
                     self._drop_unheld_caches(limit_bytes)
 
+    @contextmanager
+    def reserve(self, nbytes: int, timeout_s: float = 600.0):
+        """Room for a session about to begin (its study read and encoded: ``nbytes``, an estimate).
+
+        With ``process_limit_mb`` a new session waits while the sessions, the reservations of
+        those being begun and it would not fit what the process family leaves; idle sessions and
+        unheld caches are evicted first. One always proceeds when nothing else is being begun
+        (else a study larger than the budget would never open). Raises MemoryBusy after
+        ``timeout_s``. Held until the block ends (the session's first request answered)."""
+        token = object()
+        with self._room:
+            started = time.monotonic()
+            waited = False
+            while True:
+                self.enforce_limits()
+                fits = self.memory_bytes() + sum(self._reserved.values()) + nbytes <= self.session_budget_bytes()
+                if self.limits.process_limit_mb <= 0 or fits or not self._reserved:
+                    break
+                left = timeout_s - (time.monotonic() - started)
+                if left <= 0:
+                    raise MemoryBusy(f"the server is at its memory limit ({self.limits.process_limit_mb:.0f} MB with "
+                                     f"{len(self._reserved)} studies being opened and a fine-tune's share counted): "
+                                     "try again in a minute")
+                if not waited:
+                    waited = True
+                    self.waited += 1
+                    logger.info("a new session waits for memory (%d being begun, %.0f MB asked)", len(self._reserved),
+                                nbytes / 2**20)
+                self._room.wait(min(left, 1.0))  # also re-checks as the fine-tune's memory changes
+            self._reserved[token] = int(nbytes)
+        try:
+            yield
+        finally:
+            with self._room:
+                self._reserved.pop(token, None)
+                self.enforce_limits()
+                self._room.notify_all()
+
     def session_budget_bytes(self) -> float:
         """What sessions may hold now: ``max_memory_mb``, and with ``process_limit_mb`` no more than
         the limit leaves after everything else the process family holds (the network, its
@@ -258,7 +303,8 @@ class SessionStore:
             report = {"sessions": len(self._sessions), "sessions_mb": round(held / 2**20),
                       "session_budget_mb": round(self.session_budget_bytes() / 2**20),
                       "max_sessions_mb": self.limits.max_memory_mb,
-                      "process_limit_mb": self.limits.process_limit_mb or None, "evictions": self.evictions}
+                      "process_limit_mb": self.limits.process_limit_mb or None, "evictions": self.evictions,
+                      "being_opened": len(self._reserved), "waited_for_memory": self.waited}
         try:
             import psutil
 

@@ -159,16 +159,29 @@ class VolumeSegmenter:
                 reason = "image changed"
             elif session.window_key != window_key(window, modality):
                 reason = "window changed"
-            if reason is not None:
-                session = self._begin(key, image, loaded, window, modality, reason)
-            yield session
+            if reason is None:
+                yield session
+                return
+            started = time.perf_counter()
+            volume = self.image_features.read(image)
+            with self.sessions.reserve(self._session_estimate(volume, loaded)):  # room within the memory limit
+                session = self._begin(key, image, loaded, window, modality, reason, volume,
+                                      time.perf_counter() - started)
+                yield session
 
-    def _begin(self, key, image, loaded, window, modality, reason: str) -> Session:
-        started = time.perf_counter()
-        volume = self.image_features.read(image)
+    def _session_estimate(self, volume, loaded) -> int:
+        """Bytes a new session on ``volume`` will hold: its encoded slices (the FPN levels at 32, 64 and
+        256 channels on 1/4, 1/8 and 1/16 of the input: 16 bytes a pixel), up to the cache's cap, and the
+        volume twice (as read, and windowed)."""
+        shape = volume.array.shape
+        slices = int(shape[-1]) if len(shape) == 3 else 1
+        size = int(loaded.model.image_size)
+        features = min(slices * 16 * size * size, int(self.settings.feature_cache_mb * 2**20))
+        return features + 2 * 4 * int(np.prod(shape))
+
+    def _begin(self, key, image, loaded, window, modality, reason: str, volume, load_seconds: float) -> Session:
         if not volume.is_3d:
             raise PromptError(f"image {key[-1]} is 2D (shape {list(volume.array.shape)}); use the 2D model for it")
-        load_seconds = time.perf_counter() - started
         encoded = self.image_features.encoded(image, loaded, window, modality, owner=key, volume=volume)
         return Session(key=key, image_stamp=image_stamp(image), model=loaded, window_key=window_key(window, modality),
                        volume=volume, frames=encoded.frames, window=encoded.window, feature_cache=encoded.cache,

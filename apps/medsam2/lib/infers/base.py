@@ -16,6 +16,7 @@ from medsam2_engine.checkpoints import CheckpointError
 from medsam2_engine.model_source import ModelNotReady, ModelSource
 from medsam2_engine.one_prompt import OnePromptError
 from medsam2_engine.prompts import PromptError
+from medsam2_engine.sessions import MemoryBusy
 from medsam2_engine.volume_io import ImageReadError, Volume
 from medsam2_engine.windowing import CT_WINDOW_PRESETS, WindowError
 
@@ -57,6 +58,9 @@ class Sam2Task(InferTask):
         except (ModelNotReady, CheckpointError) as err:
             logger.error("model not ready: %s", err)
             raise HTTPException(status_code=503, detail=f"model not ready: {err}") from err
+        except MemoryBusy as err:
+            logger.warning("%s: %s", self.__class__.__name__, err)
+            raise HTTPException(status_code=503, detail=str(err)) from err
 
     def run(self, request):
         raise NotImplementedError
