@@ -196,3 +196,27 @@ def test_a_new_session_waits_for_room_and_one_always_proceeds():
         with pytest.raises(MemoryBusy, match="memory limit"):
             with store.reserve(300 * mb, timeout_s=0.2):
                 pass
+
+
+def test_at_most_max_opening_sessions_are_begun_at_once():
+    import threading
+    import time
+
+    store = SessionStore(SessionLimits(max_opening=2))
+    inside, most, lock = [0], [0], threading.Lock()
+
+    def open_one():
+        with store.reserve(1):
+            with lock:
+                inside[0] += 1
+                most[0] = max(most[0], inside[0])
+            time.sleep(0.2)
+            with lock:
+                inside[0] -= 1
+
+    threads = [threading.Thread(target=open_one) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(10)
+    assert most[0] == 2 and store.waited >= 1

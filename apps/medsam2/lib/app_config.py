@@ -104,6 +104,7 @@ class AppConfig:
                 max_memory_mb=_number(conf, "session_memory_mb", 4096.0),
                 idle_timeout_s=_number(conf, "session_timeout_s", 1800.0),
                 process_limit_mb=_number(conf, "memory_limit_mb", default_memory_limit_mb()),
+                max_opening=_number(conf, "max_opening_sessions", max(2, os.cpu_count() or 2), int),
             ),
         )
         return cls(

@@ -53,6 +53,10 @@ class SessionLimits:
     # the whole process family (the server and what it started: a fine-tune) within this many MB:
     # sessions get what the rest leaves (0: no such limit); see SessionStore.session_budget_bytes
     process_limit_mb: float = 0.0
+    # sessions being begun at once (their first request: read, encode, both passes); more wait their
+    # turn. 0: no cap. Begun all at once they share the cores and each answers last (30 at once on 2
+    # cores: every first mask after 730 s), and each holds its working memory meanwhile.
+    max_opening: int = 0
 
 
 def process_family_bytes() -> int:
@@ -262,19 +266,21 @@ class SessionStore:
             waited = False
             while True:
                 self.enforce_limits()
-                fits = self.memory_bytes() + sum(self._reserved.values()) + nbytes <= self.session_budget_bytes()
-                if self.limits.process_limit_mb <= 0 or fits or not self._reserved:
+                fits = (self.limits.process_limit_mb <= 0
+                        or self.memory_bytes() + sum(self._reserved.values()) + nbytes <= self.session_budget_bytes())
+                turn = self.limits.max_opening <= 0 or len(self._reserved) < self.limits.max_opening
+                if (fits and turn) or not self._reserved:
                     break
                 left = timeout_s - (time.monotonic() - started)
                 if left <= 0:
-                    raise MemoryBusy(f"the server is at its memory limit ({self.limits.process_limit_mb:.0f} MB with "
-                                     f"{len(self._reserved)} studies being opened and a fine-tune's share counted): "
-                                     "try again in a minute")
+                    raise MemoryBusy(f"the server is busy opening {len(self._reserved)} other studies within its "
+                                     f"memory limit ({self.limits.process_limit_mb:.0f} MB, a running fine-tune "
+                                     "included): try again in a minute")
                 if not waited:
                     waited = True
                     self.waited += 1
-                    logger.info("a new session waits for memory (%d being begun, %.0f MB asked)", len(self._reserved),
-                                nbytes / 2**20)
+                    logger.info("a new session waits its turn (%d being begun, %.0f MB asked, %s)", len(self._reserved),
+                                nbytes / 2**20, "memory" if not fits else "opening cap")
                 self._room.wait(min(left, 1.0))  # also re-checks as the fine-tune's memory changes
             self._reserved[token] = int(nbytes)
         try:

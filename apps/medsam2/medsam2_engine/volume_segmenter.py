@@ -171,13 +171,13 @@ class VolumeSegmenter:
 
     def _session_estimate(self, volume, loaded) -> int:
         """Bytes a new session on ``volume`` will hold: its encoded slices (the FPN levels at 32, 64 and
-        256 channels on 1/4, 1/8 and 1/16 of the input: 16 bytes a pixel), up to the cache's cap, and the
-        volume twice (as read, and windowed)."""
+        256 channels on 1/4, 1/8 and 1/16 of the input: 16 bytes a pixel) up to the cache's cap, its slices
+        as the network's input (3 float channels: 12 bytes a pixel), and the volume twice (as read, windowed)."""
         shape = volume.array.shape
         slices = int(shape[-1]) if len(shape) == 3 else 1
         size = int(loaded.model.image_size)
         features = min(slices * 16 * size * size, int(self.settings.feature_cache_mb * 2**20))
-        return features + 2 * 4 * int(np.prod(shape))
+        return features + slices * 12 * size * size + 2 * 4 * int(np.prod(shape))
 
     def _begin(self, key, image, loaded, window, modality, reason: str, volume, load_seconds: float) -> Session:
         if not volume.is_3d:
