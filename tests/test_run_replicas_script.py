@@ -37,5 +37,13 @@ def test_term_stops_everything_at_once_during_a_restart_delay(tmp_path):
             os.killpg(process.pid, signal.SIGKILL)
     assert "starting it again in 600 s" in said.read_text()
     assert stopped_in < 5, f"TERM took {stopped_in:.1f} s"
-    left = subprocess.run(["pgrep", "-g", str(process.pid)], capture_output=True, text=True).stdout.split()
+    import psutil
+
+    left = []
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if os.getpgid(p.info["pid"]) == process.pid:
+                left.append(p.info["cmdline"])
+        except (ProcessLookupError, PermissionError):
+            continue
     assert not left, f"processes left behind: {left}"
