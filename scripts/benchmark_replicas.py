@@ -237,7 +237,7 @@ def main() -> None:
         else:
             model_conf = {"model": "medsam2", "checkpoint": "random", "download": "false"}
         results = [measure(n, args, work / "studies", pool, model_conf, work) for n in (1, 2)]
-        report = {"machine": f"{_cpu_name()}, {_cores()} cores", "users": args.users,
+        report = {"machine": f"{cpu_name()}, {_cores()} cores", "users": args.users,
                   "clicks_per_user": args.clicks, "model": args.model, "results": results}
         print(json.dumps(report, indent=1))
         if args.out:
@@ -246,7 +246,7 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _cpu_name() -> str:
+def cpu_name() -> str:
     try:
         return next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name"))
     except (OSError, StopIteration):

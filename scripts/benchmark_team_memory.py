@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "scripts"))
 
 import benchmark_replicas  # noqa: E402
-from benchmark_replicas import SHAPE, _cores, _cpu_name, run_load, write_studies  # noqa: E402
+from benchmark_replicas import SHAPE, _cores, cpu_name, run_load, write_studies  # noqa: E402
 from tests.support.server import RunningServer  # noqa: E402
 
 FAST_FINETUNE = {"finetune_epochs": 2, "finetune_steps_per_epoch": 4, "finetune_clip_length": 3,
@@ -114,7 +114,7 @@ def main() -> None:
             time.sleep(1)
         peak = sampler.stop()
         info = requests.get(f"{server.url}/info/", timeout=30).json()["medsam2"]["memory"]
-        report = {"machine": f"{_cpu_name()}, {_cores()} cores", "model": args.model, "users": args.users,
+        report = {"machine": f"{cpu_name()}, {_cores()} cores", "model": args.model, "users": args.users,
                   "clicks_per_user": args.clicks, "limit_mb": args.limit_mb, "server_idle_mb": round(idle),
                   "fine_tune_started": started.status_code, "wall_s": round(time.perf_counter() - began, 1),
                   "peak": peak, "within_limit": peak["family_mb"] <= args.limit_mb,

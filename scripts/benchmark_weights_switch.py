@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -30,6 +29,7 @@ import numpy as np
 os.environ.setdefault("TQDM_DISABLE", "1")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "apps" / "medsam2"))
+sys.path.insert(0, str(ROOT / "scripts"))
 
 from medsam2_engine.checkpoints import build_model, get_preset, save_checkpoint  # noqa: E402
 from medsam2_engine.model_source import ModelSource  # noqa: E402
@@ -38,16 +38,7 @@ from medsam2_engine.precision import cpu_bf16_units  # noqa: E402
 from medsam2_engine.prompts import Click, LabelPrompts  # noqa: E402
 from medsam2_engine.volume_io import Volume  # noqa: E402
 from medsam2_engine.volume_segmenter import VolumeSegmenter  # noqa: E402
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+from benchmark_replicas import cpu_name  # noqa: E402
 
 
 def publish(preset, path: Path, seed: int) -> None:

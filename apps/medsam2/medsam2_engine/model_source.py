@@ -93,7 +93,6 @@ class Preparation:
     """New weights being loaded, compiled and checked while the old ones serve."""
 
     checkpoint: str
-    stamp: tuple | None
     version: dict | None
     started: float
     stage: str = "loading the weights"
@@ -282,27 +281,31 @@ class ModelSource:
 
     def _build(self, path: str, stamp, preparation: "Preparation | None" = None) -> tuple:
         """(model, runtime, path, stamp): the network built, compiled for its CPU runtime and checked."""
-        action = "preparing" if self._loaded is not None else "loading"
-        logger.info("%s model %s from %s on %s", action, self.preset.name, path, self.device)
+        replacing = self._loaded is not None
+        logger.info("%s model %s from %s on %s", "preparing" if replacing else "loading", self.preset.name, path,
+                    self.device)
+
+        def stage(text: str) -> None:
+            if preparation is not None:
+                preparation.stage = text
+
         if preparation is not None and self.runtime_cache_dir and self.device == "cpu" and self.cpu_runtime != "torch":
             # the compile at the lowest priority in a child process, into the cache read below (runtime/prepare.py)
-            preparation.stage = "compiling for the CPU runtime (at low priority)"
+            stage("compiling for the CPU runtime (at low priority)")
             compile_in_child(self.preset, path, self.cpu_runtime, self.runtime_cache_dir, self.extra_overrides,
                              self.cpu_int8)
-            preparation.stage = "loading the compiled runtime"
         model = build_model(self.preset, path, self.device, self.extra_overrides)
         if cuda_numerics.install(model, self.device, self.cuda_numerics):
             logger.info("CUDA numerics as MedSAM2's: TF32, Flash attention, bf16 point embeddings")
         if self.cpu_int8:
             quantize_int8(model)
             logger.info("int8 linear layers in %s (cpu_int8)", ", ".join(INT8_MODULES))
-        if preparation is not None and preparation.stage == "loading the weights":
-            preparation.stage = "compiling for the CPU runtime"
-        # compiled for these weights and warmed up now, before the model is served
+        stage("loading the compiled runtime")
+        # compiled (or read from the cache) for these weights and warmed up now, before the model is served
         runtime = attach_cpu_runtime(model, self.cpu_runtime, [model.image_size], cache_dir=self.runtime_cache_dir)
-        if preparation is not None:
-            preparation.stage = "checking"
-        check_prepared(model)
+        if replacing:  # new weights must prove usable before they replace served ones
+            stage("checking")
+            check_prepared(model)
         return model, runtime, path, stamp
 
     def _switch(self, model, runtime: str, path: str, stamp) -> None:
@@ -316,7 +319,7 @@ class ModelSource:
         """Start preparing ``path`` unless it is being prepared, or failed as it is now. Under the lock."""
         if self._preparing is not None or self._failed_file == (path, stamp):
             return
-        preparation = Preparation(path, stamp, self._version(path), time.time())
+        preparation = Preparation(path, self._version(path), time.time())
         self._preparing = preparation
 
         def run() -> None:
@@ -382,8 +385,7 @@ class ModelSource:
         loaded, preparing = self._loaded, self._preparing
         try:
             path = self.resolve()
-            loaded_now = loaded is not None and loaded.checkpoint == path
-            ready, reason = (loaded_now or self.last_error is None or loaded is not None), self.last_error
+            ready, reason = loaded is not None or self.last_error is None, self.last_error
             if loaded is not None:
                 path = loaded.checkpoint  # what answers requests now, not what is being prepared
         except ModelNotReady as err:

@@ -59,18 +59,22 @@ class SessionLimits:
     max_opening: int = 0
 
 
-def process_family_bytes() -> int:
-    """Resident memory of this process and its children (a fine-tune runs as a child process)."""
+def process_memory() -> tuple:
+    """(this process, its children) resident bytes (a fine-tune runs as a child process)."""
     import psutil
 
     me = psutil.Process()
-    total = me.memory_info().rss
+    children = 0
     for child in me.children(recursive=True):
         try:
-            total += child.memory_info().rss
+            children += child.memory_info().rss
         except psutil.Error:  # ended meanwhile
             continue
-    return total
+    return me.memory_info().rss, children
+
+
+def process_family_bytes() -> int:
+    return sum(process_memory())
 
 
 @dataclass
@@ -312,12 +316,8 @@ class SessionStore:
                       "process_limit_mb": self.limits.process_limit_mb or None, "evictions": self.evictions,
                       "being_opened": len(self._reserved), "waited_for_memory": self.waited}
         try:
-            import psutil
-
-            me = psutil.Process()
-            children = me.children(recursive=True)
-            report["server_mb"] = round(me.memory_info().rss / 2**20)
-            report["children_mb"] = round(sum(c.memory_info().rss for c in children if c.is_running()) / 2**20)
+            own, children = process_memory()
+            report["server_mb"], report["children_mb"] = round(own / 2**20), round(children / 2**20)
         except Exception:  # noqa: BLE001 - a report, never a failure
             pass
         return report
