@@ -26,11 +26,38 @@ def get(url: str):
         return err.code, err.read()
 
 
+SEGMENT_ROUTE = "/medsam2/viewer/segment"  # the page's segmentation (streamed); Slicer and OHIF use /infer
+
+
+def stream_events(body: bytes) -> list:
+    """[(event, data)] of a server-sent events answer."""
+    events = []
+    for block in body.decode().split("\n\n"):
+        lines = block.strip().splitlines()
+        name = next((line[7:] for line in lines if line.startswith("event: ")), None)
+        data = "\n".join(line[6:] for line in lines if line.startswith("data: "))
+        if name:
+            events.append((name, json.loads(data)))
+    return events
+
+
 def mask_from_infer_response(response) -> tuple:
-    """(mask array, result JSON) from a captured ``output=all`` infer response."""
+    """(mask array, affine, result JSON) from a captured answer: the page's stream (its final event:
+    each label's region, values as /infer's label map) or an ``output=all`` infer answer."""
+    assert response.ok, f"segmenting failed: HTTP {response.status} {response.text()[:500]}"
+    if SEGMENT_ROUTE in response.url:
+        from lib.segment_stream import decode_region
+
+        events = stream_events(response.body())
+        finals = [data for name, data in events if name == "final"]
+        assert len(finals) == 1, f"no final event in the stream: {[name for name, _ in events]}"
+        final = finals[0]
+        mask = np.zeros(final["shape"], np.uint8)
+        for entry in final["labels"].values():
+            mask[decode_region(entry["mask"], tuple(final["shape"]))] = entry["value"]
+        return mask, np.array(final["affine"]), final["result"]
     from requests_toolbelt.multipart.decoder import MultipartDecoder
 
-    assert response.ok, f"infer failed: HTTP {response.status} {response.text()[:500]}"
     parts = MultipartDecoder(response.body(), response.headers["content-type"]).parts
     by_name = {}
     for part in parts:
@@ -66,7 +93,7 @@ STABLE_POSITION = """async v => {
 
 
 def click_voxel(page, voxel, shift: bool = False):
-    with page.expect_response(lambda r: "/infer/medsam2_3d" in r.url, timeout=180_000) as answer:
+    with page.expect_response(lambda r: SEGMENT_ROUTE in r.url, timeout=180_000) as answer:
         x, y = page.evaluate(STABLE_POSITION, list(voxel))
         if shift:
             page.keyboard.down("Shift")
@@ -162,7 +189,7 @@ def round_trip(page, base_url: str, image: str, truth: np.ndarray, shots: Path, 
     request = json.loads(form_field(negative.request, "params"))
     assert request["foreground"] == [inside, second_point] and request["background"] == [outside2]
     mask_from_infer_response(negative)
-    with page.expect_response(lambda r: "/infer/medsam2_3d" in r.url, timeout=180_000) as undone:
+    with page.expect_response(lambda r: SEGMENT_ROUTE in r.url, timeout=180_000) as undone:
         page.click("#undo")
     wait_idle(page)
     request = json.loads(form_field(undone.value.request, "params"))
@@ -177,7 +204,7 @@ def round_trip(page, base_url: str, image: str, truth: np.ndarray, shots: Path, 
     corners = [[int(rows.min()) - 1, int(cols.min()) - 1, k2], [int(rows.max()) + 1, int(cols.max()) + 1, k2]]
     a = page.evaluate("v => window.medsam2Viewer.pagePosition(v)", corners[0])
     b = page.evaluate("v => window.medsam2Viewer.pagePosition(v)", corners[1])
-    with page.expect_response(lambda r: "/infer/medsam2_3d" in r.url, timeout=180_000) as answer:
+    with page.expect_response(lambda r: SEGMENT_ROUTE in r.url, timeout=180_000) as answer:
         page.mouse.move(*a)
         page.mouse.down()
         page.mouse.move((a[0] + b[0]) / 2, (a[1] + b[1]) / 2)
@@ -200,7 +227,7 @@ def round_trip(page, base_url: str, image: str, truth: np.ndarray, shots: Path, 
     screenshot(page, f"{prefix}-6-saved", shots)
     assert page.locator(f"#studies li[data-image='{image}'] .tag").inner_text().startswith("final")
     assert not errors, errors
-    timings = page.evaluate("[{opened_ms: window.medsam2Viewer.state.opened.ms}, ...window.medsam2Viewer.state.timings]")
+    timings = page.evaluate("[window.medsam2Viewer.state.opening, ...window.medsam2Viewer.state.timings]")
     print(prefix, "click to mask on screen:", timings)
     # the app stored what the page showed, structure by structure, and the page said so
     answer = saved.value.json()

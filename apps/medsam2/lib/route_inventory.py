@@ -114,7 +114,9 @@ INVENTORY = [
     # the app's page
     _r("GET", "/medsam2/viewer/auth", "public", "is authentication on"),
     _r("GET", "/medsam2/viewer/studies", "user", "the datastore's studies, no patient identifiers"),
-    _r("GET", "/medsam2/viewer/volume", "user", "known id; a volume"),
+    _r("GET", "/medsam2/viewer/volume", "user", "known id; a volume, or one slice of it (part=slice, slice 0-100000)"),
+    _r("POST", "/medsam2/viewer/segment", "user", "as POST /infer/medsam2_3d (same checks, session, limits); the "
+                                                  "answer streamed as server-sent events, closing it cancels"),
     _r("POST", "/medsam2/viewer/focus", "user", "known id; slice 0-100000; encode-ahead order only"),
     _r("GET", "/medsam2/viewer/label", "user", "known id; the final label as structures"),
     _r("GET", "/medsam2/viewer/vendor/niivue.js", "public", "NiiVue's bundle"),

@@ -103,40 +103,44 @@ def infer(
     user: User = Depends(RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER)),
 ):
     instance = app_instance()
-    if model not in instance.info().get("models", {}):
-        raise HTTPException(status_code=404, detail=f"model: no model {model!r}; see /info for this app's models")
-
-    def prepare() -> str:
-        request = json_object(params, "params")
-        if request.get("save_label") or "label_tag" in request:
-            raise OptionError("params.save_label", "inference never writes a label: save one with PUT "
-                                                   "/datastore/label (annotator role)")
-        bad = sorted(k for k in request if k in SERVER_FIELDS or (isinstance(k, str) and k.startswith("_")))
-        if bad:
-            raise OptionError(f"params.{bad[0]}", "is set by the server; give the image as the image= query "
-                                                 "parameter (a datastore id)")
-        datastore = instance.datastore()
-        if output == infer_routes.ResultType.dicom_seg and isinstance(datastore, LocalDatastore):
-            raise OptionError("output", "dicom_seg needs a DICOMweb datastore; use output=image or all")
-        if image or not (file or session_id):
-            identifier(image, "image")
-            if isinstance(datastore, LocalDatastore) and not hasattr(datastore, "check_image_id"):
-                if not datastore.get_image_uri(image):  # one lookup (links out refused), not a listing
-                    raise OptionError("image", f"image not found: {image}", status=404)
-            else:
-                datastore.check_image_id(image)  # a PACS: a series UID (the list is cached; it may be new)
-            # MONAI Label reads an id that names a file of the server's working folder (README.md) as
-            # that file: it is handed the datastore's own file instead
-            resolved[0] = datastore.get_image_uri(image)
-            request[IMAGE_ID_FIELD] = image
-        request[USER_FIELD] = _user_name(user)
-        request[ADDRESS_FIELD] = http.client.host if http.client else None
-        return json.dumps(request)
-
-    resolved = [image]
-    checked = _as_http(prepare)
-    return _as_http(lambda: infer_routes.run_inference(background_tasks, model, resolved[0], session_id, checked,
+    uri, checked = _as_http(lambda: checked_request(instance, model, image, params, http, user, output,
+                                                    bool(file or session_id)))
+    return _as_http(lambda: infer_routes.run_inference(background_tasks, model, uri, session_id, checked,
                                                        file, label, output), background_tasks)
+
+
+def checked_request(instance, model: str, image: str, params: str, http: Request, user: User,
+                    output=None, has_upload: bool = False) -> tuple:
+    """(image uri, request JSON) of an infer request, checked as ``/infer`` checks it (404 for an
+    unknown model or image, fields only the server sets refused, the image a datastore id)."""
+    if model not in instance.info().get("models", {}):
+        raise OptionError("model", f"no model {model!r}; see /info for this app's models", status=404)
+    request = json_object(params, "params")
+    if request.get("save_label") or "label_tag" in request:
+        raise OptionError("params.save_label", "inference never writes a label: save one with PUT "
+                                               "/datastore/label (annotator role)")
+    bad = sorted(k for k in request if k in SERVER_FIELDS or (isinstance(k, str) and k.startswith("_")))
+    if bad:
+        raise OptionError(f"params.{bad[0]}", "is set by the server; give the image as the image= query "
+                                             "parameter (a datastore id)")
+    datastore = instance.datastore()
+    if output == infer_routes.ResultType.dicom_seg and isinstance(datastore, LocalDatastore):
+        raise OptionError("output", "dicom_seg needs a DICOMweb datastore; use output=image or all")
+    uri = image
+    if image or not has_upload:
+        identifier(image, "image")
+        if isinstance(datastore, LocalDatastore) and not hasattr(datastore, "check_image_id"):
+            if not datastore.get_image_uri(image):  # one lookup (links out refused), not a listing
+                raise OptionError("image", f"image not found: {image}", status=404)
+        else:
+            datastore.check_image_id(image)  # a PACS: a series UID (the list is cached; it may be new)
+        # MONAI Label reads an id that names a file of the server's working folder (README.md) as
+        # that file: it is handed the datastore's own file instead
+        uri = datastore.get_image_uri(image)
+        request[IMAGE_ID_FIELD] = image
+    request[USER_FIELD] = _user_name(user)
+    request[ADDRESS_FIELD] = http.client.host if http.client else None
+    return uri, json.dumps(request)
 
 
 def add_image(

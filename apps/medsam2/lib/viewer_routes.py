@@ -17,7 +17,11 @@ import gzip
 import json
 import logging
 import os
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
@@ -25,7 +29,9 @@ from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from medsam2_engine.label_structures import saved_structures, stack_bytes
-from medsam2_engine.volume_io import ImageReadError, Volume, load_image
+from medsam2_engine.sessions import image_stamp
+from medsam2_engine.volume_io import NIFTI_SUFFIXES, ImageReadError, Volume, load_for_display
+from medsam2_engine.windowing import model_window
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +58,88 @@ def volume_as_nifti(volume: Volume) -> bytes:
     image.set_qform(image.affine, code=1)
     image.set_sform(image.affine, code=1)
     return gzip.compress(image.to_bytes(), compresslevel=1)
+
+
+@dataclass(frozen=True)
+class ShownVolume:
+    """What the page is sent for a study, or for one slice of it: gzipped NIfTI and what to show it with."""
+
+    body: bytes
+    dims: tuple  # the study's voxels [ni, nj, nk] (the whole study's, for one slice too)
+    window: tuple | None  # the display window the model's default uses, (low, high)
+    k: int | None  # the slice sent alone (None: the whole study)
+
+    def headers(self, image: str) -> dict:
+        # the browser inflates the body itself (no script work): the page reads the .nii
+        out = {"Content-Encoding": "gzip", "Cache-Control": "no-store", "X-Volume-Dims": ",".join(map(str, self.dims)),
+               "Content-Disposition": f'attachment; filename="{image}.nii"'}
+        if self.window is not None:
+            out["X-Model-Window"] = f"{self.window[0]:g},{self.window[1]:g}"
+        if self.k is not None:
+            out["X-Slice"] = str(self.k)
+        return out
+
+
+class ShownVolumes:
+    """The last studies sent whole (a few), so the page's second open of a study is not a second read."""
+
+    def __init__(self, keep: int = 2):
+        self.keep = keep
+        self._sent: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+
+    def whole(self, uri: str) -> ShownVolume:
+        stamp = image_stamp(uri)
+        with self._lock:
+            if stamp in self._sent:
+                self._sent.move_to_end(stamp)
+                return self._sent[stamp]
+        volume = _read(uri)
+        shown = ShownVolume(volume_as_nifti(volume), tuple(volume.array.shape), _window(volume), None)
+        with self._lock:
+            self._sent[stamp] = shown
+            while len(self._sent) > self.keep:
+                self._sent.popitem(last=False)
+        return shown
+
+    @staticmethod
+    def one_slice(uri: str, k: int | None) -> ShownVolume | None:
+        """Slice ``k`` alone (None: the middle one) of a NIfTI study, read without decoding the rest;
+        None for other formats (the page waits for the whole study)."""
+        if not uri.lower().endswith(NIFTI_SUFFIXES) or not os.path.isfile(uri):
+            return None
+        import nibabel as nib
+
+        try:
+            dims = tuple(int(n) for n in nib.load(uri).shape)  # the header only
+        except Exception as err:  # noqa: BLE001 - nibabel raises many types
+            raise HTTPException(status_code=422, detail=f"image: it cannot be read: {err}") from err
+        if len(dims) != 3:
+            return None
+        k = dims[2] // 2 if k is None else min(int(k), dims[2] - 1)
+        volume = _read(uri, k)
+        return ShownVolume(volume_as_nifti(volume), dims, _window(volume), k)
+
+
+def _read(uri: str, k: int | None = None) -> Volume:
+    try:
+        volume = load_for_display(uri, k)
+    except ImageReadError as err:
+        raise HTTPException(status_code=422, detail=f"image: it cannot be read: {err}") from err
+    if volume.array.ndim != 3 or volume.is_rgb:
+        raise HTTPException(status_code=422, detail=f"image: it is 2D (shape {list(volume.array.shape)}); the "
+                                                    "viewer shows volumes, use the medsam2_2d model from another client")
+    return volume
+
+
+def _window(volume: Volume) -> tuple | None:
+    """The window the model's default (no window in the request) puts on the study."""
+    try:
+        chosen, _ = model_window(volume)
+    except Exception:  # noqa: BLE001 - the page then shows its own range; the result's window follows
+        logger.warning("no display window for %s", volume.path, exc_info=True)
+        return None
+    return (float(chosen.low), float(chosen.high))
 
 
 def final_label_structures(label_path: str, info: dict, app_labels: list) -> tuple:
@@ -162,29 +250,28 @@ def build_router(app_instance, user_dependency) -> APIRouter:
     def studies(user=Depends(user_dependency)):
         return {"studies": study_list(app_instance().datastore())}
 
-    @router.get("/volume", summary="A study's volume as NIfTI on the app's voxel grid")
+    shown = ShownVolumes()
+
+    @router.get("/volume", summary="A study's volume as NIfTI on the app's voxel grid (or its first slice alone)")
     def volume(http: Request, image: str = Query(..., description="image id of the datastore"),
                client_id: str = Query("", description="the viewer tab's session: its slices are encoded ahead"),
+               part: str = Query("all", pattern="^(all|slice)$",
+                                 description="all: the study; slice: one slice alone, to show first (NIfTI studies)"),
+               slice: Optional[int] = Query(None, ge=0, le=100_000,
+                                            description="part=slice: which (default the middle one)"),
                user=Depends(user_dependency)):
         datastore = app_instance().datastore()
         _known_image(datastore, image)
         uri = datastore.get_image_uri(image)
-        try:
-            loaded = load_image(uri)
-        except ImageReadError as err:
-            raise HTTPException(status_code=422, detail=f"image: {image} cannot be read: {err}") from err
-        if not loaded.is_3d:
-            raise HTTPException(
-                status_code=422,
-                detail=f"image: {image} is 2D (shape {list(loaded.array.shape)}); the viewer shows volumes, "
-                "use the medsam2_2d model from another client",
-            )
-        _prefetch(app_instance(), http, image, client_id, user, uri)
-        return Response(
-            content=volume_as_nifti(loaded),
-            media_type="application/octet-stream",
-            headers={"Content-Disposition": f'attachment; filename="{image}.nii.gz"', "Cache-Control": "no-store"},
-        )
+        if part == "slice":
+            sent = shown.one_slice(uri, slice)
+            if sent is None:
+                return Response(status_code=204, headers={"Cache-Control": "no-store"})
+            _prefetch(app_instance(), http, image, client_id, user, uri, focus=sent.k)
+        else:
+            sent = shown.whole(uri)
+            _prefetch(app_instance(), http, image, client_id, user, uri)
+        return Response(content=sent.body, media_type="application/octet-stream", headers=sent.headers(image))
 
     @router.get("/label", summary="A study's final label, each structure whole, for the page to show and edit")
     def final_label(image: str = Query(..., description="image id of the datastore"),
@@ -207,6 +294,10 @@ def build_router(app_instance, user_dependency) -> APIRouter:
             headers={"X-Label-Info": json.dumps(entries), "X-Label-Version": str(info.get("version") or ""),
                      "Cache-Control": "no-store"},
         )
+
+    from .segment_stream import build_route as build_segment_route
+
+    build_segment_route(router, app_instance, user_dependency)
 
     @router.get("/vendor/niivue.js", include_in_schema=False)
     def niivue_bundle():

@@ -24,6 +24,7 @@ differ from a full re-propagation; without the option, both passes re-run.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import time
 from contextlib import contextmanager
@@ -39,6 +40,27 @@ from .predictor import network_lock
 logger = logging.getLogger(__name__)
 
 OBJ_ID = 1  # one SAM 2 object per inference state; each label has its own state
+
+# called as ``listener(direction, frame_idx, output, step)`` for every slice a pass reaches (the
+# union so far where the passes unite); set by :func:`listening`, None: nobody listens
+_SLICE_LISTENER: contextvars.ContextVar = contextvars.ContextVar("slice_listener", default=None)
+
+
+class Cancelled(Exception):
+    """The caller stopped a propagation (its listener raised this); nothing of it is kept."""
+
+
+@contextmanager
+def listening(listener: Callable | None):
+    """Report each slice the passes reach to ``listener`` while the block runs (this thread only).
+
+    The listener may raise :class:`Cancelled` to end the propagation at that slice.
+    """
+    token = _SLICE_LISTENER.set(listener)
+    try:
+        yield
+    finally:
+        _SLICE_LISTENER.reset(token)
 
 
 @dataclass
@@ -236,6 +258,7 @@ def _run_passes(predictor, state: dict, early_stop: EarlyStop, plan: PassPlan, c
     num_frames = state["num_frames"]
     result = Propagation()
     started = time.perf_counter()
+    listener = _SLICE_LISTENER.get()
     for reverse, last_prompt in ((False, last), (True, first)):
         if plan.before_pass is not None:
             plan.before_pass(reverse)
@@ -250,6 +273,8 @@ def _run_passes(predictor, state: dict, early_stop: EarlyStop, plan: PassPlan, c
                 merged = _union(result.outputs.get(frame_idx), output) if plan.union else output
                 result.outputs[frame_idx] = merged
                 report.last, report.slices = frame_idx, report.slices + 1
+                if listener is not None:
+                    listener(report.direction, frame_idx, merged, report.slices)
                 if report.slices % log_every == 0:
                     logger.info("%s pass: %d slices, now at %d of %d", report.direction, report.slices, frame_idx,
                                 num_frames)

@@ -136,6 +136,14 @@ class LabelTrack:
         mask[:, :, low:high + 1] = largest_component(slab)
         return mask
 
+    def slice_in_volume(self, image_mask: np.ndarray) -> tuple:
+        """(rows, cols, mask): a slice's mask as the network gave it, placed on the volume's slice."""
+        region_i, region_j = self._voxel_region()
+        mask = image_to_slice(image_mask)
+        rows = region_i if region_i.start is not None else slice(0, mask.shape[0])
+        cols = region_j if region_j.start is not None else slice(0, mask.shape[1])
+        return rows, cols, mask
+
     def _voxel_region(self) -> tuple:
         return (slice(None), slice(None)) if self.region is None else self.region.voxel_region()
 

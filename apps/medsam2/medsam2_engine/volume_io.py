@@ -141,6 +141,53 @@ def load_image(path: str | os.PathLike) -> Volume:
     )
 
 
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+
+def load_for_display(path: str | os.PathLike, k: int | None = None) -> Volume:
+    """The image as :func:`load_image` reads it (same voxel order and RAS affine), sooner, for showing.
+
+    A NIfTI file is read with nibabel, whose array and affine are load_image's
+    (tests/test_volume_io.py), in its stored type (int16 CT stays int16), and only slice ``k``
+    of it when ``k`` is given (``[i, j, 1]``, the affine moved to that slice): the first
+    image a page shows needs no full decode. Anything else goes through :func:`load_image`.
+    """
+    path = str(path)
+    if not path.lower().endswith(NIFTI_SUFFIXES) or not os.path.isfile(path):
+        volume = load_image(path)
+        return volume if k is None else _one_slice(volume, k)
+    import nibabel as nib
+
+    try:
+        image = nib.load(path)
+        if len(image.shape) != 3:
+            volume = load_image(path)
+            return volume if k is None else _one_slice(volume, k)
+        if k is not None:
+            k = min(max(int(k), 0), image.shape[2] - 1)
+            array = np.asanyarray(image.dataobj[:, :, k:k + 1])
+        else:
+            array = np.asanyarray(image.dataobj)
+    except Exception as err:  # noqa: BLE001 - nibabel raises many types; name the file instead
+        raise ImageReadError(f"could not read {path}: {err}") from err
+    affine = np.asarray(image.affine, dtype=np.float64)
+    if k is not None:
+        affine = affine @ _shift_k(k)
+    return Volume(array, affine, path, meta={"source_dtype": str(image.get_data_dtype())})
+
+
+def _one_slice(volume: Volume, k: int) -> Volume:
+    k = min(max(int(k), 0), volume.array.shape[2] - 1)
+    return Volume(volume.array[:, :, k:k + 1], volume.affine @ _shift_k(k), volume.path, volume.declared_modality,
+                  volume.is_rgb, volume.meta)
+
+
+def _shift_k(k: int) -> np.ndarray:
+    shift = np.eye(4)
+    shift[2, 3] = k
+    return shift
+
+
 def save_mask(path: str | os.PathLike, mask: np.ndarray, like: Volume, dtype=np.uint8) -> str:
     """Write ``mask`` (voxel order, same spatial shape as ``like``) with ``like``'s geometry."""
     from monai.data import ITKWriter

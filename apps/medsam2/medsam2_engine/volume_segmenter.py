@@ -32,7 +32,7 @@ from .predictor import runtimes_used
 from .image_features import ImageFeatures
 from .prompts import LabelPrompts, PromptError
 from .exact_stop import ExactStopReport, exact_stop_report, misses_prompted_range
-from .propagation import CorrectionStop, EarlyStop
+from .propagation import Cancelled, CorrectionStop, EarlyStop, listening
 from .protocols import check_protocol, default_protocol, label_protocol
 from .results import RunInfo, slice_score
 from .sessions import Session, SessionLimits, SessionStore, image_stamp, window_key
@@ -43,7 +43,7 @@ from .windowing import Window
 logger = logging.getLogger(__name__)
 
 __all__ = ["CropRegionReport", "EngineSettings", "LabelResult", "LabelTrack", "SegmentOptions", "SegmentedLabel",
-           "SessionReport", "VolumeResult", "VolumeSegmenter"]
+           "SessionReport", "SlicePreview", "VolumeResult", "VolumeSegmenter"]
 
 
 @dataclass
@@ -114,6 +114,20 @@ class VolumeResult:
     session: SessionReport
     options: SegmentOptions  # the departures from the protocol this call ran with
     warnings: list = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class SlicePreview:
+    """One slice's mask as a pass reaches it: a preview, before the protocol's last step."""
+
+    label: str
+    direction: str  # "forward" | "backward"
+    k: int
+    step: int  # slices this pass has reached, this one included
+    expected: int | None  # slices the label's previous pass of this direction reached (None: first run)
+    rows: slice  # where ``mask`` lies on the slice (voxel i and j ranges)
+    cols: slice
+    mask: np.ndarray  # bool [i, j] over ``rows`` x ``cols``
 
 
 @dataclass(frozen=True)
@@ -218,19 +232,23 @@ class VolumeSegmenter:
             return self.segment(session, prompts, options, reset_labels)
 
     def segment(self, session: Session, prompts: dict, options: SegmentOptions | None = None,
-                reset_labels=()) -> VolumeResult:
+                reset_labels=(), on_slice=None) -> VolumeResult:
         """Segment each label in ``prompts`` (label -> LabelPrompts) in an ``open`` session.
 
         ``reset_labels`` forgets only those labels' prompts and keeps the session's encoded
         slices. ``options`` default to the settings'. Raises PromptError for prompts the
         model cannot take; any other failure inside a label drops that label's track and
         segments it again from its prompts alone.
+
+        ``on_slice(SlicePreview)``: each slice as a pass reaches it, before the protocol's
+        last step; it may raise :class:`.propagation.Cancelled`, which ends the call and drops
+        the label's track (its next request starts from its prompts; encoded slices stay).
         """
         options = options or self.settings.options()
         with self._idle:
             self._in_flight += 1
         try:
-            result = self._segment(session, prompts, options, reset_labels)
+            result = self._segment(session, prompts, options, reset_labels, on_slice)
         finally:
             with self._idle:
                 self._in_flight -= 1
@@ -240,7 +258,8 @@ class VolumeSegmenter:
             self.after_first_request(session, [k for r in result.labels.values() for k in r.prompted_slices])
         return result
 
-    def _segment(self, session: Session, prompts: dict, options: SegmentOptions, reset_labels) -> VolumeResult:
+    def _segment(self, session: Session, prompts: dict, options: SegmentOptions, reset_labels,
+                 on_slice=None) -> VolumeResult:
         timings: dict = {"load": session.load_seconds} if session.requests == 0 else {}
         started = time.perf_counter()
         for label in reset_labels:
@@ -250,7 +269,8 @@ class VolumeSegmenter:
         with torch.inference_mode(), autocast_for(self.models.device, self.settings.cpu_bf16), \
                 runtimes_used() as runtimes:
             for label, label_prompts in prompts.items():
-                results[label] = self._segment_label_safely(session, label, label_prompts, options, timings)
+                results[label] = self._segment_label_safely(session, label, label_prompts, options, timings,
+                                                            on_slice)
                 if results[label].restarted and results[label].restarted.startswith("error"):
                     warnings.append(f"label {label}: {results[label].restarted}")
         began = session.started if session.requests == 0 else None
@@ -265,21 +285,25 @@ class VolumeSegmenter:
                             run=RunInfo.of(session.model, self.protocol, timings, runtimes), session=report, options=options,
                             warnings=warnings)
 
-    def _segment_label_safely(self, session, label, prompts, options: SegmentOptions, timings) -> LabelResult:
+    def _segment_label_safely(self, session, label, prompts, options: SegmentOptions, timings,
+                              on_slice=None) -> LabelResult:
         """A failure inside the label's state drops that track; the label is segmented afresh once."""
         try:
-            return self._segment_label(session, label, prompts, options, timings)
+            return self._segment_label(session, label, prompts, options, timings, on_slice)
         except PromptError:
+            raise
+        except Cancelled:
+            session.tracks.pop(label, None)  # stopped mid-pass: its state is neither old nor new
             raise
         except Exception as err:  # noqa: BLE001 - a broken SAM 2 state must not break the session
             logger.exception("label %s: segmenting failed; its track is dropped and started afresh", label)
             session.tracks.pop(label, None)
-            result = self._segment_label(session, label, prompts, options, timings)
+            result = self._segment_label(session, label, prompts, options, timings, on_slice)
             result.restarted = f"error in the previous track ({type(err).__name__}: {err}); started afresh"
             return result
 
     def _segment_label(self, session: Session, label: str, prompts: LabelPrompts, options: SegmentOptions,
-                       timings: dict) -> LabelResult:
+                       timings: dict, on_slice=None) -> LabelResult:
         predictor = session.model.model
         early_stop, correction_stop, crop = options.early_stop, options.correction_stop, options.crop_region
         wanted = prompts.by_frame()
@@ -315,15 +339,17 @@ class VolumeSegmenter:
                 if track.reaches_edge(prompted_masks, slice_shape, crop):
                     track = self._grow(predictor, session, label, track, prompted_masks, extent, crop, timings)
                     continue
-            propagation = track.propagate(view, protocol, wanted, sorted(diff.changed), local, early_stop,
-                                          correction_stop)
+            with listening(self._slice_listener(label, track, on_slice)):
+                propagation = track.propagate(view, protocol, wanted, sorted(diff.changed), local, early_stop,
+                                              correction_stop)
             if self._exact_stop_missed(protocol, track, propagation, wanted, session.volume.array.shape):
                 logger.info("label %s: the exact stop's result has no voxel on the prompted slices; running the "
                             "full passes", label)
                 timings["propagation"] = timings.get("propagation", 0.0) + propagation.seconds
                 full = dataclasses.replace(early_stop, exact_stop=False)
-                propagation = track.propagate(view, protocol, wanted, sorted(diff.changed), local, full,
-                                              correction_stop)
+                with listening(self._slice_listener(label, track, on_slice)):
+                    propagation = track.propagate(view, protocol, wanted, sorted(diff.changed), local, full,
+                                                  correction_stop)
             timings["propagation"] = timings.get("propagation", 0.0) + propagation.seconds
             track.local_correction = local
             masks = [output.mask for output in propagation.outputs.values()]
@@ -335,6 +361,20 @@ class VolumeSegmenter:
         track.paste(propagation, session.volume.array.shape, protocol)
         track.protocol = protocol
         return self._label_result(label, track, wanted, reused=False, restarted=restarted)
+
+    @staticmethod
+    def _slice_listener(label: str, track: LabelTrack, on_slice):
+        """The propagation's per-slice report as a :class:`SlicePreview` of the label on the volume's grid."""
+        if on_slice is None:
+            return None
+        previous = track.propagation
+        expected = {p.direction: p.slices for p in previous.passes} if previous is not None else {}
+
+        def report(direction: str, k: int, output, step: int) -> None:
+            rows, cols, mask = track.slice_in_volume(output.mask)
+            on_slice(SlicePreview(label, direction, int(k), step, expected.get(direction), rows, cols, mask))
+
+        return report
 
     @staticmethod
     def _exact_stop_missed(protocol: str, track: LabelTrack, propagation, wanted: dict, shape: tuple) -> bool:

@@ -44,11 +44,16 @@ class Sam2Task(InferTask):
         return info
 
     def __call__(self, request):
-        # Only the errors that describe the request are the client's; any other ValueError
-        # (numpy, torch, sam2) is a bug here and stays a 500 with its traceback in the log.
+        return self.answering(lambda: (result_format(request), self.run(request))[1])
+
+    def answering(self, call):
+        """``call()`` with the errors that describe the request as the client's 4xx/503 answers.
+
+        Only those are the client's; any other ValueError (numpy, torch, sam2) is a bug here and
+        stays a 500 with its traceback in the log. ``result_format`` is checked before any work.
+        """
         try:
-            result_format(request)  # checked before any model work, used when writing
-            return self.run(request)
+            return call()
         except OptionError as err:
             logger.warning("bad %s request: %s", self.__class__.__name__, err)
             raise HTTPException(status_code=err.status, detail=str(err)) from err

@@ -55,27 +55,38 @@ class Interactive3D(Sam2Task):
                 settings.crop_region, enabled=request_flag(request, "crop_region", settings.crop_region.enabled)),
         )
 
-    def run(self, request):
-        started = time.perf_counter()
+    def segment(self, request: dict, on_slice=None):
+        """(VolumeResult, the request's warnings): the request's prompts segmented in its session.
+
+        The one path of ``/infer`` and the page's stream (``lib/segment_stream.py``), so both
+        give the same voxels for the same prompts; ``on_slice`` (SlicePreview) streams the passes.
+        """
         head, options = read_head(request, self.labels), self.options(request)
         with self.segmenter.open(head.session_key, request["image"], head.window, head.modality) as session:
             parsed = parse_prompts(request, head, session.volume.array.shape, self.labels)
-            result = self.segmenter.segment(session, parsed.prompts, options, reset_labels=parsed.reset_labels)
-        infer_done = time.perf_counter()
+            result = self.segmenter.segment(session, parsed.prompts, options, reset_labels=parsed.reset_labels,
+                                            on_slice=on_slice)
+        return result, parsed.warnings
 
+    def label_values(self, result) -> dict:
+        """label -> its value in the answer's label map: 1 for one label (as Slicer expects), else its
+        1-based place in the app's labels."""
         names = list(result.labels)
         if len(names) == 1:
-            label_map = result.labels[names[0]].mask.astype(np.uint8)  # value 1, as Slicer expects
-            label_names = {names[0]: 1}
-        else:
-            label_map = np.zeros(result.volume.array.shape, np.uint8)
-            label_names = {}
-            for name in names:
-                value = self.labels.index(name) + 1
-                label_map[result.labels[name].mask] = value
-                label_names[name] = value
+            return {names[0]: 1}
+        return {name: self.labels.index(name) + 1 for name in names}
+
+    def run(self, request):
+        started = time.perf_counter()
+        result, warnings = self.segment(request)
+        infer_done = time.perf_counter()
+
+        label_names = self.label_values(result)
+        label_map = np.zeros(result.volume.array.shape, np.uint8)
+        for name, value in label_names.items():
+            label_map[result.labels[name].mask] = value
         out = volume_result_json(result, label_names)
-        out["request_warnings"] = parsed.warnings
+        out["request_warnings"] = warnings
         file_name, out = self.write(request, result.volume, label_map, out)
         total = time.perf_counter() - started
         load = result.run.timings.get("load", 0.0)

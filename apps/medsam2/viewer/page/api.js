@@ -1,6 +1,6 @@
 // Calls to the app: MONAI Label's own endpoints, and the viewer's two routes.
 
-import { Mask, gunzip, gzip, masksFromStack, stackNiftiBytes } from './labelmap.js';
+import { gunzip, gzip, masksFromStack, stackNiftiBytes } from './labelmap.js';
 
 export const MODEL = 'medsam2_3d';
 const TOKEN_KEY = 'medsam2-token'; // this tab's bearer token when MONAI Label's auth is on
@@ -80,12 +80,23 @@ export async function listStudies() {
   return (await response.json()).studies;
 }
 
-// clientId: the tab's session, so the server encodes the study's slices for its first click
-export async function fetchVolume(image, clientId) {
-  const query = `image=${encodeURIComponent(image)}&client_id=${encodeURIComponent(clientId)}`;
+// A study to show: {buffer (an uncompressed .nii: the browser inflates what travels gzipped),
+// dims (the whole study's voxels), window ([low, high] the model's default uses, or null), slice
+// (part 'slice': which one)}; null when the server has no quick slice for the study's format.
+// clientId: the tab's session, so the server encodes the study's slices for its first click.
+export async function fetchVolume(image, clientId, part = 'all') {
+  const query = `image=${encodeURIComponent(image)}&client_id=${encodeURIComponent(clientId)}&part=${part}`;
   const response = await fetch(`volume?${query}`, withAuth());
   if (!response.ok) throw await failure(response, `opening ${image}`);
-  return response.arrayBuffer();
+  if (response.status === 204) return null;
+  const numbers = (name) => (response.headers.get(name) || '').split(',').filter(Boolean).map(Number);
+  const window = numbers('X-Model-Window');
+  return {
+    buffer: await response.arrayBuffer(),
+    dims: numbers('X-Volume-Dims'),
+    window: window.length === 2 ? window : null,
+    slice: response.headers.has('X-Slice') ? Number(response.headers.get('X-Slice')) : null,
+  };
 }
 
 // The slice shown, so the server encodes outward from it; a failure only loses that ordering
@@ -95,26 +106,37 @@ export async function sendFocus(image, clientId, k) {
   if (!response.ok) console.warn('focus not sent:', response.status);
 }
 
-// One infer call with MONAI Label's request fields; returns {result (the JSON), mask (Mask)}.
-export async function infer(image, params) {
+// One segmentation with MONAI Label's request fields (as POST /infer/medsam2_3d), streamed
+// (POST segment: server-sent events). onEvent(name, data) for each 'slice' as a pass reaches it;
+// resolves with the 'final' event's data ({result, labels: {name: {value, mask}}}). Aborting
+// `signal` cancels it on the server too (an AbortError is thrown here).
+export async function segment(image, params, { signal, onEvent } = {}) {
   const form = new FormData();
-  form.append(
-    'params',
-    JSON.stringify({ ...params, result_extension: '.nii', result_dtype: 'uint8', result_compress: false }),
-  );
-  const url = `/infer/${MODEL}?image=${encodeURIComponent(image)}&output=all`;
-  const response = await fetch(url, withAuth({ method: 'POST', body: form }));
+  form.append('params', JSON.stringify(params));
+  const response = await fetch(`segment?image=${encodeURIComponent(image)}`, withAuth({ method: 'POST', body: form, signal }));
   if (!response.ok) throw await failure(response, 'segmenting');
-  const type = response.headers.get('content-type') || '';
-  if (!type.startsWith('multipart/')) {
-    return { result: await response.json(), mask: null }; // the server sent no mask file
+  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = '';
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    buffer += value;
+    let end;
+    while ((end = buffer.indexOf('\n\n')) >= 0) {
+      const block = buffer.slice(0, end);
+      buffer = buffer.slice(end + 2);
+      const name = (block.match(/^event: (.*)$/m) || [])[1];
+      const data = JSON.parse(block.split('\n').filter((l) => l.startsWith('data: ')).map((l) => l.slice(6)).join('\n'));
+      if (name === 'final') return data;
+      if (name === 'error') {
+        const error = new Error(`segmenting: ${plainDetail(data.status, data.detail)}`);
+        error.status = data.status;
+        throw error;
+      }
+      onEvent?.(name, data);
+    }
   }
-  const parts = await response.formData();
-  let result = parts.get('params');
-  result = typeof result === 'string' ? JSON.parse(result) : JSON.parse(await result.text());
-  const file = parts.get('image');
-  const mask = file ? Mask.fromNifti(await file.arrayBuffer()) : null;
-  return { result, mask };
+  throw new Error('segmenting: the server ended the answer without a result; try again');
 }
 
 // PUT /datastore/label?tag=final: each structure whole (a 4D stack, overlaps kept) with its name,

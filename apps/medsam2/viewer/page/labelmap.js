@@ -1,5 +1,5 @@
-// NIfTI-1 masks as the app returns them (uncompressed .nii, uint8) and the combined label map
-// the page saves: same header, one value per structure (its 1-based position in the app's labels).
+// The page's masks on the study's grid (uint8, NIfTI order), the label map it shows and saves
+// (one value per structure: its 1-based position in the app's labels), and the NIfTI files of both.
 
 const NIFTI1_HEADER_SIZE = 348;
 const DT_UINT8 = 2;
@@ -11,63 +11,23 @@ export class Mask {
     this.dims = dims; // [ni, nj, nk]
   }
 
-  static fromNifti(buffer) {
-    const view = new DataView(buffer);
-    if (view.getInt32(0, true) !== NIFTI1_HEADER_SIZE) {
-      throw new Error('the mask is not a little-endian NIfTI-1 file (ask for result_extension .nii)');
-    }
-    const dims = [1, 2, 3].map((d) => view.getInt16(40 + 2 * d, true));
-    const datatype = view.getInt16(70, true);
-    if (datatype !== DT_UINT8) throw new Error(`the mask has NIfTI datatype ${datatype}, expected uint8`);
-    const offset = Math.round(view.getFloat32(108, true));
-    const count = dims[0] * dims[1] * dims[2];
-    const voxels = new Uint8Array(buffer.slice(offset, offset + count));
-    if (voxels.length !== count) throw new Error('the mask file is shorter than its header says');
-    return new Mask(new Uint8Array(buffer.slice(0, offset)), voxels, dims);
-  }
-
   index(i, j, k) {
     return i + this.dims[0] * (j + this.dims[1] * k);
   }
 
+  // voxels set (counted once, then kept up to date by whoever changes the voxels: setCount)
   count() {
-    let n = 0;
-    for (const v of this.voxels) if (v) n += 1;
-    return n;
-  }
-}
-
-// Structures masks (label value -> Mask) as one label map, by the app's rule
-// (medsam2_engine/label_structures.py): where structures overlap, the smaller one keeps the
-// voxel (a lesion stays visible inside its organ), ties to the lower value. The server makes
-// the saved map by the same rule, so the map on screen is the map saved.
-export function combine(masksByValue) {
-  const entries = [...masksByValue.entries()].map(([value, mask]) => [value, mask, mask.count()]);
-  if (!entries.length) return null;
-  entries.sort((a, b) => (b[2] - a[2]) || (b[0] - a[0])); // paint the largest first, the smallest last
-  const first = entries[0][1];
-  const voxels = new Uint8Array(first.voxels.length);
-  for (const [value, mask] of entries) {
-    const src = mask.voxels;
-    for (let n = 0; n < src.length; n += 1) if (src[n]) voxels[n] = value;
-  }
-  return new Mask(first.header, voxels, first.dims);
-}
-
-// [{values: [a, b], voxels}] for each pair of structures that share voxels
-export function overlaps(masksByValue) {
-  const entries = [...masksByValue.entries()].sort((a, b) => a[0] - b[0]);
-  const out = [];
-  for (let x = 0; x < entries.length; x += 1) {
-    for (let y = x + 1; y < entries.length; y += 1) {
-      const a = entries[x][1].voxels;
-      const b = entries[y][1].voxels;
-      let shared = 0;
-      for (let n = 0; n < a.length; n += 1) if (a[n] && b[n]) shared += 1;
-      if (shared) out.push({ values: [entries[x][0], entries[y][0]], voxels: shared });
+    if (this.counted === undefined) {
+      let n = 0;
+      for (const v of this.voxels) if (v) n += 1;
+      this.counted = n;
     }
+    return this.counted;
   }
-  return out;
+
+  setCount(n) {
+    this.counted = n;
+  }
 }
 
 // Several masks on one grid as a 4D NIfTI [i, j, k, n] (uint8), one channel per mask.
@@ -111,17 +71,6 @@ export function masksFromStack(buffer) {
   return masks;
 }
 
-export function toNiftiBytes(mask) {
-  const out = new Uint8Array(mask.header.length + mask.voxels.length);
-  out.set(mask.header, 0);
-  out.set(mask.voxels, mask.header.length);
-  // no intensity scaling: the values are label values
-  const view = new DataView(out.buffer);
-  view.setFloat32(112, 1.0, true); // scl_slope
-  view.setFloat32(116, 0.0, true); // scl_inter
-  return out;
-}
-
 export async function gunzip(buffer) {
   const stream = new Blob([buffer]).stream().pipeThrough(new DecompressionStream('gzip'));
   return new Response(stream).arrayBuffer();
@@ -130,4 +79,187 @@ export async function gunzip(buffer) {
 export async function gzip(bytes) {
   const stream = new Blob([bytes]).stream().pipeThrough(new CompressionStream('gzip'));
   return new Uint8Array(await new Response(stream).arrayBuffer());
+}
+
+// A region as the app's stream sends it ({i: [start, stop], j, k?, data: base64 of gzipped uint8,
+// i fastest}, or {empty: true}) -> {box: [[i0, i1], [j0, j1], [k0, k1]], voxels} (null: empty).
+export async function decodeRegion(region, k = null) {
+  if (!region || region.empty) return null;
+  const packed = Uint8Array.from(atob(region.data), (c) => c.charCodeAt(0));
+  const voxels = new Uint8Array(await gunzip(packed));
+  const box = [region.i, region.j, region.k || [k, k + 1]];
+  if (voxels.length !== box.reduce((n, [a, b]) => n * (b - a), 1)) throw new Error('a streamed mask does not match its box');
+  return { box, voxels };
+}
+
+// The structures of one study as the page shows them: one mask per label value, and the label map
+// of them by the app's rule (medsam2_engine/label_structures.py: where structures overlap, the
+// smaller one keeps the voxel, ties to the lower value; the server saves the map by the same rule,
+// so the map on screen is the map saved), kept up to date region by region so a result that
+// touches a few slices costs those slices. `dirty` collects what changed since the last paint.
+// Each mask carries `box`, a box holding all its voxels (or null), and its voxel count.
+export class LabelVolume {
+  constructor(header, dims) {
+    this.header = header; // a uint8 NIfTI header of the study's grid
+    this.dims = dims;
+    this.size = dims[0] * dims[1] * dims[2];
+    this.masks = new Map(); // value -> Mask
+    this.map = new Uint8Array(this.size);
+    this.order = []; // values painted first to last (largest first)
+    this.dirty = null; // [[i0, i1], [j0, j1], [k0, k1]] or null
+    this.snapshot = null; // a structure as it was before a streamed result began replacing it
+  }
+
+  mask(value) {
+    if (!this.masks.has(value)) {
+      const mask = new Mask(this.header, new Uint8Array(this.size), this.dims);
+      mask.box = null;
+      this.masks.set(value, mask);
+    }
+    return this.masks.get(value);
+  }
+
+  // Replace a structure's whole mask (a saved label); null removes it.
+  setWhole(value, mask) {
+    const old = this.masks.get(value);
+    if (mask) {
+      mask.box = boxOf(mask.voxels, this.dims);
+      this.masks.set(value, mask);
+    } else this.masks.delete(value);
+    this.recombine(joinBoxes(old?.box, mask?.box));
+  }
+
+  // The voxels of `value` inside box become `voxels` (null: none); outside it they stay.
+  writeBox(value, box, voxels) {
+    const mask = this.mask(value);
+    const had = mask.count(); // counted before any voxel changes
+    const m = mask.voxels;
+    const [[i0, i1], [j0, j1], [k0, k1]] = box;
+    const [ni, nj] = this.dims;
+    const width = i1 - i0;
+    let before = 0;
+    let after = 0;
+    let n = 0;
+    for (let k = k0; k < k1; k += 1) {
+      for (let j = j0; j < j1; j += 1) {
+        const row = i0 + ni * (j + nj * k);
+        for (let i = 0; i < width; i += 1) before += m[row + i];
+        if (voxels) {
+          const line = voxels.subarray(n, n + width);
+          m.set(line, row);
+          for (let i = 0; i < width; i += 1) after += line[i];
+          n += width;
+        } else m.fill(0, row, row + width);
+      }
+    }
+    mask.setCount(had - before + after);
+    if (voxels && after) mask.box = joinBoxes(mask.box, box);
+    this.recombine(box);
+  }
+
+  // Slice k of `value` becomes `region` (decoded; null: empty) over the whole slice.
+  writeSlice(value, k, region) {
+    this.writeBox(value, [[0, this.dims[0]], [0, this.dims[1]], [k, k + 1]], null);
+    if (region) this.writeBox(value, region.box, region.voxels);
+  }
+
+  // `value` becomes exactly `region` (decoded; null: empty): cleared where it was, written where it is.
+  replace(value, region) {
+    const mask = this.mask(value);
+    if (mask.box) this.writeBox(value, mask.box, null);
+    mask.box = null;
+    if (region) this.writeBox(value, region.box, region.voxels);
+  }
+
+  // A streamed result is about to change `value`: keep it as it is, for revert().
+  keep(value) {
+    const mask = this.mask(value);
+    this.snapshot = { value, voxels: mask.voxels.slice(), box: mask.box, count: mask.count() };
+  }
+
+  // The structure as keep() found it (a cancelled stream leaves the previous mask).
+  revert() {
+    const kept = this.snapshot;
+    this.snapshot = null;
+    if (!kept) return;
+    const mask = this.mask(kept.value);
+    const touched = joinBoxes(mask.box, kept.box);
+    mask.voxels.set(kept.voxels);
+    mask.box = kept.box;
+    mask.setCount(kept.count);
+    if (touched) this.recombine(touched);
+  }
+
+  // The label map inside box (null: nothing to do) by the app's overlap rule; the whole map again
+  // when the structures' size order changed (a structure grew past another).
+  recombine(box) {
+    const entries = [...this.masks.entries()].map(([value, mask]) => [value, mask.count()])
+      .sort((a, b) => (b[1] - a[1]) || (b[0] - a[0]));
+    const order = entries.filter((e) => e[1] > 0).map((e) => e[0]);
+    const whole = order.join() !== this.order.join();
+    this.order = order;
+    if (!box && !whole) return;
+    const area = whole ? [[0, this.dims[0]], [0, this.dims[1]], [0, this.dims[2]]] : box;
+    const sources = order.map((value) => this.masks.get(value).voxels);
+    const [[i0, i1], [j0, j1], [k0, k1]] = area;
+    const [ni, nj] = this.dims;
+    for (let k = k0; k < k1; k += 1) {
+      for (let j = j0; j < j1; j += 1) {
+        const row = ni * (j + nj * k);
+        for (let i = i0; i < i1; i += 1) {
+          let v = 0;
+          for (let s = 0; s < sources.length; s += 1) if (sources[s][row + i]) v = order[s];
+          this.map[row + i] = v;
+        }
+      }
+    }
+    this.dirty = joinBoxes(this.dirty, area);
+  }
+
+  takeDirty() {
+    const dirty = this.dirty;
+    this.dirty = null;
+    return dirty;
+  }
+
+  // structures with voxels: value -> Mask
+  shown() {
+    return new Map([...this.masks].filter(([, m]) => m.count() > 0));
+  }
+}
+
+function joinBoxes(a, b) {
+  if (!a) return b || null;
+  if (!b) return a;
+  return a.map(([lo, hi], d) => [Math.min(lo, b[d][0]), Math.max(hi, b[d][1])]);
+}
+
+// the box [[i0, i1], [j0, j1], [k0, k1]] of a mask's set voxels (null: none)
+export function boxOf(voxels, dims) {
+  const [ni, nj] = dims;
+  let box = null;
+  for (let n = voxels.indexOf(1); n >= 0 && n < voxels.length; n += 1) {
+    if (!voxels[n]) continue;
+    const i = n % ni;
+    const j = Math.floor(n / ni) % nj;
+    const k = Math.floor(n / (ni * nj));
+    if (!box) box = [[i, i + 1], [j, j + 1], [k, k + 1]];
+    else {
+      box[0] = [Math.min(box[0][0], i), Math.max(box[0][1], i + 1)];
+      box[1] = [Math.min(box[1][0], j), Math.max(box[1][1], j + 1)];
+      box[2][1] = k + 1;
+    }
+  }
+  return box;
+}
+
+// A uint8 label header from the study's NIfTI header bytes (the grid and its affine kept).
+export function labelHeader(volumeHeader) {
+  const header = new Uint8Array(volumeHeader);
+  const view = new DataView(header.buffer);
+  view.setInt16(70, DT_UINT8, true);
+  view.setInt16(72, 8, true); // bitpix
+  view.setFloat32(112, 1.0, true);
+  view.setFloat32(116, 0.0, true);
+  return header;
 }

@@ -1,9 +1,9 @@
 // The annotation page: study list, structures, prompts, the app's masks, save as final.
 
-import { AuthRequired, MODEL, SaveConflict, appInfo, fetchFinal, fetchVolume, infer, listStudies, needsLogIn, sendFocus,
+import { AuthRequired, MODEL, SaveConflict, appInfo, fetchFinal, fetchVolume, listStudies, needsLogIn, segment, sendFocus,
 } from './api.js';
 import { DisplayWindow } from './display.js';
-import { combine } from './labelmap.js';
+import { LabelVolume, Mask, decodeRegion, labelHeader } from './labelmap.js';
 import { askLogIn } from './login.js';
 import { LearningLoop } from './loop.js';
 import { showOverlaps, showResult } from './panels.js';
@@ -23,12 +23,14 @@ const state = {
   image: null,
   label: null,
   prompts: new Map(), // label -> LabelPrompts
-  masks: new Map(), // label value (1-based) -> Mask
+  shown: null, // LabelVolume: the structures on screen
+  masks: new Map(), // label value (1-based) -> Mask (the LabelVolume's)
   results: new Map(), // label -> last result JSON
-  saved: new Map(), // label -> its mask in the study's saved final label (shown until re-segmented)
-  inFlight: false,
-  pending: null,
-  timings: [], // click to mask on screen, ms
+  saved: new Map(), // label -> its mask in the study's saved final label (a copy, never changed)
+  savedShown: new Set(), // labels whose mask on screen is the saved one
+  run: null, // the segmentation streaming in: {controller, label, ...}
+  timings: [], // per request: mouse-up to the prompted slice's mask, and to the final mask, on screen (ms)
+  opening: null, // the last open: ms from the pick to the first slice, and to the whole study, on screen
 };
 const view = new VolumeView($('gl'));
 const marks = $('marks');
@@ -83,7 +85,7 @@ function renderLabels() {
     const mask = state.masks.get(n + 1);
     const count = mask?.count();
     item.append(swatch, label);
-    const saved = mask && state.saved.get(label) === mask ? ' saved' : '';
+    const saved = mask && state.savedShown.has(label) ? ' saved' : '';
     if (count) item.append(Object.assign(document.createElement('span'), { className: 'tag', textContent: `${count} vx${saved}` }));
     if (label === state.label) item.classList.add('selected');
     item.addEventListener('click', () => { state.label = label; refreshPanels(); });
@@ -96,7 +98,7 @@ function refreshPanels() {
   const prompts = state.label ? promptsOf(state.label) : null;
   const open = Boolean(state.image);
   $('undo').disabled = !open || !prompts || prompts.isEmpty();
-  $('clear').disabled = !open || !prompts || (prompts.isEmpty() && !state.masks.has(labelValue(state.label)));
+  $('clear').disabled = !open || !prompts || (prompts.isEmpty() && !(state.masks.get(labelValue(state.label))?.count()));
   $('save').disabled = !open || ![...state.masks.values()].some((m) => m.count() > 0);
   if (prompts) {
     const box = prompts.box();
@@ -117,8 +119,10 @@ function renderResult() {
 }
 
 // "as the model sees it" follows the window of the last result (the app's own choice)
+// (before any result: the window the server said the model will use for this study)
 const display = new DisplayWindow(view, $('window'),
-  () => [...state.results.values()].map((r) => r.window).find((w) => w && w.high > w.low));
+  () => [...state.results.values()].map((r) => r.window).find((w) => w && w.high > w.low)
+    || (state.modelWindowShown ? { low: state.modelWindowShown[0], high: state.modelWindowShown[1] } : null));
 
 // ---- slices and marks ---------------------------------------------------------------------
 function goToSlice(k) {
@@ -228,54 +232,112 @@ marks.addEventListener('wheel', (event) => {
   goToSlice(view.currentSlice() + (event.deltaY > 0 ? -1 : 1));
 }, { passive: false });
 
-// One request at a time; edits made meanwhile go in the next one (all prompts are resent).
+// The label's saved mask (or nothing) back on screen: its prompts are gone.
+function restoreSaved(label) {
+  const value = labelValue(label);
+  const saved = state.saved.get(label);
+  state.shown.setWhole(value, saved ? new Mask(saved.header, saved.voxels.slice(), saved.dims) : null);
+  if (saved) state.savedShown.add(label); else state.savedShown.delete(label);
+  state.results.delete(label);
+  view.paint(state.shown);
+}
+
+// Each edit sends every prompt of the label; an edit made while a result streams in stops that
+// one (the server stops too) and asks again. The mask on screen changes slice by slice as the
+// passes reach them (a preview), then becomes the final mask; stopped, it is what it was before.
 async function requestMask(clickedAt) {
   const label = state.label;
+  const value = labelValue(label);
   const prompts = promptsOf(label);
+  stopRun(false);
   if (!prompts.canSegment()) {
-    if (state.saved.has(label)) state.masks.set(labelValue(label), state.saved.get(label));
-    else state.masks.delete(labelValue(label));
-    state.results.delete(label);
-    await view.showLabels(combine(state.masks));
+    if (state.shown.snapshot) state.shown.revert();
+    restoreSaved(label);
     refreshPanels();
     if (!prompts.isEmpty()) setStatus('Add a point inside the structure or a box.');
     return;
   }
-  if (state.inFlight) { state.pending = clickedAt; return; }
-  state.inFlight = true;
-  const image = state.image;
+  if (state.shown.snapshot && state.shown.snapshot.value !== value) state.shown.revert();
+  if (!state.shown.snapshot) state.shown.keep(value);
+  const run = { controller: new AbortController(), label, value, image: state.image, clickedAt, chain: Promise.resolve(),
+    prompted: null, first: null, progress: '' };
+  state.run = run;
+  $('stop').hidden = false;
   setStatus(`Segmenting ${label}…`, 'busy');
+  const params = prompts.request(label, clientId);
+  prompts.resetNext = false;
   try {
-    const params = prompts.request(label, clientId);
-    const { result, mask } = await infer(image, params);
-    prompts.resetNext = false;
-    if (image !== state.image) return;
-    const firstResult = state.results.size === 0;
-    state.results.set(label, result);
-    if (firstResult) display.followModel();
-    if (mask) state.masks.set(labelValue(label), mask);
-    await view.showLabels(combine(state.masks));
-    await new Promise((resolve) => requestAnimationFrame(() => requestAnimationFrame(resolve)));
-    const ms = Math.round(performance.now() - clickedAt);
-    state.timings.push({ label, ms, server_s: result.latencies?.total });
-    refreshPanels();
-    const replaced = state.saved.has(label) ? ` It replaces the saved ${label} (Undo back to no prompt restores it).` : '';
-    const version = result.model?.version?.name;
-    const changed = version && state.modelVersion && version !== state.modelVersion
-      ? ` New weights: ${version} made this mask (before: ${state.modelVersion}).` : '';
-    if (version) state.modelVersion = version;
-    setStatus(`${label}: mask on screen ${(ms / 1000).toFixed(2)} s after the click `
-      + `(server ${result.latencies?.total ?? '?'} s).${replaced}${changed}`, 'idle');
+    const answer = await segment(run.image, params, { signal: run.controller.signal,
+      onEvent: (name, data) => { if (name === 'slice') run.chain = run.chain.then(() => showSlice(run, data)); } });
+    await run.chain;
+    if (state.run !== run) return;
+    await showFinal(run, answer);
   } catch (error) {
+    if (state.run !== run) return; // stopped, or replaced by a newer edit: that one says what happens
+    state.shown.revert();
+    view.paint(state.shown);
     showError(error);
   } finally {
-    state.inFlight = false;
-    if (state.pending !== null) {
-      const next = state.pending;
-      state.pending = null;
-      requestMask(next);
-    }
+    if (state.run === run) { state.run = null; $('stop').hidden = true; }
   }
+}
+
+// Stop the segmentation streaming in (the server stops at its next slice); revert: put the
+// structure back as it was before it began (the Stop button), else the next request replaces it.
+function stopRun(revert) {
+  const run = state.run;
+  if (!run) return;
+  state.run = null;
+  run.controller.abort();
+  $('stop').hidden = true;
+  if (revert) {
+    state.shown.revert();
+    view.paint(state.shown);
+    setStatus(`${run.label}: stopped; the mask is as it was before.`);
+    refreshPanels();
+  }
+}
+
+async function showSlice(run, data) {
+  if (state.run !== run) return;
+  const region = await decodeRegion(data.mask, data.slice);
+  if (state.run !== run) return;
+  state.shown.writeSlice(run.value, data.slice, region);
+  view.paint(state.shown);
+  const of = data.expected ? `${data.step} of about ${data.expected}` : `${data.step} so far`;
+  setStatus(`Segmenting ${run.label}: ${data.pass} pass, slice ${data.slice} (${of}), ${data.seconds.toFixed(1)} s…`, 'busy');
+  if (run.first === null) {
+    run.first = data.slice;
+    await view.drawn();
+    run.prompted = Math.round(performance.now() - run.clickedAt); // the prompted slice's mask on screen
+  }
+}
+
+async function showFinal(run, answer) {
+  const { result, labels } = answer;
+  for (const [name, entry] of Object.entries(labels)) {
+    const region = await decodeRegion(entry.mask);
+    if (state.run !== run) return;
+    state.shown.replace(labelValue(name), region);
+    state.savedShown.delete(name);
+  }
+  state.shown.snapshot = null;
+  const label = run.label;
+  const firstResult = state.results.size === 0;
+  state.results.set(label, result);
+  if (firstResult) display.followModel(); // nothing to redraw when the study opened in the model's window
+  view.paint(state.shown);
+  await view.drawn();
+  const ms = Math.round(performance.now() - run.clickedAt);
+  state.timings.push({ label, prompted_ms: run.prompted, ms, server_s: result.latencies?.total });
+  refreshPanels();
+  const replaced = state.saved.has(label) ? ` It replaces the saved ${label} (Undo back to no prompt restores it).` : '';
+  const version = result.model?.version?.name;
+  const changed = version && state.modelVersion && version !== state.modelVersion
+    ? ` New weights: ${version} made this mask (before: ${state.modelVersion}).` : '';
+  if (version) state.modelVersion = version;
+  setStatus(`${label}: final mask on screen ${(ms / 1000).toFixed(2)} s after the click `
+    + `(server ${result.latencies?.total ?? '?'} s).${replaced}${changed}`, 'idle');
 }
 
 $('undo').addEventListener('click', () => {
@@ -283,12 +345,15 @@ $('undo').addEventListener('click', () => {
   refreshPanels();
   requestMask(performance.now());
 });
+$('stop').addEventListener('click', () => stopRun(true));
 $('clear').addEventListener('click', async () => {
+  if (state.run?.label === state.label) stopRun(true);
   promptsOf(state.label).clear();
   const hadSaved = state.saved.delete(state.label);
-  state.masks.delete(labelValue(state.label));
+  state.savedShown.delete(state.label);
+  state.shown.setWhole(labelValue(state.label), null);
   state.results.delete(state.label);
-  await view.showLabels(combine(state.masks));
+  view.paint(state.shown);
   refreshPanels();
   setStatus(`${state.label} cleared.${hadSaved ? ' The saved one is removed from the final label when you save.' : ''}`);
 });
@@ -319,36 +384,62 @@ $('save').addEventListener('click', async () => {
 });
 
 // ---- opening a study --------------------------------------------------------------------------
+// The slice the page opens on comes first, alone (a few hundred kB), while the whole study
+// travels; both are drawn in the window the model will use, so its first result redraws nothing.
 async function openStudy(image) {
+  stopRun(true);
   setStatus(`Opening ${studyName(image)}…`, 'busy');
   const started = performance.now();
+  const opening = { image, first_ms: null, whole_ms: null };
+  state.image = null; // no prompt until the whole study is here
+  const whole = fetchVolume(image, clientId, 'all');
+  const final = fetchFinal(image);
+  whole.catch(() => {});
+  final.catch(() => {});
+  let study;
   try {
-    const buffer = await fetchVolume(image, clientId);
-    await view.open(buffer, `${image}.nii.gz`);
+    const first = await Promise.race([fetchVolume(image, clientId, 'slice').catch(() => null), whole.then(() => null)]);
+    if (first) {
+      $('empty').hidden = true;
+      await view.open(first.buffer, `${image}-slice.nii`, first.window);
+      await view.drawn();
+      opening.first_ms = Math.round(performance.now() - started);
+      $('slice-label').textContent = `${first.slice} / ${first.dims[2] - 1}`;
+      setStatus(`${studyName(image)}: slice ${first.slice} shown; the rest of the study is on its way…`, 'busy');
+    }
+    study = await whole;
+    const header = labelHeader(new Uint8Array(study.buffer, 0, Math.round(new DataView(study.buffer).getFloat32(108, true))));
+    await view.open(study.buffer, `${image}.nii`, study.window);
+    Object.assign(state, { prompts: new Map(), results: new Map(), saved: new Map(), savedShown: new Set(), version: null,
+      shown: new LabelVolume(header, view.dims) });
+    state.masks = state.shown.masks;
+    state.modelWindowShown = study.window;
   } catch (error) {
     showError(error);
     return;
   }
-  Object.assign(state, { image, prompts: new Map(), masks: new Map(), results: new Map(), saved: new Map(), pending: null,
-    version: null });
+  state.image = image;
   $('save').textContent = 'Save as final label';
   let unknown = [];
   try {
     // the saved final label, each structure whole: shown, and saved again unless changed
-    const final = await fetchFinal(image);
-    state.version = final.version;
-    for (const { name, mask } of final.structures) {
+    const saved = await final;
+    state.version = saved.version;
+    for (const { name, mask } of saved.structures) {
       if (!state.labels.includes(name)) { unknown.push(name); continue; }
       state.saved.set(name, mask);
-      state.masks.set(labelValue(name), mask);
+      state.savedShown.add(name);
+      state.shown.setWhole(labelValue(name), new Mask(mask.header, mask.voxels.slice(), mask.dims));
     }
-    await view.showLabels(combine(state.masks));
+    view.paint(state.shown);
   } catch (error) {
     showError(error);
     return;
   }
   display.apply();
-  state.opened = { image, ms: Math.round(performance.now() - started) }; // fetch, decode, first draw
+  await view.drawn();
+  opening.whole_ms = Math.round(performance.now() - started); // fetch, decode, first draw of the whole study
+  state.opening = opening;
   $('empty').hidden = true;
   $('slice').max = view.dims[2] - 1;
   $('slice').disabled = false;

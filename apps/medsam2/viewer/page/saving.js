@@ -2,6 +2,7 @@
 // refused (409) when someone saved the study since it was opened; then "Save anyway" replaces it.
 
 import { SaveConflict, finalVersion, saveFinal } from './api.js';
+import { Mask } from './labelmap.js';
 
 const $ = (id) => document.getElementById(id);
 
@@ -36,7 +37,12 @@ export async function saveStructures(state, studyName) {
     + `voxels, each kept whole (the label map shows ${o.label_map_keeps} there)`).join('; ');
   $('save-status').textContent = `Saved ${what} as the final label of ${studyName}`
     + `${shared ? `. ${shared}` : ''}${answer.warning ? ` - ${answer.warning}` : ''}.`;
-  for (const s of structures) state.saved.set(s.name, s.mask);
-  for (const label of [...state.saved.keys()]) if (!structures.some((s) => s.name === label)) state.saved.delete(label);
+  for (const s of structures) { // a copy: the shown masks change with the next result
+    state.saved.set(s.name, new Mask(s.mask.header, s.mask.voxels.slice(), s.mask.dims));
+    state.savedShown.add(s.name);
+  }
+  for (const label of [...state.saved.keys()]) {
+    if (!structures.some((s) => s.name === label)) { state.saved.delete(label); state.savedShown.delete(label); }
+  }
   return answer;
 }

@@ -8,7 +8,6 @@
 // up to several voxels on a tilted series.
 
 import { Niivue, NVImage, SLICE_TYPE } from './vendor/niivue.js';
-import { toNiftiBytes } from './labelmap.js';
 
 // NiiVue's drawing palette for values 1.. (its default "$itksnap"-like lookup table)
 export const LABEL_COLOURS = ['#ff0000', '#00ff00', '#0000ff', '#ffff00', '#00ffff', '#ff00ff', '#ffefd5', '#0000cd'];
@@ -39,9 +38,13 @@ export class VolumeView {
     this.dims = null;
   }
 
-  async open(buffer, name) {
+  // Show the NIfTI in buffer (the study, or first one slice of it: see api.js fetchVolume) with the
+  // display window [low, high] set before its first draw (null: NiiVue's robust range): a window
+  // changed afterwards redraws the whole volume.
+  async open(buffer, name, window = null) {
     await this.ready;
-    const image = await NVImage.loadFromUrl({ url: buffer, name });
+    const options = window ? { cal_min: window[0], cal_max: window[1] } : {};
+    const image = await NVImage.loadFromUrl({ url: buffer, name, ...options });
     this.nv.closeDrawing();
     for (const volume of [...this.nv.volumes]) this.nv.removeVolume(volume);
     this.nv.addVolume(image);
@@ -53,13 +56,16 @@ export class VolumeView {
     // show the slices the app prompts on (its k axis), whichever RAS axis they lie across
     this.nv.setSliceType(VIEW_ACROSS[this.axisOf.indexOf(2)]);
     this.goToVoxel(this.dims.map((n) => Math.floor(n / 2)));
+    this.painted = false;
   }
 
   // Display window [low, high] in the image's values; null: NiiVue's own robust range.
   setWindow(range) {
     const image = this.nv.volumes[0];
     if (!image) return;
-    [image.cal_min, image.cal_max] = range || [image.robust_min, image.robust_max];
+    const [low, high] = range || [image.robust_min, image.robust_max];
+    if (image.cal_min === low && image.cal_max === high) return; // unchanged: no redraw of the whole volume
+    [image.cal_min, image.cal_max] = [low, high];
     this.nv.updateGLVolume();
   }
 
@@ -132,17 +138,53 @@ export class VolumeView {
     this.goToVoxel(voxel);
   }
 
-  // Show a label map (a Mask with values 1..) over the image; null removes it.
-  async showLabels(labelMap) {
-    if (!labelMap) {
-      this.nv.closeDrawing();
+  // Draw what changed in labels (a LabelVolume) since its last paint over the image: the
+  // changed box is copied into NiiVue's drawing (its RAS-permuted grid), then sent once a frame.
+  paint(labels) {
+    const box = labels.takeDirty();
+    if (!box || !this.dims) return;
+    if (!this.nv.drawBitmap || this.nv.drawBitmap.length !== labels.size) {
+      this.nv.createEmptyDrawing();
+      this.nv.setDrawOpacity(0.35);
       this.nv.drawScene();
-      return;
     }
-    const bytes = toNiftiBytes(labelMap);
-    const image = await NVImage.loadFromUrl({ url: bytes.buffer, name: 'labels.nii' });
-    if (!this.nv.loadDrawing(image)) throw new Error('the mask does not match the image grid');
-    this.nv.setDrawOpacity(0.35);
+    const bitmap = this.nv.drawBitmap;
+    // the drawing's index of file voxel [i, j, k] = base + i * stride[0] + j * stride[1] + k * stride[2]
+    const rasStride = [1, this.dimsRAS[0], this.dimsRAS[0] * this.dimsRAS[1]];
+    const stride = [0, 0, 0];
+    let base = 0;
+    for (let d = 0; d < 3; d += 1) {
+      const axis = this.axisOf[d];
+      stride[axis] = this.flipped[d] ? -rasStride[d] : rasStride[d];
+      if (this.flipped[d]) base += (this.dims[axis] - 1) * rasStride[d];
+    }
+    const [[i0, i1], [j0, j1], [k0, k1]] = box;
+    const [ni, nj] = this.dims;
+    const map = labels.map;
+    for (let k = k0; k < k1; k += 1) {
+      for (let j = j0; j < j1; j += 1) {
+        const row = ni * (j + nj * k);
+        let at = base + i0 * stride[0] + j * stride[1] + k * stride[2];
+        for (let i = i0; i < i1; i += 1, at += stride[0]) bitmap[at] = map[row + i];
+      }
+    }
+    if (!this.refreshQueued) {
+      this.refreshQueued = true;
+      requestAnimationFrame(() => {
+        this.refreshQueued = false;
+        this.nv.refreshDrawing(true);
+        this.painted = true;
+      });
+    }
+  }
+
+  // resolves once what paint() sent is on screen
+  async drawn() {
+    await new Promise((resolve) => requestAnimationFrame(() => requestAnimationFrame(resolve)));
+  }
+
+  clearLabels() {
+    this.nv.closeDrawing();
     this.nv.drawScene();
   }
 }

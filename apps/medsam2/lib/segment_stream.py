@@ -1,0 +1,164 @@
+"""The page's segmentation as a stream: ``POST /medsam2/viewer/segment`` (server-sent events).
+
+The same request as ``POST /infer/medsam2_3d`` (the ``params`` form field, the image as a
+datastore id, the same checks, roles and session) and the same engine call
+(``Interactive3D.segment``), so the final mask is ``/infer``'s voxel for voxel. What differs
+is how the answer travels:
+
+- ``event: slice``: each slice as a pass reaches it (the prompted slice first, after one
+  decoder call), a *preview* before the protocol's last step (largest component, holes);
+- ``event: final``: the result JSON ``/infer`` answers with, and each label's mask as the
+  region it occupies (a box, gzipped), never the whole volume; the page replaces the label
+  with it;
+- ``event: error``: what went wrong, as ``/infer`` would have said it, with its status.
+
+Closing the connection cancels: the propagation stops at its next slice, the label's track
+is dropped (its next request starts again from its prompts; the encoded slices stay) and
+nothing is answered. Slicer and OHIF keep ``/infer`` and its whole-volume answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import gzip
+import json
+import logging
+import queue
+import threading
+import time
+
+import numpy as np
+from fastapi import Depends, Form, HTTPException, Query, Request
+from fastapi.responses import StreamingResponse
+
+from medsam2_engine.propagation import Cancelled
+
+from .infers.results_json import volume_result_json
+
+logger = logging.getLogger(__name__)
+
+MODEL = "medsam2_3d"
+_END = object()
+
+
+def mask_region(mask: np.ndarray) -> dict:
+    """A bool mask (2D ``[i, j]`` or 3D ``[i, j, k]``) as the box it occupies and its voxels there.
+
+    ``{"i": [start, stop], "j": [...], ("k": [...]), "data": base64 of gzipped uint8 0/1 with i
+    fastest (NIfTI order)}``; ``{"empty": true}`` when nothing is set.
+    """
+    if not mask.any():
+        return {"empty": True}
+    out = {}
+    box = []
+    for axis, name in enumerate("ijk"[: mask.ndim]):
+        other = tuple(a for a in range(mask.ndim) if a != axis)
+        hit = np.flatnonzero(mask.any(axis=other))
+        out[name] = [int(hit[0]), int(hit[-1]) + 1]
+        box.append(slice(hit[0], hit[-1] + 1))
+    voxels = np.asarray(mask[tuple(box)], dtype=np.uint8).tobytes(order="F")
+    out["data"] = base64.b64encode(gzip.compress(voxels, compresslevel=1)).decode("ascii")
+    return out
+
+
+def decode_region(region: dict, shape: tuple) -> np.ndarray:
+    """The bool mask of ``shape`` that :func:`mask_region` describes (zeros outside its box)."""
+    mask = np.zeros(shape, dtype=bool)
+    if region.get("empty"):
+        return mask
+    box = tuple(slice(*region[name]) for name in "ijk"[: len(shape)])
+    size = tuple(s.stop - s.start for s in box)
+    voxels = np.frombuffer(gzip.decompress(base64.b64decode(region["data"])), dtype=np.uint8)
+    mask[box] = voxels.reshape(size, order="F").astype(bool)
+    return mask
+
+
+def _sse(event: str, data: dict) -> bytes:
+    return f"event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+
+
+class SegmentRun:
+    """One stream's work in a thread of its own; events go through a queue to the answer."""
+
+    def __init__(self, task, request: dict, annotate):
+        self.task = task
+        self.request = request
+        self.annotate = annotate  # (result JSON, request) -> the JSON with the replica's notes
+        self.events: queue.Queue = queue.Queue()
+        self.cancelled = threading.Event()
+        self.started = time.perf_counter()
+        self.thread = threading.Thread(target=self._run, name="medsam2-segment-stream", daemon=True)
+
+    def _on_slice(self, preview) -> None:
+        if self.cancelled.is_set():
+            raise Cancelled("the page closed the stream")
+        plane = np.zeros((preview.rows.stop, preview.cols.stop), dtype=bool)
+        plane[preview.rows, preview.cols] = preview.mask
+        self.events.put(("slice", {"label": preview.label, "pass": preview.direction, "slice": preview.k,
+                                   "step": preview.step, "expected": preview.expected,
+                                   "seconds": round(time.perf_counter() - self.started, 3),
+                                   "mask": mask_region(plane)}))
+
+    def _run(self) -> None:
+        try:
+            result, warnings = self.task.answering(lambda: self.task.segment(self.request, self._on_slice))
+            label_values = self.task.label_values(result)
+            out = volume_result_json(result, label_values)
+            out["request_warnings"] = warnings
+            total = time.perf_counter() - self.started
+            load = result.run.timings.get("load", 0.0)
+            out["latencies"] = {"pre": round(load, 4), "infer": round(total - load, 4), "write": 0.0,
+                                "total": round(total, 4)}
+            out = self.annotate(out, self.request)
+            labels = {name: {"value": value, "mask": mask_region(result.labels[name].mask)}
+                      for name, value in label_values.items()}
+            self.events.put(("final", {"result": out, "labels": labels, "shape": list(result.volume.array.shape),
+                                       "affine": np.asarray(result.volume.affine).round(6).tolist()}))
+        except Cancelled:
+            logger.info("segment stream of %s cancelled by the page", self.request.get("_image_id"))
+        except HTTPException as err:
+            self.events.put(("error", {"status": err.status_code, "detail": err.detail}))
+        except Exception:  # noqa: BLE001 - the stream's answer says so; the log has the traceback
+            logger.exception("segment stream failed")
+            self.events.put(("error", {"status": 500, "detail": ""}))
+        finally:
+            self.events.put(_END)
+
+    async def answer(self, http: Request):
+        """The events as they come; the page closing the connection cancels the run."""
+        self.thread.start()
+        try:
+            while True:
+                try:
+                    item = await asyncio.to_thread(self.events.get, True, 0.5)
+                except queue.Empty:
+                    if await http.is_disconnected():
+                        return
+                    continue
+                if item is _END:
+                    return
+                yield _sse(*item)
+        finally:
+            self.cancelled.set()
+
+
+def build_route(router, app_instance, user_dependency) -> None:
+    """Add ``POST /segment`` to the viewer's ``router`` (lib/viewer_routes.py)."""
+
+    @router.post("/segment", summary="Segment in the page's session, streamed: each slice as it is reached, "
+                                     "then the final mask as the region it occupies")
+    def segment(http: Request, image: str = Query(..., description="image id of the datastore"),
+                params: str = Form("{}", description="the request fields of POST /infer/medsam2_3d"),
+                user=Depends(user_dependency)):
+        from .replicas import annotate_result
+        from .routes import _as_http, checked_request
+
+        instance = app_instance()
+        uri, checked = _as_http(lambda: checked_request(instance, MODEL, image, params, http, user))
+        request = {**json.loads(checked), "image": uri, "model": MODEL}
+        task = instance._infers[MODEL]
+        replica = instance.settings.replica
+        run = SegmentRun(task, request, lambda out, req: annotate_result(out, req, replica))
+        return StreamingResponse(run.answer(http), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})
