@@ -138,8 +138,8 @@ def test_the_voxel_under_the_pointer_is_the_voxel_sent(geometry_server, chromium
         square = voxel_square(sv.screen(before), x, y)
         held = []  # the request waits while the marks layer is read: the answer may move the image
         hold = lambda route: held.append(route)  # noqa: E731  (Playwright needs a Python function)
-        page.route("**/infer/medsam2_3d*", hold)
-        with page.expect_response(lambda r: "/infer/medsam2_3d" in r.url, timeout=180_000) as answer:
+        page.route("**/medsam2/viewer/segment*", hold)
+        with page.expect_response(lambda r: "/medsam2/viewer/segment" in r.url, timeout=180_000) as answer:
             page.evaluate("() => window.medsam2Viewer.state.prompts.clear()")  # one mark on the layer
             page.mouse.click(x, y)
             for _ in range(100):
@@ -148,7 +148,7 @@ def test_the_voxel_under_the_pointer_is_the_voxel_sent(geometry_server, chromium
                 page.wait_for_timeout(50)
             mark = page.evaluate(MARK_CENTRE)
             held.pop().continue_()
-        page.unroute("**/infer/medsam2_3d*", hold)
+        page.unroute("**/medsam2/viewer/segment*", hold)
         left, right, top, bottom = square
         assert mark and left <= mark[0] <= right and top <= mark[1] <= bottom, \
             f"the point mark {mark} is not on the voxel under the pointer ({x:.0f}, {y:.0f}): {square}"
@@ -177,7 +177,7 @@ def test_the_voxel_under_the_pointer_is_the_voxel_sent(geometry_server, chromium
     corners = readable_positions(page, shot, 7)
     (ax, ay, a_level), (bx, by, b_level) = corners[0], corners[-1]
     a, b = sv.voxel_the_page_sends(page, ax, ay), sv.voxel_the_page_sends(page, bx, by)
-    with page.expect_response(lambda r: "/infer/medsam2_3d" in r.url, timeout=180_000) as answer:
+    with page.expect_response(lambda r: "/medsam2/viewer/segment" in r.url, timeout=180_000) as answer:
         page.mouse.move(ax, ay)
         page.mouse.down()
         page.mouse.move((ax + bx) / 2, (ay + by) / 2)

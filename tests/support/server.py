@@ -59,14 +59,15 @@ def wait_until_answering(running, request, timeout: float, what: str, poll_s: fl
 
 class RunningServer:
     def __init__(self, studies: Path | str, conf: dict, log_path: Path, timeout: float = 180.0,
-                 env: dict | None = None, headers: dict | None = None, port: int | None = None, nice: int = 0):
+                 env: dict | None = None, headers: dict | None = None, port: int | None = None, nice: int = 0,
+                 app_dir: Path | str = APP_DIR):
         self.port = port or free_port()
         self.headers = dict(headers or {})  # e.g. a bearer token when the server requires one
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         monailabel = Path(sys.executable).with_name("monailabel")
         command = (["nice", "-n", str(nice)] if nice else []) + [
-                   str(monailabel), "start_server", "--app", str(APP_DIR), "--studies", str(studies),
+                   str(monailabel), "start_server", "--app", str(app_dir), "--studies", str(studies),
                    "--host", "127.0.0.1", "--port", str(self.port)]
         # an empty model folder of its own, so no file in apps/medsam2/model leaks into a test
         # the CPU runtime named, as before "auto" was the default: the same graphs on every machine

@@ -126,7 +126,7 @@ export class LabelVolume {
       mask.box = boxOf(mask.voxels, this.dims);
       this.masks.set(value, mask);
     } else this.masks.delete(value);
-    this.recombine(joinBoxes(old?.box, mask?.box));
+    this.recombine(joinBoxes(old?.box, mask?.box), value);
   }
 
   // The voxels of `value` inside box become `voxels` (null: none); outside it they stay.
@@ -154,7 +154,7 @@ export class LabelVolume {
     }
     mask.setCount(had - before + after);
     if (voxels && after) mask.box = joinBoxes(mask.box, box);
-    this.recombine(box);
+    this.recombine(box, value);
   }
 
   // Slice k of `value` becomes `region` (decoded; null: empty) over the whole slice.
@@ -187,20 +187,23 @@ export class LabelVolume {
     mask.voxels.set(kept.voxels);
     mask.box = kept.box;
     mask.setCount(kept.count);
-    if (touched) this.recombine(touched);
+    if (touched) this.recombine(touched, kept.value);
   }
 
-  // The label map inside box (null: nothing to do) by the app's overlap rule; the whole map again
-  // when the structures' size order changed (a structure grew past another).
-  recombine(box) {
-    const entries = [...this.masks.entries()].map(([value, mask]) => [value, mask.count()])
+  // The label map inside box (null: nothing to do) by the app's overlap rule, after `value` (if
+  // given) changed there. When its rank by size changed, the voxels it shares with others may
+  // change hands: those lie in its own box, added. Any other change of rank: the whole map.
+  recombine(box, value = null) {
+    const entries = [...this.masks.entries()].map(([v, mask]) => [v, mask.count()])
       .sort((a, b) => (b[1] - a[1]) || (b[0] - a[0]));
     const order = entries.filter((e) => e[1] > 0).map((e) => e[0]);
-    const whole = order.join() !== this.order.join();
+    const others = (list) => list.filter((v) => v !== value).join();
+    let area = box;
+    if (others(order) !== others(this.order)) area = [[0, this.dims[0]], [0, this.dims[1]], [0, this.dims[2]]];
+    else if (order.join() !== this.order.join() && value !== null) area = joinBoxes(box, this.masks.get(value)?.box);
     this.order = order;
-    if (!box && !whole) return;
-    const area = whole ? [[0, this.dims[0]], [0, this.dims[1]], [0, this.dims[2]]] : box;
-    const sources = order.map((value) => this.masks.get(value).voxels);
+    if (!area) return;
+    const sources = order.map((v) => this.masks.get(v).voxels);
     const [[i0, i1], [j0, j1], [k0, k1]] = area;
     const [ni, nj] = this.dims;
     for (let k = k0; k < k1; k += 1) {

@@ -260,7 +260,7 @@ async function requestMask(clickedAt) {
   if (state.shown.snapshot && state.shown.snapshot.value !== value) state.shown.revert();
   if (!state.shown.snapshot) state.shown.keep(value);
   const run = { controller: new AbortController(), label, value, image: state.image, clickedAt, chain: Promise.resolve(),
-    prompted: null, first: null, progress: '' };
+    prompted: null, first: null, prompts, edits: prompts.edits.length };
   state.run = run;
   $('stop').hidden = false;
   setStatus(`Segmenting ${label}…`, 'busy');
@@ -292,8 +292,9 @@ function stopRun(revert) {
   $('stop').hidden = true;
   if (revert) {
     state.shown.revert();
+    run.prompts.dropUnfinished(); // the marks on screen are the prompts of the mask on screen
     view.paint(state.shown);
-    setStatus(`${run.label}: stopped; the mask is as it was before.`);
+    setStatus(`${run.label}: stopped; the mask and its prompts are as they were before.`);
     refreshPanels();
   }
 }
@@ -323,6 +324,7 @@ async function showFinal(run, answer) {
   }
   state.shown.snapshot = null;
   const label = run.label;
+  run.prompts.done = run.edits;
   const firstResult = state.results.size === 0;
   state.results.set(label, result);
   if (firstResult) display.followModel(); // nothing to redraw when the study opened in the model's window
@@ -408,8 +410,9 @@ async function openStudy(image) {
       setStatus(`${studyName(image)}: slice ${first.slice} shown; the rest of the study is on its way…`, 'busy');
     }
     study = await whole;
+    opening.fetched_ms = Math.round(performance.now() - started);
     const header = labelHeader(new Uint8Array(study.buffer, 0, Math.round(new DataView(study.buffer).getFloat32(108, true))));
-    await view.open(study.buffer, `${image}.nii`, study.window);
+    await view.open(study.buffer, `${image}.nii`, study.window, opening, started);
     Object.assign(state, { prompts: new Map(), results: new Map(), saved: new Map(), savedShown: new Set(), version: null,
       shown: new LabelVolume(header, view.dims) });
     state.masks = state.shown.masks;

@@ -5,6 +5,12 @@ export class LabelPrompts {
   constructor() {
     this.edits = []; // in the order made: {kind: 'point', positive, voxel} or {kind: 'box', roi}
     this.resetNext = false; // the next request starts this label afresh (after Clear)
+    this.done = 0; // edits the mask on screen was made from (a stopped request drops the ones after)
+  }
+
+  // the edits since the mask on screen are dropped (its request was stopped)
+  dropUnfinished() {
+    this.edits = this.edits.slice(0, this.done);
   }
 
   addPoint(voxel, positive) {
@@ -29,6 +35,7 @@ export class LabelPrompts {
 
   clear() {
     this.edits = [];
+    this.done = 0;
     this.resetNext = true;
   }
 

@@ -41,13 +41,17 @@ export class VolumeView {
   // Show the NIfTI in buffer (the study, or first one slice of it: see api.js fetchVolume) with the
   // display window [low, high] set before its first draw (null: NiiVue's robust range): a window
   // changed afterwards redraws the whole volume.
-  async open(buffer, name, window = null) {
+  // steps: an object the ms since `started` of decoding and of the first draw go into (or null)
+  async open(buffer, name, window = null, steps = null, started = 0) {
     await this.ready;
     const options = window ? { cal_min: window[0], cal_max: window[1] } : {};
     const image = await NVImage.loadFromUrl({ url: buffer, name, ...options });
+    if (steps) steps.decoded_ms = Math.round(performance.now() - started);
     this.nv.closeDrawing();
+    this.unsent = null;
     for (const volume of [...this.nv.volumes]) this.nv.removeVolume(volume);
     this.nv.addVolume(image);
+    if (steps) steps.drawn_ms = Math.round(performance.now() - started);
     this.dims = [image.hdr.dims[1], image.hdr.dims[2], image.hdr.dims[3]];
     // permRAS[d] = +-(file axis + 1) shown along RAS axis d; negative: the axis is flipped
     this.axisOf = image.permRAS.map((p) => Math.abs(p) - 1);
@@ -168,14 +172,41 @@ export class VolumeView {
         for (let i = i0; i < i1; i += 1, at += stride[0]) bitmap[at] = map[row + i];
       }
     }
+    // the same box on the drawing's RAS grid, added to what the next frame sends
+    const ras = [0, 1, 2].map((d) => {
+      const [lo, hi] = box[this.axisOf[d]];
+      const n = this.dims[this.axisOf[d]];
+      return this.flipped[d] ? [n - hi, n - lo] : [lo, hi];
+    });
+    this.unsent = this.unsent ? this.unsent.map(([lo, hi], d) => [Math.min(lo, ras[d][0]), Math.max(hi, ras[d][1])]) : ras;
     if (!this.refreshQueued) {
       this.refreshQueued = true;
       requestAnimationFrame(() => {
         this.refreshQueued = false;
-        this.nv.refreshDrawing(true);
+        this.sendDrawing();
         this.painted = true;
       });
     }
+  }
+
+  // Send only the changed box of the drawing to its texture (NiiVue's refreshDrawing sends all
+  // of it, and scans it: a whole CT's worth of bytes for each streamed slice).
+  sendDrawing() {
+    const box = this.unsent;
+    this.unsent = null;
+    if (!box || !this.nv.drawTexture) return;
+    const { gl } = this.nv;
+    const [[x0, x1], [y0, y1], [z0, z1]] = box;
+    gl.activeTexture(gl.TEXTURE7); // NiiVue's drawing texture unit
+    gl.bindTexture(gl.TEXTURE_3D, this.nv.drawTexture);
+    const unpack = [[gl.UNPACK_ALIGNMENT, 1], [gl.UNPACK_ROW_LENGTH, this.dimsRAS[0]], [gl.UNPACK_IMAGE_HEIGHT, this.dimsRAS[1]],
+      [gl.UNPACK_SKIP_PIXELS, x0], [gl.UNPACK_SKIP_ROWS, y0], [gl.UNPACK_SKIP_IMAGES, z0]];
+    const before = unpack.map(([name]) => [name, gl.getParameter(name)]);
+    for (const [name, value] of unpack) gl.pixelStorei(name, value);
+    gl.texSubImage3D(gl.TEXTURE_3D, 0, x0, y0, z0, x1 - x0, y1 - y0, z1 - z0, gl.RED, gl.UNSIGNED_BYTE, this.nv.drawBitmap);
+    for (const [name, value] of before) gl.pixelStorei(name, value);
+    this.sent = [...(this.sent || []).slice(-99), box]; // what reached the texture, for tests and scripts
+    this.nv.drawScene();
   }
 
   // resolves once what paint() sent is on screen
@@ -184,6 +215,7 @@ export class VolumeView {
   }
 
   clearLabels() {
+    this.unsent = null;
     this.nv.closeDrawing();
     this.nv.drawScene();
   }
