@@ -98,3 +98,34 @@ def test_dicom_series_written_from_a_volume_reads_back_identically(tmp_path):
     np.testing.assert_array_equal(volume.array, array)
     np.testing.assert_allclose(volume.affine, affine, atol=1e-5)
     assert volume.declared_modality == "MR" and len(uids["instances"]) == 7
+
+
+def test_the_display_read_is_the_engines_grid_whole_and_one_slice(tmp_path):
+    """``load_for_display`` (nibabel, for the page) gives load_image's voxels and affine: flipped,
+    oblique and permuted axes, qform or sform only; one slice k is the volume's slice k there."""
+    from scipy.spatial.transform import Rotation
+
+    from medsam2_engine.volume_io import load_for_display
+
+    rng = np.random.default_rng(0)
+    array = np.round(rng.normal(0, 300, (7, 5, 4))).astype(np.int16)
+    oblique = np.eye(4)
+    oblique[:3, :3] = Rotation.from_euler("xyz", [20, -10, 35], degrees=True).as_matrix() @ np.diag([0.7, 0.8, 2.5])
+    oblique[:3, 3] = [5, -3, 7]
+    permuted = np.eye(4)
+    permuted[:3, :3] = np.array([[0, 0, 1], [1, 0, 0], [0, -1, 0]]) @ np.diag([1.0, 1.2, 0.9])
+    flipped = np.array([[-0.9, 0, 0, 20.0], [0, -0.8, 0, 15.0], [0, 0, 3.0, -10.0], [0, 0, 0, 1]])
+    for name, affine in {"flipped": flipped, "oblique": oblique, "permuted": permuted}.items():
+        for qform, sform in ((1, 1), (1, 0), (0, 1)):
+            image = nib.Nifti1Image(array, affine)
+            image.set_qform(affine if qform else None, code=qform)
+            image.set_sform(affine if sform else None, code=sform)
+            path = tmp_path / f"{name}-{qform}{sform}.nii.gz"
+            nib.save(image, path)
+            engine, shown = load_image(path), load_for_display(path)
+            np.testing.assert_array_equal(shown.array, engine.array)
+            np.testing.assert_allclose(shown.affine, engine.affine, atol=1e-4)
+            one = load_for_display(path, k=2)
+            np.testing.assert_array_equal(one.array[:, :, 0], engine.array[:, :, 2])
+            # voxel (i, j, 0) of the slice is where voxel (i, j, 2) of the volume is
+            np.testing.assert_allclose(one.affine @ [3, 1, 0, 1], engine.affine @ [3, 1, 2, 1], atol=1e-4)
