@@ -279,13 +279,20 @@ def test_viewer_log_in_untrained_weights_warning_and_unsure_slices(small_model_f
     assert page.locator("#warning").is_visible()
     assert result["warning"] in page.inner_text("#warning")
     slices = result["labels"]["lesion"]["slices"]
-    unsure = [s["slice"] for s in slices
-              if (s["area"] > 0 and s["predicted_iou"] is not None and s["predicted_iou"] < 0.8)
-              or abs(s["object_score"]) < 2.0]
+    # slices to check: a mask there, and SAM 2's estimate well below the structure's median, or
+    # an object score under 1 (panels.js); none for an empty mask, which the panel says
+    with_mask = [s for s in slices if s["area"] > 0]
+    ious = sorted(s["predicted_iou"] for s in with_mask if s["predicted_iou"] is not None)
+    typical = ious[len(ious) // 2] if ious else None
+    unsure = [s["slice"] for s in with_mask if (typical is not None and s["predicted_iou"] is not None
+                                                 and s["predicted_iou"] < typical - 0.1) or s["object_score"] < 1.0]
     listed = [int(b) for b in page.locator("#unsure button").all_inner_texts()]
-    assert listed == unsure and unsure, (listed, slices)
-    page.click(f"#unsure button[data-slice='{unsure[-1]}']")
-    assert page.input_value("#slice") == str(unsure[-1])  # the button takes the user to that slice
+    assert listed == unsure, (listed, slices)
+    if unsure:
+        page.click(f"#unsure button[data-slice='{unsure[-1]}']")
+        assert page.input_value("#slice") == str(unsure[-1])  # the button takes the user to that slice
+    if not with_mask:
+        assert "empty" in page.inner_text("#unsure"), page.inner_text("#unsure")
 
 
 # ---- on a PACS: Orthanc (Debian) over DICOMweb, the final label also stored as DICOM SEG ------

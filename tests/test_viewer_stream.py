@@ -19,7 +19,7 @@ import requests
 
 from tests.support.browser import chromium_page, needs_chromium, screenshot  # noqa: F401  (fixture)
 from tests.support.viewer_page import (LABELS, SEGMENT_ROUTE, assert_mask_on_screen, form_field,
-                                       mask_from_infer_response, stream_events, wait_idle)
+                                       mask_from_infer_response, stream_body, stream_events, wait_idle)
 
 FLIPPED_AFFINE = np.array([[-0.9, 0, 0, 20.0], [0, -0.8, 0, 15.0], [0, 0, 3.0, -10.0], [0, 0, 0, 1]])
 SHAPE = (40, 32, 24)  # more slices than the structure spans: a pass ends before the volume does
@@ -145,7 +145,7 @@ def test_the_page_streams_a_result_and_stop_keeps_the_previous_mask(stream_serve
         page.mouse.up()
     wait_idle(page)
     answer = answered.value
-    events = stream_events(answer.body())
+    events = stream_events(stream_body(answer))
     slices = [data for name, data in events if name == "slice"]
     assert [name for name, _ in events][-1] == "final"
     assert slices[0]["slice"] == k and slices[0]["step"] == 1, "the prompted slice's mask comes first"

@@ -41,6 +41,20 @@ def stream_events(body: bytes) -> list:
     return events
 
 
+def stream_body(response) -> bytes:
+    """The stream's bytes as the page received them: Chromium does not always keep a streamed
+    answer's body for Playwright, so the page's own record of it (``streamsAnswered``, by request)
+    stands in then."""
+    try:
+        return response.body()
+    except Exception:  # noqa: BLE001 - Playwright's "No data found for resource"
+        params = form_field(response.request, "params")
+        text = response.frame.page.evaluate(
+            "p => (window.medsam2Viewer.streamsAnswered.filter(r => r.params === p).slice(-1)[0] || {}).text", params)
+        assert text, "neither Chromium nor the page kept this stream's answer"
+        return text.encode()
+
+
 def mask_from_infer_response(response) -> tuple:
     """(mask array, affine, result JSON) from a captured answer: the page's stream (its final event:
     each label's region, values as /infer's label map) or an ``output=all`` infer answer."""
@@ -48,7 +62,7 @@ def mask_from_infer_response(response) -> tuple:
     if SEGMENT_ROUTE in response.url:
         from lib.segment_stream import decode_region
 
-        events = stream_events(response.body())
+        events = stream_events(stream_body(response))
         finals = [data for name, data in events if name == "final"]
         assert len(finals) == 1, f"no final event in the stream: {[name for name, _ in events]}"
         final = finals[0]

@@ -110,9 +110,12 @@ export async function sendFocus(image, clientId, k) {
 // (POST segment: server-sent events). onEvent(name, data) for each 'slice' as a pass reaches it;
 // resolves with the 'final' event's data ({result, labels: {name: {value, mask}}}). Aborting
 // `signal` cancels it on the server too (an AbortError is thrown here).
+export const streamsAnswered = []; // the last few answers as they came ({params, text}), for tests and scripts
+
 export async function segment(image, params, { signal, onEvent } = {}) {
   const form = new FormData();
   form.append('params', JSON.stringify(params));
+  const record = { params: JSON.stringify(params), text: '' };
   const response = await fetch(`segment?image=${encodeURIComponent(image)}`, withAuth({ method: 'POST', body: form, signal }));
   if (!response.ok) throw await failure(response, 'segmenting');
   const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
@@ -121,13 +124,18 @@ export async function segment(image, params, { signal, onEvent } = {}) {
     const { value, done } = await reader.read();
     if (done) break;
     buffer += value;
+    record.text += value;
     let end;
     while ((end = buffer.indexOf('\n\n')) >= 0) {
       const block = buffer.slice(0, end);
       buffer = buffer.slice(end + 2);
       const name = (block.match(/^event: (.*)$/m) || [])[1];
       const data = JSON.parse(block.split('\n').filter((l) => l.startsWith('data: ')).map((l) => l.slice(6)).join('\n'));
-      if (name === 'final') return data;
+      if (name === 'final') {
+        streamsAnswered.push(record);
+        if (streamsAnswered.length > 10) streamsAnswered.shift();
+        return data;
+      }
       if (name === 'error') {
         const error = new Error(`segmenting: ${plainDetail(data.status, data.detail)}`);
         error.status = data.status;

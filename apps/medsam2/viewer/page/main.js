@@ -1,7 +1,7 @@
 // The annotation page: study list, structures, prompts, the app's masks, save as final.
 
 import { AuthRequired, MODEL, SaveConflict, appInfo, fetchFinal, fetchVolume, listStudies, needsLogIn, segment, sendFocus,
-} from './api.js';
+  streamsAnswered } from './api.js';
 import { DisplayWindow } from './display.js';
 import { LabelVolume, Mask, decodeRegion, labelHeader } from './labelmap.js';
 import { askLogIn } from './login.js';
@@ -514,5 +514,6 @@ window.medsam2Viewer = {
   },
   goToSlice,
   loop,
+  streamsAnswered,
   ready: start(),
 };

@@ -81,6 +81,10 @@ export function showResult(state, value, goToSlice) {
     + `made by ${result.model?.version?.name ?? 'the served weights'} (${result.model?.checkpoint?.split('/').pop() ?? '?'}); `
     + `${result.latencies?.total ?? '?'} s on the server`
     + (info.exact_stop ? `. ${info.exact_stop.note}` : '');
+  if (!withMask.length) {
+    $('unsure').replaceChildren(document.createTextNode('The mask is empty: the model found nothing from these prompts.'));
+    return;
+  }
   const { check: unsure, typical } = slicesToCheck(slices);
   const estimate = typical === null ? '' : ` (median ${typical.toFixed(2)})`;
   const box = $('unsure');
