@@ -18,7 +18,7 @@ import pytest
 import requests
 
 from tests.support.browser import chromium_page, needs_chromium, screenshot  # noqa: F401  (fixture)
-from tests.support.viewer_page import (LABELS, SEGMENT_ROUTE, assert_mask_on_screen, form_field,
+from tests.support.viewer_page import (LABELS, SEGMENT_ROUTE, assert_mask_on_screen, drag_box, form_field,
                                        mask_from_infer_response, stream_body, stream_events, wait_idle)
 
 FLIPPED_AFFINE = np.array([[-0.9, 0, 0, 20.0], [0, -0.8, 0, 15.0], [0, 0, 3.0, -10.0], [0, 0, 0, 1]])
@@ -137,14 +137,7 @@ def test_the_page_streams_a_result_and_stop_keeps_the_previous_mask(stream_serve
     rows, cols = np.nonzero(truth[:, :, k])
     a, b = (page.evaluate("v => window.medsam2Viewer.pagePosition(v)", [int(r), int(c), k])
             for r, c in ((rows.min() - 1, cols.min() - 1), (rows.max() + 1, cols.max() + 1)))
-    with page.expect_response(lambda r: SEGMENT_ROUTE in r.url, timeout=180_000) as answered:
-        page.mouse.move(*a)
-        page.mouse.down()
-        page.mouse.move((a[0] + b[0]) / 2, (a[1] + b[1]) / 2)
-        page.mouse.move(*b)
-        page.mouse.up()
-    wait_idle(page)
-    answer = answered.value
+    answer = drag_box(page, a, b)
     events = stream_events(stream_body(answer))
     slices = [data for name, data in events if name == "slice"]
     assert [name for name, _ in events][-1] == "final"

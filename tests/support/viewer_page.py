@@ -118,6 +118,18 @@ def click_voxel(page, voxel, shift: bool = False):
     return answer.value
 
 
+def drag_box(page, a, b):
+    """Drag the box tool from page position ``a`` to ``b``; the answer once the page is idle."""
+    with page.expect_response(lambda r: SEGMENT_ROUTE in r.url, timeout=180_000) as answer:
+        page.mouse.move(*a)
+        page.mouse.down()
+        page.mouse.move((a[0] + b[0]) / 2, (a[1] + b[1]) / 2)
+        page.mouse.move(*b)
+        page.mouse.up()
+    wait_idle(page)
+    return answer.value
+
+
 def brightness(png: Path, xy) -> float:
     from PIL import Image
 
@@ -218,15 +230,9 @@ def round_trip(page, base_url: str, image: str, truth: np.ndarray, shots: Path, 
     corners = [[int(rows.min()) - 1, int(cols.min()) - 1, k2], [int(rows.max()) + 1, int(cols.max()) + 1, k2]]
     a = page.evaluate("v => window.medsam2Viewer.pagePosition(v)", corners[0])
     b = page.evaluate("v => window.medsam2Viewer.pagePosition(v)", corners[1])
-    with page.expect_response(lambda r: SEGMENT_ROUTE in r.url, timeout=180_000) as answer:
-        page.mouse.move(*a)
-        page.mouse.down()
-        page.mouse.move((a[0] + b[0]) / 2, (a[1] + b[1]) / 2)
-        page.mouse.move(*b)
-        page.mouse.up()
-    wait_idle(page)
-    organ, _, _ = mask_from_infer_response(answer.value)
-    request = json.loads(form_field(answer.value.request, "params"))
+    answer = drag_box(page, a, b)
+    organ, _, _ = mask_from_infer_response(answer)
+    request = json.loads(form_field(answer.request, "params"))
     assert request["label"] == "organ" and request["foreground"] == []
     roi = request["roi"]
     assert roi[:4] == [corners[0][0], corners[1][0], corners[0][1], corners[1][1]] and roi[4:] == [k2, k2]

@@ -93,12 +93,14 @@ class SegmentRun:
     def _on_slice(self, preview) -> None:
         if self.cancelled.is_set():
             raise Cancelled("the page closed the stream")
-        plane = np.zeros((preview.rows.stop, preview.cols.stop), dtype=bool)
-        plane[preview.rows, preview.cols] = preview.mask
+        region = mask_region(preview.mask)
+        if not region.get("empty"):  # from the mask's place on the slice to the slice's voxels
+            region["i"] = [n + preview.rows.start for n in region["i"]]
+            region["j"] = [n + preview.cols.start for n in region["j"]]
         self.events.put(("slice", {"label": preview.label, "pass": preview.direction, "slice": preview.k,
                                    "step": preview.step, "expected": preview.expected,
                                    "seconds": round(time.perf_counter() - self.started, 3),
-                                   "mask": mask_region(plane)}))
+                                   "mask": region}))
 
     def _run(self) -> None:
         try:

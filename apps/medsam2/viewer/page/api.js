@@ -118,33 +118,41 @@ export async function segment(image, params, { signal, onEvent } = {}) {
   const record = { params: JSON.stringify(params), text: '' };
   const response = await fetch(`segment?image=${encodeURIComponent(image)}`, withAuth({ method: 'POST', body: form, signal }));
   if (!response.ok) throw await failure(response, 'segmenting');
+  for await (const { name, data, text } of serverEvents(response)) {
+    record.text += text;
+    const parsed = JSON.parse(data);
+    if (name === 'final') {
+      streamsAnswered.push(record);
+      if (streamsAnswered.length > 10) streamsAnswered.shift();
+      return parsed;
+    }
+    if (name === 'error') {
+      const error = new Error(`segmenting: ${plainDetail(parsed.status, parsed.detail)}`);
+      error.status = parsed.status;
+      throw error;
+    }
+    onEvent?.(name, parsed);
+  }
+  throw new Error('segmenting: the server ended the answer without a result; try again');
+}
+
+// A server-sent events answer, event by event: {name, data (its text), text (the block as sent)}.
+async function* serverEvents(response) {
   const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
   let buffer = '';
   for (;;) {
     const { value, done } = await reader.read();
-    if (done) break;
+    if (done) return;
     buffer += value;
-    record.text += value;
     let end;
     while ((end = buffer.indexOf('\n\n')) >= 0) {
       const block = buffer.slice(0, end);
       buffer = buffer.slice(end + 2);
       const name = (block.match(/^event: (.*)$/m) || [])[1];
-      const data = JSON.parse(block.split('\n').filter((l) => l.startsWith('data: ')).map((l) => l.slice(6)).join('\n'));
-      if (name === 'final') {
-        streamsAnswered.push(record);
-        if (streamsAnswered.length > 10) streamsAnswered.shift();
-        return data;
-      }
-      if (name === 'error') {
-        const error = new Error(`segmenting: ${plainDetail(data.status, data.detail)}`);
-        error.status = data.status;
-        throw error;
-      }
-      onEvent?.(name, data);
+      const data = block.split('\n').filter((l) => l.startsWith('data: ')).map((l) => l.slice(6)).join('\n');
+      yield { name, data, text: `${block}\n\n` };
     }
   }
-  throw new Error('segmenting: the server ended the answer without a result; try again');
 }
 
 // PUT /datastore/label?tag=final: each structure whole (a 4D stack, overlaps kept) with its name,
@@ -227,19 +235,8 @@ export function loopEvents(onState, onTrouble) {
       try {
         const response = await fetch('/medsam2/events', withAuth({ signal: controller.signal }));
         if (!response.ok) throw await failure(response, 'following the learning loop');
-        const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
-        let buffer = '';
-        for (;;) {
-          const { value, done } = await reader.read();
-          if (done) break;
-          buffer += value;
-          let end;
-          while ((end = buffer.indexOf('\n\n')) >= 0) {
-            const block = buffer.slice(0, end);
-            buffer = buffer.slice(end + 2);
-            const data = block.split('\n').filter((l) => l.startsWith('data: ')).map((l) => l.slice(6)).join('\n');
-            if (block.includes('event: loop') && data) onState(JSON.parse(data));
-          }
+        for await (const { name, data } of serverEvents(response)) {
+          if (name === 'loop' && data) onState(JSON.parse(data));
         }
       } catch (error) {
         if (stopped) return;

@@ -60,7 +60,6 @@ export class VolumeView {
     // show the slices the app prompts on (its k axis), whichever RAS axis they lie across
     this.nv.setSliceType(VIEW_ACROSS[this.axisOf.indexOf(2)]);
     this.goToVoxel(this.dims.map((n) => Math.floor(n / 2)));
-    this.painted = false;
   }
 
   // Display window [low, high] in the image's values; null: NiiVue's own robust range.
@@ -184,7 +183,6 @@ export class VolumeView {
       requestAnimationFrame(() => {
         this.refreshQueued = false;
         this.sendDrawing();
-        this.painted = true;
       });
     }
   }
@@ -212,11 +210,5 @@ export class VolumeView {
   // resolves once what paint() sent is on screen
   async drawn() {
     await new Promise((resolve) => requestAnimationFrame(() => requestAnimationFrame(resolve)));
-  }
-
-  clearLabels() {
-    this.unsent = null;
-    this.nv.closeDrawing();
-    this.nv.drawScene();
   }
 }
