@@ -51,25 +51,6 @@ exec "$(dirname "$(readlink -f "${BASH_SOURCE[0]}")")/python" -m monailabel.main
 EOF
 chmod +x .venv/bin/monailabel
 
-# --- viewer page (apps/medsam2/viewer, served at /medsam2/viewer/) ---------------------
-# Its npm packages exactly as package-lock.json pins them, from the npm registry (npm ci:
-# same versions and checksums every time, no install scripts). Needs Node.js and npm.
-if ! command -v npm >/dev/null 2>&1 && command -v apt-get >/dev/null 2>&1; then
-    sudo=""
-    [ "$(id -u)" = 0 ] || sudo="sudo -n"
-    { $sudo apt-get update -q && DEBIAN_FRONTEND=noninteractive \
-        $sudo apt-get install -y -q --no-install-recommends nodejs npm; } >/dev/null || true
-fi
-if command -v npm >/dev/null 2>&1; then
-    if ! (cd apps/medsam2/viewer && npm ci --ignore-scripts --no-audit --no-fund --loglevel=error); then
-        echo "installing the viewer's npm packages failed (see above)" >&2
-        exit 1
-    fi
-else
-    echo "WARNING: npm not found: the viewer page needs Node.js and npm (Debian: apt-get install nodejs npm);" \
-         "the app serves without it and the page's address says what is missing" >&2
-fi
-# --- end of viewer page ---------------------------------------------------------------
 
 if [ "$WITH_TESTS" = 1 ]; then
     if ! .venv/bin/python -m pip install --disable-pip-version-check -q -r requirements-tests.txt; then

@@ -62,11 +62,17 @@ def make_study(folder: Path, slices: int, size: int, span: int) -> np.ndarray:
 
 
 def baseline_app(commit: str, into: Path) -> Path:
-    """apps/medsam2 of ``commit`` in a git worktree (its page's npm packages linked from here)."""
+    """apps/medsam2 of ``commit`` in a git worktree. A page that drew with NiiVue (package-lock.json:
+    up to b835ccf) gets its npm packages linked from this checkout if it has them, else installed."""
     subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "--detach", str(into), commit], check=True,
                    capture_output=True)
-    modules = ROOT / "apps" / "medsam2" / "viewer" / "node_modules"
-    (into / "apps" / "medsam2" / "viewer" / "node_modules").symlink_to(modules)
+    viewer = into / "apps" / "medsam2" / "viewer"
+    if (viewer / "package-lock.json").is_file():
+        modules = ROOT / "apps" / "medsam2" / "viewer" / "node_modules"
+        if modules.is_dir():
+            (viewer / "node_modules").symlink_to(modules)
+        else:
+            subprocess.run(["npm", "ci", "--ignore-scripts", "--no-audit", "--no-fund"], cwd=viewer, check=True)
     return into / "apps" / "medsam2"
 
 

@@ -5,7 +5,7 @@ the page in Debian's headless Chromium: click inside the structure, correct on a
 slice, draw a box for a second structure, save. The saved final label is then read from
 the datastore and compared, voxel for voxel, with the masks the app returned to the page
 (captured from the page's own network traffic). The study is stored with a flipped
-(LPS-like) affine, so a page that mixed up NiiVue's RAS-resliced voxels with the app's
+(LPS-like) affine, so a page that mixed up the voxels it draws (flipped to RAS axes) with the app's
 voxel order would click, show and save in the wrong place.
 
 Screenshots of each step go to reports/screenshots/viewer-*.png.
@@ -30,12 +30,12 @@ from tests.support.viewer_page import (LABELS, click_voxel, final_label_info, fo
 
 ROOT = Path(__file__).resolve().parents[1]
 REPORTS = ROOT / "reports"
-# LPS-like axes (i and j flipped) and an origin: NiiVue reslices this for display
+# LPS-like axes (i and j flipped) and an origin: the page shows it flipped to RAS axes
 FLIPPED_AFFINE = np.array([[-0.9, 0, 0, 20.0], [0, -0.8, 0, 15.0], [0, 0, 3.0, -10.0], [0, 0, 0, 1]])
 
 
 def test_volume_as_nifti_keeps_the_engines_grid():
-    from lib.viewer_routes import volume_as_nifti
+    from lib.shown_volumes import volume_as_nifti
     from medsam2_engine.volume_io import Volume
 
     rng = np.random.default_rng(3)
@@ -54,15 +54,6 @@ def test_volume_as_nifti_keeps_the_engines_grid():
 
 
 # ---- end to end ------------------------------------------------------------------------------
-
-def _bundle_missing() -> str:
-    from lib.viewer_routes import NIIVUE_BUNDLE
-
-    return "" if NIIVUE_BUNDLE.is_file() else f"the viewer's npm packages are not installed ({NIIVUE_BUNDLE}): run `bash setup.sh`"
-
-
-needs_viewer_bundle = pytest.mark.skipif(bool(_bundle_missing()), reason=_bundle_missing() or "ready")
-
 
 @pytest.fixture(scope="module")
 def viewer_server(fine_tuned, small_model_files, tmp_path_factory):
@@ -90,7 +81,6 @@ def viewer_server(fine_tuned, small_model_files, tmp_path_factory):
 
 
 @needs_chromium
-@needs_viewer_bundle
 def test_viewer_round_trip_on_a_studies_folder(viewer_server, chromium_page, tmp_path):
     server, studies, truth = viewer_server
 
@@ -218,7 +208,6 @@ def fake_realm():
 
 
 @needs_chromium
-@needs_viewer_bundle
 def test_viewer_log_in_untrained_weights_warning_and_unsure_slices(small_model_files, fake_realm, chromium_page,
                                                                      tmp_path):
     """A team server with MONAI Label's auth on and random weights: the page asks the user to
@@ -318,7 +307,6 @@ def _seg_volumes(orthanc, study_uid: str, source_series: str, seg_series: str) -
 
 @needs_orthanc
 @needs_chromium
-@needs_viewer_bundle
 def test_viewer_round_trip_on_a_pacs(pacs_server, pacs_studies, orthanc, chromium_page, tmp_path):  # noqa: F811
     series = pacs_studies.phantoms["ohif"]
     uid = series.uids["series"]

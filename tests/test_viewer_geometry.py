@@ -20,7 +20,6 @@ from tests.support.browser import chromium_page, needs_chromium, screenshot  # n
 from tests.support.orthanc import needs_orthanc, orthanc  # noqa: F401  (fixture)
 from tests.support.pacs_app import TCIA_STUDY, pacs_server, pacs_studies  # noqa: F401  (fixtures)
 from tests.support.viewer_page import LABELS, form_field, get, wait_idle
-from tests.test_viewer import needs_viewer_bundle
 
 SHAPE = (40, 34, 9)
 STUDIES = {  # image id -> affine: tilted by 10 and 30 degrees, and tilted with flipped axes
@@ -119,7 +118,6 @@ def check_positions(page, positions, volume, k) -> int:
 
 
 @needs_chromium
-@needs_viewer_bundle
 @pytest.mark.parametrize("image", list(STUDIES))
 def test_the_voxel_under_the_pointer_is_the_voxel_sent(geometry_server, chromium_page, image, tmp_path):
     server, _, volumes = geometry_server
@@ -200,7 +198,6 @@ def put_label(url: str, image: str, array: np.ndarray, affine, params: dict | No
 
 
 @needs_chromium
-@needs_viewer_bundle
 def test_the_overlay_on_screen_is_the_label_on_a_tilted_study(geometry_server, chromium_page, tmp_path):
     """A saved label of exactly the brightest voxels: on screen it tints those, and only those."""
     server, _, volumes = geometry_server
@@ -231,7 +228,6 @@ def test_the_overlay_on_screen_is_the_label_on_a_tilted_study(geometry_server, c
 
 @needs_orthanc
 @needs_chromium
-@needs_viewer_bundle
 @pytest.mark.skipif(not TCIA_STUDY.is_dir(), reason=f"the real oblique MR series is not here ({TCIA_STUDY})")
 def test_a_real_oblique_series_from_the_pacs(pacs_server, pacs_studies, chromium_page, tmp_path):  # noqa: F811
     """TCIA PGBM-001 T1post, tilted about 10 degrees, through Orthanc: every readable position's

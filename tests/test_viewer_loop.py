@@ -19,7 +19,7 @@ from tests.support.browser import chromium_page, needs_chromium, screenshot  # n
 from tests.support.orthanc import needs_orthanc
 from tests.support.server import RunningServer
 from tests.support.viewer_page import click_voxel, get, mask_from_infer_response, wait_idle
-from tests.test_viewer import FLIPPED_AFFINE, needs_viewer_bundle
+from tests.test_viewer import FLIPPED_AFFINE
 
 LABELS = "lesion,organ"
 FAST_FINETUNE = {"finetune_epochs": 1, "finetune_steps_per_epoch": 2, "finetune_clip_length": 3,
@@ -119,7 +119,6 @@ def _phantoms(count: int) -> list:
 
 
 @needs_chromium
-@needs_viewer_bundle
 def test_the_loop_on_a_studies_folder(small_model_files, fine_tuned, chromium_page, tmp_path):
     folder = tmp_path / "loop"
     studies = folder / "studies"
@@ -149,7 +148,6 @@ def test_the_loop_on_a_studies_folder(small_model_files, fine_tuned, chromium_pa
 
 @needs_orthanc
 @needs_chromium
-@needs_viewer_bundle
 def test_the_loop_on_a_pacs(small_model_files, fine_tuned, chromium_page, tmp_path):
     """An Orthanc of its own (labels go to it as SEG), so the session's shared PACS is untouched."""
     from tests.support.dicom_series import write_series

@@ -4,7 +4,7 @@ order, what the page draws of it, and what Stop leaves.
 End to end in Debian's headless Chromium against the real server (phantom-trained small
 model): the prompted slice's mask comes first, further slices follow as the passes reach
 them, the final mask is ``/infer``'s for the same prompts voxel for voxel, only the boxes a
-result touched reach NiiVue's drawing, and a stopped request leaves the previous mask and
+result touched are drawn, and a stopped request leaves the previous mask and
 prompts. The engine's and the route's side of a cancel are tested without a browser.
 """
 
@@ -167,7 +167,7 @@ def test_the_page_streams_a_result_and_stop_keeps_the_previous_mask(stream_serve
     assert_mask_on_screen(page, shown, mask > 0, k)
     boxes = page.evaluate("window.medsam2Viewer.view.sent")[sent_before:]
     assert boxes, "nothing reached the drawing"
-    for (x0, x1), (y0, y1), (z0, z1) in boxes:  # the drawing's RAS z is the study's k here (no flip in k)
+    for (x0, x1), (y0, y1), (z0, z1) in boxes:  # label boxes [i, j, k]: k within the slices reached
         assert reached[0] <= z0 < z1 <= reached[-1] + 1, (boxes, reached)
     timing = page.evaluate("window.medsam2Viewer.state.timings.slice(-1)[0]")
     assert 0 < timing["prompted_ms"] <= timing["ms"]

@@ -119,7 +119,6 @@ INVENTORY = [
                                                   "answer streamed as server-sent events, closing it cancels"),
     _r("POST", "/medsam2/viewer/focus", "user", "known id; slice 0-100000; encode-ahead order only"),
     _r("GET", "/medsam2/viewer/label", "user", "known id; the final label as structures"),
-    _r("GET", "/medsam2/viewer/vendor/niivue.js", "public", "NiiVue's bundle"),
     _r("MOUNT", "/medsam2/viewer", "public", "the page's files"),
     _r("GET", "/medsam2/loop", "user", "labelling progress, fine-tune progress, served weights, learning curve, "
                                        "this user's permissions", loop_routes.loop),

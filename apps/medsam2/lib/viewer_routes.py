@@ -1,25 +1,17 @@
 """The app's own annotation page, served by the app on its own port at ``/medsam2/viewer/``.
 
-The page (``apps/medsam2/viewer/page``) is plain HTML and an ES module over NiiVue's
-prebuilt bundle from npm (``setup.sh`` installs it with ``npm ci``); it talks to MONAI
-Label's own endpoints (``/info``, ``/infer``, ``PUT /datastore/label``) and needs only two
-routes of its own, added here: the datastore's studies, and a study's volume as NIfTI.
-
-The volume is read with the engine's reader and written on the engine's grid (voxel
-order ``[i, j, k]`` and RAS affine), so a voxel the page clicks is exactly the voxel the
-app's request fields mean, whatever the datastore (a DICOMweb series is fetched by the
-datastore's ``get_image_uri``).
+The page (``apps/medsam2/viewer/page``) is plain HTML and ES modules, nothing to build or
+install; it talks to MONAI Label's own endpoints (``/info``, ``PUT /datastore/label``) and
+to the routes added here: the datastore's studies, a study's volume and final label, the
+slice the page shows (for encode-ahead) and the streamed segmentation (segment_stream.py).
+What the volume route sends is lib/shown_volumes.py's.
 """
 
 from __future__ import annotations
 
-import gzip
 import json
 import logging
 import os
-import threading
-from collections import OrderedDict
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -29,117 +21,14 @@ from fastapi.responses import FileResponse, Response
 from fastapi.staticfiles import StaticFiles
 
 from medsam2_engine.label_structures import saved_structures, stack_bytes
-from medsam2_engine.sessions import image_stamp
-from medsam2_engine.volume_io import NIFTI_SUFFIXES, ImageReadError, Volume, load_for_display
-from medsam2_engine.windowing import model_window
+
+from .shown_volumes import ShownVolumes
 
 logger = logging.getLogger(__name__)
 
 PREFIX = "/medsam2/viewer"
 VIEWER_DIR = Path(__file__).resolve().parents[1] / "viewer"
 PAGE_DIR = VIEWER_DIR / "page"
-NIIVUE_BUNDLE = VIEWER_DIR / "node_modules" / "@niivue" / "niivue" / "dist" / "index.js"
-
-
-def volume_as_nifti(volume: Volume) -> bytes:
-    """``volume`` as gzipped NIfTI-1 bytes, voxel for voxel on the engine's grid.
-
-    Whole-number images (CT in HU, most MR) travel as int16 when they fit: half the bytes
-    of float32, same values.
-    """
-    import nibabel as nib
-
-    array = volume.array
-    if np.issubdtype(array.dtype, np.floating) and array.size and np.all(np.isfinite(array)):
-        low, high = float(array.min()), float(array.max())
-        if -32768 <= low and high <= 32767 and np.array_equal(array, np.round(array)):
-            array = array.astype(np.int16)
-    image = nib.Nifti1Image(np.asarray(array), np.asarray(volume.affine, dtype=np.float64))
-    image.set_qform(image.affine, code=1)
-    image.set_sform(image.affine, code=1)
-    return gzip.compress(image.to_bytes(), compresslevel=1)
-
-
-@dataclass(frozen=True)
-class ShownVolume:
-    """What the page is sent for a study, or for one slice of it: gzipped NIfTI and what to show it with."""
-
-    body: bytes
-    dims: tuple  # the study's voxels [ni, nj, nk] (the whole study's, for one slice too)
-    window: tuple | None  # the display window the model's default uses, (low, high)
-    k: int | None  # the slice sent alone (None: the whole study)
-
-    def headers(self, image: str) -> dict:
-        # the browser inflates the body itself (no script work): the page reads the .nii
-        out = {"Content-Encoding": "gzip", "Cache-Control": "no-store", "X-Volume-Dims": ",".join(map(str, self.dims)),
-               "Content-Disposition": f'attachment; filename="{image}.nii"'}
-        if self.window is not None:
-            out["X-Model-Window"] = f"{self.window[0]:g},{self.window[1]:g}"
-        if self.k is not None:
-            out["X-Slice"] = str(self.k)
-        return out
-
-
-class ShownVolumes:
-    """The last studies sent whole (a few), so the page's second open of a study is not a second read."""
-
-    def __init__(self, keep: int = 2):
-        self.keep = keep
-        self._sent: OrderedDict = OrderedDict()
-        self._lock = threading.Lock()
-
-    def whole(self, uri: str) -> ShownVolume:
-        stamp = image_stamp(uri)
-        with self._lock:
-            if stamp in self._sent:
-                self._sent.move_to_end(stamp)
-                return self._sent[stamp]
-        volume = _read(uri)
-        shown = ShownVolume(volume_as_nifti(volume), tuple(volume.array.shape), _window(volume), None)
-        with self._lock:
-            self._sent[stamp] = shown
-            while len(self._sent) > self.keep:
-                self._sent.popitem(last=False)
-        return shown
-
-    @staticmethod
-    def one_slice(uri: str, k: int | None) -> ShownVolume | None:
-        """Slice ``k`` alone (None: the middle one) of a NIfTI study, read without decoding the rest;
-        None for other formats (the page waits for the whole study)."""
-        if not uri.lower().endswith(NIFTI_SUFFIXES) or not os.path.isfile(uri):
-            return None
-        import nibabel as nib
-
-        try:
-            dims = tuple(int(n) for n in nib.load(uri).shape)  # the header only
-        except Exception as err:  # noqa: BLE001 - nibabel raises many types
-            raise HTTPException(status_code=422, detail=f"image: it cannot be read: {err}") from err
-        if len(dims) != 3:
-            return None
-        k = dims[2] // 2 if k is None else min(int(k), dims[2] - 1)
-        volume = _read(uri, k)
-        return ShownVolume(volume_as_nifti(volume), dims, _window(volume), k)
-
-
-def _read(uri: str, k: int | None = None) -> Volume:
-    try:
-        volume = load_for_display(uri, k)
-    except ImageReadError as err:
-        raise HTTPException(status_code=422, detail=f"image: it cannot be read: {err}") from err
-    if volume.array.ndim != 3 or volume.is_rgb:
-        raise HTTPException(status_code=422, detail=f"image: it is 2D (shape {list(volume.array.shape)}); the "
-                                                    "viewer shows volumes, use the medsam2_2d model from another client")
-    return volume
-
-
-def _window(volume: Volume) -> tuple | None:
-    """The window the model's default (no window in the request) puts on the study."""
-    try:
-        chosen, _ = model_window(volume)
-    except Exception:  # noqa: BLE001 - the page then shows its own range; the result's window follows
-        logger.warning("no display window for %s", volume.path, exc_info=True)
-        return None
-    return (float(chosen.low), float(chosen.high))
 
 
 def final_label_structures(label_path: str, info: dict, app_labels: list) -> tuple:
@@ -271,6 +160,8 @@ def build_router(app_instance, user_dependency) -> APIRouter:
         else:
             sent = shown.whole(uri)
             _prefetch(app_instance(), http, image, client_id, user, uri)
+        if sent.stored:
+            return FileResponse(sent.stored, media_type="application/octet-stream", headers=sent.headers(image))
         return Response(content=sent.body, media_type="application/octet-stream", headers=sent.headers(image))
 
     @router.get("/label", summary="A study's final label, each structure whole, for the page to show and edit")
@@ -299,15 +190,6 @@ def build_router(app_instance, user_dependency) -> APIRouter:
 
     build_segment_route(router, app_instance, user_dependency)
 
-    @router.get("/vendor/niivue.js", include_in_schema=False)
-    def niivue_bundle():
-        if not NIIVUE_BUNDLE.is_file():
-            raise HTTPException(
-                status_code=503,
-                detail=f"the viewer's npm packages are not installed ({NIIVUE_BUNDLE} is missing): run `bash setup.sh`",
-            )
-        return FileResponse(NIIVUE_BUNDLE, media_type="text/javascript")
-
     return router
 
 
@@ -317,7 +199,7 @@ def mount_viewer(server, app_instance, user_dependency) -> None:
         return
     server.include_router(build_router(app_instance, user_dependency))
     server.mount(PREFIX, StaticFiles(directory=PAGE_DIR, html=True), name="medsam2_viewer")
-    logger.info("viewer page at %s/ (NiiVue bundle %s)", PREFIX, "found" if NIIVUE_BUNDLE.is_file() else "MISSING")
+    logger.info("viewer page at %s/", PREFIX)
 
 
 def mount_on_monailabel_server() -> None:

@@ -15,12 +15,11 @@ export class DisplayWindow {
   }
 
   // "as the model sees it": the app's window once a result says it; before that the
-  // soft-tissue preset for CT and NiiVue's robust range for anything else
+  // soft-tissue preset for CT and a robust range (1st-99th percentile) for anything else
   apply() {
     const choice = this.select.value;
-    const image = this.view.nv.volumes[0];
-    if (!image) return;
-    if (choice === 'full') this.view.setWindow([image.global_min, image.global_max]);
+    if (!this.view.image) return;
+    if (choice === 'full') this.view.setWindow(this.view.valueRange());
     else if (CT_WINDOWS[choice]) this.view.setWindow(CT_WINDOWS[choice]);
     else {
       const used = this.modelWindow();

@@ -32,7 +32,7 @@ const state = {
   timings: [], // per request: mouse-up to the prompted slice's mask, and to the final mask, on screen (ms)
   opening: null, // the last open: ms from the pick to the first slice, and to the whole study, on screen
 };
-const view = new VolumeView($('gl'));
+const view = new VolumeView($('image'));
 const marks = $('marks');
 
 function setStatus(text, kind = 'idle') {
@@ -403,7 +403,7 @@ async function openStudy(image) {
     const first = await Promise.race([fetchVolume(image, clientId, 'slice').catch(() => null), whole.then(() => null)]);
     if (first) {
       $('empty').hidden = true;
-      await view.open(first.buffer, `${image}-slice.nii`, first.window);
+      view.open(first.buffer, { window: first.window, slice: 0 });
       await view.drawn();
       opening.first_ms = Math.round(performance.now() - started);
       $('slice-label').textContent = `${first.slice} / ${first.dims[2] - 1}`;
@@ -412,7 +412,7 @@ async function openStudy(image) {
     study = await whole;
     opening.fetched_ms = Math.round(performance.now() - started);
     const header = labelHeader(new Uint8Array(study.buffer, 0, Math.round(new DataView(study.buffer).getFloat32(108, true))));
-    await view.open(study.buffer, `${image}.nii`, study.window, opening, started);
+    view.open(study.buffer, { window: study.window, slice: first?.slice, steps: opening, started });
     Object.assign(state, { prompts: new Map(), results: new Map(), saved: new Map(), savedShown: new Set(), version: null,
       shown: new LabelVolume(header, view.dims) });
     state.masks = state.shown.masks;

@@ -1,213 +1,282 @@
-// The image on screen: NiiVue renders it; this maps between the screen and the app's voxels.
+// The image on screen: one slice of the study drawn from its voxels into a 2D canvas, the
+// structures over it, and the map between the screen and the app's voxels.
 //
-// NiiVue does not resample a volume for display: it permutes and flips the file's voxel axes
-// to the nearest RAS axes (its `permRAS`) and draws that grid as it is, also for an oblique
-// series (whose true tilt it ignores on screen). Its fractions (`frac`) count along that
-// permuted grid. So the voxel under the pointer is found by undoing the permutation, never
-// through millimetres: the file's oblique affine and NiiVue's straightened one disagree by
-// up to several voxels on a tilted series.
+// The slice is the file's own grid, its axes permuted and flipped to the nearest RAS axes and
+// never resampled (an oblique series is shown straightened, as its voxels are), in the
+// radiological convention: the patient's right on the screen's left, anterior (or superior)
+// up. Every canvas pixel shows the voxel `pixelVoxel` names and the pointer is mapped by the
+// same function, so the voxel under the pointer is the voxel drawn there.
+//
+// Drawn on the CPU (a slice is a few hundred thousand pixels): no upload of the whole study to
+// a GPU, which with software WebGL (a hospital's virtual desktop) took 15-20 s per study and
+// again per window change (docs/performance.md).
 
-import { Niivue, NVImage, SLICE_TYPE } from './vendor/niivue.js';
+import { readNifti } from './nifti.js';
 
-// NiiVue's drawing palette for values 1.. (its default "$itksnap"-like lookup table)
 export const LABEL_COLOURS = ['#ff0000', '#00ff00', '#0000ff', '#ffff00', '#00ffff', '#ff00ff', '#ffefd5', '#0000cd'];
+const OPACITY = 0.35;
+// the plane across RAS axis d shows RAS axes [columns, rows], both drawn reversed: the screen's
+// right is the patient's left (RAS x falls), its bottom posterior or inferior
+const PLANE_AXES = { 0: [1, 2], 1: [0, 2], 2: [0, 1] };
+const PERMUTATIONS = [[0, 1, 2], [0, 2, 1], [1, 0, 2], [1, 2, 0], [2, 0, 1], [2, 1, 0]];
 
-// NiiVue's view of the RAS axis d (0: x, 1: y, 2: z) as a slice: the slice plane across it
-const VIEW_ACROSS = [SLICE_TYPE.SAGITTAL, SLICE_TYPE.CORONAL, SLICE_TYPE.AXIAL];
+// The file axis shown along each RAS axis (the permutation whose direction cosines are largest)
+// and whether it runs against it.
+export function rasAxes(affine) {
+  const cosines = [0, 1, 2].map((a) => {
+    const column = [0, 1, 2].map((d) => affine[d][a]);
+    const norm = Math.hypot(...column) || 1;
+    return column.map((c) => c / norm);
+  });
+  let best = PERMUTATIONS[0];
+  let bestScore = -1;
+  for (const p of PERMUTATIONS) {
+    const score = p.reduce((sum, a, d) => sum + Math.abs(cosines[a][d]), 0);
+    if (score > bestScore + 1e-9) [best, bestScore] = [p, score];
+  }
+  return {
+    axisOf: best,
+    flipped: best.map((a, d) => cosines[a][d] < 0),
+    spacing: best.map((a) => Math.hypot(affine[0][a], affine[1][a], affine[2][a]) || 1),
+  };
+}
+
+function rgbOf(hex) {
+  return [1, 3, 5].map((at) => parseInt(hex.slice(at, at + 2), 16));
+}
 
 export class VolumeView {
-  constructor(glCanvas) {
-    this.nv = new Niivue({
-      backColor: [0, 0, 0, 1],
-      show3Dcrosshair: false,
-      crosshairWidth: 0, // the page draws its own marks; a crosshair would hide voxels
-      dragAndDropEnabled: false,
-      loadingText: '', // the page says what it is doing
-      isRadiologicalConvention: true, // patient's right on the screen's left, as radiologists read
-      isNearestInterpolation: true,
-    });
-    this.glCanvas = glCanvas;
-    this.ready = this.nv.attachToCanvas(glCanvas).then(() => {
-      // the overlay's colours are the swatches' colours, value for value (0: nothing)
-      const rgb = LABEL_COLOURS.map((hex) => [1, 3, 5].map((at) => parseInt(hex.slice(at, at + 2), 16)));
-      this.nv.setDrawColormap({
-        R: [0, ...rgb.map((c) => c[0])], G: [0, ...rgb.map((c) => c[1])], B: [0, ...rgb.map((c) => c[2])],
-        A: [0, ...rgb.map(() => 255)], I: [0, ...rgb.map((_, n) => n + 1)], labels: ['', ...rgb.map((_, n) => `${n + 1}`)],
-      });
-    });
+  constructor(canvas) {
+    this.canvas = canvas;
+    this.ctx = canvas.getContext('2d', { alpha: false });
+    this.ready = Promise.resolve();
+    this.image = null;
     this.dims = null;
+    this.slice = 0;
+    this.window = null; // [low, high] in real values
+    this.labels = null; // the LabelVolume painted over the image
+    this.sent = []; // the label boxes drawn since opening (the last 100), for tests and scripts
+    this.colours = LABEL_COLOURS.map(rgbOf);
+    new ResizeObserver(() => this.render()).observe(canvas);
   }
 
-  // Show the NIfTI in buffer (the study, or first one slice of it: see api.js fetchVolume) with the
-  // display window [low, high] set before its first draw (null: NiiVue's robust range): a window
-  // changed afterwards redraws the whole volume.
+  // Show the NIfTI in buffer (the study, or first one slice of it: see api.js fetchVolume) at
+  // slice k (null: the middle one) in the display window [low, high] (null: a robust range).
   // steps: an object the ms since `started` of decoding and of the first draw go into (or null)
-  async open(buffer, name, window = null, steps = null, started = 0) {
-    await this.ready;
-    const options = window ? { cal_min: window[0], cal_max: window[1] } : {};
-    const image = await NVImage.loadFromUrl({ url: buffer, name, ...options });
+  open(buffer, { window = null, slice = null, steps = null, started = 0 } = {}) {
+    const image = readNifti(buffer);
     if (steps) steps.decoded_ms = Math.round(performance.now() - started);
-    this.nv.closeDrawing();
-    this.unsent = null;
-    for (const volume of [...this.nv.volumes]) this.nv.removeVolume(volume);
-    this.nv.addVolume(image);
+    Object.assign(image, rasAxes(image.affine));
+    image.across = image.axisOf.indexOf(2); // the slices the app prompts on (its k axis)
+    this.image = image;
+    this.dims = image.dims;
+    this.labels = null;
+    this.lut = null;
+    this.range = null;
+    this.window = window || this.robustRange();
+    this.slice = Math.max(0, Math.min(image.dims[2] - 1, slice ?? Math.floor(image.dims[2] / 2)));
+    this.render();
     if (steps) steps.drawn_ms = Math.round(performance.now() - started);
-    this.dims = [image.hdr.dims[1], image.hdr.dims[2], image.hdr.dims[3]];
-    // permRAS[d] = +-(file axis + 1) shown along RAS axis d; negative: the axis is flipped
-    this.axisOf = image.permRAS.map((p) => Math.abs(p) - 1);
-    this.flipped = image.permRAS.map((p) => p < 0);
-    this.dimsRAS = [image.dimsRAS[1], image.dimsRAS[2], image.dimsRAS[3]];
-    // show the slices the app prompts on (its k axis), whichever RAS axis they lie across
-    this.nv.setSliceType(VIEW_ACROSS[this.axisOf.indexOf(2)]);
-    this.goToVoxel(this.dims.map((n) => Math.floor(n / 2)));
   }
 
-  // Display window [low, high] in the image's values; null: NiiVue's own robust range.
+  // Display window [low, high] in the image's values; null: a robust range of them.
   setWindow(range) {
-    const image = this.nv.volumes[0];
-    if (!image) return;
-    const [low, high] = range || [image.robust_min, image.robust_max];
-    if (image.cal_min === low && image.cal_max === high) return; // unchanged: no redraw of the whole volume
-    [image.cal_min, image.cal_max] = [low, high];
-    this.nv.updateGLVolume();
+    if (!this.image) return;
+    const [low, high] = range || this.robustRange();
+    if (this.window && this.window[0] === low && this.window[1] === high) return;
+    this.window = [low, high];
+    this.lut = null;
+    this.render();
+  }
+
+  // [min, max] of the real values (a pass over the study, once)
+  valueRange() {
+    if (!this.range) {
+      const { voxels, slope, inter } = this.image;
+      let min = Infinity;
+      let max = -Infinity;
+      for (let n = 0; n < voxels.length; n += 1) {
+        const v = voxels[n];
+        if (v < min) min = v;
+        if (v > max) max = v;
+      }
+      this.range = [min, max].map((v) => v * slope + inter).sort((a, b) => a - b);
+    }
+    return this.range;
+  }
+
+  // 1st to 99th percentile of a sample of the values
+  robustRange() {
+    const { voxels, slope, inter } = this.image;
+    const step = Math.max(1, Math.floor(voxels.length / 200000));
+    const sample = new Float64Array(Math.ceil(voxels.length / step));
+    for (let n = 0, m = 0; n < voxels.length; n += step, m += 1) sample[m] = voxels[n] * slope + inter;
+    sample.sort();
+    const low = sample[Math.floor(0.01 * (sample.length - 1))];
+    const high = sample[Math.floor(0.99 * (sample.length - 1))];
+    return high > low ? [low, high] : [low, low + 1];
   }
 
   // Whether the values look like CT in Hounsfield units (air near -1000).
   looksLikeCT() {
-    const image = this.nv.volumes[0];
-    return Boolean(image) && image.global_min <= -900;
+    return Boolean(this.image) && this.valueRange()[0] <= -900;
   }
 
   get dpr() {
-    return this.nv.uiData?.dpr || window.devicePixelRatio || 1;
+    return window.devicePixelRatio || 1;
   }
 
   inside(v) {
     return v.every((x, d) => x >= 0 && x < this.dims[d]);
   }
 
-  // NiiVue's fraction of its RAS-permuted grid -> the file's voxel [i, j, k]
-  voxelOfFrac(frac) {
+  // Where the slice lies on the canvas (device pixels): for its columns and rows, the RAS axis,
+  // the file axis, the count, the first pixel and the pixels per voxel.
+  layout() {
+    const { axisOf, spacing, across } = this.image;
+    const [colRas, rowRas] = PLANE_AXES[across];
+    const width = this.canvas.width;
+    const height = this.canvas.height;
+    const n = [this.dims[axisOf[colRas]], this.dims[axisOf[rowRas]]];
+    const mm = [n[0] * spacing[colRas], n[1] * spacing[rowRas]];
+    const scale = Math.min(width / mm[0], height / mm[1]);
+    const size = [mm[0] * scale, mm[1] * scale];
+    const at = [(width - size[0]) / 2, (height - size[1]) / 2];
+    return [colRas, rowRas].map((ras, s) => ({ ras, axis: axisOf[ras], n: n[s], start: at[s], step: size[s] / n[s] }));
+  }
+
+  // the file's index along one screen axis of the device pixel at p (-1: off the image)
+  static indexAlong(side, flipped, p) {
+    const onScreen = Math.floor((p + 0.5 - side.start) / side.step);
+    if (onScreen < 0 || onScreen >= side.n) return -1;
+    return flipped ? onScreen : side.n - 1 - onScreen; // reversed on screen; a flipped axis twice
+  }
+
+  // the file's voxel [i, j, k] drawn at device pixel (px, py), or null off the image
+  pixelVoxel(px, py) {
+    const sides = this.layout();
     const voxel = [0, 0, 0];
-    for (let d = 0; d < 3; d += 1) {
-      const n = this.dimsRAS[d];
-      const r = Math.min(n - 1, Math.max(-1, Math.floor(frac[d] * n))); // -1: off the image
-      const axis = this.axisOf[d];
-      voxel[axis] = r < 0 ? -1 : (this.flipped[d] ? this.dims[axis] - 1 - r : r);
+    voxel[2] = this.slice;
+    for (const [s, p] of [[0, px], [1, py]]) {
+      const index = VolumeView.indexAlong(sides[s], this.image.flipped[sides[s].ras], p);
+      if (index < 0) return null;
+      voxel[sides[s].axis] = index;
     }
     return voxel;
   }
 
-  // the file's voxel -> NiiVue's fraction at the voxel's centre
-  fracOfVoxel(voxel) {
-    return [0, 1, 2].map((d) => {
-      const axis = this.axisOf[d];
-      const r = this.flipped[d] ? this.dims[axis] - 1 - voxel[axis] : voxel[axis];
-      return (r + 0.5) / this.dimsRAS[d];
-    });
-  }
-
   // CSS pixels on the canvas -> the app's voxel [i, j, k], or null off the image
   voxelAt(x, y) {
-    if (!this.dims) return null;
-    const frac = this.nv.canvasPos2frac([x * this.dpr, y * this.dpr]);
-    if (!frac || frac[0] < 0 || frac.some((f) => f < 0 || f >= 1)) return null;
-    const voxel = this.voxelOfFrac(frac);
-    return this.inside(voxel) ? voxel : null;
+    if (!this.image) return null;
+    return this.pixelVoxel(Math.floor(x * this.dpr), Math.floor(y * this.dpr));
   }
 
-  // the app's voxel -> CSS pixels on the canvas (null when not on the shown slice)
+  // the app's voxel -> CSS pixels on the canvas at the centre of its square (on the shown plane)
   canvasOf(voxel) {
-    const pos = this.nv.frac2canvasPos(this.fracOfVoxel(voxel));
-    return pos ? [pos[0] / this.dpr, pos[1] / this.dpr] : null;
-  }
-
-  crosshairVoxel() {
-    return this.voxelOfFrac(this.nv.scene.crosshairPos);
+    if (!this.image) return null;
+    const position = this.layout().map((side) => {
+      const index = voxel[side.axis];
+      const onScreen = this.image.flipped[side.ras] ? index : side.n - 1 - index;
+      return (side.start + (onScreen + 0.5) * side.step) / this.dpr;
+    });
+    return position;
   }
 
   currentSlice() {
-    return this.dims ? this.crosshairVoxel()[2] : 0;
-  }
-
-  goToVoxel(voxel) {
-    this.nv.scene.crosshairPos = Float32Array.from(this.fracOfVoxel(voxel));
-    this.nv.drawScene();
+    return this.dims ? this.slice : 0;
   }
 
   goToSlice(k) {
-    const voxel = this.crosshairVoxel();
-    voxel[2] = Math.max(0, Math.min(this.dims[2] - 1, k));
-    this.goToVoxel(voxel);
+    if (!this.dims) return;
+    const slice = Math.max(0, Math.min(this.dims[2] - 1, k));
+    if (slice === this.slice) return;
+    this.slice = slice;
+    this.render();
   }
 
-  // Draw what changed in labels (a LabelVolume) since its last paint over the image: the
-  // changed box is copied into NiiVue's drawing (its RAS-permuted grid), then sent once a frame.
-  paint(labels) {
-    const box = labels.takeDirty();
-    if (!box || !this.dims) return;
-    if (!this.nv.drawBitmap || this.nv.drawBitmap.length !== labels.size) {
-      this.nv.createEmptyDrawing();
-      this.nv.setDrawOpacity(0.35);
-      this.nv.drawScene();
+  // grey level (0-255) of each stored value, for the integer types up to 16 bits (else null)
+  greyTable() {
+    const { voxels, slope, inter } = this.image;
+    const Type = voxels.constructor;
+    if (![Uint8Array, Int8Array, Int16Array, Uint16Array].includes(Type)) return null;
+    if (!this.lut) {
+      const bits = 8 * Type.BYTES_PER_ELEMENT;
+      const offset = Type === Int8Array || Type === Int16Array ? 2 ** (bits - 1) : 0;
+      const table = new Uint8Array(2 ** bits);
+      for (let n = 0; n < table.length; n += 1) table[n] = this.grey((n - offset) * slope + inter);
+      this.lut = { table, offset };
     }
-    const bitmap = this.nv.drawBitmap;
-    // the drawing's index of file voxel [i, j, k] = base + i * stride[0] + j * stride[1] + k * stride[2]
-    const rasStride = [1, this.dimsRAS[0], this.dimsRAS[0] * this.dimsRAS[1]];
-    const stride = [0, 0, 0];
-    let base = 0;
-    for (let d = 0; d < 3; d += 1) {
-      const axis = this.axisOf[d];
-      stride[axis] = this.flipped[d] ? -rasStride[d] : rasStride[d];
-      if (this.flipped[d]) base += (this.dims[axis] - 1) * rasStride[d];
-    }
-    const [[i0, i1], [j0, j1], [k0, k1]] = box;
-    const [ni, nj] = this.dims;
-    const map = labels.map;
-    for (let k = k0; k < k1; k += 1) {
-      for (let j = j0; j < j1; j += 1) {
-        const row = ni * (j + nj * k);
-        let at = base + i0 * stride[0] + j * stride[1] + k * stride[2];
-        for (let i = i0; i < i1; i += 1, at += stride[0]) bitmap[at] = map[row + i];
+    return this.lut;
+  }
+
+  grey(value) {
+    const [low, high] = this.window;
+    const g = high > low ? ((value - low) / (high - low)) * 255 : (value >= high ? 255 : 0);
+    return g <= 0 ? 0 : g >= 255 ? 255 : Math.round(g);
+  }
+
+  // Draw the shown slice with the structures over it, every canvas pixel from its voxel.
+  render() {
+    const { canvas } = this;
+    const width = Math.max(1, Math.round(canvas.clientWidth * this.dpr));
+    const height = Math.max(1, Math.round(canvas.clientHeight * this.dpr));
+    if (canvas.width !== width || canvas.height !== height) [canvas.width, canvas.height] = [width, height];
+    if (!this.image) return;
+    const { voxels, slope, inter, flipped } = this.image;
+    const stride = [1, this.dims[0], this.dims[0] * this.dims[1]];
+    const [cols, rows] = this.layout().map((side, s) => {
+      const offsets = new Int32Array(s ? height : width);
+      for (let p = 0; p < offsets.length; p += 1) {
+        const index = VolumeView.indexAlong(side, flipped[side.ras], p);
+        offsets[p] = index < 0 ? -1 : index * stride[side.axis];
+      }
+      return offsets;
+    });
+    const base = this.slice * stride[2];
+    const lut = this.greyTable();
+    const map = this.labels?.map;
+    const tint = this.colours.map((c) => c.map((v) => v * OPACITY));
+    const pixels = this.ctx.createImageData(width, height);
+    const out = new Uint32Array(pixels.data.buffer); // little-endian RGBA: 0xAABBGGRR
+    for (let y = 0; y < height; y += 1) {
+      const row = rows[y];
+      const line = y * width;
+      if (row < 0) { out.fill(0xff000000, line, line + width); continue; }
+      for (let x = 0; x < width; x += 1) {
+        const col = cols[x];
+        if (col < 0) { out[line + x] = 0xff000000; continue; }
+        const at = base + row + col;
+        const value = voxels[at];
+        const g = lut ? lut.table[value + lut.offset] : this.grey(value * slope + inter);
+        const label = map ? map[at] : 0;
+        if (label) {
+          const t = tint[(label - 1) % tint.length];
+          const keep = g * (1 - OPACITY);
+          out[line + x] = 0xff000000 | (Math.round(keep + t[2]) << 16) | (Math.round(keep + t[1]) << 8)
+            | Math.round(keep + t[0]);
+        } else out[line + x] = 0xff000000 | (g << 16) | (g << 8) | g;
       }
     }
-    // the same box on the drawing's RAS grid, added to what the next frame sends
-    const ras = [0, 1, 2].map((d) => {
-      const [lo, hi] = box[this.axisOf[d]];
-      const n = this.dims[this.axisOf[d]];
-      return this.flipped[d] ? [n - hi, n - lo] : [lo, hi];
+    this.ctx.putImageData(pixels, 0, 0);
+  }
+
+  // Show what changed in labels (a LabelVolume) since its last paint: the shown slice is drawn
+  // again only when the changed box crosses it, once a frame.
+  paint(labels) {
+    this.labels = labels;
+    const box = labels.takeDirty();
+    if (!box || !this.dims) return;
+    this.sent = [...this.sent.slice(-99), box];
+    const [k0, k1] = box[2];
+    if (this.slice < k0 || this.slice >= k1 || this.renderQueued) return;
+    this.renderQueued = true;
+    requestAnimationFrame(() => {
+      this.renderQueued = false;
+      this.render();
     });
-    this.unsent = this.unsent ? this.unsent.map(([lo, hi], d) => [Math.min(lo, ras[d][0]), Math.max(hi, ras[d][1])]) : ras;
-    if (!this.refreshQueued) {
-      this.refreshQueued = true;
-      requestAnimationFrame(() => {
-        this.refreshQueued = false;
-        this.sendDrawing();
-      });
-    }
   }
 
-  // Send only the changed box of the drawing to its texture (NiiVue's refreshDrawing sends all
-  // of it, and scans it: a whole CT's worth of bytes for each streamed slice).
-  sendDrawing() {
-    const box = this.unsent;
-    this.unsent = null;
-    if (!box || !this.nv.drawTexture) return;
-    const { gl } = this.nv;
-    const [[x0, x1], [y0, y1], [z0, z1]] = box;
-    gl.activeTexture(gl.TEXTURE7); // NiiVue's drawing texture unit
-    gl.bindTexture(gl.TEXTURE_3D, this.nv.drawTexture);
-    const unpack = [[gl.UNPACK_ALIGNMENT, 1], [gl.UNPACK_ROW_LENGTH, this.dimsRAS[0]], [gl.UNPACK_IMAGE_HEIGHT, this.dimsRAS[1]],
-      [gl.UNPACK_SKIP_PIXELS, x0], [gl.UNPACK_SKIP_ROWS, y0], [gl.UNPACK_SKIP_IMAGES, z0]];
-    const before = unpack.map(([name]) => [name, gl.getParameter(name)]);
-    for (const [name, value] of unpack) gl.pixelStorei(name, value);
-    gl.texSubImage3D(gl.TEXTURE_3D, 0, x0, y0, z0, x1 - x0, y1 - y0, z1 - z0, gl.RED, gl.UNSIGNED_BYTE, this.nv.drawBitmap);
-    for (const [name, value] of before) gl.pixelStorei(name, value);
-    this.sent = [...(this.sent || []).slice(-99), box]; // what reached the texture, for tests and scripts
-    this.nv.drawScene();
-  }
-
-  // resolves once what paint() sent is on screen
+  // resolves once what paint() drew is on screen
   async drawn() {
     await new Promise((resolve) => requestAnimationFrame(() => requestAnimationFrame(resolve)));
   }
