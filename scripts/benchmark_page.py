@@ -136,7 +136,7 @@ def click_inside(page, lesion: np.ndarray, k: int) -> dict:
 def run_page(name: str, app_dir: Path, studies: Path, lesion: np.ndarray, args, workdir: Path) -> dict:
     from playwright.sync_api import sync_playwright
 
-    conf = {"preset": args.preset, "labels": "lesion,organ"}
+    conf = {"preset": args.preset, "labels": "lesion,organ", "cpu_runtime": args.cpu_runtime}
     if args.checkpoint:
         conf["checkpoint"] = args.checkpoint
     (workdir / name).mkdir(parents=True, exist_ok=True)
@@ -170,6 +170,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--checkpoint", default="", help="phantom-trained weights (none: random weights)")
     parser.add_argument("--preset", default="medsam2")
+    parser.add_argument("--cpu-runtime", default="auto", help="the app's default (the test server's is openvino)")
     parser.add_argument("--baseline", default="", help="a commit whose page is timed first, in the same run")
     parser.add_argument("--slices", type=int, default=220)
     parser.add_argument("--size", type=int, default=512)
@@ -184,6 +185,7 @@ def main(argv=None) -> int:
     lesion = make_study(workdir / "studies", args.slices, args.size, args.span)
     report = {"cpu": cpu_name(), "cpu_bf16_units": cpu_bf16_units(), "cores": os.cpu_count(),
               "weights": args.checkpoint or "random (timing only)", "preset": args.preset,
+              "cpu_runtime": args.cpu_runtime,
               "study": f"{args.size} x {args.size} x {args.slices} CT-like phantom, lesion on "
                        f"{int(lesion.any(axis=(0, 1)).sum())} slices, a distractor",
               "browser": "Debian Chromium headless, software WebGL (SwiftShader)", "pages": {}}

@@ -18,6 +18,7 @@ from typing import Optional
 import numpy as np
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import FileResponse, Response
+from starlette.background import BackgroundTask
 from fastapi.staticfiles import StaticFiles
 
 from medsam2_engine.label_structures import saved_structures, stack_bytes
@@ -99,18 +100,20 @@ def _known_image(datastore, image_id: str) -> str:
     return image_id
 
 
-def _prefetch(app, http, image: str, client_id: str, user, uri: str, focus: int | None = None) -> None:
-    """The study is about to be segmented: its slices encoded for the session its clicks will use."""
-    from .infers.request import ADDRESS_FIELD, IMAGE_ID_FIELD, USER_FIELD
+def _prefetch(app, http, image: str, client_id: str, user, uri: str, focus: int | None = None):
+    """The study is about to be segmented: a call that queues its slices for encoding in the
+    session its clicks will use. The request is checked now (a bad ``client_id`` is a 400)."""
+    from .infers.request import ADDRESS_FIELD, IMAGE_ID_FIELD, USER_FIELD, session_key_for
     from .options import OptionError
     from .routes import _user_name
 
     request = {USER_FIELD: _user_name(user), "client_id": client_id or None, IMAGE_ID_FIELD: image,
                ADDRESS_FIELD: http.client.host if http.client else None}
     try:
-        app.prefetch_study(uri, request, focus)
+        session_key_for(request)
     except OptionError as err:
         raise HTTPException(status_code=err.status, detail=str(err)) from err
+    return lambda: app.prefetch_study(uri, request, focus)
 
 
 def build_router(app_instance, user_dependency) -> APIRouter:
@@ -132,7 +135,7 @@ def build_router(app_instance, user_dependency) -> APIRouter:
               user=Depends(user_dependency)):
         datastore = app_instance().datastore()
         _known_image(datastore, image)
-        _prefetch(app_instance(), http, image, client_id, user, datastore.get_image_uri(image), focus=slice)
+        _prefetch(app_instance(), http, image, client_id, user, datastore.get_image_uri(image), focus=slice)()
         return {"slice": slice}
 
     @router.get("/studies", summary="Studies of the datastore, for the viewer page")
@@ -156,13 +159,16 @@ def build_router(app_instance, user_dependency) -> APIRouter:
             sent = shown.one_slice(uri, slice)
             if sent is None:
                 return Response(status_code=204, headers={"Cache-Control": "no-store"})
-            _prefetch(app_instance(), http, image, client_id, user, uri, focus=sent.k)
-        else:
-            sent = shown.whole(uri)
-            _prefetch(app_instance(), http, image, client_id, user, uri)
+            return Response(content=sent.body, media_type="application/octet-stream", headers=sent.headers(image))
+        # encoding ahead starts once the study is sent: on the same cores it would slow the
+        # sending, and prompts wait for the whole study
+        ahead = BackgroundTask(_prefetch(app_instance(), http, image, client_id, user, uri))
+        sent = shown.whole(uri)
         if sent.stored:
-            return FileResponse(sent.stored, media_type="application/octet-stream", headers=sent.headers(image))
-        return Response(content=sent.body, media_type="application/octet-stream", headers=sent.headers(image))
+            return FileResponse(sent.stored, media_type="application/octet-stream", headers=sent.headers(image),
+                                background=ahead)
+        return Response(content=sent.body, media_type="application/octet-stream", headers=sent.headers(image),
+                        background=ahead)
 
     @router.get("/label", summary="A study's final label, each structure whole, for the page to show and edit")
     def final_label(image: str = Query(..., description="image id of the datastore"),

