@@ -35,6 +35,7 @@ from lib.replicas import ReplicaHeader, annotate_result  # noqa: E402
 from lib.routes import install as install_routes  # noqa: E402
 from lib.infers.interactive_2d import Interactive2D  # noqa: E402
 from lib.infers.interactive_3d import Interactive3D  # noqa: E402
+from lib.infers.scribbles_3d import Scribbles3D  # noqa: E402
 from lib.trainers.auto import AutoFineTune, check_saved_label  # noqa: E402
 from lib.trainers.finetune import FineTuneTask  # noqa: E402
 from lib.viewer_routes import mount_on_monailabel_server as mount_viewer  # noqa: E402
@@ -157,7 +158,8 @@ class MedSam2App(MONAILabelApp):
 
     def init_infers(self):
         return {
-            "medsam2_3d": Interactive3D(self.volume_segmenter, self.settings.labels),
+            "medsam2_3d": Interactive3D(self.volume_segmenter, self.settings.labels, self.datastore),
+            "medsam2_scribbles": Scribbles3D(self.volume_segmenter, self.settings.labels, self.datastore),
             "medsam2_2d": Interactive2D(self.image_segmenter, self.settings.labels, self.prefetch_study),
             "medsam2_one_prompt": OnePrompt(self.models, self.settings.labels, self.datastore,
                                             one_prompt_settings(self.settings.engine),

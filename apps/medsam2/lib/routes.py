@@ -28,6 +28,8 @@ import ipaddress
 import json
 import logging
 import os
+import shutil
+import tempfile
 import threading
 from typing import Callable, Optional
 
@@ -43,14 +45,16 @@ from monailabel.interfaces.exception import ImageNotFoundException, LabelNotFoun
 from monailabel.interfaces.exception import MONAILabelException
 from monailabel.interfaces.utils.app import app_instance
 
-from .infers.request import ADDRESS_FIELD, IMAGE_ID_FIELD, USER_FIELD
+from .infers.request import ADDRESS_FIELD, IMAGE_ID_FIELD, LABEL_UPLOAD_FIELD, USER_FIELD
 from .options import OptionError, identifier, json_object
 
 logger = logging.getLogger(__name__)
 
 API = settings.MONAI_LABEL_API_STR
 # request fields only the server sets: a client cannot pick the image file or another user's session
-SERVER_FIELDS = {"image", "model", "session", "description", USER_FIELD, ADDRESS_FIELD, IMAGE_ID_FIELD}
+SERVER_FIELDS = {"image", "model", "session", "description", USER_FIELD, ADDRESS_FIELD, IMAGE_ID_FIELD,
+                 LABEL_UPLOAD_FIELD}
+LABEL_UPLOAD_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha", ".bin")
 
 
 _SAVE_LOCKS: dict = {}
@@ -105,8 +109,39 @@ def infer(
     instance = app_instance()
     uri, checked = _as_http(lambda: checked_request(instance, model, image, params, http, user, output,
                                                     bool(file or session_id)))
+    if label is not None:  # kept in the app's own field: MONAI Label would write its path over "label"
+        checked = _as_http(lambda: with_label_upload(checked, label, uri, background_tasks))
     return _as_http(lambda: infer_routes.run_inference(background_tasks, model, uri, session_id, checked,
-                                                       file, label, output), background_tasks)
+                                                       file, None, output), background_tasks)
+
+
+def with_label_upload(checked: str, label: UploadFile, image_uri: str, background_tasks: BackgroundTasks) -> str:
+    """The request JSON with the uploaded label file saved and named in LABEL_UPLOAD_FIELD (deleted
+    after the answer). OHIF's binary scribbles (.bin) become an image on the study's grid, as in
+    MONAI Label."""
+    name = (label.filename or "label.nii.gz").lower()
+    suffix = next((s for s in LABEL_UPLOAD_SUFFIXES if name.endswith(s)), None)
+    if suffix is None:
+        raise OptionError("label", f"the label file must be one of {', '.join(LABEL_UPLOAD_SUFFIXES)}; got {name!r}")
+    handle, path = tempfile.mkstemp(suffix=suffix)
+    with os.fdopen(handle, "wb") as out:
+        shutil.copyfileobj(label.file, out)
+    background_tasks.add_task(_remove, path)
+    if suffix == ".bin":
+        from monailabel.datastore.utils.convert import binary_to_image
+
+        path = binary_to_image(image_uri, path)
+        background_tasks.add_task(_remove, path)
+    request = json.loads(checked)
+    request[LABEL_UPLOAD_FIELD] = path
+    return json.dumps(request)
+
+
+def _remove(path: str) -> None:
+    try:
+        os.remove(path)
+    except OSError:
+        pass
 
 
 def checked_request(instance, model: str, image: str, params: str, http: Request, user: User,

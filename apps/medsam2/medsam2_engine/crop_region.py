@@ -63,7 +63,10 @@ class CropRegion:
         if prompt.box is not None:
             x0, y0, x1, y1 = prompt.box
             box = (x0 - self.col0, y0 - self.row0, x1 - self.col0, y1 - self.row0)
-        return FramePrompt(points=points, labels=list(prompt.labels), box=box)
+        mask = None
+        if prompt.mask is not None:
+            mask = prompt.mask[self.row0:self.row0 + self.rows, self.col0:self.col0 + self.cols]
+        return FramePrompt(points=points, labels=list(prompt.labels), box=box, mask=mask)
 
 
 def prompt_extent(prompts) -> tuple | None:
@@ -77,6 +80,10 @@ def prompt_extent(prompts) -> tuple | None:
             x0, y0, x1, y1 = prompt.box
             cols += [x0, x1]
             rows += [y0, y1]
+        if prompt.mask is not None and prompt.mask.any():
+            mask_rows, mask_cols = np.nonzero(prompt.mask)
+            rows += [int(mask_rows.min()), int(mask_rows.max())]
+            cols += [int(mask_cols.min()), int(mask_cols.max())]
     if not rows:
         return None
     return int(math.floor(min(rows))), int(math.floor(min(cols))), int(math.ceil(max(rows))), int(math.ceil(max(cols)))

@@ -7,9 +7,11 @@ A box is given as Slicer sends its ROI, ``[i0, i1, j0, j1, k0, k1]`` in voxel in
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
+import numpy as np
 
 
 class PromptError(ValueError):
@@ -33,6 +35,14 @@ class Box:
     k: int
 
 
+@dataclass(frozen=True, eq=False)
+class MaskPrompt:
+    """A slice's mask given to SAM 2 (``add_new_mask``): a lasso's inside, a painted or saved mask."""
+
+    k: int
+    mask: np.ndarray  # bool [i, j] of the slice
+
+
 @dataclass
 class FramePrompt:
     """What SAM 2 receives for one object on one frame."""
@@ -40,9 +50,16 @@ class FramePrompt:
     points: list = field(default_factory=list)  # [(x, y), ...]
     labels: list = field(default_factory=list)  # 1 positive, 0 negative
     box: tuple | None = None  # (x0, y0, x1, y1)
+    mask: np.ndarray | None = None  # bool image [rows=y, cols=x], given before the points and box
 
     def key(self) -> tuple:
-        return (tuple(self.points), tuple(self.labels), self.box)
+        return (tuple(self.points), tuple(self.labels), self.box, mask_digest(self.mask))
+
+
+def mask_digest(mask: np.ndarray | None) -> str | None:
+    if mask is None:
+        return None
+    return hashlib.sha1(np.packbits(mask.astype(bool)).tobytes() + str(mask.shape).encode()).hexdigest()
 
 
 @dataclass
@@ -51,16 +68,22 @@ class LabelPrompts:
 
     clicks: list = field(default_factory=list)
     boxes: list = field(default_factory=list)
+    masks: list = field(default_factory=list)  # MaskPrompt; several on one slice are united
+    exclude: np.ndarray | None = None  # bool [i, j, k]: locked structures' voxels, never this label's
 
     def is_empty(self) -> bool:
-        return not self.clicks and not self.boxes
+        return not self.clicks and not self.boxes and not self.masks
 
     def slices(self) -> list:
-        return sorted({c.k for c in self.clicks} | {b.k for b in self.boxes})
+        return sorted({c.k for c in self.clicks} | {b.k for b in self.boxes} | {m.k for m in self.masks})
 
     def by_frame(self) -> dict:
         """``{k: FramePrompt}``; a frame with several boxes keeps the last one (SAM 2 takes one)."""
         frames: dict = {}
+        for given in self.masks:
+            prompt = frames.setdefault(given.k, FramePrompt())
+            image = np.swapaxes(np.asarray(given.mask, dtype=bool), 0, 1)  # [i, j] -> [rows=j, cols=i]
+            prompt.mask = image if prompt.mask is None else (prompt.mask | image)
         for box in self.boxes:
             frames.setdefault(box.k, FramePrompt()).box = (
                 min(box.i0, box.i1),

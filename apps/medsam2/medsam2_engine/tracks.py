@@ -10,7 +10,7 @@ import numpy as np
 from .crop_region import CropRegion, CropRegionSettings, grown, mask_extent, reaches_edge, union
 from .frames import image_to_slice
 from .predictor import at_input_size, network_lock
-from .prompts import FramePrompt
+from .prompts import FramePrompt, mask_digest
 from .propagation import (OBJ_ID, CorrectionStop, EarlyStop, PassPlan, Propagation, propagate_both_ways,
                           propagate_correction, restart_frame)
 from .protocols import largest_component
@@ -178,16 +178,23 @@ def starts_afresh(track: LabelTrack, wanted: dict) -> bool:
 
 
 def extends(new: FramePrompt, old: FramePrompt) -> bool:
-    """``new`` keeps ``old``'s box and points, in order, and only adds points."""
+    """``new`` keeps ``old``'s box, mask and points, in order, and only adds points."""
     n = len(old.points)
-    return new.box == old.box and new.points[:n] == old.points and new.labels[:n] == old.labels
+    return (new.box == old.box and mask_digest(new.mask) == mask_digest(old.mask) and new.points[:n] == old.points
+            and new.labels[:n] == old.labels)
 
 
 def add_prompt(predictor, state: dict, k: int, prompt: FramePrompt) -> np.ndarray:
-    """Give SAM 2 one slice's prompt (box and every point in one call); returns that slice's mask."""
-    points = np.asarray(prompt.points, dtype=np.float32).reshape(-1, 2) if prompt.points else None
-    labels = np.asarray(prompt.labels, dtype=np.int32) if prompt.points else None
+    """Give SAM 2 one slice's prompt; returns that slice's mask. A mask goes first
+    (``add_new_mask``); a box and points then refine it in one call (SAM 2 feeds the mask's
+    output back in as the previous mask)."""
     with network_lock(predictor):
+        if prompt.mask is not None:
+            _, _, video_res_masks = predictor.add_new_mask(state, frame_idx=k, obj_id=OBJ_ID, mask=prompt.mask)
+            if not prompt.points and prompt.box is None:
+                return (video_res_masks[0, 0] > 0.0).cpu().numpy()
+        points = np.asarray(prompt.points, dtype=np.float32).reshape(-1, 2) if prompt.points else None
+        labels = np.asarray(prompt.labels, dtype=np.int32) if prompt.points else None
         _, _, video_res_masks = predictor.add_new_points_or_box(
             state, frame_idx=k, obj_id=OBJ_ID, points=points, labels=labels, box=prompt.box,
             clear_old_points=True,

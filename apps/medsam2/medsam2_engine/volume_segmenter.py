@@ -102,6 +102,7 @@ class LabelResult:
     restarted: str | None = None  # why the label's track started afresh (or was dropped after a failure)
     exact_stop: ExactStopReport | None = None  # where the exact stop ended the passes; None: at the ends
     protocol: str | None = None  # the protocol this label ran (medsam2's point protocol for clicks alone)
+    locked_out: int = 0  # voxels SAM 2 gave this label that locked structures keep (not in mask)
 
 
 @dataclass
@@ -329,7 +330,8 @@ class VolumeSegmenter:
             same_rule = track.early_stop == early_stop  # another stopping rule gives another result
             exact_wanted = not correction_stop.enabled and track.local_correction  # asks for the full pass
             if not diff.changed and not diff.removed and same_rule and track.mask is not None and not exact_wanted:
-                return self._label_result(label, track, wanted, reused=True, restarted=restarted)
+                return self._label_result(label, track, wanted, reused=True, restarted=restarted,
+                                          exclude=prompts.exclude)
             protocol = label_protocol(self.protocol, wanted.values())
             local = bool(diff.changed or diff.removed) and diff.only_added and same_rule \
                 and correction_stop.enabled and track.propagation is not None and protocol != "medsam2_point"
@@ -360,7 +362,7 @@ class VolumeSegmenter:
         track.early_stop = dataclasses.replace(early_stop)
         track.paste(propagation, session.volume.array.shape, protocol)
         track.protocol = protocol
-        return self._label_result(label, track, wanted, reused=False, restarted=restarted)
+        return self._label_result(label, track, wanted, reused=False, restarted=restarted, exclude=prompts.exclude)
 
     @staticmethod
     def _slice_listener(label: str, track: LabelTrack, on_slice):
@@ -404,14 +406,19 @@ class VolumeSegmenter:
         return self._start_track(predictor, session, label, bigger, track.grows + 1, timings)
 
     @staticmethod
-    def _label_result(label, track: LabelTrack, wanted: dict, reused: bool, restarted=None) -> LabelResult:
-        area = track.mask.sum(axis=(0, 1))
+    def _label_result(label, track: LabelTrack, wanted: dict, reused: bool, restarted=None,
+                      exclude: np.ndarray | None = None) -> LabelResult:
+        mask, locked_out = track.mask, 0
+        if exclude is not None:  # locked structures keep their voxels; the track keeps SAM 2's own mask
+            locked_out = int((mask & exclude).sum())
+            mask = mask & ~exclude
+        area = mask.sum(axis=(0, 1))
         slices = {int(k): slice_score(out, area[k]) for k, out in sorted(track.propagation.outputs.items())}
         passes = [dataclasses.replace(p) for p in track.propagation.passes]
         crop = None
         if track.region is not None or track.grows:
             crop = CropRegionReport(track.region, track.grows)
         stopped = exact_stop_report(track.propagation, track.mask.shape[2], int(track.mask.sum()))
-        return LabelResult(label, track.mask, sorted(wanted), slices, passes, reused, crop, restarted, stopped,
-                           track.protocol)
+        return LabelResult(label, mask, sorted(wanted), slices, passes, reused, crop, restarted, stopped,
+                           track.protocol, locked_out)
 

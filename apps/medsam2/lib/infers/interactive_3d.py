@@ -16,14 +16,15 @@ import numpy as np
 from medsam2_engine.volume_segmenter import SegmentOptions, VolumeSegmenter
 
 from .base import MODALITY_CHOICES, WINDOW_CHOICES, Sam2Task
-from .request import early_stop_option, parse_prompts, read_head, request_flag
+from .mask_sources import MaskSources
+from .request import IMAGE_ID_FIELD, early_stop_option, parse_prompts, read_head, request_flag, uploaded_label
 from .results_json import volume_result_json
 
 logger = logging.getLogger(__name__)
 
 
 class Interactive3D(Sam2Task):
-    def __init__(self, segmenter: VolumeSegmenter, labels: list):
+    def __init__(self, segmenter: VolumeSegmenter, labels: list, datastore=None):
         early = segmenter.settings.early_stop
         super().__init__(
             segmenter.models,
@@ -42,6 +43,7 @@ class Interactive3D(Sam2Task):
             },
         )
         self.segmenter = segmenter
+        self.datastore = datastore  # () -> the app's datastore: saved labels as mask prompts and locks
 
     def options(self, request: dict) -> SegmentOptions:
         """The engine's options with the request's overrides (strict: a bad value is a 400)."""
@@ -63,7 +65,9 @@ class Interactive3D(Sam2Task):
         """
         head, options = read_head(request, self.labels), self.options(request)
         with self.segmenter.open(head.session_key, request["image"], head.window, head.modality) as session:
-            parsed = parse_prompts(request, head, session.volume.array.shape, self.labels)
+            sources = MaskSources(session, self.datastore() if self.datastore else None, request.get(IMAGE_ID_FIELD),
+                                  uploaded_label(request), self.labels)
+            parsed = parse_prompts(request, head, session.volume.array.shape, self.labels, sources)
             result = self.segmenter.segment(session, parsed.prompts, options, reset_labels=parsed.reset_labels,
                                             on_slice=on_slice)
         return result, parsed.warnings

@@ -26,6 +26,7 @@ import dataclasses
 import os
 from dataclasses import dataclass
 
+from medsam2_engine.drawn_prompts import parse_lassos, parse_strokes
 from medsam2_engine.prompts import LabelPrompts, PromptError, parse_box, parse_points
 
 from ..options import MAX_POINTS, OptionError, box, choice, flag, image_size, integer, point_list, text
@@ -36,6 +37,15 @@ MAX_COUNT = 10_000  # ceiling of the request's whole-number options (patience, s
 
 # the trusted fields the infer route sets; a client's own copies are dropped there
 USER_FIELD, ADDRESS_FIELD, IMAGE_ID_FIELD = "_user", "_client_address", "_image_id"
+# the label file uploaded with /infer, saved by the app's route (MONAI Label would put its path
+# in "label", where the structure's name is)
+LABEL_UPLOAD_FIELD = "_label_upload"
+
+
+def uploaded_label(request: dict) -> str | None:
+    """The path of the label file uploaded with the request (None: none was)."""
+    path = request.get(LABEL_UPLOAD_FIELD)
+    return path if isinstance(path, str) and path else None
 
 
 @dataclass(frozen=True)
@@ -151,8 +161,11 @@ def unused_point_lists(request: dict, labels: list) -> list:
                   and _looks_like_points(value))
 
 
-def parse_prompts(request: dict, head: RequestHead, shape, labels: list) -> ParsedPrompts:
-    """Prompts per label, checked against the open image's ``shape`` (voxel order) and known labels."""
+def parse_prompts(request: dict, head: RequestHead, shape, labels: list, sources=None) -> ParsedPrompts:
+    """Prompts per label, checked against the open image's ``shape`` (voxel order) and known labels.
+
+    ``sources`` (a :class:`.mask_sources.MaskSources`) resolves ``mask_prompt`` and ``locked``
+    for the request's label; without it they are refused."""
     image_size(shape)
     per_label = [name for name in labels if name in request and request[name] not in (None, [])]
     label = head.label
@@ -170,10 +183,22 @@ def parse_prompts(request: dict, head: RequestHead, shape, labels: list) -> Pars
     roi = None if roi in (None, []) else box(roi, "roi")
 
     background = parse_points(point_fields["background"], shape, "background", positive=False)
+    stroke_clicks = parse_strokes(request.get("strokes"), shape)
+    lassos = parse_lassos(request.get("lasso"), shape)
+    if len(stroke_clicks) > MAX_POINTS:
+        raise OptionError("strokes", f"{len(stroke_clicks)} points along the strokes; at most {MAX_POINTS}", status=413)
+    background += [c for c in stroke_clicks if not c.positive]
+    for name in ("mask_prompt", "locked"):
+        if request.get(name) not in (None, []) and sources is None:
+            raise PromptError(f"{name}: this model does not take it (the 3D model does)")
+    if request.get("mask_prompt") not in (None, []):
+        lassos += sources.mask_prompt(request["mask_prompt"])
     prompts: dict = {}
-    if point_fields["foreground"] or roi is not None or (label and not per_label):
+    if point_fields["foreground"] or roi is not None or stroke_clicks or lassos or (label and not per_label):
         target = prompts.setdefault(label, LabelPrompts())
         target.clicks += parse_points(point_fields["foreground"], shape, "foreground", positive=True)
+        target.clicks += [c for c in stroke_clicks if c.positive]
+        target.masks += lassos
         if roi is not None:
             target.boxes.append(parse_box(roi, shape, "roi"))
     for name in per_label:
@@ -185,11 +210,18 @@ def parse_prompts(request: dict, head: RequestHead, shape, labels: list) -> Pars
     if not prompts:
         raise PromptError(
             "no prompt: send foreground points [[i, j, k], ...] (with label), a roi [i0, i1, j0, j1, k0, k1], "
-            "or per-label point lists"
+            "strokes, a lasso, a mask_prompt, or per-label point lists"
         )
     for name, target in prompts.items():
-        if not any(c.positive for c in target.clicks) and not target.boxes:
+        if not any(c.positive for c in target.clicks) and not target.boxes and not target.masks:
             raise PromptError(f"label {name!r}: only background points; add a foreground point or a roi")
+    if sources is not None and request.get("locked") not in (None, []):
+        locked = request["locked"]
+        if isinstance(locked, list) and any(name in locked for name in prompts):
+            raise PromptError(f"locked: {sorted(n for n in prompts if n in locked)} is being segmented; unlock it first")
+        exclude = sources.locked(locked)
+        for target in prompts.values():
+            target.exclude = exclude
 
     reset = set(prompts) if head.reset else set()
     warnings = [f"{name}: points for a label this app does not have (its labels: {', '.join(labels)}); not used"

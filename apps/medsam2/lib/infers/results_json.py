@@ -109,6 +109,7 @@ def volume_result_json(result, label_names: dict) -> dict:
                 "exact_stop": exact_stop_json(r.exact_stop),
                 "crop_region": crop_region_json(r.crop_region),
                 "voxels": int(r.mask.sum()),
+                "locked_out": r.locked_out,  # voxels SAM 2 gave it that locked structures keep
                 "slices": slices_json(r.slices),
             }
             for name, r in result.labels.items()
