@@ -31,6 +31,7 @@ const state = {
   run: null, // the segmentation streaming in: {controller, label, ...}
   timings: [], // per request: mouse-up to the prompted slice's mask, and to the final mask, on screen (ms)
   opening: null, // the last open: ms from the pick to the first slice, and to the whole study, on screen
+  locked: new Set(), // labels whose voxels no other structure takes (the app's `locked`)
 };
 const view = new VolumeView($('image'));
 const marks = $('marks');
@@ -87,6 +88,18 @@ function renderLabels() {
     item.append(swatch, label);
     const saved = mask && state.savedShown.has(label) ? ' saved' : '';
     if (count) item.append(Object.assign(document.createElement('span'), { className: 'tag', textContent: `${count} vx${saved}` }));
+    const lock = Object.assign(document.createElement('button'), {
+      type: 'button', className: 'lock', textContent: state.locked.has(label) ? 'locked' : 'lock',
+      title: 'Locked: other structures never take its voxels, and it is not segmented again' });
+    lock.setAttribute('aria-pressed', String(state.locked.has(label)));
+    lock.disabled = !count;
+    lock.addEventListener('click', (event) => {
+      event.stopPropagation();
+      if (state.locked.has(label)) state.locked.delete(label); else state.locked.add(label);
+      refreshPanels();
+    });
+    item.append(lock);
+    if (state.locked.has(label)) item.classList.add('locked');
     if (label === state.label) item.classList.add('selected');
     item.addEventListener('click', () => { state.label = label; refreshPanels(); });
     list.append(item);
@@ -97,13 +110,20 @@ function refreshPanels() {
   renderLabels();
   const prompts = state.label ? promptsOf(state.label) : null;
   const open = Boolean(state.image);
-  $('undo').disabled = !open || !prompts || prompts.isEmpty();
+  const locked = state.locked.has(state.label);
+  $('undo').disabled = !open || !prompts || prompts.isEmpty() || locked;
+  $('redo').disabled = !open || !prompts || !prompts.canRedo() || locked;
+  $('start-saved').disabled = !open || !state.saved.has(state.label) || locked;
   $('clear').disabled = !open || !prompts || (prompts.isEmpty() && !(state.masks.get(labelValue(state.label))?.count()));
   $('save').disabled = !open || ![...state.masks.values()].some((m) => m.count() > 0);
   if (prompts) {
     const box = prompts.box();
+    const count = (kind) => prompts.edits.filter((e) => e.kind === kind).length;
+    const drawn = [count('stroke') && `${count('stroke')} scribble(s)`, count('lasso') && `${count('lasso')} outline(s)`,
+      count('start') && 'started from its saved mask'].filter(Boolean);
     $('prompt-summary').textContent = `${state.label}: ${prompts.points(true).length} inside, `
-      + `${prompts.points(false).length} outside${box ? `, box on slice ${box[4]}` : ''}`;
+      + `${prompts.points(false).length} outside${box ? `, box on slice ${box[4]}` : ''}`
+      + `${drawn.length ? `, ${drawn.join(', ')}` : ''}${state.locked.has(state.label) ? ' (locked)' : ''}`;
   }
   renderOverlaps();
   renderResult();
@@ -144,6 +164,7 @@ function syncSlice() {
 
 let dragStart = null;
 let dragNow = null;
+let dragPath = []; // a stroke or lasso being drawn: canvas points
 
 function drawMarks() {
   const dpr = window.devicePixelRatio || 1;
@@ -169,9 +190,25 @@ function drawMarks() {
       const a = view.canvasOf([edit.roi[0], edit.roi[2], k]);
       const b = view.canvasOf([edit.roi[1], edit.roi[3], k]);
       if (a && b) strokeBox(ctx, a, b, '#4fc3ff');
+    } else if (edit.kind === 'stroke' && edit.points[0][2] === k) {
+      strokePath(ctx, edit.points.map((p) => view.canvasOf(p)), edit.positive ? '#30e060' : '#ff4040', false);
+    } else if (edit.kind === 'lasso' && edit.slice === k) {
+      strokePath(ctx, edit.polygon.map(([i, j]) => view.canvasOf([i, j, k])), '#e8e84a', true); // not reddish: the overlay's red stays the only red
     }
   }
-  if (dragStart && dragNow) strokeBox(ctx, dragStart, dragNow, '#ffffff');
+  if (dragStart && dragNow && tool() === 'box') strokeBox(ctx, dragStart, dragNow, '#ffffff');
+  if (dragPath.length) strokePath(ctx, dragPath, '#ffffff', tool() === 'lasso');
+}
+
+function strokePath(ctx, points, colour, closed) {
+  if (!points.length || points.some((p) => !p)) return;
+  ctx.strokeStyle = colour;
+  ctx.lineWidth = 3;
+  ctx.lineJoin = 'round';
+  ctx.beginPath();
+  points.forEach(([x, y], n) => (n ? ctx.lineTo(x, y) : ctx.moveTo(x, y)));
+  if (closed) ctx.closePath();
+  ctx.stroke();
 }
 
 function strokeBox(ctx, a, b, colour) {
@@ -193,24 +230,40 @@ function canvasXY(event) {
 marks.addEventListener('contextmenu', (event) => event.preventDefault());
 marks.addEventListener('pointerdown', (event) => {
   if (!state.image) return;
+  if (state.locked.has(state.label)) { setStatus(`${state.label} is locked: unlock it to change it.`, 'error'); return; }
   dragStart = canvasXY(event);
   dragNow = null;
+  dragPath = ['stroke', 'lasso'].includes(tool()) ? [dragStart] : [];
   marks.setPointerCapture(event.pointerId);
 });
 marks.addEventListener('pointermove', (event) => {
-  if (!dragStart || tool() !== 'box') return;
+  if (!dragStart) return;
   dragNow = canvasXY(event);
+  if (dragPath.length) {
+    const last = dragPath[dragPath.length - 1];
+    if (Math.hypot(dragNow[0] - last[0], dragNow[1] - last[1]) >= 2) dragPath.push(dragNow);
+  } else if (tool() !== 'box') return;
   drawMarks();
 });
 marks.addEventListener('pointerup', (event) => {
   if (!dragStart) return;
   const start = dragStart;
   const end = canvasXY(event);
+  const path = [...dragPath, end];
   dragStart = dragNow = null;
+  dragPath = [];
   const clickedAt = performance.now();
   const moved = Math.hypot(end[0] - start[0], end[1] - start[1]) > DRAG_PIXELS;
   const prompts = promptsOf(state.label);
-  if (tool() === 'box' && moved && event.button === 0) {
+  if (tool() === 'stroke' || tool() === 'lasso') {
+    const spread = Math.max(...path.map(([x, y]) => Math.hypot(x - start[0], y - start[1])));
+    const voxels = path.map(([x, y]) => view.pointAt(x, y));
+    if (voxels.some((v) => !v)) { setStatus('Draw on the image.', 'error'); drawMarks(); return; }
+    const k = view.currentSlice();
+    if (tool() === 'stroke') prompts.addStroke(voxels, k, !(event.button === 2 || event.shiftKey));
+    else if (voxels.length >= 3 && spread > DRAG_PIXELS) prompts.addLasso(voxels, k);
+    else { setStatus('Draw a closed outline around the structure.', 'error'); drawMarks(); return; }
+  } else if (tool() === 'box' && moved && event.button === 0) {
     const a = view.voxelAt(...start);
     const b = view.voxelAt(...end);
     if (!a || !b) { setStatus('Draw the box on the image.', 'error'); drawMarks(); return; }
@@ -264,7 +317,7 @@ async function requestMask(clickedAt) {
   state.run = run;
   $('stop').hidden = false;
   setStatus(`Segmenting ${label}…`, 'busy');
-  const params = prompts.request(label, clientId);
+  const params = prompts.request(label, clientId, [...state.locked].filter((l) => l !== label));
   prompts.resetNext = false;
   try {
     const answer = await segment(run.image, params, { signal: run.controller.signal,
@@ -342,8 +395,30 @@ async function showFinal(run, answer) {
     + `(server ${result.latencies?.total ?? '?'} s).${replaced}${changed}`, 'idle');
 }
 
-$('undo').addEventListener('click', () => {
-  promptsOf(state.label).undo();
+function undoRedo(redo) {
+  const prompts = promptsOf(state.label);
+  if (redo) prompts.redo(); else prompts.undo();
+  refreshPanels();
+  requestMask(performance.now());
+}
+$('undo').addEventListener('click', () => undoRedo(false));
+$('redo').addEventListener('click', () => undoRedo(true));
+// as in Slicer's Segment Editor: Ctrl+Z undoes, Ctrl+Y or Ctrl+Shift+Z redoes
+window.addEventListener('keydown', (event) => {
+  if (!(event.ctrlKey || event.metaKey) || !state.image || state.locked.has(state.label)) return;
+  const key = event.key.toLowerCase();
+  if (key === 'z' && !event.shiftKey && !$('undo').disabled) { event.preventDefault(); undoRedo(false); }
+  if ((key === 'y' || (key === 'z' && event.shiftKey)) && !$('redo').disabled) { event.preventDefault(); undoRedo(true); }
+});
+// the structure's saved mask on the shown slice becomes its starting mask (refined with SAM 2)
+$('start-saved').addEventListener('click', () => {
+  const k = view.currentSlice();
+  const saved = state.saved.get(state.label);
+  const [ni, nj] = saved.dims;
+  let any = false;
+  for (let n = ni * nj * k; n < ni * nj * (k + 1) && !any; n += 1) any = saved.voxels[n] > 0;
+  if (!any) { setStatus(`${state.label}: its saved mask has nothing on slice ${k}; go to a slice it covers.`, 'error'); return; }
+  promptsOf(state.label).startFrom('final', state.label, [k]);
   refreshPanels();
   requestMask(performance.now());
 });
@@ -414,6 +489,7 @@ async function openStudy(image) {
     const header = labelHeader(new Uint8Array(study.buffer, 0, Math.round(new DataView(study.buffer).getFloat32(108, true))));
     view.open(study.buffer, { window: study.window, slice: first?.slice, steps: opening, started });
     Object.assign(state, { prompts: new Map(), results: new Map(), saved: new Map(), savedShown: new Set(), version: null,
+      locked: new Set(),
       shown: new LabelVolume(header, view.dims) });
     state.masks = state.shown.masks;
     state.modelWindowShown = study.window;

@@ -1,9 +1,14 @@
 // The prompts of each structure (label) on one study, as the app's request fields.
 // Voxel indices [i, j, k] of the image array as the app reads it; k is the slice.
+//
+// Edits, in the order made: {kind: 'point', positive, voxel}, {kind: 'box', roi},
+// {kind: 'stroke', positive, points: [[i, j, k], ...]}, {kind: 'lasso', slice, polygon: [[i, j], ...]},
+// {kind: 'start', from, name, slices}: a saved mask to start from (the app's mask_prompt).
 
 export class LabelPrompts {
   constructor() {
-    this.edits = []; // in the order made: {kind: 'point', positive, voxel} or {kind: 'box', roi}
+    this.edits = [];
+    this.undone = []; // edits taken back, newest last: redo puts them back
     this.resetNext = false; // the next request starts this label afresh (after Clear)
     this.done = 0; // edits the mask on screen was made from (a stopped request drops the ones after)
   }
@@ -13,8 +18,13 @@ export class LabelPrompts {
     this.edits = this.edits.slice(0, this.done);
   }
 
+  add(edit) {
+    this.edits.push(edit);
+    this.undone = [];
+  }
+
   addPoint(voxel, positive) {
-    this.edits.push({ kind: 'point', positive, voxel: voxel.map((v) => Math.round(v)) });
+    this.add({ kind: 'point', positive, voxel: voxel.map((v) => Math.round(v)) });
   }
 
   // One box per structure: a new box replaces the earlier one.
@@ -26,15 +36,42 @@ export class LabelPrompts {
       k, k,
     ].map((v) => Math.round(v));
     this.edits = this.edits.filter((e) => e.kind !== 'box');
-    this.edits.push({ kind: 'box', roi });
+    this.add({ kind: 'box', roi });
+  }
+
+  // a free-hand line on slice k: points [[i, j], ...] (voxel indices, fractions allowed)
+  addStroke(points, k, positive) {
+    this.add({ kind: 'stroke', positive, points: points.map(([i, j]) => [round1(i), round1(j), k]) });
+  }
+
+  // a closed outline on slice k: its inside is that slice's mask
+  addLasso(polygon, k) {
+    this.add({ kind: 'lasso', slice: k, polygon: polygon.map(([i, j]) => [round1(i), round1(j)]) });
+  }
+
+  // start from a saved mask (from: 'final' the saved label, 'structure' another structure) on slices
+  startFrom(from, name, slices) {
+    this.edits = this.edits.filter((e) => e.kind !== 'start');
+    this.add({ kind: 'start', from, name, slices });
   }
 
   undo() {
-    this.edits.pop();
+    const edit = this.edits.pop();
+    if (edit) this.undone.push(edit);
+  }
+
+  redo() {
+    const edit = this.undone.pop();
+    if (edit) this.edits.push(edit);
+  }
+
+  canRedo() {
+    return this.undone.length > 0;
   }
 
   clear() {
     this.edits = [];
+    this.undone = [];
     this.done = 0;
     this.resetNext = true;
   }
@@ -43,9 +80,9 @@ export class LabelPrompts {
     return this.edits.length === 0;
   }
 
-  // Something the model can start from: a positive point or a box.
+  // Something the model can start from: a positive point or stroke, a box, a lasso, a saved mask.
   canSegment() {
-    return this.edits.some((e) => e.kind === 'box' || e.positive);
+    return this.edits.some((e) => ['box', 'lasso', 'start'].includes(e.kind) || e.positive);
   }
 
   points(positive) {
@@ -59,7 +96,8 @@ export class LabelPrompts {
 
   // Every prompt of the label each time, as the Slicer module sends them: the app works out
   // what changed (an added point corrects from its slice; a removed one restarts that slice).
-  request(label, clientId) {
+  // locked: the structures whose voxels this one must not take.
+  request(label, clientId, locked = []) {
     const params = {
       label,
       foreground: this.points(true),
@@ -69,6 +107,17 @@ export class LabelPrompts {
     };
     const roi = this.box();
     if (roi) params.roi = roi;
+    const strokes = this.edits.filter((e) => e.kind === 'stroke');
+    if (strokes.length) params.strokes = strokes.map(({ points, positive }) => ({ points, positive }));
+    const lassos = this.edits.filter((e) => e.kind === 'lasso');
+    if (lassos.length) params.lasso = lassos.map(({ slice, polygon }) => ({ slice, polygon }));
+    const start = this.edits.find((e) => e.kind === 'start');
+    if (start) params.mask_prompt = { from: start.from, name: start.name, slices: start.slices };
+    if (locked.length) params.locked = locked;
     return params;
   }
+}
+
+function round1(v) {
+  return Math.round(v * 10) / 10;
 }

@@ -171,6 +171,21 @@ export class VolumeView {
     return this.pixelVoxel(Math.floor(x * this.dpr), Math.floor(y * this.dpr));
   }
 
+  // CSS pixels -> [i, j, k] with fractions (a voxel's centre is a whole number), for outlines
+  // and strokes; the inverse of canvasOf; null off the image
+  pointAt(x, y) {
+    if (!this.image) return null;
+    const voxel = [0, 0, this.slice];
+    const sides = this.layout();
+    for (const [s, p] of [[0, x * this.dpr], [1, y * this.dpr]]) {
+      const side = sides[s];
+      const onScreen = (p - side.start) / side.step - 0.5;
+      if (onScreen < -0.5 || onScreen > side.n - 0.5) return null;
+      voxel[side.axis] = this.image.flipped[side.ras] ? onScreen : side.n - 1 - onScreen;
+    }
+    return voxel;
+  }
+
   // the app's voxel -> CSS pixels on the canvas at the centre of its square (on the shown plane)
   canvasOf(voxel) {
     if (!this.image) return null;

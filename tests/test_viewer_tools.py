@@ -1,0 +1,146 @@
+"""The page's drawing tools, end to end in Debian's headless Chromium against the real server
+(phantom-trained small model): a scribble and a lasso on the slice under the pointer, undo
+and redo (buttons and Ctrl+Z / Ctrl+Y), a locked structure that a new overlapping one does not
+take, and a saved mask as the starting point. Each is checked in the request the page sent,
+in the masks the page holds and on the screenshot (the overlay over exactly those voxels).
+"""
+
+from __future__ import annotations
+
+import json
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from tests.support.browser import chromium_page, needs_chromium, screenshot  # noqa: F401  (fixture)
+from tests.support.viewer_page import (LABELS, SEGMENT_ROUTE, assert_mask_on_screen, dice, form_field,
+                                       mask_from_infer_response, wait_idle)
+
+AFFINE = np.array([[-0.9, 0, 0, 20.0], [0, -0.8, 0, 15.0], [0, 0, 3.0, -10.0], [0, 0, 0, 1]])
+SHAPE = (40, 32, 16)
+
+
+@pytest.fixture(scope="module")
+def tools_server(fine_tuned, small_model_files, tmp_path_factory):
+    from tests.support.server import RunningServer
+    from tests.support.trained_small_model import phantom
+
+    segmenter, _ = fine_tuned
+    config, _ = small_model_files
+    folder = tmp_path_factory.mktemp("viewer-tools")
+    studies = folder / "studies"
+    studies.mkdir()
+    array, truth = phantom(seed=14, shape=SHAPE)
+    nib.save(nib.Nifti1Image(np.round(array).astype(np.int16), AFFINE), studies / "phantom14.nii.gz")
+    server = RunningServer(studies, {"model_config": config, "checkpoint": segmenter.models.explicit,
+                                     "labels": ",".join(LABELS)}, folder / "server.log")
+    try:
+        yield server, truth
+    finally:
+        server.stop()
+
+
+def position(page, voxel):
+    return page.evaluate("v => window.medsam2Viewer.pagePosition(v)", [float(v) for v in voxel])
+
+
+def draw(page, tool: str, path: list, shift: bool = False):
+    """Draw ``path`` (page positions) with ``tool``; the page's request once it is idle."""
+    page.check(f"input[name=tool][value={tool}]")
+    with page.expect_response(lambda r: SEGMENT_ROUTE in r.url, timeout=180_000) as answer:
+        if shift:
+            page.keyboard.down("Shift")
+        page.mouse.move(*path[0])
+        page.mouse.down()
+        for point in path[1:]:
+            page.mouse.move(*point, steps=3)
+        page.mouse.up()
+        if shift:
+            page.keyboard.up("Shift")
+    wait_idle(page)
+    return answer.value
+
+
+def held(page, value: int) -> np.ndarray:
+    voxels = page.evaluate(f"Array.from(window.medsam2Viewer.state.masks.get({value})?.voxels || [])")
+    return np.array(voxels, np.uint8).reshape(SHAPE, order="F") > 0 if voxels else np.zeros(SHAPE, bool)
+
+
+@needs_chromium
+def test_scribble_lasso_undo_redo_lock_and_start_from_saved(tools_server, chromium_page, tmp_path):
+    server, truth = tools_server
+    page = chromium_page
+    errors = []
+    page.on("pageerror", lambda err: errors.append(str(err)))
+    page.goto(server.url + "/medsam2/viewer/")
+    page.evaluate("window.medsam2Viewer.ready")
+    page.click("#studies li[data-image='phantom14']")
+    wait_idle(page)
+    k = int(np.argmax(truth.sum(axis=(0, 1))))
+    page.evaluate("k => window.medsam2Viewer.goToSlice(k)", k)
+    ii, jj = np.nonzero(truth[:, :, k])
+    ci, cj = float(ii.mean()), float(jj.mean())
+
+    # a scribble inside the lesion: a stroke on slice k, in the voxels under the pointer
+    stroke = [position(page, [ci - 3, cj - 1, k]), position(page, [ci, cj + 1, k]), position(page, [ci + 3, cj, k])]
+    answer = draw(page, "stroke", stroke)
+    params = json.loads(form_field(answer.request, "params"))
+    [sent] = params["strokes"]
+    assert sent["positive"] is True and {p[2] for p in sent["points"]} == {k}
+    assert abs(sent["points"][0][0] - (ci - 3)) <= 1 and abs(sent["points"][-1][0] - (ci + 3)) <= 1
+    scribbled, _, _ = mask_from_infer_response(answer)
+    lesion = held(page, 1)
+    np.testing.assert_array_equal(lesion, scribbled > 0)
+    assert dice(lesion, truth) > 0.7
+    assert_mask_on_screen(page, screenshot(page, "viewer-tools-1-scribble", tmp_path), lesion, k)
+
+    # undo (button): nothing can be segmented from no prompt, the mask goes; redo (Ctrl+Y): it is back
+    page.click("#undo")
+    wait_idle(page)
+    assert not held(page, 1).any()
+    with page.expect_response(lambda r: SEGMENT_ROUTE in r.url, timeout=180_000) as again:
+        page.keyboard.press("Control+y")
+    wait_idle(page)
+    assert json.loads(form_field(again.value.request, "params"))["strokes"] == params["strokes"]
+    np.testing.assert_array_equal(held(page, 1), lesion)
+
+    # the lesion locked; the organ outlined generously around it with the lasso takes none of it
+    page.click("#labels li[data-label=lesion] .lock")
+    page.click("#labels li[data-label=organ]")
+    outline = [[ii.min() - 3, jj.min() - 3], [ii.max() + 3, jj.min() - 3], [ii.max() + 3, jj.max() + 3],
+               [ii.min() - 3, jj.max() + 3]]
+    answer = draw(page, "lasso", [position(page, [i, j, k]) for i, j in outline] + [position(page, [*outline[0], k])])
+    params = json.loads(form_field(answer.request, "params"))
+    assert params["locked"] == ["lesion"] and params["lasso"][0]["slice"] == k
+    organ = held(page, 2)
+    assert organ.any() and not (organ & lesion).any(), "a locked structure's voxels were taken"
+    _, _, result = mask_from_infer_response(answer)
+    assert result["labels"]["organ"]["locked_out"] > 0  # SAM 2 did reach into the lesion; the lock kept it
+    shown = screenshot(page, "viewer-tools-2-locked", tmp_path)
+    assert_mask_on_screen(page, shown, lesion, k)  # still red where the lesion is
+
+    # the locked lesion takes no prompt
+    page.click("#labels li[data-label=lesion]")
+    page.check("input[name=tool][value=point]")
+    page.mouse.click(*position(page, [ci, cj, k]))
+    assert "locked" in page.inner_text("#status")
+
+    # saved, reopened: the lesion's saved mask on slice k is the start of a new lesion
+    page.click("#labels li[data-label=lesion] .lock")
+    page.click("#save")
+    page.wait_for_function("document.getElementById('save-status').textContent.length > 0", timeout=120_000)
+    page.reload()
+    page.evaluate("window.medsam2Viewer.ready")
+    page.click("#studies li[data-image='phantom14']")
+    wait_idle(page)
+    page.evaluate("k => window.medsam2Viewer.goToSlice(k)", k)
+    page.click("#labels li[data-label=lesion]")
+    with page.expect_response(lambda r: SEGMENT_ROUTE in r.url, timeout=180_000) as started:
+        page.click("#start-saved")
+    wait_idle(page)
+    params = json.loads(form_field(started.value.request, "params"))
+    assert params["mask_prompt"] == {"from": "final", "name": "lesion", "slices": [k]}
+    restarted = held(page, 1)
+    assert dice(restarted, lesion) > 0.8
+    assert not errors, errors
