@@ -102,8 +102,9 @@ def readable_positions(page, png, n: int = 9) -> list:
     return out
 
 
-def check_positions(page, positions, volume, k) -> int:
-    """Every position's voxel, as the page would send it, has the level drawn there; returns the count."""
+def check_positions(page, positions, volume, k, normal: int = 2) -> int:
+    """Every position's voxel, as the page would send it, has the level drawn there and lies on the
+    shown plane (index ``k`` along file axis ``normal``); returns the count."""
     wrong, checked = [], 0
     for x, y, level in positions:
         voxel = sv.voxel_the_page_sends(page, x, y)
@@ -111,13 +112,30 @@ def check_positions(page, positions, volume, k) -> int:
             assert level == 0, f"({x:.0f}, {y:.0f}) shows level {level} but the page says it is off the image"
             continue
         checked += 1
-        if voxel[2] != k or sv.level_of_value(volume[tuple(voxel)]) != level:
+        if voxel[normal] != k or sv.level_of_value(volume[tuple(voxel)]) != level:
             wrong.append(((round(x), round(y)), level, voxel, sv.level_of_value(volume[tuple(voxel)])))
     assert not wrong, f"{len(wrong)} of {checked} positions map to another voxel than the one shown: {wrong[:5]}"
     return checked
 
 
 @needs_chromium
+@pytest.mark.parametrize("normal", [0, 1])
+def test_in_the_other_two_planes_the_voxel_under_the_pointer_is_the_voxel_sent(geometry_server, chromium_page,
+                                                                              normal, tmp_path):
+    """The planes across i and j (coronal and sagittal here) of the tilted, flipped study: the grey
+    under each pointer position is the level of the voxel a click there sends, on that plane."""
+    server, _, volumes = geometry_server
+    image = "oblique30flipped"
+    page, volume, k = chromium_page, volumes[image], SHAPE[2] // 2
+    open_study(page, server.url, image, k)
+    page.evaluate("n => window.medsam2Viewer.showPlane(n)", normal)
+    index = page.evaluate("window.medsam2Viewer.view.currentSlice()")
+    assert index == SHAPE[normal] // 2  # through the middle of the study
+    sv.settle(page)
+    positions = readable_positions(page, screenshot(page, f"viewer-geometry-plane{normal}", tmp_path), n=12)
+    assert check_positions(page, positions, volume, index, normal) >= 20
+
+
 @pytest.mark.parametrize("image", list(STUDIES))
 def test_the_voxel_under_the_pointer_is_the_voxel_sent(geometry_server, chromium_page, image, tmp_path):
     server, _, volumes = geometry_server

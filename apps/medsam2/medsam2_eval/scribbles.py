@@ -94,6 +94,21 @@ def run_user(segmenter, volume, window, modality, reference: np.ndarray, kind: s
     return out
 
 
+def phantom_cases(count: int) -> list:
+    """CT-like phantoms (an elliptic body, a spindle lesion on about a third of the slices)."""
+    from medsam2_engine.phantoms import spindle_lesion
+    from medsam2_engine.volume_io import Volume
+
+    from .cases import Case, Structure
+
+    cases = []
+    for seed in range(count):
+        array, lesion = spindle_lesion(40, 160 + 16 * seed, 0.35, seed=seed)
+        volume = Volume(array, np.diag([0.8, 0.8, 2.0, 1.0]), "", declared_modality="CT")
+        cases.append(Case(f"phantom{seed}", volume, [Structure("lesion", lesion)]))
+    return cases
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--data", required=True)
@@ -102,6 +117,8 @@ def main(argv=None) -> int:
     p.add_argument("--interactions", type=int, default=3)
     p.add_argument("--max-structures", type=int, default=1, help="largest structures per case")
     p.add_argument("--max-slices", type=int, default=160, help="skip cases with more slices (time)")
+    p.add_argument("--phantoms", type=int, default=0,
+                   help="also this many CT-like phantoms (where phantom-trained weights segment at all)")
     p.add_argument("--out", default=None)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -116,7 +133,7 @@ def main(argv=None) -> int:
                          checkpoint=args.checkpoint, device="cpu", cpu_runtime="auto")
     segmenter = VolumeSegmenter(models)
     rows, started = [], time.perf_counter()
-    for case in find_cases(args.data):
+    for case in phantom_cases(args.phantoms) + find_cases(args.data):
         if not case.volume.is_3d or case.volume.array.shape[2] > args.max_slices:
             continue
         for structure in select_structures(case, args.max_structures, 50):

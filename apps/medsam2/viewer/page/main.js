@@ -145,21 +145,47 @@ const display = new DisplayWindow(view, $('window'),
     || (state.modelWindowShown ? { low: state.modelWindowShown[0], high: state.modelWindowShown[1] } : null));
 
 // ---- slices and marks ---------------------------------------------------------------------
+// the app's slice k (in the plane of the app's slices)
 function goToSlice(k) {
-  view.goToSlice(k);
+  if (view.normal !== 2) view.setPlane(2);
+  $('plane').value = '2';
+  moveSlice(k);
+}
+
+// the shown plane's index along its normal
+function moveSlice(index) {
+  view.goToSlice(index);
   syncSlice();
 }
 
 let focusTimer = null;
 function syncSlice() {
   const k = view.currentSlice();
+  $('slice').max = view.dims[view.normal] - 1;
   $('slice').value = k;
-  $('slice-label').textContent = `${k} / ${view.dims[2] - 1}`;
+  $('slice-label').textContent = `${k} / ${view.dims[view.normal] - 1}`;
   drawMarks();
   // where the clinician looks is where the next prompt will be: the server encodes outward from it
   clearTimeout(focusTimer);
   const image = state.image;
-  focusTimer = setTimeout(() => { if (image) sendFocus(image, clientId, k).catch(() => {}); }, 300);
+  const slice = view.cursor[2];
+  focusTimer = setTimeout(() => { if (image) sendFocus(image, clientId, slice).catch(() => {}); }, 300);
+}
+
+// The plane shown: the app's slices (k), or the two across them. Prompts go on the app's slices:
+// a point or scribble drawn in another plane lands on the slice k of each voxel it touches.
+function showPlane(normal) {
+  view.setPlane(normal);
+  $('plane').value = String(normal);
+  syncSlice();
+}
+
+function namePlanes() {
+  for (const option of $('plane').options) {
+    const normal = Number(option.value);
+    const name = view.planeName(normal);
+    option.textContent = normal === 2 ? `${name} (the app's slices)` : name;
+  }
 }
 
 let dragStart = null;
@@ -175,9 +201,11 @@ function drawMarks() {
   ctx.clearRect(0, 0, w, h);
   if (!state.image || !state.label) return;
   const k = view.currentSlice();
+  const normal = view.normal;
   const prompts = promptsOf(state.label);
   for (const edit of prompts.edits) {
-    if (edit.kind === 'point' && edit.voxel[2] === k) {
+    if (normal !== 2 && edit.kind !== 'point') continue; // drawn on the app's slices: shown there
+    if (edit.kind === 'point' && edit.voxel[normal] === k) {
       const p = view.canvasOf(edit.voxel);
       if (!p) continue;
       ctx.beginPath();
@@ -255,7 +283,19 @@ marks.addEventListener('pointerup', (event) => {
   const clickedAt = performance.now();
   const moved = Math.hypot(end[0] - start[0], end[1] - start[1]) > DRAG_PIXELS;
   const prompts = promptsOf(state.label);
-  if (tool() === 'stroke' || tool() === 'lasso') {
+  if (view.normal !== 2 && (tool() === 'box' || tool() === 'lasso')) {
+    setStatus(`Boxes and outlines go on the app's slices: switch to the ${view.planeName(2)} view.`, 'error');
+    drawMarks();
+    return;
+  }
+  if (view.normal !== 2 && tool() === 'stroke') { // each voxel it crosses is a point on its own slice
+    const voxels = path.map(([x, y]) => view.voxelAt(x, y)).filter(Boolean);
+    const seen = new Set();
+    const points = voxels.filter((v) => !seen.has(v.join()) && seen.add(v.join()));
+    const step = Math.max(1, Math.ceil(points.length / 6));
+    points.filter((_, n) => n % step === 0).forEach((v) => prompts.addPoint(v, !(event.button === 2 || event.shiftKey)));
+    if (!points.length) { setStatus('Draw on the image.', 'error'); drawMarks(); return; }
+  } else if (tool() === 'stroke' || tool() === 'lasso') {
     const spread = Math.max(...path.map(([x, y]) => Math.hypot(x - start[0], y - start[1])));
     const voxels = path.map(([x, y]) => view.pointAt(x, y));
     if (voxels.some((v) => !v)) { setStatus('Draw on the image.', 'error'); drawMarks(); return; }
@@ -282,7 +322,7 @@ marks.addEventListener('pointerup', (event) => {
 marks.addEventListener('wheel', (event) => {
   if (!state.image) return;
   event.preventDefault();
-  goToSlice(view.currentSlice() + (event.deltaY > 0 ? -1 : 1));
+  moveSlice(view.currentSlice() + (event.deltaY > 0 ? -1 : 1));
 }, { passive: false });
 
 // The label's saved mask (or nothing) back on screen: its prompts are gone.
@@ -434,7 +474,8 @@ $('clear').addEventListener('click', async () => {
   refreshPanels();
   setStatus(`${state.label} cleared.${hadSaved ? ' The saved one is removed from the final label when you save.' : ''}`);
 });
-$('slice').addEventListener('input', (event) => goToSlice(Number(event.target.value)));
+$('slice').addEventListener('input', (event) => moveSlice(Number(event.target.value)));
+$('plane').addEventListener('change', (event) => showPlane(Number(event.target.value)));
 window.addEventListener('resize', () => requestAnimationFrame(drawMarks));
 // the image moves when a banner or the result panel appears: redraw the marks where it now is
 new ResizeObserver(() => requestAnimationFrame(() => requestAnimationFrame(drawMarks))).observe($('stage'));
@@ -522,6 +563,9 @@ async function openStudy(image) {
   $('empty').hidden = true;
   $('slice').max = view.dims[2] - 1;
   $('slice').disabled = false;
+  $('plane').value = '2';
+  $('plane').disabled = false;
+  namePlanes();
   $('save-status').textContent = '';
   renderStudies();
   syncSlice();
@@ -589,6 +633,7 @@ window.medsam2Viewer = {
     return [rect.left + p[0], rect.top + p[1]];
   },
   goToSlice,
+  showPlane,
   loop,
   streamsAnswered,
   ready: start(),

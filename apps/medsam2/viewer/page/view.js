@@ -52,7 +52,9 @@ export class VolumeView {
     this.ready = Promise.resolve();
     this.image = null;
     this.dims = null;
-    this.slice = 0;
+    this.normal = 2; // the file axis across the shown plane: 2 (k) shows the app's slices
+    this.slice = 0; // the shown plane's index along `normal`
+    this.cursor = [0, 0, 0]; // where the clinician is: each plane shows its own index of it
     this.window = null; // [low, high] in real values
     this.labels = null; // the LabelVolume painted over the image
     this.sent = []; // the label boxes drawn since opening (the last 100), for tests and scripts
@@ -67,14 +69,16 @@ export class VolumeView {
     const image = readNifti(buffer);
     if (steps) steps.decoded_ms = Math.round(performance.now() - started);
     Object.assign(image, rasAxes(image.affine));
-    image.across = image.axisOf.indexOf(2); // the slices the app prompts on (its k axis)
     this.image = image;
     this.dims = image.dims;
     this.labels = null;
     this.lut = null;
     this.range = null;
     this.window = window || this.robustRange();
-    this.slice = Math.max(0, Math.min(image.dims[2] - 1, slice ?? Math.floor(image.dims[2] / 2)));
+    this.cursor = image.dims.map((n) => Math.floor(n / 2));
+    this.cursor[2] = Math.max(0, Math.min(image.dims[2] - 1, slice ?? this.cursor[2]));
+    this.normal = 2; // a study opens on the app's slices
+    this.slice = this.cursor[this.normal];
     this.render();
     if (steps) steps.drawn_ms = Math.round(performance.now() - started);
   }
@@ -133,8 +137,8 @@ export class VolumeView {
   // Where the slice lies on the canvas (device pixels): for its columns and rows, the RAS axis,
   // the file axis, the count, the first pixel and the pixels per voxel.
   layout() {
-    const { axisOf, spacing, across } = this.image;
-    const [colRas, rowRas] = PLANE_AXES[across];
+    const { axisOf, spacing } = this.image;
+    const [colRas, rowRas] = PLANE_AXES[axisOf.indexOf(this.normal)];
     const width = this.canvas.width;
     const height = this.canvas.height;
     const n = [this.dims[axisOf[colRas]], this.dims[axisOf[rowRas]]];
@@ -156,7 +160,7 @@ export class VolumeView {
   pixelVoxel(px, py) {
     const sides = this.layout();
     const voxel = [0, 0, 0];
-    voxel[2] = this.slice;
+    voxel[this.normal] = this.slice;
     for (const [s, p] of [[0, px], [1, py]]) {
       const index = VolumeView.indexAlong(sides[s], this.image.flipped[sides[s].ras], p);
       if (index < 0) return null;
@@ -175,7 +179,8 @@ export class VolumeView {
   // and strokes; the inverse of canvasOf; null off the image
   pointAt(x, y) {
     if (!this.image) return null;
-    const voxel = [0, 0, this.slice];
+    const voxel = [0, 0, 0];
+    voxel[this.normal] = this.slice;
     const sides = this.layout();
     for (const [s, p] of [[0, x * this.dpr], [1, y * this.dpr]]) {
       const side = sides[s];
@@ -197,16 +202,33 @@ export class VolumeView {
     return position;
   }
 
+  // the shown plane's index along its normal (the app's slice k in the k plane)
   currentSlice() {
     return this.dims ? this.slice : 0;
   }
 
-  goToSlice(k) {
+  goToSlice(index) {
     if (!this.dims) return;
-    const slice = Math.max(0, Math.min(this.dims[2] - 1, k));
+    const slice = Math.max(0, Math.min(this.dims[this.normal] - 1, index));
     if (slice === this.slice) return;
     this.slice = slice;
+    this.cursor[this.normal] = slice;
     this.render();
+  }
+
+  // Show the plane across file axis `normal` (2: the app's slices) through the cursor; a click
+  // on `voxel` moves the cursor there first, so the other planes go through it.
+  setPlane(normal, voxel = null) {
+    if (!this.dims) return;
+    if (voxel) this.cursor = voxel.map((v, d) => Math.max(0, Math.min(this.dims[d] - 1, Math.round(v))));
+    this.normal = normal;
+    this.slice = this.cursor[normal];
+    this.render();
+  }
+
+  // the anatomical name of the plane across file axis `normal` (by the RAS axis nearest it)
+  planeName(normal) {
+    return this.image ? ['sagittal', 'coronal', 'axial'][this.image.axisOf.indexOf(normal)] : '';
   }
 
   // grey level (0-255) of each stored value, for the integer types up to 16 bits (else null)
@@ -247,7 +269,7 @@ export class VolumeView {
       }
       return offsets;
     });
-    const base = this.slice * stride[2];
+    const base = this.slice * stride[this.normal];
     const lut = this.greyTable();
     const map = this.labels?.map;
     const tint = this.colours.map((c) => c.map((v) => v * OPACITY));
@@ -282,7 +304,7 @@ export class VolumeView {
     const box = labels.takeDirty();
     if (!box || !this.dims) return;
     this.sent = [...this.sent.slice(-99), box];
-    const [k0, k1] = box[2];
+    const [k0, k1] = box[this.normal];
     if (this.slice < k0 || this.slice >= k1 || this.renderQueued) return;
     this.renderQueued = true;
     requestAnimationFrame(() => {
