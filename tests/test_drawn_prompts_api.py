@@ -191,3 +191,17 @@ def _nrrd_bytes(array: np.ndarray, affine: np.ndarray) -> bytes:
         return io.open(path, "rb").read()
     finally:
         os.remove(path)
+
+
+def test_the_2d_model_takes_strokes_and_says_it_takes_no_outline(drawn_server):
+    server, truth = drawn_server
+    k, ii, jj = _slice_of(truth)
+    stroke = [[int(ii.min()) + 2, int(jj.mean()), k], [int(ii.max()) - 2, int(jj.mean()), k]]
+    status, mask, result = infer(server, {"label": "lesion", "strokes": [{"points": stroke}], "slice": k,
+                                          "result_extension": ".nii.gz"}, model="medsam2_2d")
+    assert status == 200, result
+    assert (mask[:, :, k] > 0).sum() > 0.5 * truth[:, :, k].sum()
+    status, _, detail = infer(server, {"label": "lesion", "slice": k,
+                                       "lasso": [{"slice": k, "polygon": [[5, 5], [20, 5], [12, 20]]}]},
+                              model="medsam2_2d")
+    assert status == 400 and "lasso" in detail and "3D" in detail, detail

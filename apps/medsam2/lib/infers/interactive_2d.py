@@ -36,6 +36,9 @@ class Interactive2D(Sam2Task):
             if len(parsed.prompts) != 1:
                 raise PromptError(f"the 2D model segments one label per request, got {sorted(parsed.prompts)}")
             label, prompts = next(iter(parsed.prompts.items()))
+            if prompts.masks:  # SAM 2's image predictor takes a mask only as its own low-resolution logits
+                raise PromptError("lasso: the 2D model takes points, boxes and strokes; an outline (a mask) "
+                                  "needs the 3D model (medsam2_3d), which gives SAM 2 masks")
             slice_index = self._slice(request, prompts, volume) if volume.is_3d else None
             result = self.segmenter.segment(session, prompts, slice_index)
         if volume.is_3d and self.prefetch is not None:
