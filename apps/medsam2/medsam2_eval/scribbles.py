@@ -94,6 +94,16 @@ def run_user(segmenter, volume, window, modality, reference: np.ndarray, kind: s
     return out
 
 
+def baselines(image: np.ndarray, reference: np.ndarray) -> dict:
+    """Classical baselines' Dice from the first interaction's box, beside the model's."""
+    from .baselines import fill_box_baseline, otsu_box_baseline
+    from .clicks import box_prompt
+
+    box = box_prompt(reference)
+    return {"fill_box": round(dice(fill_box_baseline(reference, box), reference), 4),
+            "otsu_in_box": round(dice(otsu_box_baseline(image, box), reference), 4)}
+
+
 def phantom_cases(count: int) -> list:
     """CT-like phantoms (an elliptic body, a spindle lesion on about a third of the slices)."""
     from medsam2_engine.phantoms import spindle_lesion
@@ -137,7 +147,8 @@ def main(argv=None) -> int:
         if not case.volume.is_3d or case.volume.array.shape[2] > args.max_slices:
             continue
         for structure in select_structures(case, args.max_structures, 50):
-            row = {"case": case.name, "structure": structure.name, "voxels": int(structure.mask.sum())}
+            row = {"case": case.name, "structure": structure.name, "voxels": int(structure.mask.sum()),
+                   "baselines": baselines(case.volume.array, structure.mask)}
             for kind in ("click", "scribble"):
                 row[kind] = run_user(segmenter, case.volume, case.window, case.volume.declared_modality,
                                      structure.mask, kind, args.interactions, (kind, case.name, structure.name))

@@ -9,9 +9,9 @@ import { LearningLoop } from './loop.js';
 import { showOverlaps, showResult } from './panels.js';
 import { LabelPrompts } from './prompts.js';
 import { saveStructures } from './saving.js';
+import { PromptCanvas } from './tools.js';
 import { LABEL_COLOURS, VolumeView } from './view.js';
 
-const DRAG_PIXELS = 4;
 
 const $ = (id) => document.getElementById(id);
 const clientId = sessionStorage.getItem('medsam2-client') || `viewer-${crypto.randomUUID()}`;
@@ -188,137 +188,17 @@ function namePlanes() {
   }
 }
 
-let dragStart = null;
-let dragNow = null;
-let dragPath = []; // a stroke or lasso being drawn: canvas points
+const promptCanvas = new PromptCanvas(marks, view, {
+  current: () => (state.image && state.label
+    ? { label: state.label, prompts: promptsOf(state.label), locked: state.locked.has(state.label) } : null),
+  onEdit: (clickedAt) => { refreshPanels(); requestMask(clickedAt); },
+  say: (text, kind) => setStatus(text, kind),
+});
 
 function drawMarks() {
-  const dpr = window.devicePixelRatio || 1;
-  const { clientWidth: w, clientHeight: h } = marks;
-  if (marks.width !== w * dpr || marks.height !== h * dpr) { marks.width = w * dpr; marks.height = h * dpr; }
-  const ctx = marks.getContext('2d');
-  ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
-  ctx.clearRect(0, 0, w, h);
-  if (!state.image || !state.label) return;
-  const k = view.currentSlice();
-  const normal = view.normal;
-  const prompts = promptsOf(state.label);
-  for (const edit of prompts.edits) {
-    if (normal !== 2 && edit.kind !== 'point') continue; // drawn on the app's slices: shown there
-    if (edit.kind === 'point' && edit.voxel[normal] === k) {
-      const p = view.canvasOf(edit.voxel);
-      if (!p) continue;
-      ctx.beginPath();
-      ctx.arc(p[0], p[1], 5, 0, 2 * Math.PI);
-      ctx.fillStyle = edit.positive ? '#30e060' : '#ff4040';
-      ctx.fill();
-      ctx.strokeStyle = '#000';
-      ctx.stroke();
-    } else if (edit.kind === 'box' && edit.roi[4] === k) {
-      const a = view.canvasOf([edit.roi[0], edit.roi[2], k]);
-      const b = view.canvasOf([edit.roi[1], edit.roi[3], k]);
-      if (a && b) strokeBox(ctx, a, b, '#4fc3ff');
-    } else if (edit.kind === 'stroke' && edit.points[0][2] === k) {
-      strokePath(ctx, edit.points.map((p) => view.canvasOf(p)), edit.positive ? '#30e060' : '#ff4040', false);
-    } else if (edit.kind === 'lasso' && edit.slice === k) {
-      strokePath(ctx, edit.polygon.map(([i, j]) => view.canvasOf([i, j, k])), '#e8e84a', true); // not reddish: the overlay's red stays the only red
-    }
-  }
-  if (dragStart && dragNow && tool() === 'box') strokeBox(ctx, dragStart, dragNow, '#ffffff');
-  if (dragPath.length) strokePath(ctx, dragPath, '#ffffff', tool() === 'lasso');
+  promptCanvas.draw();
 }
 
-function strokePath(ctx, points, colour, closed) {
-  if (!points.length || points.some((p) => !p)) return;
-  ctx.strokeStyle = colour;
-  ctx.lineWidth = 3;
-  ctx.lineJoin = 'round';
-  ctx.beginPath();
-  points.forEach(([x, y], n) => (n ? ctx.lineTo(x, y) : ctx.moveTo(x, y)));
-  if (closed) ctx.closePath();
-  ctx.stroke();
-}
-
-function strokeBox(ctx, a, b, colour) {
-  ctx.strokeStyle = colour;
-  ctx.lineWidth = 2;
-  ctx.strokeRect(Math.min(a[0], b[0]), Math.min(a[1], b[1]), Math.abs(a[0] - b[0]), Math.abs(a[1] - b[1]));
-}
-
-// ---- prompting ------------------------------------------------------------------------------
-function tool() {
-  return document.querySelector('input[name="tool"]:checked').value;
-}
-
-function canvasXY(event) {
-  const rect = marks.getBoundingClientRect();
-  return [event.clientX - rect.left, event.clientY - rect.top];
-}
-
-marks.addEventListener('contextmenu', (event) => event.preventDefault());
-marks.addEventListener('pointerdown', (event) => {
-  if (!state.image) return;
-  if (state.locked.has(state.label)) { setStatus(`${state.label} is locked: unlock it to change it.`, 'error'); return; }
-  dragStart = canvasXY(event);
-  dragNow = null;
-  dragPath = ['stroke', 'lasso'].includes(tool()) ? [dragStart] : [];
-  marks.setPointerCapture(event.pointerId);
-});
-marks.addEventListener('pointermove', (event) => {
-  if (!dragStart) return;
-  dragNow = canvasXY(event);
-  if (dragPath.length) {
-    const last = dragPath[dragPath.length - 1];
-    if (Math.hypot(dragNow[0] - last[0], dragNow[1] - last[1]) >= 2) dragPath.push(dragNow);
-  } else if (tool() !== 'box') return;
-  drawMarks();
-});
-marks.addEventListener('pointerup', (event) => {
-  if (!dragStart) return;
-  const start = dragStart;
-  const end = canvasXY(event);
-  const path = [...dragPath, end];
-  dragStart = dragNow = null;
-  dragPath = [];
-  const clickedAt = performance.now();
-  const moved = Math.hypot(end[0] - start[0], end[1] - start[1]) > DRAG_PIXELS;
-  const prompts = promptsOf(state.label);
-  if (view.normal !== 2 && (tool() === 'box' || tool() === 'lasso')) {
-    setStatus(`Boxes and outlines go on the app's slices: switch to the ${view.planeName(2)} view.`, 'error');
-    drawMarks();
-    return;
-  }
-  if (view.normal !== 2 && tool() === 'stroke') { // each voxel it crosses is a point on its own slice
-    const voxels = path.map(([x, y]) => view.voxelAt(x, y)).filter(Boolean);
-    const seen = new Set();
-    const points = voxels.filter((v) => !seen.has(v.join()) && seen.add(v.join()));
-    const step = Math.max(1, Math.ceil(points.length / 6));
-    points.filter((_, n) => n % step === 0).forEach((v) => prompts.addPoint(v, !(event.button === 2 || event.shiftKey)));
-    if (!points.length) { setStatus('Draw on the image.', 'error'); drawMarks(); return; }
-  } else if (tool() === 'stroke' || tool() === 'lasso') {
-    const spread = Math.max(...path.map(([x, y]) => Math.hypot(x - start[0], y - start[1])));
-    const voxels = path.map(([x, y]) => view.pointAt(x, y));
-    if (voxels.some((v) => !v)) { setStatus('Draw on the image.', 'error'); drawMarks(); return; }
-    const k = view.currentSlice();
-    if (tool() === 'stroke') prompts.addStroke(voxels, k, !(event.button === 2 || event.shiftKey));
-    else if (voxels.length >= 3 && spread > DRAG_PIXELS) prompts.addLasso(voxels, k);
-    else { setStatus('Draw a closed outline around the structure.', 'error'); drawMarks(); return; }
-  } else if (tool() === 'box' && moved && event.button === 0) {
-    const a = view.voxelAt(...start);
-    const b = view.voxelAt(...end);
-    if (!a || !b) { setStatus('Draw the box on the image.', 'error'); drawMarks(); return; }
-    prompts.setBox(a, b);
-  } else if (!moved) {
-    const voxel = view.voxelAt(...end);
-    if (!voxel) return;
-    prompts.addPoint(voxel, !(event.button === 2 || event.shiftKey));
-  } else {
-    drawMarks();
-    return;
-  }
-  refreshPanels();
-  requestMask(clickedAt);
-});
 marks.addEventListener('wheel', (event) => {
   if (!state.image) return;
   event.preventDefault();
