@@ -39,6 +39,31 @@ def test_a_region_round_trips_and_an_empty_mask_says_so():
     np.testing.assert_array_equal(decode_region(mask_region(plane), plane.shape), plane)
 
 
+def test_the_prompted_slice_is_reported_when_sam2_gives_it_and_the_pass_agrees(fine_tuned, monkeypatch):
+    """The first preview comes from the prompt's own decoder call, before the pass encodes any memory;
+    the forward pass then reports that slice with the same mask."""
+    from medsam2_engine.prompts import Box, LabelPrompts
+    from medsam2_engine.volume_io import Volume
+    from tests.support.trained_small_model import phantom
+
+    segmenter, _ = fine_tuned
+    array, truth = phantom(seed=12, shape=SHAPE)
+    k = int(np.argmax(truth.sum(axis=(0, 1))))
+    ii, jj = np.nonzero(truth[:, :, k])
+    prompts = {"lesion": LabelPrompts(boxes=[Box(ii.min(), jj.min(), ii.max(), jj.max(), k)])}
+    model = segmenter.models.get().model
+    events = []
+    encode_memory = type(model)._encode_new_memory
+    monkeypatch.setattr(type(model), "_encode_new_memory",
+                        lambda self, *a, **kw: (events.append("memory"), encode_memory(self, *a, **kw))[1])
+    with segmenter.open(("tab", "prompted-first"), Volume(array, FLIPPED_AFFINE)) as session:
+        segmenter.segment(session, prompts, on_slice=lambda p: events.append(p))
+    previews = [e for e in events if e != "memory"]
+    assert events[0] is previews[0] and previews[0].k == k, "the prompted slice came after a memory encoding"
+    assert previews[1].k == k and previews[1].direction == "forward"
+    np.testing.assert_array_equal(previews[0].mask, previews[1].mask)
+
+
 def test_a_cancelled_propagation_drops_the_label_and_the_next_request_starts_from_its_prompts(fine_tuned):
     from medsam2_engine.prompts import Click, LabelPrompts
     from medsam2_engine.propagation import Cancelled

@@ -108,6 +108,15 @@ class Propagation:
     seconds: float = 0.0
 
 
+def report_prompted(frame_idx: int, image_mask: np.ndarray) -> None:
+    """A prompted slice's mask as soon as SAM 2 gives it (one decoder call on an encoded slice),
+    before the pass encodes its memory: the listener's first slice comes sooner. The pass then
+    reports the same slice again, with the same mask."""
+    listener = _SLICE_LISTENER.get()
+    if listener is not None:
+        listener("forward", frame_idx, SliceOutput(np.asarray(image_mask, dtype=bool), float("nan"), None), 1)
+
+
 def _frame_output(state: dict, frame_idx: int) -> dict | None:
     obj_out = state["output_dict_per_obj"][0]
     return obj_out["cond_frame_outputs"].get(frame_idx) or obj_out["non_cond_frame_outputs"].get(frame_idx)

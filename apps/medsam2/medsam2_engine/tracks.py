@@ -12,7 +12,7 @@ from .frames import image_to_slice
 from .predictor import at_input_size, network_lock
 from .prompts import FramePrompt, mask_digest
 from .propagation import (OBJ_ID, CorrectionStop, EarlyStop, PassPlan, Propagation, propagate_both_ways,
-                          propagate_correction, restart_frame)
+                          propagate_correction, report_prompted, restart_frame)
 from .protocols import largest_component
 
 
@@ -102,7 +102,7 @@ class LabelTrack:
 
         # medsam2: each pass from a state that holds the prompts only (reset_state, prompts again)
         def before_pass(reverse: bool) -> None:
-            prompts_only(view, self, wanted)
+            prompts_only(view, self, wanted, report=not reverse)
 
         exact_stop = early_stop.exact_stop  # exact with the largest-component step (exact_stop.py)
         if local:
@@ -202,12 +202,15 @@ def add_prompt(predictor, state: dict, k: int, prompt: FramePrompt) -> np.ndarra
     return (video_res_masks[0, 0] > 0.0).cpu().numpy()
 
 
-def prompts_only(predictor, track: LabelTrack, wanted: dict) -> None:
-    """MedSAM2's ``reset_state`` then the prompts again: a state without any pass's memories."""
+def prompts_only(predictor, track: LabelTrack, wanted: dict, report: bool = False) -> None:
+    """MedSAM2's ``reset_state`` then the prompts again: a state without any pass's memories.
+    ``report``: each prompted slice's mask goes to the propagation's listener at once."""
     with network_lock(predictor):
         predictor.reset_state(track.state)
     for k, prompt in sorted(wanted.items()):
-        add_prompt(predictor, track.state, k, track.in_view(prompt))
+        mask = add_prompt(predictor, track.state, k, track.in_view(prompt))
+        if report:
+            report_prompted(k, mask)
     track.frame_prompts = dict(wanted)
 
 
@@ -215,7 +218,10 @@ def masks_from_prompts(predictor, track: LabelTrack, wanted: dict) -> dict:
     """MedSAM2's point protocol, first step: each prompted slice's mask from its prompts, in a fresh state."""
     with network_lock(predictor):
         predictor.reset_state(track.state)
-    masks = {k: add_prompt(predictor, track.state, k, track.in_view(prompt)) for k, prompt in sorted(wanted.items())}
+    masks = {}
+    for k, prompt in sorted(wanted.items()):
+        masks[k] = add_prompt(predictor, track.state, k, track.in_view(prompt))
+        report_prompted(k, masks[k])
     track.frame_prompts = dict(wanted)
     return masks
 
