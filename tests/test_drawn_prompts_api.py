@@ -14,29 +14,15 @@ import numpy as np
 import pytest
 import requests
 
-LABELS = ["lesion", "organ"]
+from tests.support.viewer_page import FLIPPED_AFFINE, phantom_server
+
 SHAPE = (40, 32, 16)
-AFFINE = np.array([[-0.9, 0, 0, 20.0], [0, -0.8, 0, 15.0], [0, 0, 3.0, -10.0], [0, 0, 0, 1]])
 
 
 @pytest.fixture(scope="module")
 def drawn_server(fine_tuned, small_model_files, tmp_path_factory):
-    from tests.support.server import RunningServer
-    from tests.support.trained_small_model import phantom
-
-    segmenter, _ = fine_tuned
-    config, _ = small_model_files
-    folder = tmp_path_factory.mktemp("drawn")
-    studies = folder / "studies"
-    studies.mkdir()
-    array, truth = phantom(seed=13, shape=SHAPE)
-    nib.save(nib.Nifti1Image(np.round(array).astype(np.int16), AFFINE), studies / "phantom13.nii.gz")
-    server = RunningServer(studies, {"model_config": config, "checkpoint": segmenter.models.explicit,
-                                     "labels": ",".join(LABELS)}, folder / "server.log")
-    try:
-        yield server, truth
-    finally:
-        server.stop()
+    with phantom_server(fine_tuned, small_model_files, tmp_path_factory.mktemp("drawn"), 13, SHAPE) as running:
+        yield running
 
 
 def infer(server, params: dict, model: str = "medsam2_3d", label_file: bytes | None = None, name="label.nii.gz"):
@@ -99,7 +85,7 @@ def test_strokes_a_lasso_a_mask_and_a_lock_over_infer(drawn_server):
     assert dice(from_structure > 0, by_stroke > 0) > 0.8
 
     # an uploaded label, on the study's grid, as the mask prompt
-    upload = nib.Nifti1Image(truth.astype(np.uint8) * 2, AFFINE)
+    upload = nib.Nifti1Image(truth.astype(np.uint8) * 2, FLIPPED_AFFINE)
     status, from_upload, result = infer(server, {"label": "organ", "reset_state": True, "result_extension": ".nii.gz",
                                                  "mask_prompt": {"from": "upload", "value": 2, "slices": [k]}},
                                         label_file=upload.to_bytes(), name="seed.nii")
@@ -134,7 +120,7 @@ def test_malformed_drawings_are_refused_naming_the_field(drawn_server, params, f
 
 def test_an_uploaded_label_on_another_grid_is_refused(drawn_server):
     server, _ = drawn_server
-    other = nib.Nifti1Image(np.ones((10, 10, 4), np.uint8), AFFINE)
+    other = nib.Nifti1Image(np.ones((10, 10, 4), np.uint8), FLIPPED_AFFINE)
     status, _, detail = infer(server, {"label": "organ", "mask_prompt": {"from": "upload"}}, label_file=other.to_bytes(),
                               name="other.nii")
     assert status == 400 and "mask_prompt" in detail and "voxels" in detail, detail
@@ -160,14 +146,14 @@ def test_slicers_scribbles_section_replayed(drawn_server):
     params = {"roi": [], "label_info": label_info, "selected_label_name": "lesion",
               "result_extension": ".nrrd", "result_dtype": "uint8"}
     status, mask, result = infer(server, params, model="medsam2_scribbles",
-                                 label_file=_nrrd_bytes(painted, AFFINE), name="scribbles.nrrd")
+                                 label_file=_nrrd_bytes(painted, FLIPPED_AFFINE), name="scribbles.nrrd")
     assert status == 200, result
     assert dice(mask > 0, truth) > 0.7
     assert set(np.unique(mask)) <= {0, 1}  # Slicer reads value 1 as the selected segment
     request = result.get("request_warnings", [])
     assert not request, request
     status, _, detail = infer(server, {**params, "label_info": label_info[:2]}, model="medsam2_scribbles",
-                              label_file=_nrrd_bytes(painted, AFFINE), name="scribbles.nrrd")
+                              label_file=_nrrd_bytes(painted, FLIPPED_AFFINE), name="scribbles.nrrd")
     assert status == 400 and "foreground_scribbles" in detail
 
 

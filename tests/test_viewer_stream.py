@@ -18,10 +18,10 @@ import pytest
 import requests
 
 from tests.support.browser import chromium_page, needs_chromium, screenshot  # noqa: F401  (fixture)
-from tests.support.viewer_page import (LABELS, SEGMENT_ROUTE, assert_mask_on_screen, drag_box, form_field,
-                                       mask_from_infer_response, stream_body, stream_events, wait_idle)
+from tests.support.viewer_page import (FLIPPED_AFFINE, SEGMENT_ROUTE, assert_mask_on_screen, drag_box, form_field,
+                                       mask_from_infer_response, phantom_server, stream_body, stream_events,
+                                       wait_idle)
 
-FLIPPED_AFFINE = np.array([[-0.9, 0, 0, 20.0], [0, -0.8, 0, 15.0], [0, 0, 3.0, -10.0], [0, 0, 0, 1]])
 SHAPE = (40, 32, 24)  # more slices than the structure spans: a pass ends before the volume does
 
 
@@ -124,22 +124,8 @@ def test_a_stream_whose_page_left_stops_at_its_next_slice(fine_tuned):
 
 @pytest.fixture(scope="module")
 def stream_server(fine_tuned, small_model_files, tmp_path_factory):
-    from tests.support.server import RunningServer
-    from tests.support.trained_small_model import phantom
-
-    segmenter, _ = fine_tuned
-    config, _ = small_model_files
-    folder = tmp_path_factory.mktemp("viewer-stream")
-    studies = folder / "studies"
-    studies.mkdir()
-    array, truth = phantom(seed=12, shape=SHAPE)
-    nib.save(nib.Nifti1Image(np.round(array).astype(np.int16), FLIPPED_AFFINE), studies / "phantom12.nii.gz")
-    server = RunningServer(studies, {"model_config": config, "checkpoint": segmenter.models.explicit,
-                                     "labels": ",".join(LABELS)}, folder / "server.log")
-    try:
-        yield server, truth
-    finally:
-        server.stop()
+    with phantom_server(fine_tuned, small_model_files, tmp_path_factory.mktemp("viewer-stream"), 12, SHAPE) as running:
+        yield running
 
 
 @needs_chromium

@@ -9,36 +9,20 @@ from __future__ import annotations
 
 import json
 
-import nibabel as nib
 import numpy as np
 import pytest
 
 from tests.support.browser import chromium_page, needs_chromium, screenshot  # noqa: F401  (fixture)
-from tests.support.viewer_page import (LABELS, SEGMENT_ROUTE, assert_mask_on_screen, dice, form_field,
-                                       mask_from_infer_response, wait_idle)
+from tests.support.viewer_page import (SEGMENT_ROUTE, assert_mask_on_screen, dice, form_field,
+                                       mask_from_infer_response, phantom_server, wait_idle)
 
-AFFINE = np.array([[-0.9, 0, 0, 20.0], [0, -0.8, 0, 15.0], [0, 0, 3.0, -10.0], [0, 0, 0, 1]])
 SHAPE = (40, 32, 16)
 
 
 @pytest.fixture(scope="module")
 def tools_server(fine_tuned, small_model_files, tmp_path_factory):
-    from tests.support.server import RunningServer
-    from tests.support.trained_small_model import phantom
-
-    segmenter, _ = fine_tuned
-    config, _ = small_model_files
-    folder = tmp_path_factory.mktemp("viewer-tools")
-    studies = folder / "studies"
-    studies.mkdir()
-    array, truth = phantom(seed=14, shape=SHAPE)
-    nib.save(nib.Nifti1Image(np.round(array).astype(np.int16), AFFINE), studies / "phantom14.nii.gz")
-    server = RunningServer(studies, {"model_config": config, "checkpoint": segmenter.models.explicit,
-                                     "labels": ",".join(LABELS)}, folder / "server.log")
-    try:
-        yield server, truth
-    finally:
-        server.stop()
+    with phantom_server(fine_tuned, small_model_files, tmp_path_factory.mktemp("viewer-tools"), 14, SHAPE) as running:
+        yield running
 
 
 def position(page, voxel):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from contextlib import contextmanager
 import urllib.request
 from pathlib import Path
 
@@ -14,8 +15,32 @@ import numpy as np
 from tests.support.browser import screenshot
 
 ROOT = Path(__file__).resolve().parents[2]
+# LPS-like axes (i and j flipped) and an origin: a page that mixed up the voxels it draws with the
+# app's voxel order would click, show and save in the wrong place
+FLIPPED_AFFINE = np.array([[-0.9, 0, 0, 20.0], [0, -0.8, 0, 15.0], [0, 0, 3.0, -10.0], [0, 0, 0, 1]])
 REPORTS = ROOT / "reports"
 LABELS = ["lesion", "organ"]
+
+
+@contextmanager
+def phantom_server(fine_tuned, small_model_files, folder: Path, seed: int, shape: tuple):
+    """A real server on one phantom study ``phantom<seed>`` (int16, FLIPPED_AFFINE) with the
+    fine-tuned small model; yields (server, the lesion's mask)."""
+    from tests.support.server import RunningServer
+    from tests.support.trained_small_model import phantom
+
+    segmenter, _ = fine_tuned
+    config, _ = small_model_files
+    studies = folder / "studies"
+    studies.mkdir()
+    array, truth = phantom(seed=seed, shape=shape)
+    nib.save(nib.Nifti1Image(np.round(array).astype(np.int16), FLIPPED_AFFINE), studies / f"phantom{seed}.nii.gz")
+    server = RunningServer(studies, {"model_config": config, "checkpoint": segmenter.models.explicit,
+                                     "labels": ",".join(LABELS)}, folder / "server.log")
+    try:
+        yield server, truth
+    finally:
+        server.stop()
 
 
 def get(url: str):

@@ -13,6 +13,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from .frames import slice_to_image
+
 
 class PromptError(ValueError):
     """A prompt in the request is malformed or points outside the image."""
@@ -82,7 +84,7 @@ class LabelPrompts:
         frames: dict = {}
         for given in self.masks:
             prompt = frames.setdefault(given.k, FramePrompt())
-            image = np.swapaxes(np.asarray(given.mask, dtype=bool), 0, 1)  # [i, j] -> [rows=j, cols=i]
+            image = slice_to_image(np.asarray(given.mask, dtype=bool))
             prompt.mask = image if prompt.mask is None else (prompt.mask | image)
         for box in self.boxes:
             frames.setdefault(box.k, FramePrompt()).box = (
