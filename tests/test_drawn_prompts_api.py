@@ -124,6 +124,9 @@ def test_an_uploaded_label_on_another_grid_is_refused(drawn_server):
     status, _, detail = infer(server, {"label": "organ", "mask_prompt": {"from": "upload"}}, label_file=other.to_bytes(),
                               name="other.nii")
     assert status == 400 and "mask_prompt" in detail and "voxels" in detail, detail
+    status, _, detail = infer(server, {"label": "organ", "mask_prompt": {"from": "upload"}}, label_file=b"not an image",
+                              name="seed.nii.gz")
+    assert status == 400 and "mask_prompt" in detail and "/tmp" not in detail, detail  # no server path told
     status, _, detail = infer(server, {"label": "organ", "foreground": [[5, 5, 5]]}, label_file=b"x", name="x.exe")
     assert status == 400 and "label" in detail
 

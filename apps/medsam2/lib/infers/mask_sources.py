@@ -102,8 +102,9 @@ class MaskSources:
 
         try:
             label = load_image(self.upload)
-        except ImageReadError as err:
-            raise PromptError(f"{field}: the uploaded label cannot be read: {err}") from err
+        except ImageReadError as err:  # the message names the server's temporary file: not the caller's
+            raise PromptError(f"{field}: the uploaded label file cannot be read as an image "
+                              "(send NIfTI or NRRD on the study's grid)") from err
         self._check_grid(label.array.shape, label.affine, field, "the uploaded label")
         array = np.round(label.array)
         return array > 0 if value is None else array == value

@@ -71,8 +71,9 @@ class Scribbles3D(Interactive3D):
 
         try:
             scribbles = np.round(load_image(path).array)
-        except ImageReadError as err:
-            raise OptionError("label", f"the scribbles label file cannot be read: {err}") from err
+        except ImageReadError as err:  # the message names the server's temporary file: not the caller's
+            raise OptionError("label", "the scribbles label file cannot be read as an image "
+                                       "(send NIfTI or NRRD on the study's grid)") from err
         converted = {key: value for key, value in request.items() if key not in ("label", LABEL_UPLOAD_FIELD)}
         for layer, value in values.items():
             converted[layer] = painted_points(scribbles == value)
