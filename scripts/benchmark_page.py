@@ -102,7 +102,7 @@ def last_timing(page) -> dict:
     return page.evaluate("window.medsam2Viewer.state.timings.slice(-1)[0] || null")
 
 
-def draw_box(page, lesion: np.ndarray, k: int) -> dict:
+def draw_box(page, lesion: np.ndarray, k: int, drag_s: float = 0.0) -> dict:
     page.evaluate("k => window.medsam2Viewer.goToSlice(k)", k)
     page.check("input[name=tool][value=box]")
     rows, cols = np.nonzero(lesion[:, :, k])
@@ -111,6 +111,7 @@ def draw_box(page, lesion: np.ndarray, k: int) -> dict:
     page.mouse.move(*a)
     page.mouse.down()
     page.mouse.move((a[0] + b[0]) / 2, (a[1] + b[1]) / 2)
+    time.sleep(drag_s)  # a clinician's drag takes a moment; 0: the worst case
     page.mouse.move(*b)
     started = time.perf_counter()
     page.mouse.up()
@@ -150,14 +151,14 @@ def run_page(name: str, app_dir: Path, studies: Path, lesion: np.ndarray, args, 
                 viewport={"width": 1280, "height": 900})
             page = context.pages[0] if context.pages else context.new_page()
             out["open"] = open_study(page, server.url)
-            out["box_right_after_opening"] = draw_box(page, lesion, k)
+            out["box_right_after_opening"] = draw_box(page, lesion, k, args.drag_ms / 1000)
             page.screenshot(path=str(workdir / f"{name}-box.png"))
             out["correction"] = click_inside(page, lesion, k + 4)
             page.screenshot(path=str(workdir / f"{name}-correction.png"))
             page.reload()
             out["reopen"] = open_study(page, server.url)
             time.sleep(args.dwell)
-            out["box_after_dwell"] = draw_box(page, lesion, k)
+            out["box_after_dwell"] = draw_box(page, lesion, k, args.drag_ms / 1000)
             out["dwell_s"] = args.dwell
             context.close()
     finally:
@@ -176,6 +177,8 @@ def main(argv=None) -> int:
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--span", type=int, default=24)
     parser.add_argument("--dwell", type=float, default=20.0, help="seconds the study stays open before the last box")
+    parser.add_argument("--drag-ms", type=float, default=0.0,
+                        help="how long each box is dragged before mouse-up (0: instantly, the worst case)")
     parser.add_argument("--out", default="reports/page_benchmark.json")
     args = parser.parse_args(argv)
 
@@ -185,7 +188,7 @@ def main(argv=None) -> int:
     lesion = make_study(workdir / "studies", args.slices, args.size, args.span)
     report = {"cpu": cpu_name(), "cpu_bf16_units": cpu_bf16_units(), "cores": os.cpu_count(),
               "weights": args.checkpoint or "random (timing only)", "preset": args.preset,
-              "cpu_runtime": args.cpu_runtime,
+              "cpu_runtime": args.cpu_runtime, "box_drag_ms": args.drag_ms,
               "study": f"{args.size} x {args.size} x {args.slices} CT-like phantom, lesion on "
                        f"{int(lesion.any(axis=(0, 1)).sum())} slices, a distractor",
               "browser": "Debian Chromium headless, software WebGL (SwiftShader)", "pages": {}}

@@ -106,6 +106,8 @@ def test_early_stop_ends_each_pass_where_the_object_ends(segmenter, monkeypatch)
     assert passes["backward"].stopped_early and passes["backward"].last == 6
     assert len(result.labels["lesion"].slices) == 11  # 6..16, not 30
     assert not result.labels["lesion"].mask[:, :, 17:].any()
+    # only the slices reached were encoded: not sam2's init_state warm-up on slice 0
+    assert result.session.slices_encoded == 11
 
     full = segmenter.run(volume, prompts, ("t", "stop"),
                           options=segmenter.settings.options(early_stop=EarlyStop(enabled=False)))

@@ -79,7 +79,7 @@ def _install_in_memory_loader() -> None:
 
 class _CachedFrames:
     """One state's frames with the cache they are encoded through, keyed by ``frames.key(index)``
-    (per call, never shared): sam2 encodes frame 0 inside ``init_state``, before the state exists."""
+    (per call, never shared): sam2 keeps the frames as the state's "images", where _get_image_feature finds the cache."""
 
     in_memory_frames = True
 
@@ -208,13 +208,21 @@ class VolumePredictor(SAM2VideoPredictor):
 
     def init_state_from_frames(self, frames: SliceFrames, feature_cache: FeatureCache | None = None) -> dict:
         _install_in_memory_loader()
-        # sam2 warms up on frame 0 inside init_state; the frames carry the cache so that goes through it too.
-        with network_lock(self):
-            state = self.init_state(video_path=_CachedFrames(frames, feature_cache), offload_video_to_cpu=True)
+        # sam2's init_state ends by encoding frame 0 to "warm up" the backbone: a slice no prompt
+        # may ever reach (0.7 s at 512 px on a 2-core CPU). Its only effect is sam2's one-entry
+        # cache of the latest frame, which the next frame replaces, so it is skipped.
+        self._step_local.warming_up = True
+        try:
+            with network_lock(self):
+                state = self.init_state(video_path=_CachedFrames(frames, feature_cache), offload_video_to_cpu=True)
+        finally:
+            self._step_local.warming_up = False
         state["feature_cache"] = feature_cache
         return state
 
     def _get_image_feature(self, inference_state, frame_idx, batch_size):
+        if getattr(self._step_local, "warming_up", False):
+            return None  # init_state's warm-up (see init_state_from_frames); sam2 drops its result
         frames = inference_state["images"]
         cache = getattr(frames, "feature_cache", None)
         if cache is not None and frame_idx not in inference_state["cached_features"]:

@@ -114,6 +114,7 @@ export class LabelVolume {
     if (!this.masks.has(value)) {
       const mask = new Mask(this.header, new Uint8Array(this.size), this.dims);
       mask.box = null;
+      mask.setCount(0);
       this.masks.set(value, mask);
     }
     return this.masks.get(value);
@@ -172,22 +173,19 @@ export class LabelVolume {
   }
 
   // A streamed result is about to change `value`: keep it as it is, for revert().
+  // Only the voxels inside its box are copied: the rest are zeros (a whole study's copy took
+  // most of a second before the first request of a structure).
   keep(value) {
     const mask = this.mask(value);
-    this.snapshot = { value, voxels: mask.voxels.slice(), box: mask.box, count: mask.count() };
+    const { box } = mask;
+    this.snapshot = { value, box, voxels: box ? readBox(mask.voxels, this.dims, box) : null };
   }
 
   // The structure as keep() found it (a cancelled stream leaves the previous mask).
   revert() {
     const kept = this.snapshot;
     this.snapshot = null;
-    if (!kept) return;
-    const mask = this.mask(kept.value);
-    const touched = joinBoxes(mask.box, kept.box);
-    mask.voxels.set(kept.voxels);
-    mask.box = kept.box;
-    mask.setCount(kept.count);
-    if (touched) this.recombine(touched, kept.value);
+    if (kept) this.replace(kept.value, kept.box ? { box: kept.box, voxels: kept.voxels } : null);
   }
 
   // The label map inside box (null: nothing to do) by the app's overlap rule, after `value` (if
@@ -235,6 +233,23 @@ function joinBoxes(a, b) {
   if (!a) return b || null;
   if (!b) return a;
   return a.map(([lo, hi], d) => [Math.min(lo, b[d][0]), Math.max(hi, b[d][1])]);
+}
+
+// the voxels of `voxels` (a whole grid of dims, i fastest) inside box, i fastest
+function readBox(voxels, dims, box) {
+  const [[i0, i1], [j0, j1], [k0, k1]] = box;
+  const [ni, nj] = dims;
+  const width = i1 - i0;
+  const out = new Uint8Array(width * (j1 - j0) * (k1 - k0));
+  let n = 0;
+  for (let k = k0; k < k1; k += 1) {
+    for (let j = j0; j < j1; j += 1) {
+      const row = i0 + ni * (j + nj * k);
+      out.set(voxels.subarray(row, row + width), n);
+      n += width;
+    }
+  }
+  return out;
 }
 
 // the box [[i0, i1], [j0, j1], [k0, k1]] of a mask's set voxels (null: none)

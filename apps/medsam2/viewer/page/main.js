@@ -172,6 +172,13 @@ function syncSlice() {
   focusTimer = setTimeout(() => { if (image) sendFocus(image, clientId, slice).catch(() => {}); }, 300);
 }
 
+// a prompt begins on this slice: the server encodes it while the box or stroke is drawn, so
+// mouse-up waits for the decoder only
+function focusNow() {
+  clearTimeout(focusTimer);
+  if (state.image) sendFocus(state.image, clientId, view.cursor[2]).catch(() => {});
+}
+
 // The plane shown: the app's slices (k), or the two across them. Prompts go on the app's slices:
 // a point or scribble drawn in another plane lands on the slice k of each voxel it touches.
 function showPlane(normal) {
@@ -199,6 +206,7 @@ function drawMarks() {
   promptCanvas.draw();
 }
 
+marks.addEventListener('pointerdown', focusNow);
 marks.addEventListener('wheel', (event) => {
   if (!state.image) return;
   event.preventDefault();
@@ -282,6 +290,7 @@ async function showSlice(run, data) {
   setStatus(`Segmenting ${run.label}: ${data.pass} pass, slice ${data.slice} (${of}), ${data.seconds.toFixed(1)} s…`, 'busy');
   if (run.first === null) {
     run.first = data.slice;
+    run.promptedServer = data.seconds;
     await view.drawn();
     run.prompted = Math.round(performance.now() - run.clickedAt); // the prompted slice's mask on screen
   }
@@ -304,7 +313,7 @@ async function showFinal(run, answer) {
   view.paint(state.shown);
   await view.drawn();
   const ms = Math.round(performance.now() - run.clickedAt);
-  state.timings.push({ label, prompted_ms: run.prompted, ms, server_s: result.latencies?.total });
+  state.timings.push({ label, prompted_ms: run.prompted, prompted_server_s: run.promptedServer, ms, server_s: result.latencies?.total, stages: result.stages });
   refreshPanels();
   const replaced = state.saved.has(label) ? ` It replaces the saved ${label} (Undo back to no prompt restores it).` : '';
   const version = result.model?.version?.name;
