@@ -80,6 +80,18 @@ def test_first_click_after_a_pause_finds_the_slices_encoded_with_the_same_masks(
     assert np.array_equal(warm.labels["l"].mask, cold.labels["l"].mask)
 
 
+def test_a_session_opened_ahead_is_the_one_the_first_click_finds_and_encodes_nothing(fine_tuned):
+    models, volume, prompts = _study(fine_tuned)
+    segmenter = _segmenter(models)
+    _ahead(segmenter).open_session(("u", "study"), volume)
+    opened = segmenter.sessions.peek(("u", "study"))
+    assert opened is not None and len(opened.feature_cache) == 0  # read and windowed, nothing encoded
+    first = segmenter.run(volume, prompts, session_key=("u", "study"))
+    assert segmenter.sessions.peek(("u", "study")) is opened  # the session opened ahead, not a new one
+    cold = _segmenter(models).run(volume, prompts, session_key=("u", "study"))
+    assert np.array_equal(first.labels["l"].mask, cold.labels["l"].mask)
+
+
 def test_encoding_stops_at_the_session_memory_budget(fine_tuned):
     models, volume, _ = _study(fine_tuned)
     volume_mb = volume.array.nbytes / 2**20
@@ -146,8 +158,8 @@ def test_the_viewer_opening_a_study_queues_it_for_the_tabs_session(tmp_path, pha
         def datastore(self):
             return Datastore()
 
-        def prefetch_study(self, uri, request=None, focus=None):
-            queued.append((session_key_for(request), uri))
+        def prefetch_study(self, uri, request=None, focus=None, open_only=False):
+            queued.append((session_key_for(request), uri, open_only))
 
     server = FastAPI()
     server.include_router(build_router(lambda: App(), lambda: None))
@@ -155,7 +167,11 @@ def test_the_viewer_opening_a_study_queues_it_for_the_tabs_session(tmp_path, pha
     assert client.get("/medsam2/viewer/volume", params={"image": "study1", "client_id": "tab-7"}).status_code == 200
     # the key an infer request of that tab gets (client_id in its params, the image id from the route)
     expected = session_key_for({"client_id": "tab-7", IMAGE_ID_FIELD: "study1"})
-    assert queued == [(expected, str(path))]
+    assert queued == [(expected, str(path), False)]
+    # the first slice alone: the same tab's session is opened while the rest travels, nothing encoded
+    queued.clear()
+    one = client.get("/medsam2/viewer/volume", params={"image": "study1", "client_id": "tab-7", "part": "slice"})
+    assert one.status_code == 200 and queued == [(expected, str(path), True)]
     bad = client.get("/medsam2/viewer/volume", params={"image": "study1", "client_id": "x" * 5000})
     assert bad.status_code == 400 and "client_id" in bad.json()["detail"]
 

@@ -140,18 +140,21 @@ class MedSam2App(MONAILabelApp):
                 server.app.middleware_stack = ReplicaHeader(stack, self.settings.replica.display_name)
 
     def prefetch_study(self, image_path: str, request: dict | None = None, focus: int | None = None,
-                       window=None, modality: str | None = None) -> None:
+                       window=None, modality: str | None = None, open_only: bool = False) -> None:
         """A study is about to be segmented: encode its slices ahead (every trigger calls this).
 
         ``request``: the client's request fields, so the slices go to the session its first
         click will use (else the image's cache, for any session); ``focus``: the slice shown,
-        encoded first and outward from it.
+        encoded first and outward from it; ``open_only``: open that session, encode nothing yet.
         """
         if self.encode_ahead is None:
             return
         from lib.infers.request import session_key_for
 
         key = None if request is None else session_key_for(request)
+        if open_only:
+            self.encode_ahead.open_session(key, image_path, window, modality)
+            return
         if focus is not None:
             self.encode_ahead.focus(key, image_path, focus)
         self.encode_ahead.request(key, image_path, window, modality)

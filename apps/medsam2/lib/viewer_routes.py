@@ -100,9 +100,11 @@ def _known_image(datastore, image_id: str) -> str:
     return image_id
 
 
-def _prefetch(app, http, image: str, client_id: str, user, uri: str, focus: int | None = None):
+def _prefetch(app, http, image: str, client_id: str, user, uri: str, focus: int | None = None,
+              open_only: bool = False):
     """The study is about to be segmented: a call that queues its slices for encoding in the
-    session its clicks will use. The request is checked now (a bad ``client_id`` is a 400)."""
+    session its clicks will use (``open_only``: opens that session only). The request is
+    checked now (a bad ``client_id`` is a 400)."""
     from .infers.request import ADDRESS_FIELD, IMAGE_ID_FIELD, USER_FIELD, session_key_for
     from .options import OptionError
     from .routes import _user_name
@@ -113,7 +115,7 @@ def _prefetch(app, http, image: str, client_id: str, user, uri: str, focus: int 
         session_key_for(request)
     except OptionError as err:
         raise HTTPException(status_code=err.status, detail=str(err)) from err
-    return lambda: app.prefetch_study(uri, request, focus)
+    return lambda: app.prefetch_study(uri, request, focus, open_only=open_only)
 
 
 def build_router(app_instance, user_dependency) -> APIRouter:
@@ -156,10 +158,13 @@ def build_router(app_instance, user_dependency) -> APIRouter:
         _known_image(datastore, image)
         uri = datastore.get_image_uri(image)
         if part == "slice":
+            # while the whole study travels, the session its first click will use is opened
+            opening = BackgroundTask(_prefetch(app_instance(), http, image, client_id, user, uri, open_only=True))
             sent = shown.one_slice(uri, slice)
             if sent is None:
-                return Response(status_code=204, headers={"Cache-Control": "no-store"})
-            return Response(content=sent.body, media_type="application/octet-stream", headers=sent.headers(image))
+                return Response(status_code=204, headers={"Cache-Control": "no-store"}, background=opening)
+            return Response(content=sent.body, media_type="application/octet-stream", headers=sent.headers(image),
+                            background=opening)
         # encoding ahead starts once the study is sent: on the same cores it would slow the
         # sending, and prompts wait for the whole study
         ahead = BackgroundTask(_prefetch(app_instance(), http, image, client_id, user, uri))

@@ -121,6 +121,20 @@ class EncodeAhead:
         self._queue.put(job)
         return job
 
+    def open_session(self, session_key, image, window=None, modality=None) -> None:
+        """Open the session ``session_key``'s first click will use (the study read and windowed),
+        encoding nothing: the page asks while the rest of the study is on its way to it."""
+        segmenter = self.segmenter
+        if session_key is None or segmenter.settings.crop_region.enabled:
+            return
+        try:
+            with segmenter.open(tuple(session_key), image, window, modality) as session:
+                segmenter.sessions.put(session)
+        except PromptError:
+            return  # a 2D image: the 2D model opens its own
+        except Exception as err:  # noqa: BLE001 - the click opens it again and reports what is wrong
+            logger.warning("could not open the session of %s ahead: %s: %s", session_key, type(err).__name__, err)
+
     def follow_request(self, session, prompted: list | None = None) -> EncodeJob:
         """After a session's first request: the slices it did not reach, outward from its prompts."""
         window, modality = session.window_key
