@@ -8,8 +8,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from medsam2_engine.drawn_prompts import (STROKE_POINTS, STROKE_SPACING, parse_lassos, parse_strokes, polygon_mask,
-                                          stroke_points)
+from medsam2_engine.drawn_prompts import (STROKE_POINTS, STROKE_SPACING, parse_lassos, parse_slice_masks,
+                                          parse_strokes, polygon_mask, stroke_points)
+from medsam2_engine.mask_regions import mask_region
 from medsam2_engine.prompts import PromptError
 
 SHAPE = (40, 30, 12)
@@ -52,6 +53,32 @@ def test_a_lasso_is_the_voxels_whose_centres_lie_inside():
                        ([{"slice": 6, "polygon": [[1.1, 1.1], [1.2, 1.1], [1.1, 1.2]]}], "lasso[0].polygon")):
         with pytest.raises(PromptError, match=field.replace("[", r"\[").replace("]", r"\]")):
             parse_lassos(bad, SHAPE)
+
+
+def test_a_painted_slice_is_its_mask_prompt_and_a_malformed_one_is_refused_naming_it():
+    import base64
+    import gzip
+
+    painted = np.zeros(SHAPE[:2], bool)
+    painted[10:20, 5:9] = True
+    painted[12, 20] = True  # a separate dab: the region's box covers both
+    [prompt] = parse_slice_masks([{"slice": 3, **mask_region(painted)}], SHAPE)
+    assert prompt.k == 3
+    np.testing.assert_array_equal(prompt.mask, painted)
+
+    region = mask_region(painted)
+    bomb = base64.b64encode(gzip.compress(b"\x01" * 10**7)).decode()
+    for bad, field in (([{"slice": 12, **region}], "slice_masks[0].slice"),
+                       ([{"slice": 3, **region, "i": [10, 41]}], "slice_masks[0].i"),  # off the image
+                       ([{"slice": 3, **region, "j": [5]}], "slice_masks[0].j"),
+                       ([{"slice": 3, **region, "data": "not base64!"}], "slice_masks[0].data"),
+                       ([{"slice": 3, **region, "data": bomb}], "slice_masks[0].data"),  # inflates past the box
+                       ([{"slice": 3, **region, "i": [10, 19]}], "slice_masks[0].data"),  # voxels for another box
+                       ([{"slice": 3, **mask_region(np.zeros(SHAPE[:2], bool)), "i": [0, 1], "j": [0, 1],
+                          "data": base64.b64encode(gzip.compress(b"\x00")).decode()}], "slice_masks[0]"),  # empty
+                       ("painted", "slice_masks")):
+        with pytest.raises(PromptError, match=field.replace("[", r"\[").replace("]", r"\]")):
+            parse_slice_masks(bad, SHAPE)
 
 
 def test_a_mask_prompt_segments_the_structure_and_a_lock_keeps_its_voxels(fine_tuned):

@@ -26,7 +26,7 @@ SHAPE = (40, 32, 24)  # more slices than the structure spans: a pass ends before
 
 
 def test_a_region_round_trips_and_an_empty_mask_says_so():
-    from lib.segment_stream import decode_region, mask_region
+    from medsam2_engine.mask_regions import decode_region, mask_region
 
     rng = np.random.default_rng(0)
     mask = np.zeros((9, 7, 5), bool)

@@ -128,3 +128,110 @@ def test_scribble_lasso_undo_redo_lock_and_start_from_saved(tools_server, chromi
     restarted = held(page, 1)
     assert dice(restarted, lesion) > 0.8
     assert not errors, errors
+
+
+def brush_stroke(page, tool: str, a, b, requests: list) -> int:
+    """Paint from voxel ``a`` to ``b`` (slice k) with ``tool``; the number of segment requests it sent."""
+    page.check(f"input[name=tool][value={tool}]")
+    before = len(requests)
+    page.mouse.move(*position(page, a))
+    page.mouse.down()
+    page.mouse.move(*position(page, b), steps=6)
+    page.mouse.up()
+    page.wait_for_timeout(300)
+    wait_idle(page)
+    return len(requests) - before
+
+
+def near_segment(page, a, b, k: int, radius: float) -> tuple:
+    """(surely inside, maybe) masks of slice k: voxel centres on screen within radius - 0.5 px of
+    the segment a-b, and within radius + 0.5 px (the brush's edge, where rounding may go either way)."""
+    centres = np.array(page.evaluate(
+        "([ni, nj, k]) => { const out = []; for (let j = 0; j < nj; j++) for (let i = 0; i < ni; i++) "
+        "out.push(window.medsam2Viewer.pagePosition([i, j, k])); return out; }", [SHAPE[0], SHAPE[1], k]))
+    p, q = np.array(position(page, a)), np.array(position(page, b))
+    t = np.clip(((centres - p) @ (q - p)) / max((q - p) @ (q - p), 1e-9), 0, 1)
+    distance = np.linalg.norm(centres - (p + t[:, None] * (q - p)), axis=1).reshape(SHAPE[1], SHAPE[0]).T
+    return distance <= radius - 0.5, distance <= radius + 0.5
+
+
+@needs_chromium
+def test_brush_and_eraser_in_each_mode_and_undo(tools_server, chromium_page, tmp_path):
+    """Manual: exactly the voxels under the brush change, nothing is asked of the model, and the
+    edit stays over later results until undone. Re-propagate: the slice as painted is sent as
+    that slice's mask prompt and the structure is segmented again from it."""
+    server, truth = tools_server
+    page = chromium_page
+    errors, requests = [], []
+    page.on("pageerror", lambda err: errors.append(str(err)))
+    page.on("request", lambda r: requests.append(r) if SEGMENT_ROUTE in r.url else None)
+    page.goto(server.url + "/medsam2/viewer/")
+    page.evaluate("window.medsam2Viewer.ready")
+    page.click("#studies li[data-image='phantom14']")
+    wait_idle(page)
+    k = int(np.argmax(truth.sum(axis=(0, 1))))
+    page.evaluate("k => window.medsam2Viewer.goToSlice(k)", k)
+    page.click("#labels li[data-label=lesion]")
+    ii, jj = np.nonzero(truth[:, :, k])
+    page.check("input[name=tool][value=box]")
+    page.mouse.move(*position(page, [ii.min() - 1, jj.min() - 1, k]))
+    page.mouse.down()
+    page.mouse.move(*position(page, [ii.max() + 1, jj.max() + 1, k]), steps=4)
+    page.mouse.up()
+    wait_idle(page)
+    model = held(page, 1)
+    assert model.any()
+    radius = 14.0
+    page.evaluate("r => { document.getElementById('brush-size').value = r; }", radius)
+
+    # manual brush, away from the lesion: exactly the voxels under it, on this slice, no request
+    page.select_option("#brush-mode", "manual")
+    a, b = [2, 2, k], [2, SHAPE[1] - 3, k]
+    assert brush_stroke(page, "brush", a, b, requests) == 0
+    inside, edge = near_segment(page, a, b, k, radius)
+    painted = held(page, 1)
+    changed = painted ^ model
+    assert changed[:, :, k].any() and not np.delete(changed, k, axis=2).any()
+    assert painted[:, :, k][inside].all() and not (changed[:, :, k] & ~edge).any()
+    assert_mask_on_screen(page, screenshot(page, "viewer-tools-3-brush-manual", tmp_path), painted, k)
+
+    # manual eraser across the lesion: exactly those voxels go
+    ci = int(round(ii.mean()))
+    a2, b2 = [ci, jj.min() - 2, k], [ci, jj.max() + 2, k]
+    assert brush_stroke(page, "eraser", a2, b2, requests) == 0
+    inside2, edge2 = near_segment(page, a2, b2, k, radius)
+    erased = held(page, 1)
+    assert not erased[:, :, k][inside2].any()
+    assert np.array_equal(erased[:, :, k] | (painted[:, :, k] & edge2), painted[:, :, k])
+    assert np.array_equal(np.delete(erased, k, axis=2), np.delete(painted, k, axis=2))
+
+    # undo both (Ctrl+Z, the button), redo the brush: no request, the masks as they were
+    page.keyboard.press("Control+z")
+    np.testing.assert_array_equal(held(page, 1), painted)
+    page.click("#undo")
+    np.testing.assert_array_equal(held(page, 1), model)
+    page.keyboard.press("Control+y")
+    np.testing.assert_array_equal(held(page, 1), painted)
+    assert len([r for r in requests if r.method == "POST"]) == 1  # the box's, only
+
+    # re-propagate: the lesion widened on slice k is sent as that slice's mask prompt
+    page.select_option("#brush-mode", "repropagate")
+    a3, b3 = [ii.max(), jj.min(), k], [ii.max() + 3, jj.max(), k]
+    before = held(page, 1)
+    with page.expect_response(lambda r: SEGMENT_ROUTE in r.url, timeout=180_000) as answer:
+        brush_stroke(page, "brush", a3, b3, requests)
+    wait_idle(page)
+    params = json.loads(form_field(answer.value.request, "params"))
+    [sent] = params["slice_masks"]
+    from medsam2_engine.mask_regions import parse_region
+    slice_sent = parse_region(sent, SHAPE[:2], "slice_masks[0]")
+    inside3, edge3 = near_segment(page, a3, b3, k, radius)
+    assert sent["slice"] == k and slice_sent[inside3].all()
+    np.testing.assert_array_equal(slice_sent & ~edge3, before[:, :, k] & ~edge3)  # elsewhere: as on screen
+    result, _, _ = mask_from_infer_response(answer.value)
+    after = held(page, 1)
+    # the model's new mask, with the manual brush still drawn over it
+    np.testing.assert_array_equal(after & ~painted, (result > 0) & ~painted)
+    assert after[:, :, k][near_segment(page, a, b, k, radius)[0]].all()
+    assert_mask_on_screen(page, screenshot(page, "viewer-tools-4-brush-repropagate", tmp_path), after, k)
+    assert not errors, errors

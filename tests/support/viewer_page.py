@@ -85,7 +85,7 @@ def mask_from_infer_response(response) -> tuple:
     each label's region, values as /infer's label map) or an ``output=all`` infer answer."""
     assert response.ok, f"segmenting failed: HTTP {response.status} {response.text()[:500]}"
     if SEGMENT_ROUTE in response.url:
-        from lib.segment_stream import decode_region
+        from medsam2_engine.mask_regions import decode_region
 
         events = stream_events(stream_body(response))
         finals = [data for name, data in events if name == "final"]

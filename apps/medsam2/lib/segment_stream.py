@@ -20,8 +20,6 @@ nothing is answered. Slicer and OHIF keep ``/infer`` and its whole-volume answer
 from __future__ import annotations
 
 import asyncio
-import base64
-import gzip
 import json
 import logging
 import queue
@@ -32,6 +30,7 @@ import numpy as np
 from fastapi import Depends, Form, HTTPException, Query, Request
 from fastapi.responses import StreamingResponse
 
+from medsam2_engine.mask_regions import mask_region
 from medsam2_engine.propagation import Cancelled
 
 from .infers.results_json import volume_result_json
@@ -40,38 +39,6 @@ logger = logging.getLogger(__name__)
 
 MODEL = "medsam2_3d"
 _END = object()
-
-
-def mask_region(mask: np.ndarray) -> dict:
-    """A bool mask (2D ``[i, j]`` or 3D ``[i, j, k]``) as the box it occupies and its voxels there.
-
-    ``{"i": [start, stop], "j": [...], ("k": [...]), "data": base64 of gzipped uint8 0/1 with i
-    fastest (NIfTI order)}``; ``{"empty": true}`` when nothing is set.
-    """
-    if not mask.any():
-        return {"empty": True}
-    out = {}
-    box = []
-    for axis, name in enumerate("ijk"[: mask.ndim]):
-        other = tuple(a for a in range(mask.ndim) if a != axis)
-        hit = np.flatnonzero(mask.any(axis=other))
-        out[name] = [int(hit[0]), int(hit[-1]) + 1]
-        box.append(slice(hit[0], hit[-1] + 1))
-    voxels = np.asarray(mask[tuple(box)], dtype=np.uint8).tobytes(order="F")
-    out["data"] = base64.b64encode(gzip.compress(voxels, compresslevel=1)).decode("ascii")
-    return out
-
-
-def decode_region(region: dict, shape: tuple) -> np.ndarray:
-    """The bool mask of ``shape`` that :func:`mask_region` describes (zeros outside its box)."""
-    mask = np.zeros(shape, dtype=bool)
-    if region.get("empty"):
-        return mask
-    box = tuple(slice(*region[name]) for name in "ijk"[: len(shape)])
-    size = tuple(s.stop - s.start for s in box)
-    voxels = np.frombuffer(gzip.decompress(base64.b64decode(region["data"])), dtype=np.uint8)
-    mask[box] = voxels.reshape(size, order="F").astype(bool)
-    return mask
 
 
 def _sse(event: str, data: dict) -> bytes:

@@ -11,7 +11,9 @@ What each becomes for SAM 2 (docs/protocol.md, "Drawn prompts"):
   whose centres lie inside the polygon (``add_new_mask``, as MedSAM2's point protocol gives
   SAM 2 a mask).
 - A **mask** (painted, or taken from a saved label or another structure on chosen slices)
-  is a mask prompt on each of its slices as it is.
+  is a mask prompt on each of its slices as it is. A slice painted or erased with the page's
+  brush in its "re-propagate" mode travels as ``slice_masks``: the slice's whole mask after
+  the edit, as a region (``mask_regions``).
 
 Everything is in voxel indices ``[i, j, k]`` of the image as the app reads it.
 """
@@ -22,6 +24,7 @@ import math
 
 import numpy as np
 
+from .mask_regions import parse_region
 from .prompts import Click, MaskPrompt, PromptError
 
 STROKE_SPACING = 10.0  # voxels of stroke length per point
@@ -134,3 +137,25 @@ def mask_prompts(volume_mask: np.ndarray, slices, field_name: str) -> list:
     if empty or not slices:
         raise PromptError(f"{field_name}: the mask has no voxel on slice(s) {empty[:5] or 'any'}")
     return [MaskPrompt(k, volume_mask[:, :, k].astype(bool)) for k in slices]
+
+
+def parse_slice_masks(value, shape, field_name: str = "slice_masks") -> list:
+    """``[{"slice": k, "i": [start, stop], "j": [start, stop], "data": ...}, ...]``: each slice's
+    whole mask as a region (``mask_regions``), to mask prompts. A mask must set a voxel: a
+    slice without the structure is said with a background point, or erased by hand."""
+    if value is None:
+        return []
+    if not isinstance(value, (list, tuple)) or len(value) > shape[2]:
+        raise PromptError(f"{field_name}: expected a list of at most {shape[2]} slice masks")
+    masks = []
+    for n, entry in enumerate(value):
+        name = f"{field_name}[{n}]"
+        k = entry.get("slice") if isinstance(entry, dict) else None
+        if not isinstance(k, int) or isinstance(k, bool) or not 0 <= k < shape[2]:
+            raise PromptError(f"{name}.slice: expected a slice index in [0, {shape[2] - 1}], got {str(k)[:20]}")
+        mask = parse_region(entry, tuple(shape[:2]), name)
+        if not mask.any():
+            raise PromptError(f"{name}: no voxel is set; to take the structure off a slice, add a background "
+                              "point there or erase in manual mode")
+        masks.append(MaskPrompt(k, mask))
+    return masks

@@ -39,7 +39,7 @@ from .image_features import EncodedImage, ImageFeatures
 from .model_source import ModelSource
 from .one_prompt_images import QueryResult, segment_queries
 from .propagation import AbsenceRun, EarlyStop, PassReport, slice_steps
-from .results import RunInfo, SliceScore, slice_score
+from .results import RunInfo, slice_score
 from .support_selection import SupportChoice, choose_supports, spanning_slices
 from .volume_io import Volume
 from .windowing import Window, model_window

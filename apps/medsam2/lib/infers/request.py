@@ -26,7 +26,7 @@ import dataclasses
 import os
 from dataclasses import dataclass
 
-from medsam2_engine.drawn_prompts import parse_lassos, parse_strokes
+from medsam2_engine.drawn_prompts import parse_lassos, parse_slice_masks, parse_strokes
 from medsam2_engine.prompts import LabelPrompts, PromptError, parse_box, parse_points
 
 from ..options import MAX_POINTS, OptionError, box, choice, flag, image_size, integer, point_list, text
@@ -185,6 +185,10 @@ def parse_prompts(request: dict, head: RequestHead, shape, labels: list, sources
     background = parse_points(point_fields["background"], shape, "background", positive=False)
     stroke_clicks = parse_strokes(request.get("strokes"), shape)
     lassos = parse_lassos(request.get("lasso"), shape)
+    if request.get("slice_masks") not in (None, []):
+        if len(shape) != 3:
+            raise PromptError("slice_masks: painted slices go to the 3D model; a 2D image takes points, a box, strokes")
+        lassos += parse_slice_masks(request["slice_masks"], shape)
     if len(stroke_clicks) > MAX_POINTS:
         raise OptionError("strokes", f"{len(stroke_clicks)} points along the strokes; at most {MAX_POINTS}", status=413)
     background += [c for c in stroke_clicks if not c.positive]
@@ -210,7 +214,7 @@ def parse_prompts(request: dict, head: RequestHead, shape, labels: list, sources
     if not prompts:
         raise PromptError(
             "no prompt: send foreground points [[i, j, k], ...] (with label), a roi [i0, i1, j0, j1, k0, k1], "
-            "strokes, a lasso, a mask_prompt, or per-label point lists"
+            "strokes, a lasso, slice_masks, a mask_prompt, or per-label point lists"
         )
     for name, target in prompts.items():
         if not any(c.positive for c in target.clicks) and not target.boxes and not target.masks:

@@ -108,6 +108,7 @@ export class LabelVolume {
     this.order = []; // values painted first to last (largest first)
     this.dirty = null; // [[i0, i1], [j0, j1], [k0, k1]] or null
     this.snapshot = null; // a structure as it was before a streamed result began replacing it
+    this.bases = new Map(); // value -> a structure before its manual edits: {box, voxels} or null
   }
 
   mask(value) {
@@ -188,6 +189,21 @@ export class LabelVolume {
     if (kept) this.replace(kept.value, kept.box ? { box: kept.box, voxels: kept.voxels } : null);
   }
 
+  // `value` as it is now is what its manual edits (brush.js) are drawn over
+  keepBase(value) {
+    const mask = this.mask(value);
+    this.bases.set(value, mask.box ? { box: mask.box, voxels: readBox(mask.voxels, this.dims, mask.box) } : null);
+  }
+
+  hasBase(value) {
+    return this.bases.has(value);
+  }
+
+  // `value` as keepBase() found it (its manual edits are then drawn again over it)
+  restoreBase(value) {
+    this.replace(value, this.bases.get(value) || null);
+  }
+
   // The label map inside box (null: nothing to do) by the app's overlap rule, after `value` (if
   // given) changed there. When its rank by size changed, the voxels it shares with others may
   // change hands: those lie in its own box, added. Any other change of rank: the whole map.
@@ -236,7 +252,7 @@ function joinBoxes(a, b) {
 }
 
 // the voxels of `voxels` (a whole grid of dims, i fastest) inside box, i fastest
-function readBox(voxels, dims, box) {
+export function readBox(voxels, dims, box) {
   const [[i0, i1], [j0, j1], [k0, k1]] = box;
   const [ni, nj] = dims;
   const width = i1 - i0;

@@ -7,6 +7,7 @@ import { LabelVolume, Mask, decodeRegion, labelHeader } from './labelmap.js';
 import { askLogIn } from './login.js';
 import { LearningLoop } from './loop.js';
 import { showOverlaps, showResult } from './panels.js';
+import { paintManual, redrawManual, sliceAfter, sliceMaskField } from './brush.js';
 import { LabelPrompts } from './prompts.js';
 import { saveStructures } from './saving.js';
 import { PromptCanvas } from './tools.js';
@@ -200,6 +201,8 @@ const promptCanvas = new PromptCanvas(marks, view, {
     ? { label: state.label, prompts: promptsOf(state.label), locked: state.locked.has(state.label) } : null),
   onEdit: (clickedAt) => { refreshPanels(); requestMask(clickedAt); },
   say: (text, kind) => setStatus(text, kind),
+  onPaint: (stroke, clickedAt) => paintStroke(stroke, clickedAt),
+  radius: () => Number($('brush-size').value),
 });
 
 function drawMarks() {
@@ -218,6 +221,7 @@ function restoreSaved(label) {
   const value = labelValue(label);
   const saved = state.saved.get(label);
   state.shown.setWhole(value, saved ? new Mask(saved.header, saved.voxels.slice(), saved.dims) : null);
+  keepUnderManualEdits(label);
   if (saved) state.savedShown.add(label); else state.savedShown.delete(label);
   state.results.delete(label);
   view.paint(state.shown);
@@ -302,6 +306,7 @@ async function showFinal(run, answer) {
     const region = await decodeRegion(entry.mask);
     if (state.run !== run) return;
     state.shown.replace(labelValue(name), region);
+    keepUnderManualEdits(name);
     state.savedShown.delete(name);
   }
   state.shown.snapshot = null;
@@ -326,9 +331,51 @@ async function showFinal(run, answer) {
 
 function undoRedo(redo) {
   const prompts = promptsOf(state.label);
+  const edit = redo ? prompts.undone.at(-1) : prompts.edits.at(-1);
   if (redo) prompts.redo(); else prompts.undo();
   refreshPanels();
-  requestMask(performance.now());
+  if (edit?.kind !== 'paint') { requestMask(performance.now()); return; }
+  prompts.done = prompts.edits.length; // a manual edit asks the model nothing
+  redrawManual(state.shown, labelValue(state.label), prompts.edits);
+  view.paint(state.shown);
+  refreshPanels();
+}
+
+// The structure as the model (or the saved label) left it is what its manual edits are drawn over.
+function keepUnderManualEdits(label) {
+  const value = labelValue(label);
+  state.shown.keepBase(value);
+  const edits = promptsOf(label).edits;
+  if (edits.some((e) => e.kind === 'paint')) redrawManual(state.shown, value, edits);
+}
+
+// The brush or eraser drew on the shown slice (brush.js). Manual: exactly those voxels change,
+// and stay so over the structure's later results. Re-propagate: the slice as it is after the
+// edit becomes that slice's mask prompt, and the structure is segmented again from it.
+async function paintStroke(stroke, clickedAt) {
+  const label = state.label;
+  const value = labelValue(label);
+  const prompts = promptsOf(label);
+  const done = stroke.add ? 'painted' : 'erased';
+  if ($('brush-mode').value === 'manual') {
+    if (!state.shown.hasBase(value)) state.shown.keepBase(value);
+    prompts.add({ kind: 'paint', ...stroke });
+    prompts.done = prompts.edits.length;
+    paintManual(state.shown, value, stroke);
+    view.paint(state.shown);
+    refreshPanels();
+    setStatus(`${label}: ${stroke.voxels.length} voxels ${done} by hand on slice ${stroke.slice}; nothing else changed.`);
+    return;
+  }
+  const region = sliceAfter(state.shown, value, stroke);
+  if (!region) {
+    setStatus(`Nothing of ${label} would be left on slice ${stroke.slice}: to take it off this slice, add an `
+      + 'outside point there, or erase in manual mode.', 'error');
+    return;
+  }
+  prompts.add({ kind: 'slice_mask', slice: stroke.slice, field: await sliceMaskField(region) });
+  refreshPanels();
+  requestMask(clickedAt);
 }
 $('undo').addEventListener('click', () => undoRedo(false));
 $('redo').addEventListener('click', () => undoRedo(true));

@@ -3,7 +3,9 @@
 //
 // Edits, in the order made: {kind: 'point', positive, voxel}, {kind: 'box', roi},
 // {kind: 'stroke', positive, points: [[i, j, k], ...]}, {kind: 'lasso', slice, polygon: [[i, j], ...]},
-// {kind: 'start', from, name, slices}: a saved mask to start from (the app's mask_prompt).
+// {kind: 'start', from, name, slices}: a saved mask to start from (the app's mask_prompt),
+// {kind: 'slice_mask', slice, field}: a slice painted in re-propagate mode (the app's slice_masks entry),
+// {kind: 'paint', slice, add, voxels}: a manual brush or eraser edit (never sent: brush.js).
 
 export class LabelPrompts {
   constructor() {
@@ -80,9 +82,9 @@ export class LabelPrompts {
     return this.edits.length === 0;
   }
 
-  // Something the model can start from: a positive point or stroke, a box, a lasso, a saved mask.
+  // Something the model can start from: a positive point or stroke, a box, a lasso, a painted slice, a saved mask.
   canSegment() {
-    return this.edits.some((e) => ['box', 'lasso', 'start'].includes(e.kind) || e.positive);
+    return this.edits.some((e) => ['box', 'lasso', 'start', 'slice_mask'].includes(e.kind) || e.positive);
   }
 
   points(positive) {
@@ -111,6 +113,9 @@ export class LabelPrompts {
     if (strokes.length) params.strokes = strokes.map(({ points, positive }) => ({ points, positive }));
     const lassos = this.edits.filter((e) => e.kind === 'lasso');
     if (lassos.length) params.lasso = lassos.map(({ slice, polygon }) => ({ slice, polygon }));
+    const painted = new Map(); // the latest painting of each slice: it was made over the earlier ones
+    for (const e of this.edits) if (e.kind === 'slice_mask') painted.set(e.slice, e.field);
+    if (painted.size) params.slice_masks = [...painted.values()];
     const start = this.edits.find((e) => e.kind === 'start');
     if (start) params.mask_prompt = { from: start.from, name: start.name, slices: start.slices };
     if (locked.length) params.locked = locked;

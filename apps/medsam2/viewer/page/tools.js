@@ -4,16 +4,21 @@
 //
 // Points, a box, a scribble (stroke) or a lasso go on the app's slices (the k plane). In the other
 // two planes a point lands on the slice k of its voxel, and a scribble on the slices k of the
-// voxels it crosses (up to 6 of them, as points); a box or an outline is refused there.
+// voxels it crosses (up to 6 of them, as points); a box, an outline or the brush is refused there.
+// The brush and eraser (brush.js) paint the voxels within their radius of the path.
+
+import { brushedVoxels } from './brush.js';
 
 export const DRAG_PIXELS = 4;
+const PATH_TOOLS = ['stroke', 'lasso', 'brush', 'eraser'];
 const STROKE_POINTS_ACROSS = 6;
 
 export class PromptCanvas {
   // current(): {label, prompts, locked} of the structure being prompted, or null (no study open)
-  // onEdit(clickedAt): an edit was added; say(text, kind): a message in the status line
-  constructor(marks, view, { current, onEdit, say }) {
-    Object.assign(this, { marks, view, current, onEdit, say });
+  // onEdit(clickedAt): an edit was added; say(text, kind): a message in the status line;
+  // onPaint(stroke, clickedAt): the brush or eraser drew {slice, add, voxels}; radius(): the brush's (CSS px)
+  constructor(marks, view, { current, onEdit, say, onPaint, radius }) {
+    Object.assign(this, { marks, view, current, onEdit, say, onPaint, radius });
     this.start = null;
     this.now = null;
     this.path = []; // a stroke or lasso being drawn: canvas points
@@ -38,7 +43,7 @@ export class PromptCanvas {
     if (target.locked) { this.say(`${target.label} is locked: unlock it to change it.`, 'error'); return; }
     this.start = this.xy(event);
     this.now = null;
-    this.path = ['stroke', 'lasso'].includes(this.tool()) ? [this.start] : [];
+    this.path = PATH_TOOLS.includes(this.tool()) ? [this.start] : [];
     this.marks.setPointerCapture(event.pointerId);
   }
 
@@ -62,8 +67,21 @@ export class PromptCanvas {
     const clickedAt = performance.now();
     const target = this.current();
     if (!target) return;
+    if (['brush', 'eraser'].includes(this.tool())) { this.paint(path, clickedAt); return; }
     const added = this.edit(target.prompts, start, end, path, !(event.button === 2 || event.shiftKey), event.button);
     if (added) this.onEdit(clickedAt); else this.draw();
+  }
+
+  paint(path, clickedAt) {
+    const { view } = this;
+    this.draw();
+    if (view.normal !== 2) {
+      this.say(`The brush paints on the app's slices: switch to the ${view.planeName(2)} view.`, 'error');
+      return;
+    }
+    const stroke = brushedVoxels(view, path, this.radius(), this.tool() === 'brush');
+    if (!stroke.voxels.length) { this.say('Paint on the image.', 'error'); return; }
+    this.onPaint(stroke, clickedAt);
   }
 
   // the gesture as an edit of prompts; false (and a message where it helps) when it is none
@@ -147,15 +165,20 @@ export class PromptCanvas {
       }
     }
     if (this.start && this.now && this.tool() === 'box') strokeBox(ctx, this.start, this.now, '#ffffff');
-    if (this.path.length) strokePath(ctx, this.path, '#ffffff', this.tool() === 'lasso');
+    const tool = this.tool();
+    if (this.path.length && ['brush', 'eraser'].includes(tool)) {
+      strokePath(ctx, this.path, tool === 'brush' ? 'rgba(255,255,255,0.5)' : 'rgba(80,160,255,0.5)', false,
+        2 * this.radius());
+    } else if (this.path.length) strokePath(ctx, this.path, '#ffffff', tool === 'lasso');
   }
 }
 
-function strokePath(ctx, points, colour, closed) {
+function strokePath(ctx, points, colour, closed, width = 3) {
   if (!points.length || points.some((p) => !p)) return;
   ctx.strokeStyle = colour;
-  ctx.lineWidth = 3;
+  ctx.lineWidth = width;
   ctx.lineJoin = 'round';
+  ctx.lineCap = 'round';
   ctx.beginPath();
   points.forEach(([x, y], n) => (n ? ctx.lineTo(x, y) : ctx.moveTo(x, y)));
   if (closed) ctx.closePath();
