@@ -13,10 +13,16 @@ import numpy as np
 import pytest
 
 from tests.support.browser import chromium_page, needs_chromium, screenshot  # noqa: F401  (fixture)
+from tests.support.tool_tour import brush_stroke, draw, near_segment, position
+from tests.support.tool_tour import held as held_on
 from tests.support.viewer_page import (SEGMENT_ROUTE, assert_mask_on_screen, dice, form_field,
                                        mask_from_infer_response, phantom_server, wait_idle)
 
 SHAPE = (40, 32, 16)
+
+
+def held(page, value: int) -> np.ndarray:
+    return held_on(page, value, SHAPE)
 
 
 @pytest.fixture(scope="module")
@@ -25,30 +31,7 @@ def tools_server(fine_tuned, small_model_files, tmp_path_factory):
         yield running
 
 
-def position(page, voxel):
-    return page.evaluate("v => window.medsam2Viewer.pagePosition(v)", [float(v) for v in voxel])
 
-
-def draw(page, tool: str, path: list, shift: bool = False):
-    """Draw ``path`` (page positions) with ``tool``; the page's request once it is idle."""
-    page.check(f"input[name=tool][value={tool}]")
-    with page.expect_response(lambda r: SEGMENT_ROUTE in r.url, timeout=180_000) as answer:
-        if shift:
-            page.keyboard.down("Shift")
-        page.mouse.move(*path[0])
-        page.mouse.down()
-        for point in path[1:]:
-            page.mouse.move(*point, steps=3)
-        page.mouse.up()
-        if shift:
-            page.keyboard.up("Shift")
-    wait_idle(page)
-    return answer.value
-
-
-def held(page, value: int) -> np.ndarray:
-    voxels = page.evaluate(f"Array.from(window.medsam2Viewer.state.masks.get({value})?.voxels || [])")
-    return np.array(voxels, np.uint8).reshape(SHAPE, order="F") > 0 if voxels else np.zeros(SHAPE, bool)
 
 
 @needs_chromium
@@ -130,29 +113,6 @@ def test_scribble_lasso_undo_redo_lock_and_start_from_saved(tools_server, chromi
     assert not errors, errors
 
 
-def brush_stroke(page, tool: str, a, b, requests: list) -> int:
-    """Paint from voxel ``a`` to ``b`` (slice k) with ``tool``; the number of segment requests it sent."""
-    page.check(f"input[name=tool][value={tool}]")
-    before = len(requests)
-    page.mouse.move(*position(page, a))
-    page.mouse.down()
-    page.mouse.move(*position(page, b), steps=6)
-    page.mouse.up()
-    page.wait_for_timeout(300)
-    wait_idle(page)
-    return len(requests) - before
-
-
-def near_segment(page, a, b, k: int, radius: float) -> tuple:
-    """(surely inside, maybe) masks of slice k: voxel centres on screen within radius - 0.5 px of
-    the segment a-b, and within radius + 0.5 px (the brush's edge, where rounding may go either way)."""
-    centres = np.array(page.evaluate(
-        "([ni, nj, k]) => { const out = []; for (let j = 0; j < nj; j++) for (let i = 0; i < ni; i++) "
-        "out.push(window.medsam2Viewer.pagePosition([i, j, k])); return out; }", [SHAPE[0], SHAPE[1], k]))
-    p, q = np.array(position(page, a)), np.array(position(page, b))
-    t = np.clip(((centres - p) @ (q - p)) / max((q - p) @ (q - p), 1e-9), 0, 1)
-    distance = np.linalg.norm(centres - (p + t[:, None] * (q - p)), axis=1).reshape(SHAPE[1], SHAPE[0]).T
-    return distance <= radius - 0.5, distance <= radius + 0.5
 
 
 @needs_chromium
@@ -188,7 +148,7 @@ def test_brush_and_eraser_in_each_mode_and_undo(tools_server, chromium_page, tmp
     page.select_option("#brush-mode", "manual")
     a, b = [2, 2, k], [2, SHAPE[1] - 3, k]
     assert brush_stroke(page, "brush", a, b, requests) == 0
-    inside, edge = near_segment(page, a, b, k, radius)
+    inside, edge = near_segment(page, a, b, SHAPE, k, radius)
     painted = held(page, 1)
     changed = painted ^ model
     assert changed[:, :, k].any() and not np.delete(changed, k, axis=2).any()
@@ -199,7 +159,7 @@ def test_brush_and_eraser_in_each_mode_and_undo(tools_server, chromium_page, tmp
     ci = int(round(ii.mean()))
     a2, b2 = [ci, jj.min() - 2, k], [ci, jj.max() + 2, k]
     assert brush_stroke(page, "eraser", a2, b2, requests) == 0
-    inside2, edge2 = near_segment(page, a2, b2, k, radius)
+    inside2, edge2 = near_segment(page, a2, b2, SHAPE, k, radius)
     erased = held(page, 1)
     assert not erased[:, :, k][inside2].any()
     assert np.array_equal(erased[:, :, k] | (painted[:, :, k] & edge2), painted[:, :, k])
@@ -225,13 +185,13 @@ def test_brush_and_eraser_in_each_mode_and_undo(tools_server, chromium_page, tmp
     [sent] = params["slice_masks"]
     from medsam2_engine.mask_regions import parse_region
     slice_sent = parse_region(sent, SHAPE[:2], "slice_masks[0]")
-    inside3, edge3 = near_segment(page, a3, b3, k, radius)
+    inside3, edge3 = near_segment(page, a3, b3, SHAPE, k, radius)
     assert sent["slice"] == k and slice_sent[inside3].all()
     np.testing.assert_array_equal(slice_sent & ~edge3, before[:, :, k] & ~edge3)  # elsewhere: as on screen
     result, _, _ = mask_from_infer_response(answer.value)
     after = held(page, 1)
     # the model's new mask, with the manual brush still drawn over it
     np.testing.assert_array_equal(after & ~painted, (result > 0) & ~painted)
-    assert after[:, :, k][near_segment(page, a, b, k, radius)[0]].all()
+    assert after[:, :, k][near_segment(page, a, b, SHAPE, k, radius)[0]].all()
     assert_mask_on_screen(page, screenshot(page, "viewer-tools-4-brush-repropagate", tmp_path), after, k)
     assert not errors, errors
