@@ -121,7 +121,8 @@ function refreshPanels() {
     const box = prompts.box();
     const count = (kind) => prompts.edits.filter((e) => e.kind === kind).length;
     const drawn = [count('stroke') && `${count('stroke')} scribble(s)`, count('lasso') && `${count('lasso')} outline(s)`,
-      count('start') && 'started from its saved mask'].filter(Boolean);
+      count('slice_mask') && `${count('slice_mask')} painted slice(s)`,
+      count('paint') && `${count('paint')} manual brush edit(s)`, count('start') && 'started from its saved mask'].filter(Boolean);
     $('prompt-summary').textContent = `${state.label}: ${prompts.points(true).length} inside, `
       + `${prompts.points(false).length} outside${box ? `, box on slice ${box[4]}` : ''}`
       + `${drawn.length ? `, ${drawn.join(', ')}` : ''}${state.locked.has(state.label) ? ' (locked)' : ''}`;
