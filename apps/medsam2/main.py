@@ -65,8 +65,8 @@ class MedSam2App(MONAILabelApp):
             # new weights are loaded, compiled and checked in the background; clicks meanwhile get the old ones
             prepare_in_background=True,
             # per replica: OpenVINO's compiled blobs are not written for several processes at once
-            runtime_cache_dir=(self.settings.model_dir / "runtime-cache" / (self.settings.replica.name or "server")
-                               if self.settings.runtime_cache else None),
+            runtime_cache_dir=((self.settings.runtime_cache_dir or self.settings.model_dir / "runtime-cache")
+                               / (self.settings.replica.name or "server") if self.settings.runtime_cache else None),
         )
         self.models.ensure_available(allow_download=self.settings.allow_download)
         self.models.watch()  # published weights are prepared before the next click needs them

@@ -2,17 +2,22 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 APP_DIR = ROOT / "apps" / "medsam2"
+SHARED_RUNTIME_CACHE = Path(tempfile.mkdtemp(prefix="medsam2-test-runtime-cache-"))
+atexit.register(shutil.rmtree, SHARED_RUNTIME_CACHE, ignore_errors=True)
 
 
 def free_port() -> int:
@@ -71,7 +76,10 @@ class RunningServer:
                    "--host", "127.0.0.1", "--port", str(self.port)]
         # an empty model folder of its own, so no file in apps/medsam2/model leaks into a test
         # the CPU runtime named, as before "auto" was the default: the same graphs on every machine
-        conf = {"model_dir": log_path.parent / "model", "cpu_runtime": "openvino", **conf}
+        # the compiled graphs in one folder for the session's servers: keyed by the exact weights,
+        # so a server on the weights another used reads them instead of compiling again
+        conf = {"model_dir": log_path.parent / "model", "cpu_runtime": "openvino",
+                "runtime_cache_dir": SHARED_RUNTIME_CACHE, **conf}
         for key, value in conf.items():
             command += ["--conf", key, str(value)]
         env = {**os.environ, "MONAI_LABEL_AUTO_UPDATE_SCORING": "false", "OMP_NUM_THREADS": "2", **(env or {})}

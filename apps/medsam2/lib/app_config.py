@@ -55,6 +55,7 @@ class AppConfig:
     cpu_int8: bool
     allow_download: bool
     runtime_cache: bool = True  # compiled CPU runtimes kept on disk by their weights (model_dir/runtime-cache)
+    runtime_cache_dir: Path | None = None  # where, instead of model_dir/runtime-cache
     cpu_runtime: str = "auto"  # per-slice stages on CPU: auto (bf16 where the CPU has bf16 units, else float32)
     cuda_numerics: str = "reference"  # on CUDA: MedSAM2's TF32 / Flash / bf16 prompt embeddings, or sam2's
     encode_ahead: bool = True  # encode a study's slices when the viewer opens it (medsam2_engine/encode_ahead.py)
@@ -116,6 +117,7 @@ class AppConfig:
             cpu_int8=_flag(conf, "cpu_int8", False),
             cpu_runtime=_choice(conf, "cpu_runtime", "auto", CPU_RUNTIME_CHOICES),
             runtime_cache=_flag(conf, "runtime_cache", True),
+            runtime_cache_dir=Path(conf["runtime_cache_dir"]) if conf.get("runtime_cache_dir") else None,
             cuda_numerics=_choice(conf, "cuda_numerics", "reference", ("reference", "sam2")),
             encode_ahead=_flag(conf, "encode_ahead", True),
             allow_download=_flag(conf, "download", True),
