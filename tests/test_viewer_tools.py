@@ -195,3 +195,66 @@ def test_brush_and_eraser_in_each_mode_and_undo(tools_server, chromium_page, tmp
     assert after[:, :, k][near_segment(page, a, b, SHAPE, k, radius)[0]].all()
     assert_mask_on_screen(page, screenshot(page, "viewer-tools-4-brush-repropagate", tmp_path), after, k)
     assert not errors, errors
+
+
+def other_plane_tinted(page, png, n: int, mask: np.ndarray) -> tuple:
+    """(tinted red, in the mask) for every voxel of the plane other view n shows, read from the screenshot."""
+    from PIL import Image
+
+    rgb = np.asarray(Image.open(png).convert("RGB")).astype(int)
+    normal, cursor = page.evaluate(f"[window.medsam2Viewer.others.views[{n}].normal, "
+                                   f"window.medsam2Viewer.others.views[{n}].cursor]")
+    voxels = []
+    for a in range(SHAPE[[d for d in range(3) if d != normal][0]]):
+        for b in range(SHAPE[[d for d in range(3) if d != normal][1]]):
+            voxel = list(cursor)
+            voxel[[d for d in range(3) if d != normal][0]], voxel[[d for d in range(3) if d != normal][1]] = a, b
+            voxels.append(voxel)
+    where = page.evaluate(f"vs => vs.map(v => window.medsam2Viewer.otherPosition({n}, v))", voxels)
+    tinted = np.array([rgb[int(round(y)), int(round(x)), 0] - rgb[int(round(y)), int(round(x)), 1] > 40
+                       for x, y in where])
+    return tinted, np.array([mask[tuple(v)] for v in voxels]), voxels, normal
+
+
+@needs_chromium
+def test_three_views_show_the_structure_and_a_click_there_moves_the_cursor(tools_server, chromium_page, tmp_path):
+    server, truth = tools_server
+    page = chromium_page
+    page.goto(server.url + "/medsam2/viewer/")
+    page.evaluate("window.medsam2Viewer.ready")
+    page.click("#studies li[data-image='phantom14']")
+    wait_idle(page)
+    k = int(np.argmax(truth.sum(axis=(0, 1))))
+    page.evaluate("k => window.medsam2Viewer.goToSlice(k)", k)
+    page.click("#labels li[data-label=lesion]")
+    ii, jj = np.nonzero(truth[:, :, k])
+    ci, cj = int(round(ii.mean())), int(round(jj.mean()))
+    page.check("input[name=tool][value=point]")
+    with page.expect_response(lambda r: SEGMENT_ROUTE in r.url, timeout=180_000):
+        page.mouse.click(*position(page, [ci, cj, k]))
+    wait_idle(page)
+    lesion = held(page, 1)
+    assert lesion[ci, cj, k]
+
+    page.select_option("#layout", "three")
+    page.evaluate("v => { window.medsam2Viewer.view.setPlane(2, v); }", [ci, cj, k])
+    page.wait_for_timeout(300)
+    assert sorted(page.inner_text(f"#other-{x}-name") for x in "ab") == ["coronal", "sagittal"]
+    png = screenshot(page, "viewer-tools-5-three-views", tmp_path)
+    assert_mask_on_screen(page, png, lesion, k)  # the main view still maps its voxels
+    for n in (0, 1):
+        tinted, inside, voxels, normal = other_plane_tinted(page, png, n, lesion)
+        off_marker = np.array([v[2] != k for v in voxels])  # the main view's plane is a line over slice k
+        tinted, inside = tinted[off_marker], inside[off_marker]
+        assert inside.any(), "the other plane does not cross the lesion"
+        assert tinted[inside].mean() > 0.9 and tinted[~inside].mean() < 0.03, (n, normal)
+
+    # a click on the sagittal plane, two slices lower: the main (axial) view goes there
+    n = page.evaluate("window.medsam2Viewer.others.views.findIndex(v => v.normal === 0)")
+    target = [ci, cj, k - 2]
+    page.mouse.click(*page.evaluate(f"v => window.medsam2Viewer.otherPosition({n}, v)", target))
+    assert page.evaluate("[window.medsam2Viewer.view.normal, window.medsam2Viewer.view.currentSlice()]") == [2, k - 2]
+    # a double click shows that plane in the main view, through the voxel clicked
+    page.mouse.dblclick(*page.evaluate(f"v => window.medsam2Viewer.otherPosition({n}, v)", target))
+    assert page.evaluate("[window.medsam2Viewer.view.normal, window.medsam2Viewer.view.currentSlice()]") == [0, ci]
+    assert page.input_value("#plane") == "0"

@@ -8,6 +8,7 @@ import { askLogIn } from './login.js';
 import { LearningLoop } from './loop.js';
 import { showOverlaps, showResult } from './panels.js';
 import { paintManual, redrawManual, sliceAfter, sliceMaskField } from './brush.js';
+import { OtherPlanes } from './other_planes.js';
 import { LabelPrompts } from './prompts.js';
 import { saveStructures } from './saving.js';
 import { PromptCanvas } from './tools.js';
@@ -188,6 +189,24 @@ function showPlane(normal) {
   $('plane').value = String(normal);
   syncSlice();
 }
+
+// The three-view layout (other_planes.js): a click on another plane moves the cursor there (the
+// main view's slice follows); a double click shows that plane in the main view.
+const others = new OtherPlanes([$('other-a'), $('other-b')], (voxel, normal, bring) => {
+  view.setPlane(bring ? normal : view.normal, voxel);
+  $('plane').value = String(view.normal);
+  syncSlice();
+});
+view.onRendered = () => {
+  others.follow(view);
+  others.names().forEach((name, n) => { $(`other-${'ab'[n]}-name`).textContent = name; });
+};
+view.onPainted = (box) => others.changed(box, view.labels);
+$('layout').addEventListener('change', () => {
+  others.on = $('layout').value === 'three';
+  $('others').hidden = !others.on;
+  requestAnimationFrame(() => view.render()); // the main view's size changed; it draws the others
+});
 
 function namePlanes() {
   for (const option of $('plane').options) {
@@ -571,6 +590,15 @@ window.medsam2Viewer = {
   },
   goToSlice,
   showPlane,
+  others,
+  // where a voxel is on the page in other plane n (0, 1) of the three-view layout
+  otherPosition(n, voxel) {
+    const other = others.views[n];
+    const p = other.canvasOf(voxel);
+    if (!p) return null;
+    const rect = other.canvas.getBoundingClientRect();
+    return [rect.left + p[0], rect.top + p[1]];
+  },
   loop,
   streamsAnswered,
   ready: start(),

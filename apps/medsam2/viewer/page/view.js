@@ -295,22 +295,70 @@ export class VolumeView {
       }
     }
     this.ctx.putImageData(pixels, 0, 0);
+    if (this.marker) this.drawMarker();
+    this.onRendered?.();
+  }
+
+  // where the main view's plane crosses this one: a thin line
+  drawMarker() {
+    const { normal, index } = this.marker;
+    const along = [0, 1, 2].find((d) => d !== normal && d !== this.normal);
+    const ends = [0, this.dims[along] - 1].map((n) => {
+      const voxel = [...this.cursor];
+      voxel[normal] = index;
+      voxel[along] = n;
+      return this.canvasOf(voxel);
+    });
+    if (ends.some((p) => !p)) return;
+    const { ctx } = this;
+    ctx.save();
+    ctx.scale(this.dpr, this.dpr);
+    ctx.strokeStyle = 'rgba(255, 214, 80, 0.7)';
+    ctx.lineWidth = 1;
+    ctx.beginPath();
+    ctx.moveTo(...ends[0]);
+    ctx.lineTo(...ends[1]);
+    ctx.stroke();
+    ctx.restore();
   }
 
   // Show what changed in labels (a LabelVolume) since its last paint: the shown slice is drawn
-  // again only when the changed box crosses it, once a frame.
+  // again only when the changed box crosses it, once a frame. onPainted(box): other views too.
   paint(labels) {
     this.labels = labels;
     const box = labels.takeDirty();
     if (!box || !this.dims) return;
     this.sent = [...this.sent.slice(-99), box];
-    const [k0, k1] = box[this.normal];
-    if (this.slice < k0 || this.slice >= k1 || this.renderQueued) return;
+    this.onPainted?.(box);
+    this.changed(box);
+  }
+
+  // the box [[i0, i1], [j0, j1], [k0, k1]] of the structures changed: drawn again if it crosses the plane
+  changed(box) {
+    const [a, b] = box[this.normal];
+    if (this.slice < a || this.slice >= b || this.renderQueued) return;
     this.renderQueued = true;
     requestAnimationFrame(() => {
       this.renderQueued = false;
       this.render();
     });
+  }
+
+  // What `main` shows (its study, window and structures) on the plane across `normal` through
+  // main's cursor: one of the other two planes of the three-view layout. Drawn only when it changed.
+  mirror(main, normal) {
+    if (!main.image) return;
+    const slice = main.cursor[normal];
+    const same = this.image === main.image && this.window === main.window && this.labels === main.labels
+      && this.normal === normal && this.slice === slice && this.marker?.normal === main.normal
+      && this.marker?.index === main.slice;
+    this.cursor = [...main.cursor];
+    this.marker = { normal: main.normal, index: main.slice }; // main's plane, drawn as a line here
+    if (same) return;
+    if (this.image !== main.image) Object.assign(this, { image: main.image, dims: main.dims, range: null, lut: null });
+    if (this.window !== main.window) Object.assign(this, { window: main.window, lut: null });
+    Object.assign(this, { labels: main.labels, normal, slice });
+    this.render();
   }
 
   // resolves once what paint() drew is on screen
