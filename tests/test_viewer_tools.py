@@ -258,3 +258,51 @@ def test_three_views_show_the_structure_and_a_click_there_moves_the_cursor(tools
     page.mouse.dblclick(*page.evaluate(f"v => window.medsam2Viewer.otherPosition({n}, v)", target))
     assert page.evaluate("[window.medsam2Viewer.view.normal, window.medsam2Viewer.view.currentSlice()]") == [0, ci]
     assert page.input_value("#plane") == "0"
+
+
+@needs_chromium
+def test_a_label_file_on_the_study_grid_starts_a_structure_and_another_grid_is_refused(tools_server, chromium_page,
+                                                                                      tmp_path):
+    import nibabel as nib
+
+    from tests.support.viewer_page import FLIPPED_AFFINE
+
+    server, truth = tools_server
+    page = chromium_page
+    page.goto(server.url + "/medsam2/viewer/")
+    page.evaluate("window.medsam2Viewer.ready")
+    page.click("#studies li[data-image='phantom14']")
+    wait_idle(page)
+    k = int(np.argmax(truth.sum(axis=(0, 1))))
+    page.evaluate("k => window.medsam2Viewer.goToSlice(k)", k)
+    page.click("#labels li[data-label=organ]")
+    signed = tmp_path / "signed_lesion.nii.gz"
+    nib.save(nib.Nifti1Image(truth.astype(np.uint8), FLIPPED_AFFINE), str(signed))
+    with page.expect_response(lambda r: SEGMENT_ROUTE in r.url, timeout=180_000):
+        page.set_input_files("#start-file", str(signed))
+    wait_idle(page)
+    # (Chromium keeps no copy of a body with a file: the page's own record of what it sent)
+    sent = json.loads(page.evaluate("window.medsam2Viewer.streamsAnswered.at(-1).params"))
+    assert sent["mask_prompt"] == {"from": "upload", "slices": [k]} and sent["label"] == "organ"
+    started = held(page, 2)
+    assert started[:, :, k].any() and dice(started, truth) > 0.8
+    assert "signed_lesion.nii.gz" in page.inner_text("#prompt-summary")
+    # a correction click re-sends the file with the structure's prompts
+    page.check("input[name=tool][value=point]")
+    ii, jj = np.nonzero(truth[:, :, k])
+    with page.expect_response(lambda r: SEGMENT_ROUTE in r.url, timeout=180_000) as again:
+        page.mouse.click(*position(page, [int(round(ii.mean())), int(round(jj.mean())), k]))
+    wait_idle(page)  # the file went again: without it the server refuses the mask_prompt (an error here)
+    assert again.value.ok
+    assert json.loads(page.evaluate("window.medsam2Viewer.streamsAnswered.at(-1).params"))["mask_prompt"]["from"] == "upload"
+
+    # a file on another grid: refused in the clinician's words, the mask as it was
+    page.click("#labels li[data-label=lesion]")
+    lesion_before = held(page, 1)  # (the study's saved lesion, when an earlier test saved one)
+    other = tmp_path / "other_grid.nii.gz"
+    nib.save(nib.Nifti1Image(np.ones((8, 8, 4), np.uint8), np.eye(4)), str(other))
+    page.set_input_files("#start-file", str(other))
+    page.wait_for_function("document.getElementById('status').dataset.state === 'error'", timeout=120_000)
+    message = page.inner_text("#status")
+    assert "uploaded label is [8, 8, 4]" in message and "HTTP" not in message and "/tmp" not in message, message
+    np.testing.assert_array_equal(held(page, 1), lesion_before)

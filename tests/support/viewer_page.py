@@ -308,7 +308,8 @@ def final_label_info(server_url: str, image: str) -> dict:
 def form_field(request, name: str) -> str:
     """A field of a captured multipart/form-data request (the page posts FormData)."""
     body = request.post_data_buffer
-    boundary = request.headers["content-type"].split("boundary=")[1].encode()
+    assert body is not None, "the request's body was not captured"
+    boundary = (request.header_value("content-type") or "").split("boundary=")[1].encode()
     for part in body.split(b"--" + boundary):
         if f'name="{name}"'.encode() in part.split(b"\r\n\r\n", 1)[0]:
             return part.split(b"\r\n\r\n", 1)[1].rsplit(b"\r\n", 1)[0].decode()

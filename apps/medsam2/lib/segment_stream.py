@@ -27,7 +27,7 @@ import threading
 import time
 
 import numpy as np
-from fastapi import Depends, Form, HTTPException, Query, Request
+from fastapi import BackgroundTasks, Depends, File, Form, HTTPException, Query, Request, UploadFile
 from fastapi.responses import StreamingResponse
 
 from medsam2_engine.mask_regions import mask_region
@@ -117,17 +117,22 @@ def build_route(router, app_instance, user_dependency) -> None:
 
     @router.post("/segment", summary="Segment in the page's session, streamed: each slice as it is reached, "
                                      "then the final mask as the region it occupies")
-    def segment(http: Request, image: str = Query(..., description="image id of the datastore"),
+    def segment(http: Request, background_tasks: BackgroundTasks,
+                image: str = Query(..., description="image id of the datastore"),
                 params: str = Form("{}", description="the request fields of POST /infer/medsam2_3d"),
+                label: UploadFile = File(None, description="a label file on the study's grid, for a mask_prompt "
+                                                           "from 'upload' (deleted once answered)"),
                 user=Depends(user_dependency)):
         from .replicas import annotate_result
-        from .routes import _as_http, checked_request
+        from .routes import _as_http, checked_request, with_label_upload
 
         instance = app_instance()
         uri, checked = _as_http(lambda: checked_request(instance, MODEL, image, params, http, user))
+        if label is not None:
+            checked = _as_http(lambda: with_label_upload(checked, label, uri, background_tasks))
         request = {**json.loads(checked), "image": uri, "model": MODEL}
         task = instance._infers[MODEL]
         replica = instance.settings.replica
         run = SegmentRun(task, request, lambda out, req: annotate_result(out, req, replica))
-        return StreamingResponse(run.answer(http), media_type="text/event-stream",
+        return StreamingResponse(run.answer(http), media_type="text/event-stream", background=background_tasks,
                                  headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})

@@ -112,9 +112,10 @@ export async function sendFocus(image, clientId, k) {
 // `signal` cancels it on the server too (an AbortError is thrown here).
 export const streamsAnswered = []; // the last few answers as they came ({params, text}), for tests and scripts
 
-export async function segment(image, params, { signal, onEvent } = {}) {
+export async function segment(image, params, { signal, onEvent, label = null } = {}) {
   const form = new FormData();
   form.append('params', JSON.stringify(params));
+  if (label) form.append('label', label, label.name); // a mask_prompt from 'upload
   const record = { params: JSON.stringify(params), text: '' };
   const response = await fetch(`segment?image=${encodeURIComponent(image)}`, withAuth({ method: 'POST', body: form, signal }));
   if (!response.ok) throw await failure(response, 'segmenting');

@@ -123,7 +123,7 @@ function refreshPanels() {
     const count = (kind) => prompts.edits.filter((e) => e.kind === kind).length;
     const drawn = [count('stroke') && `${count('stroke')} scribble(s)`, count('lasso') && `${count('lasso')} outline(s)`,
       count('slice_mask') && `${count('slice_mask')} painted slice(s)`,
-      count('paint') && `${count('paint')} manual brush edit(s)`, count('start') && 'started from its saved mask'].filter(Boolean);
+      count('paint') && `${count('paint')} manual brush edit(s)`, count('start') && `started from ${prompts.startFile() ? prompts.startFile().name : 'its saved mask'}`].filter(Boolean);
     $('prompt-summary').textContent = `${state.label}: ${prompts.points(true).length} inside, `
       + `${prompts.points(false).length} outside${box ? `, box on slice ${box[4]}` : ''}`
       + `${drawn.length ? `, ${drawn.join(', ')}` : ''}${state.locked.has(state.label) ? ' (locked)' : ''}`;
@@ -272,7 +272,7 @@ async function requestMask(clickedAt) {
   const params = prompts.request(label, clientId, [...state.locked].filter((l) => l !== label));
   prompts.resetNext = false;
   try {
-    const answer = await segment(run.image, params, { signal: run.controller.signal,
+    const answer = await segment(run.image, params, { signal: run.controller.signal, label: prompts.startFile(),
       onEvent: (name, data) => { if (name === 'slice') run.chain = run.chain.then(() => showSlice(run, data)); } });
     await run.chain;
     if (state.run !== run) return;
@@ -415,6 +415,16 @@ $('start-saved').addEventListener('click', () => {
   for (let n = ni * nj * k; n < ni * nj * (k + 1) && !any; n += 1) any = saved.voxels[n] > 0;
   if (!any) { setStatus(`${state.label}: its saved mask has nothing on slice ${k}; go to a slice it covers.`, 'error'); return; }
   promptsOf(state.label).startFrom('final', state.label, [k]);
+  refreshPanels();
+  requestMask(performance.now());
+});
+// a label file's mask on the shown slice becomes the structure's starting mask (the file goes
+// with each of the structure's requests while that start is among its prompts)
+$('start-file').addEventListener('change', () => {
+  const file = $('start-file').files[0];
+  $('start-file').value = '';
+  if (!file || !state.image || !state.label || state.locked.has(state.label)) return;
+  promptsOf(state.label).startFrom('upload', file.name, [view.currentSlice()], file);
   refreshPanels();
   requestMask(performance.now());
 });

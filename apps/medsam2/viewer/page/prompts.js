@@ -51,10 +51,16 @@ export class LabelPrompts {
     this.add({ kind: 'lasso', slice: k, polygon: polygon.map(([i, j]) => [round1(i), round1(j)]) });
   }
 
-  // start from a saved mask (from: 'final' the saved label, 'structure' another structure) on slices
-  startFrom(from, name, slices) {
+  // start from a saved mask (from: 'final' the saved label, 'structure' another structure,
+  // 'upload' a label file, kept here and sent with each request) on slices
+  startFrom(from, name, slices, file = null) {
     this.edits = this.edits.filter((e) => e.kind !== 'start');
-    this.add({ kind: 'start', from, name, slices });
+    this.add({ kind: 'start', from, name, slices, file });
+  }
+
+  // the label file the structure starts from (null: none)
+  startFile() {
+    return this.edits.find((e) => e.kind === 'start')?.file || null;
   }
 
   undo() {
@@ -117,7 +123,8 @@ export class LabelPrompts {
     for (const e of this.edits) if (e.kind === 'slice_mask') painted.set(e.slice, e.field);
     if (painted.size) params.slice_masks = [...painted.values()];
     const start = this.edits.find((e) => e.kind === 'start');
-    if (start) params.mask_prompt = { from: start.from, name: start.name, slices: start.slices };
+    if (start?.from === 'upload') params.mask_prompt = { from: 'upload', slices: start.slices };
+    else if (start) params.mask_prompt = { from: start.from, name: start.name, slices: start.slices };
     if (locked.length) params.locked = locked;
     return params;
   }
