@@ -306,3 +306,35 @@ def test_a_label_file_on_the_study_grid_starts_a_structure_and_another_grid_is_r
     message = page.inner_text("#status")
     assert "uploaded label is [8, 8, 4]" in message and "HTTP" not in message and "/tmp" not in message, message
     np.testing.assert_array_equal(held(page, 1), lesion_before)
+
+
+@needs_chromium
+def test_a_structure_starts_from_another_as_shown(tools_server, chromium_page):
+    """The lesion's mask on the shown slice, as on screen, is sent as the organ's mask prompt there."""
+    from medsam2_engine.mask_regions import parse_region
+
+    server, truth = tools_server
+    page = chromium_page
+    page.goto(server.url + "/medsam2/viewer/")
+    page.evaluate("window.medsam2Viewer.ready")
+    page.click("#studies li[data-image='phantom14']")
+    wait_idle(page)
+    k = int(np.argmax(truth.sum(axis=(0, 1))))
+    page.evaluate("k => window.medsam2Viewer.goToSlice(k)", k)
+    page.click("#labels li[data-label=lesion]")
+    ii, jj = np.nonzero(truth[:, :, k])
+    page.check("input[name=tool][value=point]")
+    with page.expect_response(lambda r: SEGMENT_ROUTE in r.url, timeout=180_000):
+        page.mouse.click(*position(page, [int(round(ii.mean())), int(round(jj.mean())), k]))
+    wait_idle(page)
+    lesion = held(page, 1)
+    page.click("#labels li[data-label=organ]")
+    assert page.locator("#start-structure option[value=lesion]").count() == 1
+    with page.expect_response(lambda r: SEGMENT_ROUTE in r.url, timeout=180_000) as answer:
+        page.select_option("#start-structure", "lesion")
+    wait_idle(page)
+    params = json.loads(form_field(answer.value.request, "params"))
+    [sent] = params["slice_masks"]
+    assert params["label"] == "organ" and sent["slice"] == k
+    np.testing.assert_array_equal(parse_region(sent, SHAPE[:2], "slice_masks[0]"), lesion[:, :, k])
+    assert dice(held(page, 2), lesion) > 0.8

@@ -210,10 +210,10 @@ def tour(page, base_url: str, image: str, k: int | None, centre: tuple | None, s
     # the saved lesion on slice k is the start of a new lesion
     page.evaluate("k => window.medsam2Viewer.goToSlice(k)", k)
     page.click("#labels li[data-label=lesion]")
-    if shown[LESION][:, :, k].any():
-        with page.expect_response(lambda r_: SEGMENT_ROUTE in r_.url, timeout=180_000) as started:
-            page.click("#start-saved")
-        wait_idle(page)
-        params = json.loads(form_field(started.value.request, "params"))
-        assert params["mask_prompt"] == {"from": "final", "name": "lesion", "slices": [k]}
+    assert shown[LESION][:, :, k].any()  # (the manual brush is on slice k, over every result)
+    with page.expect_response(lambda r_: SEGMENT_ROUTE in r_.url, timeout=180_000) as started:
+        page.click("#start-saved")
+    wait_idle(page)
+    params = json.loads(form_field(started.value.request, "params"))
+    assert params["mask_prompt"] == {"from": "final", "name": "lesion", "slices": [k]}
     assert not errors, errors

@@ -116,6 +116,10 @@ function refreshPanels() {
   $('undo').disabled = !open || !prompts || prompts.isEmpty() || locked;
   $('redo').disabled = !open || !prompts || !prompts.canRedo() || locked;
   $('start-saved').disabled = !open || !state.saved.has(state.label) || locked;
+  const starts = state.labels.filter((l) => l !== state.label && state.masks.get(labelValue(l))?.count());
+  $('start-structure').replaceChildren(new Option('Start from another structure…', ''),
+    ...starts.map((l) => new Option(l, l)));
+  $('start-structure').disabled = !open || !starts.length || locked;
   $('clear').disabled = !open || !prompts || (prompts.isEmpty() && !(state.masks.get(labelValue(state.label))?.count()));
   $('save').disabled = !open || ![...state.masks.values()].some((m) => m.count() > 0);
   if (prompts) {
@@ -425,6 +429,19 @@ $('start-file').addEventListener('change', () => {
   $('start-file').value = '';
   if (!file || !state.image || !state.label || state.locked.has(state.label)) return;
   promptsOf(state.label).startFrom('upload', file.name, [view.currentSlice()], file);
+  refreshPanels();
+  requestMask(performance.now());
+});
+// another structure's mask on the shown slice, as the page shows it, is this one's starting mask
+// (sent as that slice's mask prompt: what is on screen, manual edits included)
+$('start-structure').addEventListener('change', async () => {
+  const from = $('start-structure').value;
+  $('start-structure').value = '';
+  if (!from || !state.label || state.locked.has(state.label)) return;
+  const k = view.currentSlice();
+  const region = sliceAfter(state.shown, labelValue(from), { slice: k, add: true, voxels: [] });
+  if (!region) { setStatus(`${from} has nothing on slice ${k}: go to a slice it covers.`, 'error'); return; }
+  promptsOf(state.label).add({ kind: 'slice_mask', slice: k, field: await sliceMaskField(region), from });
   refreshPanels();
   requestMask(performance.now());
 });
