@@ -1,112 +1,19 @@
 // The annotation page: study list, structures, prompts, the app's masks, save as final.
+// What the parts share is in page.js; the lists in lists.js; editing beyond prompts in editing.js.
 
 import { AuthRequired, MODEL, SaveConflict, appInfo, fetchFinal, fetchVolume, listStudies, needsLogIn, segment, sendFocus,
   streamsAnswered } from './api.js';
 import { DisplayWindow } from './display.js';
+import { keepUnderManualEdits, paintStroke } from './editing.js';
 import { LabelVolume, Mask, decodeRegion, labelHeader } from './labelmap.js';
+import { renderLabels, renderStudies } from './lists.js';
 import { askLogIn } from './login.js';
 import { LearningLoop } from './loop.js';
-import { showOverlaps, showResult } from './panels.js';
-import { paintManual, redrawManual, sliceAfter, sliceMaskField } from './brush.js';
 import { OtherPlanes } from './other_planes.js';
-import { LabelPrompts } from './prompts.js';
+import { $, clientId, hooks, labelValue, marks, promptsOf, setStatus, showError, state, studyName, view } from './page.js';
+import { showOverlaps, showResult } from './panels.js';
 import { saveStructures } from './saving.js';
 import { PromptCanvas } from './tools.js';
-import { LABEL_COLOURS, VolumeView } from './view.js';
-
-
-const $ = (id) => document.getElementById(id);
-const clientId = sessionStorage.getItem('medsam2-client') || `viewer-${crypto.randomUUID()}`;
-sessionStorage.setItem('medsam2-client', clientId); // one session per browser tab
-
-const state = {
-  labels: [],
-  studies: [],
-  image: null,
-  label: null,
-  prompts: new Map(), // label -> LabelPrompts
-  shown: null, // LabelVolume: the structures on screen
-  masks: new Map(), // label value (1-based) -> Mask (the LabelVolume's)
-  results: new Map(), // label -> last result JSON
-  saved: new Map(), // label -> its mask in the study's saved final label (a copy, never changed)
-  savedShown: new Set(), // labels whose mask on screen is the saved one
-  run: null, // the segmentation streaming in: {controller, label, ...}
-  timings: [], // per request: mouse-up to the prompted slice's mask, and to the final mask, on screen (ms)
-  opening: null, // the last open: ms from the pick to the first slice, and to the whole study, on screen
-  locked: new Set(), // labels whose voxels no other structure takes (the app's `locked`)
-};
-const view = new VolumeView($('image'));
-const marks = $('marks');
-
-function setStatus(text, kind = 'idle') {
-  $('status').textContent = text;
-  $('status').dataset.state = kind;
-}
-
-function showError(error) {
-  setStatus(error.message, 'error');
-  if (error instanceof AuthRequired) askLogIn();
-}
-
-function studyName(image) {
-  return state.studies.find((s) => s.image === image)?.description || image;
-}
-
-function labelValue(label) {
-  return state.labels.indexOf(label) + 1;
-}
-
-function promptsOf(label) {
-  if (!state.prompts.has(label)) state.prompts.set(label, new LabelPrompts());
-  return state.prompts.get(label);
-}
-
-// ---- lists -------------------------------------------------------------------------------
-function renderStudies() {
-  const list = $('studies');
-  list.replaceChildren();
-  for (const study of state.studies) {
-    const item = document.createElement('li');
-    item.dataset.image = study.image;
-    item.textContent = study.description || study.image;
-    item.title = study.image;
-    if (study.final) item.append(Object.assign(document.createElement('span'), { className: 'tag', textContent: 'final ✓' }));
-    if (study.image === state.image) item.classList.add('selected');
-    item.addEventListener('click', () => openStudy(study.image));
-    list.append(item);
-  }
-}
-
-function renderLabels() {
-  const list = $('labels');
-  list.replaceChildren();
-  state.labels.forEach((label, n) => {
-    const item = document.createElement('li');
-    item.dataset.label = label;
-    const swatch = Object.assign(document.createElement('span'), { className: 'swatch' });
-    swatch.style.background = LABEL_COLOURS[n % LABEL_COLOURS.length];
-    const mask = state.masks.get(n + 1);
-    const count = mask?.count();
-    item.append(swatch, label);
-    const saved = mask && state.savedShown.has(label) ? ' saved' : '';
-    if (count) item.append(Object.assign(document.createElement('span'), { className: 'tag', textContent: `${count} vx${saved}` }));
-    const lock = Object.assign(document.createElement('button'), {
-      type: 'button', className: 'lock', textContent: state.locked.has(label) ? 'locked' : 'lock',
-      title: 'Locked: other structures never take its voxels, and it is not segmented again' });
-    lock.setAttribute('aria-pressed', String(state.locked.has(label)));
-    lock.disabled = !count;
-    lock.addEventListener('click', (event) => {
-      event.stopPropagation();
-      if (state.locked.has(label)) state.locked.delete(label); else state.locked.add(label);
-      refreshPanels();
-    });
-    item.append(lock);
-    if (state.locked.has(label)) item.classList.add('locked');
-    if (label === state.label) item.classList.add('selected');
-    item.addEventListener('click', () => { state.label = label; refreshPanels(); });
-    list.append(item);
-  });
-}
 
 function refreshPanels() {
   renderLabels();
@@ -353,98 +260,6 @@ async function showFinal(run, answer) {
     + `(server ${result.latencies?.total ?? '?'} s).${replaced}${changed}`, 'idle');
 }
 
-function undoRedo(redo) {
-  const prompts = promptsOf(state.label);
-  const edit = redo ? prompts.undone.at(-1) : prompts.edits.at(-1);
-  if (redo) prompts.redo(); else prompts.undo();
-  refreshPanels();
-  if (edit?.kind !== 'paint') { requestMask(performance.now()); return; }
-  prompts.done = prompts.edits.length; // a manual edit asks the model nothing
-  redrawManual(state.shown, labelValue(state.label), prompts.edits);
-  view.paint(state.shown);
-  refreshPanels();
-}
-
-// The structure as the model (or the saved label) left it is what its manual edits are drawn over.
-function keepUnderManualEdits(label) {
-  const value = labelValue(label);
-  state.shown.keepBase(value);
-  const edits = promptsOf(label).edits;
-  if (edits.some((e) => e.kind === 'paint')) redrawManual(state.shown, value, edits);
-}
-
-// The brush or eraser drew on the shown slice (brush.js). Manual: exactly those voxels change,
-// and stay so over the structure's later results. Re-propagate: the slice as it is after the
-// edit becomes that slice's mask prompt, and the structure is segmented again from it.
-async function paintStroke(stroke, clickedAt) {
-  const label = state.label;
-  const value = labelValue(label);
-  const prompts = promptsOf(label);
-  const done = stroke.add ? 'painted' : 'erased';
-  if ($('brush-mode').value === 'manual') {
-    if (!state.shown.hasBase(value)) state.shown.keepBase(value);
-    prompts.add({ kind: 'paint', ...stroke });
-    prompts.done = prompts.edits.length;
-    paintManual(state.shown, value, stroke);
-    view.paint(state.shown);
-    refreshPanels();
-    setStatus(`${label}: ${stroke.voxels.length} voxels ${done} by hand on slice ${stroke.slice}; nothing else changed.`);
-    return;
-  }
-  const region = sliceAfter(state.shown, value, stroke);
-  if (!region) {
-    setStatus(`Nothing of ${label} would be left on slice ${stroke.slice}: to take it off this slice, add an `
-      + 'outside point there, or erase in manual mode.', 'error');
-    return;
-  }
-  prompts.add({ kind: 'slice_mask', slice: stroke.slice, field: await sliceMaskField(region) });
-  refreshPanels();
-  requestMask(clickedAt);
-}
-$('undo').addEventListener('click', () => undoRedo(false));
-$('redo').addEventListener('click', () => undoRedo(true));
-// as in Slicer's Segment Editor: Ctrl+Z undoes, Ctrl+Y or Ctrl+Shift+Z redoes
-window.addEventListener('keydown', (event) => {
-  if (!(event.ctrlKey || event.metaKey) || !state.image || state.locked.has(state.label)) return;
-  const key = event.key.toLowerCase();
-  if (key === 'z' && !event.shiftKey && !$('undo').disabled) { event.preventDefault(); undoRedo(false); }
-  if ((key === 'y' || (key === 'z' && event.shiftKey)) && !$('redo').disabled) { event.preventDefault(); undoRedo(true); }
-});
-// the structure's saved mask on the shown slice becomes its starting mask (refined with SAM 2)
-$('start-saved').addEventListener('click', () => {
-  const k = view.currentSlice();
-  const saved = state.saved.get(state.label);
-  const [ni, nj] = saved.dims;
-  let any = false;
-  for (let n = ni * nj * k; n < ni * nj * (k + 1) && !any; n += 1) any = saved.voxels[n] > 0;
-  if (!any) { setStatus(`${state.label}: its saved mask has nothing on slice ${k}; go to a slice it covers.`, 'error'); return; }
-  promptsOf(state.label).startFrom('final', state.label, [k]);
-  refreshPanels();
-  requestMask(performance.now());
-});
-// a label file's mask on the shown slice becomes the structure's starting mask (the file goes
-// with each of the structure's requests while that start is among its prompts)
-$('start-file').addEventListener('change', () => {
-  const file = $('start-file').files[0];
-  $('start-file').value = '';
-  if (!file || !state.image || !state.label || state.locked.has(state.label)) return;
-  promptsOf(state.label).startFrom('upload', file.name, [view.currentSlice()], file);
-  refreshPanels();
-  requestMask(performance.now());
-});
-// another structure's mask on the shown slice, as the page shows it, is this one's starting mask
-// (sent as that slice's mask prompt: what is on screen, manual edits included)
-$('start-structure').addEventListener('change', async () => {
-  const from = $('start-structure').value;
-  $('start-structure').value = '';
-  if (!from || !state.label || state.locked.has(state.label)) return;
-  const k = view.currentSlice();
-  const region = sliceAfter(state.shown, labelValue(from), { slice: k, add: true, voxels: [] });
-  if (!region) { setStatus(`${from} has nothing on slice ${k}: go to a slice it covers.`, 'error'); return; }
-  promptsOf(state.label).add({ kind: 'slice_mask', slice: k, field: await sliceMaskField(region), from });
-  refreshPanels();
-  requestMask(performance.now());
-});
 $('stop').addEventListener('click', () => stopRun(true));
 $('clear').addEventListener('click', async () => {
   if (state.run?.label === state.label) stopRun(true);
@@ -605,7 +420,9 @@ const loop = new LearningLoop({
   },
 });
 
-// for the end-to-end test and for scripting: where a voxel is on the page, and what happened
+Object.assign(hooks, { requestMask, refreshPanels, openStudy });
+
+// for the end-to-end tests and for scripting: where a voxel is on the page, and what happened
 window.medsam2Viewer = {
   state,
   view,

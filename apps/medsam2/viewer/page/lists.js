@@ -1,0 +1,50 @@
+// The study and structure lists of the side panel.
+
+import { $, hooks, state, labelValue } from './page.js';
+import { LABEL_COLOURS } from './view.js';
+
+export function renderStudies() {
+  const list = $('studies');
+  list.replaceChildren();
+  for (const study of state.studies) {
+    const item = document.createElement('li');
+    item.dataset.image = study.image;
+    item.textContent = study.description || study.image;
+    item.title = study.image;
+    if (study.final) item.append(Object.assign(document.createElement('span'), { className: 'tag', textContent: 'final ✓' }));
+    if (study.image === state.image) item.classList.add('selected');
+    item.addEventListener('click', () => hooks.openStudy(study.image));
+    list.append(item);
+  }
+}
+
+export function renderLabels() {
+  const list = $('labels');
+  list.replaceChildren();
+  state.labels.forEach((label, n) => {
+    const item = document.createElement('li');
+    item.dataset.label = label;
+    const swatch = Object.assign(document.createElement('span'), { className: 'swatch' });
+    swatch.style.background = LABEL_COLOURS[n % LABEL_COLOURS.length];
+    const mask = state.masks.get(n + 1);
+    const count = mask?.count();
+    item.append(swatch, label);
+    const saved = mask && state.savedShown.has(label) ? ' saved' : '';
+    if (count) item.append(Object.assign(document.createElement('span'), { className: 'tag', textContent: `${count} vx${saved}` }));
+    const lock = Object.assign(document.createElement('button'), {
+      type: 'button', className: 'lock', textContent: state.locked.has(label) ? 'locked' : 'lock',
+      title: 'Locked: other structures never take its voxels, and it is not segmented again' });
+    lock.setAttribute('aria-pressed', String(state.locked.has(label)));
+    lock.disabled = !count;
+    lock.addEventListener('click', (event) => {
+      event.stopPropagation();
+      if (state.locked.has(label)) state.locked.delete(label); else state.locked.add(label);
+      hooks.refreshPanels();
+    });
+    item.append(lock);
+    if (state.locked.has(label)) item.classList.add('locked');
+    if (label === state.label) item.classList.add('selected');
+    item.addEventListener('click', () => { state.label = label; hooks.refreshPanels(); });
+    list.append(item);
+  });
+}
