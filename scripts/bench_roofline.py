@@ -39,9 +39,9 @@ def _count_cpu_attention() -> None:
     _registered = True
 
 
-def sgemm_peak_gflops(n: int = 2048, repeats: int = 7) -> float:
-    """Median float32 GFLOPS of an n x n matrix product at torch's current thread count."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
+def sgemm_peak_gflops(n: int = 2048, repeats: int = 7, dtype=torch.float32) -> float:
+    """Median GFLOPS of an n x n matrix product in ``dtype`` at torch's current thread count."""
+    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
     for _ in range(2):
         a @ b
     times = []

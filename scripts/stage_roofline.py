@@ -42,18 +42,6 @@ STEP_STAGES = {
 ENCODER = ("forward_image", "ImageEncoder")
 
 
-def matmul_peak_gflops(dtype, n: int = 2048, repeats: int = 7) -> float:
-    a, b = torch.randn(n, n).to(dtype), torch.randn(n, n).to(dtype)
-    for _ in range(2):
-        a @ b
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - started)
-    return 2 * n ** 3 / statistics.median(times) / 1e9
-
-
 def copy_bandwidth_gbs(mb: int = 512, repeats: int = 5) -> float:
     src = torch.ones(mb * 2**18)
     dst = torch.empty_like(src)
@@ -177,6 +165,7 @@ def main(argv=None) -> int:
 
     from benchmark_replicas import cpu_name
     from bench_pipelines import phantom
+    from bench_roofline import sgemm_peak_gflops
     from medsam2_engine.precision import cpu_bf16_units
 
     vol, ref = phantom(args.slices, 512, args.span / args.slices)
@@ -184,8 +173,8 @@ def main(argv=None) -> int:
               "threads": torch.get_num_threads(), "weights": args.checkpoint or "random (timing only)",
               "volume": f"512 x 512 x {args.slices} phantom, lesion on {int(ref.any(axis=(0, 1)).sum())} slices; "
                         "a correction with every slice it reaches encoded"}
-    report["peak_gflops"] = {"float32": round(matmul_peak_gflops(torch.float32), 1),
-                             "bfloat16": round(matmul_peak_gflops(torch.bfloat16), 1)}
+    report["peak_gflops"] = {"float32": round(sgemm_peak_gflops(dtype=torch.float32), 1),
+                             "bfloat16": round(sgemm_peak_gflops(dtype=torch.bfloat16), 1)}
     report["copy_gbs"] = round(copy_bandwidth_gbs(), 1)
     report["gflop_per_call"] = flops_per_call(args.checkpoint, vol, ref)
     report["runtimes"] = {}

@@ -25,6 +25,19 @@ def held(page, value: int) -> np.ndarray:
     return held_on(page, value, SHAPE)
 
 
+def open_on_the_lesion(page, url: str, truth: np.ndarray) -> tuple:
+    """The phantom study open on the lesion's largest slice k, the lesion chosen: (k, its rows, its columns)."""
+    page.goto(url + "/medsam2/viewer/")
+    page.evaluate("window.medsam2Viewer.ready")
+    page.click("#studies li[data-image='phantom14']")
+    wait_idle(page)
+    k = int(np.argmax(truth.sum(axis=(0, 1))))
+    page.evaluate("k => window.medsam2Viewer.goToSlice(k)", k)
+    page.click("#labels li[data-label=lesion]")
+    ii, jj = np.nonzero(truth[:, :, k])
+    return k, ii, jj
+
+
 @pytest.fixture(scope="module")
 def tools_server(fine_tuned, small_model_files, tmp_path_factory):
     with phantom_server(fine_tuned, small_model_files, tmp_path_factory.mktemp("viewer-tools"), 14, SHAPE) as running:
@@ -125,14 +138,7 @@ def test_brush_and_eraser_in_each_mode_and_undo(tools_server, chromium_page, tmp
     errors, requests = [], []
     page.on("pageerror", lambda err: errors.append(str(err)))
     page.on("request", lambda r: requests.append(r) if SEGMENT_ROUTE in r.url else None)
-    page.goto(server.url + "/medsam2/viewer/")
-    page.evaluate("window.medsam2Viewer.ready")
-    page.click("#studies li[data-image='phantom14']")
-    wait_idle(page)
-    k = int(np.argmax(truth.sum(axis=(0, 1))))
-    page.evaluate("k => window.medsam2Viewer.goToSlice(k)", k)
-    page.click("#labels li[data-label=lesion]")
-    ii, jj = np.nonzero(truth[:, :, k])
+    k, ii, jj = open_on_the_lesion(page, server.url, truth)
     page.check("input[name=tool][value=box]")
     page.mouse.move(*position(page, [ii.min() - 1, jj.min() - 1, k]))
     page.mouse.down()
@@ -220,14 +226,7 @@ def other_plane_tinted(page, png, n: int, mask: np.ndarray) -> tuple:
 def test_three_views_show_the_structure_and_a_click_there_moves_the_cursor(tools_server, chromium_page, tmp_path):
     server, truth = tools_server
     page = chromium_page
-    page.goto(server.url + "/medsam2/viewer/")
-    page.evaluate("window.medsam2Viewer.ready")
-    page.click("#studies li[data-image='phantom14']")
-    wait_idle(page)
-    k = int(np.argmax(truth.sum(axis=(0, 1))))
-    page.evaluate("k => window.medsam2Viewer.goToSlice(k)", k)
-    page.click("#labels li[data-label=lesion]")
-    ii, jj = np.nonzero(truth[:, :, k])
+    k, ii, jj = open_on_the_lesion(page, server.url, truth)
     ci, cj = int(round(ii.mean())), int(round(jj.mean()))
     page.check("input[name=tool][value=point]")
     with page.expect_response(lambda r: SEGMENT_ROUTE in r.url, timeout=180_000):
@@ -315,14 +314,7 @@ def test_a_structure_starts_from_another_as_shown(tools_server, chromium_page):
 
     server, truth = tools_server
     page = chromium_page
-    page.goto(server.url + "/medsam2/viewer/")
-    page.evaluate("window.medsam2Viewer.ready")
-    page.click("#studies li[data-image='phantom14']")
-    wait_idle(page)
-    k = int(np.argmax(truth.sum(axis=(0, 1))))
-    page.evaluate("k => window.medsam2Viewer.goToSlice(k)", k)
-    page.click("#labels li[data-label=lesion]")
-    ii, jj = np.nonzero(truth[:, :, k])
+    k, ii, jj = open_on_the_lesion(page, server.url, truth)
     page.check("input[name=tool][value=point]")
     with page.expect_response(lambda r: SEGMENT_ROUTE in r.url, timeout=180_000):
         page.mouse.click(*position(page, [int(round(ii.mean())), int(round(jj.mean())), k]))
