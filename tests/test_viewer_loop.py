@@ -60,6 +60,7 @@ def run_the_loop(page, base_url: str, studies: dict, shots: Path, prefix: str) -
     other.goto(base_url + "/medsam2/viewer/")
     other.evaluate("window.medsam2Viewer.ready")
     page.goto(base_url + "/medsam2/viewer/")
+    page.bring_to_front()  # the clinician works in this tab (a background tab's frames are throttled)
     page.evaluate("window.medsam2Viewer.ready")
     page.wait_for_function("document.getElementById('progress-text').textContent.includes('studies labelled')")
     assert page.inner_text("#progress-text") == "0 of 3 studies labelled"
