@@ -268,12 +268,7 @@ def test_a_label_file_on_the_study_grid_starts_a_structure_and_another_grid_is_r
 
     server, truth = tools_server
     page = chromium_page
-    page.goto(server.url + "/medsam2/viewer/")
-    page.evaluate("window.medsam2Viewer.ready")
-    page.click("#studies li[data-image='phantom14']")
-    wait_idle(page)
-    k = int(np.argmax(truth.sum(axis=(0, 1))))
-    page.evaluate("k => window.medsam2Viewer.goToSlice(k)", k)
+    k, ii, jj = open_on_the_lesion(page, server.url, truth)
     page.click("#labels li[data-label=organ]")
     signed = tmp_path / "signed_lesion.nii.gz"
     nib.save(nib.Nifti1Image(truth.astype(np.uint8), FLIPPED_AFFINE), str(signed))
@@ -288,7 +283,6 @@ def test_a_label_file_on_the_study_grid_starts_a_structure_and_another_grid_is_r
     assert "signed_lesion.nii.gz" in page.inner_text("#prompt-summary")
     # a correction click re-sends the file with the structure's prompts
     page.check("input[name=tool][value=point]")
-    ii, jj = np.nonzero(truth[:, :, k])
     with page.expect_response(lambda r: SEGMENT_ROUTE in r.url, timeout=180_000) as again:
         page.mouse.click(*position(page, [int(round(ii.mean())), int(round(jj.mean())), k]))
     wait_idle(page)  # the file went again: without it the server refuses the mask_prompt (an error here)

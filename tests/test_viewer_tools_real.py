@@ -48,8 +48,18 @@ def test_every_tool_on_a_real_ct(real_ct_server, chromium_page, tmp_path):
     organ = reference == values[np.argmax(counts)]  # the largest structure (the liver)
     k = int(np.argmax(organ.sum(axis=(0, 1))))
     ii, jj = np.nonzero(organ[:, :, k])
-    tour(chromium_page, real_ct_server.url, "totalseg_ct", k, (int(np.median(ii)), int(np.median(jj))), tmp_path,
-         "viewer-tools-real-ct")
+    seen = tour(chromium_page, real_ct_server.url, "totalseg_ct", k, (int(np.median(ii)), int(np.median(jj))),
+                tmp_path, "viewer-tools-real-ct")
+    assert seen["shape"] == reference.shape and seen["k"] == k
+    check_saved(seen)
+
+
+def check_saved(seen: dict) -> None:
+    """The saved label's record names both structures with the voxels the page showed."""
+    saved = {entry["name"]: entry["voxels"] for entry in seen["label_info"]["label_info"]}
+    assert saved == {"lesion": int(seen["saved"][1].sum()), "organ": int(seen["saved"][2].sum())}
+    assert saved["lesion"] > 0 and saved["organ"] > 0
+    assert seen["requests"] >= 7  # scribble, redo, lasso, eraser, two clicks, start from saved
 
 
 @needs_chromium
@@ -57,4 +67,7 @@ def test_every_tool_on_a_real_ct(real_ct_server, chromium_page, tmp_path):
 @pytest.mark.skipif(not TCIA_STUDY.is_dir(), reason=f"the real oblique MR series is not here ({TCIA_STUDY})")
 def test_every_tool_on_the_oblique_tcia_series_from_the_pacs(pacs_server, pacs_studies, chromium_page,  # noqa: F811
                                                              tmp_path):
-    tour(chromium_page, pacs_server.url, pacs_studies.tcia["T1post"], None, None, tmp_path, "viewer-tools-real-tcia")
+    seen = tour(chromium_page, pacs_server.url, pacs_studies.tcia["T1post"], None, None, tmp_path,
+                "viewer-tools-real-tcia")
+    assert seen["shape"][2] == 25 and seen["k"] == 12  # the series' 25 slices, the middle one
+    check_saved(seen)

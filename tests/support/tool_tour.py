@@ -102,10 +102,11 @@ def overlay_matches(page, png, mask: np.ndarray, k: int, colour: str = "red") ->
     assert tinted[~inside].mean() < 0.03, f"{colour} outside the mask: {tinted[~inside].mean():.3f}"
 
 
-def tour(page, base_url: str, image: str, k: int | None, centre: tuple | None, shots, prefix: str) -> None:
+def tour(page, base_url: str, image: str, k: int | None, centre: tuple | None, shots, prefix: str) -> dict:
     """Scribble, undo/redo, lasso under a lock, brush in each mode, clicks in the two other planes,
     save, and start from the saved label, on ``image`` around voxel ``centre`` of slice k (None:
-    the middle of the study)."""
+    the middle of the study). Returns what the tour saw: the study's shape, the slice, the
+    structures as saved and reopened, the requests the page sent and the saved label's info."""
     errors, requests = [], []
     page.on("pageerror", lambda err: errors.append(str(err)))
     page.on("request", lambda r: requests.append(r) if SEGMENT_ROUTE in r.url else None)
@@ -217,3 +218,7 @@ def tour(page, base_url: str, image: str, k: int | None, centre: tuple | None, s
     params = json.loads(form_field(started.value.request, "params"))
     assert params["mask_prompt"] == {"from": "final", "name": "lesion", "slices": [k]}
     assert not errors, errors
+    from tests.support.viewer_page import final_label_info
+
+    return {"shape": shape, "k": k, "saved": shown, "requests": len(requests),
+            "label_info": final_label_info(base_url, image)}
