@@ -71,7 +71,7 @@ def test_3d_infer_then_correction(client, studies):
     assert {"slice", "object_score", "predicted_iou", "area"} <= set(liver["slices"][0])
     assert liver["crop_region"] is None  # the small test model's 128 px input leaves no room for a region
     assert params["latencies"]["total"] > 0 and "propagation" in params["stages"]
-    assert set(params["runtimes"]) == {"image_encoder", "memory_attention"}  # what ran each stage
+    assert set(params["runtimes"]) == {"image_encoder", "memory_attention", "mask_decoder", "memory_encoder"}
     assert params["session"]["started"] == "new"
 
     request["background"] = [[60, 20, 24]]  # a correction on another slice

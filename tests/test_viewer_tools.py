@@ -324,3 +324,42 @@ def test_a_structure_starts_from_another_as_shown(tools_server, chromium_page):
     assert params["label"] == "organ" and sent["slice"] == k
     np.testing.assert_array_equal(parse_region(sent, SHAPE[:2], "slice_masks[0]"), lesion[:, :, k])
     assert dice(held(page, 2), lesion) > 0.8
+
+
+@needs_chromium
+def test_a_box_and_an_outline_across_the_slices_become_points_on_the_middle_slice(tools_server, chromium_page):
+    """A box in the coronal view and an outline in the sagittal view: each becomes three foreground
+    points on the app's slice through its middle, on the voxels under the drawing; one undo takes
+    back a whole gesture."""
+    server, truth = tools_server
+    page = chromium_page
+    k, ii, jj = open_on_the_lesion(page, server.url, truth)
+    ci, cj = int(round(ii.mean())), int(round(jj.mean()))
+    k0, k1 = k - 3, k + 2  # the drawing spans these slices: its middle, rounded up as the page does
+    middle = (k0 + k1 + 1) // 2
+
+    page.evaluate("() => window.medsam2Viewer.showPlane(1)")  # coronal: rows i, slices k at column cj
+    page.evaluate("j => window.medsam2Viewer.view.goToSlice(j)", cj)
+    i0, i1 = int(ii.min()), int(ii.max())
+    answer = draw(page, "box", [position(page, [i0, cj, k0]), position(page, [i1, cj, k1])])
+    boxed = json.loads(form_field(answer.request, "params"))["foreground"]
+    assert len(boxed) == 3 and all(v[1] == cj and v[2] == middle and i0 <= v[0] <= i1 for v in boxed), \
+        (boxed, cj, middle, i0, i1)
+    rows = [v[0] for v in boxed]
+    assert rows == sorted(set(rows)) and abs(rows[1] - (i0 + i1) / 2) <= 1  # spread along the row inside
+    assert held(page, 1)[rows[1], cj, middle]
+
+    page.evaluate("() => window.medsam2Viewer.showPlane(0)")  # sagittal: columns j, slices k at row ci
+    page.evaluate("i => window.medsam2Viewer.view.goToSlice(i)", ci)
+    j0, j1 = int(jj.min()), int(jj.max())
+    outline = [position(page, v) for v in ([ci, j0, k], [ci, cj, k0], [ci, j1, k], [ci, cj, k1], [ci, j0 + 1, k])]
+    answer = draw(page, "lasso", outline)
+    sent = json.loads(form_field(answer.request, "params"))
+    assert "lasso" not in sent  # not a mask on a slice: the points it says
+    outlined = [v for v in sent["foreground"] if v not in boxed]
+    assert len(outlined) == 3 and all(v[0] == ci and v[2] == middle and j0 < v[1] < j1 for v in outlined), outlined
+
+    with page.expect_response(lambda r: SEGMENT_ROUTE in r.url, timeout=180_000) as undone:
+        page.click("#undo")
+    wait_idle(page)
+    assert json.loads(form_field(undone.value.request, "params"))["foreground"] == boxed  # the outline's three went

@@ -144,6 +144,9 @@ class FairLock:
         self.release()
 
 
+STAGES = ("image_encoder", "memory_attention", "mask_decoder", "memory_encoder")
+
+
 @dataclass
 class Serving:
     """What serving adds to one network, shared by the network and its input-size views.
@@ -155,7 +158,9 @@ class Serving:
     lock: FairLock = field(default_factory=FairLock)  # see network_lock
     image_encoder: object = None  # runtime.image_encoder's compiled encoder, or None: PyTorch
     memory_attention: object = None  # runtime.memory_attention's compiled graph, or None: PyTorch
-    stages: dict = field(default_factory=lambda: {"image_encoder": "torch", "memory_attention": "torch"})
+    mask_decoder: object = None  # runtime.heads' compiled decoder, or None: PyTorch
+    memory_encoder: object = None  # runtime.heads' compiled memory encoder, or None: PyTorch
+    stages: dict = field(default_factory=lambda: dict.fromkeys(STAGES, "torch"))
     graph_cache: object = None  # runtime.GraphCache the stages were compiled through (hits: read from disk)
     views: dict = field(default_factory=dict)  # input size -> view (at_input_size)
     views_lock: threading.Lock = field(default_factory=threading.Lock)
@@ -191,6 +196,24 @@ class _MemoryAttentionCall:
                            num_obj_ptr_tokens=num_obj_ptr_tokens)
 
     def __getattr__(self, name):  # anything else (parameters, layers) is the module's
+        return getattr(self.module, name)
+
+
+class _HeadCall:
+    """sam2's call of a head (mask decoder, memory encoder): through the runtime when it takes the
+    inputs (runtime/heads.py), else the module; the same arguments either way."""
+
+    def __init__(self, stage: str, module, runtime=None):
+        self.stage, self.module, self.runtime = stage, module, runtime
+
+    def __call__(self, *args, **kwargs):
+        if self.runtime is not None and self.runtime.accepts(*args, **kwargs):
+            _ran(self.stage, self.runtime.name)
+            return self.runtime(*args, **kwargs)
+        _ran(self.stage, "torch")
+        return self.module(*args, **kwargs)
+
+    def __getattr__(self, name):
         return getattr(self.module, name)
 
 
@@ -256,6 +279,22 @@ class VolumePredictor(SAM2VideoPredictor):
         if runtime is None and getattr(_stage_runs, "used", None) is None:
             return module  # nothing to choose or record (training, tools)
         return _MemoryAttentionCall(module, runtime)
+
+    @property
+    def sam_mask_decoder(self):
+        return self._head("sam_mask_decoder", "mask_decoder")
+
+    @property
+    def memory_encoder(self):
+        return self._head("memory_encoder", "memory_encoder")
+
+    def _head(self, name: str, stage: str):
+        # as memory_attention: the module stays in ``_modules``; calls go through the runtime
+        module = self._modules[name]
+        runtime = getattr(self.serving, stage)
+        if runtime is None and getattr(_stage_runs, "used", None) is None:
+            return module
+        return _HeadCall(stage, module, runtime)
 
     def _track_step(self, *args, **kwargs):
         current_out, sam_outputs, high_res_features, pix_feat = super()._track_step(*args, **kwargs)

@@ -1,6 +1,7 @@
-"""The CPU runtimes of the per-slice stages: the image encoder and memory attention through
-OpenVINO (float32, bf16 or int8), PyTorch otherwise. ``graph`` holds what both share, one
-module per stage, and :func:`attach_cpu_runtime` above them gives a model its runtime.
+"""The CPU runtimes of the per-slice stages: the image encoder, memory attention, mask decoder
+and memory encoder through OpenVINO (float32, bf16 or int8), PyTorch otherwise. ``graph`` holds
+what they share, one module per stage (``heads`` for the two small ones), and
+:func:`attach_cpu_runtime` above them gives a model its runtime.
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 import logging
 
 from .graph import CPU_RUNTIMES, GraphCache, RuntimeUnavailable
+from .heads import attach_heads
 from .image_encoder import OpenVinoImageEncoder, attach_image_encoder, calibration_slices, image_runtime
 from .memory_attention import attach_memory_attention, memory_attention_runtime
 
@@ -37,23 +39,29 @@ def attach_cpu_runtime(model, runtime: str, warm_up_sizes=(), cache_dir=None) ->
 
     ``"torch"`` detaches any runtime. ``"openvino"`` (or ``"openvino_int8"``) compiles and runs one slice per size in
     ``warm_up_sizes`` now; if OpenVINO is missing or cannot convert the model, the model keeps
-    PyTorch and the returned text says why. ``"openvino_int8"`` also quantises memory attention
-    (``runtime.memory_attention``); :func:`runtime_stages` says what runs each stage.
+    PyTorch and the returned text says why. ``"openvino_bf16"`` and ``"openvino_int8"`` also convert
+    memory attention (``runtime.memory_attention``); every OpenVINO runtime converts the mask decoder
+    and memory encoder (``runtime.heads``, bf16 for ``openvino_bf16``, float32 otherwise);
+    :func:`runtime_stages` says what runs each stage.
     ``cache_dir``: converted and compiled graphs kept on disk by their weights (``GraphCache``).
     """
     if runtime not in CPU_RUNTIMES:
         raise ValueError(f"cpu_runtime must be one of {CPU_RUNTIMES}, got {runtime!r}")
     model.serving.image_encoder = model.serving.memory_attention = None
+    model.serving.mask_decoder = model.serving.memory_encoder = None
     cache = GraphCache(cache_dir) if cache_dir else None
     encoder = attach_image_encoder(model, runtime, warm_up_sizes, cache)
-    memory_attention = attach_memory_attention(model, runtime, cache=cache) if encoder == runtime else "torch"
+    converted = encoder == runtime  # OpenVINO is there and takes this model
+    memory_attention = attach_memory_attention(model, runtime, cache=cache) if converted else "torch"
+    heads = attach_heads(model, runtime, cache=cache) if converted else attach_heads(model, "torch")
     model.serving.graph_cache = cache
-    model.serving.stages = {"image_encoder": encoder, "memory_attention": memory_attention}
+    model.serving.stages = {"image_encoder": encoder, "memory_attention": memory_attention, **heads}
     return encoder
 
 
 def runtime_stages(model) -> dict:
-    """What runs each stage of ``model`` on CPU: ``{"image_encoder": ..., "memory_attention": ...}``."""
+    """What runs each stage of ``model`` on CPU: ``{"image_encoder": ..., "memory_attention": ...,
+    "mask_decoder": ..., "memory_encoder": ...}``."""
     return dict(model.serving.stages)
 
 

@@ -2,6 +2,7 @@
 // Voxel indices [i, j, k] of the image array as the app reads it; k is the slice.
 //
 // Edits, in the order made: {kind: 'point', positive, voxel}, {kind: 'box', roi},
+// {kind: 'points', positive, voxels, drawn}: points from one gesture in a plane across the slices,
 // {kind: 'stroke', positive, points: [[i, j, k], ...]}, {kind: 'lasso', slice, polygon: [[i, j], ...]},
 // {kind: 'start', from, name, slices}: a saved mask to start from (the app's mask_prompt),
 // {kind: 'slice_mask', slice, field}: a slice painted in re-propagate mode (the app's slice_masks entry),
@@ -27,6 +28,11 @@ export class LabelPrompts {
 
   addPoint(voxel, positive) {
     this.add({ kind: 'point', positive, voxel: voxel.map((v) => Math.round(v)) });
+  }
+
+  // the points one gesture made (drawn: 'stroke', 'box' or 'lasso'): one edit, so one undo
+  addPoints(voxels, positive, drawn) {
+    this.add({ kind: 'points', positive, drawn, voxels: voxels.map((v) => v.map((x) => Math.round(x))) });
   }
 
   // One box per structure: a new box replaces the earlier one.
@@ -94,7 +100,8 @@ export class LabelPrompts {
   }
 
   points(positive) {
-    return this.edits.filter((e) => e.kind === 'point' && e.positive === positive).map((e) => e.voxel);
+    return this.edits.filter((e) => e.positive === positive)
+      .flatMap((e) => (e.kind === 'point' ? [e.voxel] : e.kind === 'points' ? e.voxels : []));
   }
 
   box() {

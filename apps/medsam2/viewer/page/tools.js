@@ -4,8 +4,10 @@
 //
 // Points, a box, a scribble (stroke) or a lasso go on the app's slices (the k plane). In the other
 // two planes a point lands on the slice k of its voxel, and a scribble on the slices k of the
-// voxels it crosses (up to 6 of them, as points); a box, an outline or the brush is refused there.
-// The brush and eraser (brush.js) paint the voxels within their radius of the path.
+// voxels it crosses (up to 6 of them, as points). A box or an outline there says only one of a
+// slice's two extents, so it becomes what it does say: three foreground points on the app's slice
+// through its middle, a quarter, a half and three quarters along the part of that slice's row
+// inside it (acrossSlices). The brush and eraser (brush.js) paint on the app's slices only.
 
 import { brushedVoxels } from './brush.js';
 
@@ -91,15 +93,19 @@ export class PromptCanvas {
     const moved = Math.hypot(end[0] - start[0], end[1] - start[1]) > DRAG_PIXELS;
     const onSlices = view.normal === 2;
     if (!onSlices && (tool === 'box' || tool === 'lasso')) {
-      this.say(`Boxes and outlines go on the app's slices: switch to the ${view.planeName(2)} view.`, 'error');
-      return false;
+      if (tool === 'box' && (!moved || button !== 0)) return false;
+      const outline = tool === 'box' ? [start, [end[0], start[1]], end, [start[0], end[1]]] : path;
+      const voxels = acrossSlices(view, outline);
+      if (!voxels) { this.say(`Draw the ${tool === 'box' ? 'box' : 'outline'} around the structure, on the image.`, 'error'); return false; }
+      prompts.addPoints(voxels, true, tool);
+      return true;
     }
     if (tool === 'stroke' && !onSlices) { // each voxel it crosses is a point on its own slice
       const seen = new Set();
       const voxels = path.map(([x, y]) => view.voxelAt(x, y)).filter((v) => v && !seen.has(v.join()) && seen.add(v.join()));
       if (!voxels.length) { this.say('Draw on the image.', 'error'); return false; }
       const step = Math.max(1, Math.ceil(voxels.length / STROKE_POINTS_ACROSS));
-      voxels.filter((_, n) => n % step === 0).forEach((v) => prompts.addPoint(v, positive));
+      prompts.addPoints(voxels.filter((_, n) => n % step === 0), positive, 'stroke');
       return true;
     }
     if (tool === 'stroke' || tool === 'lasso') {
@@ -143,17 +149,11 @@ export class PromptCanvas {
     const k = view.currentSlice();
     const normal = view.normal;
     for (const edit of target.prompts.edits) {
-      if (normal !== 2 && edit.kind !== 'point') continue; // drawn on the app's slices: shown there
-      if (edit.kind === 'point' && edit.voxel[normal] === k) {
-        const p = view.canvasOf(edit.voxel);
-        if (!p) continue;
-        ctx.beginPath();
-        ctx.arc(p[0], p[1], 5, 0, 2 * Math.PI);
-        ctx.fillStyle = edit.positive ? '#30e060' : '#ff4040';
-        ctx.fill();
-        ctx.strokeStyle = '#000';
-        ctx.stroke();
-      } else if (edit.kind === 'box' && edit.roi[4] === k) {
+      if (edit.kind === 'point' || edit.kind === 'points') {
+        const voxels = edit.kind === 'point' ? [edit.voxel] : edit.voxels;
+        for (const voxel of voxels) if (voxel[normal] === k) drawPoint(ctx, view.canvasOf(voxel), edit.positive);
+      } else if (normal !== 2) continue; // drawn on the app's slices: shown there
+      else if (edit.kind === 'box' && edit.roi[4] === k) {
         const a = view.canvasOf([edit.roi[0], edit.roi[2], k]);
         const b = view.canvasOf([edit.roi[1], edit.roi[3], k]);
         if (a && b) strokeBox(ctx, a, b, '#4fc3ff');
@@ -171,6 +171,51 @@ export class PromptCanvas {
         2 * this.radius());
     } else if (this.path.length) strokePath(ctx, this.path, '#ffffff', tool === 'lasso');
   }
+}
+
+// A box or outline drawn in a plane across the app's slices: three voxels on the app's slice
+// through its middle, spread along the longest run of that slice's row inside it; null if none.
+export function acrossSlices(view, outline) {
+  const corners = outline.map(([x, y]) => view.voxelAt(x, y)).filter(Boolean);
+  if (outline.length < 3 || corners.length < 2) return null;
+  const ks = corners.map((v) => v[2]);
+  const along = view.normal === 0 ? 1 : 0; // the in-plane axis that is not k
+  const voxel = [...corners[0]];
+  voxel[2] = Math.round((Math.min(...ks) + Math.max(...ks)) / 2);
+  let best = null;
+  let run = null;
+  for (let n = 0; n <= view.dims[along]; n += 1) {
+    voxel[along] = n;
+    const p = n < view.dims[along] ? view.canvasOf(voxel) : null;
+    if (p && insidePolygon(p, outline)) run = run ? [run[0], n] : [n, n];
+    else if (run) { if (!best || run[1] - run[0] > best[1] - best[0]) best = run; run = null; }
+  }
+  if (!best) return null;
+  return [0.25, 0.5, 0.75].map((f) => {
+    const v = [...voxel];
+    v[along] = Math.round(best[0] + f * (best[1] - best[0]));
+    return v;
+  });
+}
+
+function insidePolygon([x, y], polygon) {
+  let inside = false;
+  for (let a = 0, b = polygon.length - 1; a < polygon.length; b = a++) {
+    const [xa, ya] = polygon[a];
+    const [xb, yb] = polygon[b];
+    if ((ya > y) !== (yb > y) && x < ((xb - xa) * (y - ya)) / (yb - ya) + xa) inside = !inside;
+  }
+  return inside;
+}
+
+function drawPoint(ctx, p, positive) {
+  if (!p) return;
+  ctx.beginPath();
+  ctx.arc(p[0], p[1], 5, 0, 2 * Math.PI);
+  ctx.fillStyle = positive ? '#30e060' : '#ff4040';
+  ctx.fill();
+  ctx.strokeStyle = '#000';
+  ctx.stroke();
 }
 
 function strokePath(ctx, points, colour, closed, width = 3) {
