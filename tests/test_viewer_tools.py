@@ -223,7 +223,7 @@ def other_plane_tinted(page, png, n: int, mask: np.ndarray) -> tuple:
 
 
 @needs_chromium
-def test_three_views_show_the_structure_and_a_click_there_moves_the_cursor(tools_server, chromium_page, tmp_path):
+def test_three_views_show_the_structure_take_prompts_and_ctrl_click_moves_the_cursor(tools_server, chromium_page, tmp_path):
     server, truth = tools_server
     page = chromium_page
     k, ii, jj = open_on_the_lesion(page, server.url, truth)
@@ -248,14 +248,27 @@ def test_three_views_show_the_structure_and_a_click_there_moves_the_cursor(tools
         assert inside.any(), "the other plane does not cross the lesion"
         assert tinted[inside].mean() > 0.9 and tinted[~inside].mean() < 0.03, (n, normal)
 
-    # a click on the sagittal plane, two slices lower: the main (axial) view goes there
+    # a click on the sagittal plane, two slices lower, is a point there: on the app's slice k - 2
     n = page.evaluate("window.medsam2Viewer.others.views.findIndex(v => v.normal === 0)")
-    target = [ci, cj, k - 2]
-    page.mouse.click(*page.evaluate(f"v => window.medsam2Viewer.otherPosition({n}, v)", target))
+    target = [ci, cj + 1, k - 2]
+    where = page.evaluate(f"v => window.medsam2Viewer.otherPosition({n}, v)", target)
+    with page.expect_response(lambda r: SEGMENT_ROUTE in r.url, timeout=180_000) as clicked:
+        page.mouse.click(*where)
+    wait_idle(page)
+    assert json.loads(form_field(clicked.value.request, "params"))["foreground"] == [[ci, cj, k], target]
+    assert page.evaluate("[window.medsam2Viewer.view.normal, window.medsam2Viewer.view.currentSlice()]") == [2, k]
+    # Ctrl+click moves the cursor there: the main (axial) view goes to that slice, and no prompt is made
+    requests = []
+    page.on("request", lambda r: requests.append(r.url) if SEGMENT_ROUTE in r.url else None)
+    page.keyboard.down("Control")
+    page.mouse.click(*where)
     assert page.evaluate("[window.medsam2Viewer.view.normal, window.medsam2Viewer.view.currentSlice()]") == [2, k - 2]
-    # a double click shows that plane in the main view, through the voxel clicked
+    # Ctrl+double click shows that plane in the main view, through the voxel clicked
     page.mouse.dblclick(*page.evaluate(f"v => window.medsam2Viewer.otherPosition({n}, v)", target))
+    page.keyboard.up("Control")
     assert page.evaluate("[window.medsam2Viewer.view.normal, window.medsam2Viewer.view.currentSlice()]") == [0, ci]
+    page.wait_for_timeout(300)
+    assert requests == []
     assert page.input_value("#plane") == "0"
 
 

@@ -101,13 +101,15 @@ function showPlane(normal) {
   syncSlice();
 }
 
-// The three-view layout (other_planes.js): a click on another plane moves the cursor there (the
-// main view's slice follows); a double click shows that plane in the main view.
-const others = new OtherPlanes([$('other-a'), $('other-b')], (voxel, normal, bring) => {
-  view.setPlane(bring ? normal : view.normal, voxel);
-  $('plane').value = String(view.normal);
-  syncSlice();
-});
+// The three-view layout (other_planes.js): the other planes take prompts too; Ctrl+click on one
+// moves the cursor there (the main view's slice follows); Ctrl+double click shows that plane in
+// the main view.
+const others = new OtherPlanes([$('other-a'), $('other-b')], [$('other-a-marks'), $('other-b-marks')],
+  (voxel, normal, bring) => {
+    view.setPlane(bring ? normal : view.normal, voxel);
+    $('plane').value = String(view.normal);
+    syncSlice();
+  }, (overlay, plane) => promptsOn(overlay, plane));
 view.onRendered = () => {
   others.follow(view);
   others.names().forEach((name, n) => { $(`other-${'ab'[n]}-name`).textContent = name; });
@@ -127,17 +129,22 @@ function namePlanes() {
   }
 }
 
-const promptCanvas = new PromptCanvas(marks, view, {
-  current: () => (state.image && state.label
-    ? { label: state.label, prompts: promptsOf(state.label), locked: state.locked.has(state.label) } : null),
-  onEdit: (clickedAt) => { refreshPanels(); requestMask(clickedAt); },
-  say: (text, kind) => setStatus(text, kind),
-  onPaint: (stroke, clickedAt) => paintStroke(stroke, clickedAt),
-  radius: () => Number($('brush-size').value),
-});
+// the prompts of the structure being prompted, drawn and taken on a view (the main one or another plane)
+function promptsOn(overlay, plane) {
+  return new PromptCanvas(overlay, plane, {
+    current: () => (state.image && state.label
+      ? { label: state.label, prompts: promptsOf(state.label), locked: state.locked.has(state.label) } : null),
+    onEdit: (clickedAt) => { refreshPanels(); requestMask(clickedAt); },
+    say: (text, kind) => setStatus(text, kind),
+    onPaint: (stroke, clickedAt) => paintStroke(stroke, clickedAt),
+    radius: () => Number($('brush-size').value),
+  });
+}
+const promptCanvas = promptsOn(marks, view);
 
 function drawMarks() {
   promptCanvas.draw();
+  others.draw();
 }
 
 marks.addEventListener('pointerdown', focusNow);

@@ -41,7 +41,7 @@ export class PromptCanvas {
 
   down(event) {
     const target = this.current();
-    if (!target) return;
+    if (!target || event.ctrlKey || event.metaKey) return; // Ctrl: navigation (other_planes.js)
     if (target.locked) { this.say(`${target.label} is locked: unlock it to change it.`, 'error'); return; }
     this.start = this.xy(event);
     this.now = null;
