@@ -60,6 +60,31 @@ def test_each_preset_names_the_protocol_its_weights_were_validated_with():
     assert default_protocol(get_preset("medsam2")) == "medsam2"
     assert default_protocol(get_preset("sam2.1_hiera_tiny")) == "sam2"
     assert default_protocol(get_preset("sam2_hiera_large")) == "sam2"
+    assert default_protocol(get_preset("medsam2_us_heart")) == "medsam2_video"
+
+
+def test_the_echo_preset_builds_the_predictor_medsam2s_video_script_builds():
+    """``medsam2_us_heart`` against sam2's own builder called as ``medsam2_infer_video.py`` calls it
+    (no post-processing, non-overlapping objects), at MedSAM2's 512 px."""
+    from hydra import initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+    from sam2.build_sam import build_sam2_video_predictor
+
+    preset = get_preset("medsam2_us_heart")
+    assert preset.url == "https://huggingface.co/wanglab/MedSAM2/resolve/main/MedSAM2_US_Heart.pt"
+    ours = build_model(preset, "random")
+    extra = ["++model.non_overlap_masks=true"] + [f"++{key}={value}".replace(" ", "")
+                                                   for key, value in get_preset("medsam2").overrides.items()]
+    if not GlobalHydra.instance().is_initialized():
+        initialize_config_module("sam2", version_base="1.2")
+    script = build_sam2_video_predictor(preset.config, None, device="cpu", apply_postprocessing=False,
+                                        hydra_overrides_extra=extra)
+    for name in ("image_size", "fill_hole_area", "non_overlap_masks", "binarize_mask_from_pts_for_mem_enc",
+                 "multimask_output_in_sam", "multimask_output_for_tracking"):
+        assert getattr(ours, name) == getattr(script, name), name
+    for name in ("dynamic_multimask_via_stability", "dynamic_multimask_stability_delta"):
+        assert getattr(ours.sam_mask_decoder, name) == getattr(script.sam_mask_decoder, name), name
+    assert ours.image_size == 512 and ours.fill_hole_area == 0 and ours.non_overlap_masks
 
 
 @pytest.mark.parametrize("resampling", ["medsam2", "float"])

@@ -48,10 +48,11 @@ class ModelPreset:
     url: str
     image_size: int
     overrides: dict = field(default_factory=dict)
+    protocol: str = ""  # the protocol its weights were validated with ("": protocols.default_protocol's rule)
 
 
-def _preset(name, config, filename, base_url, image_size=1024, overrides=None) -> ModelPreset:
-    return ModelPreset(name, config, filename, base_url + filename, image_size, dict(overrides or {}))
+def _preset(name, config, filename, base_url, image_size=1024, overrides=None, protocol="") -> ModelPreset:
+    return ModelPreset(name, config, filename, base_url + filename, image_size, dict(overrides or {}), protocol)
 
 
 _AT_512 = {
@@ -60,10 +61,23 @@ _AT_512 = {
     "model.memory_attention.layer.cross_attention.feat_sizes": [32, 32],
 }
 
+# MedSAM2's echocardiography fine-tune, as its video script (medsam2_infer_video.py) builds it:
+# sam2's video predictor without post-processing (no stability fallback to multimask, no
+# binarised click masks, no hole filling) and with non-overlapping objects
+_US_HEART_VIDEO = {
+    **_AT_512,
+    "model.sam_mask_decoder_extra_args": None,
+    "model.binarize_mask_from_pts_for_mem_enc": False,
+    "model.fill_hole_area": 0,
+    "model.non_overlap_masks": True,
+}
+
 PRESETS = {
     p.name: p
     for p in [
         _preset("medsam2", "configs/sam2.1/sam2.1_hiera_t.yaml", "MedSAM2_latest.pt", _MEDSAM2_URL, 512, _AT_512),
+        _preset("medsam2_us_heart", "configs/sam2.1/sam2.1_hiera_t.yaml", "MedSAM2_US_Heart.pt", _MEDSAM2_URL, 512,
+                _US_HEART_VIDEO, protocol="medsam2_video"),
         _preset("sam2.1_hiera_tiny", "configs/sam2.1/sam2.1_hiera_t.yaml", "sam2.1_hiera_tiny.pt", _SAM21_URL),
         _preset("sam2.1_hiera_small", "configs/sam2.1/sam2.1_hiera_s.yaml", "sam2.1_hiera_small.pt", _SAM21_URL),
         _preset(

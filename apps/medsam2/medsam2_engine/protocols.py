@@ -31,6 +31,13 @@ how MedSAM2 segments from points, and every client can send a click without a bo
 
 ``sam2`` is sam2's own video-predictor usage: one state per label, clicks refine a slice
 with its previous mask, forward then backward pass in that same state, no component filter.
+
+``medsam2_video`` is MedSAM2's video protocol (``medsam2_infer_video.py``, the
+``medsam2_us_heart`` preset's): frames resized as MedSAM2 resizes them (uint8, PIL bicubic),
+one state per label as ``sam2``, the raw mask (logits above 0) with no component filter and no
+hole filling (the preset builds the predictor without post-processing). The script prompts the
+first frame with a mask and runs forward; a prompt on a later frame also runs backward in the
+same state, as sam2 does, so the frames before it are segmented too.
 """
 
 from __future__ import annotations
@@ -38,7 +45,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-PROTOCOLS = ("medsam2", "medsam2_point", "sam2")
+PROTOCOLS = ("medsam2", "medsam2_point", "sam2", "medsam2_video")
 _TWENTY_SIX_CONNECTED = np.ones((3, 3, 3), dtype=bool)
 
 
@@ -53,9 +60,17 @@ def check_protocol(name: str) -> str:
 
 
 def default_protocol(preset) -> str:
-    """The protocol a preset's weights were validated with: sam2's for Meta's SAM 2 / 2.1 presets,
-    MedSAM2's for MedSAM2 and for a model config of one's own (a medical fine-tune)."""
+    """The protocol a preset's weights were validated with: the preset's own where it names one
+    (``medsam2_video`` for the echo fine-tune), sam2's for Meta's SAM 2 / 2.1 presets, MedSAM2's
+    for MedSAM2 and for a model config of one's own (a medical fine-tune)."""
+    if getattr(preset, "protocol", ""):
+        return preset.protocol
     return "sam2" if getattr(preset, "name", "").startswith("sam2") else "medsam2"
+
+
+def one_state(protocol: str) -> bool:
+    """Does the protocol keep one state per label through both passes and corrections (sam2's way)?"""
+    return protocol in ("sam2", "medsam2_video")
 
 
 def input_resampling(protocol: str) -> str:

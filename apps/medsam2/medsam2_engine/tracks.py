@@ -13,7 +13,7 @@ from .predictor import at_input_size, network_lock
 from .prompts import FramePrompt, mask_digest
 from .propagation import (OBJ_ID, CorrectionStop, EarlyStop, PassPlan, Propagation, propagate_both_ways,
                           propagate_correction, report_prompted, restart_frame)
-from .protocols import largest_component
+from .protocols import largest_component, one_state
 
 
 @dataclass
@@ -89,7 +89,7 @@ class LabelTrack:
     def propagate(self, view, protocol: str, wanted: dict, changed: list, local: bool, early_stop: EarlyStop,
                   correction_stop: CorrectionStop) -> Propagation:
         """Carry the prompts through the slices (a correction only as far as it changes them)."""
-        if protocol == "sam2":
+        if one_state(protocol):
             if local:
                 return propagate_correction(view, self.state, changed, self.propagation, early_stop,
                                             correction_stop)

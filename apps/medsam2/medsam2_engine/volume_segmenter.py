@@ -33,7 +33,7 @@ from .image_features import ImageFeatures
 from .prompts import LabelPrompts, PromptError
 from .exact_stop import ExactStopReport, exact_stop_report, misses_prompted_range
 from .propagation import Cancelled, CorrectionStop, EarlyStop, listening
-from .protocols import check_protocol, default_protocol, label_protocol
+from .protocols import check_protocol, default_protocol, label_protocol, one_state
 from .results import RunInfo, slice_score
 from .sessions import Session, SessionLimits, SessionStore, image_stamp, window_key
 from .tracks import LabelTrack, apply_changes, diff_prompts, starts_afresh
@@ -335,7 +335,7 @@ class VolumeSegmenter:
             protocol = label_protocol(self.protocol, wanted.values())
             local = bool(diff.changed or diff.removed) and diff.only_added and same_rule \
                 and correction_stop.enabled and track.propagation is not None and protocol != "medsam2_point"
-            if protocol == "sam2":
+            if one_state(protocol):
                 prompted_masks = apply_changes(view, track, diff)
                 timings["prompts"] = timings.get("prompts", 0.0) + time.perf_counter() - t0
                 if track.reaches_edge(prompted_masks, slice_shape, crop):
