@@ -7,6 +7,8 @@ session, a re-encoded slice).
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import torch
 
@@ -150,6 +152,21 @@ def test_frames_are_never_written_to_disk(segmenter, phantom, tmp_path, monkeypa
     result = segmenter.run(phantom, {"organ": LabelPrompts(clicks=[Click(18, 14, 5, True)])}, ("t", "mem"))
     assert result.labels["organ"].mask.shape == phantom.array.shape
     assert slice_to_image(phantom.array[:, :, 0]).shape == (28, 40)
+
+
+def test_sam2_is_extended_never_patched(segmenter, phantom, tmp_path):
+    """After a segmentation, sam2's module globals are sam2's own, and sam2's own predictor still
+    reads a JPEG folder (with its progress bar): the in-memory loader and the quiet passes belong
+    to VolumePredictor alone."""
+    import sam2.sam2_video_predictor as sam2_video
+    import sam2.utils.misc as misc
+    import tqdm
+
+    segmenter.run(phantom, {"organ": LabelPrompts(clicks=[Click(18, 14, 5, True)])}, ("t", "unpatched"))
+    assert sam2_video.load_video_frames is misc.load_video_frames
+    assert sam2_video.tqdm is tqdm.tqdm
+    predictor = segmenter.models.get().model
+    assert inspect.unwrap(predictor.init_state).__code__ is inspect.unwrap(sam2_video.SAM2VideoPredictor.init_state).__code__
 
 
 def test_replacing_the_points_on_a_slice_matches_a_fresh_session(segmenter, phantom):

@@ -15,22 +15,23 @@ from __future__ import annotations
 
 import copy
 import functools
+import inspect
 import threading
+import types
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 from dataclasses import dataclass, field
 
 import torch
 from tqdm import tqdm
-from sam2 import sam2_video_predictor as _sam2_video_module
 from sam2.sam2_video_predictor import SAM2VideoPredictor
+from sam2.utils.misc import load_video_frames
 
 from .frames import SliceFrames
 
 if TYPE_CHECKING:
     from .feature_cache import FeatureCache
 
-_install_lock = threading.Lock()
 _stage_runs = threading.local()  # what ran each stage in this thread's recording (runtimes_used)
 
 
@@ -54,27 +55,25 @@ def _ran(stage: str, runtime: str) -> None:
         used.setdefault(stage, set()).add(runtime)
 
 
-def _install_in_memory_loader() -> None:
-    """Teach sam2's frame loader to accept in-memory frames; other inputs go to sam2's own loader.
+def _load_frames(video_path, *args, **kwargs):
+    """sam2's frame loader, taking in-memory frames as they are: any sequence of ``(3, S, S)``
+    tensors with ``video_height``, ``video_width`` and ``in_memory_frames = True`` (see
+    :class:`SliceFrames`); anything else goes to sam2's own loader."""
+    if getattr(video_path, "in_memory_frames", False):
+        return video_path, video_path.video_height, video_path.video_width
+    return load_video_frames(video_path, *args, **kwargs)
 
-    In-memory frames are any sequence of ``(3, S, S)`` tensors with ``video_height``,
-    ``video_width`` and ``in_memory_frames = True`` (see :class:`SliceFrames`).
-    """
-    with _install_lock:
-        original = _sam2_video_module.load_video_frames
-        if getattr(original, "accepts_slice_frames", False):
-            return
 
-        def load_video_frames(video_path, *args, **kwargs):
-            if getattr(video_path, "in_memory_frames", False):
-                return video_path, video_path.video_height, video_path.video_width
-            return original(video_path, *args, **kwargs)
-
-        load_video_frames.accepts_slice_frames = True
-        _sam2_video_module.load_video_frames = load_video_frames
-        # sam2 draws a progress bar per pass on stderr: a server's log gets hundreds of them a
-        # day. propagation.py logs long passes itself.
-        _sam2_video_module.tqdm = functools.partial(tqdm, disable=True)
+def _with_globals(method, **names):
+    """sam2's ``method`` itself (its code, under its inference-mode decorator), seeing ``names`` in
+    place of its module's globals of those names. Only the class that takes the result sees them:
+    sam2's module and every other caller of sam2 are left as they are (no patching)."""
+    original = inspect.unwrap(method)
+    clone = types.FunctionType(original.__code__, {**original.__globals__, **names}, original.__name__,
+                               original.__defaults__, original.__closure__)
+    clone.__kwdefaults__ = original.__kwdefaults__
+    clone.__doc__, clone.__qualname__ = original.__doc__, original.__qualname__
+    return torch.inference_mode()(clone)
 
 
 class _CachedFrames:
@@ -224,13 +223,18 @@ class VolumePredictor(SAM2VideoPredictor):
     per-step predicted IoU travels in a thread-local (a step runs on one thread).
     """
 
+    # sam2's own init_state, with in-memory frames; its propagate_in_video without the progress bar
+    # it draws per pass on stderr (a server's log got hundreds a day; propagation.py logs long passes)
+    init_state = _with_globals(SAM2VideoPredictor.init_state, load_video_frames=_load_frames)
+    propagate_in_video = _with_globals(SAM2VideoPredictor.propagate_in_video,
+                                       tqdm=functools.partial(tqdm, disable=True))
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.serving = Serving()
         self._step_local = threading.local()
 
     def init_state_from_frames(self, frames: SliceFrames, feature_cache: FeatureCache | None = None) -> dict:
-        _install_in_memory_loader()
         # sam2's init_state ends by encoding frame 0 to "warm up" the backbone: a slice no prompt
         # may ever reach (0.7 s at 512 px on a 2-core CPU). Its only effect is sam2's one-entry
         # cache of the latest frame, which the next frame replaces, so it is skipped.
