@@ -12,6 +12,13 @@ class FakeSession:
     key: tuple
     size: int
     last_used: float = 0.0
+    feature_cache: None = None
+
+    def private_bytes(self) -> int:
+        return self.size
+
+    def shared_bytes(self) -> dict:
+        return {}
 
     def memory_bytes(self) -> int:
         return self.size

@@ -136,7 +136,7 @@ def test_learning_rate_warms_up_then_decays_to_its_floor():
 
 def test_fine_tune_from_random_weights_stays_untrained_in_origin(labelled, tmp_path):
     """The published file says it descends from random weights and names its metric truthfully."""
-    from medsam2_engine.checkpoints import UNTRAINED_ORIGIN, build_model, read_checkpoint, untrained_origin
+    from medsam2_engine.checkpoints import UNTRAINED_ORIGIN, load_model, read_checkpoint, untrained_origin
     from medsam2_engine.training import finetune
     from medsam2_engine.training.cases import CaseFiles, load_case
     from tests.support.small_model import small_preset
@@ -157,7 +157,7 @@ def test_fine_tune_from_random_weights_stays_untrained_in_origin(labelled, tmp_p
     second = tmp_path / "second.pt"
     finetune.FineTuner(small_preset(), config).run([case], [], str(first), str(second))
     assert untrained_origin(str(second))
-    assert build_model(small_preset(), str(second)).untrained_origin is True
+    assert load_model(small_preset(), str(second))[1].untrained_origin is True  # the facts loaded with it
     # what /info and every result report for it
     from medsam2_engine.model_source import ModelSource
 

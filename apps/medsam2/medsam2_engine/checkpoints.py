@@ -214,9 +214,32 @@ def check_fits(model: torch.nn.Module, state_dict: dict, path: str, config: str)
         raise CheckpointError(f"checkpoint {path} does not fit model config {config}: " + "; ".join(details))
 
 
+@dataclass(frozen=True)
+class CheckpointFacts:
+    """What a checkpoint says of its weights besides the weights, read with them and kept beside
+    the model they were loaded into (``model_source.LoadedModel.facts``)."""
+
+    untrained_origin: bool = False  # random weights, or a fine-tune descending from them (UNTRAINED_ORIGIN)
+    finetune: dict | None = None  # a fine-tune's record ({"number", "published_ts", "epoch", "metric", ...})
+
+    @classmethod
+    def of(cls, checkpoint: str, payload: dict | None) -> "CheckpointFacts":
+        if checkpoint == RANDOM_WEIGHTS or payload is None:
+            return cls(untrained_origin=checkpoint == RANDOM_WEIGHTS)
+        return cls(bool(payload.get(UNTRAINED_ORIGIN)), payload.get("finetune"))
+
+
 def build_model(preset: ModelPreset, checkpoint: str, device: str = "cpu", extra_overrides: dict | None = None,
                 seed: int = RANDOM_WEIGHTS_SEED):
-    """Instantiate the predictor for ``preset`` and load ``checkpoint`` (a path or ``"random"``).
+    """Instantiate the predictor for ``preset`` and load ``checkpoint`` (a path or ``"random"``):
+    :func:`load_model`'s model, for a caller that needs nothing else of the file."""
+    return load_model(preset, checkpoint, device, extra_overrides, seed)[0]
+
+
+def load_model(preset: ModelPreset, checkpoint: str, device: str = "cpu", extra_overrides: dict | None = None,
+               seed: int = RANDOM_WEIGHTS_SEED) -> tuple:
+    """``(model, CheckpointFacts)``: the predictor for ``preset`` with ``checkpoint`` loaded (a path
+    or ``"random"``), and what the file says besides its weights.
 
     Initial (``"random"``) weights are drawn from ``seed``, without touching the caller's
     random state.
@@ -229,6 +252,7 @@ def build_model(preset: ModelPreset, checkpoint: str, device: str = "cpu", extra
     with torch.random.fork_rng(devices=[]):  # seeded without touching the caller's random state
         torch.manual_seed(seed)
         model = instantiate(cfg.model, _recursive_=True)
+    payload = None
     if checkpoint == RANDOM_WEIGHTS:
         logger.warning(
             "MedSAM-2 is running with UNTRAINED RANDOM WEIGHTS (checkpoint=random): masks prove the "
@@ -240,11 +264,7 @@ def build_model(preset: ModelPreset, checkpoint: str, device: str = "cpu", extra
         check_fits(model, state_dict, checkpoint, preset.config)
         check_input_size(preset, checkpoint, payload)  # same keys, another scale (MedSAM2 under a 1024 preset)
         model.load_state_dict(state_dict, strict=True)
-    # a fine-tune that began from random weights is still untrained in origin (see UNTRAINED_ORIGIN)
-    model.untrained_origin = checkpoint == RANDOM_WEIGHTS or bool(payload.get(UNTRAINED_ORIGIN))
-    # a fine-tune's record ({"number", "published_ts", "epoch", "metric", "value", ...}); None otherwise
-    model.finetune_meta = None if checkpoint == RANDOM_WEIGHTS else payload.get("finetune")
-    return model.to(device).eval()
+    return model.to(device).eval(), CheckpointFacts.of(checkpoint, payload)
 
 
 def save_checkpoint(model: torch.nn.Module, path: str | os.PathLike, extra: dict | None = None) -> str:

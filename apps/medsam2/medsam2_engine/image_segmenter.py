@@ -57,10 +57,20 @@ class ImageSession:
     def model_version(self) -> int:
         return self.model.version
 
+    feature_cache: None = None  # its one embedding lives in its predictor, shared with no session
+
     def memory_bytes(self) -> int:
+        return self.private_bytes() + sum(self.shared_bytes().values())
+
+    def private_bytes(self) -> int:
+        """Its embedding (the plane encoded)."""
         feats = (self.predictor._features if self.predictor is not None else None) or {}
         tensors = [feats.get("image_embed")] + list(feats.get("high_res_feats", []))
-        return self.volume.array.nbytes + sum(t.numel() * t.element_size() for t in tensors if t is not None)
+        return sum(t.numel() * t.element_size() for t in tensors if t is not None)
+
+    def shared_bytes(self) -> dict:
+        """The image's array, by identity (a volume read once may be held by its 3D sessions too)."""
+        return {id(self.volume.array): self.volume.array.nbytes}
 
 
 @dataclass

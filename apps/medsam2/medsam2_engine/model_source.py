@@ -14,22 +14,22 @@ import logging
 import os
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
 from .checkpoints import (
-    UNTRAINED_ORIGIN,
     read_checkpoint,
     CHECKPOINT_ENV,
     FINETUNED_NAME,
     RANDOM_WEIGHTS,
     RANDOM_WEIGHTS_SEED,
     CheckpointError,
+    CheckpointFacts,
     ModelPreset,
-    build_model,
     download,
+    load_model,
 )
 from . import cuda_numerics
 from .precision import INT8_MODULES, quantize_int8
@@ -57,15 +57,16 @@ class LoadedModel:
     checkpoint: str
     version: int
     stamp: tuple | None
+    facts: CheckpointFacts = field(default_factory=CheckpointFacts)  # what the file said besides its weights
 
     @property
     def random_weights(self) -> bool:
         """Random weights, or weights fine-tuned from random ones: either way no trained model."""
-        return self.checkpoint == RANDOM_WEIGHTS or bool(getattr(self.model, "untrained_origin", False))
+        return self.checkpoint == RANDOM_WEIGHTS or self.facts.untrained_origin
 
     @property
     def model_version(self) -> dict:
-        return version_of(self.checkpoint, getattr(self.model, "finetune_meta", None))
+        return version_of(self.checkpoint, self.facts.finetune)
 
 
 def version_of(checkpoint: str, finetune_meta: dict | None) -> dict:
@@ -294,7 +295,7 @@ class ModelSource:
             stage("compiling for the CPU runtime (at low priority)")
             compile_in_child(self.preset, path, self.cpu_runtime, self.runtime_cache_dir, self.extra_overrides,
                              self.cpu_int8)
-        model = build_model(self.preset, path, self.device, self.extra_overrides)
+        model, facts = load_model(self.preset, path, self.device, self.extra_overrides)
         if cuda_numerics.install(model, self.device, self.cuda_numerics):
             logger.info("CUDA numerics as MedSAM2's: TF32, Flash attention, bf16 point embeddings")
         if self.cpu_int8:
@@ -306,13 +307,13 @@ class ModelSource:
         if replacing:  # new weights must prove usable before they replace served ones
             stage("checking")
             check_prepared(model)
-        return model, runtime, path, stamp
+        return model, facts, runtime, path, stamp
 
-    def _switch(self, model, runtime: str, path: str, stamp) -> None:
+    def _switch(self, model, facts: CheckpointFacts, runtime: str, path: str, stamp) -> None:
         with self._lock:
             self.runtime_in_use = runtime
             self._versions += 1
-            self._loaded = LoadedModel(model, path, self._versions, stamp)
+            self._loaded = LoadedModel(model, path, self._versions, stamp, facts)
             self.last_error = None
 
     def _prepare_in_background(self, path: str, stamp) -> None:
@@ -353,7 +354,7 @@ class ModelSource:
         """From the served model, or for a file not loaded yet its metadata (read once per version)."""
         if not path or path == RANDOM_WEIGHTS:
             return path == RANDOM_WEIGHTS
-        return self._file_meta(path)[0]
+        return self._file_meta(path).untrained_origin
 
     def _version(self, path) -> dict | None:
         """The version the next request is served with (the file's record when not loaded yet)."""
@@ -361,23 +362,23 @@ class ModelSource:
             return None
         if path == RANDOM_WEIGHTS:
             return version_of(path, None)
-        return version_of(path, self._file_meta(path)[1])
+        return version_of(path, self._file_meta(path).finetune)
 
-    def _file_meta(self, path) -> tuple:
-        """(untrained origin, fine-tune record) of a checkpoint file, read once per version of it."""
+    def _file_meta(self, path) -> CheckpointFacts:
+        """What a checkpoint file says besides its weights, read once per version of it."""
         stamp = file_stamp(path)
         loaded = self._loaded
         if loaded is not None and loaded.checkpoint == path and loaded.stamp == stamp:
-            return loaded.random_weights, getattr(loaded.model, "finetune_meta", None)
+            return loaded.facts
         key = (path, stamp)
         cache = self._meta_cache
         if key not in cache:
             try:
                 payload = read_checkpoint(path)
             except CheckpointError:
-                return False, None
+                return CheckpointFacts()
             cache.clear()
-            cache[key] = (bool(payload.get(UNTRAINED_ORIGIN)), payload.get("finetune"))
+            cache[key] = CheckpointFacts.of(path, payload)
         return cache[key]
 
     def status(self) -> dict:

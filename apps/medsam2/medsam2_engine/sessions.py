@@ -126,7 +126,10 @@ class SessionStore:
     """Least-recently-used sessions, evicted beyond the limits or after idling too long.
 
     One store can hold every kind of session (3D and 2D): one memory budget covers them all.
-    ``locked(key)`` serialises the requests of one session; different sessions run at once.
+    Every kind offers the same: ``key``, ``last_used``, ``feature_cache`` (the image's shared
+    encoded slices, or None), ``private_bytes()`` (its own memory) and ``shared_bytes()`` (parts
+    other sessions may hold too, by identity, so they count once). ``locked(key)`` serialises the
+    requests of one session; different sessions run at once.
     """
 
     def __init__(self, limits: SessionLimits | None = None, clock: Callable[[], float] = time.monotonic,
@@ -177,7 +180,7 @@ class SessionStore:
     def put(self, session: Session) -> None:
         with self._lock:
             session.last_used = self._clock()
-            feature_key = getattr(getattr(session, "feature_cache", None), "key", None)
+            feature_key = session.feature_cache.key if session.feature_cache is not None else None
             if feature_key is not None:  # its image's slices idle from the session's last request on
                 self.features.touch(feature_key, session.last_used)
             self._sessions[session.key] = session
@@ -220,7 +223,7 @@ class SessionStore:
 
     def _held_cache_ids(self) -> set:
         return {id(getattr(s.feature_cache, "shared", s.feature_cache))
-                for s in self._sessions.values() if getattr(s, "feature_cache", None) is not None}
+                for s in self._sessions.values() if s.feature_cache is not None}
 
     # -- limits -------------------------------------------------------------------------
     def expire(self) -> None:
@@ -335,12 +338,9 @@ class SessionStore:
         """Every session's own memory, plus each volume and feature cache once however many share it."""
         with self._lock:
             total, shared = 0, {}
-            for session in self._sessions.values():
-                if hasattr(session, "shared_bytes"):
-                    total += session.private_bytes()
-                    shared.update(session.shared_bytes())
-                else:  # sessions with nothing shared (2D)
-                    total += session.memory_bytes()
+            for session in self._sessions.values():  # every kind (Session, ImageSession) counts the same way
+                total += session.private_bytes()
+                shared.update(session.shared_bytes())
             shared.update({id(cache): cache.bytes for cache in self.features.caches()})
             shared.update({id(volume.array): volume.array.nbytes for volume in self.features.volumes()})
             return total + sum(shared.values())
