@@ -40,6 +40,7 @@ from lib.trainers.auto import AutoFineTune, check_saved_label  # noqa: E402
 from lib.trainers.finetune import FineTuneTask  # noqa: E402
 from lib.viewer_routes import mount_on_monailabel_server as mount_viewer  # noqa: E402
 from lib.infers.one_prompt import OnePrompt, one_prompt_settings  # noqa: E402
+from medsam2_engine.video_io import VIDEO_SUFFIXES  # noqa: E402
 from medsam2_engine.encode_ahead import EncodeAhead  # noqa: E402
 from medsam2_engine.volume_segmenter import VolumeSegmenter  # noqa: E402
 from medsam2_engine.image_segmenter import ImageSegmenter  # noqa: E402
@@ -106,7 +107,7 @@ class MedSam2App(MONAILabelApp):
             max_upload_bytes=int(self.settings.upload_max_mb * 2**20),
             max_decoded_bytes=int(self.settings.upload_max_decoded_mb * 2**20),
             forbidden=[self.settings.model_dir],
-            extensions=settings.MONAI_LABEL_DATASTORE_FILE_EXT,
+            extensions=[*settings.MONAI_LABEL_DATASTORE_FILE_EXT, *(f"*{ext}" for ext in VIDEO_SUFFIXES)],
             auto_reload=settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
             read_only=settings.MONAI_LABEL_DATASTORE_READ_ONLY,
         )

@@ -28,6 +28,7 @@ from monailabel.datastore.local import DataModel, ImageLabelModel, LocalDatastor
 
 from medsam2_engine.atomic_files import atomic_copy as _atomic_copy
 from medsam2_engine.training.cases import CaseFiles, LabelMismatch, check_label_file
+from medsam2_engine.video_io import VIDEO_SUFFIXES, frame_time_ms
 from medsam2_engine.volume_io import ImageReadError, load_image
 
 from medsam2_engine.label_structures import structures_path, write_stack
@@ -192,6 +193,8 @@ class SafeLocalDatastore(SharedRecords, LocalDatastore):
                 prepared.cleanup()
         ext = extension_of(prepared.label_file, "label")
         image_path = self.get_image_uri(image_id)
+        if image_path.lower().endswith(VIDEO_SUFFIXES):  # a label per frame: the loop's timing goes with it
+            label_info = {**(label_info or {}), "frame_time_ms": frame_time_ms(image_path)}
         try:
             values = check_label_file(CaseFiles(image_path, prepared.label_file, image_id))
         except (LabelMismatch, ImageReadError) as err:

@@ -59,6 +59,7 @@ class ShownVolume:
     window: tuple | None  # the display window the model's default uses, (low, high)
     k: int | None  # the slice sent alone (None: the whole study)
     stored: str | None = None  # the study's own .nii.gz, sent as it is (body None)
+    frame_time_ms: float | None = None  # a video's time between frames: its third axis is time
 
     def headers(self, image: str) -> dict:
         # the browser inflates the body itself (no script work): the page reads the .nii
@@ -68,6 +69,8 @@ class ShownVolume:
             out["X-Model-Window"] = f"{self.window[0]:g},{self.window[1]:g}"
         if self.k is not None:
             out["X-Slice"] = str(self.k)
+        if self.frame_time_ms:
+            out["X-Frame-Time-Ms"] = f"{self.frame_time_ms:g}"
         return out
 
 
@@ -89,7 +92,8 @@ class ShownVolumes:
         if sendable_as_stored(uri):
             shown = ShownVolume(None, tuple(volume.array.shape), _window(volume), None, stored=uri)
         else:
-            shown = ShownVolume(volume_as_nifti(volume), tuple(volume.array.shape), _window(volume), None)
+            shown = ShownVolume(volume_as_nifti(volume), tuple(volume.array.shape), _window(volume), None,
+                                frame_time_ms=volume.meta.get("frame_time_ms"))
         with self._lock:
             self._sent[stamp] = shown
             while len(self._sent) > self.keep:

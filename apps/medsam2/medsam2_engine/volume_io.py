@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .atomic_files import atomic_write
+from .video_io import VIDEO_SUFFIXES, VideoReadError, load_video
 
 IMAGE_2D_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
@@ -95,7 +96,7 @@ def _dicom_window_from(meta: dict, header) -> dict:
 
 
 def load_image(path: str | os.PathLike) -> Volume:
-    """Load NIfTI, NRRD, MHA, a DICOM series folder, or a 2D image file.
+    """Load NIfTI, NRRD, MHA, a DICOM series folder, a 2D image file, or a video (video_io.py).
 
     A plain 3D NIfTI (see :func:`_plain_nifti`) is read with nibabel, which gives ITK's voxels
     and affine (tests/test_volume_io.py) in a quarter of the time (0.9 s instead of 3.9 s for a
@@ -104,6 +105,12 @@ def load_image(path: str | os.PathLike) -> Volume:
     path = str(path)
     if not os.path.exists(path):
         raise ImageReadError(f"image not found: {path}")
+    if path.lower().endswith(VIDEO_SUFFIXES):
+        try:
+            array, affine, meta = load_video(path)
+        except VideoReadError as err:
+            raise ImageReadError(str(err)) from err
+        return Volume(array=array, affine=affine, path=path, meta=meta)
     plain = _plain_nifti(path) if path.lower().endswith(NIFTI_SUFFIXES) and os.path.isfile(path) else None
     return plain if plain is not None else load_with_readers(path)
 

@@ -10,6 +10,7 @@ import { renderLabels, renderStudies } from './lists.js';
 import { askLogIn } from './login.js';
 import { LearningLoop } from './loop.js';
 import { OtherPlanes } from './other_planes.js';
+import { Cine } from './cine.js';
 import { $, clientId, hooks, labelValue, marks, promptsOf, setStatus, showError, state, studyName, view } from './page.js';
 import { showOverlaps, showResult } from './panels.js';
 import { saveStructures } from './saving.js';
@@ -77,7 +78,7 @@ function syncSlice() {
   const k = view.currentSlice();
   $('slice').max = view.dims[view.normal] - 1;
   $('slice').value = k;
-  $('slice-label').textContent = `${k} / ${view.dims[view.normal] - 1}`;
+  $('slice-label').textContent = `${k} / ${view.dims[view.normal] - 1}${cine.at(k)}`;
   drawMarks();
   // where the clinician looks is where the next prompt will be: the server encodes outward from it
   clearTimeout(focusTimer);
@@ -86,9 +87,13 @@ function syncSlice() {
   focusTimer = setTimeout(() => { if (image) sendFocus(image, clientId, slice).catch(() => {}); }, 300);
 }
 
+// a video's frames (cine.js): Play steps through them, looping
+const cine = new Cine($('play'), () => moveSlice((view.currentSlice() + 1) % view.dims[2]));
+
 // a prompt begins on this slice: the server encodes it while the box or stroke is drawn, so
 // mouse-up waits for the decoder only
 function focusNow() {
+  cine.pause();
   clearTimeout(focusTimer);
   if (state.image) sendFocus(state.image, clientId, view.cursor[2]).catch(() => {});
 }
@@ -125,7 +130,7 @@ function namePlanes() {
   for (const option of $('plane').options) {
     const normal = Number(option.value);
     const name = view.planeName(normal);
-    option.textContent = normal === 2 ? `${name} (the app's slices)` : name;
+    option.textContent = normal === 2 ? (cine.on ? 'frames (time)' : `${name} (the app's slices)`) : name;
   }
 }
 
@@ -311,6 +316,7 @@ $('save').addEventListener('click', async () => {
 // travels; both are drawn in the window the model will use, so its first result redraws nothing.
 async function openStudy(image) {
   stopRun(true);
+  cine.open(null);
   setStatus(`Opening ${studyName(image)}…`, 'busy');
   const started = performance.now();
   const opening = { image, first_ms: null, whole_ms: null };
@@ -369,7 +375,11 @@ async function openStudy(image) {
   $('slice').max = view.dims[2] - 1;
   $('slice').disabled = false;
   $('plane').value = '2';
-  $('plane').disabled = false;
+  cine.open(study.frameTimeMs); // a video: frames, not slices; no plane across them
+  $('slice-name').textContent = cine.on ? 'Frame' : 'Slice';
+  $('plane').disabled = cine.on;
+  $('layout').disabled = cine.on;
+  if (cine.on && $('layout').value !== 'one') { $('layout').value = 'one'; $('layout').dispatchEvent(new Event('change')); }
   namePlanes();
   $('save-status').textContent = '';
   renderStudies();
@@ -442,6 +452,7 @@ window.medsam2Viewer = {
   goToSlice,
   showPlane,
   others,
+  cine,
   // where a voxel is on the page in other plane n (0, 1) of the three-view layout
   otherPosition(n, voxel) {
     const other = others.views[n];

@@ -1,0 +1,90 @@
+"""Videos as studies: an MP4, AVI or MOV file read as a stack of frames ``[i, j, t]``.
+
+A cine loop (an echocardiogram, an endoscopy) is segmented as a volume whose third axis is
+time: SAM 2's memory carries the mask from frame to frame as it carries it from slice to
+slice. Frames are decoded with PyAV (FFmpeg's decoders in a wheel). Voxel ``[i, j, t]`` is
+column ``i``, row ``j`` of frame ``t``, as MONAI's PIL reader gives a picture's pixels; the
+affine puts row 0 at the top of the screen (``j`` runs to the patient's back, as a photo is
+shown), a pixel 1 mm wide unless the file says otherwise, and one frame per unit along the
+third axis. ``meta["frame_time_ms"]`` is the time between two frames (from the stream's
+average rate), kept with the label; ``meta["frames"]`` says the third axis is time.
+
+A colour video whose frames are grey (an echo loop stored as RGB) is read as grey; a colour
+one (Doppler) as its luma (ITU-R BT.601, FFmpeg's own conversion), since the 3D path windows
+one channel: the page shows what the model sees.
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+VIDEO_SUFFIXES = (".mp4", ".avi", ".mov")
+MAX_FRAMES = 5000
+
+
+class VideoReadError(ValueError):
+    """The file is not a video PyAV can decode, or holds no frame."""
+
+
+def load_video(path: str | os.PathLike, max_frames: int = MAX_FRAMES) -> tuple:
+    """``(array [i, j, t] float32 0-255, affine, meta)`` of the video at ``path``
+    (``volume_io.load_image`` makes it a Volume)."""
+    try:
+        import av
+    except ImportError as err:  # pragma: no cover - av is in requirements.txt
+        raise VideoReadError("reading videos needs PyAV (pip install av)") from err
+    path = str(path)
+    frames, colour = [], False
+    try:
+        with av.open(path) as container:
+            if not container.streams.video:
+                raise VideoReadError(f"{os.path.basename(path)} holds no video stream")
+            stream = container.streams.video[0]
+            rate = stream.average_rate or stream.base_rate
+            for frame in container.decode(stream):
+                if len(frames) >= max_frames:
+                    raise VideoReadError(f"{os.path.basename(path)} has more than {max_frames} frames")
+                rgb = frame.to_ndarray(format="rgb24")
+                if not colour and (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2])):
+                    frames.append(rgb[..., 0])
+                else:
+                    colour = True
+                    frames.append(frame.to_ndarray(format="gray"))
+    except VideoReadError:
+        raise
+    except Exception as err:  # noqa: BLE001 - PyAV raises many types; name the file instead
+        raise VideoReadError(f"could not read {os.path.basename(path)} as a video: {err}") from err
+    if not frames:
+        raise VideoReadError(f"{os.path.basename(path)} holds no frame")
+    if colour:  # a frame read as grey before the first colour one: all as luma, alike
+        frames = _all_luma(path, len(frames))
+    # [t, row, column] -> [column i, row j, t]
+    array = np.stack(frames).transpose(2, 1, 0).astype(np.float32)
+    affine = np.diag([1.0, -1.0, 1.0, 1.0])
+    frame_time = round(1000.0 / float(rate), 3) if rate else None
+    meta = {"frames": int(array.shape[2]), "source_dtype": "uint8", "video_colour": colour}
+    if frame_time:
+        meta["frame_time_ms"] = frame_time
+    return array, affine, meta
+
+
+def frame_time_ms(path: str | os.PathLike) -> float | None:
+    """The time between two frames of the video at ``path`` (its stream's average rate), without decoding."""
+    import av
+
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            rate = stream.average_rate or stream.base_rate
+    except Exception:  # noqa: BLE001 - not readable as a video: no timing to keep
+        return None
+    return round(1000.0 / float(rate), 3) if rate else None
+
+
+def _all_luma(path: str, count: int) -> list:
+    import av
+
+    with av.open(path) as container:
+        return [frame.to_ndarray(format="gray") for _, frame in zip(range(count), container.decode(video=0))]

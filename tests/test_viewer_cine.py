@@ -1,0 +1,118 @@
+"""A cine loop in the page, end to end in Debian's headless Chromium against the real server: a
+real echocardiogram (CAMUS) as a lossless AVI study, its frames on the slider, played at its own
+rate; a box on a middle frame carried both ways through time; a correction on another frame;
+saved and reopened, with the loop's timing kept beside the label (phantom-trained weights: the
+masks prove plumbing, not accuracy)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from tests.conftest import SHARED_DATA, needs_shared_data
+from tests.support.browser import chromium_page, needs_chromium, screenshot  # noqa: F401  (fixture)
+from tests.support.tool_tour import draw, held, position
+from tests.support.viewer_page import LABELS, SEGMENT_ROUTE, final_label_info, form_field, wait_idle
+
+CAMUS = SHARED_DATA / "us_echo_cine_camus" / "patient0001"
+FRAME_RATE = 48  # CAMUS's Info_2CH.cfg: 48.4 Hz
+
+
+def write_loop_avi(path, frames: np.ndarray, rate: int) -> None:
+    """``frames`` [i, j, t] (uint8) as a lossless (FFV1) grey AVI: column i, row j of frame t."""
+    import av
+
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("ffv1", rate=rate)
+        stream.width, stream.height, stream.pix_fmt = frames.shape[0], frames.shape[1], "gray"
+        for t in range(frames.shape[2]):
+            picture = av.VideoFrame.from_ndarray(np.ascontiguousarray(frames[:, :, t].T), format="gray")
+            for packet in stream.encode(picture):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+@pytest.fixture(scope="module")
+def cine_server(fine_tuned, small_model_files, tmp_path_factory):
+    import nibabel as nib
+
+    from tests.support.server import RunningServer
+
+    segmenter, _ = fine_tuned
+    config, _ = small_model_files
+    folder = tmp_path_factory.mktemp("viewer-cine")
+    studies = folder / "studies"
+    studies.mkdir()
+    loop = np.asarray(nib.load(CAMUS / "patient0001_2CH_half_sequence.nii.gz").dataobj)
+    truth = np.asarray(nib.load(CAMUS / "patient0001_2CH_half_sequence_gt.nii.gz").dataobj) == 1  # LV cavity
+    i, j = loop.shape[0] // 2 * 2, loop.shape[1] // 2 * 2  # even sides, as most codecs want
+    frames = np.clip(np.rint(loop[:i, :j]), 0, 255).astype(np.uint8)
+    write_loop_avi(studies / "echo2ch.avi", frames, FRAME_RATE)
+    server = RunningServer(studies, {"model_config": config, "checkpoint": segmenter.models.explicit,
+                                     "labels": ",".join(LABELS)}, folder / "server.log")
+    try:
+        yield server, frames, truth[:i, :j]
+    finally:
+        server.stop()
+
+
+@needs_shared_data
+@needs_chromium
+@pytest.mark.skipif(not CAMUS.is_dir(), reason="the CAMUS cine loops are not in ../shared/data")
+def test_a_cine_loop_plays_is_segmented_both_ways_corrected_saved_and_reopened(cine_server, chromium_page, tmp_path):
+    server, frames, truth = cine_server
+    page = chromium_page
+    shape = frames.shape
+    page.goto(server.url + "/medsam2/viewer/")
+    page.evaluate("window.medsam2Viewer.ready")
+    page.click("#studies li[data-image='echo2ch']")
+    wait_idle(page)
+    # the frames on the slider, the loop's own rate, no plane across time
+    assert page.evaluate("window.medsam2Viewer.view.dims") == list(shape)
+    assert page.inner_text("#slice-name") == "Frame" and page.is_visible("#play") and page.is_disabled("#plane")
+    assert page.evaluate("window.medsam2Viewer.cine.frameTimeMs") == pytest.approx(1000 / FRAME_RATE, abs=0.01)
+    before = page.evaluate("window.medsam2Viewer.view.currentSlice()")
+    page.click("#play")
+    page.wait_for_function(f"window.medsam2Viewer.view.currentSlice() !== {before}", timeout=10_000)
+    page.click("#play")  # pause
+    assert not page.evaluate("window.medsam2Viewer.cine.playing")
+
+    # a box around the cavity on a middle frame: the mask goes forward and backward in time
+    middle = shape[2] // 2
+    page.evaluate("k => window.medsam2Viewer.goToSlice(k)", middle)
+    page.click("#labels li[data-label=lesion]")
+    ii, jj = np.nonzero(truth[:, :, middle])
+    answer = draw(page, "box", [position(page, [ii.min(), jj.min(), middle]), position(page, [ii.max(), jj.max(), middle])])
+    sent = json.loads(form_field(answer.request, "params"))
+    assert sent["roi"][4] == middle
+    result = page.evaluate("window.medsam2Viewer.state.results.get('lesion')")
+    passes = {p["direction"]: p for p in result["labels"]["lesion"]["passes"]}
+    assert passes["forward"]["start"] == middle and passes["backward"]["start"] == middle
+    mask = held(page, 1, shape)
+    assert mask[:, :, middle].any(), "nothing on the prompted frame"
+    screenshot(page, "viewer-cine-1-box", tmp_path)
+
+    # a correction on another frame: a point inside the cavity there
+    later = min(shape[2] - 1, middle + 3)
+    ci, cj = np.argwhere(truth[:, :, later]).mean(axis=0).round().astype(int)
+    page.evaluate("k => window.medsam2Viewer.goToSlice(k)", later)
+    page.check("input[name=tool][value=point]")
+    with page.expect_response(lambda r: SEGMENT_ROUTE in r.url, timeout=180_000) as clicked:
+        page.mouse.click(*position(page, [ci, cj, later]))
+    wait_idle(page)
+    assert [int(ci), int(cj), later] in json.loads(form_field(clicked.value.request, "params"))["foreground"]
+    corrected = held(page, 1, shape)
+
+    # saved on the loop's grid, reopened as it was, with the loop's timing beside the label
+    page.click("#save")
+    page.wait_for_function("document.getElementById('save-status').textContent.length > 0", timeout=120_000)
+    assert "saved" in page.inner_text("#save-status").lower(), page.inner_text("#save-status")
+    assert final_label_info(server.url, "echo2ch")["frame_time_ms"] == pytest.approx(1000 / FRAME_RATE, abs=0.01)
+    page.reload()
+    page.evaluate("window.medsam2Viewer.ready")
+    page.click("#studies li[data-image='echo2ch']")
+    wait_idle(page)
+    np.testing.assert_array_equal(held(page, 1, shape), corrected)
