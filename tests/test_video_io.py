@@ -1,0 +1,53 @@
+"""Videos as studies: frames [i, j, t] as the file holds them, the frame time, refusals."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from medsam2_engine.volume_io import ImageReadError, load_image
+from tests.test_viewer_cine import write_loop_avi
+
+pytest.importorskip("av", reason="PyAV is not installed (pip install av): videos cannot be read")
+
+
+def _frames(shape=(64, 48, 5), seed=0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
+
+
+def test_a_lossless_video_is_read_frame_for_frame_as_column_row_time(tmp_path):
+    frames = _frames()
+    frames[3, 40, 2] = 255  # column 3, row 40 of frame 2
+    write_loop_avi(tmp_path / "loop.avi", frames, rate=25)
+    volume = load_image(tmp_path / "loop.avi")
+    assert volume.array.shape == frames.shape and volume.is_3d
+    np.testing.assert_array_equal(volume.array, frames)
+    assert volume.meta["frame_time_ms"] == 40.0 and volume.meta["frames"] == 5
+    # row 0 at the top of the screen: j runs against the page's up (RAS +y)
+    assert volume.affine[1, 1] < 0 and volume.affine[0, 0] > 0
+
+
+def test_an_mp4_in_colour_is_read_as_its_luma(tmp_path):
+    import av
+
+    rgb = np.zeros((4, 32, 48, 3), np.uint8)  # [t, row, column, channel]
+    rgb[..., 0] = 200  # red: a colour loop
+    with av.open(str(tmp_path / "doppler.mp4"), "w") as container:
+        stream = container.add_stream("libx264", rate=30)
+        stream.width, stream.height, stream.pix_fmt = 48, 32, "yuv444p"
+        stream.options = {"qp": "0"}
+        for picture in rgb:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(picture, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    volume = load_image(tmp_path / "doppler.mp4")
+    assert volume.array.shape == (48, 32, 4) and volume.meta["video_colour"] is True
+    assert abs(float(volume.array.mean()) - 0.299 * 200) < 8  # BT.601 luma of pure red, not its red channel
+
+
+def test_a_file_that_is_no_video_is_refused_by_name(tmp_path):
+    bad = tmp_path / "notes.mp4"
+    bad.write_bytes(b"not a video at all")
+    with pytest.raises(ImageReadError, match="notes.mp4"):
+        load_image(bad)
