@@ -70,8 +70,10 @@ def test_a_cine_loop_plays_is_segmented_both_ways_corrected_saved_and_reopened(c
     page.evaluate("window.medsam2Viewer.ready")
     page.click("#studies li[data-image='echo2ch']")
     wait_idle(page)
-    # the frames on the slider, the loop's own rate, no plane across time
+    # the frames on the slider, the loop's own rate, no plane across time; a frame as a player shows it
     assert page.evaluate("window.medsam2Viewer.view.dims") == list(shape)
+    first, last = position(page, [0, 0, 0]), position(page, [shape[0] - 1, shape[1] - 1, 0])
+    assert first[0] < last[0] and first[1] < last[1], "column 0 is not at the left or row 0 not at the top"
     assert page.inner_text("#slice-name") == "Frame" and page.is_visible("#play") and page.is_disabled("#plane")
     assert page.evaluate("window.medsam2Viewer.cine.frameTimeMs") == pytest.approx(1000 / FRAME_RATE, abs=0.01)
     before = page.evaluate("window.medsam2Viewer.view.currentSlice()")

@@ -97,6 +97,8 @@ def prepare_label(label_file: str, label_info: Optional[dict], max_decoded_bytes
     names, values, voxels = _entries(label_info)
     if not label_file.lower().endswith((".nii", ".nii.gz")):
         raise OptionError("label", "a structures file is NIfTI ([i, j, k, structure])", status=415)
+    picture = grid is not None and len(grid) == 2  # the page's one-slice study of a picture: [i, j, 1, structure]
+    grid = (*grid, 1) if picture else grid
     array, affine = decoded_nifti(label_file, grid_limit(grid, max_decoded_bytes, len(names)), "label", grid,
                                   extra_dims=1)
     check_label_values(array)
@@ -109,15 +111,20 @@ def prepare_label(label_file: str, label_info: Optional[dict], max_decoded_bytes
         if shown is not None and shown != structure.voxels:
             raise OptionError("label", f"structure {structure.name!r}: the file holds {structure.voxels} voxels, "
                                        f"the client showed {shown}; nothing was saved", status=422)
-    fd, made = tempfile.mkstemp(prefix="medsam2-label-", suffix=".nii.gz")
+    fd, made = tempfile.mkstemp(prefix="medsam2-label-", suffix=".png" if picture else ".nii.gz")
     os.close(fd)
     try:
-        import nibabel as nib
+        if picture:  # as MONAI Label keeps a picture's label: a PNG on its grid, one value per structure
+            from PIL import Image
 
-        image = nib.Nifti1Image(label_map_of(stack, values), np.asarray(affine, dtype=np.float64))
-        image.set_qform(image.affine, code=1)
-        image.set_sform(image.affine, code=1)
-        nib.save(image, made)
+            Image.fromarray(np.ascontiguousarray(label_map_of(stack, values)[:, :, 0].T.astype(np.uint8))).save(made)
+        else:
+            import nibabel as nib
+
+            image = nib.Nifti1Image(label_map_of(stack, values), np.asarray(affine, dtype=np.float64))
+            image.set_qform(image.affine, code=1)
+            image.set_sform(image.affine, code=1)
+            nib.save(image, made)
     except BaseException:
         os.unlink(made)
         raise

@@ -32,12 +32,15 @@ from fastapi.responses import StreamingResponse
 
 from medsam2_engine.mask_regions import mask_region
 from medsam2_engine.propagation import Cancelled
+from medsam2_engine.volume_io import IMAGE_2D_SUFFIXES
 
-from .infers.results_json import volume_result_json
+from .infers.results_json import run_json, volume_result_json
+from .shown_volumes import PICTURE_AFFINE
 
 logger = logging.getLogger(__name__)
 
 MODEL = "medsam2_3d"
+MODEL_2D = "medsam2_2d"  # a picture (PNG, JPEG, ...): SAM 2's image predictor, as /infer/medsam2_2d
 _END = object()
 
 
@@ -86,13 +89,17 @@ class SegmentRun:
                                        "affine": np.asarray(result.volume.affine).round(6).tolist()}))
         except Cancelled:
             logger.info("segment stream of %s cancelled by the page", self.request.get("_image_id"))
-        except HTTPException as err:
-            self.events.put(("error", {"status": err.status_code, "detail": err.detail}))
-        except Exception:  # noqa: BLE001 - the stream's answer says so; the log has the traceback
-            logger.exception("segment stream failed")
-            self.events.put(("error", {"status": 500, "detail": ""}))
+        except Exception as err:  # noqa: BLE001 - the stream's answer says so; the log has the traceback
+            self._put_error(err)
         finally:
             self.events.put(_END)
+
+    def _put_error(self, err: Exception) -> None:
+        if isinstance(err, HTTPException):
+            self.events.put(("error", {"status": err.status_code, "detail": err.detail}))
+        else:
+            logger.error("segment stream failed", exc_info=err)
+            self.events.put(("error", {"status": 500, "detail": ""}))
 
     async def answer(self, http: Request):
         """The events as they come; the page closing the connection cancels the run."""
@@ -112,6 +119,32 @@ class SegmentRun:
             self.cancelled.set()
 
 
+class PictureRun(SegmentRun):
+    """A picture's segmentation (``/infer/medsam2_2d``'s path, ``Interactive2D.segment``): one plane,
+    so no slice events; the final event holds the mask as a one-slice study, as the page shows it."""
+
+    def _run(self) -> None:
+        try:
+            result, label, warnings, _ = self.task.answering(lambda: self.task.segment(self.request))
+            mask = result.mask[:, :, None]
+            area = int(mask.sum())
+            out = run_json(result.run, result.window, result.modality)
+            # no object score: SAM 2's image predictor has none (None, never a made-up value)
+            out.update({"dimension": 2, "label_names": {label: 1}, "request_warnings": warnings,
+                        "labels": {label: {"voxels": area, "passes": [], "slices": [
+                            {"slice": 0, "predicted_iou": round(result.predicted_iou, 4), "object_score": None,
+                             "area": area}]}}})
+            total = time.perf_counter() - self.started
+            out["latencies"] = {"pre": 0.0, "infer": round(total, 4), "write": 0.0, "total": round(total, 4)}
+            out = self.annotate(out, self.request)
+            self.events.put(("final", {"result": out, "labels": {label: {"value": 1, "mask": mask_region(mask)}},
+                                       "shape": list(mask.shape), "affine": PICTURE_AFFINE.tolist()}))
+        except Exception as err:  # noqa: BLE001 - the stream's answer says so (HTTP-like), the log the rest
+            self._put_error(err)
+        finally:
+            self.events.put(_END)
+
+
 def build_route(router, app_instance, user_dependency) -> None:
     """Add ``POST /segment`` to the viewer's ``router`` (lib/viewer_routes.py)."""
 
@@ -128,11 +161,13 @@ def build_route(router, app_instance, user_dependency) -> None:
 
         instance = app_instance()
         uri, checked = _as_http(lambda: checked_request(instance, MODEL, image, params, http, user))
+        picture = str(uri).lower().endswith(IMAGE_2D_SUFFIXES)
+        model = MODEL_2D if picture else MODEL
         if label is not None:
             checked = _as_http(lambda: with_label_upload(checked, label, uri, background_tasks))
-        request = {**json.loads(checked), "image": uri, "model": MODEL}
-        task = instance._infers[MODEL]
+        request = {**json.loads(checked), "image": uri, "model": model}
+        task = instance._infers[model]
         replica = instance.settings.replica
-        run = SegmentRun(task, request, lambda out, req: annotate_result(out, req, replica))
+        run = (PictureRun if picture else SegmentRun)(task, request, lambda out, req: annotate_result(out, req, replica))
         return StreamingResponse(run.answer(http), media_type="text/event-stream", background=background_tasks,
                                  headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"})

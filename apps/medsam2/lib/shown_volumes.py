@@ -29,6 +29,22 @@ logger = logging.getLogger(__name__)
 
 # NIfTI voxel types the page reads (viewer/page/nifti.js)
 PAGE_TYPES = {"uint8", "int8", "int16", "uint16", "int32", "uint32", "float32", "float64"}
+# a picture's voxel [i, j] (column, row, as MONAI's PIL reader gives it) on the page as the file shows it:
+# column 0 at the left, row 0 at the top (checked on the screenshot: tests/test_viewer_pictures.py)
+PICTURE_AFFINE = np.diag([-1.0, -1.0, 1.0, 1.0])
+RGB24 = np.dtype([("R", "u1"), ("G", "u1"), ("B", "u1")])  # NIfTI's RGB24 (datatype 128)
+
+
+def picture_as_study(volume: Volume) -> Volume:
+    """A picture (grey ``[i, j]`` or colour ``[i, j, 3]``) as the one-slice study the page shows:
+    ``[i, j, 1]``, colour as RGB24 voxels, row 0 drawn at the top."""
+    if volume.is_rgb:
+        rgb = np.clip(np.rint(volume.array), 0, 255).astype(np.uint8)
+        array = np.ascontiguousarray(rgb).view(RGB24)[..., 0][:, :, None]
+    else:
+        array = volume.array[:, :, None]
+    return Volume(array, PICTURE_AFFINE, volume.path, volume.declared_modality, False,
+                  {**volume.meta, "picture": True, "colour": volume.is_rgb})
 
 
 def volume_as_nifti(volume: Volume) -> bytes:
@@ -40,7 +56,8 @@ def volume_as_nifti(volume: Volume) -> bytes:
     import nibabel as nib
 
     array = volume.array
-    if np.issubdtype(array.dtype, np.floating) and array.size and np.all(np.isfinite(array)):
+    if array.dtype.names is None and np.issubdtype(array.dtype, np.floating) and array.size \
+            and np.all(np.isfinite(array)):
         low, high = float(array.min()), float(array.max())
         if -32768 <= low and high <= 32767 and np.array_equal(array, np.round(array)):
             array = array.astype(np.int16)
@@ -124,14 +141,16 @@ def _read(uri: str, k: int | None = None) -> Volume:
         volume = load_for_display(uri, k)
     except ImageReadError as err:
         raise HTTPException(status_code=422, detail=f"image: it cannot be read: {err}") from err
-    if volume.array.ndim != 3 or volume.is_rgb:
-        raise HTTPException(status_code=422, detail=f"image: it is 2D (shape {list(volume.array.shape)}); the "
-                                                    "viewer shows volumes, use the medsam2_2d model from another client")
+    if volume.array.ndim == 2 or volume.is_rgb:
+        return picture_as_study(volume)
     return volume
 
 
 def _window(volume: Volume) -> tuple | None:
-    """The window the model's default (no window in the request) puts on the study."""
+    """The window the model's default (no window in the request) puts on the study (None for a
+    colour picture: the model takes its 0-255 as they are)."""
+    if volume.meta.get("colour"):
+        return None
     try:
         chosen, _ = model_window(volume)
     except Exception:  # noqa: BLE001 - the page then shows its own range; the result's window follows

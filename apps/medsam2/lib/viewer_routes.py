@@ -22,8 +22,9 @@ from starlette.background import BackgroundTask
 from fastapi.staticfiles import StaticFiles
 
 from medsam2_engine.label_structures import saved_structures, stack_bytes
+from medsam2_engine.volume_io import IMAGE_2D_SUFFIXES
 
-from .shown_volumes import ShownVolumes
+from .shown_volumes import PICTURE_AFFINE, ShownVolumes
 
 logger = logging.getLogger(__name__)
 
@@ -38,11 +39,16 @@ def final_label_structures(label_path: str, info: dict, app_labels: list) -> tup
     The structures saved with it when there are any (overlaps whole), else one channel per
     value of the label map, named by the saved ``label_info``, else by the app's labels.
     """
-    import nibabel as nib
+    if label_path.lower().endswith(IMAGE_2D_SUFFIXES):  # a picture's label (PNG, rows first): its one-slice study
+        from PIL import Image
 
-    loaded = nib.load(label_path)
-    label_map = np.asarray(loaded.dataobj)
-    label_map = np.round(label_map).astype(np.int32) if label_map.ndim == 3 else label_map[..., 0].astype(np.int32)
+        label_map, affine = np.asarray(Image.open(label_path)).T[:, :, None].astype(np.int32), PICTURE_AFFINE
+    else:
+        import nibabel as nib
+
+        loaded = nib.load(label_path)
+        label_map, affine = np.asarray(loaded.dataobj), loaded.affine
+        label_map = np.round(label_map).astype(np.int32) if label_map.ndim == 3 else label_map[..., 0].astype(np.int32)
     names = {value: name for value, name in enumerate(app_labels, start=1)}
     for entry in info.get("label_info") or []:
         if isinstance(entry, dict) and isinstance(entry.get("idx"), int) and entry.get("name"):
@@ -53,7 +59,7 @@ def final_label_structures(label_path: str, info: dict, app_labels: list) -> tup
     values = sorted(masks)
     stack = np.stack([masks[v] for v in values], axis=-1).astype(np.uint8) if values else \
         np.zeros(label_map.shape + (0,), np.uint8)
-    return stack, loaded.affine, [{"name": names.get(v, f"label {v}"), "idx": int(v)} for v in values]
+    return stack, affine, [{"name": names.get(v, f"label {v}"), "idx": int(v)} for v in values]
 
 
 def study_list(datastore) -> list:

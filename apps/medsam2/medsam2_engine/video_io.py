@@ -4,9 +4,9 @@ A cine loop (an echocardiogram, an endoscopy) is segmented as a volume whose thi
 time: SAM 2's memory carries the mask from frame to frame as it carries it from slice to
 slice. Frames are decoded with PyAV (FFmpeg's decoders in a wheel). Voxel ``[i, j, t]`` is
 column ``i``, row ``j`` of frame ``t``, as MONAI's PIL reader gives a picture's pixels; the
-affine puts row 0 at the top of the screen (``j`` runs to the patient's back, as a photo is
-shown), a pixel 1 mm wide unless the file says otherwise, and one frame per unit along the
-third axis. ``meta["frame_time_ms"]`` is the time between two frames (from the stream's
+affine makes the page show a frame as a player does (column 0 at the left, row 0 at the top:
+tests/test_viewer_cine.py checks it on screen), a pixel 1 unit wide (a video file holds no
+spacing), one frame per unit along the third axis. ``meta["frame_time_ms"]`` is the time between two frames (from the stream's
 average rate), kept with the label; ``meta["frames"]`` says the third axis is time.
 
 A colour video whose frames are grey (an echo loop stored as RGB) is read as grey; a colour
@@ -62,7 +62,7 @@ def load_video(path: str | os.PathLike, max_frames: int = MAX_FRAMES) -> tuple:
         frames = _all_luma(path, len(frames))
     # [t, row, column] -> [column i, row j, t]
     array = np.stack(frames).transpose(2, 1, 0).astype(np.float32)
-    affine = np.diag([1.0, -1.0, 1.0, 1.0])
+    affine = np.diag([-1.0, -1.0, 1.0, 1.0])  # as a player shows it: column 0 left, row 0 top
     frame_time = round(1000.0 / float(rate), 3) if rate else None
     meta = {"frames": int(array.shape[2]), "source_dtype": "uint8", "video_colour": colour}
     if frame_time:

@@ -27,8 +27,9 @@ class Interactive2D(Sam2Task):
         self.segmenter = segmenter
         self.prefetch = prefetch  # (image, window=, modality=): a slice segmented, a 3D request may follow
 
-    def run(self, request):
-        started = time.perf_counter()
+    def segment(self, request) -> tuple:
+        """(ImageResult, label, the request's warnings, head): the request's prompts on its plane, in its
+        session. The one path of ``/infer`` and the page's stream (``lib/segment_stream.py``)."""
         head = read_head(request, self.labels)
         with self.segmenter.open(head.session_key, request["image"], head.window, head.modality) as session:
             volume = session.volume
@@ -41,6 +42,12 @@ class Interactive2D(Sam2Task):
                                   "needs the 3D model (medsam2_3d), which gives SAM 2 masks")
             slice_index = self._slice(request, prompts, volume) if volume.is_3d else None
             result = self.segmenter.segment(session, prompts, slice_index)
+        return result, label, parsed.warnings, head
+
+    def run(self, request):
+        started = time.perf_counter()
+        result, label, warnings, head = self.segment(request)
+        volume = result.volume
         if volume.is_3d and self.prefetch is not None:
             self.prefetch(request["image"], window=head.window, modality=head.modality)
         if volume.is_3d:
@@ -56,7 +63,7 @@ class Interactive2D(Sam2Task):
                 "slice": result.slice_index,
                 "predicted_iou": round(result.predicted_iou, 4),
                 "embedding_reused": result.embedding_reused,
-                "request_warnings": parsed.warnings,
+                "request_warnings": warnings,
             }
         )
         file_name, out = self.write(request, volume, label_map, out)

@@ -130,7 +130,8 @@ function namePlanes() {
   for (const option of $('plane').options) {
     const normal = Number(option.value);
     const name = view.planeName(normal);
-    option.textContent = normal === 2 ? (cine.on ? 'frames (time)' : `${name} (the app's slices)`) : name;
+    const own = cine.on ? 'frames (time)' : view.dims[2] === 1 ? 'the picture' : `${name} (the app's slices)`;
+    option.textContent = normal === 2 ? own : name;
   }
 }
 
@@ -377,9 +378,15 @@ async function openStudy(image) {
   $('plane').value = '2';
   cine.open(study.frameTimeMs); // a video: frames, not slices; no plane across them
   $('slice-name').textContent = cine.on ? 'Frame' : 'Slice';
-  $('plane').disabled = cine.on;
-  $('layout').disabled = cine.on;
-  if (cine.on && $('layout').value !== 'one') { $('layout').value = 'one'; $('layout').dispatchEvent(new Event('change')); }
+  const picture = view.dims[2] === 1; // a picture: one plane, no slices or planes across it
+  $('slice').disabled = picture;
+  $('plane').disabled = cine.on || picture;
+  $('layout').disabled = cine.on || picture;
+  $('window').disabled = Boolean(view.image.rgb); // colours as they are: the model takes them so
+  if ((cine.on || picture) && $('layout').value !== 'one') {
+    $('layout').value = 'one';
+    $('layout').dispatchEvent(new Event('change'));
+  }
   namePlanes();
   $('save-status').textContent = '';
   renderStudies();

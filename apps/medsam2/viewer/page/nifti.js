@@ -3,8 +3,16 @@
 // it (sform, else qform), so the page's grid is the app's (tests/test_viewer_nifti.py).
 
 const NIFTI1_HEADER_SIZE = 348;
+const RGB24 = 128; // NIfTI's colour type: three bytes per voxel
 const ARRAYS = { 2: Uint8Array, 4: Int16Array, 8: Int32Array, 16: Float32Array, 64: Float64Array, 256: Int8Array,
   512: Uint16Array, 768: Uint32Array };
+
+// ITU-R BT.601 luma of interleaved RGB bytes
+function luma(rgb) {
+  const out = new Uint8Array(rgb.length / 3);
+  for (let n = 0, m = 0; n < out.length; n += 1, m += 3) out[n] = Math.round(0.299 * rgb[m] + 0.587 * rgb[m + 1] + 0.114 * rgb[m + 2]);
+  return out;
+}
 
 // the voxels from byte `offset` of buffer as `Type`; copied only when the offset is not aligned
 function typedVoxels(buffer, offset, Type, count) {
@@ -45,11 +53,12 @@ export function readNifti(buffer) {
   for (let d = 4; d <= ndim; d += 1) {
     if (view.getInt16(40 + 2 * d, true) > 1) throw new Error('the study has more than three dimensions');
   }
-  const Type = ARRAYS[view.getInt16(70, true)];
+  const rgb = view.getInt16(70, true) === RGB24;
+  const Type = rgb ? Uint8Array : ARRAYS[view.getInt16(70, true)];
   if (!Type) throw new Error(`the study's voxel type (NIfTI code ${view.getInt16(70, true)}) cannot be shown`);
   const offset = Math.round(view.getFloat32(108, true));
   const count = dims[0] * dims[1] * dims[2];
-  if (offset + count * Type.BYTES_PER_ELEMENT > buffer.byteLength) throw new Error('the study file is cut short');
+  if (offset + count * (rgb ? 3 : Type.BYTES_PER_ELEMENT) > buffer.byteLength) throw new Error('the study file is cut short');
   let slope = view.getFloat32(112, true);
   let inter = view.getFloat32(116, true);
   if (!Number.isFinite(slope) || slope === 0) [slope, inter] = [1, 0]; // nibabel: no scaling
@@ -57,9 +66,11 @@ export function readNifti(buffer) {
   const sformCode = view.getInt16(254, true);
   const qformCode = view.getInt16(252, true);
   if (!sformCode && !qformCode) throw new Error('the study has neither an sform nor a qform');
+  const colours = rgb ? new Uint8Array(buffer, offset, 3 * count) : null;
   return {
     dims,
-    voxels: typedVoxels(buffer, offset, Type, count),
+    voxels: rgb ? luma(colours) : typedVoxels(buffer, offset, Type, count),
+    rgb: colours, // a colour picture: R, G, B of each voxel (voxels then hold its luma, for ranges)
     slope,
     inter,
     affine: sformCode ? sformAffine(view) : qformAffine(view),

@@ -259,7 +259,7 @@ export class VolumeView {
     const height = Math.max(1, Math.round(canvas.clientHeight * this.dpr));
     if (canvas.width !== width || canvas.height !== height) [canvas.width, canvas.height] = [width, height];
     if (!this.image) return;
-    const { voxels, slope, inter, flipped } = this.image;
+    const { voxels, slope, inter, flipped, rgb } = this.image;
     const stride = [1, this.dims[0], this.dims[0] * this.dims[1]];
     const [cols, rows] = this.layout().map((side, s) => {
       const offsets = new Int32Array(s ? height : width);
@@ -283,9 +283,16 @@ export class VolumeView {
         const col = cols[x];
         if (col < 0) { out[line + x] = 0xff000000; continue; }
         const at = base + row + col;
+        const label = map ? map[at] : 0;
+        if (rgb) { // a colour picture: its own colours, as they are
+          const [r, g, b] = [rgb[3 * at], rgb[3 * at + 1], rgb[3 * at + 2]];
+          const t = label ? tint[(label - 1) % tint.length] : null;
+          const mix = (v, c) => (t ? Math.round(v * (1 - OPACITY) + c) : v);
+          out[line + x] = 0xff000000 | (mix(b, t?.[2]) << 16) | (mix(g, t?.[1]) << 8) | mix(r, t?.[0]);
+          continue;
+        }
         const value = voxels[at];
         const g = lut ? lut.table[value + lut.offset] : this.grey(value * slope + inter);
-        const label = map ? map[at] : 0;
         if (label) {
           const t = tint[(label - 1) % tint.length];
           const keep = g * (1 - OPACITY);

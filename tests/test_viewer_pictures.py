@@ -1,0 +1,138 @@
+"""Pictures in the page, end to end in Debian's headless Chromium against the real server: a
+colour photograph shown in its colours (checked on the screenshot at known pixels), segmented by
+SAM 2's image predictor (the /infer/medsam2_2d path) from a box and a correction, saved and
+reopened; a real grey CT slice (SAM-Med2D's demo) from a click (phantom-trained weights: the
+masks prove plumbing, not accuracy)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import SHARED_DATA, needs_shared_data
+from tests.support.browser import chromium_page, needs_chromium, screenshot  # noqa: F401  (fixture)
+from medsam2_engine.mask_regions import parse_region
+from tests.support.tool_tour import brush_stroke, draw, held, position
+from tests.support.viewer_page import LABELS, SEGMENT_ROUTE, form_field, stream_body, stream_events, wait_idle
+
+SAMMED2D = SHARED_DATA / "images_2d_sammed2d" / "images"
+DISC = (70, 40, 18)  # centre column, centre row, radius of the red disc
+
+
+def photo() -> np.ndarray:
+    """[row, column, RGB]: a light red disc on a dark blue ground with a yellow square, 96 x 128."""
+    rows, cols = np.mgrid[0:96, 0:128]
+    image = np.zeros((96, 128, 3), np.uint8)
+    image[...] = (10, 30, 50)
+    image[(cols - DISC[0]) ** 2 + (rows - DISC[1]) ** 2 <= DISC[2] ** 2] = (240, 120, 110)
+    image[60:85, 10:40] = (230, 210, 40)
+    return image
+
+
+@pytest.fixture(scope="module")
+def picture_server(fine_tuned, small_model_files, tmp_path_factory):
+    from tests.support.server import RunningServer
+
+    segmenter, _ = fine_tuned
+    config, _ = small_model_files
+    folder = tmp_path_factory.mktemp("viewer-pictures")
+    studies = folder / "studies"
+    studies.mkdir()
+    Image.fromarray(photo()).save(studies / "photo.png")
+    grey = sorted(SAMMED2D.glob("*.png"))[:1] if SAMMED2D.is_dir() else []
+    for path in grey:
+        (studies / path.name).write_bytes(path.read_bytes())
+    server = RunningServer(studies, {"model_config": config, "checkpoint": segmenter.models.explicit,
+                                     "labels": ",".join(LABELS)}, folder / "server.log")
+    try:
+        yield server, [p.stem for p in grey]
+    finally:
+        server.stop()
+
+
+def _open(page, url: str, image: str):
+    page.goto(url + "/medsam2/viewer/")
+    page.evaluate("window.medsam2Viewer.ready")
+    page.click(f"#studies li[data-image='{image}']")
+    wait_idle(page)
+
+
+@needs_chromium
+def test_a_colour_photo_is_shown_in_colour_segmented_corrected_saved_and_reopened(picture_server, chromium_page,
+                                                                                   tmp_path):
+    server, _ = picture_server
+    page = chromium_page
+    _open(page, server.url, "photo")
+    shape = (128, 96, 1)  # [column i, row j, 1]
+    assert page.evaluate("window.medsam2Viewer.view.dims") == list(shape)
+    assert page.is_disabled("#slice") and page.is_disabled("#plane") and page.is_disabled("#window")
+    # as the file shows it (not as a patient's axial slice): column 0 at the left, row 0 at the top
+    first, last = position(page, [0, 0, 0]), position(page, [shape[0] - 1, shape[1] - 1, 0])
+    assert first[0] < last[0] and first[1] < last[1], "the photo is shown mirrored or upside down"
+    png = screenshot(page, "viewer-picture-1-photo", tmp_path)
+    shot = Image.open(png).convert("RGB")
+    source = photo()
+    for i, j in ((DISC[0], DISC[1]), (25, 72), (5, 5)):  # the disc, the yellow square, the ground
+        x, y = position(page, [i, j, 0])
+        assert np.abs(np.array(shot.getpixel((round(x), round(y)))) - source[j, i]).max() <= 3, (i, j)
+
+    page.click("#labels li[data-label=lesion]")
+    c, r, radius = DISC
+    answer = draw(page, "box", [position(page, [c - radius - 2, r - radius - 2, 0]),
+                                position(page, [c + radius + 2, r + radius + 2, 0])])
+    event = dict(stream_events(stream_body(answer)))["final"]
+    final = event["result"]
+    assert final["dimension"] == 2 and final["labels"]["lesion"]["slices"][0]["object_score"] is None
+    # the page holds exactly the image predictor's mask (phantom weights: it need not be the disc)
+    np.testing.assert_array_equal(held(page, 1, shape), parse_region(event["labels"]["lesion"]["mask"], shape, "mask"))
+    sent = json.loads(form_field(answer.request, "params"))
+    assert sent["roi"][:4] == [c - radius - 2, c + radius + 2, r - radius - 2, r + radius + 2]
+
+    # a correction: the ground beside the disc is outside
+    page.check("input[name=tool][value=point]")
+    with page.expect_response(lambda resp: SEGMENT_ROUTE in resp.url, timeout=180_000) as clicked:
+        page.keyboard.down("Shift")
+        page.mouse.click(*position(page, [5, 5, 0]))
+        page.keyboard.up("Shift")
+    wait_idle(page)
+    assert [5, 5, 0] in json.loads(form_field(clicked.value.request, "params"))["background"]
+    assert not held(page, 1, shape)[5, 5, 0]
+    # the manual brush paints the disc's middle row as drawn, with no request
+    page.select_option("#brush-mode", "manual")
+    requests = []
+    page.on("request", lambda req: requests.append(req.url) if SEGMENT_ROUTE in req.url else None)
+    assert brush_stroke(page, "brush", [c - 8, r, 0], [c + 8, r, 0], requests) == 0
+    corrected = held(page, 1, shape)
+    assert corrected[c - 8:c + 9, r, 0].all()
+
+    page.click("#save")
+    page.wait_for_function("document.getElementById('save-status').textContent.length > 0"
+                           " || document.getElementById('status').dataset.state === 'error'", timeout=120_000)
+    assert "saved" in page.inner_text("#save-status").lower(), page.inner_text("#status")
+    _open(page, server.url, "photo")
+    np.testing.assert_array_equal(held(page, 1, shape), corrected)
+
+
+@needs_shared_data
+@needs_chromium
+@pytest.mark.skipif(not SAMMED2D.is_dir(), reason="SAM-Med2D's demo slices are not in ../shared/data")
+def test_a_real_grey_slice_opens_as_a_picture_and_a_click_segments_it(picture_server, chromium_page):
+    server, grey = picture_server
+    page = chromium_page
+    _open(page, server.url, grey[0])
+    array = np.asarray(Image.open(SAMMED2D / f"{grey[0]}.png").convert("L")).T  # [column, row]
+    shape = (*array.shape, 1)
+    assert page.evaluate("window.medsam2Viewer.view.dims") == list(shape)
+    assert page.evaluate("window.medsam2Viewer.view.image.rgb") is None
+    page.click("#labels li[data-label=organ]")
+    page.check("input[name=tool][value=point]")
+    i, j = array.shape[0] // 2, array.shape[1] // 2
+    with page.expect_response(lambda resp: SEGMENT_ROUTE in resp.url, timeout=180_000) as clicked:
+        page.mouse.click(*position(page, [i, j, 0]))
+    wait_idle(page)
+    final = dict(stream_events(stream_body(clicked.value)))["final"]
+    assert final["shape"] == list(shape) and final["result"]["dimension"] == 2
+    assert held(page, 2, shape).sum() == final["result"]["labels"]["organ"]["voxels"]
