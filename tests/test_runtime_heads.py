@@ -97,8 +97,8 @@ def test_heads_leave_to_pytorch_what_they_were_not_built_for(small_source):
 @pytest.mark.skipif(not __import__("medsam2_engine.precision", fromlist=["x"]).cpu_bf16_units(),
                     reason="this CPU has no bf16 units (AVX-512 bf16 or AMX): openvino_bf16 is not offered here")
 def test_bf16_heads_masks_agree_on_a_real_scan(fine_tuned):
-    """openvino_bf16 (all four stages, the app's default on this CPU) on a DeepLesion CT against
-    PyTorch float32; the result says the heads ran through it."""
+    """openvino_bf16 (the app's default on this CPU: the memory encoder among its bf16 stages, the
+    decoder kept float32) on a DeepLesion CT against PyTorch float32; the result says what ran."""
     from medsam2_eval.cases import load_npz_case
     from medsam2_eval.clicks import box_prompt
     from medsam2_engine.prompts import LabelPrompts
@@ -116,7 +116,7 @@ def test_bf16_heads_masks_agree_on_a_real_scan(fine_tuned):
         calls = model.serving.memory_encoder.calls
     finally:
         attach_cpu_runtime(model, "torch")
-    assert result.run.runtimes["mask_decoder"] == ["openvino_bf16"]
+    assert result.run.runtimes["mask_decoder"] == ["torch"]  # bf16 decoder logits moved edges: kept float32
     assert result.run.runtimes["memory_encoder"] == ["openvino_bf16"]
     assert calls >= case.volume.array.shape[2] - 2
     assert reference["l"].any(), "the phantom-trained model finds nothing here: no agreement to measure"
