@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from medsam2_engine.volume_io import ImageReadError, load_image
-from tests.test_viewer_cine import write_loop_avi
+from tests.test_viewer_cine import write_cine_dicom, write_loop_avi
 
 pytest.importorskip("av", reason="PyAV is not installed (pip install av): videos cannot be read")
 
@@ -49,3 +49,16 @@ def test_a_file_that_is_no_video_is_refused_by_name(tmp_path):
     bad.write_bytes(b"not a video at all")
     with pytest.raises(ImageReadError, match="notes.mp4"):
         load_image(bad)
+
+
+def test_a_multiframe_dicom_cine_is_read_as_its_frames_with_its_frame_time(tmp_path):
+    from medsam2_engine.volume_io import cine_frame_time_ms
+
+    frames = _frames((40, 30, 6), seed=1)
+    write_cine_dicom(tmp_path / "cine.dcm", frames, 33.3)
+    volume = load_image(tmp_path / "cine.dcm")
+    np.testing.assert_array_equal(volume.array, frames)
+    assert volume.meta["frame_time_ms"] == 33.3 and volume.declared_modality == "US"
+    assert cine_frame_time_ms(tmp_path / "cine.dcm") == 33.3
+    write_loop_avi(tmp_path / "loop.avi", frames, rate=25)
+    assert cine_frame_time_ms(tmp_path / "loop.avi") == 40.0

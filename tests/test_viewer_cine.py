@@ -35,6 +35,29 @@ def write_loop_avi(path, frames: np.ndarray, rate: int) -> None:
             container.mux(packet)
 
 
+def write_cine_dicom(path, frames: np.ndarray, frame_time_ms: float) -> None:
+    """``frames`` [i, j, t] (uint8) as an Ultrasound Multi-frame Image (one file, NumberOfFrames, FrameTime)."""
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.tag import Tag
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.3.1"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.PatientID = "US", "CINE1"
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.NumberOfFrames, ds.FrameTime, ds.FrameIncrementPointer = frames.shape[2], frame_time_ms, Tag(0x0018, 0x1063)
+    ds.Rows, ds.Columns = frames.shape[1], frames.shape[0]
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PixelData = np.ascontiguousarray(frames.transpose(2, 1, 0)).tobytes()
+    ds.is_little_endian, ds.is_implicit_VR = True, False
+    ds.save_as(str(path))
+
+
 @pytest.fixture(scope="module")
 def cine_server(fine_tuned, small_model_files, tmp_path_factory):
     import nibabel as nib
@@ -51,6 +74,7 @@ def cine_server(fine_tuned, small_model_files, tmp_path_factory):
     i, j = loop.shape[0] // 2 * 2, loop.shape[1] // 2 * 2  # even sides, as most codecs want
     frames = np.clip(np.rint(loop[:i, :j]), 0, 255).astype(np.uint8)
     write_loop_avi(studies / "echo2ch.avi", frames, FRAME_RATE)
+    write_cine_dicom(studies / "echo2ch_dicom.dcm", frames, 1000 / FRAME_RATE)
     server = RunningServer(studies, {"model_config": config, "checkpoint": segmenter.models.explicit,
                                      "labels": ",".join(LABELS)}, folder / "server.log")
     try:
@@ -118,3 +142,22 @@ def test_a_cine_loop_plays_is_segmented_both_ways_corrected_saved_and_reopened(c
     page.click("#studies li[data-image='echo2ch']")
     wait_idle(page)
     np.testing.assert_array_equal(held(page, 1, shape), corrected)
+
+
+@needs_shared_data
+@needs_chromium
+@pytest.mark.skipif(not CAMUS.is_dir(), reason="the CAMUS cine loops are not in ../shared/data")
+def test_a_multiframe_dicom_cine_opens_as_a_loop_of_its_frames(cine_server, chromium_page):
+    """The same loop as an ultrasound multi-frame DICOM file: its frames, its FrameTime, shown as stored."""
+    server, frames, _ = cine_server
+    page = chromium_page
+    page.goto(server.url + "/medsam2/viewer/")
+    page.evaluate("window.medsam2Viewer.ready")
+    page.click("#studies li[data-image='echo2ch_dicom']")
+    wait_idle(page)
+    shape = frames.shape
+    assert page.evaluate("window.medsam2Viewer.view.dims") == list(shape)
+    assert page.inner_text("#slice-name") == "Frame" and page.is_visible("#play")
+    assert page.evaluate("window.medsam2Viewer.cine.frameTimeMs") == pytest.approx(1000 / FRAME_RATE, abs=0.01)
+    first, last = position(page, [0, 0, 0]), position(page, [shape[0] - 1, shape[1] - 1, 0])
+    assert first[0] < last[0] and first[1] < last[1], "column 0 is not at the left or row 0 not at the top"

@@ -107,7 +107,8 @@ class MedSam2App(MONAILabelApp):
             max_upload_bytes=int(self.settings.upload_max_mb * 2**20),
             max_decoded_bytes=int(self.settings.upload_max_decoded_mb * 2**20),
             forbidden=[self.settings.model_dir],
-            extensions=[*settings.MONAI_LABEL_DATASTORE_FILE_EXT, *(f"*{ext}" for ext in VIDEO_SUFFIXES)],
+            # videos and single DICOM files (a multi-frame cine) beside MONAI Label's own patterns
+            extensions=[*settings.MONAI_LABEL_DATASTORE_FILE_EXT, *(f"*{ext}" for ext in VIDEO_SUFFIXES), "*.dcm"],
             auto_reload=settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
             read_only=settings.MONAI_LABEL_DATASTORE_READ_ONLY,
         )

@@ -28,8 +28,7 @@ from monailabel.datastore.local import DataModel, ImageLabelModel, LocalDatastor
 
 from medsam2_engine.atomic_files import atomic_copy as _atomic_copy
 from medsam2_engine.training.cases import CaseFiles, LabelMismatch, check_label_file
-from medsam2_engine.video_io import VIDEO_SUFFIXES, frame_time_ms
-from medsam2_engine.volume_io import ImageReadError, load_image
+from medsam2_engine.volume_io import ImageReadError, cine_frame_time_ms, load_image
 
 from medsam2_engine.label_structures import structures_path, write_stack
 
@@ -193,8 +192,9 @@ class SafeLocalDatastore(SharedRecords, LocalDatastore):
                 prepared.cleanup()
         ext = extension_of(prepared.label_file, "label")
         image_path = self.get_image_uri(image_id)
-        if image_path.lower().endswith(VIDEO_SUFFIXES):  # a label per frame: the loop's timing goes with it
-            label_info = {**(label_info or {}), "frame_time_ms": frame_time_ms(image_path)}
+        frame_time = cine_frame_time_ms(image_path)
+        if frame_time:  # a loop (video, multi-frame DICOM): a label per frame, and the loop's timing with it
+            label_info = {**(label_info or {}), "frame_time_ms": frame_time}
         try:
             values = check_label_file(CaseFiles(image_path, prepared.label_file, image_id))
         except (LabelMismatch, ImageReadError) as err:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .atomic_files import atomic_write
-from .video_io import VIDEO_SUFFIXES, VideoReadError, load_video
+from .video_io import VIDEO_SUFFIXES, VideoReadError, frame_time_ms, load_video
 
 IMAGE_2D_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
@@ -155,8 +155,35 @@ def load_with_readers(path: str) -> Volume:
         declared_modality=_modality_from_meta(meta, header),
         is_rgb=is_rgb,
         meta={**{k: v for k, v in meta.items() if isinstance(v, (str, int, float))}, **_dicom_window_from(meta, header),
-              "source_dtype": str(array.dtype)},  # the reference scales in its precision (windowing.py)
+              **_cine_timing(meta, array), "source_dtype": str(array.dtype)},  # the reference scales in its precision
     )
+
+
+def cine_frame_time_ms(path: str) -> float | None:
+    """The time between frames of a study that is a loop (a video, or a multi-frame DICOM file with
+    FrameTime), read from its header alone; None for anything else."""
+    path = str(path)
+    if path.lower().endswith(VIDEO_SUFFIXES):
+        return frame_time_ms(path)
+    if path.lower().endswith(".dcm") and os.path.isfile(path):
+        import pydicom
+
+        try:
+            header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["NumberOfFrames", "FrameTime"])
+        except Exception:  # noqa: BLE001 - not readable: no timing to keep
+            return None
+        frame_time = _first_value(header.get("FrameTime"))
+        return round(frame_time, 3) if frame_time and int(header.get("NumberOfFrames", 1) or 1) > 1 else None
+    return None
+
+
+def _cine_timing(meta: dict, array: np.ndarray) -> dict:
+    """A multi-frame DICOM cine (an ultrasound loop): its frames are the third axis, FrameTime
+    (0018,1063) the time between them, as video_io.py's ``frame_time_ms``."""
+    frame_time = _first_value(meta.get("0018|1063"))
+    if frame_time is None or frame_time <= 0 or array.ndim != 3 or array.shape[2] < 2:
+        return {}
+    return {"frame_time_ms": round(frame_time, 3), "frames": int(array.shape[2])}
 
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
