@@ -151,6 +151,7 @@ def test_a_fine_tune_starting_makes_sessions_give_it_room():
     assert process["others"] + store.memory_bytes() <= 1500 * mb
     report = store.memory_report()
     assert report["sessions_mb"] == 200 and report["session_budget_mb"] == 250 and report["process_limit_mb"] == 1500
+    assert report["holds_mb"]["sessions_own"] == 200 and report["sessions_by_kind"] == {"FakeSession": 2}
 
 
 def test_without_a_process_limit_only_the_session_budget_counts():

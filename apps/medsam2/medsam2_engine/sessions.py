@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
@@ -313,7 +313,13 @@ class SessionStore:
         """For /info: what sessions hold against their budget, and the process family's memory."""
         with self._lock:
             held = self.memory_bytes()
-            report = {"sessions": len(self._sessions), "sessions_mb": round(held / 2**20),
+            sessions = list(self._sessions.values())
+            report = {"sessions": len(sessions), "sessions_mb": round(held / 2**20),
+                      # what the held memory is: each session's own, and the parts they share once
+                      "holds_mb": {"sessions_own": round(sum(s.private_bytes() for s in sessions) / 2**20),
+                                   "encoded_slices": round(sum(c.bytes for c in self.features.caches()) / 2**20),
+                                   "images_read": round(sum(v.array.nbytes for v in self.features.volumes()) / 2**20)},
+                      "sessions_by_kind": dict(Counter(type(s).__name__ for s in sessions)),
                       "session_budget_mb": round(self.session_budget_bytes() / 2**20),
                       "max_sessions_mb": self.limits.max_memory_mb,
                       "process_limit_mb": self.limits.process_limit_mb or None, "evictions": self.evictions,
