@@ -108,3 +108,41 @@ def test_compare_protocols_runs_the_reference_and_each_option(tmp_path, small_mo
         assert box and all(r["seconds"] > 0 for r in box)
         assert all(r["input_window"]["high"] == 255.0 for r in box)  # the npz case: imgs / 255
     assert report["cases"][0]["model_input_window"]["low"] == 0.0
+
+
+def test_one_prompt_is_reported_beside_the_interactive_protocol_on_the_same_targets(tmp_path, small_model_files):
+    """--one-prompt-only: per target, one-prompt's Dice and NSD beside the interactive protocol's (one
+    box, recomputed here through the engine to the same value) and the baseline; targets a minute."""
+    from medsam2_engine.checkpoints import preset_for_config_file
+    from medsam2_engine.model_source import ModelSource
+    from medsam2_engine.prompts import LabelPrompts
+    from medsam2_engine.volume_segmenter import VolumeSegmenter
+    from medsam2_eval.clicks import box_prompt
+    from medsam2_eval.cli import main
+    from medsam2_eval.metrics import dice
+
+    config, checkpoint = small_model_files
+    data = tmp_path / "data" / "phantoms"
+    data.mkdir(parents=True)
+    rng = np.random.default_rng(3)
+    for n in range(3):
+        vol = rng.normal(40, 5, (32, 28, 8)).astype(np.float32)
+        label = np.zeros(vol.shape, np.uint8)
+        label[8 + n:18 + n, 6:14, 2:6] = 1
+        vol[label == 1] += 150
+        nib.save(nib.Nifti1Image(vol, np.diag([1.0, 1.0, 3.0, 1.0])), str(data / f"pat{n}_ct.nii.gz"))
+        nib.save(nib.Nifti1Image(label, np.diag([1.0, 1.0, 3.0, 1.0])), str(data / f"pat{n}_seg.nii.gz"))
+    out = tmp_path / "report"
+    assert main(["--data", str(tmp_path / "data"), "--out", str(out), "--model-config", str(config),
+                 "--checkpoint", str(checkpoint), "--one-prompt-only", "--no-builtin"]) == 0
+    [group] = json.loads((out / "report.json").read_text())["one_prompt"].values()
+    assert len(group["targets"]) == 2 and group["targets_per_minute"] > 0
+    cases = {c.name: c for c in find_cases(tmp_path / "data")}
+    segmenter = VolumeSegmenter(ModelSource(preset_for_config_file(config), str(tmp_path), checkpoint=str(checkpoint),
+                                            device="cpu"))
+    for target in group["targets"]:
+        assert {"dice", "nsd", "interactive_dice", "interactive_nsd", "baseline_centroid_copy_nsd"} <= set(target)
+        case = cases[target["target"]]
+        reference = case.structures[0].mask
+        run = segmenter.run(case.volume, {"s": LabelPrompts(boxes=[box_prompt(reference)])}, ("check", case.name))
+        assert target["interactive_dice"] == round(dice(run.labels["s"].mask, reference), 5)

@@ -69,18 +69,23 @@ def parse_args(argv=None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def run_one_prompt(models: ModelSource, cases: list, root: Path) -> dict:
-    """Dice per target from a support's memory alone, beside a centroid-aligned copy of the support."""
+def run_one_prompt(models: ModelSource, cases: list, root: Path, tolerance: float = 2.0) -> dict:
+    """Per target: one-prompt from a support's memory alone, beside the interactive protocol (one box)
+    on the same target and a centroid-aligned copy of the support; Dice and NSD; targets a minute."""
     from .one_prompt_protocol import group_cases, run_group
     from medsam2_engine.one_prompt import OnePromptSegmenter
+    from medsam2_engine.volume_segmenter import VolumeSegmenter
 
-    segmenter = OnePromptSegmenter(models)
+    segmenter, interactive = OnePromptSegmenter(models), VolumeSegmenter(models)
     results = {}
     for (dataset, structure), members in group_cases(cases, root).items():
-        results[f"{dataset}/{structure}"] = outcome = run_group(segmenter, members)
+        results[f"{dataset}/{structure}"] = outcome = run_group(segmenter, members, interactive=interactive,
+                                                                tolerance=tolerance)
         for target in outcome["targets"]:
-            logger.info("one-prompt %s -> %s: dice %.3f (centroid copy %.3f), confidence %.3f", outcome["support"],
-                        target["target"], target["dice"], target["baseline_centroid_copy_dice"], target["confidence"])
+            logger.info("one-prompt %s -> %s: dice %.3f nsd %.3f (interactive box %.3f, centroid copy %.3f), "
+                        "confidence %.3f, %.1f s", outcome["support"], target["target"], target["dice"],
+                        target["nsd"], target["interactive_dice"], target["baseline_centroid_copy_dice"],
+                        target["confidence"], target["seconds"])
     return results
 
 
@@ -220,7 +225,7 @@ def main(argv=None) -> int:
         "seconds": round(time.perf_counter() - started, 1),
     }
     if args.one_prompt or args.one_prompt_only:
-        payload["one_prompt"] = run_one_prompt(models, cases, Path(args.data))
+        payload["one_prompt"] = run_one_prompt(models, cases, Path(args.data), args.nsd_tolerance)
         payload["seconds"] = round(time.perf_counter() - started, 1)
     path = write_json(out, payload)
     plot_curves(out, curve_data, weights_label)
