@@ -14,7 +14,7 @@ import pytest
 from tests.conftest import SHARED_DATA, needs_shared_data
 from tests.support.browser import chromium_page, needs_chromium, screenshot  # noqa: F401  (fixture)
 from tests.support.tool_tour import draw, held, position
-from tests.support.viewer_page import LABELS, SEGMENT_ROUTE, final_label_info, form_field, wait_idle
+from tests.support.viewer_page import SEGMENT_ROUTE, final_label_info, form_field, small_model_server, wait_idle
 
 CAMUS = SHARED_DATA / "us_echo_cine_camus" / "patient0001"
 FRAME_RATE = 48  # CAMUS's Info_2CH.cfg: 48.4 Hz
@@ -62,25 +62,17 @@ def write_cine_dicom(path, frames: np.ndarray, frame_time_ms: float) -> None:
 def cine_server(fine_tuned, small_model_files, tmp_path_factory):
     import nibabel as nib
 
-    from tests.support.server import RunningServer
+    def write(studies):
+        loop = np.asarray(nib.load(CAMUS / "patient0001_2CH_half_sequence.nii.gz").dataobj)
+        truth = np.asarray(nib.load(CAMUS / "patient0001_2CH_half_sequence_gt.nii.gz").dataobj) == 1  # LV cavity
+        i, j = loop.shape[0] // 2 * 2, loop.shape[1] // 2 * 2  # even sides, as most codecs want
+        frames = np.clip(np.rint(loop[:i, :j]), 0, 255).astype(np.uint8)
+        write_loop_avi(studies / "echo2ch.avi", frames, FRAME_RATE)
+        write_cine_dicom(studies / "echo2ch_dicom.dcm", frames, 1000 / FRAME_RATE)
+        return frames, truth[:i, :j]
 
-    segmenter, _ = fine_tuned
-    config, _ = small_model_files
-    folder = tmp_path_factory.mktemp("viewer-cine")
-    studies = folder / "studies"
-    studies.mkdir()
-    loop = np.asarray(nib.load(CAMUS / "patient0001_2CH_half_sequence.nii.gz").dataobj)
-    truth = np.asarray(nib.load(CAMUS / "patient0001_2CH_half_sequence_gt.nii.gz").dataobj) == 1  # LV cavity
-    i, j = loop.shape[0] // 2 * 2, loop.shape[1] // 2 * 2  # even sides, as most codecs want
-    frames = np.clip(np.rint(loop[:i, :j]), 0, 255).astype(np.uint8)
-    write_loop_avi(studies / "echo2ch.avi", frames, FRAME_RATE)
-    write_cine_dicom(studies / "echo2ch_dicom.dcm", frames, 1000 / FRAME_RATE)
-    server = RunningServer(studies, {"model_config": config, "checkpoint": segmenter.models.explicit,
-                                     "labels": ",".join(LABELS)}, folder / "server.log")
-    try:
-        yield server, frames, truth[:i, :j]
-    finally:
-        server.stop()
+    with small_model_server(fine_tuned, small_model_files, tmp_path_factory.mktemp("viewer-cine"), write) as (server, (frames, truth)):
+        yield server, frames, truth
 
 
 @needs_shared_data

@@ -16,7 +16,7 @@ from tests.conftest import SHARED_DATA, needs_shared_data
 from tests.support.browser import chromium_page, needs_chromium, screenshot  # noqa: F401  (fixture)
 from medsam2_engine.mask_regions import parse_region
 from tests.support.tool_tour import brush_stroke, draw, held, position
-from tests.support.viewer_page import LABELS, SEGMENT_ROUTE, form_field, stream_body, stream_events, wait_idle
+from tests.support.viewer_page import SEGMENT_ROUTE, form_field, small_model_server, stream_body, stream_events, wait_idle
 
 SAMMED2D = SHARED_DATA / "images_2d_sammed2d" / "images"
 DISC = (70, 40, 18)  # centre column, centre row, radius of the red disc
@@ -34,23 +34,15 @@ def photo() -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def picture_server(fine_tuned, small_model_files, tmp_path_factory):
-    from tests.support.server import RunningServer
+    def write(studies):
+        Image.fromarray(photo()).save(studies / "photo.png")
+        grey = sorted(SAMMED2D.glob("*.png"))[:1] if SAMMED2D.is_dir() else []
+        for path in grey:
+            (studies / path.name).write_bytes(path.read_bytes())
+        return [p.stem for p in grey]
 
-    segmenter, _ = fine_tuned
-    config, _ = small_model_files
-    folder = tmp_path_factory.mktemp("viewer-pictures")
-    studies = folder / "studies"
-    studies.mkdir()
-    Image.fromarray(photo()).save(studies / "photo.png")
-    grey = sorted(SAMMED2D.glob("*.png"))[:1] if SAMMED2D.is_dir() else []
-    for path in grey:
-        (studies / path.name).write_bytes(path.read_bytes())
-    server = RunningServer(studies, {"model_config": config, "checkpoint": segmenter.models.explicit,
-                                     "labels": ",".join(LABELS)}, folder / "server.log")
-    try:
-        yield server, [p.stem for p in grey]
-    finally:
-        server.stop()
+    with small_model_server(fine_tuned, small_model_files, tmp_path_factory.mktemp("viewer-pictures"), write) as running:
+        yield running
 
 
 def _open(page, url: str, image: str):

@@ -16,27 +16,18 @@ from tests.support.browser import chromium_page, needs_chromium  # noqa: F401  (
 from tests.support.orthanc import needs_orthanc, orthanc  # noqa: F401  (fixture)
 from tests.support.pacs_app import SHARED_DATA, TCIA_STUDY, pacs_server, pacs_studies  # noqa: F401  (fixtures)
 from tests.support.tool_tour import tour
-from tests.support.viewer_page import LABELS
+from tests.support.viewer_page import small_model_server
 
 TOTALSEG = SHARED_DATA / "ct_mr_organs_totalseg"
 
 
 @pytest.fixture(scope="module")
 def real_ct_server(fine_tuned, small_model_files, tmp_path_factory):
-    from tests.support.server import RunningServer
-
-    segmenter, _ = fine_tuned
-    config, _ = small_model_files
     folder = tmp_path_factory.mktemp("viewer-tools-real")
-    studies = folder / "studies"
-    studies.mkdir()
-    shutil.copy(TOTALSEG / "example_ct_sm.nii.gz", studies / "totalseg_ct.nii.gz")
-    server = RunningServer(studies, {"model_config": config, "checkpoint": segmenter.models.explicit,
-                                     "labels": ",".join(LABELS)}, folder / "server.log")
-    try:
+    with small_model_server(fine_tuned, small_model_files, folder,
+                            lambda studies: shutil.copy(TOTALSEG / "example_ct_sm.nii.gz",
+                                                        studies / "totalseg_ct.nii.gz")) as (server, _):
         yield server
-    finally:
-        server.stop()
 
 
 @needs_chromium

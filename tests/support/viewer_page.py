@@ -23,24 +23,37 @@ LABELS = ["lesion", "organ"]
 
 
 @contextmanager
-def phantom_server(fine_tuned, small_model_files, folder: Path, seed: int, shape: tuple):
-    """A real server on one phantom study ``phantom<seed>`` (int16, FLIPPED_AFFINE) with the
-    fine-tuned small model; yields (server, the lesion's mask)."""
+def small_model_server(fine_tuned, small_model_files, folder: Path, write_studies):
+    """A real server with the fine-tuned small model (labels LABELS) on the studies that
+    ``write_studies(studies folder)`` writes before it starts; yields (server, what it returned)."""
     from tests.support.server import RunningServer
-    from tests.support.trained_small_model import phantom
 
     segmenter, _ = fine_tuned
     config, _ = small_model_files
     studies = folder / "studies"
     studies.mkdir()
-    array, truth = phantom(seed=seed, shape=shape)
-    nib.save(nib.Nifti1Image(np.round(array).astype(np.int16), FLIPPED_AFFINE), studies / f"phantom{seed}.nii.gz")
+    written = write_studies(studies)
     server = RunningServer(studies, {"model_config": config, "checkpoint": segmenter.models.explicit,
                                      "labels": ",".join(LABELS)}, folder / "server.log")
     try:
-        yield server, truth
+        yield server, written
     finally:
         server.stop()
+
+
+@contextmanager
+def phantom_server(fine_tuned, small_model_files, folder: Path, seed: int, shape: tuple):
+    """A real server on one phantom study ``phantom<seed>`` (int16, FLIPPED_AFFINE) with the
+    fine-tuned small model; yields (server, the lesion's mask)."""
+    from tests.support.trained_small_model import phantom
+
+    def write(studies):
+        array, truth = phantom(seed=seed, shape=shape)
+        nib.save(nib.Nifti1Image(np.round(array).astype(np.int16), FLIPPED_AFFINE), studies / f"phantom{seed}.nii.gz")
+        return truth
+
+    with small_model_server(fine_tuned, small_model_files, folder, write) as running:
+        yield running
 
 
 def get(url: str):
