@@ -52,6 +52,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--bound", type=float, default=0.999)
     p.add_argument("--threads", type=int, default=2, help="torch threads (OpenVINO takes the same)")
     p.add_argument("--out", default=None, help="JSON file for the rows and summary")
+    p.add_argument("--bf16-heads", action="store_true",
+                   help="also run the mask decoder and memory encoder at bf16 under openvino_bf16 (not the default)")
     return p.parse_args(argv)
 
 
@@ -122,6 +124,10 @@ def run_runtime(segmenter, work: list, runtime: str) -> dict:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if args.bf16_heads:
+        from medsam2_engine.runtime import heads
+
+        heads.HEADS["openvino_bf16"] = heads.BF16_HEADS
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     import torch
 

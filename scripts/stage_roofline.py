@@ -161,7 +161,13 @@ def main(argv=None) -> int:
     parser.add_argument("--slices", type=int, default=220)
     parser.add_argument("--span", type=int, default=24, help="slices the lesion spans")
     parser.add_argument("--out", default="reports/stage_roofline.json")
+    parser.add_argument("--bf16-heads", action="store_true",
+                        help="also run the mask decoder and memory encoder at bf16 under openvino_bf16 (not the default)")
     args = parser.parse_args(argv)
+    if args.bf16_heads:
+        from medsam2_engine.runtime import heads
+
+        heads.HEADS["openvino_bf16"] = heads.BF16_HEADS
 
     from benchmark_replicas import cpu_name
     from bench_pipelines import phantom

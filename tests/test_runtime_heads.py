@@ -96,13 +96,15 @@ def test_heads_leave_to_pytorch_what_they_were_not_built_for(small_source):
 @needs_shared_data
 @pytest.mark.skipif(not __import__("medsam2_engine.precision", fromlist=["x"]).cpu_bf16_units(),
                     reason="this CPU has no bf16 units (AVX-512 bf16 or AMX): openvino_bf16 is not offered here")
-def test_bf16_heads_masks_agree_on_a_real_scan(fine_tuned):
-    """openvino_bf16 (the app's default on this CPU: the memory encoder among its bf16 stages, the
-    decoder kept float32) on a DeepLesion CT against PyTorch float32; the result says what ran."""
+def test_bf16_heads_run_only_when_asked_and_say_so_on_a_real_scan(fine_tuned, monkeypatch):
+    """openvino_bf16 leaves both heads to sam2's modules by default; with the bf16 heads asked for
+    (as the scripts' --bf16-heads does) they run through OpenVINO, the result says so, and the
+    mask on a DeepLesion CT stays close to float32's (measured: Dice 0.998 to 1.0 on real scans,
+    which is why they are not the default)."""
     from medsam2_eval.cases import load_npz_case
     from medsam2_eval.clicks import box_prompt
     from medsam2_engine.prompts import LabelPrompts
-    from medsam2_engine.runtime import attach_cpu_runtime
+    from medsam2_engine.runtime import attach_cpu_runtime, heads, runtime_stages
 
     segmenter, _ = fine_tuned
     model = segmenter.models.get().model
@@ -112,12 +114,15 @@ def test_bf16_heads_masks_agree_on_a_real_scan(fine_tuned):
         assert attach_cpu_runtime(model, "torch") == "torch"
         reference, _ = _masks(segmenter, case.volume, prompts)
         assert attach_cpu_runtime(model, "openvino_bf16", [model.image_size]) == "openvino_bf16"
+        assert runtime_stages(model)["mask_decoder"] == runtime_stages(model)["memory_encoder"] == "torch"
+        monkeypatch.setitem(heads.HEADS, "openvino_bf16", heads.BF16_HEADS)
+        assert attach_cpu_runtime(model, "openvino_bf16", [model.image_size]) == "openvino_bf16"
         converted, result = _masks(segmenter, case.volume, prompts)
         calls = model.serving.memory_encoder.calls
     finally:
         attach_cpu_runtime(model, "torch")
-    assert result.run.runtimes["mask_decoder"] == ["torch"]  # bf16 decoder logits moved edges: kept float32
+    assert result.run.runtimes["mask_decoder"] == ["openvino_bf16"]
     assert result.run.runtimes["memory_encoder"] == ["openvino_bf16"]
     assert calls >= case.volume.array.shape[2] - 2
     assert reference["l"].any(), "the phantom-trained model finds nothing here: no agreement to measure"
-    assert _dice(reference["l"], converted["l"]) >= 0.999
+    assert _dice(reference["l"], converted["l"]) >= 0.99

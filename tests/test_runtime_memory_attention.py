@@ -137,7 +137,7 @@ def test_int8_runtime_masks_agree_on_a_real_scan(fine_tuned):
     def attach(model):
         used = attach_cpu_runtime(model, "openvino_int8", [model.image_size])
         assert runtime_stages(model) == {"image_encoder": "openvino_int8", "memory_attention": "openvino_int8",
-                                         "mask_decoder": "torch", "memory_encoder": "openvino"}
+                                         "mask_decoder": "torch", "memory_encoder": "torch"}
         return used
 
     reference, quantized, calls = _segment_with_memory_attention(segmenter, case.volume, prompts, attach)

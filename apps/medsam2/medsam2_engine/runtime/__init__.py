@@ -1,5 +1,6 @@
-"""The CPU runtimes of the per-slice stages: the image encoder, memory attention, mask decoder
-and memory encoder through OpenVINO (float32, bf16 or int8), PyTorch otherwise. ``graph`` holds
+"""The CPU runtimes of the per-slice stages: the image encoder and memory attention through
+OpenVINO (float32, bf16 or int8), PyTorch otherwise; the mask decoder and memory encoder can be
+(``heads``: measured, not the default). ``graph`` holds
 what they share, one module per stage (``heads`` for the two small ones), and
 :func:`attach_cpu_runtime` above them gives a model its runtime.
 """
@@ -40,8 +41,8 @@ def attach_cpu_runtime(model, runtime: str, warm_up_sizes=(), cache_dir=None) ->
     ``"torch"`` detaches any runtime. ``"openvino"`` (or ``"openvino_int8"``) compiles and runs one slice per size in
     ``warm_up_sizes`` now; if OpenVINO is missing or cannot convert the model, the model keeps
     PyTorch and the returned text says why. ``"openvino_bf16"`` and ``"openvino_int8"`` also convert
-    memory attention (``runtime.memory_attention``); every OpenVINO runtime converts the mask decoder
-    and memory encoder (``runtime.heads``, bf16 for ``openvino_bf16``, float32 otherwise);
+    memory attention (``runtime.memory_attention``); the mask decoder and memory encoder stay sam2's
+    modules unless ``runtime.heads.HEADS`` names them for the runtime (measured, not by default);
     :func:`runtime_stages` says what runs each stage.
     ``cache_dir``: converted and compiled graphs kept on disk by their weights (``GraphCache``).
     """

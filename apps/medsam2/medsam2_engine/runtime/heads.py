@@ -4,8 +4,8 @@ Each slice step runs memory attention, then the mask decoder (prompt tokens agai
 features, then the mask logits), then the memory encoder (the slice's features fused with its
 mask, stored as memory for the next slices). The two heads are small (about 1 and 3 GFLOP at
 512 px) but run on every step: 16 ms and 24 ms through PyTorch on a 2-core EPYC, 18 and 20 ms as
-float32 OpenVINO graphs (the same numbers to 1e-5), 11 and 11 ms at bf16, called alone (see HEADS
-for what each runtime converts).
+float32 OpenVINO graphs (the same numbers to 1e-5), 11 and 11 ms at bf16, called alone. HEADS
+says what a runtime converts: nothing by default (why, below).
 
 What is converted is sam2's own code: the decoder's ``predict_masks`` (the transformer, the
 upscaling and the hypernetworks) and the whole ``MemoryEncoder.forward``. The decoder's choice
@@ -26,15 +26,16 @@ from .graph import CompiledGraph, GraphCache, cache_key
 
 logger = logging.getLogger(__name__)
 
-# Each runtime's heads and their precision. Measured in a correction's steps at 512 px on a 2-core
-# EPYC (docs/performance.md): at float32 only the memory encoder gains (24 -> 20 ms; the decoder
-# 16 -> 18 ms, slower). At bf16 both gain (decoder 20 -> 16 ms, memory encoder 26 -> 16 ms), but
-# the bf16 decoder moved the mask below Dice 0.999 on 4 of 39 real structures (its logits decide
-# the edge pixels), so under openvino_bf16 (the default where the CPU has bf16 units) only the
-# memory encoder is bf16 (sam2 stores its output as bf16 anyway); the decoder stays float32 PyTorch.
-# int8 quantises the big stages only.
-HEADS = {"openvino": (("memory_encoder",), "f32"), "openvino_int8": (("memory_encoder",), "f32"),
-         "openvino_bf16": (("memory_encoder",), "bf16")}
+# Each runtime's heads and their precision: none converted by default. Measured on a 2-core EPYC
+# (avx512_bf16) at 512 px, phantom weights (docs/performance.md, "The two heads"): at bf16 both
+# are faster inside a correction's steps (decoder 20 -> 16 ms, memory encoder 26 -> 16 ms; the
+# correction 7.9 -> 7.1-7.3 s), but the masks left Dice 0.999 against float32 on real scans (the
+# bf16 decoder on 4 of 39 structures, the bf16 memory encoder alone on 1, min 0.998); as float32
+# graphs they gained nothing measurable inside a step (22 -> 21 ms, the correction unchanged).
+# So the default is sam2's modules; scripts/stage_roofline.py and scripts/runtime_agreement.py
+# take --bf16-heads to measure the bf16 heads again (with other weights, on another CPU).
+HEADS: dict = {}
+BF16_HEADS = (("mask_decoder", "memory_encoder"), "bf16")
 
 
 class MaskDecoderGraph(torch.nn.Module):
