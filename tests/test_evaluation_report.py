@@ -101,7 +101,7 @@ def test_compare_protocols_runs_the_reference_and_each_option(tmp_path, small_mo
     rows = {m for m in report["summary"] if m.startswith("engine_")}
     assert rows == {"engine_medsam2_reference", "engine_medsam2_full_passes", "engine_medsam2+crop_region",
                     "engine_medsam2+early_stop", "engine_medsam2+correction_stop", "engine_medsam2_point_protocol",
-                    "engine_sam2_protocol"}
+                    "engine_sam2_protocol", "engine_medsam2_video_protocol"}
     for name in rows:
         assert {"dice", "nsd"} <= set(report["summary"][name]["box"])
         box = [r for r in report["records"] if r["method"] == name and r["protocol"] == "box"]
