@@ -10,7 +10,7 @@ spacing), one frame per unit along the third axis. ``meta["frame_time_ms"]`` is 
 average rate), kept with the label; ``meta["frames"]`` says the third axis is time.
 
 A colour video whose frames are grey (an echo loop stored as RGB) is read as grey; a colour
-one (Doppler) as its luma (ITU-R BT.601, FFmpeg's own conversion), since the 3D path windows
+one (Doppler) as its luma (ITU-R BT.601 weights of the decoded RGB), since the 3D path windows
 one channel: the page shows what the model sees.
 """
 
@@ -22,6 +22,7 @@ import numpy as np
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mov")
 MAX_FRAMES = 5000
+BT601_LUMA = (0.299, 0.587, 0.114)
 
 
 class VideoReadError(ValueError):
@@ -36,7 +37,7 @@ def load_video(path: str | os.PathLike, max_frames: int = MAX_FRAMES) -> tuple:
     except ImportError as err:  # pragma: no cover - av is in requirements.txt
         raise VideoReadError("reading videos needs PyAV (pip install av)") from err
     path = str(path)
-    frames, colour = [], False
+    frames = []
     try:
         with av.open(path) as container:
             if not container.streams.video:
@@ -46,27 +47,22 @@ def load_video(path: str | os.PathLike, max_frames: int = MAX_FRAMES) -> tuple:
             for frame in container.decode(stream):
                 if len(frames) >= max_frames:
                     raise VideoReadError(f"{os.path.basename(path)} has more than {max_frames} frames")
-                rgb = frame.to_ndarray(format="rgb24")
-                if not colour and (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2])):
-                    frames.append(rgb[..., 0])
-                else:
-                    colour = True
-                    frames.append(frame.to_ndarray(format="gray"))
+                frames.append(frame.to_ndarray(format="rgb24"))
     except VideoReadError:
         raise
     except Exception as err:  # noqa: BLE001 - PyAV raises many types; name the file instead
         raise VideoReadError(f"could not read {os.path.basename(path)} as a video: {err}") from err
     if not frames:
         raise VideoReadError(f"{os.path.basename(path)} holds no frame")
-    if colour:  # a frame read as grey before the first colour one: all as luma, alike
-        frames = _all_luma(path, len(frames))
+    rgb = np.stack(frames)  # [t, row, column, channel]
+    colour = not (np.array_equal(rgb[..., 0], rgb[..., 1]) and np.array_equal(rgb[..., 0], rgb[..., 2]))
+    grey = np.rint(rgb.astype(np.float32) @ np.array(BT601_LUMA, np.float32)) if colour else rgb[..., 0]
     # [t, row, column] -> [column i, row j, t]
-    array = np.stack(frames).transpose(2, 1, 0).astype(np.float32)
+    array = grey.transpose(2, 1, 0).astype(np.float32)
     affine = np.diag([-1.0, -1.0, 1.0, 1.0])  # as a player shows it: column 0 left, row 0 top
-    frame_time = round(1000.0 / float(rate), 3) if rate else None
     meta = {"frames": int(array.shape[2]), "source_dtype": "uint8", "video_colour": colour}
-    if frame_time:
-        meta["frame_time_ms"] = frame_time
+    if rate:
+        meta["frame_time_ms"] = _milliseconds(rate)
     return array, affine, meta
 
 
@@ -80,11 +76,8 @@ def frame_time_ms(path: str | os.PathLike) -> float | None:
             rate = stream.average_rate or stream.base_rate
     except Exception:  # noqa: BLE001 - not readable as a video: no timing to keep
         return None
-    return round(1000.0 / float(rate), 3) if rate else None
+    return _milliseconds(rate) if rate else None
 
 
-def _all_luma(path: str, count: int) -> list:
-    import av
-
-    with av.open(path) as container:
-        return [frame.to_ndarray(format="gray") for _, frame in zip(range(count), container.decode(video=0))]
+def _milliseconds(rate) -> float:
+    return round(1000.0 / float(rate), 3)
