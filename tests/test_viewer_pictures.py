@@ -16,7 +16,7 @@ from tests.conftest import SHARED_DATA, needs_shared_data
 from tests.support.browser import chromium_page, needs_chromium, screenshot  # noqa: F401  (fixture)
 from medsam2_engine.mask_regions import parse_region
 from tests.support.tool_tour import brush_stroke, draw, held, position
-from tests.support.viewer_page import SEGMENT_ROUTE, form_field, small_model_server, stream_body, stream_events, wait_idle
+from tests.support.viewer_page import LABELS, SEGMENT_ROUTE, form_field, small_model_server, stream_body, stream_events, wait_idle
 
 SAMMED2D = SHARED_DATA / "images_2d_sammed2d" / "images"
 DISC = (70, 40, 18)  # centre column, centre row, radius of the red disc
@@ -128,3 +128,16 @@ def test_a_real_grey_slice_opens_as_a_picture_and_a_click_segments_it(picture_se
     final = dict(stream_events(stream_body(clicked.value)))["final"]
     assert final["shape"] == list(shape) and final["result"]["dimension"] == 2
     assert held(page, 2, shape).sum() == final["result"]["labels"]["organ"]["voxels"]
+
+
+def test_a_picture_label_saved_as_a_0_255_mask_reopens_as_the_first_structure(tmp_path):
+    """A PNG mask as MONAI Label's 2D apps keep it (0/255, the sample data's skin lesion) is the
+    structure of value 1 in the page, as fine-tuning reads it, not an unknown 'label 255'."""
+    from lib.viewer_routes import final_label_structures
+
+    mask = np.zeros((96, 128), np.uint8)  # [row, column]
+    mask[20:40, 50:90] = 255
+    Image.fromarray(mask).save(tmp_path / "photo.png")
+    stack, _, entries = final_label_structures(str(tmp_path / "photo.png"), {}, LABELS)
+    assert entries == [{"name": LABELS[0], "idx": 1}]
+    np.testing.assert_array_equal(stack[:, :, 0, 0], mask.T > 0)  # [column i, row j]

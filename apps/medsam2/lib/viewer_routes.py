@@ -21,7 +21,7 @@ from fastapi.responses import FileResponse, Response
 from starlette.background import BackgroundTask
 from fastapi.staticfiles import StaticFiles
 
-from medsam2_engine.label_structures import saved_structures, stack_bytes
+from medsam2_engine.label_structures import mask_as_label_values, saved_structures, stack_bytes
 from medsam2_engine.volume_io import IMAGE_2D_SUFFIXES
 
 from .shown_volumes import PICTURE_AFFINE, ShownVolumes
@@ -42,7 +42,8 @@ def final_label_structures(label_path: str, info: dict, app_labels: list) -> tup
     if label_path.lower().endswith(IMAGE_2D_SUFFIXES):  # a picture's label (PNG, rows first): its one-slice study
         from PIL import Image
 
-        label_map, affine = np.asarray(Image.open(label_path)).T[:, :, None].astype(np.int32), PICTURE_AFFINE
+        label_map = mask_as_label_values(np.asarray(Image.open(label_path)).T[:, :, None].astype(np.int32))
+        affine = PICTURE_AFFINE
     else:
         import nibabel as nib
 

@@ -55,6 +55,14 @@ def priority(stack: np.ndarray, values: list) -> list:
     return sorted(range(stack.shape[-1]), key=lambda c: (int(sizes[c]), values[c]))
 
 
+def mask_as_label_values(values: np.ndarray) -> np.ndarray:
+    """Whole-number label values as the app reads them: a 2D mask saved as 0/255 (a PNG mask, as
+    MONAI Label's 2D apps keep them) is one structure of value 1."""
+    if values.max() > 0 and np.array_equal(np.unique(values), [0, 255]):
+        return (values > 0).astype(values.dtype)
+    return values
+
+
 def label_map_of(stack: np.ndarray, values: list) -> np.ndarray:
     """The label map of a ``[..., n]`` binary stack whose channel ``c`` has label value ``values[c]``."""
     out = np.zeros(stack.shape[:-1], dtype=np.uint16 if max(values, default=0) > 255 else np.uint8)

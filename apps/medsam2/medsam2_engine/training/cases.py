@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..label_grid import LabelMismatch, label_on_grid
-from ..label_structures import saved_structures
+from ..label_structures import mask_as_label_values, saved_structures
 from ..volume_io import ImageReadError, Volume, load_image
 from ..windowing import Window, model_window
 
@@ -57,10 +57,7 @@ def _to_label_map(label: Volume, files: CaseFiles) -> np.ndarray:
         array = array[..., 0]
     if not np.all(np.isfinite(array)) or not np.allclose(array, np.round(array)) or array.min() < 0:
         raise LabelMismatch(f"label {files.label} for image {files.image} is not a map of non-negative whole numbers")
-    values = np.round(array).astype(np.int32)
-    if values.max() > 0 and np.array_equal(np.unique(values), [0, 255]):
-        values = (values > 0).astype(np.int32)  # a 2D mask saved as 0/255
-    return values
+    return mask_as_label_values(np.round(array).astype(np.int32))
 
 
 def check_label_fits(image: Volume, label: Volume, files: CaseFiles) -> None:
