@@ -40,6 +40,8 @@ from lib.trainers.auto import AutoFineTune, check_saved_label  # noqa: E402
 from lib.trainers.finetune import FineTuneTask  # noqa: E402
 from lib.viewer_routes import mount_on_monailabel_server as mount_viewer  # noqa: E402
 from lib.infers.one_prompt import OnePrompt, one_prompt_settings  # noqa: E402
+from lib.one_prompt_runs import OnePromptRuns  # noqa: E402
+from lib.shown_volumes import picture_or_volume_affine  # noqa: E402
 from medsam2_engine.video_io import VIDEO_SUFFIXES  # noqa: E402
 from medsam2_engine.encode_ahead import EncodeAhead  # noqa: E402
 from medsam2_engine.volume_segmenter import VolumeSegmenter  # noqa: E402
@@ -96,6 +98,10 @@ class MedSam2App(MONAILabelApp):
         # scoring re-reads every study with the model: only when asked for, so it never competes
         # with clinicians' clicks by default (POST /scoring/medsam2_uncertainty runs it on demand)
         self._auto_update_scoring = self._auto_update_scoring and self.settings.auto_scoring
+        # one-prompt runs for the page and scripts (lib/one_prompt_runs.py), through the task's own path
+        one_prompt = self._infers["medsam2_one_prompt"]
+        self.one_prompt_runs = OnePromptRuns(one_prompt.segment, lambda image: self.datastore().get_image_uri(image),
+                                             one_prompt.study_kind, picture_or_volume_affine)
 
     def init_datastore(self):
         if self.studies.startswith(("http://", "https://")):

@@ -21,7 +21,7 @@ from typing import Callable, Optional
 
 from monailabel.config import settings
 
-from . import loop_routes, routes, routes_reads, routes_tasks
+from . import loop_routes, one_prompt_routes as one_prompt, routes, routes_reads, routes_tasks
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +92,9 @@ INVENTORY = [
     _r("GET", "/datastore/image/info", "user", "known id; no paths", routes_reads.image_info),
     _r("PUT", "/datastore/image/info", "annotator", "known id; JSON object", routes.update_image_info),
     _r("PUT", "/datastore/label", "annotator", "decoded whole within caps, finite whole values, on the image's "
-                                               "grid; 409 on a stale version; history kept", routes.save_label),
+                                               "grid; 409 on a stale version; history kept; one_prompt_run: accepts "
+                                               "that run's result (this user's, waiting for review)",
+       routes.save_label),
     _r("DELETE", "/datastore/label", "admin", "known id and tag; history kept; links out refused",
        routes.remove_label),
     _r("HEAD", "/datastore/label", "user", "known id and tag"),
@@ -122,6 +124,23 @@ INVENTORY = [
     _r("MOUNT", "/medsam2/viewer", "public", "the page's files"),
     _r("GET", "/medsam2/loop", "user", "labelling progress, fine-tune progress, served weights, learning curve, "
                                        "this user's permissions", loop_routes.loop),
+    # one-prompt runs (lib/one_prompt_routes.py): accepting a result is PUT /datastore/label
+    _r("POST", "/medsam2/one_prompt/runs", "user", "known studies, the prompt one with a final label; at most 500 "
+                                                   "targets; one running per user (409); off the request",
+       one_prompt.start_run),
+    _r("GET", "/medsam2/one_prompt/runs", "user", "this user's runs only", one_prompt.list_runs),
+    _r("GET", "/medsam2/one_prompt/runs/{run_id}", "user", "this user's run only (another's is a 404)",
+       one_prompt.get_run),
+    _r("DELETE", "/medsam2/one_prompt/runs/{run_id}", "user", "this user's run; stops at the next slice",
+       one_prompt.cancel_run),
+    _r("GET", "/medsam2/one_prompt/runs/{run_id}/mask", "user", "this user's run; a result waiting for review",
+       one_prompt.run_mask),
+    _r("POST", "/medsam2/one_prompt/runs/{run_id}/reject", "user", "this user's run; a result waiting for "
+                                                                   "review; nothing saved", one_prompt.reject_result),
+    _r("GET", "/medsam2/one_prompt/follow-ups", "user", "known id; later studies' ids and dates, never the "
+                                                        "patient", one_prompt.follow_ups),
+    _r("POST", "/medsam2/one_prompt/follow-up", "user", "known study with a final label; a later study of its "
+                                                        "patient; as a run", one_prompt.start_follow_up),
     _r("GET", "/medsam2/events", "user", "the loop's answer pushed as server-sent events when it changes; one "
                                          "shared snapshot a second whatever the number of tabs", loop_routes.events),
 ]

@@ -46,6 +46,7 @@ from monailabel.interfaces.exception import MONAILabelException
 from monailabel.interfaces.utils.app import app_instance
 
 from .infers.request import ADDRESS_FIELD, IMAGE_ID_FIELD, LABEL_UPLOAD_FIELD, USER_FIELD
+from .one_prompt_runs import run_owner
 from .options import OptionError, identifier, json_object
 
 logger = logging.getLogger(__name__)
@@ -209,7 +210,14 @@ def save_label(
     def save() -> dict:
         datastore = app_instance().datastore()
         request = json.loads(checked)
+        runs = getattr(app_instance(), "one_prompt_runs", None)  # lib/one_prompt_runs.py: accepting is saving
+        if "one_prompt" in request:  # the server's record of an accepted one-prompt result, never a client's
+            raise OptionError("params.one_prompt", "set by the server when a one-prompt result is accepted; "
+                                                   "send one_prompt_run instead")
+        if runs is None and "one_prompt_run" in request:
+            raise OptionError("params.one_prompt_run", "this server runs no one-prompt segmentation")
         with _SAVE_LOCKS.setdefault((image, tag), threading.Lock()):  # check and save as one step
+            accepting = runs.accepting(request, image, tag, run_owner(_user_name(user))) if runs else None
             current = (datastore.get_label_info(image, tag) or {}).get("version") \
                 if datastore.get_label_by_image_id(image, tag) else None
             if "replaces" in request and request["replaces"] != current:
@@ -217,7 +225,10 @@ def save_label(
                                                      f"(version {request['replaces']}, now {current}); nothing "
                                                      "was saved: read the current one, or send its version to "
                                                      "replace it", status=409)
-            answer = datastore_routes.save_label(background_tasks, image, checked, tag, label, user.username)
+            answer = datastore_routes.save_label(background_tasks, image, json.dumps(request), tag, label,
+                                                 user.username)
+            if accepting is not None:
+                answer["one_prompt"] = runs.record(accepting, datastore, image, list(app_instance().settings.labels))
             info = datastore.get_label_info(image, tag) or {}
         # what was stored, for the client to compare with what it shows (structures, overlaps)
         answer["saved"] = {key: info[key] for key in ("version", "ts", "label_values", "structures", "overlaps", "overlap_rule",

@@ -35,6 +35,11 @@ PICTURE_AFFINE = np.diag([-1.0, -1.0, 1.0, 1.0])
 RGB24 = np.dtype([("R", "u1"), ("G", "u1"), ("B", "u1")])  # NIfTI's RGB24 (datatype 128)
 
 
+def picture_or_volume_affine(volume: Volume) -> np.ndarray:
+    """The affine a mask of ``volume`` is shown with: its own (a study), or a picture's."""
+    return volume.affine if volume.is_3d else PICTURE_AFFINE
+
+
 def picture_as_study(volume: Volume) -> Volume:
     """A picture (grey ``[i, j]`` or colour ``[i, j, 3]``) as the one-slice study the page shows:
     ``[i, j, 1]``, colour as RGB24 voxels, row 0 drawn at the top."""

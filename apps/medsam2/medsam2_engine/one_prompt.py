@@ -38,7 +38,7 @@ from .memory_frames import (
 from .image_features import EncodedImage, ImageFeatures
 from .model_source import ModelSource
 from .one_prompt_images import QueryResult, segment_queries
-from .propagation import AbsenceRun, EarlyStop, PassReport, slice_steps
+from .propagation import AbsenceRun, Cancelled, EarlyStop, PassReport, slice_steps
 from .results import RunInfo, slice_score
 from .support_selection import SupportChoice, choose_supports, spanning_slices
 from .volume_io import Volume
@@ -124,8 +124,10 @@ class OnePromptSegmenter:
         self._lock = threading.Lock()  # one whole-study search at a time: it must not crowd out clicks
 
     def segment_volume(self, target, supports: list, window=None, modality=None,
-                       settings: OnePromptSettings | None = None) -> OnePromptResult:
-        """``target``: the study's file (its encoded slices shared with sessions on it) or a Volume."""
+                       settings: OnePromptSettings | None = None,
+                       cancelled: threading.Event | None = None) -> OnePromptResult:
+        """``target``: the study's file (its encoded slices shared with sessions on it) or a Volume.
+        ``cancelled``: once set, the search stops at its next slice (raises ``Cancelled``)."""
         settings = settings or self.settings
         volume = self.image_features.read(target)
         if not volume.is_3d:
@@ -136,7 +138,7 @@ class OnePromptSegmenter:
         loaded = self.models.get()
         with self._lock, torch.inference_mode(), autocast_for(self.models.device, settings.cpu_bf16):
             target_image = self.image_features.encoded(target, loaded, window, modality, owner=("one-prompt",), volume=volume)
-            run = _Run(loaded, self.image_features, target_image, window, settings, timings)
+            run = _Run(loaded, self.image_features, target_image, window, settings, timings, cancelled)
             try:
                 choices = run.choose(usable, rejected)
                 result = run.segment([s for s in usable if s.name in {c.name for c in choices if c.used}])
@@ -212,8 +214,9 @@ class _Run:
     """One target study's one-prompt segmentation (state shared by its steps)."""
 
     def __init__(self, loaded, features: ImageFeatures, target: EncodedImage, window, settings: OnePromptSettings,
-                 timings: dict):
+                 timings: dict, cancelled: threading.Event | None = None):
         self.loaded = loaded
+        self.cancelled = cancelled
         self.predictor = loaded.model
         self.features = features
         self.settings = settings
@@ -329,14 +332,22 @@ class _Run:
         result.found = bool(result.mask.any())
         return result
 
+    def _check_cancelled(self) -> None:
+        if self.cancelled is not None and self.cancelled.is_set():
+            raise Cancelled("one-prompt search stopped by its caller")
+
+    def _predict(self, state: dict, index: int):
+        self._check_cancelled()
+        return predict_from_memory(self.predictor, state, index)
+
     def _probe(self, state: dict, first: int, num: int) -> dict:
         stride = max(1, math.ceil(num / self.settings.max_probes))
-        probes = {k: predict_from_memory(self.predictor, state, first + k) for k in range(0, num, stride)}
+        probes = {k: self._predict(state, first + k) for k in range(0, num, stride)}
         if stride > 1:
             best = max(probes, key=lambda k: probes[k].confidence)
             for k in range(max(0, best - stride + 1), min(num, best + stride)):
                 if k not in probes:
-                    probes[k] = predict_from_memory(self.predictor, state, first + k)
+                    probes[k] = self._predict(state, first + k)
         return probes
 
     def _pass(self, state, start_idx: int, to_slice, direction: str, start: int, outputs: dict, passes: list):
@@ -344,6 +355,7 @@ class _Run:
         absence = AbsenceRun(self.settings.early_stop)
         with slice_steps(self.predictor, state, start_idx) as steps:
             for frame_idx, out in steps:
+                self._check_cancelled()
                 k = to_slice(frame_idx)
                 outputs[k] = out
                 report.last, report.slices = k, report.slices + 1

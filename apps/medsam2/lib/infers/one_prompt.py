@@ -92,11 +92,21 @@ class OnePrompt(Sam2Task):
         started = time.perf_counter()
         datastore = self.datastore()
         target_id = request.get("_image_id") or image_id_for(datastore, request["image"])
-        label = request.get("label") or self.labels[0]
-        batch = request_flag(request, "save_label", False)
-        if batch and has_label(datastore, target_id, DefaultLabelTag.FINAL):
+        if request_flag(request, "save_label", False) and has_label(datastore, target_id, DefaultLabelTag.FINAL):
             return None, {"skipped": f"{target_id} has a final label; one-prompt never overwrites it"}
+        target, mask, out = self.segment(request)
+        file_name, out = self.write(request, target, mask.astype(np.uint8), out)
+        out["latencies"] = {"total": round(time.perf_counter() - started, 4)}
+        if request_flag(request, "save_label", False):
+            return None, self._save(datastore, out["target"], file_name, out["label"], out)
+        return file_name, out
 
+    def segment(self, request: dict, cancelled=None) -> tuple:
+        """(the target Volume, its mask on the app's grid, the result JSON): the one path of /infer, the
+        batch route and the page's runs (lib/one_prompt_runs.py). ``cancelled``: an Event that stops it."""
+        datastore = self.datastore()
+        target_id = request.get("_image_id") or image_id_for(datastore, request["image"])
+        label = request.get("label") or self.labels[0]
         tag = identifier(request.get("support_tag") or DEFAULT_SUPPORT_TAG, "support_tag")
         session_support = self._session_support(request, datastore, label)
         supports, rejected = [], {}
@@ -110,15 +120,18 @@ class OnePrompt(Sam2Task):
         target = self.segmenter.image_features.read(request["image"])  # as encode-ahead read it, if it did
         window, modality = window_option(request), modality_option(request)
         if target.is_3d:
-            out, mask = self._volume(request, request["image"], supports, rejected, window, modality)
+            out, mask = self._volume(request, request["image"], supports, rejected, window, modality, cancelled)
         else:
             out, mask = self._image(target, supports, rejected, window, modality)
         out.update({"label": label, "label_names": {label: 1}, "target": target_id})
-        file_name, out = self.write(request, target, mask.astype(np.uint8), out)
-        out["latencies"] = {"total": round(time.perf_counter() - started, 4)}
-        if batch:
-            return None, self._save(datastore, target_id, file_name, label, out)
-        return file_name, out
+        return target, mask, out
+
+    def study_kind(self, image_id: str) -> tuple:
+        """(is 3D, modality as the model sees it) of a datastore study: which studies a prompt study fits."""
+        from medsam2_engine.windowing import model_window
+
+        volume = self.segmenter.image_features.read(self.datastore().get_image_uri(image_id))
+        return volume.is_3d, model_window(volume)[1]
 
     def _session_support(self, request: dict, datastore: Datastore, label: str) -> Support | None:
         """``support_session``: a study this client has just segmented with medsam2_3d, label ``label``."""
@@ -136,7 +149,7 @@ class OnePrompt(Sam2Task):
             )
         return Support(f"session:{support_id}", segmented.volume, segmented.mask)
 
-    def _volume(self, request, target, supports, rejected, window, modality):
+    def _volume(self, request, target, supports, rejected, window, modality, cancelled=None):
         base = self.segmenter.settings
         settings = dataclasses.replace(
             base,
@@ -146,7 +159,7 @@ class OnePrompt(Sam2Task):
             early_stop=early_stop_option(request, base.early_stop),
         )
         volumes = [s for s in supports if s.volume.is_3d]
-        result = self.segmenter.segment_volume(target, volumes or supports, window, modality, settings)
+        result = self.segmenter.segment_volume(target, volumes or supports, window, modality, settings, cancelled)
         out = run_json(result.run, result.window, result.modality)
         out.update({
             "found": result.found,

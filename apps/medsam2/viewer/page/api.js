@@ -164,12 +164,14 @@ export class SaveConflict extends Error {}
 
 // replaces: the version of the final label the page started from (null: none); the app refuses
 // (409) when the label has changed since, instead of one save silently replacing another
-export async function saveFinal(image, structures, replaces) {
+// extra: more params (one_prompt_run: this save accepts that run's result, lib/one_prompt_runs.py)
+export async function saveFinal(image, structures, replaces, extra = {}) {
   const bytes = await gzip(stackNiftiBytes(structures.map((s) => s.mask)));
   const form = new FormData();
   form.append('label', new Blob([bytes], { type: 'application/gzip' }), `${image}.nii.gz`);
   const labelInfo = structures.map((s) => ({ name: s.name, idx: s.idx, voxels: s.mask.count() }));
-  form.append('params', JSON.stringify({ label_info: labelInfo, structures: true, replaces, client: 'medsam2-viewer' }));
+  form.append('params', JSON.stringify({ label_info: labelInfo, structures: true, replaces, client: 'medsam2-viewer',
+    ...extra }));
   const url = `/datastore/label?image=${encodeURIComponent(image)}&tag=final`;
   const response = await fetch(url, withAuth({ method: 'PUT', body: form }));
   if (response.status === 409) throw new SaveConflict((await failure(response, 'saving')).message);
@@ -248,4 +250,52 @@ export function loopEvents(onState, onTrouble) {
     }
   })();
   return () => { stopped = true; controller.abort(); };
+}
+
+// ---- one-prompt runs (/medsam2/one_prompt/..., lib/one_prompt_routes.py) --------------------
+async function askJson(url, what, options = {}) {
+  const response = await fetch(url, withAuth(options));
+  if (!response.ok) throw await failure(response, what);
+  return response.json();
+}
+
+function postJson(body) {
+  return { method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(body) };
+}
+
+// body: {support, label, targets: [ids] or 'unlabelled'}; the run as the server has it
+export function startOnePrompt(body) {
+  return askJson('/medsam2/one_prompt/runs', 'starting one-prompt segmentation', postJson(body));
+}
+
+// body: {image, label}: a run onto the same patient's next study
+export function startFollowUp(body) {
+  return askJson('/medsam2/one_prompt/follow-up', 'carrying the structure to the follow-up', postJson(body));
+}
+
+// {date, grouped, later: [{image, date}]}: the patient's later studies
+export function followUps(image) {
+  return askJson(`/medsam2/one_prompt/follow-ups?image=${encodeURIComponent(image)}`, 'looking for follow-ups');
+}
+
+export function readRun(id) {
+  return askJson(`/medsam2/one_prompt/runs/${encodeURIComponent(id)}`, 'reading the one-prompt run');
+}
+
+export function cancelRun(id) {
+  return askJson(`/medsam2/one_prompt/runs/${encodeURIComponent(id)}`, 'cancelling the one-prompt run',
+    { method: 'DELETE' });
+}
+
+export function rejectResult(id, image) {
+  return askJson(`/medsam2/one_prompt/runs/${encodeURIComponent(id)}/reject?image=${encodeURIComponent(image)}`,
+    'rejecting the result', { method: 'POST' });
+}
+
+// A run's result for one study, as a Mask on the study's grid
+export async function runMask(id, image) {
+  const url = `/medsam2/one_prompt/runs/${encodeURIComponent(id)}/mask?image=${encodeURIComponent(image)}`;
+  const response = await fetch(url, withAuth());
+  if (!response.ok) throw await failure(response, 'reading the one-prompt result');
+  return masksFromStack(await gunzip(await response.arrayBuffer()))[0];
 }

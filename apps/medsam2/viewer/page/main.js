@@ -11,6 +11,7 @@ import { askLogIn } from './login.js';
 import { LearningLoop } from './loop.js';
 import { OtherPlanes } from './other_planes.js';
 import { Cine } from './cine.js';
+import { onePrompt, refreshOnePrompt, studyOpened } from './one_prompt.js';
 import { $, clientId, hooks, labelValue, marks, promptsOf, setStatus, showError, state, studyName, view } from './page.js';
 import { showOverlaps, showResult } from './panels.js';
 import { saveStructures } from './saving.js';
@@ -32,9 +33,10 @@ function refreshPanels() {
   $('save').disabled = !open || ![...state.masks.values()].some((m) => m.count() > 0);
   if (prompts) {
     const box = prompts.box();
-    const count = (kind) => prompts.edits.filter((e) => e.kind === kind).length;
+    const count = (kind) => prompts.edits.filter((e) => e.kind === kind && e.from !== 'one-prompt').length;
     const drawn = [count('stroke') && `${count('stroke')} scribble(s)`, count('lasso') && `${count('lasso')} outline(s)`,
       count('slice_mask') && `${count('slice_mask')} painted slice(s)`,
+      prompts.edits.some((e) => e.from === 'one-prompt') && 'started from the one-prompt result',
       count('paint') && `${count('paint')} manual brush edit(s)`, count('start') && `started from ${prompts.startFile() ? prompts.startFile().name : 'its saved mask'}`].filter(Boolean);
     $('prompt-summary').textContent = `${state.label}: ${prompts.points(true).length} inside, `
       + `${prompts.points(false).length} outside${box ? `, box on slice ${box[4]}` : ''}`
@@ -42,6 +44,7 @@ function refreshPanels() {
   }
   renderOverlaps();
   renderResult();
+  refreshOnePrompt();
   drawMarks();
 }
 
@@ -298,9 +301,7 @@ $('save').addEventListener('click', async () => {
   try {
     const answer = await saveStructures(state, studyName(state.image));
     setStatus(`Saved: final label of ${studyName(state.image)}.`, answer.warning ? 'error' : 'idle');
-    state.studies = await listStudies();
-    renderStudies();
-    loop.refresh().catch(() => {});
+    await studiesChanged();
   } catch (error) {
     if (error instanceof SaveConflict) {
       setStatus(error.message, 'error');
@@ -311,6 +312,13 @@ $('save').addEventListener('click', async () => {
     refreshPanels();
   }
 });
+
+// a final label was saved: the list's marks and the loop's progress
+async function studiesChanged() {
+  state.studies = await listStudies();
+  renderStudies();
+  loop.refresh().catch(() => {});
+}
 
 // ---- opening a study --------------------------------------------------------------------------
 // The slice the page opens on comes first, alone (a few hundred kB), while the whole study
@@ -388,6 +396,7 @@ async function openStudy(image) {
     $('layout').dispatchEvent(new Event('change'));
   }
   namePlanes();
+  studyOpened(image); // one-prompt: the patient's follow-ups; a review of another study ends
   $('save-status').textContent = '';
   renderStudies();
   syncSlice();
@@ -444,7 +453,7 @@ const loop = new LearningLoop({
   },
 });
 
-Object.assign(hooks, { requestMask, refreshPanels, openStudy });
+Object.assign(hooks, { requestMask, refreshPanels, openStudy, goToSlice, restoreSaved, studiesChanged });
 
 // for the end-to-end tests and for scripting: where a voxel is on the page, and what happened
 window.medsam2Viewer = {
@@ -469,6 +478,7 @@ window.medsam2Viewer = {
     return [rect.left + p[0], rect.top + p[1]];
   },
   loop,
+  onePrompt,
   streamsAnswered,
   ready: start(),
 };

@@ -52,5 +52,6 @@ export function promptsOf(label) {
   return state.prompts.get(label);
 }
 
-// requestMask(clickedAt), refreshPanels(), openStudy(image): set by main.js
+// requestMask(clickedAt), refreshPanels(), openStudy(image), goToSlice(k), restoreSaved(label), studiesChanged():
+// set by main.js
 export const hooks = {};

@@ -9,12 +9,13 @@ const $ = (id) => document.getElementById(id);
 // Saves the page's structures; returns the app's answer. Throws SaveConflict (with the words for
 // the clinician) when the label changed since it was opened, and Error when the app stored
 // something other than the page shows.
-export async function saveStructures(state, studyName) {
+// extra: more params of the save (one_prompt_run: it accepts that one-prompt result)
+export async function saveStructures(state, studyName, extra = {}) {
   const structures = [...state.masks].filter(([, m]) => m.count() > 0).sort((a, b) => a[0] - b[0])
     .map(([value, mask]) => ({ name: state.labels[value - 1], idx: value, mask }));
   let answer;
   try {
-    answer = await saveFinal(state.image, structures, state.version);
+    answer = await saveFinal(state.image, structures, state.version, extra);
   } catch (error) {
     if (!(error instanceof SaveConflict)) throw error;
     // a second click replaces theirs (which stays in the label history)
