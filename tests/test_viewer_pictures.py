@@ -19,6 +19,7 @@ from tests.support.tool_tour import brush_stroke, draw, held, position
 from tests.support.viewer_page import LABELS, SEGMENT_ROUTE, form_field, small_model_server, stream_body, stream_events, wait_idle
 
 SAMMED2D = SHARED_DATA / "images_2d_sammed2d" / "images"
+DICOM_CT_SLICE = SHARED_DATA / "ct_3slice_dcmqi" / "01.dcm"
 DISC = (70, 40, 18)  # centre column, centre row, radius of the red disc
 
 
@@ -32,10 +33,36 @@ def photo() -> np.ndarray:
     return image
 
 
+def write_dicom_picture(path, rgb: np.ndarray) -> None:
+    """A one-frame colour DICOM (ophthalmic photography, as a fundus camera stores it): [row, column, RGB]."""
+    import pydicom
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.77.1.5.1"
+    meta.MediaStorageSOPInstanceUID, meta.TransferSyntaxUID = generate_uid(), ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.PatientID, ds.Modality = "MEDSAM2-PHOTO", "OP"
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.Rows, ds.Columns = rgb.shape[:2]
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.PixelData = np.ascontiguousarray(rgb, np.uint8).tobytes()
+    ds.is_little_endian, ds.is_implicit_VR = True, False
+    pydicom.dcmwrite(str(path), ds)
+
+
 @pytest.fixture(scope="module")
 def picture_server(fine_tuned, small_model_files, tmp_path_factory):
     def write(studies):
         Image.fromarray(photo()).save(studies / "photo.png")
+        Image.fromarray(photo()).save(studies / "photo_bmp.bmp")
+        Image.fromarray(photo()).save(studies / "photo_tif.tiff")
+        write_dicom_picture(studies / "photo_dicom.dcm", photo())
+        if DICOM_CT_SLICE.is_file():  # a real one-frame DICOM: one CT slice (dcmqi's example)
+            (studies / "ct_slice.dcm").write_bytes(DICOM_CT_SLICE.read_bytes())
         grey = sorted(SAMMED2D.glob("*.png"))[:1] if SAMMED2D.is_dir() else []
         for path in grey:
             (studies / path.name).write_bytes(path.read_bytes())
@@ -128,6 +155,52 @@ def test_a_real_grey_slice_opens_as_a_picture_and_a_click_segments_it(picture_se
     final = dict(stream_events(stream_body(clicked.value)))["final"]
     assert final["shape"] == list(shape) and final["result"]["dimension"] == 2
     assert held(page, 2, shape).sum() == final["result"]["labels"]["organ"]["voxels"]
+
+
+@needs_chromium
+def test_bmp_tiff_and_one_frame_dicom_pictures_open_in_colour_as_the_file_shows_them(picture_server, chromium_page,
+                                                                                     tmp_path):
+    server, _ = picture_server
+    page = chromium_page
+    source = photo()
+    for image in ("photo_bmp", "photo_tif", "photo_dicom"):
+        _open(page, server.url, image)
+        assert page.evaluate("window.medsam2Viewer.view.dims") == [128, 96, 1], image
+        shot = Image.open(screenshot(page, f"viewer-picture-{image}", tmp_path)).convert("RGB")
+        for i, j in ((DISC[0], DISC[1]), (25, 72), (5, 5)):
+            x, y = position(page, [i, j, 0])
+            assert np.abs(np.array(shot.getpixel((round(x), round(y)))) - source[j, i]).max() <= 3, (image, i, j)
+
+
+@needs_shared_data
+@needs_chromium
+@pytest.mark.skipif(not DICOM_CT_SLICE.is_file(), reason="dcmqi's CT slices are not in ../shared/data")
+def test_a_real_one_frame_dicom_is_a_picture_segmented_by_the_image_model_and_saved_as_png(picture_server,
+                                                                                            chromium_page):
+    import pydicom
+
+    server, _ = picture_server
+    page = chromium_page
+    _open(page, server.url, "ct_slice")
+    pixels = pydicom.dcmread(DICOM_CT_SLICE).pixel_array  # [row, column]
+    shape = (pixels.shape[1], pixels.shape[0], 1)
+    assert page.evaluate("window.medsam2Viewer.view.dims") == list(shape)
+    page.click("#labels li[data-label=organ]")
+    page.check("input[name=tool][value=point]")
+    with page.expect_response(lambda resp: SEGMENT_ROUTE in resp.url, timeout=180_000) as clicked:
+        page.mouse.click(*position(page, [shape[0] // 2, shape[1] // 2, 0]))
+    wait_idle(page)
+    final = dict(stream_events(stream_body(clicked.value)))["final"]
+    assert final["result"]["dimension"] == 2 and final["shape"] == list(shape)  # SAM 2's image predictor
+    shown = held(page, 2, shape)
+    assert shown.sum() == final["result"]["labels"]["organ"]["voxels"] > 0
+    page.click("#save")
+    page.wait_for_function("document.getElementById('save-status').textContent.length > 0"
+                           " || document.getElementById('status').dataset.state === 'error'", timeout=120_000)
+    assert "saved" in page.inner_text("#save-status").lower(), page.inner_text("#status")
+    saved = sorted((server.log_path.parent / "studies" / "labels" / "final").glob("ct_slice.*"))  # small_model_server
+    assert [p.suffix for p in saved] == [".png"], saved  # as MONAI Label keeps a 2D label
+    np.testing.assert_array_equal(np.asarray(Image.open(saved[0])).T[:, :, None] == 2, shown)
 
 
 def test_a_picture_label_saved_as_a_0_255_mask_reopens_as_the_first_structure(tmp_path):

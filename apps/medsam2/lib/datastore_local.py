@@ -39,7 +39,7 @@ from .upload_checks import decoded
 
 logger = logging.getLogger(__name__)
 
-ALLOWED_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".png", ".jpg", ".jpeg")
+ALLOWED_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 TEMP_SUFFIX = ".partial"  # matches none of the datastore's patterns, so never listed as data
 
 

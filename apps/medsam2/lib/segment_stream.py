@@ -32,7 +32,7 @@ from fastapi.responses import StreamingResponse
 
 from medsam2_engine.mask_regions import mask_region
 from medsam2_engine.propagation import Cancelled
-from medsam2_engine.volume_io import IMAGE_2D_SUFFIXES
+from medsam2_engine.volume_io import is_picture_file
 
 from .infers.results_json import run_json, volume_result_json
 from .shown_volumes import PICTURE_AFFINE
@@ -40,7 +40,7 @@ from .shown_volumes import PICTURE_AFFINE
 logger = logging.getLogger(__name__)
 
 MODEL = "medsam2_3d"
-MODEL_2D = "medsam2_2d"  # a picture (PNG, JPEG, ...): SAM 2's image predictor, as /infer/medsam2_2d
+MODEL_2D = "medsam2_2d"  # a picture (PNG, JPEG, BMP, TIFF, one-frame DICOM): SAM 2's image predictor
 _END = object()
 
 
@@ -161,7 +161,7 @@ def build_route(router, app_instance, user_dependency) -> None:
 
         instance = app_instance()
         uri, checked = _as_http(lambda: checked_request(instance, MODEL, image, params, http, user))
-        picture = str(uri).lower().endswith(IMAGE_2D_SUFFIXES)
+        picture = is_picture_file(uri)
         model = MODEL_2D if picture else MODEL
         if label is not None:
             checked = _as_http(lambda: with_label_upload(checked, label, uri, background_tasks))

@@ -155,7 +155,7 @@ def decoded(path: str, filename: str, limit: int, field: str, grid=None) -> np.n
         return decoded_nifti(path, limit, field, grid)[0]
     if name.endswith(".nrrd"):
         return _nrrd(path, limit, field, grid)
-    if name.endswith((".png", ".jpg", ".jpeg")):
+    if name.endswith((".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")):
         return _picture(path, limit, field, grid)
     raise OptionError(field, f"file type of {filename!r} is not accepted", status=415)
 

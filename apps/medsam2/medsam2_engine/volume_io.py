@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .atomic_files import atomic_write
-from .video_io import VIDEO_SUFFIXES, VideoReadError, frame_time_ms, load_video
+from .video_io import BT601_LUMA, VIDEO_SUFFIXES, VideoReadError, frame_time_ms, load_video
 
 IMAGE_2D_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
@@ -140,6 +140,11 @@ def load_with_readers(path: str) -> Volume:
             array, is_rgb = array[..., :3], True
         else:
             raise ImageReadError(f"unexpected 2D image shape {array.shape} in {path}")
+    if array.ndim == 4 and array.shape[3] in (3, 4) and not is_2d_file:  # a DICOM with three samples per pixel
+        if array.shape[2] == 1:  # one frame (a fundus or dermoscopy photograph): a colour picture
+            array, is_rgb = array[:, :, 0, :3], True
+        else:  # a colour cine (Doppler): its luma, as a colour video is read (video_io.py)
+            array = np.rint(array[..., :3].astype(np.float32) @ np.array(BT601_LUMA, np.float32))
     if array.ndim == 3 and not is_rgb and array.shape[2] == 1:
         array = array[..., 0]
     if array.ndim == 3 and is_rgb and np.allclose(array[..., 0], array[..., 1]) and np.allclose(
@@ -157,6 +162,23 @@ def load_with_readers(path: str) -> Volume:
         meta={**{k: v for k, v in meta.items() if isinstance(v, (str, int, float))}, **_dicom_window_from(meta, header),
               **_cine_timing(meta, array), "source_dtype": str(array.dtype)},  # the reference scales in its precision
     )
+
+
+def is_picture_file(path: str) -> bool:
+    """A study that is one 2D image: a picture file, or a DICOM file of one frame (an X-ray, a
+    fundus or dermoscopy photograph, an ultrasound frame), told from its header alone."""
+    path = str(path)
+    if path.lower().endswith(IMAGE_2D_SUFFIXES):
+        return True
+    if not (path.lower().endswith(".dcm") and os.path.isfile(path)):
+        return False
+    import pydicom
+
+    try:
+        header = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=["NumberOfFrames", "Rows"])
+    except Exception:  # noqa: BLE001 - not readable here: the reader says why when it is opened
+        return False
+    return "Rows" in header and int(header.get("NumberOfFrames", 1) or 1) <= 1
 
 
 def cine_frame_time_ms(path: str) -> float | None:
