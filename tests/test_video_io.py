@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from medsam2_engine.volume_io import ImageReadError, load_image
-from tests.test_viewer_cine import write_cine_dicom, write_loop_avi
+from tests.test_viewer_cine import write_cine_dicom, write_frames_folder, write_loop_avi
 
 pytest.importorskip("av", reason="PyAV is not installed (pip install av): videos cannot be read")
 
@@ -62,3 +62,22 @@ def test_a_multiframe_dicom_cine_is_read_as_its_frames_with_its_frame_time(tmp_p
     assert cine_frame_time_ms(tmp_path / "cine.dcm") == 33.3
     write_loop_avi(tmp_path / "loop.avi", frames, rate=25)
     assert cine_frame_time_ms(tmp_path / "loop.avi") == 40.0
+
+
+def test_a_folder_of_frames_is_read_in_natural_order_with_its_declared_timing(tmp_path):
+    frames = _frames((30, 20, 12))
+    write_frames_folder(tmp_path / "loop.frames", frames, {"fps": 25})
+    volume = load_image(tmp_path / "loop.frames")
+    np.testing.assert_array_equal(volume.array, frames)  # frame10 after frame9, not after frame1
+    assert volume.meta["frame_time_ms"] == 40.0 and volume.meta["frames"] == 12
+    write_frames_folder(tmp_path / "untimed.frames", frames)
+    assert "frame_time_ms" not in load_image(tmp_path / "untimed.frames").meta  # unknown, not made up
+
+
+def test_a_folder_of_frames_of_two_sizes_is_refused_naming_the_frame(tmp_path):
+    from PIL import Image
+
+    write_frames_folder(tmp_path / "mixed.frames", _frames((30, 20, 3)))
+    Image.fromarray(np.zeros((10, 10), np.uint8)).save(tmp_path / "mixed.frames" / "frame3.png")
+    with pytest.raises(ImageReadError, match="frame3.png"):
+        load_image(tmp_path / "mixed.frames")

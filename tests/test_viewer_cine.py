@@ -58,6 +58,17 @@ def write_cine_dicom(path, frames: np.ndarray, frame_time_ms: float) -> None:
     ds.save_as(str(path))
 
 
+def write_frames_folder(folder, frames: np.ndarray, timing: dict | None = None) -> None:
+    """``frames`` [i, j, t] as one PNG per frame, named so that only natural order is frame order."""
+    from PIL import Image
+
+    folder.mkdir()
+    for t in range(frames.shape[2]):
+        Image.fromarray(np.ascontiguousarray(frames[:, :, t].T)).save(folder / f"frame{t}.png")
+    if timing is not None:
+        (folder / "frames.json").write_text(json.dumps(timing))
+
+
 @pytest.fixture(scope="module")
 def cine_server(fine_tuned, small_model_files, tmp_path_factory):
     import nibabel as nib
@@ -69,6 +80,7 @@ def cine_server(fine_tuned, small_model_files, tmp_path_factory):
         frames = np.clip(np.rint(loop[:i, :j]), 0, 255).astype(np.uint8)
         write_loop_avi(studies / "echo2ch.avi", frames, FRAME_RATE)
         write_cine_dicom(studies / "echo2ch_dicom.dcm", frames, 1000 / FRAME_RATE)
+        write_frames_folder(studies / "echo2ch_frames.frames", frames)  # no frames.json: the timing is unknown
         return frames, truth[:i, :j]
 
     with small_model_server(fine_tuned, small_model_files, tmp_path_factory.mktemp("viewer-cine"), write) as (server, (frames, truth)):
@@ -153,3 +165,23 @@ def test_a_multiframe_dicom_cine_opens_as_a_loop_of_its_frames(cine_server, chro
     assert page.evaluate("window.medsam2Viewer.cine.frameTimeMs") == pytest.approx(1000 / FRAME_RATE, abs=0.01)
     first, last = position(page, [0, 0, 0]), position(page, [shape[0] - 1, shape[1] - 1, 0])
     assert first[0] < last[0] and first[1] < last[1], "column 0 is not at the left or row 0 not at the top"
+
+
+@needs_shared_data
+@needs_chromium
+@pytest.mark.skipif(not CAMUS.is_dir(), reason="the CAMUS cine loops are not in ../shared/data")
+def test_a_folder_of_frames_opens_as_the_loop_and_says_its_frame_time_is_unknown(cine_server, chromium_page):
+    server, frames, _ = cine_server
+    page = chromium_page
+    page.goto(server.url + "/medsam2/viewer/")
+    page.evaluate("window.medsam2Viewer.ready")
+    page.click("#studies li[data-image='echo2ch_frames']")
+    wait_idle(page)
+    assert page.evaluate("window.medsam2Viewer.view.dims") == list(frames.shape)
+    assert page.inner_text("#slice-name") == "Frame" and page.is_disabled("#plane")
+    assert page.is_visible("#play") and page.is_disabled("#play"), "no frame rate to play at: never a made-up one"
+    assert "frame time not known" in page.inner_text("#slice-label")
+    k = frames.shape[2] // 2
+    shown = page.evaluate("k => { const v = window.medsam2Viewer.view; const [ni, nj] = v.dims;"
+                          " return Array.from(v.image.voxels.slice(ni * nj * k, ni * nj * (k + 1))); }", k)
+    np.testing.assert_array_equal(np.array(shown).reshape(frames.shape[1], frames.shape[0]).T, frames[:, :, k])

@@ -42,7 +42,7 @@ from lib.viewer_routes import mount_on_monailabel_server as mount_viewer  # noqa
 from lib.infers.one_prompt import OnePrompt, one_prompt_settings  # noqa: E402
 from lib.one_prompt_runs import OnePromptRuns  # noqa: E402
 from lib.shown_volumes import picture_or_volume_affine  # noqa: E402
-from medsam2_engine.video_io import VIDEO_SUFFIXES  # noqa: E402
+from medsam2_engine.video_io import FRAMES_SUFFIX, VIDEO_SUFFIXES  # noqa: E402
 from medsam2_engine.volume_io import IMAGE_2D_SUFFIXES  # noqa: E402
 from medsam2_engine.encode_ahead import EncodeAhead  # noqa: E402
 from medsam2_engine.volume_segmenter import VolumeSegmenter  # noqa: E402
@@ -114,10 +114,10 @@ class MedSam2App(MONAILabelApp):
             max_upload_bytes=int(self.settings.upload_max_mb * 2**20),
             max_decoded_bytes=int(self.settings.upload_max_decoded_mb * 2**20),
             forbidden=[self.settings.model_dir],
-            # videos, single DICOM files (a multi-frame cine, or one frame: a picture) and every picture
-            # type beside MONAI Label's own patterns
+            # videos and folders of frames, single DICOM files (a multi-frame cine, or one frame: a picture)
+            # and every picture type beside MONAI Label's own patterns
             extensions=list(dict.fromkeys([*settings.MONAI_LABEL_DATASTORE_FILE_EXT, *(f"*{e}" for e in VIDEO_SUFFIXES),
-                                           "*.dcm", *(f"*{e}" for e in IMAGE_2D_SUFFIXES)])),
+                                           "*.dcm", *(f"*{e}" for e in IMAGE_2D_SUFFIXES), f"*{FRAMES_SUFFIX}"])),
             auto_reload=settings.MONAI_LABEL_DATASTORE_AUTO_RELOAD,
             read_only=settings.MONAI_LABEL_DATASTORE_READ_ONLY,
         )

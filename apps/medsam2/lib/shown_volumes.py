@@ -81,7 +81,8 @@ class ShownVolume:
     window: tuple | None  # the display window the model's default uses, (low, high)
     k: int | None  # the slice sent alone (None: the whole study)
     stored: str | None = None  # the study's own .nii.gz, sent as it is (body None)
-    frame_time_ms: float | None = None  # a video's time between frames: its third axis is time
+    frame_time_ms: float | None = None  # a video's time between frames (None: unknown, or not a video)
+    frames: int | None = None  # a video's frame count: its third axis is time
 
     def headers(self, image: str) -> dict:
         # the browser inflates the body itself (no script work): the page reads the .nii
@@ -93,6 +94,8 @@ class ShownVolume:
             out["X-Slice"] = str(self.k)
         if self.frame_time_ms:
             out["X-Frame-Time-Ms"] = f"{self.frame_time_ms:g}"
+        if self.frames:
+            out["X-Video-Frames"] = str(self.frames)
         return out
 
 
@@ -115,7 +118,7 @@ class ShownVolumes:
             shown = ShownVolume(None, tuple(volume.array.shape), _window(volume), None, stored=uri)
         else:
             shown = ShownVolume(volume_as_nifti(volume), tuple(volume.array.shape), _window(volume), None,
-                                frame_time_ms=volume.meta.get("frame_time_ms"))
+                                frame_time_ms=volume.meta.get("frame_time_ms"), frames=volume.meta.get("frames"))
         with self._lock:
             self._sent[stamp] = shown
             while len(self._sent) > self.keep:

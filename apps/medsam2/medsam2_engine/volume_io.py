@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .atomic_files import atomic_write
-from .video_io import BT601_LUMA, VIDEO_SUFFIXES, VideoReadError, frame_time_ms, load_video
+from .video_io import (BT601_LUMA, VIDEO_SUFFIXES, VideoReadError, frame_time_ms, is_frames_folder,
+                       load_frames_folder, load_video)
 
 IMAGE_2D_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
@@ -105,9 +106,9 @@ def load_image(path: str | os.PathLike) -> Volume:
     path = str(path)
     if not os.path.exists(path):
         raise ImageReadError(f"image not found: {path}")
-    if path.lower().endswith(VIDEO_SUFFIXES):
+    if path.lower().endswith(VIDEO_SUFFIXES) or is_frames_folder(path):
         try:
-            array, affine, meta = load_video(path)
+            array, affine, meta = load_frames_folder(path) if is_frames_folder(path) else load_video(path)
         except VideoReadError as err:
             raise ImageReadError(str(err)) from err
         return Volume(array=array, affine=affine, path=path, meta=meta)
@@ -185,7 +186,7 @@ def cine_frame_time_ms(path: str) -> float | None:
     """The time between frames of a study that is a loop (a video, or a multi-frame DICOM file with
     FrameTime), read from its header alone; None for anything else."""
     path = str(path)
-    if path.lower().endswith(VIDEO_SUFFIXES):
+    if path.lower().endswith(VIDEO_SUFFIXES) or is_frames_folder(path):
         return frame_time_ms(path)
     if path.lower().endswith(".dcm") and os.path.isfile(path):
         import pydicom

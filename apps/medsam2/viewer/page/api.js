@@ -97,6 +97,7 @@ export async function fetchVolume(image, clientId, part = 'all') {
     window: window.length === 2 ? window : null,
     slice: response.headers.has('X-Slice') ? Number(response.headers.get('X-Slice')) : null,
     frameTimeMs: response.headers.has('X-Frame-Time-Ms') ? Number(response.headers.get('X-Frame-Time-Ms')) : null,
+    video: response.headers.has('X-Video-Frames'), // its third axis is time (frameTimeMs null: not known)
   };
 }
 

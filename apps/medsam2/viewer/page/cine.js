@@ -1,31 +1,35 @@
-// A study whose third axis is time (a video or cine loop: api.js fetchVolume's frameTimeMs):
+// A study whose third axis is time (a video or cine loop: api.js fetchVolume's video, frameTimeMs):
 // the slider is the frame, Play steps through the frames at the video's own rate and loops, as an
 // echo machine shows a loop; a prompt is drawn on the frame shown, so drawing pauses it.
 
 export class Cine {
   // button: Play/Pause; step(): show the next frame
   constructor(button, step) {
-    Object.assign(this, { button, step, frameTimeMs: null, timer: null });
+    Object.assign(this, { button, step, frameTimeMs: null, video: false, timer: null });
     button.addEventListener('click', () => (this.timer ? this.pause() : this.play()));
   }
 
   get on() {
-    return Boolean(this.frameTimeMs);
+    return this.video;
   }
 
   get playing() {
     return this.timer !== null;
   }
 
-  // the study opened: a video (its frame time) or not (null)
-  open(frameTimeMs) {
+  // the study opened: a video (its frame time, null when its files do not say) or not
+  open(frameTimeMs, video = Boolean(frameTimeMs)) {
     this.pause();
-    this.frameTimeMs = frameTimeMs || null;
+    this.video = Boolean(video);
+    this.frameTimeMs = (video && frameTimeMs) || null;
     this.button.hidden = !this.on;
+    this.button.disabled = !this.frameTimeMs;
+    this.button.title = this.frameTimeMs ? 'Play the loop at its own frame rate'
+      : 'The frame time of this loop is not known (a folder of frames without frames.json): step with the slider';
   }
 
   play() {
-    if (!this.on || this.timer) return;
+    if (!this.frameTimeMs || this.timer) return;
     this.button.textContent = 'Pause';
     this.timer = setInterval(() => this.step(), Math.max(16, this.frameTimeMs));
   }
@@ -38,6 +42,7 @@ export class Cine {
 
   // where frame k is in the loop, in a clinician's words
   at(k) {
-    return this.on ? ` (${((k * this.frameTimeMs) / 1000).toFixed(2)} s)` : '';
+    if (!this.on) return '';
+    return this.frameTimeMs ? ` (${((k * this.frameTimeMs) / 1000).toFixed(2)} s)` : ' (frame time not known)';
   }
 }

@@ -384,7 +384,7 @@ async function openStudy(image) {
   $('slice').max = view.dims[2] - 1;
   $('slice').disabled = false;
   $('plane').value = '2';
-  cine.open(study.frameTimeMs); // a video: frames, not slices; no plane across them
+  cine.open(study.frameTimeMs, study.video); // a video: frames, not slices; no plane across them
   $('slice-name').textContent = cine.on ? 'Frame' : 'Slice';
   const picture = view.dims[2] === 1; // a picture: one plane, no slices or planes across it
   $('slice').disabled = picture;
