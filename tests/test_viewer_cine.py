@@ -123,6 +123,8 @@ def test_a_cine_loop_plays_is_segmented_both_ways_corrected_saved_and_reopened(c
     assert passes["forward"]["start"] == middle and passes["backward"]["start"] == middle
     mask = held(page, 1, shape)
     assert mask[:, :, middle].any(), "nothing on the prompted frame"
+    summary = page.inner_text("#result-summary") + page.inner_text("#unsure")
+    assert " frames (frames " in summary and "slice" not in summary, summary  # the loop's words, not a volume's
     screenshot(page, "viewer-cine-1-box", tmp_path)
 
     # a correction on another frame: a point inside the cavity there

@@ -386,6 +386,7 @@ async function openStudy(image) {
   $('plane').value = '2';
   cine.open(study.frameTimeMs, study.video); // a video: frames, not slices; no plane across them
   $('slice-name').textContent = cine.on ? 'Frame' : 'Slice';
+  state.unit = cine.on ? 'frame' : 'slice'; // the result panel's word for the third axis
   const picture = view.dims[2] === 1; // a picture: one plane, no slices or planes across it
   $('slice').disabled = picture;
   $('plane').disabled = cine.on || picture;

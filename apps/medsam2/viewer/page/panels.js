@@ -75,9 +75,10 @@ export function showResult(state, value, goToSlice) {
   }
   const info = result.labels?.[state.label] || {};
   const slices = info.slices || [];
+  const unit = state.unit || 'slice'; // a video's third axis is its frames
   const withMask = slices.filter((s) => s.area > 0);
-  const span = withMask.length ? `slices ${withMask[0].slice}-${withMask[withMask.length - 1].slice}` : 'no slice';
-  $('result-summary').textContent = `${state.label}: ${info.voxels ?? 0} voxels on ${withMask.length} slices (${span}); `
+  const span = withMask.length ? `${unit}s ${withMask[0].slice}-${withMask[withMask.length - 1].slice}` : `no ${unit}`;
+  $('result-summary').textContent = `${state.label}: ${info.voxels ?? 0} voxels on ${withMask.length} ${unit}s (${span}); `
     + `made by ${result.model?.version?.name ?? 'the served weights'} (${result.model?.checkpoint?.split('/').pop() ?? '?'}); `
     + `${result.latencies?.total ?? '?'} s on the server`
     + (info.exact_stop ? `. ${info.exact_stop.note}` : '');
@@ -89,9 +90,9 @@ export function showResult(state, value, goToSlice) {
   const estimate = typical === null ? '' : ` (median ${typical.toFixed(2)})`;
   const box = $('unsure');
   box.replaceChildren(document.createTextNode(unsure.length
-    ? `Check ${unsure.length} slice(s): there SAM 2's own estimate of its mask (predicted IoU) is well below this `
-      + `structure's other slices${estimate}, or it barely sees the structure (object score < ${BARELY_THERE}). `
-    : `No slice stands out: SAM 2's own estimate of its mask (predicted IoU) is alike on every slice it segmented`
+    ? `Check ${unsure.length} ${unit}(s): there SAM 2's own estimate of its mask (predicted IoU) is well below this `
+      + `structure's other ${unit}s${estimate}, or it barely sees the structure (object score < ${BARELY_THERE}). `
+    : `No ${unit} stands out: SAM 2's own estimate of its mask (predicted IoU) is alike on every ${unit} it segmented`
       + `${estimate}. It is the model's guess, not a check against a reference.`));
   for (const s of unsure) {
     const button = Object.assign(document.createElement('button'), { type: 'button', textContent: `${s.slice}` });
