@@ -81,3 +81,20 @@ def test_a_folder_of_frames_of_two_sizes_is_refused_naming_the_frame(tmp_path):
     Image.fromarray(np.zeros((10, 10), np.uint8)).save(tmp_path / "mixed.frames" / "frame3.png")
     with pytest.raises(ImageReadError, match="frame3.png"):
         load_image(tmp_path / "mixed.frames")
+
+
+def test_a_loop_of_8bit_frames_is_seen_by_the_model_as_stored_unless_a_window_is_asked_for(tmp_path):
+    """As sam2's and MedSAM2's video readers give frames (/255): a percentile window would stretch a
+    dark echo loop into something the echo weights never saw."""
+    from medsam2_engine.volume_io import Volume
+    from medsam2_engine.windowing import AS_STORED, model_window
+
+    frames = (_frames((32, 24, 4)) // 2).astype(np.uint8)  # a dark loop: nothing above 127
+    write_loop_avi(tmp_path / "loop.avi", frames, rate=25)
+    volume = load_image(tmp_path / "loop.avi")
+    window, _ = model_window(volume)
+    assert window.source == AS_STORED
+    np.testing.assert_allclose(window.apply(volume.array), frames / 255.0, atol=1e-7)
+    assert model_window(volume, window="percentile")[0].source != AS_STORED  # still there when asked for
+    same_as_a_scan = Volume(volume.array.copy(), volume.affine, "scan.nii.gz")  # no frames: a volume's default
+    assert model_window(same_as_a_scan)[0].source != AS_STORED

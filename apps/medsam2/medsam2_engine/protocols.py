@@ -33,7 +33,8 @@ how MedSAM2 segments from points, and every client can send a click without a bo
 with its previous mask, forward then backward pass in that same state, no component filter.
 
 ``medsam2_video`` is MedSAM2's video protocol (``medsam2_infer_video.py``, the
-``medsam2_us_heart`` preset's): frames resized as MedSAM2 resizes them (uint8, PIL bicubic),
+``medsam2_us_heart`` preset's): an 8-bit loop's frames as stored (/255: ``windowing.is_8bit_loop``),
+resized as MedSAM2 resizes them (uint8, PIL bicubic),
 one state per label as ``sam2``, the raw mask (logits above 0) with no component filter and no
 hole filling (the preset builds the predictor without post-processing). The script prompts the
 first frame with a mask and runs forward; a prompt on a later frame also runs backward in the

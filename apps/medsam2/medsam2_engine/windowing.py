@@ -157,6 +157,14 @@ def choose_window(volume: np.ndarray, modality: str, window: WindowSpec = None, 
     return _scaled(volume, low, high, source, keep_zero=mr, precision=precision)
 
 
+AS_STORED = "8-bit frames as stored (/255), as sam2 and MedSAM2's video script read a video"
+
+
+def is_8bit_loop(volume) -> bool:
+    """A video or cine loop of 8-bit frames: the model sees them as stored, as every video reader gives them."""
+    return bool(volume.meta.get("frames")) and volume.meta.get("source_dtype") == "uint8" and not volume.is_rgb
+
+
 def model_window(volume, modality: str | None = None, window: WindowSpec = None, guess_from=None) -> tuple:
     """``(Window, modality)``: how the model sees ``volume`` (a ``volume_io.Volume``).
 
@@ -168,6 +176,8 @@ def model_window(volume, modality: str | None = None, window: WindowSpec = None,
     resolved = "photo" if volume.is_rgb else guess_modality(volume.array if guess_from is None else guess_from,
                                                             declared)
     precision = precision_of(volume.meta.get("source_dtype", volume.array.dtype))
+    if window in (None, "", "auto") and is_8bit_loop(volume):
+        return Window(0.0, 255.0, AS_STORED, (0.0, 255.0), False, precision), resolved
     if window == "dicom" and dicom_window(volume.meta) is not None:
         low, high = dicom_window(volume.meta)
         return _scaled(volume.array, low, high, "the series' DICOM window", precision=precision), resolved
