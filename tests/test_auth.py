@@ -129,10 +129,10 @@ def test_sessions_are_per_authenticated_user(server, realm):
 
 
 def test_every_inventory_route_asks_for_its_role(server, realm):
-    """Each route of lib/route_inventory.py refuses a caller without a token (401) and, where it
+    """Each route of lib/http/inventory.py refuses a caller without a token (401) and, where it
     needs more than the user role, a user-role token (403): MONAI Label's own routes included
     (POST /reload took none)."""
-    from lib.route_inventory import INVENTORY
+    from lib.http.inventory import INVENTORY
 
     _, key = realm
     reader = bearer(token(key, "bob", [USER]))

@@ -1,4 +1,4 @@
-"""DICOM SEG of a saved label (lib/dicom_seg.py), without a PACS: codes, segments, grid."""
+"""DICOM SEG of a saved label (lib/datastores/dicom_seg.py), without a PACS: codes, segments, grid."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ AFFINE = np.array([[0.7, 0, 0, -20.0], [0, 0.8, 0, 10.0], [0, 0, 2.5, -30.0], [0
 
 
 def test_codes_fit_the_name_and_never_borrow_another_structures_code():
-    from lib.dicom_seg import codes_for
+    from lib.datastores.dicom_seg import codes_for
 
     def pair(name):
         codes = codes_for(name)
@@ -31,7 +31,7 @@ def test_codes_fit_the_name_and_never_borrow_another_structures_code():
 
 def test_segmentation_has_one_segment_per_value_on_the_source_grid(tmp_path):
     import SimpleITK as sitk
-    from lib.dicom_seg import SegAuthor, build_segmentation
+    from lib.datastores.dicom_seg import SegAuthor, build_segmentation
 
     shape = (20, 16, 6)
     uids = write_series(np.zeros(shape, np.int16), AFFINE, tmp_path / "ct")
@@ -59,7 +59,7 @@ def test_segmentation_has_one_segment_per_value_on_the_source_grid(tmp_path):
 
 def test_empty_label_is_refused(tmp_path):
     import SimpleITK as sitk
-    from lib.dicom_seg import SegAuthor, build_segmentation
+    from lib.datastores.dicom_seg import SegAuthor, build_segmentation
 
     write_series(np.zeros((8, 8, 3), np.int16), np.eye(4), tmp_path / "ct")
     sitk.WriteImage(sitk.Image(8, 8, 3, sitk.sitkUInt8), str(tmp_path / "empty.nrrd"))

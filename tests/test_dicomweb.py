@@ -153,8 +153,8 @@ def test_series_missing_from_the_pacs_is_a_404(pacs_server):  # noqa: F811
 def test_unreachable_pacs_is_a_502_naming_it(tmp_path):
     from dicomweb_client import DICOMwebClient
     from fastapi import HTTPException
-    from lib.datastore_dicomweb import MedSam2DicomWebDatastore
-    from lib.dicom_seg import SegAuthor
+    from lib.datastores.dicomweb import MedSam2DicomWebDatastore
+    from lib.datastores.dicom_seg import SegAuthor
     from tests.support.server import free_port
 
     url = f"http://127.0.0.1:{free_port()}/dicom-web"  # nothing listens there

@@ -55,7 +55,7 @@ def test_every_setting_the_app_reads_is_documented_and_every_documented_one_is_r
 
 
 def test_the_route_table_is_the_inventory():
-    from lib.route_inventory import markdown_table
+    from lib.http.inventory import markdown_table
 
     assert markdown_table() in (ROOT / "docs/security.md").read_text()
 
@@ -67,3 +67,17 @@ def test_every_module_the_architecture_names_exists():
              and ".venv" not in p.parts and "node_modules" not in p.parts}
     missing = [n for n in names if not any(f == n or f.endswith("/" + n) for f in files)]
     assert len(names) > 40 and not missing, missing
+
+
+def test_the_architecture_names_every_module_of_the_apps_packages():
+    """The packages of the app's glue, each module of them named on the page (a new module must be
+    placed and said), and the old flat route modules gone."""
+    text = (ROOT / "docs/architecture.md").read_text()
+    lib = ROOT / "apps/medsam2/lib"
+    for package in ("http", "datastores", "infers"):
+        assert (lib / package / "__init__.py").is_file(), package
+        unnamed = [p.name for p in (lib / package).glob("*.py") if p.name != "__init__.py"
+                   and f"`{p.name}`" not in text and f"`lib/{package}/{p.name}`" not in text]
+        assert not unnamed, (package, unnamed)
+    flat = sorted(p.name for p in lib.glob("*.py") if "route" in p.name or p.name.startswith("datastore"))
+    assert not flat, flat

@@ -141,7 +141,7 @@ def test_the_viewer_opening_a_study_queues_it_for_the_tabs_session(tmp_path, pha
     from fastapi.testclient import TestClient
 
     from lib.infers.request import IMAGE_ID_FIELD, session_key_for
-    from lib.viewer_routes import build_router
+    from lib.http.viewer import build_router
 
     path = tmp_path / "study1.nii.gz"
     nib.save(nib.Nifti1Image(phantom.array, phantom.affine), str(path))

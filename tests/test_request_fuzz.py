@@ -99,7 +99,7 @@ def test_images_are_datastore_ids_only(server, studies):
         response = post(server, {"foreground": [GOOD_POINT]}, image=image)
         assert response.status_code == 400 and detail(response).startswith("image"), (image, detail(response))
     response = post(server, {"foreground": [GOOD_POINT]}, image="no_such_study")
-    assert response.status_code == 404 and detail(response) == "image: image not found: no_such_study"
+    assert response.status_code == 404 and detail(response) == "image: no study 'no_such_study' in this datastore"
 
 
 def test_whole_slide_routes_cannot_read_server_files(server, studies):

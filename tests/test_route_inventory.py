@@ -1,5 +1,5 @@
 """Every route the server exposes, tried as an attacker on the network would (authentication off):
-the exposed routes are exactly lib/route_inventory.py's, and none gets around the app's rules.
+the exposed routes are exactly lib/http/inventory.py's, and none gets around the app's rules.
 
 The server runs on sample studies with links out of the studies folder, and its own
 temporary folder, so files written or left outside are seen.
@@ -106,7 +106,7 @@ def put_label(server, content: bytes, params=None, filename="label.nii.gz", imag
 # ---- the inventory ----------------------------------------------------------------------------
 
 def test_the_server_exposes_exactly_the_inventory(server):
-    from lib.route_inventory import EXPOSED_ROUTES, INVENTORY
+    from lib.http.inventory import EXPOSED_ROUTES, INVENTORY
 
     line = next(line for line in server.log().splitlines() if EXPOSED_ROUTES in line)
     exposed = set(json.loads(line.split(EXPOSED_ROUTES, 1)[1]))
@@ -415,7 +415,7 @@ NAMES = st.one_of(st.sampled_from(["ct_phantom_0", "nope", "../../etc/passwd", "
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_no_route_answers_a_bad_request_with_a_server_error(server, area, data):
-    from lib.route_inventory import INVENTORY
+    from lib.http.inventory import INVENTORY
 
     route = data.draw(st.sampled_from([r for r in INVENTORY if r.method not in ("MOUNT",) and r.role != "login"
                                        and r.path not in ("/reload",)]))

@@ -206,11 +206,28 @@ def test_a_real_one_frame_dicom_is_a_picture_segmented_by_the_image_model_and_sa
 def test_a_picture_label_saved_as_a_0_255_mask_reopens_as_the_first_structure(tmp_path):
     """A PNG mask as MONAI Label's 2D apps keep it (0/255, the sample data's skin lesion) is the
     structure of value 1 in the page, as fine-tuning reads it, not an unknown 'label 255'."""
-    from lib.viewer_routes import final_label_structures
+    from lib.datastores.saved_structures import saved_label_structures
 
     mask = np.zeros((96, 128), np.uint8)  # [row, column]
     mask[20:40, 50:90] = 255
     Image.fromarray(mask).save(tmp_path / "photo.png")
-    stack, _, entries = final_label_structures(str(tmp_path / "photo.png"), {}, LABELS)
+    stack, _, entries = saved_label_structures(str(tmp_path / "photo.png"), {}, LABELS)
     assert entries == [{"name": LABELS[0], "idx": 1}]
     np.testing.assert_array_equal(stack[:, :, 0, 0], mask.T > 0)  # [column i, row j]
+
+
+@needs_chromium
+def test_an_error_keeps_the_numbers_in_its_words_and_drops_only_status_codes(picture_server, chromium_page):
+    """A refusal naming a grid (128 x 96 x 1) reached the clinician as '[, 96, 1]': the page took every
+    number from 100 to 599 for an HTTP status."""
+    server, _ = picture_server
+    page = chromium_page
+    page.goto(server.url + "/medsam2/viewer/")
+    said = page.evaluate("""async () => {
+        const { plainDetail } = await import('./api.js');
+        return [plainDetail(422, 'label: declares a grid of 128 x 96 x 1 voxels; its image is 512 x 512'),
+                plainDetail(409, '409: HTTP 409 the label changed'), plainDetail(500, 'Traceback 123')];
+    }""")
+    assert said[0] == "label: declares a grid of 128 x 96 x 1 voxels; its image is 512 x 512"
+    assert said[1] == "the label changed"
+    assert "123" not in said[2] and "error" in said[2]  # a server error: the plain words, never its text

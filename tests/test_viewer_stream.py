@@ -94,7 +94,7 @@ def test_a_cancelled_propagation_drops_the_label_and_the_next_request_starts_fro
 
 
 def test_a_stream_whose_page_left_stops_at_its_next_slice(fine_tuned):
-    from lib.segment_stream import _END, SegmentRun
+    from lib.http.segment_stream import _END, SegmentRun
     from medsam2_engine.volume_io import Volume
     from tests.support.trained_small_model import phantom
 

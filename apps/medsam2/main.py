@@ -28,17 +28,16 @@ from monailabel.interfaces.app import MONAILabelApp  # noqa: E402
 from lib.activelearning.scoring import UncertaintyScoring  # noqa: E402
 from lib.activelearning.strategies import First, Random, Uncertainty  # noqa: E402
 from lib.app_config import AppConfig  # noqa: E402
-from lib.datastore_local import SafeLocalDatastore  # noqa: E402
+from lib.datastores.local import SafeLocalDatastore  # noqa: E402
 from lib.auth import install as install_auth  # noqa: E402
 from lib.privacy import install as install_privacy  # noqa: E402
 from lib.replicas import ReplicaHeader, annotate_result  # noqa: E402
-from lib.routes import install as install_routes  # noqa: E402
+from lib.http.inventory import install as install_routes  # noqa: E402
 from lib.infers.interactive_2d import Interactive2D  # noqa: E402
 from lib.infers.interactive_3d import Interactive3D  # noqa: E402
 from lib.infers.scribbles_3d import Scribbles3D  # noqa: E402
 from lib.trainers.auto import AutoFineTune, check_saved_label  # noqa: E402
 from lib.trainers.finetune import FineTuneTask  # noqa: E402
-from lib.viewer_routes import mount_on_monailabel_server as mount_viewer  # noqa: E402
 from lib.infers.one_prompt import OnePrompt, one_prompt_settings  # noqa: E402
 from lib.one_prompt_runs import OnePromptRuns  # noqa: E402
 from lib.shown_volumes import picture_or_volume_affine  # noqa: E402
@@ -128,8 +127,8 @@ class MedSam2App(MONAILabelApp):
 
         if settings.MONAI_LABEL_DATASTORE.lower() not in ("", "dicomweb") or "googleapis.com" in self.studies:
             return super().init_remote_datastore()
-        from lib.datastore_dicomweb import open_dicomweb_datastore
-        from lib.dicom_seg import SegAuthor
+        from lib.datastores.dicomweb import open_dicomweb_datastore
+        from lib.datastores.dicom_seg import SegAuthor
 
         author = SegAuthor(app_name="MedSAM-2 MONAI Label app", app_version=self.version,
                            series_description=f"MedSAM-2 (MONAI Label app medsam2 {self.version}) segmentation")
@@ -141,10 +140,10 @@ class MedSam2App(MONAILabelApp):
     def on_init_complete(self):
         super().on_init_complete()
         server = sys.modules.get("monailabel.app")  # absent when the app runs outside the server
-        mount_viewer()  # the annotation page at /medsam2/viewer/ (lib/viewer_routes.py)
         if server is not None:
             install_auth()
-            # last: every route the server exposes is in lib/route_inventory.py, the rest removed
+            # last: the page at /medsam2/viewer/ and every route the server exposes, as lib/http/inventory.py
+            # lists them; the rest removed
             install_routes(server.app, max_body_bytes=int(self.settings.upload_max_mb * 2**20))
             stack = server.app.middleware_stack
             if stack is not None and not isinstance(stack, ReplicaHeader):

@@ -39,7 +39,7 @@ def _open(folder: str, kind: str):
         from monailabel.datastore.local import LocalDatastore
 
         return LocalDatastore(folder, extensions=("*.nii.gz",), auto_reload=False)
-    from lib.datastore_local import SafeLocalDatastore
+    from lib.datastores.local import SafeLocalDatastore
 
     return SafeLocalDatastore(folder, max_upload_bytes=1 << 30, extensions=("*.nii.gz",), auto_reload=False)
 

@@ -9,7 +9,7 @@ decides: accept saves it (or their correction of it) as the study's final label 
 otherwise. A restart of the server drops the runs that were waiting (never a saved label).
 
 ``kind``: ``review`` (targets chosen by the user) or ``follow-up`` (the same patient's later
-study, lib/patients.py). The routes are lib/one_prompt_routes.py.
+study, lib/patients.py). The routes are lib/http/one_prompt.py.
 """
 
 from __future__ import annotations
@@ -188,13 +188,13 @@ class OnePromptRuns:
 
     def record(self, accepting: tuple, datastore, image: str, labels: list) -> dict:
         """After the save: the result is accepted, and the label's info says how it was made."""
-        from .viewer_routes import final_label_structures
+        from .datastores.saved_structures import saved_label_structures
 
         run, target = accepting
         info = datastore.get_label_info(image, "final") or {}
         saved = None
         try:
-            stack, _, entries = final_label_structures(datastore.get_label_uri(image, "final"), info, labels)
+            stack, _, entries = saved_label_structures(datastore.get_label_uri(image, "final"), info, labels)
             channel = next((n for n, e in enumerate(entries) if e["name"] == run.label), None)
             saved = None if channel is None else stack[..., channel] > 0
         except Exception:  # noqa: BLE001 - the label is saved; only the count of changed voxels is unknown

@@ -1,4 +1,5 @@
-"""Files written whole or not at all: labels, checkpoints, training status, datastore records.
+"""Files written whole or not at all: labels, checkpoints, training status, datastore records;
+and a file's stamp, which changes whenever the file is replaced.
 
 The content goes to a temporary file beside the target, is flushed to disk, and is renamed
 onto the target; the folder is flushed too, so after a crash (kill -9 or power loss) readers
@@ -13,6 +14,16 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+
+
+def file_stamp(path: str) -> tuple | None:
+    """(modification time, size, inode) of the file at ``path``; None when there is none. A file
+    replaced by ``atomic_write`` gets a new inode, so a new stamp, even within one clock tick."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size, st.st_ino)
 
 
 def atomic_write(target: str | os.PathLike, write, prefix: str = ".tmp-", suffix: str | None = None) -> str:

@@ -2,7 +2,7 @@
 
 ``{"i": [start, stop], "j": [...], ("k": [...]), "data": base64 of gzipped uint8 0/1 with i
 fastest (NIfTI order)}``, or ``{"empty": true}``. The page's stream receives results in this
-form (``lib/segment_stream.py``) and sends a painted slice in it (``slice_masks``).
+form (``lib/http/segment_stream.py``) and sends a painted slice in it (``slice_masks``).
 """
 
 from __future__ import annotations

@@ -32,6 +32,7 @@ from .checkpoints import (
     load_model,
 )
 from . import cuda_numerics
+from .atomic_files import file_stamp
 from .precision import INT8_MODULES, quantize_int8
 from .runtime import attach_cpu_runtime, resolve_cpu_runtime, runtime_stages
 from .runtime.prepare import compile_in_child
@@ -79,14 +80,6 @@ def version_of(checkpoint: str, finetune_meta: dict | None) -> dict:
                 "published": meta.get("published_ts"), "metric": meta.get("metric"), "value": meta.get("value")}
     # the file the server was given (official, or trained elsewhere): this folder's fine-tunes are numbered
     return {"name": "base checkpoint", "finetune": None, "published": None, "file": os.path.basename(checkpoint)}
-
-
-def file_stamp(path: str) -> tuple | None:
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return (st.st_mtime_ns, st.st_size, st.st_ino)
 
 
 @dataclass

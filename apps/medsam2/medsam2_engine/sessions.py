@@ -31,7 +31,7 @@ def image_stamp(image) -> tuple:
     """Identifies an image's content: a path with its file stamp, or an in-memory array."""
     if hasattr(image, "array"):
         return ("array", id(image.array))
-    from .model_source import file_stamp
+    from .atomic_files import file_stamp
 
     return (str(image), file_stamp(str(image)))
 

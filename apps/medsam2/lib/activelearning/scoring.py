@@ -15,7 +15,7 @@ from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.scoring import ScoringMethod
 
 from medsam2_engine.volume_segmenter import VolumeSegmenter
-from medsam2_engine.model_source import file_stamp
+from medsam2_engine.atomic_files import file_stamp
 from medsam2_engine.training.cases import CaseFiles, LabelMismatch, load_case
 from medsam2_engine.volume_io import ImageReadError, load_image
 

@@ -6,19 +6,15 @@ from __future__ import annotations
 import logging
 
 import numpy as np
-from fastapi import HTTPException
 from monailabel.interfaces.tasks.infer_v2 import InferTask, InferType
 from monailabel.transform.writer import Writer
 
+from ..errors import answered
 from ..options import OptionError, result_format
 
-from medsam2_engine.checkpoints import CheckpointError
-from medsam2_engine.model_source import ModelNotReady, ModelSource
-from medsam2_engine.one_prompt import OnePromptError
-from medsam2_engine.prompts import PromptError
-from medsam2_engine.sessions import MemoryBusy
-from medsam2_engine.volume_io import ImageReadError, Volume
-from medsam2_engine.windowing import CT_WINDOW_PRESETS, WindowError
+from medsam2_engine.model_source import ModelSource
+from medsam2_engine.volume_io import Volume
+from medsam2_engine.windowing import CT_WINDOW_PRESETS
 
 logger = logging.getLogger(__name__)
 
@@ -47,25 +43,10 @@ class Sam2Task(InferTask):
         return self.answering(lambda: (result_format(request), self.run(request))[1])
 
     def answering(self, call):
-        """``call()`` with the errors that describe the request as the client's 4xx/503 answers.
-
-        Only those are the client's; any other ValueError (numpy, torch, sam2) is a bug here and
-        stays a 500 with its traceback in the log. ``result_format`` is checked before any work.
-        """
-        try:
-            return call()
-        except OptionError as err:
-            logger.warning("bad %s request: %s", self.__class__.__name__, err)
-            raise HTTPException(status_code=err.status, detail=str(err)) from err
-        except (PromptError, WindowError, ImageReadError, OnePromptError) as err:
-            logger.warning("bad %s request: %s", self.__class__.__name__, err)
-            raise HTTPException(status_code=400, detail=str(err)) from err
-        except (ModelNotReady, CheckpointError) as err:
-            logger.error("model not ready: %s", err)
-            raise HTTPException(status_code=503, detail=f"model not ready: {err}") from err
-        except MemoryBusy as err:
-            logger.warning("%s: %s", self.__class__.__name__, err)
-            raise HTTPException(status_code=503, detail=str(err)) from err
+        """``call()`` with the errors that describe the request as the client's 4xx/503 answers
+        (``lib/errors.py``, the one mapping); any other error is a bug here and stays a 500 with its
+        traceback in the log. ``result_format`` is checked before any work."""
+        return answered(call, f"{self.__class__.__name__} request")
 
     def run(self, request):
         raise NotImplementedError

@@ -29,7 +29,7 @@ class Interactive2D(Sam2Task):
 
     def segment(self, request) -> tuple:
         """(ImageResult, label, the request's warnings, head): the request's prompts on its plane, in its
-        session. The one path of ``/infer`` and the page's stream (``lib/segment_stream.py``)."""
+        session. The one path of ``/infer`` and the page's stream (``lib/http/segment_stream.py``)."""
         head = read_head(request, self.labels)
         with self.segmenter.open(head.session_key, request["image"], head.window, head.modality) as session:
             volume = session.volume

@@ -60,7 +60,7 @@ class Interactive3D(Sam2Task):
     def segment(self, request: dict, on_slice=None):
         """(VolumeResult, the request's warnings): the request's prompts segmented in its session.
 
-        The one path of ``/infer`` and the page's stream (``lib/segment_stream.py``), so both
+        The one path of ``/infer`` and the page's stream (``lib/http/segment_stream.py``), so both
         give the same voxels for the same prompts; ``on_slice`` (SlicePreview) streams the passes.
         """
         head, options = read_head(request, self.labels), self.options(request)

@@ -76,7 +76,7 @@ class MaskSources:
 
     def _final_structures(self, field: str) -> dict:
         if self._final is None:
-            from ..viewer_routes import final_label_structures
+            from ..datastores.saved_structures import saved_label_structures
 
             path = None
             if self.datastore is not None and self.image_id:
@@ -88,7 +88,7 @@ class MaskSources:
                 self._final = {}
                 return self._final
             info = self.datastore.get_label_info(self.image_id, "final") or {}
-            stack, affine, entries = final_label_structures(path, info, self.labels)
+            stack, affine, entries = saved_label_structures(path, info, self.labels)
             self._check_grid(stack.shape[:3], affine, field, "the saved final label")
             self._final = {e["name"]: stack[..., n] > 0 for n, e in enumerate(entries)}
         return self._final

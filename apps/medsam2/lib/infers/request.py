@@ -15,7 +15,7 @@ Every field is checked with ``lib.options`` (strict types, bounds); a bad one ra
 Sessions: whose prompts a request continues is decided by ``session_key_for``: the
 authenticated user when MONAI Label's auth is on, else the request's ``client_id``, else
 the client's network address; together with the datastore's image id (the series UID for
-DICOMweb), never a file path. The infer route (``lib.routes``) puts the user, the address
+DICOMweb), never a file path. The infer route (``lib/http/inference.py``) puts the user, the address
 and the image id into the request under ``_user``, ``_client_address`` and ``_image_id``,
 and drops any such field a client sends itself.
 """

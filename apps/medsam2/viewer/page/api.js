@@ -26,7 +26,10 @@ const PLAIN = {
 };
 
 export function plainDetail(status, detail) {
-  const text = (detail || '').replace(/\b(HTTP ?)?[1-5]\d\d\b:? ?/g, '').replace(/\b(GET|PUT|POST|DELETE) \/\S*/g, '').trim();
+  // a status code said as one ("HTTP 404", or "404: " leading the text) goes; a number in the words
+  // (a grid of 128 x 96 voxels, a 512 MB limit) stays
+  const text = (detail || '').replace(/^(HTTP ?)?[1-5]\d\d\b:? ?/, '').replace(/\bHTTP ?[1-5]\d\d\b:? ?/g, '')
+    .replace(/\b(GET|PUT|POST|DELETE) \/\S*/g, '').trim();
   if (status >= 500 || !text) return PLAIN[status] || 'the server could not do it; try again in a moment';
   return text;
 }
@@ -253,7 +256,7 @@ export function loopEvents(onState, onTrouble) {
   return () => { stopped = true; controller.abort(); };
 }
 
-// ---- one-prompt runs (/medsam2/one_prompt/..., lib/one_prompt_routes.py) --------------------
+// ---- one-prompt runs (/medsam2/one_prompt/..., lib/http/one_prompt.py) --------------------
 async function askJson(url, what, options = {}) {
   const response = await fetch(url, withAuth(options));
   if (!response.ok) throw await failure(response, what);

@@ -20,17 +20,11 @@ from filelock import FileLock
 from monailabel.datastore.local import LocalDatastoreModel
 from monailabel.interfaces.exception import ImageNotFoundException, LabelNotFoundException
 
-from medsam2_engine.atomic_files import atomic_write_text
+from medsam2_engine.atomic_files import atomic_write_text, file_stamp
+
+from ..options import OptionError
 
 RECORDS_TEMP_SUFFIX = ".partial"
-
-
-def _stamp(path: str):
-    try:
-        st = os.stat(path)
-    except OSError:
-        return None
-    return st.st_mtime_ns, st.st_size, st.st_ino
 
 
 class SharedRecords:
@@ -58,11 +52,11 @@ class SharedRecords:
     def _reload_if_changed(self) -> None:
         if "_shared_model" not in self.__dict__:
             return
-        stamp = _stamp(self._records_path)
+        stamp = file_stamp(self._records_path)
         if stamp is None or stamp == self._records_stamp:
             return
         with self._records_guard:
-            stamp = _stamp(self._records_path)
+            stamp = file_stamp(self._records_path)
             if stamp is None or stamp == self._records_stamp:
                 return
             with open(self._records_path) as fp:
@@ -106,7 +100,7 @@ class SharedRecords:
             model = self.__dict__["_shared_model"]
             content = json.dumps(model.model_dump(exclude={"base_path"}), indent=2, default=str)
             atomic_write_text(self._records_path, content, prefix=".", suffix=RECORDS_TEMP_SUFFIX)
-            self._records_stamp = _stamp(self._records_path)
+            self._records_stamp = file_stamp(self._records_path)
             self._config_ts = self._records_stamp[0] / 1e9
 
     def refresh(self):
@@ -132,3 +126,15 @@ class SharedRecords:
                 raise LabelNotFoundException(f"Label: {label_id} Tag: {label_tag} not found")
             label.info.update(info)
             self._update_datastore_file()
+
+
+def check_replaces(request: dict | None, current, tag: str, image_id: str) -> None:
+    """A save naming the version it replaces (``params.replaces``) is refused (409) when the label is
+    another version now (``current``; None: there is none). The one rule: the save route checks it
+    for every datastore, the local one again under its records lock (a save by another replica)."""
+    if not request or "replaces" not in request:
+        return
+    if request["replaces"] != current:
+        raise OptionError("params.replaces", f"the {tag} label of {image_id} changed since you read it (version "
+                                             f"{request['replaces']}, now {current}); nothing was saved: read "
+                                             "the current one, or send its version to replace it", status=409)

@@ -32,8 +32,8 @@ from medsam2_engine.volume_io import ImageReadError, cine_frame_time_ms, load_im
 
 from medsam2_engine.label_structures import structures_path, write_stack
 
-from .datastore_records import SharedRecords
-from .options import OptionError, identifier, image_size
+from .records import SharedRecords, check_replaces
+from ..options import OptionError, identifier, image_size
 from .saved_structures import PreparedLabel, image_grid, prepare_label
 from .upload_checks import decoded
 
@@ -206,7 +206,8 @@ class SafeLocalDatastore(SharedRecords, LocalDatastore):
         stack_dest = self._inside(structures_path(dest), "label")
         with self.records_lock():  # the records as another replica may just have written them
             obj = self._image_entry(image_id)
-            _check_replaces(obj, tag, image_id, label_info)
+            current = obj.labels.get(tag)
+            check_replaces(label_info, current.info.get("version") if current else None, tag, image_id)
             os.makedirs(label_dir, exist_ok=True)
             previous = obj.labels.get(tag)
             previous_path = os.path.join(label_dir, image_id + previous.ext) if previous else None
@@ -279,19 +280,6 @@ def remove_leftovers(root: str) -> list:
                 os.unlink(path)
                 removed.append(os.path.relpath(path, root))
     return removed
-
-
-def _check_replaces(obj, tag: str, image_id: str, label_info: dict | None) -> None:
-    """A save naming the version it replaces (``params.replaces``) fails if the label changed since,
-    checked under the records lock so that a save through another replica counts too."""
-    if not label_info or "replaces" not in label_info:
-        return
-    current = obj.labels.get(tag)
-    current = current.info.get("version") if current else None
-    if label_info["replaces"] != current:
-        raise OptionError("params.replaces", f"the {tag} label of {image_id} changed since you read it (version "
-                                             f"{label_info['replaces']}, now {current}); nothing was saved",
-                          status=409)
 
 
 def _without_paths(message: str, names: dict) -> str:

@@ -15,7 +15,7 @@ import zlib
 
 import numpy as np
 
-from .options import OptionError
+from ..options import OptionError
 
 CHUNK = 1 << 20
 

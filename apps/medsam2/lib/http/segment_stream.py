@@ -34,8 +34,11 @@ from medsam2_engine.mask_regions import mask_region
 from medsam2_engine.propagation import Cancelled
 from medsam2_engine.volume_io import is_picture_file
 
-from .infers.results_json import run_json, volume_result_json
-from .shown_volumes import PICTURE_AFFINE
+from ..infers.results_json import run_json, volume_result_json
+from ..replicas import annotate_result
+from ..shown_volumes import PICTURE_AFFINE
+from .errors import as_http
+from .inference import checked_request, with_label_upload
 
 logger = logging.getLogger(__name__)
 
@@ -146,7 +149,7 @@ class PictureRun(SegmentRun):
 
 
 def build_route(router, app_instance, user_dependency) -> None:
-    """Add ``POST /segment`` to the viewer's ``router`` (lib/viewer_routes.py)."""
+    """Add ``POST /segment`` to the viewer's ``router`` (lib/http/viewer.py)."""
 
     @router.post("/segment", summary="Segment in the page's session, streamed: each slice as it is reached, "
                                      "then the final mask as the region it occupies")
@@ -156,15 +159,12 @@ def build_route(router, app_instance, user_dependency) -> None:
                 label: UploadFile = File(None, description="a label file on the study's grid, for a mask_prompt "
                                                            "from 'upload' (deleted once answered)"),
                 user=Depends(user_dependency)):
-        from .replicas import annotate_result
-        from .routes import _as_http, checked_request, with_label_upload
-
         instance = app_instance()
-        uri, checked = _as_http(lambda: checked_request(instance, MODEL, image, params, http, user))
+        uri, checked = as_http(lambda: checked_request(instance, MODEL, image, params, http, user))
         picture = is_picture_file(uri)
         model = MODEL_2D if picture else MODEL
         if label is not None:
-            checked = _as_http(lambda: with_label_upload(checked, label, uri, background_tasks))
+            checked = as_http(lambda: with_label_upload(checked, label, uri, background_tasks))
         request = {**json.loads(checked), "image": uri, "model": model}
         task = instance._infers[model]
         replica = instance.settings.replica

@@ -27,7 +27,7 @@ from monailabel.config import settings
 from monailabel.endpoints.user.auth import RBAC, User
 from monailabel.interfaces.utils.app import app_instance
 
-from .trainers.history import read_history
+from ..trainers.history import read_history
 
 FINETUNE = "medsam2_finetune"
 

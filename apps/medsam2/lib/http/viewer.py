@@ -15,52 +15,26 @@ import os
 from pathlib import Path
 from typing import Optional
 
-import numpy as np
 from fastapi import APIRouter, Depends, HTTPException, Query, Request
 from fastapi.responses import FileResponse, Response
 from starlette.background import BackgroundTask
 from fastapi.staticfiles import StaticFiles
 
-from medsam2_engine.label_structures import mask_as_label_values, saved_structures, stack_bytes
-from medsam2_engine.volume_io import IMAGE_2D_SUFFIXES
+from medsam2_engine.label_structures import stack_bytes
 
-from .shown_volumes import PICTURE_AFFINE, ShownVolumes
+from ..datastores.saved_structures import saved_label_structures
+from ..infers.request import ADDRESS_FIELD, IMAGE_ID_FIELD, USER_FIELD, session_key_for
+from ..shown_volumes import ShownVolumes
+from .access import user_name
+from .errors import as_http
+from .segment_stream import build_route as build_segment_route
+from .studies import known_image
 
 logger = logging.getLogger(__name__)
 
 PREFIX = "/medsam2/viewer"
-VIEWER_DIR = Path(__file__).resolve().parents[1] / "viewer"
+VIEWER_DIR = Path(__file__).resolve().parents[2] / "viewer"
 PAGE_DIR = VIEWER_DIR / "page"
-
-
-def final_label_structures(label_path: str, info: dict, app_labels: list) -> tuple:
-    """(stack ``[i, j, k, n]``, affine, [{name, idx}] per channel) of a saved final label.
-
-    The structures saved with it when there are any (overlaps whole), else one channel per
-    value of the label map, named by the saved ``label_info``, else by the app's labels.
-    """
-    if label_path.lower().endswith(IMAGE_2D_SUFFIXES):  # a picture's label (PNG, rows first): its one-slice study
-        from PIL import Image
-
-        label_map = mask_as_label_values(np.asarray(Image.open(label_path)).T[:, :, None].astype(np.int32))
-        affine = PICTURE_AFFINE
-    else:
-        import nibabel as nib
-
-        loaded = nib.load(label_path)
-        label_map, affine = np.asarray(loaded.dataobj), loaded.affine
-        label_map = np.round(label_map).astype(np.int32) if label_map.ndim == 3 else label_map[..., 0].astype(np.int32)
-    names = {value: name for value, name in enumerate(app_labels, start=1)}
-    for entry in info.get("label_info") or []:
-        if isinstance(entry, dict) and isinstance(entry.get("idx"), int) and entry.get("name"):
-            names[entry["idx"]] = str(entry["name"])
-    masks = saved_structures(label_path, label_map)
-    if masks is None:
-        masks = {int(v): label_map == v for v in np.unique(label_map) if v > 0}
-    values = sorted(masks)
-    stack = np.stack([masks[v] for v in values], axis=-1).astype(np.uint8) if values else \
-        np.zeros(label_map.shape + (0,), np.uint8)
-    return stack, affine, [{"name": names.get(v, f"label {v}"), "idx": int(v)} for v in values]
 
 
 def study_list(datastore) -> list:
@@ -101,27 +75,14 @@ def _series_descriptions(datastore) -> dict:
             for e in entries}
 
 
-def _known_image(datastore, image_id: str) -> str:
-    if image_id not in set(datastore.list_images()):
-        raise HTTPException(status_code=404, detail=f"image: no study {image_id!r} in this datastore")
-    return image_id
-
-
 def _prefetch(app, http, image: str, client_id: str, user, uri: str, focus: int | None = None,
               open_only: bool = False):
     """The study is about to be segmented: a call that queues its slices for encoding in the
     session its clicks will use (``open_only``: opens that session only). The request is
     checked now (a bad ``client_id`` is a 400)."""
-    from .infers.request import ADDRESS_FIELD, IMAGE_ID_FIELD, USER_FIELD, session_key_for
-    from .options import OptionError
-    from .routes import _user_name
-
-    request = {USER_FIELD: _user_name(user), "client_id": client_id or None, IMAGE_ID_FIELD: image,
+    request = {USER_FIELD: user_name(user), "client_id": client_id or None, IMAGE_ID_FIELD: image,
                ADDRESS_FIELD: http.client.host if http.client else None}
-    try:
-        session_key_for(request)
-    except OptionError as err:
-        raise HTTPException(status_code=err.status, detail=str(err)) from err
+    as_http(lambda: session_key_for(request))
     return lambda: app.prefetch_study(uri, request, focus, open_only=open_only)
 
 
@@ -143,7 +104,7 @@ def build_router(app_instance, user_dependency) -> APIRouter:
               client_id: str = Query("", description="the viewer tab's session"),
               user=Depends(user_dependency)):
         datastore = app_instance().datastore()
-        _known_image(datastore, image)
+        as_http(lambda: known_image(image, datastore))
         _prefetch(app_instance(), http, image, client_id, user, datastore.get_image_uri(image), focus=slice)()
         return {"slice": slice}
 
@@ -162,7 +123,7 @@ def build_router(app_instance, user_dependency) -> APIRouter:
                                             description="part=slice: which (default the middle one)"),
                user=Depends(user_dependency)):
         datastore = app_instance().datastore()
-        _known_image(datastore, image)
+        as_http(lambda: known_image(image, datastore))
         uri = datastore.get_image_uri(image)
         if part == "slice":
             # while the whole study travels, the session its first click will use is opened
@@ -186,7 +147,7 @@ def build_router(app_instance, user_dependency) -> APIRouter:
     def final_label(image: str = Query(..., description="image id of the datastore"),
                     user=Depends(user_dependency)):
         datastore = app_instance().datastore()
-        _known_image(datastore, image)
+        as_http(lambda: known_image(image, datastore))
         try:
             path = datastore.get_label_uri(image, "final")
         except HTTPException:
@@ -196,7 +157,7 @@ def build_router(app_instance, user_dependency) -> APIRouter:
         if not path or not os.path.isfile(path):
             raise HTTPException(status_code=404, detail=f"image: {image} has no final label")
         info = datastore.get_label_info(image, "final") or {}
-        stack, affine, entries = final_label_structures(path, info, list(app_instance().settings.labels))
+        stack, affine, entries = saved_label_structures(path, info, list(app_instance().settings.labels))
         return Response(
             content=stack_bytes(stack, affine, [e["idx"] for e in entries]),
             media_type="application/octet-stream",
@@ -204,31 +165,20 @@ def build_router(app_instance, user_dependency) -> APIRouter:
                      "Cache-Control": "no-store"},
         )
 
-    from .segment_stream import build_route as build_segment_route
-
     build_segment_route(router, app_instance, user_dependency)
 
     return router
 
 
-def mount_viewer(server, app_instance, user_dependency) -> None:
-    """Add the page and its routes to MONAI Label's FastAPI ``server`` (once)."""
-    if any(getattr(route, "path", "") == PREFIX + "/studies" for route in server.routes):
-        return
-    server.include_router(build_router(app_instance, user_dependency))
-    server.mount(PREFIX, StaticFiles(directory=PAGE_DIR, html=True), name="medsam2_viewer")
-    logger.info("viewer page at %s/", PREFIX)
-
-
-def mount_on_monailabel_server() -> None:
-    """Mount the viewer on the running ``monailabel start_server`` (nothing when not serving)."""
-    import sys
-
-    server_module = sys.modules.get("monailabel.app")
-    if server_module is None:
-        return
-    from monailabel.config import settings
+def mount_viewer(server) -> None:
+    """Add the page and its routes to MONAI Label's FastAPI ``server`` (once; lib/http/inventory.py calls it)."""
     from monailabel.endpoints.user.auth import RBAC
     from monailabel.interfaces.utils.app import app_instance
 
-    mount_viewer(server_module.app, app_instance, RBAC(settings.MONAI_LABEL_AUTH_ROLE_USER))
+    from .access import USER
+
+    if any(getattr(route, "path", "") == PREFIX + "/studies" for route in server.routes):
+        return
+    server.include_router(build_router(app_instance, RBAC(USER)))
+    server.mount(PREFIX, StaticFiles(directory=PAGE_DIR, html=True), name="medsam2_viewer")
+    logger.info("viewer page at %s/", PREFIX)

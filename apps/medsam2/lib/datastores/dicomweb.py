@@ -35,11 +35,11 @@ from monailabel.datastore.utils.convert import binary_to_image, dicom_to_nifti
 from monailabel.interfaces.datastore import DefaultLabelTag
 from pydicom.dataset import Dataset
 
-from lib.dicom_seg import SegAuthor, build_segmentation
-from lib.pacs_labels import PacsLabels
-from lib.saved_structures import PreparedLabel, image_grid, prepare_label
+from .dicom_seg import SegAuthor, build_segmentation
+from .pacs_labels import PacsLabels
+from .saved_structures import PreparedLabel, image_grid, prepare_label
 from medsam2_engine.label_structures import label_map_of, structures_path, write_stack
-from lib.privacy import KEYWORDS as PATIENT_IDENTIFIERS
+from ..privacy import KEYWORDS as PATIENT_IDENTIFIERS
 
 logger = logging.getLogger(__name__)
 

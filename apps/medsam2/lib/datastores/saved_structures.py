@@ -17,9 +17,11 @@ from typing import Optional
 
 import numpy as np
 
-from medsam2_engine.label_structures import describe, label_map_of
+from medsam2_engine.label_structures import describe, label_map_of, mask_as_label_values, saved_structures
+from medsam2_engine.volume_io import IMAGE_2D_SUFFIXES
 
-from .options import OptionError
+from ..options import OptionError
+from ..shown_volumes import PICTURE_AFFINE
 from .upload_checks import check_label_values, decoded, decoded_nifti, grid_limit
 
 MAX_STRUCTURES = 64
@@ -129,3 +131,33 @@ def prepare_label(label_file: str, label_info: Optional[dict], max_decoded_bytes
         os.unlink(made)
         raise
     return PreparedLabel(made, stack, affine, structures, overlaps, made=True)
+
+
+def saved_label_structures(label_path: str, info: dict, app_labels: list) -> tuple:
+    """(stack ``[i, j, k, n]``, affine, [{name, idx}] per channel) of a saved label (any tag).
+
+    The structures saved with it when there are any (overlaps whole), else one channel per
+    value of the label map, named by the saved ``label_info``, else by the app's labels.
+    """
+    if label_path.lower().endswith(IMAGE_2D_SUFFIXES):  # a picture's label (PNG, rows first): its one-slice study
+        from PIL import Image
+
+        label_map = mask_as_label_values(np.asarray(Image.open(label_path)).T[:, :, None].astype(np.int32))
+        affine = PICTURE_AFFINE  # as the page shows a picture (lib/shown_volumes.py)
+    else:
+        import nibabel as nib
+
+        loaded = nib.load(label_path)
+        label_map, affine = np.asarray(loaded.dataobj), loaded.affine
+        label_map = np.round(label_map).astype(np.int32) if label_map.ndim == 3 else label_map[..., 0].astype(np.int32)
+    names = {value: name for value, name in enumerate(app_labels, start=1)}
+    for entry in info.get("label_info") or []:
+        if isinstance(entry, dict) and isinstance(entry.get("idx"), int) and entry.get("name"):
+            names[entry["idx"]] = str(entry["name"])
+    masks = saved_structures(label_path, label_map)
+    if masks is None:
+        masks = {int(v): label_map == v for v in np.unique(label_map) if v > 0}
+    values = sorted(masks)
+    stack = np.stack([masks[v] for v in values], axis=-1).astype(np.uint8) if values else \
+        np.zeros(label_map.shape + (0,), np.uint8)
+    return stack, affine, [{"name": names.get(v, f"label {v}"), "idx": int(v)} for v in values]

@@ -1,6 +1,8 @@
-"""Every route the server exposes, once: who may call it, what it checks, which code answers it.
+"""Every route the server exposes, once: who may call it, what it checks, which code answers it;
+and :func:`install`, which makes the server answer exactly these (the app's router).
 
-The server is MONAI Label plus this app. At start-up :func:`install` puts the app's versions
+The server is MONAI Label plus this app. At start-up :func:`install` mounts the page
+(``viewer.py``), puts the app's versions
 of MONAI Label's routes in front and then removes every route that is not listed here, with
 the originals the app replaces. So a MONAI Label upgrade that adds a route cannot open a
 hole: the route is removed (and named in the log) until someone lists it here. The
@@ -19,9 +21,12 @@ import logging
 from dataclasses import dataclass
 from typing import Callable, Optional
 
+from fastapi import HTTPException
+
 from monailabel.config import settings
 
-from . import loop_routes, one_prompt_routes as one_prompt, routes, routes_reads, routes_tasks
+from . import inference, labels, loop, ohif, one_prompt, sessions, studies, tasks
+from .viewer import mount_viewer
 
 logger = logging.getLogger(__name__)
 
@@ -50,69 +55,69 @@ INVENTORY = [
     _r("GET", "/docs", "public", "API documentation"),
     _r("GET", "/favicon.ico", "public", "icon"),
     _r("MOUNT", "/static", "public", "MONAI Label's static files"),
-    _r("POST", "/reload", "admin", "drops every session and reloads the app", routes_tasks.reload),
+    _r("POST", "/reload", "admin", "drops every session and reloads the app", tasks.reload),
     # log-in (authentication on)
     _r("GET", "/auth/", "login", "is authentication on"),
     _r("POST", "/auth/token", "login", "password grant against the realm"),
     _r("GET", "/auth/token/valid", "login", "token check"),
     # information
     _r("GET", "/info/", "user", "the app, its models and labels"),
-    _r("GET", "/logs/", "admin", "only from this machine when authentication is off", routes.logs),
+    _r("GET", "/logs/", "admin", "only from this machine when authentication is off", tasks.logs),
     # inference
     _r("POST", "/infer/{model}", "user", "known model; strict params; image id of the datastore; never saves a "
-                                         "label", routes.infer),
-    _r("POST", "/infer/wsi/{model}", "user", "refused: no whole-slide models", routes.no_whole_slide),
-    _r("POST", "/infer/wsi_v2/{model}", "user", "refused: no whole-slide models", routes.no_whole_slide),
+                                         "label", inference.infer),
+    _r("POST", "/infer/wsi/{model}", "user", "refused: no whole-slide models", inference.no_whole_slide),
+    _r("POST", "/infer/wsi_v2/{model}", "user", "refused: no whole-slide models", inference.no_whole_slide),
     _r("GET", "/batch/infer", "user", "status of the batch task"),
     _r("POST", "/batch/infer/{model}", "admin", "known model; one at a time; writes 'original' labels only",
-       routes_tasks.batch_infer),
+       tasks.batch_infer),
     _r("DELETE", "/batch/infer", "admin", "stops the batch task"),
     # training, scoring, active learning
     _r("GET", "/train/", "user", "fine-tune status"),
     _r("POST", "/train/{model}", "admin", "known trainer; one at a time (409), never queued; only on the trainer "
                                          "replica (elsewhere 409 naming it)",
-       routes_tasks.train_model),
+       tasks.train_model),
     _r("DELETE", "/train/", "admin", "stops the fine-tune"),
     _r("GET", "/scoring/", "user", "scoring status"),
     _r("POST", "/scoring/{method}", "annotator", "known method; one at a time; off the event loop",
-       routes_tasks.score),
+       tasks.score),
     _r("DELETE", "/scoring/", "annotator", "stops scoring"),
     _r("POST", "/activelearning/{strategy}", "user", "known strategy; answers the id, no path",
-       routes_tasks.next_sample),
+       tasks.next_sample),
     # datastore
     _r("GET", "/datastore/", "user", "stats, all, or train (paths relative to the studies folder)",
-       routes_reads.listing),
-    _r("PUT", "/datastore/", "annotator", "as PUT /datastore/image", routes.add_image),
+       studies.listing),
+    _r("PUT", "/datastore/", "annotator", "as PUT /datastore/image", studies.add_image),
     _r("PUT", "/datastore/image", "annotator", "checked id and type; size and decoded-size caps; never replaces",
-       routes.add_image),
-    _r("DELETE", "/datastore/", "admin", "as DELETE /datastore/image", routes.remove_image),
-    _r("DELETE", "/datastore/image", "admin", "known id; nothing outside the studies folder", routes.remove_image),
+       studies.add_image),
+    _r("DELETE", "/datastore/", "admin", "as DELETE /datastore/image", studies.remove_image),
+    _r("DELETE", "/datastore/image", "admin", "known id; nothing outside the studies folder", studies.remove_image),
     _r("HEAD", "/datastore/image", "user", "known id; links out refused"),
-    _r("GET", "/datastore/image", "user", "known id; links out refused", routes.download_image),
-    _r("GET", "/datastore/image/info", "user", "known id; no paths", routes_reads.image_info),
-    _r("PUT", "/datastore/image/info", "annotator", "known id; JSON object", routes.update_image_info),
+    _r("GET", "/datastore/image", "user", "known id; links out refused", studies.download_image),
+    _r("GET", "/datastore/image/info", "user", "known id; no paths", studies.image_info),
+    _r("PUT", "/datastore/image/info", "annotator", "known id; JSON object", studies.update_image_info),
     _r("PUT", "/datastore/label", "annotator", "decoded whole within caps, finite whole values, on the image's "
                                                "grid; 409 on a stale version; history kept; one_prompt_run: accepts "
                                                "that run's result (this user's, waiting for review)",
-       routes.save_label),
+       labels.save_label),
     _r("DELETE", "/datastore/label", "admin", "known id and tag; history kept; links out refused",
-       routes.remove_label),
+       labels.remove_label),
     _r("HEAD", "/datastore/label", "user", "known id and tag"),
-    _r("GET", "/datastore/label", "user", "known id and tag; links out refused", routes_reads.download_label),
-    _r("GET", "/datastore/label/info", "user", "known id and tag; no paths", routes_reads.label_info),
-    _r("PUT", "/datastore/label/info", "annotator", "known id and tag; JSON object", routes.update_label_info),
-    _r("GET", "/medsam2/labels/history", "user", "a label's replaced versions", routes_reads.label_history),
+    _r("GET", "/datastore/label", "user", "known id and tag; links out refused", labels.download_label),
+    _r("GET", "/datastore/label/info", "user", "known id and tag; no paths", labels.label_info),
+    _r("PUT", "/datastore/label/info", "annotator", "known id and tag; JSON object", labels.update_label_info),
+    _r("GET", "/medsam2/labels/history", "user", "a label's replaced versions", labels.label_history),
     _r("POST", "/medsam2/labels/restore", "annotator", "saves a history entry again, through PUT "
-                                                       "/datastore/label's checks", routes_reads.restore_label),
+                                                       "/datastore/label's checks", labels.restore_label),
     # sessions (3D Slicer's upload of a volume the datastore lacks)
     _r("GET", "/session/{session_id}", "user", "known id; image only from the session store",
-       routes_tasks.get_session),
-    _r("PUT", "/session/", "user", "no archives; files by base name; a readable image", routes_tasks.create_session),
-    _r("DELETE", "/session/{session_id}", "user", "known id", routes_tasks.remove_session),
+       sessions.get_session),
+    _r("PUT", "/session/", "user", "no archives; files by base name; a readable image", sessions.create_session),
+    _r("DELETE", "/session/{session_id}", "user", "known id", sessions.remove_session),
     # OHIF and its DICOMweb proxy
-    _r("GET", "/ohif/{path:path}", "user", "files of MONAI Label's OHIF only", routes_tasks.ohif_file),
+    _r("GET", "/ohif/{path:path}", "user", "files of MONAI Label's OHIF only", ohif.ohif_file),
     _r("GET", "/proxy/dicom/{path:path}", "user", "GET to the PACS only (a PACS datastore); no '..'",
-       routes_tasks.dicom_proxy),
+       ohif.dicom_proxy),
     # the app's page
     _r("GET", "/medsam2/viewer/auth", "public", "is authentication on"),
     _r("GET", "/medsam2/viewer/studies", "user", "the datastore's studies, no patient identifiers"),
@@ -123,8 +128,8 @@ INVENTORY = [
     _r("GET", "/medsam2/viewer/label", "user", "known id; the final label as structures"),
     _r("MOUNT", "/medsam2/viewer", "public", "the page's files"),
     _r("GET", "/medsam2/loop", "user", "labelling progress, fine-tune progress, served weights, learning curve, "
-                                       "this user's permissions", loop_routes.loop),
-    # one-prompt runs (lib/one_prompt_routes.py): accepting a result is PUT /datastore/label
+                                       "this user's permissions", loop.loop),
+    # one-prompt runs (lib/http/one_prompt.py): accepting a result is PUT /datastore/label
     _r("POST", "/medsam2/one_prompt/runs", "user", "known studies, the prompt one with a final label; at most 500 "
                                                    "targets; one running per user (409); off the request",
        one_prompt.start_run),
@@ -142,7 +147,7 @@ INVENTORY = [
     _r("POST", "/medsam2/one_prompt/follow-up", "user", "known study with a final label; a later study of its "
                                                         "patient; as a run", one_prompt.start_follow_up),
     _r("GET", "/medsam2/events", "user", "the loop's answer pushed as server-sent events when it changes; one "
-                                         "shared snapshot a second whatever the number of tabs", loop_routes.events),
+                                         "shared snapshot a second whatever the number of tabs", loop.events),
 ]
 BY_KEY = {(r.method, r.path): r for r in INVENTORY}
 
@@ -184,8 +189,10 @@ def _allowed(method: str, path: str, route) -> bool:
     return entry.endpoint is None or getattr(route, "endpoint", None) is entry.endpoint
 
 
-def install(fastapi_app) -> list:
-    """The app's versions in front, then everything not in the inventory removed; returns what is exposed."""
+def install(fastapi_app, max_body_bytes: int) -> list:
+    """The page, the app's versions in front, then everything not in the inventory removed, and a cap
+    on request bodies; returns what is exposed."""
+    mount_viewer(fastapi_app)
     present = {(m, p, getattr(r, "endpoint", None)) for m, p, r, _ in live_routes(fastapi_app)}
     for entry in INVENTORY:
         if entry.endpoint is not None and (entry.method, entry.path, entry.endpoint) not in present:
@@ -198,6 +205,42 @@ def install(fastapi_app) -> list:
                 router._mark_routes_changed()
             removed.append(f"{method} {path}")
     exposed = sorted({f"{m} {p}" for m, p, _, _ in live_routes(fastapi_app)})
-    logger.info("routes removed (not in lib/route_inventory.py, or replaced by the app's): %s", removed)
+    logger.info("routes removed (not in lib/http/inventory.py, or replaced by the app's): %s", removed)
     logger.info("%s %s", EXPOSED_ROUTES, json.dumps(exposed))
+    if fastapi_app.middleware_stack is not None and not isinstance(fastapi_app.middleware_stack, BodyLimit):
+        fastapi_app.middleware_stack = BodyLimit(fastapi_app.middleware_stack, max_body_bytes)
+    logger.info("request bodies capped at %d bytes", max_body_bytes)
     return exposed
+
+
+class BodyLimit:
+    """ASGI wrapper: 413 for a body over ``limit`` bytes, by its Content-Length or as it streams."""
+
+    def __init__(self, app, limit: int):
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.limit:
+            return await _too_large(send, self.limit)
+        seen = 0
+
+        async def limited_receive():
+            nonlocal seen
+            message = await receive()
+            seen += len(message.get("body", b""))
+            if seen > self.limit:
+                raise HTTPException(status_code=413, detail=f"request body over {self.limit} bytes")
+            return message
+
+        return await self.app(scope, limited_receive, send)
+
+
+async def _too_large(send, limit: int):
+    body = json.dumps({"detail": f"request body over {limit} bytes (--conf upload_max_mb)"}).encode()
+    await send({"type": "http.response.start", "status": 413,
+                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send({"type": "http.response.body", "body": body})

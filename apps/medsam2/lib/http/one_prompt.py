@@ -13,7 +13,7 @@
 Accepting is saving: ``PUT /datastore/label`` (annotator) with ``params.one_prompt_run`` set to
 the run's id saves the label (the result, or the person's correction of it) and records in the
 label's info that one-prompt made it from which study, and how many voxels the person changed
-(``OnePromptRuns.accepting`` and ``.record``, called by lib/routes.py's save).
+(``OnePromptRuns.accepting`` and ``.record``, called by lib/http/labels.py's save).
 """
 
 from __future__ import annotations
@@ -22,15 +22,15 @@ from typing import Optional
 
 from fastapi import Body, Depends, Query
 from fastapi.responses import Response
-from monailabel.config import settings
 from monailabel.endpoints.user.auth import RBAC, User
 from monailabel.interfaces.utils.app import app_instance
 
-from .options import OptionError, identifier, integer
-from .one_prompt_runs import run_owner
-from .routes import _as_http, _user_name
+from ..options import OptionError, identifier, integer
+from ..one_prompt_runs import run_owner
+from .access import USER, user_name
+from .errors import as_http
+from .studies import known_image
 
-USER = settings.MONAI_LABEL_AUTH_ROLE_USER
 UNLABELLED = "unlabelled"
 
 
@@ -42,19 +42,13 @@ def _runs():
 
 
 def _owner(user: User) -> str:
-    return run_owner(_user_name(user))
-
-
-def _known(datastore, image, field: str) -> str:
-    if not isinstance(image, str) or image not in set(datastore.list_images()):
-        raise OptionError(field, f"no study {image!r} in this datastore", status=404)
-    return image
+    return run_owner(user_name(user))
 
 
 def _structure(body: dict) -> tuple:
     """(support study, structure name, label_value) of a start request, checked."""
     datastore = app_instance().datastore()
-    support = _known(datastore, body.get("support") or body.get("image"), "support")
+    support = known_image(body.get("support") or body.get("image"), datastore, "support")
     labels = list(app_instance().settings.labels)
     label = body.get("label") or labels[0]
     if label not in labels:
@@ -77,33 +71,33 @@ def start_run(body: dict = Body(..., description='{"support", "label", "targets"
             labelled = set(datastore.get_labeled_images())
             targets = sorted(i for i in datastore.list_images() if i not in labelled and i != support)
         elif isinstance(targets, list) and all(isinstance(t, str) for t in targets):
-            targets = [_known(datastore, identifier(t, "targets"), "targets") for t in targets]
+            targets = [known_image(t, datastore, "targets") for t in targets]
         else:
             raise OptionError("targets", f'a list of study ids, or "{UNLABELLED}"')
         if len(targets) > 500:
             raise OptionError("targets", "at most 500 studies in one run")
         return _runs().start(_owner(user), "review", support, label, value, targets).json()
 
-    return _as_http(start)
+    return as_http(start)
 
 
 def follow_ups(image: str = Query(..., description="image id of the datastore"), user: User = Depends(RBAC(USER))):
     def read():
-        from .patients import later_studies
+        from ..patients import later_studies
 
         datastore = app_instance().datastore()
-        _known(datastore, identifier(image, "image"), "image")
+        known_image(image, datastore)
         this, later = later_studies(datastore, image)
         return {"image": image, "date": this.date if this else None, "grouped": this is not None,
                 "later": [{"image": t.image, "date": t.date} for t in later]}
 
-    return _as_http(read)
+    return as_http(read)
 
 
 def start_follow_up(body: dict = Body(..., description='{"image", "label", "follow_up"?}'),
                     user: User = Depends(RBAC(USER))):
     def start():
-        from .patients import later_studies
+        from ..patients import later_studies
 
         if not isinstance(body, dict):
             raise OptionError("body", "a JSON object")
@@ -119,25 +113,25 @@ def start_follow_up(body: dict = Body(..., description='{"image", "label", "foll
                               status=409 if not wanted else 404)
         return _runs().start(_owner(user), "follow-up", support, label, value, [chosen[0].image]).json()
 
-    return _as_http(start)
+    return as_http(start)
 
 
 def list_runs(user: User = Depends(RBAC(USER))):
-    return _as_http(lambda: {"runs": [r.json() for r in _runs().runs(_owner(user))]})
+    return as_http(lambda: {"runs": [r.json() for r in _runs().runs(_owner(user))]})
 
 
 def get_run(run_id: str, user: User = Depends(RBAC(USER))):
-    return _as_http(lambda: _runs().get(_owner(user), identifier(run_id, "run")).json())
+    return as_http(lambda: _runs().get(_owner(user), identifier(run_id, "run")).json())
 
 
 def cancel_run(run_id: str, user: User = Depends(RBAC(USER))):
-    return _as_http(lambda: _runs().cancel(_owner(user), identifier(run_id, "run")).json())
+    return as_http(lambda: _runs().cancel(_owner(user), identifier(run_id, "run")).json())
 
 
 def run_mask(run_id: str, image: str = Query(...), user: User = Depends(RBAC(USER))):
-    data = _as_http(lambda: _runs().mask(_owner(user), identifier(run_id, "run"), identifier(image, "image")))
+    data = as_http(lambda: _runs().mask(_owner(user), identifier(run_id, "run"), identifier(image, "image")))
     return Response(content=data, media_type="application/octet-stream", headers={"Cache-Control": "no-store"})
 
 
 def reject_result(run_id: str, image: str = Query(...), user: User = Depends(RBAC(USER))):
-    return _as_http(lambda: _runs().reject(_owner(user), identifier(run_id, "run"), identifier(image, "image")).json())
+    return as_http(lambda: _runs().reject(_owner(user), identifier(run_id, "run"), identifier(image, "image")).json())
