@@ -167,7 +167,7 @@ def child_ours(args, vol, ref) -> dict:
             if args.mode == "precision":
                 np.save(Path(args.workdir) / f"mask_bf16-{args.cpu_bf16}_int8-{args.cpu_int8}.npy",
                         first.labels["l"].mask)
-            seg.sessions.clear()
+            seg.memory.clear()
     out["peak_rss_mb"], out["peak_cuda_mb"] = round(peak_rss_mb(), 1), peak_cuda_mb()
     return out
 
@@ -193,7 +193,7 @@ def _ahead_runs(args, models, protocol, volume, box, ref, out) -> dict:
         job.finished.wait()
         _record_first(args, out, "ahead", rep, first, t_first, ref,
                       {"protocol": protocol, "pause_s": args.ahead_pause, "encoded_before_click": encoded_at_click})
-        seg.sessions.clear()
+        seg.memory.clear()
     out["peak_rss_mb"], out["peak_cuda_mb"] = round(peak_rss_mb(), 1), peak_cuda_mb()
     return out
 
@@ -219,7 +219,7 @@ def _second_user_runs(args, models, protocol, volume, box, ref, out) -> dict:
         t = time.perf_counter()
         first = seg.run(volume, {"l": LabelPrompts(boxes=[box])}, session_key=("bob", rep))
         _record_first(args, out, "second_user", rep, first, time.perf_counter() - t, ref, {"protocol": protocol})
-        seg.sessions.clear()
+        seg.memory.clear()
     out["peak_rss_mb"], out["peak_cuda_mb"] = round(peak_rss_mb(), 1), peak_cuda_mb()
     return out
 

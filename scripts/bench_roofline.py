@@ -82,7 +82,7 @@ def child_roofline(args, vol, ref) -> dict:
 
     def first_request(key):
         # a fresh array, no sessions: encoded slices are shared per image, and both runs must encode every slice
-        segmenter.sessions.clear()
+        segmenter.memory.clear()
         fresh = Volume(vol.copy(), np.diag([0.8, 0.8, 2.5, 1.0]), declared_modality="CT")
         return segmenter.run(fresh, {"l": LabelPrompts(boxes=[box])}, session_key=(key,))
 

@@ -118,7 +118,7 @@ def run_runtime(segmenter, work: list, runtime: str) -> dict:
             logger.info("%s [%d/%d] %s / %s: %d voxels, %.1f s, %s", runtime, number, len(work), case.name,
                         structure.name, int(result.labels["l"].mask.sum()), time.perf_counter() - started,
                         result.run.runtimes)
-        segmenter.sessions.clear()
+        segmenter.memory.clear()
     return out
 
 

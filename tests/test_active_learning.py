@@ -28,7 +28,7 @@ def _dice_box_on_one_slice(segmenter, volume, truth):
     key = ("check", volume.path)
     mask = segmenter.run(volume, {"x": LabelPrompts(boxes=[box_on_largest_slice(truth)])},
                              session_key=key).labels["x"].mask
-    segmenter.sessions.drop(key)
+    segmenter.memory.drop(key)
     return dice(mask, truth)
 
 

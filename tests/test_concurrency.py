@@ -10,7 +10,8 @@ from medsam2_engine.volume_segmenter import EngineSettings, VolumeSegmenter
 from medsam2_engine.image_segmenter import ImageSegmenter
 from medsam2_engine.predictor import FairLock, network_lock
 from medsam2_engine.prompts import Box, Click, LabelPrompts
-from medsam2_engine.sessions import SessionLimits, SessionStore
+from medsam2_engine.sessions import SessionLimits
+from medsam2_engine.study_memory import StudyMemory
 from tests.conftest import make_volume
 
 
@@ -152,9 +153,9 @@ def test_fair_lock_serves_in_arrival_order_and_is_reentrant():
 
 
 def test_one_memory_budget_covers_3d_and_2d_sessions(small_source):
-    store = SessionStore(SessionLimits(max_sessions=8, max_memory_mb=0.5))
-    volumes = VolumeSegmenter(small_source, sessions=store)
-    images = ImageSegmenter(small_source, sessions=store)
+    store = StudyMemory(SessionLimits(max_sessions=8, max_memory_mb=0.5))
+    volumes = VolumeSegmenter(small_source, memory=store)
+    images = ImageSegmenter(small_source, memory=store)
     big = make_volume((64, 64, 40), seed=14)  # 640 KiB of float32: over the budget alone
     volumes.run(big, {"organ": LabelPrompts(clicks=[Click(30, 30, 20, True)])}, ("3d-user",))
     assert store.keys() == [("3d-user",)]  # the newest session is always kept

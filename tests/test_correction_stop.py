@@ -39,7 +39,7 @@ def _box_then_click(segmenter, volume, truth, key, stop: CorrectionStop):
     again = segmenter.run(volume, {"x": prompts}, session_key=key,
                            options=segmenter.settings.options(correction_stop=CorrectionStop(False)))
     assert again.labels["x"].reused == (not stop.enabled)
-    segmenter.sessions.drop(key)
+    segmenter.memory.drop(key)
     return first.labels["x"], second.labels["x"]
 
 

@@ -114,7 +114,7 @@ def _study(radii):
 def _segment(segmenter, volume, prompts, crop_region: CropRegionSettings, key):
     result = segmenter.run(volume, {"x": prompts}, session_key=key,
                            options=segmenter.settings.options(crop_region=crop_region))
-    segmenter.sessions.drop(key)
+    segmenter.memory.drop(key)
     return result
 
 
@@ -167,7 +167,7 @@ def test_a_prompt_outside_the_region_starts_a_larger_one(fine_tuned):
     prompts.clicks.append(Click(88, 8, 10, False))  # a negative click far outside the first region
     second = segmenter.run(volume, {"x": prompts}, session_key=key,
                            options=segmenter.settings.options(crop_region=small)).labels["x"]
-    segmenter.sessions.drop(key)
+    segmenter.memory.drop(key)
     assert first.crop_region is not None and not first.crop_region.region.contains((8, 88, 8, 88))
     assert second.crop_region is None or second.crop_region.region is None \
         or second.crop_region.region.contains((8, 88, 8, 88))

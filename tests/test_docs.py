@@ -81,3 +81,19 @@ def test_the_architecture_names_every_module_of_the_apps_packages():
         assert not unnamed, (package, unnamed)
     flat = sorted(p.name for p in lib.glob("*.py") if "route" in p.name or p.name.startswith("datastore"))
     assert not flat, flat
+
+
+def test_the_memory_owner_on_the_architecture_page_is_the_codes():
+    """Every class the page's "The memory owner" names exists, and main.py builds one StudyMemory and
+    hands that one to every service (a second store would be a second budget)."""
+    text = (ROOT / "docs/architecture.md").read_text()
+    section = text[text.index("## The memory owner"):text.index("## One name per idea")]
+    engine = "\n".join(p.read_text() for p in (ROOT / "apps/medsam2/medsam2_engine").rglob("*.py"))
+    names = set(re.findall(r"`([A-Z]\w+)`", section))
+    assert {"StudyMemory", "FeatureCache", "FeatureKey", "Session"} <= names
+    assert not [n for n in names if f"class {n}" not in engine], names
+    main = (ROOT / "apps/medsam2/main.py").read_text()
+    assert main.count("StudyMemory.from_settings(") == 1 and "StudyMemory(" not in main
+    for service in ("VolumeSegmenter(", "ImageSegmenter(", "OnePromptSegmenter("):
+        call = main[main.index(service):main.index(")", main.index(service) + len(service) + 60)]
+        assert "memory=self.memory" in call, service

@@ -32,13 +32,13 @@ def _ahead(segmenter) -> EncodeAhead:
     return ahead
 
 
-def _segmenter(models, share_features=True, sessions=None, **limits):
+def _segmenter(models, share_features=True, memory=None, **limits):
     from medsam2_engine.volume_segmenter import EngineSettings, VolumeSegmenter
     from medsam2_engine.propagation import EarlyStop
     from medsam2_engine.sessions import SessionLimits
 
     return VolumeSegmenter(models, EngineSettings(early_stop=EarlyStop(enabled=False), limits=SessionLimits(**limits),
-                                                  share_features=share_features), sessions=sessions)
+                                                  share_features=share_features), memory=memory)
 
 
 def test_centre_out_visits_every_slice_once():
@@ -56,7 +56,7 @@ def test_encoding_works_outward_from_the_slice_the_clinician_looks_at(fine_tuned
     ahead.focus(key, volume, 1)  # the page reports the slice shown
     job = ahead.request(key, volume)
     assert job.finished.wait(120) and job.stopped == "budget" and 0 < job.encoded < slices - 1
-    session = segmenter.sessions.peek(key)
+    session = segmenter.memory.peek(key)
     encoded = [k for k in range(slices) if session.frames.key(k) in session.feature_cache]
     assert encoded == sorted(centre_out(slices, focus=1)[:job.encoded])
     assert encoded != sorted(centre_out(slices)[:job.encoded])  # not the middle-out order
@@ -84,10 +84,10 @@ def test_a_session_opened_ahead_is_the_one_the_first_click_finds_and_encodes_not
     models, volume, prompts = _study(fine_tuned)
     segmenter = _segmenter(models)
     _ahead(segmenter).open_session(("u", "study"), volume)
-    opened = segmenter.sessions.peek(("u", "study"))
+    opened = segmenter.memory.peek(("u", "study"))
     assert opened is not None and len(opened.feature_cache) == 0  # read and windowed, nothing encoded
     first = segmenter.run(volume, prompts, session_key=("u", "study"))
-    assert segmenter.sessions.peek(("u", "study")) is opened  # the session opened ahead, not a new one
+    assert segmenter.memory.peek(("u", "study")) is opened  # the session opened ahead, not a new one
     cold = _segmenter(models).run(volume, prompts, session_key=("u", "study"))
     assert np.array_equal(first.labels["l"].mask, cold.labels["l"].mask)
 
@@ -99,7 +99,7 @@ def test_encoding_stops_at_the_session_memory_budget(fine_tuned):
     job = _ahead(segmenter).request(("u", "small budget"), volume)
     assert job.finished.wait(120)
     assert job.stopped == "budget" and 0 < job.encoded < volume.array.shape[2]
-    assert segmenter.sessions.memory_bytes() <= (volume_mb + 1.0) * 2**20
+    assert segmenter.memory.memory_bytes() <= (volume_mb + 1.0) * 2**20
 
 
 def test_an_evicted_session_stops_its_encoding(fine_tuned):
@@ -111,10 +111,10 @@ def test_an_evicted_session_stops_its_encoding(fine_tuned):
     with network_lock(models.get().model):  # an interactive step holds the network: the worker waits
         job = _ahead(segmenter).request(key, volume)
         deadline = time.monotonic() + 60
-        while segmenter.sessions.peek(key) is None and time.monotonic() < deadline:
+        while segmenter.memory.peek(key) is None and time.monotonic() < deadline:
             time.sleep(0.01)
-        assert segmenter.sessions.peek(key) is not None, "encode-ahead opened no session"
-        segmenter.sessions.drop(key)  # evicted (or expired) while the worker waits for its first slice
+        assert segmenter.memory.peek(key) is not None, "encode-ahead opened no session"
+        segmenter.memory.drop(key)  # evicted (or expired) while the worker waits for its first slice
     assert job.finished.wait(60)
     assert job.stopped == "evicted" and job.encoded <= 1
 
@@ -127,7 +127,7 @@ def test_a_cancelled_job_encodes_nothing_more(fine_tuned):
     ahead = _ahead(segmenter)
     with network_lock(models.get().model):
         job = ahead.request(("u", "cancelled"), volume)
-        while segmenter.sessions.peek(("u", "cancelled")) is None and not job.finished.is_set():
+        while segmenter.memory.peek(("u", "cancelled")) is None and not job.finished.is_set():
             time.sleep(0.01)
         ahead.cancel(("u", "cancelled"))
     assert job.finished.wait(60)
@@ -189,16 +189,16 @@ def test_two_sessions_on_one_image_encode_each_slice_once_with_the_masks_of_sepa
     # the second user finds the first user's slices; without sharing each session encodes them all
     assert [results["shared", u].session.slices_encoded for u in ("alice", "bob")] == [slices, 0]
     assert [results["separate", u].session.slices_encoded for u in ("alice", "bob")] == [slices, slices]
-    assert len(shared.sessions.features) == 1 and len(separate.sessions.features) == 2
+    assert len(shared.memory.features) == 1 and len(separate.memory.features) == 2
     reference = results["separate", "alice"].labels["l"].mask
     assert reference.any()
     for result in results.values():
         assert np.array_equal(result.labels["l"].mask, reference)
     # the budget counts the shared cache (and the one in-memory volume) once
-    sessions = [shared.sessions.peek((u, "study")) for u in ("alice", "bob")]
+    sessions = [shared.memory.peek((u, "study")) for u in ("alice", "bob")]
     assert sessions[0].feature_cache.shared is sessions[1].feature_cache.shared
     once = sessions[0].memory_bytes() + sessions[1].private_bytes()
-    assert shared.sessions.memory_bytes() == once < sessions[0].memory_bytes() + sessions[1].memory_bytes()
+    assert shared.memory.memory_bytes() == once < sessions[0].memory_bytes() + sessions[1].memory_bytes()
 
 
 def test_another_window_or_new_weights_never_reuse_encoded_slices(fine_tuned):
@@ -222,10 +222,10 @@ def test_another_window_or_new_weights_never_reuse_encoded_slices(fine_tuned):
         def __getattr__(self, name):
             return getattr(self.source, name)
 
-    renewed = _segmenter(NewWeights(models), sessions=segmenter.sessions)  # one store: the old version's slices are there
+    renewed = _segmenter(NewWeights(models), memory=segmenter.memory)  # one store: the old version's slices are there
     after = renewed.run(volume, prompts, session_key=("carol", "s"))
     assert after.session.slices_encoded == slices
-    versions = {key.model_version for key in segmenter.sessions.features._caches}
+    versions = {key.model_version for key in segmenter.memory.features._caches}
     assert versions == {models.get().version + 1}, "slices of the old weights are no longer offered"
 
 
@@ -234,7 +234,7 @@ def test_a_download_queues_the_image_for_any_session_and_the_first_click_finds_i
 
     import nibabel as nib
 
-    from medsam2_engine import image_features
+    from medsam2_engine import study_memory
 
     models, volume, prompts = _study(fine_tuned)
     path = tmp_path / "study.nii.gz"
@@ -242,8 +242,8 @@ def test_a_download_queues_the_image_for_any_session_and_the_first_click_finds_i
     cold = _segmenter(models).run(str(path), prompts, session_key=("slicer-user", "study"))
     assert cold.session.slices_encoded == volume.array.shape[2]
 
-    reads, read = [], image_features.load_image
-    monkeypatch.setattr(image_features, "load_image", lambda image: reads.append(image) or read(image))
+    reads, read = [], study_memory.load_image
+    monkeypatch.setattr(study_memory, "load_image", lambda image: reads.append(image) or read(image))
     segmenter = _segmenter(models)
     ahead = _ahead(segmenter)
     job = ahead.request(None, str(path))  # no session yet: the client is not known
@@ -253,7 +253,7 @@ def test_a_download_queues_the_image_for_any_session_and_the_first_click_finds_i
     assert np.array_equal(first.labels["l"].mask, cold.labels["l"].mask)
     assert reads == [str(path)], "the click reads the volume encode-ahead read"
     segmenter.run(str(path), prompts, session_key=("second-user", "study"))
-    store = segmenter.sessions
+    store = segmenter.memory
     kept = store.peek(("slicer-user", "study")).volume
     assert reads == [str(path)] and store.peek(("second-user", "study")).volume is kept
     store.drop(("slicer-user", "study"))
@@ -278,7 +278,7 @@ def test_the_first_request_queues_the_slices_it_did_not_reach(fine_tuned):
     first = segmenter.run(volume, prompts, session_key=("u", "s"), options=stop)
     assert first.session.slices_encoded < slices, "early stop should leave slices unreached"
     assert ahead.join(120)
-    assert ahead.queued == 1 and len(segmenter.sessions.peek(("u", "s")).feature_cache) == slices
+    assert ahead.queued == 1 and len(segmenter.memory.peek(("u", "s")).feature_cache) == slices
     whole = segmenter.run(volume, prompts, session_key=("u", "s"))  # early stop off: every slice
     assert whole.session.slices_encoded == 0
 
@@ -294,7 +294,7 @@ def test_eviction_drops_encoded_slices_no_session_holds_before_a_session(fine_tu
 
     models, volume, prompts = _study(fine_tuned)
     segmenter = _segmenter(models)
-    store = segmenter.sessions
+    store = segmenter.memory
     segmenter.run(volume, prompts, session_key=("alice", "s"))
     cache = store.peek(("alice", "s")).feature_cache.shared
     store.drop(("alice", "s"))  # the session ends; its image's slices stay for the next user, counted

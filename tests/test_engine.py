@@ -136,7 +136,7 @@ def test_sessions_are_evicted_least_recently_used_first(small_source):
     volumes = [make_volume(shape=(24, 20, 6), seed=s) for s in range(3)]
     for n, volume in enumerate(volumes):
         seg.run(volume, prompts, ("user", f"img{n}"))
-    assert seg.sessions.keys() == [("user", "img1"), ("user", "img2")]
+    assert seg.memory.keys() == [("user", "img1"), ("user", "img2")]
     again = seg.run(volumes[0], prompts, ("user", "img0"))
     assert again.session.started == "new"
 

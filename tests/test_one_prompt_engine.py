@@ -211,9 +211,9 @@ def test_one_prompt_encodes_through_the_sessions_store_and_reuses_their_slices(s
     path = tmp_path / "target.nii.gz"
     nib.save(nib.Nifti1Image(target.array, np.eye(4)), str(path))
     segmenter = VolumeSegmenter(small_source)
-    store = segmenter.sessions
+    store = segmenter.memory
     settings = OnePromptSettings(slices_per_support=2, max_probes=SHAPE[2], early_stop=EarlyStop(enabled=False))
-    one_prompt = OnePromptSegmenter(small_source, settings, segmenter.image_features)
+    one_prompt = OnePromptSegmenter(small_source, settings, memory=segmenter.memory)
 
     before = store.memory_bytes()
     one_prompt.segment_volume(str(path), [_blob_support()])
@@ -231,3 +231,35 @@ def test_one_prompt_encodes_through_the_sessions_store_and_reuses_their_slices(s
     prompts = {"organ": LabelPrompts(boxes=[Box(10, 8, 24, 20, k=4)])}
     result = segmenter.run(str(path), prompts, session_key=("alice", "target"))
     assert result.session.slices_encoded == 0, "a click on the study finds one-prompt's slices encoded"
+
+
+def test_one_study_memory_owns_every_kind_of_session_and_one_prompts_slices(small_source, tmp_path):
+    """The services (3D, 2D, one-prompt) built over one StudyMemory, as main.py builds them: each
+    kind's memory is in its one report and budget; a service given none has one of its own (and
+    one-prompt builds no 3D segmenter to borrow caches)."""
+    import nibabel as nib
+
+    from medsam2_engine.image_segmenter import ImageSegmenter
+    from medsam2_engine.prompts import Box, Click, LabelPrompts
+    from medsam2_engine.study_memory import StudyMemory
+    from medsam2_engine.volume_segmenter import VolumeSegmenter
+
+    memory = StudyMemory()
+    volumes = VolumeSegmenter(small_source, memory=memory)
+    images = ImageSegmenter(small_source, memory=memory)
+    one_prompt = OnePromptSegmenter(small_source, OnePromptSettings(slices_per_support=2, early_stop=EarlyStop(enabled=False)),
+                                    memory=memory, protocol=volumes.protocol)
+    path = tmp_path / "study.nii.gz"
+    nib.save(nib.Nifti1Image(make_volume(SHAPE, seed=3).array, np.eye(4)), str(path))
+
+    volumes.run(str(path), {"organ": LabelPrompts(boxes=[Box(10, 8, 24, 20, k=4)])}, session_key=("ana", "study"))
+    images.run(make_volume((24, 20, 4), seed=2), LabelPrompts(clicks=[Click(10, 9, 2, True)]), ("ana", "slice"),
+               slice_index=2)
+    one_prompt.segment_volume(str(path), [_blob_support()])
+    report = memory.memory_report()
+    assert report["sessions_by_kind"] == {"Session": 1, "ImageSession": 1}
+    assert len(memory.features) == 1, "one-prompt used the study's slices the 3D session encoded, and freed its supports'"
+    assert report["holds_mb"]["encoded_slices"] >= 0 and memory.memory_bytes() > 0
+    alone = OnePromptSegmenter(small_source)
+    assert isinstance(alone.memory, StudyMemory) and alone.memory is not memory
+    assert not any(isinstance(v, VolumeSegmenter) for v in vars(alone).values())

@@ -96,7 +96,7 @@ def test_any_edit_sequence_gives_a_mask_or_a_prompt_error(segmenters, volume, pr
             if prompts[label].is_empty():
                 assert not out.mask.any()
     finally:
-        segmenter.sessions.drop(key)
+        segmenter.memory.drop(key)
 
 
 @pytest.mark.parametrize("protocol", ["medsam2", "sam2"])

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from medsam2_engine.sessions import SessionLimits, SessionStore
+from medsam2_engine.sessions import SessionLimits
+from medsam2_engine.study_memory import StudyMemory
 
 
 @dataclass
@@ -33,7 +34,7 @@ class Clock:
 
 
 def test_memory_limit_evicts_least_recently_used_but_never_the_current_one():
-    store = SessionStore(SessionLimits(max_sessions=10, max_memory_mb=3.0))
+    store = StudyMemory(SessionLimits(max_sessions=10, max_memory_mb=3.0))
     mb = 1024 * 1024
     for name in "abc":
         store.put(FakeSession((name,), mb))
@@ -47,7 +48,7 @@ def test_memory_limit_evicts_least_recently_used_but_never_the_current_one():
 
 def test_idle_sessions_expire():
     clock = Clock()
-    store = SessionStore(SessionLimits(idle_timeout_s=60.0), clock=clock)
+    store = StudyMemory(SessionLimits(idle_timeout_s=60.0), clock=clock)
     store.put(FakeSession(("old",), 1))
     clock.now = 30.0
     store.put(FakeSession(("new",), 1))
@@ -95,7 +96,7 @@ def _features(store, image: str, slices: int, version: int = 1):
 def test_the_budget_counts_a_shared_feature_cache_and_volume_once():
     import numpy as np
 
-    store = SessionStore(SessionLimits(max_sessions=10, max_memory_mb=100.0))
+    store = StudyMemory(SessionLimits(max_sessions=10, max_memory_mb=100.0))
     cache, array = _features(store, "ct1", 8), np.zeros(1024, np.float32)
     store.put(SharingSession(("alice", "ct1"), cache, array, own=100))
     store.put(SharingSession(("bob", "ct1"), cache, array, own=10))
@@ -107,7 +108,7 @@ def test_caches_no_session_holds_go_first_then_sessions_and_idle_ones_expire():
     import numpy as np
 
     clock = Clock()
-    store = SessionStore(SessionLimits(max_sessions=10, max_memory_mb=1.3, idle_timeout_s=60.0), clock=clock)
+    store = StudyMemory(SessionLimits(max_sessions=10, max_memory_mb=1.3, idle_timeout_s=60.0), clock=clock)
     unheld = _features(store, "ct1", 8)  # 0.5 MiB encoded ahead, no session on it yet
     clock.now = 10.0
     held = _features(store, "ct2", 8)
@@ -129,7 +130,7 @@ def test_caches_no_session_holds_go_first_then_sessions_and_idle_ones_expire():
 
 
 def test_new_weights_drop_the_old_versions_caches():
-    store = SessionStore()
+    store = StudyMemory()
     old = _features(store, "ct1", 2, version=1)
     new = _features(store, "ct1", 2, version=2)
     assert new.shared is not old.shared and store.features.caches() == [new.shared]
@@ -140,7 +141,7 @@ def test_a_fine_tune_starting_makes_sessions_give_it_room():
     memory appears, the least recently used sessions go; the one in use stays."""
     mb = 1024 * 1024
     process = {"others": 1000 * mb}  # the network, runtimes, Python: everything but the sessions
-    store = SessionStore(SessionLimits(max_sessions=50, max_memory_mb=4096.0, process_limit_mb=1500.0),
+    store = StudyMemory(SessionLimits(max_sessions=50, max_memory_mb=4096.0, process_limit_mb=1500.0),
                          process_bytes=lambda: process["others"] + store.memory_bytes())
     for name in "abcd":
         store.put(FakeSession((name,), 100 * mb))
@@ -156,7 +157,7 @@ def test_a_fine_tune_starting_makes_sessions_give_it_room():
 
 def test_without_a_process_limit_only_the_session_budget_counts():
     mb = 1024 * 1024
-    store = SessionStore(SessionLimits(max_memory_mb=300.0), process_bytes=lambda: 10**12)
+    store = StudyMemory(SessionLimits(max_memory_mb=300.0), process_bytes=lambda: 10**12)
     for name in "abc":
         store.put(FakeSession((name,), 100 * mb))
     assert len(store) == 3 and store.session_budget_bytes() == 300 * mb
@@ -173,7 +174,7 @@ def test_a_new_session_waits_for_room_and_one_always_proceeds():
     from medsam2_engine.sessions import MemoryBusy
 
     mb = 1024 * 1024
-    store = SessionStore(SessionLimits(max_sessions=50, process_limit_mb=1000.0),
+    store = StudyMemory(SessionLimits(max_sessions=50, process_limit_mb=1000.0),
                          process_bytes=lambda: 600 * mb + store.memory_bytes())  # 400 MB left for sessions
     order = []
     first_in = threading.Event()
@@ -210,7 +211,7 @@ def test_at_most_max_opening_sessions_are_begun_at_once():
     import threading
     import time
 
-    store = SessionStore(SessionLimits(max_opening=2))
+    store = StudyMemory(SessionLimits(max_opening=2))
     inside, most, lock = [0], [0], threading.Lock()
 
     def open_one():

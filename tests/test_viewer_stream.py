@@ -118,7 +118,7 @@ def test_a_stream_whose_page_left_stops_at_its_next_slice(fine_tuned):
     run.cancelled.set()  # the page closed the connection
     run._run()
     assert run.events.get_nowait() is _END  # no slice, no final: nothing answered
-    session = segmenter.sessions.get(("tab", "left"))  # a first request stopped: no session is kept
+    session = segmenter.memory.get(("tab", "left"))  # a first request stopped: no session is kept
     assert session is None or "lesion" not in session.tracks
 
 

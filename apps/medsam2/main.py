@@ -47,6 +47,8 @@ from medsam2_engine.encode_ahead import EncodeAhead  # noqa: E402
 from medsam2_engine.volume_segmenter import VolumeSegmenter  # noqa: E402
 from medsam2_engine.image_segmenter import ImageSegmenter  # noqa: E402
 from medsam2_engine.model_source import ModelSource  # noqa: E402
+from medsam2_engine.one_prompt import OnePromptSegmenter  # noqa: E402
+from medsam2_engine.study_memory import StudyMemory  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -73,14 +75,19 @@ class MedSam2App(MONAILabelApp):
         )
         self.models.ensure_available(allow_download=self.settings.allow_download)
         self.models.watch()  # published weights are prepared before the next click needs them
-        self.volume_segmenter = VolumeSegmenter(self.models, self.settings.engine)
+        # the one owner of what the server keeps in memory: images read, their encoded slices, every
+        # session, one budget; the segmenters below are services over it and the model source
+        self.memory = StudyMemory.from_settings(self.settings.engine)
+        self.volume_segmenter = VolumeSegmenter(self.models, self.settings.engine, memory=self.memory)
         # slices encoded while the clinician looks at a study (see encode_study_ahead)
         self.encode_ahead = EncodeAhead(self.volume_segmenter) if self.settings.encode_ahead else None
         if self.encode_ahead is not None:  # after a session's first request, the slices it left
             self.volume_segmenter.after_first_request = self.encode_ahead.follow_request
-        # one session store, so one memory budget, for 3D and 2D sessions
-        self.image_segmenter = ImageSegmenter(self.models, sessions=self.volume_segmenter.sessions,
+        self.image_segmenter = ImageSegmenter(self.models, memory=self.memory,
                                               cpu_bf16=self.settings.engine.cpu_bf16)
+        # one-prompt over the same memory, its slices made as the 3D service makes them (its protocol)
+        self.one_prompt_segmenter = OnePromptSegmenter(self.models, one_prompt_settings(self.settings.engine),
+                                                       memory=self.memory, protocol=self.volume_segmenter.protocol)
         # only the trainer replica fine-tunes (docs/deployment.md); the others serve what it publishes
         self._auto_finetune = AutoFineTune(
             self.settings.auto_finetune_after if self.settings.replica.trainer else 0,
@@ -174,8 +181,7 @@ class MedSam2App(MONAILabelApp):
             "medsam2_3d": Interactive3D(self.volume_segmenter, self.settings.labels, self.datastore),
             "medsam2_scribbles": Scribbles3D(self.volume_segmenter, self.settings.labels, self.datastore),
             "medsam2_2d": Interactive2D(self.image_segmenter, self.settings.labels, self.prefetch_study),
-            "medsam2_one_prompt": OnePrompt(self.models, self.settings.labels, self.datastore,
-                                            one_prompt_settings(self.settings.engine),
+            "medsam2_one_prompt": OnePrompt(self.one_prompt_segmenter, self.settings.labels, self.datastore,
                                             interactive=self.volume_segmenter),
         }
 
@@ -213,5 +219,5 @@ class MedSam2App(MONAILabelApp):
                            "replica": self.settings.replica.status()}
         info["medsam2"]["encode_ahead"] = self.encode_ahead.status() if self.encode_ahead else None
         # what sessions hold against their budget; the server's and its fine-tune's memory against the limit
-        info["medsam2"]["memory"] = self.volume_segmenter.sessions.memory_report()
+        info["medsam2"]["memory"] = self.memory.memory_report()
         return info

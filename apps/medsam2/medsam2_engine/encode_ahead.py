@@ -129,7 +129,7 @@ class EncodeAhead:
             return
         try:
             with segmenter.open(tuple(session_key), image, window, modality) as session:
-                segmenter.sessions.put(session)
+                segmenter.memory.put(session)
         except PromptError:
             return  # a 2D image: the 2D model opens its own
         except Exception as err:  # noqa: BLE001 - the click opens it again and reports what is wrong
@@ -205,7 +205,7 @@ class EncodeAhead:
                             job.stopped)
 
     def _target(self, job: EncodeJob) -> _Target:
-        segmenter, store = self.segmenter, self.segmenter.sessions
+        segmenter, store = self.segmenter, self.segmenter.memory
         if job.session_key is None:
             loaded, frames, key, cache = segmenter.prepare_features(job.image, job.window, job.modality)
             return _Target(loaded.model, frames, cache, lambda: store.holds_features(key, cache),
@@ -231,7 +231,7 @@ class EncodeAhead:
         except PromptError:
             return "not a volume"  # a 2D image: no slices to encode
         predictor, frames, cache = target.predictor, target.frames, target.cache
-        store = self.segmenter.sessions
+        store = self.segmenter.memory
         budget = store.limits.max_memory_mb * 2**20
         slice_bytes = None
         device = self.segmenter.models.device

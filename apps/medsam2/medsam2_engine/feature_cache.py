@@ -13,7 +13,7 @@ features: keeping one copy halves the work and the memory, and the masks are unc
 - :class:`FeatureKey` says what the features depend on. New weights are a new model
   version, so they never find features encoded with the old ones.
 - :class:`FeatureStore` holds the caches by key (guarded by the session store's lock, see
-  ``sessions.SessionStore``), which counts each one once in its memory budget and evicts
+  ``study_memory.StudyMemory``), which counts each one once in its memory budget and evicts
   those no session holds, least recently used first. A cache of a file also keeps the
   volume read from it, so the file is read once: encode-ahead's read is the first click's,
   and a second clinician on the study reads nothing.
@@ -114,7 +114,7 @@ class FeatureStore:
 
         ``array``: an in-memory image's pixels (its key is the array's ``id``, which Python
         reuses once the array is freed): the cache is only found while that array lives.
-        ``volume``: the volume read from the key's file, kept with the cache (see :meth:`volume_of`).
+        ``volume``: the volume read from the key's file, kept with the cache (see :meth:`kept_volume`).
         """
         self._drop_orphaned_arrays()
         stale = [k for k in self._caches if k.model_version != key.model_version]
@@ -149,7 +149,7 @@ class FeatureStore:
     def caches(self) -> list:
         return [entry[0] for entry in self._caches.values()]
 
-    def volume_of(self, image: tuple):
+    def kept_volume(self, image: tuple):
         """The volume read from the file of ``image`` (a ``sessions.image_stamp``: a rewritten file
         has another) and kept with some cache of it, or None."""
         for key, entry in reversed(self._caches.items()):

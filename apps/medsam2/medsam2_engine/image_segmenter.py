@@ -23,7 +23,8 @@ from .model_source import ModelSource
 from .prompts import LabelPrompts
 from .predictor import network_lock
 from .results import RunInfo
-from .sessions import SessionLimits, SessionStore, image_stamp, window_key
+from .sessions import SessionLimits, image_stamp, window_key
+from .study_memory import StudyMemory
 from .volume_io import Volume, load_image
 from .windowing import Window, model_window
 
@@ -86,12 +87,12 @@ class ImageResult:
 
 
 class ImageSegmenter:
-    """2D sessions; pass the 3D segmenter's ``sessions`` so one memory budget covers both kinds."""
+    """2D segmentation as a service; pass the app's ``memory`` so one budget covers every kind of session."""
 
     def __init__(self, models: ModelSource, limits: SessionLimits | None = None,
-                 sessions: SessionStore | None = None, cpu_bf16: str = "off"):
+                 memory: StudyMemory | None = None, cpu_bf16: str = "off"):
         self.models = models
-        self.sessions = sessions if sessions is not None else SessionStore(limits or SessionLimits())
+        self.memory = memory if memory is not None else StudyMemory(limits or SessionLimits())
         self.cpu_bf16 = cpu_bf16  # as the 3D engine's (see precision.py)
         self._template: SAM2ImagePredictor | None = None  # see _predictor_for
         self._template_lock = threading.Lock()
@@ -100,9 +101,9 @@ class ImageSegmenter:
     def open(self, key: tuple, image, window=None, modality: str | None = None) -> Iterator[ImageSession]:
         """The session of ``key`` on ``image`` (path or Volume); its lock is held until the block ends."""
         key = (SESSION_KIND, *key)  # beside 3D sessions in one store
-        with self.sessions.locked(key):
+        with self.memory.locked(key):
             loaded = self.models.get()
-            session = self.sessions.get(key)
+            session = self.memory.get(key)
             if (
                 session is None
                 or session.model_version != loaded.version
@@ -151,7 +152,7 @@ class ImageSegmenter:
         best = int(np.argmax(ious))
         timings["decode"] = time.perf_counter() - t0
         session.requests += 1
-        self.sessions.put(session)
+        self.memory.put(session)
         timings["total"] = time.perf_counter() - started + timings.get("load", 0.0)
         return ImageResult(
             mask=image_to_slice(masks[best] > 0),

@@ -30,7 +30,7 @@ class FrameSource:
 
     name: tuple  # the frame's name in the sequence, e.g. ("support", "study-3", k) or ("target", k)
     image01: Callable[[], np.ndarray]  # the image in [0, 1], [rows, cols] or [rows, cols, 3]
-    cache: FeatureCache  # the cache of the image the frame comes from (image_features.py)
+    cache: FeatureCache  # the cache of the image the frame comes from (study_memory.py)
     cache_key: tuple | None = None  # its key there (``SliceFrames.key``); None: ``name``
     model_input: Callable[[], torch.Tensor] | None = None  # as its image's sessions see it; None: image01 resized
 

@@ -35,11 +35,12 @@ from .memory_frames import (
     frame_confidence,
     predict_from_memory,
 )
-from .image_features import EncodedImage, ImageFeatures
 from .model_source import ModelSource
 from .one_prompt_images import QueryResult, segment_queries
 from .propagation import AbsenceRun, Cancelled, EarlyStop, PassReport, slice_steps
+from .protocols import default_protocol, input_resampling
 from .results import RunInfo, slice_score
+from .study_memory import EncodedImage, StudyMemory
 from .support_selection import SupportChoice, choose_supports, spanning_slices
 from .volume_io import Volume
 from .windowing import Window, model_window
@@ -68,7 +69,7 @@ class OnePromptSettings:
     max_supports: int = 2
     max_probes: int = 24  # target slices scored from the support memory to find the start
     early_stop: EarlyStop = field(default_factory=EarlyStop)
-    feature_cache_mb: float = 2048.0  # without the app's ImageFeatures: the bound of this segmenter's own caches
+    feature_cache_mb: float = 2048.0  # without the app's StudyMemory: the bound of this segmenter's own caches
     cpu_bf16: str = "off"  # as the engine's (see precision.py)
 
 
@@ -107,20 +108,18 @@ class OnePromptImageResult:
 
 
 class OnePromptSegmenter:
-    """``image_features``: the interactive engine's (``VolumeSegmenter.image_features``), so one-prompt's encoded
+    """``memory``: the app's one StudyMemory, so one-prompt's encoded
     slices are the sessions' (a target a clinician opened is not encoded again) and count in their
     memory budget; without it, a store of its own."""
 
     def __init__(self, models: ModelSource, settings: OnePromptSettings | None = None,
-                 image_features: ImageFeatures | None = None):
+                 memory: StudyMemory | None = None, protocol: str | None = None):
         self.models = models
         self.settings = settings or OnePromptSettings()
-        if image_features is None:
-            from .volume_segmenter import EngineSettings, VolumeSegmenter
-
-            image_features = VolumeSegmenter(models, EngineSettings(feature_cache_mb=self.settings.feature_cache_mb,
-                                                                    cpu_bf16=self.settings.cpu_bf16)).image_features
-        self.image_features = image_features
+        self.memory = memory if memory is not None else StudyMemory(feature_cache_mb=self.settings.feature_cache_mb,
+                                                                    cpu_bf16=self.settings.cpu_bf16)
+        # slices as the interactive engine makes them (its protocol's resampling): one-prompt shares them
+        self.resampling = input_resampling(protocol or default_protocol(getattr(models, "preset", None)))
         self._lock = threading.Lock()  # one whole-study search at a time: it must not crowd out clicks
 
     def segment_volume(self, target, supports: list, window=None, modality=None,
@@ -129,7 +128,7 @@ class OnePromptSegmenter:
         """``target``: the study's file (its encoded slices shared with sessions on it) or a Volume.
         ``cancelled``: once set, the search stops at its next slice (raises ``Cancelled``)."""
         settings = settings or self.settings
-        volume = self.image_features.read(target)
+        volume = self.memory.read(target)
         if not volume.is_3d:
             raise OnePromptError(f"target must be a 3D volume, got shape {list(volume.array.shape)}")
         usable, rejected = _check_supports(supports, settings.slices_per_support)
@@ -137,8 +136,9 @@ class OnePromptSegmenter:
         timings: dict = {}
         loaded = self.models.get()
         with self._lock, torch.inference_mode(), autocast_for(self.models.device, settings.cpu_bf16):
-            target_image = self.image_features.encoded(target, loaded, window, modality, owner=("one-prompt",), volume=volume)
-            run = _Run(loaded, self.image_features, target_image, window, settings, timings, cancelled)
+            target_image = self.memory.encoded(target, loaded, window, modality, owner=("one-prompt",), volume=volume,
+                                               resampling=self.resampling)
+            run = _Run(loaded, self.memory, target_image, window, settings, timings, cancelled, self.resampling)
             try:
                 choices = run.choose(usable, rejected)
                 result = run.segment([s for s in usable if s.name in {c.name for c in choices if c.used}])
@@ -176,7 +176,7 @@ class OnePromptSegmenter:
         started = time.perf_counter()
         loaded = self.models.get()
         call = np.zeros(0)  # the call's encodings count in the budget while it runs, then go
-        cache = self.image_features.call_cache(loaded, call)
+        cache = self.memory.call_cache(loaded, call)
         try:
             with self._lock, torch.inference_mode(), autocast_for(self.models.device, self.settings.cpu_bf16):
                 support_mask, results = segment_queries(
@@ -184,7 +184,7 @@ class OnePromptSegmenter:
                     self.settings.early_stop.score_threshold, timings,
                 )
         finally:
-            self.image_features.release(cache)
+            self.memory.release(cache)
         timings["total"] = time.perf_counter() - started
         return OnePromptImagesResult(support_mask, results, RunInfo.of(loaded, "one-prompt", timings))
 
@@ -213,12 +213,13 @@ def _check_supports(supports: list, per_support: int) -> tuple:
 class _Run:
     """One target study's one-prompt segmentation (state shared by its steps)."""
 
-    def __init__(self, loaded, features: ImageFeatures, target: EncodedImage, window, settings: OnePromptSettings,
-                 timings: dict, cancelled: threading.Event | None = None):
+    def __init__(self, loaded, memory: StudyMemory, target: EncodedImage, window, settings: OnePromptSettings,
+                 timings: dict, cancelled: threading.Event | None = None, resampling: str = "medsam2"):
         self.loaded = loaded
         self.cancelled = cancelled
         self.predictor = loaded.model
-        self.features = features
+        self.memory = memory
+        self.resampling = resampling
         self.settings = settings
         self.timings = timings
         self.window_spec = window
@@ -231,7 +232,7 @@ class _Run:
 
     def release_supports(self) -> None:
         for cache in self.support_caches:
-            self.features.release(cache)
+            self.memory.release(cache)
 
     @staticmethod
     def _source(name: tuple, image: EncodedImage, k: int) -> FrameSource:
@@ -244,8 +245,8 @@ class _Run:
 
     def _add_support(self, support: Support) -> list:
         # the run's own cache (supports are read for this request): freed when it ends
-        image = self.features.encoded(support.volume, self.loaded, self.window_spec, None,
-                                      owner=("one-prompt", id(self)), private=True)
+        image = self.memory.encoded(support.volume, self.loaded, self.window_spec, None,
+                                    owner=("one-prompt", id(self)), private=True, resampling=self.resampling)
         self.support_caches.append(image.cache)
         names = []
         for k in support.slices:

@@ -41,7 +41,7 @@ def segment_queries(predictor, cache: FeatureCache, support_image01: np.ndarray,
                     score_threshold: float = 0.0, timings: dict | None = None):
     """(support mask used, [QueryResult per query]); images in [0, 1], masks as images [rows, cols].
 
-    ``cache``: where the images' encodings are kept for the call (image_features.ImageFeatures.call_cache).
+    ``cache``: where the images' encodings are kept for the call (study_memory.StudyMemory.call_cache).
 
     Give the support either ``support_mask`` or a ``prompt`` (points ``(x, y)`` and/or a
     box in the support image's pixels); an empty support mask is refused.

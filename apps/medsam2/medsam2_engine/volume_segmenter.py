@@ -29,13 +29,14 @@ from .crop_region import CropRegion, CropRegionSettings, choose_region, prompt_e
 from .model_source import ModelSource
 from .precision import autocast_for
 from .predictor import runtimes_used
-from .image_features import ImageFeatures
 from .prompts import LabelPrompts, PromptError
 from .exact_stop import ExactStopReport, exact_stop_report, misses_prompted_range
 from .propagation import Cancelled, CorrectionStop, EarlyStop, listening
 from .protocols import check_protocol, default_protocol, label_protocol, one_state
 from .results import RunInfo, slice_score
-from .sessions import Session, SessionLimits, SessionStore, image_stamp, window_key
+from .protocols import input_resampling
+from .sessions import Session, SessionLimits, image_stamp, window_key
+from .study_memory import StudyMemory
 from .tracks import LabelTrack, apply_changes, diff_prompts, starts_afresh
 from .volume_io import Volume
 from .windowing import Window
@@ -140,13 +141,16 @@ class SegmentedLabel:
 
 
 class VolumeSegmenter:
+    """3D segmentation as a service over the model source and the study memory (``memory``: the app's one
+    owner of images, encoded slices and sessions; without it, one of its own)."""
+
     def __init__(self, models: ModelSource, settings: EngineSettings | None = None,
-                 sessions: SessionStore | None = None):
+                 memory: StudyMemory | None = None):
         self.models = models
         self.settings = settings or EngineSettings()
         self.protocol = check_protocol(self.settings.protocol or default_protocol(getattr(models, "preset", None)))
-        self.sessions = sessions if sessions is not None else SessionStore(self.settings.limits)
-        self.image_features = ImageFeatures(self.sessions, self.settings, self.protocol)  # slices and their caches
+        self.memory = memory if memory is not None else StudyMemory.from_settings(self.settings)
+        self.resampling = input_resampling(self.protocol)  # how slices become model inputs
         # called with (session, prompted slices) after a session's first request; the app wires
         # encode-ahead's follow_request here (main.py), None: nothing follows
         self.after_first_request = None
@@ -160,9 +164,9 @@ class VolumeSegmenter:
         """The session of ``key`` on ``image`` (path or Volume), begun anew when it is new, reset,
         or its image, weights or window changed; its lock is held until the block ends."""
         key = tuple(key)
-        with self.sessions.locked(key):
+        with self.memory.locked(key):
             loaded = self.models.get()
-            session = self.sessions.get(key)
+            session = self.memory.get(key)
             reason = None
             if session is None:
                 reason = "new"
@@ -178,8 +182,8 @@ class VolumeSegmenter:
                 yield session
                 return
             started = time.perf_counter()
-            volume = self.image_features.read(image)
-            with self.sessions.reserve(self._session_estimate(volume, loaded)):  # room within the memory limit
+            volume = self.memory.read(image)
+            with self.memory.reserve(self._session_estimate(volume, loaded)):  # room within the memory limit
                 session = self._begin(key, image, loaded, window, modality, reason, volume,
                                       time.perf_counter() - started)
                 yield session
@@ -197,7 +201,8 @@ class VolumeSegmenter:
     def _begin(self, key, image, loaded, window, modality, reason: str, volume, load_seconds: float) -> Session:
         if not volume.is_3d:
             raise PromptError(f"image {key[-1]} is 2D (shape {list(volume.array.shape)}); use the 2D model for it")
-        encoded = self.image_features.encoded(image, loaded, window, modality, owner=key, volume=volume)
+        encoded = self.memory.encoded(image, loaded, window, modality, owner=key, volume=volume,
+                                     resampling=self.resampling)
         return Session(key=key, image_stamp=image_stamp(image), model=loaded, window_key=window_key(window, modality),
                        volume=volume, frames=encoded.frames, window=encoded.window, feature_cache=encoded.cache,
                        modality=encoded.modality, started=reason, load_seconds=load_seconds, image=image)
@@ -206,10 +211,11 @@ class VolumeSegmenter:
         """(model, frames, feature key, cache) of ``image`` as a request with this window would see it,
         without a session: encode-ahead fills the image's cache before anyone has clicked."""
         loaded = self.models.get()
-        volume = self.image_features.read(image)
+        volume = self.memory.read(image)
         if not volume.is_3d:
             raise PromptError(f"image is 2D (shape {list(volume.array.shape)}): nothing to encode ahead")
-        encoded = self.image_features.encoded(image, loaded, window, modality, owner=("encode-ahead",), volume=volume)
+        encoded = self.memory.encoded(image, loaded, window, modality, owner=("encode-ahead",), volume=volume,
+                                     resampling=self.resampling)
         return loaded, encoded.frames, encoded.cache.key, encoded.cache.shared
 
     def wait_idle(self, timeout: float | None = None) -> bool:
@@ -219,7 +225,7 @@ class VolumeSegmenter:
 
     def segmented(self, key: tuple, label: str) -> SegmentedLabel | None:
         """The session's last mask of ``label`` (None if it has none, or it is empty)."""
-        session = self.sessions.get(tuple(key))
+        session = self.memory.get(tuple(key))
         track = session.tracks.get(label) if session is not None else None
         if track is None or track.mask is None or not track.mask.any():
             return None
@@ -276,7 +282,7 @@ class VolumeSegmenter:
                     warnings.append(f"label {label}: {results[label].restarted}")
         began = session.started if session.requests == 0 else None
         session.requests += 1
-        self.sessions.put(session)
+        self.memory.put(session)
         timings["total"] = time.perf_counter() - started + timings.get("load", 0.0)
         cache = session.feature_cache
         report = SessionReport(key=list(session.key), started=began, labels=sorted(session.tracks),

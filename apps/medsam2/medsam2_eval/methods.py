@@ -49,7 +49,7 @@ class EngineMethod(Method):
         settings = EngineSettings(protocol=protocol, early_stop=early_stop, correction_stop=self.correction_stop,
                                   crop_region=self.crop_region)
         self.volumes = VolumeSegmenter(models, settings)
-        self.images = ImageSegmenter(models, sessions=self.volumes.sessions)
+        self.images = ImageSegmenter(models, memory=self.volumes.memory)
 
     def segment(self, box, clicks) -> tuple:
         case = self._case
@@ -76,8 +76,8 @@ class EngineMethod(Method):
         return out.mask, info
 
     def close(self) -> None:
-        self.volumes.sessions.clear()
-        self.images.sessions.clear()
+        self.volumes.memory.clear()
+        self.images.memory.clear()
 
 
 class CopySliceMethod(Method):

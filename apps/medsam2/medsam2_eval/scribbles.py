@@ -152,7 +152,7 @@ def main(argv=None) -> int:
             for kind in ("click", "scribble"):
                 row[kind] = run_user(segmenter, case.volume, case.window, case.volume.declared_modality,
                                      structure.mask, kind, args.interactions, (kind, case.name, structure.name))
-                segmenter.sessions.clear()
+                segmenter.memory.clear()
             logger.info("%s / %s: clicks %s, scribbles %s", case.name, structure.name, row["click"], row["scribble"])
             rows.append(row)
     summary = {kind: [round(statistics.median(r[kind][n] for r in rows), 4) for n in range(args.interactions)]

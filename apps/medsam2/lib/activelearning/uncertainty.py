@@ -130,6 +130,6 @@ def study_uncertainty(segmenter: VolumeSegmenter, volume, priors: list, key: tup
             terms["score"] = sum(WEIGHTS[name] * terms[name] for name in WEIGHTS)
             structures[prior.name] = {k: round(v, 4) if isinstance(v, float) else v for k, v in terms.items()}
     finally:
-        segmenter.sessions.drop(key)
+        segmenter.memory.drop(key)
     score = float(np.mean([s["score"] for s in structures.values()])) if structures else 1.0
     return {"score": round(score, 4), "structures": structures}

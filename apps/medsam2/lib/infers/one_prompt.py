@@ -42,7 +42,6 @@ from monailabel.interfaces.datastore import Datastore, DefaultLabelTag
 from monailabel.interfaces.tasks.infer_v2 import InferType
 
 from medsam2_engine.volume_segmenter import EngineSettings, VolumeSegmenter
-from medsam2_engine.model_source import ModelSource
 from medsam2_engine.one_prompt import OnePromptError, OnePromptSegmenter, OnePromptSettings, Support
 
 from .base import MODALITY_CHOICES, WINDOW_CHOICES, Sam2Task
@@ -63,11 +62,14 @@ def one_prompt_settings(engine: EngineSettings) -> OnePromptSettings:
 
 
 class OnePrompt(Sam2Task):
-    def __init__(self, models: ModelSource, labels: list, datastore: Callable[[], Datastore],
-                 settings: OnePromptSettings | None = None, interactive: VolumeSegmenter | None = None):
-        settings = settings or OnePromptSettings()
+    """A thin task over the one-prompt service (``segmenter``, built in main.py over the app's one
+    StudyMemory); ``interactive``: the 3D service, whose sessions hold what users just segmented."""
+
+    def __init__(self, segmenter: OnePromptSegmenter, labels: list, datastore: Callable[[], Datastore],
+                 interactive: VolumeSegmenter | None = None):
+        settings = segmenter.settings
         super().__init__(
-            models,
+            segmenter.models,
             labels,
             dimension=3,
             description="MedSAM-2 one-prompt: segment this study from labelled studies in SAM 2's memory, no clicks",
@@ -83,8 +85,7 @@ class OnePrompt(Sam2Task):
             },
         )
         self.type = InferType.SEGMENTATION  # runs without clicks
-        # one-prompt's encoded slices are the interactive sessions' (one store, one memory budget)
-        self.segmenter = OnePromptSegmenter(models, settings, interactive.image_features if interactive else None)
+        self.segmenter = segmenter
         self.datastore = datastore
         self.interactive = interactive  # its sessions hold what users just segmented
 
@@ -117,7 +118,7 @@ class OnePrompt(Sam2Task):
         supports = ([session_support] if session_support else []) + supports
         if not supports:
             raise OnePromptError("no usable support study: " + "; ".join(f"{k}: {v}" for k, v in rejected.items()))
-        target = self.segmenter.image_features.read(request["image"])  # as encode-ahead read it, if it did
+        target = self.segmenter.memory.read(request["image"])  # as encode-ahead read it, if it did
         window, modality = window_option(request), modality_option(request)
         if target.is_3d:
             out, mask = self._volume(request, request["image"], supports, rejected, window, modality, cancelled)
@@ -130,7 +131,7 @@ class OnePrompt(Sam2Task):
         """(is 3D, modality as the model sees it) of a datastore study: which studies a prompt study fits."""
         from medsam2_engine.windowing import model_window
 
-        volume = self.segmenter.image_features.read(self.datastore().get_image_uri(image_id))
+        volume = self.segmenter.memory.read(self.datastore().get_image_uri(image_id))
         return volume.is_3d, model_window(volume)[1]
 
     def _session_support(self, request: dict, datastore: Datastore, label: str) -> Support | None:

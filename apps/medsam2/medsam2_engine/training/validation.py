@@ -74,7 +74,7 @@ def evaluate(segmenter: VolumeSegmenter, cases: list, label_names: dict | None =
             result = segmenter.run(volume, prompts, session_key=("validation", case.name))
             scores.append(CaseScore(case.name, value, dice(result.labels[str(value)].mask, reference),
                                     time.perf_counter() - started))
-        segmenter.sessions.drop(("validation", case.name))
+        segmenter.memory.drop(("validation", case.name))
     return summarise(scores, label_names or {})
 
 
