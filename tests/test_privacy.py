@@ -33,13 +33,13 @@ def test_patient_identifiers_are_redacted_from_log_records(caplog):
 def test_logs_are_readable_only_from_this_machine_without_auth(tmp_path, monkeypatch):
     from monailabel.config import settings
 
-    from lib import routes
+    from lib.http import tasks
 
     (tmp_path / "logs").mkdir()
     (tmp_path / "logs" / "app.log").write_text("a request's parameters\n")
     monkeypatch.setattr(settings, "MONAI_LABEL_APP_DIR", str(tmp_path))
     app = FastAPI()
-    app.add_api_route("/logs/", routes.logs, methods=["GET"])
+    app.add_api_route("/logs/", tasks.logs, methods=["GET"])
     remote = TestClient(app, client=("10.1.2.3", 50000))
     local = TestClient(app, client=("127.0.0.1", 50000))
     assert remote.get("/logs/", params={"text": True}).status_code == 403

@@ -150,17 +150,21 @@ def test_a_cine_loop_plays_is_segmented_both_ways_corrected_saved_and_reopened(c
     np.testing.assert_array_equal(held(page, 1, shape), corrected)
 
 
+def _open_loop(page, server, image: str):
+    page.goto(server.url + "/medsam2/viewer/")
+    page.evaluate("window.medsam2Viewer.ready")
+    page.click(f"#studies li[data-image='{image}']")
+    wait_idle(page)
+    return page
+
+
 @needs_shared_data
 @needs_chromium
 @pytest.mark.skipif(not CAMUS.is_dir(), reason="the CAMUS cine loops are not in ../shared/data")
 def test_a_multiframe_dicom_cine_opens_as_a_loop_of_its_frames(cine_server, chromium_page):
     """The same loop as an ultrasound multi-frame DICOM file: its frames, its FrameTime, shown as stored."""
     server, frames, _ = cine_server
-    page = chromium_page
-    page.goto(server.url + "/medsam2/viewer/")
-    page.evaluate("window.medsam2Viewer.ready")
-    page.click("#studies li[data-image='echo2ch_dicom']")
-    wait_idle(page)
+    page = _open_loop(chromium_page, server, "echo2ch_dicom")
     shape = frames.shape
     assert page.evaluate("window.medsam2Viewer.view.dims") == list(shape)
     assert page.inner_text("#slice-name") == "Frame" and page.is_visible("#play")
@@ -174,11 +178,7 @@ def test_a_multiframe_dicom_cine_opens_as_a_loop_of_its_frames(cine_server, chro
 @pytest.mark.skipif(not CAMUS.is_dir(), reason="the CAMUS cine loops are not in ../shared/data")
 def test_a_folder_of_frames_opens_as_the_loop_and_says_its_frame_time_is_unknown(cine_server, chromium_page):
     server, frames, _ = cine_server
-    page = chromium_page
-    page.goto(server.url + "/medsam2/viewer/")
-    page.evaluate("window.medsam2Viewer.ready")
-    page.click("#studies li[data-image='echo2ch_frames']")
-    wait_idle(page)
+    page = _open_loop(chromium_page, server, "echo2ch_frames")
     assert page.evaluate("window.medsam2Viewer.view.dims") == list(frames.shape)
     assert page.inner_text("#slice-name") == "Frame" and page.is_disabled("#plane")
     assert page.is_visible("#play") and page.is_disabled("#play"), "no frame rate to play at: never a made-up one"

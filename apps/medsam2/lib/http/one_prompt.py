@@ -45,8 +45,10 @@ def _owner(user: User) -> str:
     return run_owner(user_name(user))
 
 
-def _structure(body: dict) -> tuple:
+def _structure(body) -> tuple:
     """(support study, structure name, label_value) of a start request, checked."""
+    if not isinstance(body, dict):
+        raise OptionError("body", "a JSON object")
     datastore = app_instance().datastore()
     support = known_image(body.get("support") or body.get("image"), datastore, "support")
     labels = list(app_instance().settings.labels)
@@ -62,8 +64,6 @@ def _structure(body: dict) -> tuple:
 def start_run(body: dict = Body(..., description='{"support", "label", "targets": [ids] or "unlabelled"}'),
               user: User = Depends(RBAC(USER))):
     def start():
-        if not isinstance(body, dict):
-            raise OptionError("body", "a JSON object")
         support, label, value = _structure(body)
         datastore = app_instance().datastore()
         targets = body.get("targets")
@@ -99,8 +99,6 @@ def start_follow_up(body: dict = Body(..., description='{"image", "label", "foll
     def start():
         from ..patients import later_studies
 
-        if not isinstance(body, dict):
-            raise OptionError("body", "a JSON object")
         support, label, value = _structure(body)
         this, later = later_studies(app_instance().datastore(), support)
         if this is None:
