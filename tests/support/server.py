@@ -92,7 +92,7 @@ class RunningServer:
 
     def _wait(self, timeout: float) -> None:
         wait_until_answering(self, urllib.request.Request(self.url + "/info/", headers=self.headers), timeout,
-                             "server", poll_s=1.0)
+                             "server", poll_s=0.25)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
