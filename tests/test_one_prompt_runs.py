@@ -154,3 +154,18 @@ def test_studies_of_one_patient_are_ordered_by_date_from_image_info_or_the_dicom
     assert [t.image for t in later_studies(Store(), "ct_a")[1]] == ["ct_b"]
     assert later_studies(Store(), "ct_b")[1] == []
     assert later_studies(Store(), "lone") == (None, [])
+
+
+def test_a_support_maps_structure_is_found_as_the_page_names_it():
+    """A saved map without names (the sample data's: values 1, 2, 3) is read as the page shows it,
+    value n the app's n-th label; named values, an explicit label_value and binary maps as before."""
+    from lib.infers.support_studies import structure_value
+
+    labels = ["liver", "spleen", "kidney"]
+    three = np.array([0, 1, 2, 3])
+    assert structure_value(three, {}, "spleen", None, labels) == 2
+    assert structure_value(three, {"label_info": [{"name": "spleen", "idx": 3}]}, "spleen", None, labels) == 3
+    assert structure_value(three, {}, "spleen", 1, labels) == 1
+    assert structure_value(np.array([0, 1]), {}, "kidney", None, labels) == 1  # binary: its one value
+    with pytest.raises(ValueError, match="label_value"):
+        structure_value(three, {}, "lesion", None, labels)  # not one of the app's: say which

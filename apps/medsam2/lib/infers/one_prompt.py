@@ -6,7 +6,8 @@ panel): the user opens a study and presses Run. Request fields, all optional but
 - ``image``: the target study (datastore id);
 - ``label``: the name given to the result (default: the first of ``--conf labels``);
 - ``label_value``: the structure's value in the support label maps. Not needed when the
-  maps are binary or their label info names ``label``; required otherwise;
+  maps are binary, their label info names ``label``, or the map holds the value of ``label``'s
+  place in ``--conf labels`` (as the page names a saved label's values); required otherwise;
 - ``support``: a study id, a comma-separated list or a list of ids to use as support
   (default: every other study with a ``support_tag`` label, the most similar chosen);
 - ``support_tag``: the support labels' tag (default ``final``);
@@ -114,7 +115,8 @@ class OnePrompt(Sam2Task):
         if session_support is None or request.get("support"):
             ids = candidate_ids(datastore, target_id, request.get("support"), tag,
                                 positive_int(request.get("max_candidates", 8), "max_candidates"))
-            supports, rejected = load_supports(datastore, ids, tag, label, request.get("label_value"))
+            supports, rejected = load_supports(datastore, ids, tag, label, request.get("label_value"),
+                                               self.labels)
         supports = ([session_support] if session_support else []) + supports
         if not supports:
             raise OnePromptError("no usable support study: " + "; ".join(f"{k}: {v}" for k, v in rejected.items()))

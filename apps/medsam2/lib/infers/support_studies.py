@@ -61,14 +61,20 @@ def _named_values(info: dict) -> dict:
     return {str(k): int(v) for k, v in names.items()}
 
 
-def structure_value(array: np.ndarray, info: dict, label_name: str | None, label_value) -> int:
-    """Which value of a support label map is the structure asked for."""
+def structure_value(array: np.ndarray, info: dict, label_name: str | None, label_value, app_labels=()) -> int:
+    """Which value of a support label map is the structure asked for: ``label_value`` when given, else
+    the value the label's info names ``label_name``, else the value of ``label_name``'s place in the
+    app's labels (as the page names a saved label's values: ``saved_label_structures``), else the
+    one value of a binary map."""
     if label_value not in (None, ""):
         return integer(label_value, "label_value", low=1)
     named = _named_values(info)
     if label_name in named:
         return named[label_name]
     values = sorted(int(v) for v in np.unique(array) if v != 0)
+    app_labels = list(app_labels)
+    if label_name in app_labels and app_labels.index(label_name) + 1 in values and len(values) > 1:
+        return app_labels.index(label_name) + 1
     if len(values) <= 1:
         return values[0] if values else 1
     raise ValueError(
@@ -76,7 +82,8 @@ def structure_value(array: np.ndarray, info: dict, label_name: str | None, label
     )
 
 
-def load_supports(datastore: Datastore, ids: list, tag: str, label_name: str | None, label_value) -> tuple:
+def load_supports(datastore: Datastore, ids: list, tag: str, label_name: str | None, label_value,
+                  app_labels=()) -> tuple:
     """(supports, name -> why not loaded). Each support's mask is its label map == the structure's value."""
     supports, rejected = [], {}
     for image_id in ids:
@@ -84,7 +91,7 @@ def load_supports(datastore: Datastore, ids: list, tag: str, label_name: str | N
             volume = load_image(datastore.get_image_uri(image_id))
             label = load_image(datastore.get_label_uri(image_id, tag))
             info = datastore.get_label_info(image_id, tag) or {}
-            value = structure_value(label.array, info, label_name, label_value)
+            value = structure_value(label.array, info, label_name, label_value, app_labels)
         except (ImageReadError, ValueError) as err:
             rejected[image_id] = str(err)
             continue
