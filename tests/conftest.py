@@ -79,3 +79,10 @@ def fine_tuned(small_model_files, tmp_path_factory):
     source = ModelSource(preset_for_config_file(config), folder, checkpoint=str(folder / "finetuned.pt"),
                          device="cpu")
     return VolumeSegmenter(source, EngineSettings(early_stop=EarlyStop(enabled=False))), training_cases()
+
+
+# The PACS, the app on it and the browser, once for the whole session: a session fixture imported into
+# each test module would be a fixture of that module, started again for every module that imports it.
+from tests.support.browser import chromium_browser  # noqa: E402,F401
+from tests.support.orthanc import orthanc  # noqa: E402,F401
+from tests.support.pacs_app import pacs_server, pacs_studies  # noqa: E402,F401

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 
 from medsam2_engine.encode_ahead import EncodeAhead, centre_out
-from tests.support.orthanc import needs_orthanc, orthanc  # noqa: F401  (fixture)
-from tests.support.pacs_app import pacs_server, pacs_studies  # noqa: F401  (fixtures)
+from tests.support.orthanc import needs_orthanc
 
 
 def _study(fine_tuned):

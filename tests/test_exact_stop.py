@@ -25,6 +25,7 @@ from medsam2_engine.exact_stop import exact_stop_report, misses_prompted_range
 from medsam2_engine.predictor import Serving
 from medsam2_engine.propagation import EarlyStop, PassPlan, propagate_both_ways
 from medsam2_engine.protocols import largest_component
+from medsam2_engine.study_memory import StudyMemory
 from medsam2_engine.volume_io import Volume
 from tests.conftest import SHARED_DATA, needs_shared_data
 
@@ -183,8 +184,11 @@ def _box_on_largest_slice(mask: np.ndarray) -> Box:
 
 
 def _both(models, volume, prompts: LabelPrompts, key: str):
-    stop = VolumeSegmenter(models).run(volume, {"s": prompts}, ("stop", key)).labels["s"]
-    full = VolumeSegmenter(models, EngineSettings(early_stop=EarlyStop(exact_stop=False)))
+    """The app's run and the full protocol's, on the same encoded slices (one memory: the encoder is
+    deterministic, so only the passes differ, and the image is encoded once)."""
+    memory = StudyMemory()
+    stop = VolumeSegmenter(models, memory=memory).run(volume, {"s": prompts}, ("stop", key)).labels["s"]
+    full = VolumeSegmenter(models, EngineSettings(early_stop=EarlyStop(exact_stop=False)), memory=memory)
     return stop, full.run(volume, {"s": prompts}, ("full", key)).labels["s"]
 
 

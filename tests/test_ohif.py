@@ -16,8 +16,7 @@ import numpy as np
 import pytest
 
 from tests.support.browser import chromium_page, needs_chromium, screenshot  # noqa: F401  (fixture)
-from tests.support.orthanc import needs_orthanc, orthanc  # noqa: F401  (fixture)
-from tests.support.pacs_app import pacs_server, pacs_studies  # noqa: F401  (fixtures)
+from tests.support.orthanc import needs_orthanc
 
 pytestmark = [needs_orthanc, needs_chromium]
 

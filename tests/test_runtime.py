@@ -140,18 +140,19 @@ def test_new_weights_get_a_new_graph_compiled_at_load(small_model_files, tmp_pat
     assert not torch.allclose(old, reference, atol=1e-4)
 
 
-def test_int8_option_is_quantized_and_close_on_the_phantom_checkpoint(fine_tuned):
+def test_int8_option_is_quantized_and_close_on_the_phantom_checkpoint(fine_tuned, tmp_path):
     """openvino_int8 (NNCF) is an option: not float32's numbers, masks close to them (measured here)."""
     pytest.importorskip("nncf", reason="nncf is not installed: the int8 option is unavailable")
     from medsam2_engine.prompts import Box, LabelPrompts
     from medsam2_engine.runtime import OpenVinoImageEncoder, attach_cpu_runtime, calibration_slices
+    from medsam2_engine.runtime.graph import GraphCache
 
     segmenter, cases = fine_tuned
     model = segmenter.models.get().model
     image = calibration_slices(model.image_size, 1)[0]
-    with torch.inference_mode():
+    with torch.inference_mode():  # the graph cache: the runtime attached below reads this int8 encoder
         float32 = OpenVinoImageEncoder(model)(image)["backbone_fpn"][-1]
-        int8 = OpenVinoImageEncoder(model, int8=True)(image)["backbone_fpn"][-1]
+        int8 = OpenVinoImageEncoder(model, int8=True, cache=GraphCache(tmp_path))(image)["backbone_fpn"][-1]
     assert not torch.allclose(int8, float32, atol=1e-4)  # quantized: other numbers
     assert (int8 - float32).abs().max() < 0.25 * float32.abs().max()
     mask = cases[0].labels == 1
@@ -161,7 +162,7 @@ def test_int8_option_is_quantized_and_close_on_the_phantom_checkpoint(fine_tuned
     try:
         assert attach_cpu_runtime(model, "torch") == "torch"
         reference, _ = _masks(segmenter, cases[0].volume, prompts)
-        assert attach_cpu_runtime(model, "openvino_int8", [model.image_size]) == "openvino_int8"
+        assert attach_cpu_runtime(model, "openvino_int8", [model.image_size], cache_dir=tmp_path) == "openvino_int8"
         quantized, _ = _masks(segmenter, cases[0].volume, prompts)
     finally:
         attach_cpu_runtime(model, "torch")

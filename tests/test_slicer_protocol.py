@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 import requests
 
-from tests.support.orthanc import needs_orthanc, orthanc  # noqa: F401  (fixture)
-from tests.support.pacs_app import TCIA_STUDY, pacs_server, pacs_studies  # noqa: F401  (fixtures)
+from tests.support.orthanc import needs_orthanc
+from tests.support.pacs_app import TCIA_STUDY
 
 pytestmark = [needs_orthanc, pytest.mark.skipif(not TCIA_STUDY.is_dir(), reason=(
     f"real DICOM series not available: {TCIA_STUDY} is absent (only on developer/CI machines)"))]

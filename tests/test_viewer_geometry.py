@@ -17,8 +17,8 @@ import pytest
 
 from tests.support import screen_voxels as sv
 from tests.support.browser import chromium_page, needs_chromium, screenshot  # noqa: F401  (fixture)
-from tests.support.orthanc import needs_orthanc, orthanc  # noqa: F401  (fixture)
-from tests.support.pacs_app import TCIA_STUDY, pacs_server, pacs_studies  # noqa: F401  (fixtures)
+from tests.support.orthanc import needs_orthanc
+from tests.support.pacs_app import TCIA_STUDY
 from tests.support.viewer_page import LABELS, form_field, get, wait_idle
 
 SHAPE = (40, 34, 9)

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 
 from tests.support.browser import chromium_page, needs_chromium  # noqa: F401  (fixture)
-from tests.support.orthanc import needs_orthanc, orthanc  # noqa: F401  (fixture)
-from tests.support.pacs_app import SHARED_DATA, TCIA_STUDY, pacs_server, pacs_studies  # noqa: F401  (fixtures)
+from tests.support.orthanc import needs_orthanc
+from tests.support.pacs_app import SHARED_DATA, TCIA_STUDY
 from tests.support.tool_tour import tour
 from tests.support.viewer_page import small_model_server
 
@@ -58,7 +58,9 @@ def check_saved(seen: dict) -> None:
 @pytest.mark.skipif(not TCIA_STUDY.is_dir(), reason=f"the real oblique MR series is not here ({TCIA_STUDY})")
 def test_every_tool_on_the_oblique_tcia_series_from_the_pacs(pacs_server, pacs_studies, chromium_page,  # noqa: F811
                                                              tmp_path):
-    seen = tour(chromium_page, pacs_server.url, pacs_studies.tcia["T1post"], None, None, tmp_path,
+    # FLAIR_reg: T1post's grid (oblique, 25 slices); T1post itself gets a label from the Slicer test
+    # on the session's one PACS, and the tour starts from a study with none
+    seen = tour(chromium_page, pacs_server.url, pacs_studies.tcia["FLAIR_reg"], None, None, tmp_path,
                 "viewer-tools-real-tcia")
     assert seen["shape"][2] == 25 and seen["k"] == 12  # the series' 25 slices, the middle one
     check_saved(seen)

@@ -6,7 +6,7 @@ Use the fixture in a test module (import it there)::
 
     @needs_chromium
     def test_x(chromium_page):
-        page = chromium_page            # a Playwright Page in a fresh profile (user-data-dir)
+        page = chromium_page            # a Playwright Page in a fresh context (an empty profile)
         page.goto(url)
         page.screenshot(path=...)
 
@@ -43,20 +43,29 @@ def _playwright_missing() -> str:
 needs_chromium = pytest.mark.skipif(bool(_playwright_missing()), reason=_playwright_missing() or "ready")
 
 
-@pytest.fixture
-def chromium_page(tmp_path):
-    """A Playwright page in headless Debian Chromium with a fresh user-data-dir, 1280x900."""
+@pytest.fixture(scope="session")
+def chromium_browser():
+    """One headless Debian Chromium for the session (registered in tests/conftest.py); each test
+    gets a fresh context of its own (:func:`chromium_page`): no cookie, storage or cache is shared."""
     from playwright.sync_api import sync_playwright
 
-    with sync_playwright() as playwright:
-        context = playwright.chromium.launch_persistent_context(
-            str(tmp_path / "chromium-profile"), executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True,
-            viewport={"width": 1280, "height": 900},
-        )
-        try:
-            yield context.pages[0] if context.pages else context.new_page()
-        finally:
-            context.close()
+    playwright = sync_playwright().start()
+    browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+    try:
+        yield browser
+    finally:
+        browser.close()
+        playwright.stop()
+
+
+@pytest.fixture
+def chromium_page(chromium_browser):
+    """A Playwright page in a fresh browser context (an empty profile), 1280x900."""
+    context = chromium_browser.new_context(viewport={"width": 1280, "height": 900})
+    try:
+        yield context.new_page()
+    finally:
+        context.close()
 
 
 def screenshot(page, name: str, folder: Path) -> Path:

@@ -1,8 +1,9 @@
 """A real Orthanc PACS (Debian's ``orthanc`` + ``orthanc-dicomweb``) on loopback for tests.
 
-Use the session fixture in a test module (import it there)::
+The session fixture is registered in tests/conftest.py (one Orthanc for the session); a test module
+imports only the mark::
 
-    from tests.support.orthanc import orthanc, needs_orthanc  # noqa: F401  (fixture)
+    from tests.support.orthanc import needs_orthanc
 
     @needs_orthanc
     def test_x(orthanc):
