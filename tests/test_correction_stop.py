@@ -6,7 +6,6 @@ so nothing would converge and the test would prove nothing).
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 
 from medsam2_engine.prompts import Click, LabelPrompts

@@ -11,7 +11,6 @@ and says so.
 from __future__ import annotations
 
 import gzip
-import io
 import json
 import shutil
 import threading

@@ -13,7 +13,6 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
-import pytest
 
 from tests.support.browser import chromium_page, needs_chromium, screenshot  # noqa: F401  (fixture)
 from tests.support.orthanc import needs_orthanc
