@@ -1,4 +1,5 @@
-"""kill -9 of the server in the middle of a label save and of checkpoint publishing.
+"""kill -9 of the server in the middle of a label save and of checkpoint publishing; a SIGTERM with
+open tabs.
 
 The kill is timed by watching the disk: it lands while the temporary file of the write
 exists (the worst moment), and at spread-out delays after the request. After every kill
@@ -10,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import signal
 import threading
 import time
 from pathlib import Path
@@ -111,6 +113,40 @@ def test_kill_during_label_saves_never_loses_a_label(tmp_path, conf):
         previous = on_disk
     server.stop()
     print(f"\nfaults: {FAULTS}")
+
+
+def _hold_event_stream(url: str, opened: threading.Event, ended: list) -> None:
+    """An open tab's event stream: read until the server ends it."""
+    with requests.get(f"{url}/medsam2/events", stream=True, timeout=(10, 120)) as response:
+        chunks = response.iter_content(chunk_size=None)
+        next(chunks)
+        opened.set()
+        for _ in chunks:
+            pass
+    ended.append(time.monotonic())
+
+
+def test_sigterm_with_tabs_open_stops_the_server_at_once(tmp_path, conf):
+    """uvicorn waits for open responses before it exits; the page's event stream is one that never
+    finishes by itself. A restart must not wait for the tabs (nor end in a kill -9)."""
+    studies = _studies(tmp_path / "studies")
+    server = RunningServer(studies, conf, tmp_path / "server.log")
+    ended: list = []
+    streams = []
+    for _ in range(2):
+        opened = threading.Event()
+        streams.append(threading.Thread(target=_hold_event_stream, args=(server.url, opened, ended), daemon=True))
+        streams[-1].start()
+        assert opened.wait(30), "the event stream did not open"
+    asked = time.monotonic()
+    server.process.send_signal(signal.SIGTERM)
+    server.process.wait(timeout=60)
+    stopped = time.monotonic() - asked
+    for stream in streams:
+        stream.join(timeout=10)
+    server.stop()
+    assert server.process.returncode == -signal.SIGTERM  # it exited on the signal, after a clean shutdown
+    assert len(ended) == 2 and stopped < 8, f"stopped after {stopped:.1f} s"
 
 
 TRAIN_REQUEST = {"epochs": 3, "steps_per_epoch": 2, "clip_length": 3, "max_objects": 1, "correction_clicks": 1,

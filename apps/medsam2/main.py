@@ -33,6 +33,7 @@ from lib.auth import install as install_auth  # noqa: E402
 from lib.privacy import install as install_privacy  # noqa: E402
 from lib.replicas import ReplicaHeader, annotate_result  # noqa: E402
 from lib.http.inventory import install as install_routes  # noqa: E402
+from lib.shutdown import install as watch_stop_signals  # noqa: E402
 from lib.infers.interactive_2d import Interactive2D  # noqa: E402
 from lib.infers.interactive_3d import Interactive3D  # noqa: E402
 from lib.infers.scribbles_3d import Scribbles3D  # noqa: E402
@@ -149,6 +150,7 @@ class MedSam2App(MONAILabelApp):
         server = sys.modules.get("monailabel.app")  # absent when the app runs outside the server
         if server is not None:
             install_auth()
+            watch_stop_signals()  # open event streams end when the server is told to stop
             # last: the page at /medsam2/viewer/ and every route the server exposes, as lib/http/inventory.py
             # lists them; the rest removed
             install_routes(server.app, max_body_bytes=int(self.settings.upload_max_mb * 2**20))

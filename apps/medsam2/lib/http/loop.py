@@ -27,6 +27,7 @@ from monailabel.config import settings
 from monailabel.endpoints.user.auth import RBAC, User
 from monailabel.interfaces.utils.app import app_instance
 
+from ..shutdown import STOPPING
 from ..trainers.history import read_history
 
 FINETUNE = "medsam2_finetune"
@@ -121,7 +122,8 @@ async def events(request: Request, user: User = Depends(RBAC(settings.MONAI_LABE
     async def stream():
         last, quiet_since, opened = None, time.monotonic(), time.monotonic()
         yield "retry: 2000\n\n"  # the browser reconnects after 2 s if the server goes away
-        while not await request.is_disconnected() and time.monotonic() - opened < MAX_STREAM_S:
+        while (not await request.is_disconnected() and time.monotonic() - opened < MAX_STREAM_S
+               and not STOPPING.is_set()):
             try:
                 state = {**await run_in_threadpool(_SNAPSHOT.get), "can": can}
             except Exception as err:  # noqa: BLE001 - a datastore hiccup: say so, try again next second
