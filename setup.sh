@@ -4,7 +4,8 @@
 #
 #   bash setup.sh           the app (serve with .venv/bin/monailabel start_server ...)
 #   bash setup.sh --tests   also what the PACS, browser and replica tests use: Debian's orthanc,
-#                           orthanc-dicomweb, chromium and nginx (apt, needs root) and the pinned
+#                           orthanc-dicomweb, chromium, nginx and dicom3tools (dciodvfy checks the
+#                           DICOM SEG the app writes) (apt, needs root) and the pinned
 #                           requirements-tests.txt. Without apt those tests skip and say why.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")"
@@ -57,7 +58,7 @@ if [ "$WITH_TESTS" = 1 ]; then
         echo "installing requirements-tests.txt failed (see above)" >&2
         exit 1
     fi
-    packages="orthanc orthanc-dicomweb chromium nginx"
+    packages="orthanc orthanc-dicomweb chromium nginx dicom3tools"
     missing=""
     for package in $packages; do
         dpkg -s "$package" >/dev/null 2>&1 || missing="$missing $package"
@@ -71,7 +72,7 @@ if [ "$WITH_TESTS" = 1 ]; then
             echo "installed$missing"
         else
             echo "WARNING: could not install$missing with apt-get; the PACS (Orthanc), browser" \
-                 "(OHIF in Chromium) and replica (nginx) tests will skip and say why" >&2
+                 "(OHIF in Chromium), replica (nginx) and SEG validation (dciodvfy) tests will skip and say why" >&2
         fi
     fi
 fi

@@ -46,7 +46,9 @@ def cached_file(server, series_uid: str) -> Path:
 
 
 def test_ct_and_mr_series_are_listed(pacs_server, pacs_studies, orthanc):  # noqa: F811
-    images = set(orthanc.series_uids("CT")) | set(orthanc.series_uids("MR"))
+    # CT and MR series, and each ultrasound loop (a study of its own: test_pacs_cine.py)
+    images = set(orthanc.series_uids("CT")) | set(orthanc.series_uids("MR")) | ({pacs_studies.loop["uid"]}
+                                                                                 if pacs_studies.loop else set())
     assert orthanc.series_uids("MR"), "the PACS holds no MR series"
     stats = requests.get(f"{pacs_server.url}/datastore/", params={"output": "stats"}, timeout=60).json()
     assert stats["total"] == len(images)

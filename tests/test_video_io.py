@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from medsam2_engine.volume_io import ImageReadError, load_image
-from tests.test_viewer_cine import write_cine_dicom, write_frames_folder, write_loop_avi
+from tests.support.dicom_series import write_cine_dicom
+from tests.test_viewer_cine import write_frames_folder, write_loop_avi
 
 pytest.importorskip("av", reason="PyAV is not installed (pip install av): videos cannot be read")
 

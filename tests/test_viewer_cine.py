@@ -13,6 +13,7 @@ import pytest
 
 from tests.conftest import SHARED_DATA, needs_shared_data
 from tests.support.browser import chromium_page, needs_chromium, screenshot  # noqa: F401  (fixture)
+from tests.support.dicom_series import write_cine_dicom
 from tests.support.tool_tour import draw, held, position
 from tests.support.viewer_page import SEGMENT_ROUTE, final_label_info, form_field, small_model_server, wait_idle
 
@@ -33,29 +34,6 @@ def write_loop_avi(path, frames: np.ndarray, rate: int) -> None:
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
-
-
-def write_cine_dicom(path, frames: np.ndarray, frame_time_ms: float) -> None:
-    """``frames`` [i, j, t] (uint8) as an Ultrasound Multi-frame Image (one file, NumberOfFrames, FrameTime)."""
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.tag import Tag
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.3.1"
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality, ds.PatientID = "US", "CINE1"
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-    ds.NumberOfFrames, ds.FrameTime, ds.FrameIncrementPointer = frames.shape[2], frame_time_ms, Tag(0x0018, 0x1063)
-    ds.Rows, ds.Columns = frames.shape[1], frames.shape[0]
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
-    ds.PixelData = np.ascontiguousarray(frames.transpose(2, 1, 0)).tobytes()
-    ds.is_little_endian, ds.is_implicit_VR = True, False
-    ds.save_as(str(path))
 
 
 def write_frames_folder(folder, frames: np.ndarray, timing: dict | None = None) -> None:

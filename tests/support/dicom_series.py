@@ -77,3 +77,28 @@ def write_undecodable_series(folder: Path, rows: int = 16, columns: int = 16, sl
         ds.is_little_endian, ds.is_implicit_VR = True, False
         ds.save_as(path, write_like_original=False)
     return uids
+
+
+def write_cine_dicom(path, frames: np.ndarray, frame_time_ms: float, **attributes) -> Path:
+    """``frames`` [i, j, t] (uint8) as an Ultrasound Multi-frame Image (one file, NumberOfFrames, FrameTime,
+    no frame of reference, as a scanner writes a loop); ``attributes``: more DICOM keywords and values."""
+    from pydicom.tag import Tag
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.3.1"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.PatientID = "US", "CINE1"
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.NumberOfFrames, ds.FrameTime, ds.FrameIncrementPointer = frames.shape[2], frame_time_ms, Tag(0x0018, 0x1063)
+    ds.Rows, ds.Columns = frames.shape[1], frames.shape[0]
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    for keyword, value in attributes.items():
+        setattr(ds, keyword, value)
+    ds.PixelData = np.ascontiguousarray(frames.transpose(2, 1, 0)).tobytes()
+    ds.is_little_endian, ds.is_implicit_VR = True, False
+    ds.save_as(str(path))
+    return Path(path)

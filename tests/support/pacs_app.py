@@ -24,6 +24,8 @@ ROOT = Path(__file__).resolve().parents[2]
 SHARED_DATA = ROOT.parent / "shared" / "data"
 TCIA_STUDY = SHARED_DATA / "mr_brain_tumor_tcia" / "dicom" / "PGBM-001_11-19-1991"
 CT_3SLICE = SHARED_DATA / "ct_3slice_dcmqi"
+CAMUS_LOOP = SHARED_DATA / "us_echo_cine_camus" / "patient0001"
+LOOP_FRAME_TIME_MS = 1000 / 48
 PHANTOM_SHAPE = (64, 56, 12)
 LABELS = "lesion,organ,vessel,bone,other"
 
@@ -44,10 +46,11 @@ class PacsStudies:
     undecodable: dict = field(default_factory=dict)  # uids of a JPEG 2000 series nobody can decode
     tcia: dict = field(default_factory=dict)  # SeriesDescription -> SeriesInstanceUID (real MR), if present
     tcia_study: str = ""
+    loop: dict = field(default_factory=dict)  # a real echo loop (CAMUS) as ultrasound multi-frame DICOM, if present
 
     def patient_ids(self) -> list:
         """The phantoms' PatientID values, which the app must never return."""
-        return [f"PHANTOM-{name.upper()}" for name in self.phantoms]
+        return [f"PHANTOM-{name.upper()}" for name in self.phantoms] + (["ECHO-7"] if self.loop else [])
 
 
 def _phantom_series(folder: Path, seed: int, name: str) -> PhantomSeries:
@@ -92,7 +95,27 @@ def pacs_studies(orthanc, tmp_path_factory):  # noqa: F811
             studies.tcia_study = str(header.StudyInstanceUID)
     if CT_3SLICE.is_dir():
         orthanc.upload([p for p in CT_3SLICE.rglob("*.dcm")])
+    if CAMUS_LOOP.is_dir():
+        studies.loop = _echo_loop(folder / "echo.dcm")
+        orthanc.upload([folder / "echo.dcm"])
     return studies
+
+
+def _echo_loop(path: Path) -> dict:
+    """CAMUS patient 1's two-chamber loop as a scanner stores it: {uid, frames [i, j, t], truth, dataset}."""
+    import nibabel as nib
+    import pydicom
+
+    from tests.support.dicom_series import write_cine_dicom
+
+    loop = np.asarray(nib.load(CAMUS_LOOP / "patient0001_2CH_half_sequence.nii.gz").dataobj)
+    truth = np.asarray(nib.load(CAMUS_LOOP / "patient0001_2CH_half_sequence_gt.nii.gz").dataobj) == 1  # LV cavity
+    frames = np.clip(np.rint(loop), 0, 255).astype(np.uint8)
+    write_cine_dicom(path, frames, LOOP_FRAME_TIME_MS, PatientID="ECHO-7", PatientName="Echo^Seven",
+                     StudyDate="20260312", StudyTime="101500", SeriesDescription="apical two chamber",
+                     SeriesNumber=4, PatientOrientation="")
+    dataset = pydicom.dcmread(path, stop_before_pixels=True)
+    return {"uid": str(dataset.SOPInstanceUID), "frames": frames, "truth": truth, "dataset": dataset}
 
 
 @pytest.fixture(scope="session")

@@ -62,7 +62,7 @@ class AppConfig:
     engine: EngineSettings = field(default_factory=EngineSettings)
     auto_finetune_after: int = 0  # fine-tune after this many new final labels (0: only on request)
     finetune: dict = field(default_factory=dict)  # train request defaults from --conf finetune_<name>
-    dicomweb_modalities: list = field(default_factory=lambda: ["CT", "MR"])  # series listed from a PACS
+    dicomweb_modalities: list = field(default_factory=lambda: ["CT", "MR", "US"])  # listed from a PACS (US: its loops)
     upload_max_mb: float = 1024.0  # largest request body / uploaded file the server accepts
     upload_max_decoded_mb: float = 4096.0  # largest uploaded image or label once decompressed
     next_study_strategy: str = "uncertainty"  # what the viewer's "Next study" asks
@@ -124,7 +124,7 @@ class AppConfig:
             engine=engine,
             auto_finetune_after=_number(conf, "auto_finetune_after", 0, int),
             finetune={key[len("finetune_"):]: value for key, value in conf.items() if key.startswith("finetune_")},
-            dicomweb_modalities=[m.strip().upper() for m in str(conf.get("dicomweb_modalities", "CT,MR")).split(",")
+            dicomweb_modalities=[m.strip().upper() for m in str(conf.get("dicomweb_modalities", "CT,MR,US")).split(",")
                                  if m.strip()],
             upload_max_mb=_number(conf, "upload_max_mb", 1024.0),
             upload_max_decoded_mb=_number(conf, "upload_max_decoded_mb", 4096.0),

@@ -81,7 +81,13 @@ def study_times(datastore, images: list) -> dict:
     """image id -> StudyTime, for those that belong to a patient."""
     client = getattr(datastore, "_client", None)  # MONAI Label's DICOMwebClient of a PACS datastore
     if client is not None:
-        return {k: v for k, v in _pacs(client).items() if k in set(images)}
+        found = _pacs(client)
+        for loop in (datastore.loops.listed().values() if hasattr(datastore, "loops") else ()):  # cine loops
+            if loop.patient_id:
+                found[loop.instance_uid] = StudyTime(loop.instance_uid, loop.patient_id, loop.study_date,
+                                                     (loop.study_date, loop.study_time, loop.study_uid,
+                                                      loop.instance_uid))
+        return {k: v for k, v in found.items() if k in set(images)}
     found = {}
     for image in images:
         try:

@@ -107,6 +107,29 @@ def stack_on_source_grid(label_file: str, stack: np.ndarray, source_image) -> li
     return out
 
 
+def segment_descriptions(values: list, names: dict, author: SegAuthor) -> list:
+    """highdicom segment descriptions, numbered from 1 in ``values``' order (label values, named by
+    ``names`` or ``label <value>``); raises ValueError when there is none."""
+    import highdicom as hd
+
+    if not values:
+        raise ValueError("the label is empty: there is nothing to store as DICOM SEG")
+    algorithm = hd.AlgorithmIdentificationSequence(
+        name=author.app_name, version=author.app_version,
+        family=hd.sr.CodedConcept("123110", "DCM", "Artificial Intelligence"),
+    )
+    descriptions = []
+    for number, value in enumerate(values, start=1):
+        name = names.get(value) or f"label {value}"
+        codes = codes_for(name)
+        descriptions.append(hd.seg.SegmentDescription(
+            segment_number=number, segment_label=name, segmented_property_category=codes.category,
+            segmented_property_type=codes.type, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.SEMIAUTOMATIC,
+            algorithm_identification=algorithm,
+        ))
+    return descriptions
+
+
 def build_segmentation(source_folder: str, label_file: str, names: dict, author: SegAuthor,
                        stack: np.ndarray | None = None, stack_values: list | None = None):
     """A highdicom ``Segmentation`` of ``label_file`` over the series in ``source_folder``.
@@ -127,26 +150,11 @@ def build_segmentation(source_folder: str, label_file: str, names: dict, author:
         label_map = label_on_source_grid(label_file, source_image)
         by_value = {int(v): label_map == v for v in np.unique(label_map) if v != 0}
     values = sorted(by_value)
-    if not values:
-        raise ValueError("the label is empty: there is nothing to store as DICOM SEG")
-    algorithm = hd.AlgorithmIdentificationSequence(
-        name=author.app_name, version=author.app_version,
-        family=hd.sr.CodedConcept("123110", "DCM", "Artificial Intelligence"),
-    )
-    descriptions, masks = [], []
-    for number, value in enumerate(values, start=1):
-        name = names.get(value) or f"label {value}"
-        codes = codes_for(name)
-        descriptions.append(hd.seg.SegmentDescription(
-            segment_number=number, segment_label=name, segmented_property_category=codes.category,
-            segmented_property_type=codes.type, algorithm_type=hd.seg.SegmentAlgorithmTypeValues.SEMIAUTOMATIC,
-            algorithm_identification=algorithm,
-        ))
-        masks.append(by_value[value])
+    descriptions = segment_descriptions(values, names, author)
     first = datasets[0]
     return hd.seg.Segmentation(
         source_images=datasets,
-        pixel_array=np.stack(masks, axis=-1).astype(np.uint8),
+        pixel_array=np.stack([by_value[v] for v in values], axis=-1).astype(np.uint8),
         segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=descriptions,
         series_instance_uid=hd.UID(),

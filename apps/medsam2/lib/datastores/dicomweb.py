@@ -2,7 +2,8 @@
 
 Over MONAI Label's ``DICOMWebDatastore``, it changes four things:
 - lists every series of the configured modalities (``--conf dicomweb_modalities``,
-  default CT and MR: MONAI Label's default search filter shows CT only);
+  default CT, MR and US: MONAI Label's default search filter shows CT only); of ultrasound
+  and angiography, each cine loop (a multi-frame instance) is a study (``pacs_loops.py``);
 - resolves a series once to one stable file in the cache (download and conversion under
   a per-series lock, then an atomic rename), so later requests read the same file and
   the engine's session for that image lives on instead of re-encoding the volume;
@@ -24,7 +25,6 @@ import time
 import uuid
 from typing import Any, Callable, Dict, List
 
-import numpy as np
 import requests
 from cachetools import TTLCache, cached
 from fastapi import HTTPException
@@ -35,10 +35,12 @@ from monailabel.datastore.utils.convert import binary_to_image, dicom_to_nifti
 from monailabel.interfaces.datastore import DefaultLabelTag
 from pydicom.dataset import Dataset
 
+from .cine_seg import build_cine_segmentation, loop_masks
 from .dicom_seg import SegAuthor, build_segmentation
 from .pacs_labels import PacsLabels
-from .saved_structures import PreparedLabel, image_grid, prepare_label
-from medsam2_engine.label_structures import label_map_of, structures_path, write_stack
+from .pacs_loops import PacsLoops
+from .saved_structures import PreparedLabel, image_grid, keep_structures_beside, prepare_label
+from medsam2_engine.label_structures import structures_path, write_stack
 from ..privacy import KEYWORDS as PATIENT_IDENTIFIERS
 
 logger = logging.getLogger(__name__)
@@ -85,6 +87,7 @@ class MedSam2DicomWebDatastore(DICOMWebDatastore):
         self.on_series_ready: Callable[[str, str], None] | None = None
         # the final label is the PACS's newest SEG of the series (replicas share the PACS; the cache is a cache)
         self._pacs_labels = PacsLabels(client, label_names)
+        self.loops = PacsLoops(client, modalities)
         self._synced: Dict[str, float] = {}  # series UID -> when its label was last compared with the PACS
         self.label_sync_s = 2.0  # within one request (several label lookups) the PACS is asked once
 
@@ -92,14 +95,19 @@ class MedSam2DicomWebDatastore(DICOMWebDatastore):
     def list_images(self) -> List[str]:
         series = []
         for modality in self._modalities:  # one query per modality: list matching is not universal in QIDO
+            if modality in self.loops.modalities:
+                continue  # their loops are studies, not their series
             for entry in self._client.search_for_series(search_filters={"Modality": modality}):
                 uid = str(Dataset.from_json(entry)["SeriesInstanceUID"].value)
                 if uid not in series:
                     series.append(uid)
-        return series
+        return series + [uid for uid in self.loops.listed() if uid not in series]
 
     def _dicom_info(self, series_id):
         """What MONAI Label records per series, without the patient's identifiers (never returned by the API)."""
+        loop = self.loops.find(series_id)
+        if loop is not None:
+            return loop.info()
         info = super()._dicom_info(series_id)
         for keyword in PATIENT_IDENTIFIERS:
             info.pop(keyword, None)
@@ -110,7 +118,8 @@ class MedSam2DicomWebDatastore(DICOMWebDatastore):
             return self._series_locks.setdefault(series_uid, threading.Lock())
 
     def _stable_path(self, series_uid: str) -> str:
-        return os.path.join(self._datastore.image_path(), f"{series_uid}.nii.gz")
+        suffix = ".dcm" if self.loops.find(series_uid) is not None else ".nii.gz"  # a loop as the PACS holds it
+        return os.path.join(self._datastore.image_path(), f"{series_uid}{suffix}")
 
     def _series_dir(self, series_uid: str) -> str:
         return os.path.join(self._datastore.image_path(), series_uid)
@@ -121,8 +130,11 @@ class MedSam2DicomWebDatastore(DICOMWebDatastore):
         with self._lock_for(series_uid):
             if os.path.exists(stable) and series_uid in self._datastore.objects:
                 return stable
-            series_dir = self._download(series_uid)
-            converted = self._convert(series_uid, series_dir)
+            loop = self.loops.find(series_uid)
+            if loop is not None:
+                converted = self.loops.download(loop, self._datastore.image_path())
+            else:
+                converted = self._convert(series_uid, self._download(series_uid))
             try:
                 # registers the series in the datastore (copied under its stable name)
                 LocalDatastore.add_image(self, series_uid, converted, self._dicom_info(series_uid))
@@ -260,35 +272,20 @@ class MedSam2DicomWebDatastore(DICOMWebDatastore):
         cached = obj.labels.get(DefaultLabelTag.FINAL) if obj else None
         if latest is None or (cached is not None and cached.info.get("version") == latest[0]):
             return
-        path, segments, (stack, values) = self._pacs_labels.to_label_file(
-            latest[0], study_uid, self._series_dir(series_uid), self._stable_path(series_uid))
+        if self.loops.find(series_uid) is not None:
+            path, segments, (stack, values) = self._pacs_labels.to_loop_label_file(
+                latest[0], study_uid, series_uid, self._stable_path(series_uid))
+        else:
+            path, segments, (stack, values) = self._pacs_labels.to_label_file(
+                latest[0], study_uid, self._series_dir(series_uid), self._stable_path(series_uid))
         try:
             info = {"version": latest[0], "SeriesInstanceUID": latest[0], "label_info": segments, "from_pacs": True}
             LocalDatastore.save_label(self, series_uid, path, DefaultLabelTag.FINAL, info)
         finally:
             os.unlink(path)
         label_file = os.path.join(self._datastore.label_path(DefaultLabelTag.FINAL), series_uid + ".nii.gz")
-        self._keep_structures(label_file, stack, values)
+        keep_structures_beside(label_file, stack, values)
         logger.info("series %s: final label read from the PACS (SEG %s)", series_uid, latest[0])
-
-    @staticmethod
-    def _keep_structures(label_file: str, stack, values: list) -> None:
-        """The SEG's segments whole beside the label map read from it (as a save through this replica
-        keeps them), so the page reopens each structure with its overlaps and saves it again unchanged."""
-        import nibabel as nib
-
-        stack_file = structures_path(label_file)
-        if os.path.exists(stack_file):
-            os.unlink(stack_file)  # the structures of the label the PACS's newer one replaces
-        if not values or not os.path.isfile(label_file):
-            return
-        saved = nib.load(label_file)
-        if stack.shape[:-1] != saved.shape or not np.array_equal(label_map_of(stack, values),
-                                                                  np.asarray(saved.dataobj)):
-            logger.warning("%s: the SEG's segments do not make the label map read from it; only the map is kept",
-                           label_file)
-            return
-        write_stack(stack_file, stack, saved.affine, values)
 
     def get_label_info(self, label_id: str, label_tag: str) -> Dict[str, Any]:
         if label_tag == DefaultLabelTag.FINAL and DICOM_UID.match(label_id or ""):
@@ -341,7 +338,9 @@ class MedSam2DicomWebDatastore(DICOMWebDatastore):
     def _store_seg(self, series_uid: str, prepared: PreparedLabel, label_info) -> dict:
         try:
             names = self.segment_names(label_info)
-            if prepared.stack is not None:  # each structure whole, overlaps included
+            if self.loops.find(series_uid) is not None:
+                seg = self._loop_seg(series_uid, prepared, names)
+            elif prepared.stack is not None:  # each structure whole, overlaps included
                 seg = build_segmentation(self._series_dir(series_uid), prepared.label_file, names, self._author,
                                          stack=prepared.stack, stack_values=[s.value for s in prepared.structures])
             else:
@@ -362,6 +361,13 @@ class MedSam2DicomWebDatastore(DICOMWebDatastore):
         return {"SeriesInstanceUID": str(seg.SeriesInstanceUID), "Modality": info.get("Modality"),
                 "StudyInstanceUID": info.get("StudyInstanceUID"),
                 "seg_segments": [d.SegmentLabel for d in seg.SegmentSequence]}
+
+
+    def _loop_seg(self, loop_uid: str, prepared: PreparedLabel, names: dict):
+        import pydicom
+
+        source = pydicom.dcmread(self._stable_path(loop_uid))  # the loop as the PACS holds it
+        return build_cine_segmentation(source, loop_masks(prepared), names, self._author)
 
 
 def _transfer_syntax(series_dir: str) -> str:

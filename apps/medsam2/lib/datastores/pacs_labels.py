@@ -49,19 +49,20 @@ class PacsLabels:
         for entry in self._client.search_for_series(search_filters={"Modality": "SEG"}):
             meta = Dataset.from_json(entry)
             reference = self._reference(str(meta["StudyInstanceUID"].value), str(meta["SeriesInstanceUID"].value))
-            if reference and reference[0]:
-                found.add(reference[0])
+            if reference:
+                found.update(uid for uid in (reference[0], reference[2]) if uid)
         self._labelled = (time.monotonic(), frozenset(found))
         return self._labelled[1]
 
     def latest(self, series_uid: str, study_uid: str):
-        """(SEG series UID, study UID) of the newest SEG referencing ``series_uid``, or None."""
+        """(SEG series UID, study UID) of the newest SEG referencing ``series_uid`` (or the loop of that
+        instance UID: ``pacs_loops.py``), or None."""
         found = []
         for entry in self._client.search_for_series(search_filters={"Modality": "SEG",
                                                                      "StudyInstanceUID": study_uid}):
             seg_uid = str(Dataset.from_json(entry)["SeriesInstanceUID"].value)
             reference = self._reference(study_uid, seg_uid)
-            if reference and reference[0] == series_uid:
+            if reference and series_uid in (reference[0], reference[2]):
                 found.append((reference[1], seg_uid))
         return (max(found)[1], study_uid) if found else None
 
@@ -76,8 +77,11 @@ class PacsLabels:
             return None
         referenced = _value(meta, "ReferencedSeriesSequence", [])
         series = str(referenced[0].SeriesInstanceUID) if referenced else ""
+        instances = _value(referenced[0], "ReferencedInstanceSequence", []) if referenced else []
+        # a SEG of one instance: of a loop, whose id in the app is that instance's UID
+        single = str(instances[0].ReferencedSOPInstanceUID) if len(instances) == 1 else ""
         when = f"{_value(meta, 'ContentDate')}{_value(meta, 'ContentTime')}"
-        reference = (series, (when, seg_uid))
+        reference = (series, (when, seg_uid), single)
         with self._lock:
             self._references[seg_uid] = reference
         return reference
@@ -128,3 +132,25 @@ class PacsLabels:
         os.close(fd)
         sitk.WriteImage(out, path)
         return path, info, (np.transpose(stack, (2, 1, 0, 3)), values)
+
+    def to_loop_label_file(self, seg_uid: str, study_uid: str, loop_uid: str, loop_file: str) -> tuple:
+        """As :meth:`to_label_file`, for a SEG of a cine loop (``cine_seg.py``): on the grid of the loop as
+        the engine reads ``loop_file`` (``[column, row, frame]``)."""
+        from medsam2_engine.label_structures import label_map_of
+        from medsam2_engine.volume_io import load_image, save_mask
+
+        from .cine_seg import read_cine_segmentation
+
+        loop = load_image(loop_file)
+        instance = self._client.retrieve_series(study_uid, seg_uid)[0]
+        masks, names = read_cine_segmentation(instance, loop_uid, loop.array.shape[2])
+        stack = np.transpose(masks, (2, 1, 0, 3)).astype(np.uint8)  # [frame, row, column, s] -> [i, j, k, s]
+        if stack.shape[:3] != loop.array.shape:
+            raise ValueError(f"SEG {seg_uid}: frames of {masks.shape[1:3]} do not fit the loop {loop.array.shape}")
+        values = [self.value_of(name, number) for number, name in enumerate(names, start=1)]
+        info = [{"name": name, "idx": value} for name, value in zip(names, values)]
+        label = label_map_of(stack, values) if values else np.zeros(loop.array.shape, dtype=np.uint8)
+        fd, path = tempfile.mkstemp(suffix=".nii.gz")
+        os.close(fd)
+        save_mask(path, label, loop)  # as a folder's loop label is written
+        return path, info, (stack, values)

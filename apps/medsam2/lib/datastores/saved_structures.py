@@ -10,6 +10,7 @@ anything else is refused, so a save never differs from the screen without a word
 
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
 from dataclasses import dataclass, field
@@ -17,12 +18,15 @@ from typing import Optional
 
 import numpy as np
 
-from medsam2_engine.label_structures import describe, label_map_of, mask_as_label_values, saved_structures
+from medsam2_engine.label_structures import (describe, label_map_of, mask_as_label_values, saved_structures,
+                                             structures_path, write_stack)
 from medsam2_engine.volume_io import IMAGE_2D_SUFFIXES
 
 from ..options import OptionError
 from ..shown_volumes import PICTURE_AFFINE
 from .upload_checks import check_label_values, decoded, decoded_nifti, grid_limit
+
+logger = logging.getLogger(__name__)
 
 MAX_STRUCTURES = 64
 
@@ -161,3 +165,21 @@ def saved_label_structures(label_path: str, info: dict, app_labels: list) -> tup
     stack = np.stack([masks[v] for v in values], axis=-1).astype(np.uint8) if values else \
         np.zeros(label_map.shape + (0,), np.uint8)
     return stack, affine, [{"name": names.get(v, f"label {v}"), "idx": int(v)} for v in values]
+
+
+def keep_structures_beside(label_file: str, stack, values: list) -> None:
+    """A SEG's segments whole beside the label map read from it (as a save through this replica
+    keeps them), so the page reopens each structure with its overlaps and saves it again unchanged."""
+    import nibabel as nib
+
+    stack_file = structures_path(label_file)
+    if os.path.exists(stack_file):
+        os.unlink(stack_file)  # the structures of the label the PACS's newer one replaces
+    if not values or not os.path.isfile(label_file):
+        return
+    saved = nib.load(label_file)
+    if stack.shape[:-1] != saved.shape or not np.array_equal(label_map_of(stack, values), np.asarray(saved.dataobj)):
+        logger.warning("%s: the SEG's segments do not make the label map read from it; only the map is kept",
+                       label_file)
+        return
+    write_stack(stack_file, stack, saved.affine, values)

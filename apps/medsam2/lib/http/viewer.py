@@ -58,6 +58,7 @@ def _series_descriptions(datastore) -> dict:
     client = getattr(datastore, "_client", None)  # MONAI Label's DICOMwebClient of the datastore
     if client is None:
         return {}
+    loops = datastore.loops.descriptions() if hasattr(datastore, "loops") else {}  # cine loops: by instance
     fields = {"Modality": "00080060", "StudyDate": "00080020", "SeriesDescription": "0008103E",
               "SeriesInstanceUID": "0020000E"}
     try:
@@ -70,9 +71,9 @@ def _series_descriptions(datastore) -> dict:
         values = entry.get(fields[name], {}).get("Value") or [""]
         return str(values[0])
 
-    return {value(e, "SeriesInstanceUID"): ", ".join(v for v in (value(e, "Modality"), value(e, "StudyDate"),
-                                                                    value(e, "SeriesDescription")) if v)
-            for e in entries}
+    return {**{value(e, "SeriesInstanceUID"): ", ".join(v for v in (value(e, "Modality"), value(e, "StudyDate"),
+                                                                       value(e, "SeriesDescription")) if v)
+               for e in entries}, **loops}
 
 
 def _prefetch(app, http, image: str, client_id: str, user, uri: str, focus: int | None = None,
