@@ -263,3 +263,33 @@ def test_one_study_memory_owns_every_kind_of_session_and_one_prompts_slices(smal
     alone = OnePromptSegmenter(small_source)
     assert isinstance(alone.memory, StudyMemory) and alone.memory is not memory
     assert not any(isinstance(v, VolumeSegmenter) for v in vars(alone).values())
+
+
+def test_a_run_reads_each_target_once(small_source, tmp_path, monkeypatch):
+    """A page's one-prompt run checks a target's kind, then segments it: one read of its file, not
+    three (the kind check, the task and the engine each read it before)."""
+    import nibabel as nib
+    from monailabel.datastore.local import LocalDatastore
+
+    import medsam2_engine.study_memory as study_memory
+    from lib.infers.one_prompt import OnePrompt
+
+    (tmp_path / "labels" / "final").mkdir(parents=True)
+    for name, seed in (("support", 1), ("target", 2)):
+        volume = make_volume(SHAPE, seed=seed)
+        nib.save(nib.Nifti1Image(volume.array.astype(np.int16), volume.affine), str(tmp_path / f"{name}.nii.gz"))
+    support = make_volume(SHAPE, seed=1)
+    nib.save(nib.Nifti1Image((support.array > 120).astype(np.uint8), support.affine),
+             str(tmp_path / "labels" / "final" / "support.nii.gz"))
+    datastore = LocalDatastore(str(tmp_path), extensions=("*.nii.gz",), auto_reload=False)
+    settings = OnePromptSettings(slices_per_support=2, max_probes=3, early_stop=EarlyStop(enabled=False))
+    task = OnePrompt(OnePromptSegmenter(small_source, settings), ["organ"], lambda: datastore)
+    reads = []
+    real = study_memory.load_image
+    monkeypatch.setattr(study_memory, "load_image", lambda path: reads.append(str(path)) or real(path))
+
+    uri = datastore.get_image_uri("target")
+    assert task.study_kind("target") == (True, "CT")
+    _, mask, out = task.segment({"image": uri, "_image_id": "target", "support": "support", "label": "organ"})
+    assert mask.shape == SHAPE and out["target"] == "target"
+    assert reads.count(uri) == 1, reads

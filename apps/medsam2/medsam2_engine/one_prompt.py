@@ -124,11 +124,12 @@ class OnePromptSegmenter:
 
     def segment_volume(self, target, supports: list, window=None, modality=None,
                        settings: OnePromptSettings | None = None,
-                       cancelled: threading.Event | None = None) -> OnePromptResult:
+                       cancelled: threading.Event | None = None, volume: Volume | None = None) -> OnePromptResult:
         """``target``: the study's file (its encoded slices shared with sessions on it) or a Volume.
-        ``cancelled``: once set, the search stops at its next slice (raises ``Cancelled``)."""
+        ``cancelled``: once set, the search stops at its next slice (raises ``Cancelled``);
+        ``volume``: the file as the caller has already read it (else read here)."""
         settings = settings or self.settings
-        volume = self.memory.read(target)
+        volume = volume if volume is not None else self.memory.read(target)
         if not volume.is_3d:
             raise OnePromptError(f"target must be a 3D volume, got shape {list(volume.array.shape)}")
         usable, rejected = _check_supports(supports, settings.slices_per_support)

@@ -35,6 +35,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
+import threading
 import time
 from typing import Callable
 
@@ -89,6 +90,7 @@ class OnePrompt(Sam2Task):
         self.segmenter = segmenter
         self.datastore = datastore
         self.interactive = interactive  # its sessions hold what users just segmented
+        self._read_here = threading.local()  # uri -> Volume study_kind read, for this thread's next segment
 
     def run(self, request):
         started = time.perf_counter()
@@ -120,20 +122,26 @@ class OnePrompt(Sam2Task):
         supports = ([session_support] if session_support else []) + supports
         if not supports:
             raise OnePromptError("no usable support study: " + "; ".join(f"{k}: {v}" for k, v in rejected.items()))
-        target = self.segmenter.memory.read(request["image"])  # as encode-ahead read it, if it did
+        target = getattr(self._read_here, "volumes", {}).pop(request["image"], None)  # study_kind read it
+        if target is None:
+            target = self.segmenter.memory.read(request["image"])  # as encode-ahead read it, if it did
         window, modality = window_option(request), modality_option(request)
         if target.is_3d:
-            out, mask = self._volume(request, request["image"], supports, rejected, window, modality, cancelled)
+            out, mask = self._volume(request, target, supports, rejected, window, modality, cancelled)
         else:
             out, mask = self._image(target, supports, rejected, window, modality)
         out.update({"label": label, "label_names": {label: 1}, "target": target_id})
         return target, mask, out
 
     def study_kind(self, image_id: str) -> tuple:
-        """(is 3D, modality as the model sees it) of a datastore study: which studies a prompt study fits."""
+        """(is 3D, modality as the model sees it) of a datastore study: which studies a prompt study fits.
+        The study as read is kept for this thread's next :meth:`segment` of it (a run checks a target's
+        kind, then segments it: one read, not two)."""
         from medsam2_engine.windowing import model_window
 
-        volume = self.segmenter.memory.read(self.datastore().get_image_uri(image_id))
+        uri = self.datastore().get_image_uri(image_id)
+        volume = self.segmenter.memory.read(uri)
+        self._read_here.volumes = {uri: volume}  # one at most: the last study this thread checked
         return volume.is_3d, model_window(volume)[1]
 
     def _session_support(self, request: dict, datastore: Datastore, label: str) -> Support | None:
@@ -152,7 +160,7 @@ class OnePrompt(Sam2Task):
             )
         return Support(f"session:{support_id}", segmented.volume, segmented.mask)
 
-    def _volume(self, request, target, supports, rejected, window, modality, cancelled=None):
+    def _volume(self, request, volume, supports, rejected, window, modality, cancelled=None):
         base = self.segmenter.settings
         settings = dataclasses.replace(
             base,
@@ -162,7 +170,8 @@ class OnePrompt(Sam2Task):
             early_stop=early_stop_option(request, base.early_stop),
         )
         volumes = [s for s in supports if s.volume.is_3d]
-        result = self.segmenter.segment_volume(target, volumes or supports, window, modality, settings, cancelled)
+        result = self.segmenter.segment_volume(request["image"], volumes or supports, window, modality, settings,
+                                               cancelled, volume=volume)
         out = run_json(result.run, result.window, result.modality)
         out.update({
             "found": result.found,
