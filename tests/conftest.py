@@ -50,6 +50,13 @@ def segmenter(small_source):
     return VolumeSegmenter(small_source, EngineSettings(early_stop=EarlyStop(enabled=False)))
 
 
+@pytest.fixture(scope="session")
+def graph_cache(tmp_path_factory):
+    """One runtime graph cache (``runtime.graph.GraphCache``) for the session's tests of the fine-tuned
+    model: a graph converted, compiled or quantized for its weights once is read by the next test."""
+    return tmp_path_factory.mktemp("graph_cache")
+
+
 def make_volume(shape=(40, 28, 12), seed=0, ct=True):
     """A non-square, non-cubic phantom: a bright ellipsoid in a body, HU-like if ``ct``."""
     from medsam2_engine.volume_io import Volume

@@ -105,6 +105,7 @@ def test_a_loop_on_the_pacs_is_segmented_in_the_page_and_saved_back_as_seg(pacs_
     # another replica saves a newer SEG of the loop (its own correction): the page shows that one
     newer = _newer_seg(source, mask)
     orthanc.upload([newer(tmp_path / "newer.dcm")])
+    _wait_for_label_version(pacs_server.url, uid, newer.series_uid)  # the PACS is asked every few seconds
     page.reload()
     page.evaluate("window.medsam2Viewer.ready")
     page.click(f"#studies li[data-image='{uid}']")
@@ -144,6 +145,18 @@ def test_the_loop_seg_writer_passes_dciodvfy_with_overlapping_segments(tmp_path)
         build_cine_segmentation(source, {1: a[:, :, :20]}, {}, SegAuthor("app", "1", "MedSAM-2"))
 
 
+def _wait_for_label_version(url: str, image: str, version: str, timeout: float = 30.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        status, body = get(f"{url}/datastore/label/info?label={image}&tag=final")
+        if status == 200 and json.loads(body).get("version") == version:
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"the app never took the PACS's newer SEG {version} for {image}")
+
+
 def _saved(dataset, path):
     dataset.save_as(str(path), write_like_original=False)
     return path
@@ -167,6 +180,7 @@ def _newer_seg(source, mask: np.ndarray):
     def write(path):
         seg = build_cine_segmentation(source, {1: np.transpose(eroded, (2, 1, 0))}, {1: "lesion"},
                                       SegAuthor("another replica", "1", "MedSAM-2"))
+        write.series_uid = str(seg.SeriesInstanceUID)
         return _saved(seg, path)
 
     write.mask = eroded

@@ -18,7 +18,7 @@ from tests.support.runtime_runs import masks_of_fresh_run as _masks
 pytest.importorskip("openvino", reason="openvino is not installed (pip install openvino): the runtime is optional")
 
 
-def _with_and_without_runtime(segmenter, volume, prompts):
+def _with_and_without_runtime(segmenter, volume, prompts, graph_cache):
     """(torch masks, openvino masks, openvino calls) for one call each on the same weights."""
     from medsam2_engine.runtime import attach_cpu_runtime, image_runtime
 
@@ -26,7 +26,7 @@ def _with_and_without_runtime(segmenter, volume, prompts):
     try:
         assert attach_cpu_runtime(model, "torch") == "torch"
         reference, _ = _masks(segmenter, volume, prompts)
-        assert attach_cpu_runtime(model, "openvino", [model.image_size]) == "openvino"
+        assert attach_cpu_runtime(model, "openvino", [model.image_size], cache_dir=graph_cache) == "openvino"
         runtime = image_runtime(model)
         calls_before = runtime.calls
         converted, result = _masks(segmenter, volume, prompts)
@@ -51,7 +51,7 @@ def test_encoder_outputs_match_pytorch(small_source):
     assert torch.equal(got["vision_features"], got["backbone_fpn"][-1])
 
 
-def test_masks_agree_with_pytorch_on_the_phantom_checkpoint(fine_tuned):
+def test_masks_agree_with_pytorch_on_the_phantom_checkpoint(fine_tuned, graph_cache):
     from medsam2_engine.prompts import Box, LabelPrompts
     from medsam2_engine.volume_io import Volume
 
@@ -63,14 +63,14 @@ def test_masks_agree_with_pytorch_on_the_phantom_checkpoint(fine_tuned):
     ii, jj = np.nonzero(mask[:, :, k])
     prompts = {"l": LabelPrompts(boxes=[Box(ii.min(), jj.min(), ii.max(), jj.max(), k)])}
     volume = Volume(case.volume.array, case.volume.affine, "")
-    reference, converted, calls, _ = _with_and_without_runtime(segmenter, volume, prompts)
+    reference, converted, calls, _ = _with_and_without_runtime(segmenter, volume, prompts, graph_cache)
     assert calls >= volume.array.shape[2]  # every slice went through the runtime
     assert reference["l"].sum() > 0.3 * mask.sum()  # trained weights: a real mask, not an empty one
     assert _dice(reference["l"], converted["l"]) >= 0.999
 
 
 @needs_shared_data
-def test_masks_agree_with_pytorch_on_a_real_scan(fine_tuned):
+def test_masks_agree_with_pytorch_on_a_real_scan(fine_tuned, graph_cache):
     from medsam2_eval.cases import load_npz_case
     from medsam2_eval.clicks import box_prompt
     from medsam2_engine.prompts import LabelPrompts
@@ -80,7 +80,7 @@ def test_masks_agree_with_pytorch_on_a_real_scan(fine_tuned):
     case = load_npz_case(path)
     structure = case.structures[0]
     prompts = {"l": LabelPrompts(boxes=[box_prompt(structure.mask)])}
-    reference, converted, calls, _ = _with_and_without_runtime(segmenter, case.volume, prompts)
+    reference, converted, calls, _ = _with_and_without_runtime(segmenter, case.volume, prompts, graph_cache)
     assert calls >= case.volume.array.shape[2]
     assert reference["l"].any(), "the phantom-trained model finds nothing here: no agreement to measure"
     assert _dice(reference["l"], converted["l"]) >= 0.999
@@ -140,7 +140,7 @@ def test_new_weights_get_a_new_graph_compiled_at_load(small_model_files, tmp_pat
     assert not torch.allclose(old, reference, atol=1e-4)
 
 
-def test_int8_option_is_quantized_and_close_on_the_phantom_checkpoint(fine_tuned, tmp_path):
+def test_int8_option_is_quantized_and_close_on_the_phantom_checkpoint(fine_tuned, graph_cache):
     """openvino_int8 (NNCF) is an option: not float32's numbers, masks close to them (measured here)."""
     pytest.importorskip("nncf", reason="nncf is not installed: the int8 option is unavailable")
     from medsam2_engine.prompts import Box, LabelPrompts
@@ -151,8 +151,8 @@ def test_int8_option_is_quantized_and_close_on_the_phantom_checkpoint(fine_tuned
     model = segmenter.models.get().model
     image = calibration_slices(model.image_size, 1)[0]
     with torch.inference_mode():  # the graph cache: the runtime attached below reads this int8 encoder
-        float32 = OpenVinoImageEncoder(model)(image)["backbone_fpn"][-1]
-        int8 = OpenVinoImageEncoder(model, int8=True, cache=GraphCache(tmp_path))(image)["backbone_fpn"][-1]
+        float32 = OpenVinoImageEncoder(model, cache=GraphCache(graph_cache))(image)["backbone_fpn"][-1]
+        int8 = OpenVinoImageEncoder(model, int8=True, cache=GraphCache(graph_cache))(image)["backbone_fpn"][-1]
     assert not torch.allclose(int8, float32, atol=1e-4)  # quantized: other numbers
     assert (int8 - float32).abs().max() < 0.25 * float32.abs().max()
     mask = cases[0].labels == 1
@@ -162,7 +162,7 @@ def test_int8_option_is_quantized_and_close_on_the_phantom_checkpoint(fine_tuned
     try:
         assert attach_cpu_runtime(model, "torch") == "torch"
         reference, _ = _masks(segmenter, cases[0].volume, prompts)
-        assert attach_cpu_runtime(model, "openvino_int8", [model.image_size], cache_dir=tmp_path) == "openvino_int8"
+        assert attach_cpu_runtime(model, "openvino_int8", [model.image_size], cache_dir=graph_cache) == "openvino_int8"
         quantized, _ = _masks(segmenter, cases[0].volume, prompts)
     finally:
         attach_cpu_runtime(model, "torch")

@@ -96,7 +96,7 @@ def test_heads_leave_to_pytorch_what_they_were_not_built_for(small_source):
 @needs_shared_data
 @pytest.mark.skipif(not __import__("medsam2_engine.precision", fromlist=["x"]).cpu_bf16_units(),
                     reason="this CPU has no bf16 units (AVX-512 bf16 or AMX): openvino_bf16 is not offered here")
-def test_bf16_heads_run_only_when_asked_and_say_so_on_a_real_scan(fine_tuned, monkeypatch):
+def test_bf16_heads_run_only_when_asked_and_say_so_on_a_real_scan(fine_tuned, monkeypatch, graph_cache):
     """openvino_bf16 leaves both heads to sam2's modules by default; with the bf16 heads asked for
     (as the scripts' --bf16-heads does) they run through OpenVINO, the result says so, and the
     mask on a DeepLesion CT stays close to float32's (measured: Dice 0.998 to 1.0 on real scans,
@@ -113,10 +113,11 @@ def test_bf16_heads_run_only_when_asked_and_say_so_on_a_real_scan(fine_tuned, mo
     try:
         assert attach_cpu_runtime(model, "torch") == "torch"
         reference, _ = _masks(segmenter, case.volume, prompts)
-        assert attach_cpu_runtime(model, "openvino_bf16", [model.image_size]) == "openvino_bf16"
+        # one graph cache: the second attach reads the encoder and memory attention the first converted
+        assert attach_cpu_runtime(model, "openvino_bf16", [model.image_size], cache_dir=graph_cache) == "openvino_bf16"
         assert runtime_stages(model)["mask_decoder"] == runtime_stages(model)["memory_encoder"] == "torch"
         monkeypatch.setitem(heads.HEADS, "openvino_bf16", heads.BF16_HEADS)
-        assert attach_cpu_runtime(model, "openvino_bf16", [model.image_size]) == "openvino_bf16"
+        assert attach_cpu_runtime(model, "openvino_bf16", [model.image_size], cache_dir=graph_cache) == "openvino_bf16"
         converted, result = _masks(segmenter, case.volume, prompts)
         calls = model.serving.memory_encoder.calls
     finally:

@@ -122,7 +122,7 @@ def _as_call(inputs: dict) -> tuple:
 
 
 @needs_shared_data
-def test_int8_runtime_masks_agree_on_a_real_scan(fine_tuned):
+def test_int8_runtime_masks_agree_on_a_real_scan(fine_tuned, graph_cache):
     """openvino_int8 (encoder and memory attention) on a DeepLesion CT against PyTorch float32."""
     pytest.importorskip("nncf", reason="nncf is not installed: the int8 option is unavailable")
     from medsam2_eval.cases import load_npz_case
@@ -135,7 +135,7 @@ def test_int8_runtime_masks_agree_on_a_real_scan(fine_tuned):
     prompts = {"l": LabelPrompts(boxes=[box_prompt(case.structures[0].mask)])}
 
     def attach(model):
-        used = attach_cpu_runtime(model, "openvino_int8", [model.image_size])
+        used = attach_cpu_runtime(model, "openvino_int8", [model.image_size], cache_dir=graph_cache)
         assert runtime_stages(model) == {"image_encoder": "openvino_int8", "memory_attention": "openvino_int8",
                                          "mask_decoder": "torch", "memory_encoder": "torch"}
         return used
