@@ -113,6 +113,18 @@ def test_a_loop_on_the_pacs_is_segmented_in_the_page_and_saved_back_as_seg(pacs_
     np.testing.assert_array_equal(held(page, 1, shape), newer.mask)
     screenshot(page, "pacs-cine-2-reopened", tmp_path)
 
+    # a replica that never opened the loop, asked for its label (training, Slicer): it fetches the loop
+    # and reads the PACS's newest SEG of it
+    import nibabel as nib
+    from dicomweb_client import DICOMwebClient
+    from lib.datastores.dicom_seg import SegAuthor
+    from lib.datastores.dicomweb import MedSam2DicomWebDatastore
+
+    replica = MedSam2DicomWebDatastore(DICOMwebClient(orthanc.dicomweb), ["CT", "MR", "US"], SegAuthor("a", "1", "d"),
+                                       ["lesion"], cache_path=str(tmp_path / "replica-cache"))
+    label = replica.get_label_uri(uid, "final")
+    np.testing.assert_array_equal(np.asarray(nib.load(label).dataobj) == 1, newer.mask)
+
 
 @needs_dciodvfy
 def test_the_loop_seg_writer_passes_dciodvfy_with_overlapping_segments(tmp_path):

@@ -249,8 +249,10 @@ class MedSam2DicomWebDatastore(DICOMWebDatastore):
             return
         try:
             if fetch and series_uid not in self._datastore.objects:
-                found = self._client.search_for_series(search_filters={"SeriesInstanceUID": series_uid})
-                study_uid = str(Dataset.from_json(found[0])["StudyInstanceUID"].value) if found else ""
+                loop = self.loops.find(series_uid)
+                found = [] if loop else self._client.search_for_series(search_filters={"SeriesInstanceUID": series_uid})
+                study_uid = (loop.study_uid if loop else
+                             str(Dataset.from_json(found[0])["StudyInstanceUID"].value) if found else "")
                 if not study_uid or self._pacs_labels.latest(series_uid, study_uid) is None:
                     return
                 self.get_image_uri(series_uid)  # the label's grid is the series' own
@@ -304,8 +306,8 @@ class MedSam2DicomWebDatastore(DICOMWebDatastore):
         return super().get_labels_by_image_id(image_id)
 
     def _saved_label_path(self, series_uid: str, label_tag: str) -> str:
-        if label_tag == DefaultLabelTag.FINAL:
-            self.sync_final_label(series_uid)
+        if label_tag == DefaultLabelTag.FINAL:  # a label read: labelled through another replica, it is fetched
+            self.sync_final_label(series_uid, fetch=True)
         obj = self._datastore.objects.get(series_uid)
         label = obj.labels.get(label_tag) if obj else None
         path = os.path.join(self._datastore.label_path(label_tag), series_uid + label.ext) if label else ""
