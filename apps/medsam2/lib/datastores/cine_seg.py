@@ -30,11 +30,6 @@ _PATIENT_AND_STUDY = {"patient_id": "PatientID", "patient_name": "PatientName", 
                       "referring_physician_name": "ReferringPhysicianName"}
 
 
-def is_cine(dataset) -> bool:
-    """A multi-frame image whose frames are moments (no Frame of Reference): a SEG of it is written here."""
-    return int(getattr(dataset, "NumberOfFrames", 1) or 1) > 1 and "FrameOfReferenceUID" not in dataset
-
-
 def build_cine_segmentation(source, masks: dict, names: dict, author):
     """A SEG of ``source`` (a pydicom dataset of the loop) from ``masks``: label value -> bool
     ``[frame, row, column]`` on the source's frames. ``names``: label value -> segment name.

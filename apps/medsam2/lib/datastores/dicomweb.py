@@ -113,12 +113,16 @@ class MedSam2DicomWebDatastore(DICOMWebDatastore):
             info.pop(keyword, None)
         return info
 
+    def _is_loop(self, image_id: str) -> bool:
+        """A cine loop (``pacs_loops.py``: the study is one multi-frame instance), not a series."""
+        return self.loops.find(image_id) is not None
+
     def _lock_for(self, series_uid: str) -> threading.Lock:
         with self._locks_guard:
             return self._series_locks.setdefault(series_uid, threading.Lock())
 
     def _stable_path(self, series_uid: str) -> str:
-        suffix = ".dcm" if self.loops.find(series_uid) is not None else ".nii.gz"  # a loop as the PACS holds it
+        suffix = ".dcm" if self._is_loop(series_uid) else ".nii.gz"  # a loop as the PACS holds it
         return os.path.join(self._datastore.image_path(), f"{series_uid}{suffix}")
 
     def _series_dir(self, series_uid: str) -> str:
@@ -274,7 +278,7 @@ class MedSam2DicomWebDatastore(DICOMWebDatastore):
         cached = obj.labels.get(DefaultLabelTag.FINAL) if obj else None
         if latest is None or (cached is not None and cached.info.get("version") == latest[0]):
             return
-        if self.loops.find(series_uid) is not None:
+        if self._is_loop(series_uid):
             path, segments, (stack, values) = self._pacs_labels.to_loop_label_file(
                 latest[0], study_uid, series_uid, self._stable_path(series_uid))
         else:
@@ -340,7 +344,7 @@ class MedSam2DicomWebDatastore(DICOMWebDatastore):
     def _store_seg(self, series_uid: str, prepared: PreparedLabel, label_info) -> dict:
         try:
             names = self.segment_names(label_info)
-            if self.loops.find(series_uid) is not None:
+            if self._is_loop(series_uid):
                 seg = self._loop_seg(series_uid, prepared, names)
             elif prepared.stack is not None:  # each structure whole, overlaps included
                 seg = build_segmentation(self._series_dir(series_uid), prepared.label_file, names, self._author,
@@ -363,7 +367,6 @@ class MedSam2DicomWebDatastore(DICOMWebDatastore):
         return {"SeriesInstanceUID": str(seg.SeriesInstanceUID), "Modality": info.get("Modality"),
                 "StudyInstanceUID": info.get("StudyInstanceUID"),
                 "seg_segments": [d.SegmentLabel for d in seg.SegmentSequence]}
-
 
     def _loop_seg(self, loop_uid: str, prepared: PreparedLabel, names: dict):
         import pydicom

@@ -9,13 +9,10 @@ read by the engine as videos. Their labels are DICOM SEG written by ``cine_seg.p
 
 from __future__ import annotations
 
-import logging
 import os
 import tempfile
 import threading
 from dataclasses import dataclass
-
-logger = logging.getLogger(__name__)
 
 LOOP_MODALITIES = ("US", "XA")
 _FIELDS = {"SOPInstanceUID": "00080018", "SeriesInstanceUID": "0020000E", "StudyInstanceUID": "0020000D",
