@@ -25,6 +25,28 @@ def test_bf16_units_are_read_from_cpuinfo(tmp_path, monkeypatch):
         precision.use_cpu_bf16("fast")
 
 
+def test_int8_graphs_allow_for_saturation_where_the_cpu_has_no_int8_dot_units(tmp_path, monkeypatch):
+    """An AVX2-only CPU sums int8 products in 16 bits: its int8 graphs get NNCF's overflow fix on every
+    layer, and a graph cached for a VNNI CPU is never read for it (the fix is in the key)."""
+    pytest.importorskip("openvino", reason="openvino is not installed")
+    from medsam2_engine.runtime import graph
+
+    vnni = tmp_path / "vnni"
+    vnni.write_text("flags\t\t: fpu avx2 avx512f avx512_vnni\n")
+    avx2 = tmp_path / "avx2"
+    avx2.write_text("flags\t\t: fpu avx avx2 fma\n")
+    assert precision.cpu_int8_dot_units(str(vnni)) == ("avx512_vnni",)
+    assert precision.cpu_int8_dot_units(str(avx2)) == ()
+
+    keys, module = {}, torch.nn.Linear(2, 2)
+    for name, units in (("vnni", ("avx512_vnni",)), ("avx2", ())):
+        monkeypatch.setattr(graph, "cpu_int8_dot_units", lambda units=units: units)
+        keys[name] = graph.cache_key(module, "image_encoder", "openvino_int8", 512, *graph.int8_key(True))
+        assert graph.int8_key(False) == ()  # float32 and bf16 graphs keep their keys
+    assert graph.int8_overflow_fix() == "enable"  # the last patched: AVX2 only
+    assert keys["vnni"] != keys["avx2"]
+
+
 def test_int8_model_keeps_the_masks_of_the_float32_model(fine_tuned, small_model_files):
     from medsam2_engine.checkpoints import preset_for_config_file
     from medsam2_engine.volume_segmenter import EngineSettings, VolumeSegmenter

@@ -20,22 +20,34 @@ from functools import lru_cache
 import torch
 
 BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+INT8_DOT_FLAGS = ("amx_int8", "avx512_vnni", "avx_vnni")
 INT8_MODULES = ("image_encoder", "memory_attention", "memory_encoder")
 CPU_BF16_CHOICES = ("off", "on", "auto")
 
 
-@lru_cache(maxsize=1)
-def cpu_bf16_units(cpuinfo_path: str = "/proc/cpuinfo") -> tuple:
-    """The bf16 flags this CPU reports (empty when none, or when /proc/cpuinfo is unreadable)."""
+@lru_cache(maxsize=4)
+def _cpu_flags(cpuinfo_path: str) -> frozenset:
     try:
         with open(cpuinfo_path) as handle:
             for line in handle:
                 if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return tuple(f for f in BF16_FLAGS if f in flags)
+                    return frozenset(line.split(":", 1)[1].split())
     except OSError:
         pass
-    return ()
+    return frozenset()
+
+
+def cpu_bf16_units(cpuinfo_path: str = "/proc/cpuinfo") -> tuple:
+    """The bf16 flags this CPU reports (empty when none, or when /proc/cpuinfo is unreadable)."""
+    flags = _cpu_flags(cpuinfo_path)
+    return tuple(f for f in BF16_FLAGS if f in flags)
+
+
+def cpu_int8_dot_units(cpuinfo_path: str = "/proc/cpuinfo") -> tuple:
+    """The int8 dot-product flags this CPU reports (VNNI, AMX int8). Without them int8 products are
+    summed in 16 bits and can saturate (AVX2's ``vpmaddubsw``), which int8 graphs must allow for."""
+    flags = _cpu_flags(cpuinfo_path)
+    return tuple(f for f in INT8_DOT_FLAGS if f in flags)
 
 
 def use_cpu_bf16(setting: str = "off") -> bool:

@@ -31,7 +31,7 @@ import time
 import torch
 
 from ..precision import cpu_bf16_units
-from .graph import CompiledGraph, GraphCache, RuntimeUnavailable, cache_key, quantized
+from .graph import CompiledGraph, GraphCache, RuntimeUnavailable, cache_key, int8_key, quantized
 
 logger = logging.getLogger(__name__)
 
@@ -99,7 +99,8 @@ class OpenVinoImageEncoder:
 
                 try:
                     if self._cache is not None:
-                        key = cache_key(self._model, "image_encoder", self.name, size)
+                        key = cache_key(self._model, "image_encoder", self.name, size,
+                                        *int8_key(self.int8))
                         converted = self._cache.converted(self._ov, self._core, key, convert)
                     else:
                         converted = convert()

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .graph import CompiledGraph, GraphCache, cache_key, quantized
+from .graph import CompiledGraph, GraphCache, cache_key, int8_key, quantized
 
 logger = logging.getLogger(__name__)
 
@@ -148,7 +148,8 @@ class OpenVinoMemoryAttention:
         if cache is not None:
             cache.configure(core)
             converted = cache.converted(ov, core, cache_key(memory_attention, "memory_attention", self.name,
-                                                            self.queries), convert)
+                                                            self.queries, *int8_key(self.int8)),
+                                       convert)
         else:
             converted = convert()
         self.warm_up_inputs = {i: t.numpy() for i, t in enumerate(examples)}
