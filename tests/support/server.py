@@ -14,6 +14,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from tests.support.server_fork import zygote_for
+
 ROOT = Path(__file__).resolve().parents[2]
 APP_DIR = ROOT / "apps" / "medsam2"
 SHARED_RUNTIME_CACHE = Path(tempfile.mkdtemp(prefix="medsam2-test-runtime-cache-"))
@@ -86,8 +88,12 @@ class RunningServer:
         # the monailabel launcher runs whichever `python` is first on PATH: make it ours
         env["PATH"] = f"{monailabel.parent}{os.pathsep}{env.get('PATH', '')}"
         self._log = open(log_path, "a")
-        self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, env=env,
-                                        start_new_session=True)
+        zygote = zygote_for(env)
+        if zygote is not None:
+            self.process = zygote.start(command[command.index(str(monailabel)):], env, log_path, nice)
+        else:
+            self.process = subprocess.Popen(command, stdout=self._log, stderr=subprocess.STDOUT, env=env,
+                                            start_new_session=True)
         self._wait(timeout)
 
     def _wait(self, timeout: float) -> None:
