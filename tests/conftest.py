@@ -52,8 +52,8 @@ def segmenter(small_source):
 
 @pytest.fixture(scope="session")
 def graph_cache(tmp_path_factory):
-    """One runtime graph cache (``runtime.graph.GraphCache``) for the session's tests of the fine-tuned
-    model: a graph converted, compiled or quantized for its weights once is read by the next test."""
+    """One runtime graph cache (``runtime.graph.GraphCache``, keyed by the exact weights) for the session's
+    runtime tests: a graph converted, compiled or quantized for some weights once is read by the next test."""
     return tmp_path_factory.mktemp("graph_cache")
 
 
@@ -93,3 +93,4 @@ def fine_tuned(small_model_files, tmp_path_factory):
 from tests.support.browser import chromium_browser  # noqa: E402,F401
 from tests.support.orthanc import orthanc  # noqa: E402,F401
 from tests.support.pacs_app import pacs_server, pacs_studies  # noqa: E402,F401
+

@@ -35,14 +35,15 @@ def _with_and_without_runtime(segmenter, volume, prompts, graph_cache):
         attach_cpu_runtime(model, "torch")
 
 
-def test_encoder_outputs_match_pytorch(small_source):
+def test_encoder_outputs_match_pytorch(small_source, graph_cache):
     from medsam2_engine.runtime import OpenVinoImageEncoder
+    from medsam2_engine.runtime.graph import GraphCache
 
     model = small_source.get().model
     image = torch.randn(1, 3, model.image_size, model.image_size, generator=torch.Generator().manual_seed(0))
     with torch.inference_mode():
         expected = model.forward_image(image)
-        got = OpenVinoImageEncoder(model)(image)
+        got = OpenVinoImageEncoder(model, cache=GraphCache(graph_cache))(image)  # converted here, read after
     for key in ("backbone_fpn", "vision_pos_enc"):
         assert len(got[key]) == len(expected[key])
         for a, b in zip(got[key], expected[key]):
@@ -169,13 +170,14 @@ def test_int8_option_is_quantized_and_close_on_the_phantom_checkpoint(fine_tuned
     assert _dice(reference["l"], quantized["l"]) >= 0.9
 
 
-def test_concurrent_callers_each_get_their_own_features(small_source):
+def test_concurrent_callers_each_get_their_own_features(small_source, graph_cache):
     from concurrent.futures import ThreadPoolExecutor
 
     from medsam2_engine.runtime import OpenVinoImageEncoder
+    from medsam2_engine.runtime.graph import GraphCache
 
     model = small_source.get().model
-    encoder = OpenVinoImageEncoder(model)
+    encoder = OpenVinoImageEncoder(model, cache=GraphCache(graph_cache))
     images = [torch.rand(1, 3, model.image_size, model.image_size, generator=torch.Generator().manual_seed(s))
               for s in range(6)]
     with torch.inference_mode():
@@ -237,7 +239,7 @@ def test_a_broken_published_file_is_tried_once_not_on_every_poll(small_model_fil
 # --- memory attention (runtime/memory_attention.py) -------------------------------------------
 
 
-def test_slices_encoded_by_one_runtime_are_never_served_to_another(small_source, phantom):
+def test_slices_encoded_by_one_runtime_are_never_served_to_another(small_source, phantom, graph_cache):
     from medsam2_engine.volume_segmenter import VolumeSegmenter
     from medsam2_engine.prompts import Box, LabelPrompts
     from medsam2_engine.runtime import attach_cpu_runtime
@@ -247,7 +249,7 @@ def test_slices_encoded_by_one_runtime_are_never_served_to_another(small_source,
     prompts = {"l": LabelPrompts(boxes=[Box(10, 8, 26, 20, 6)])}
     try:
         torch_run = segmenter.run(phantom, prompts, session_key=("torch",))
-        assert attach_cpu_runtime(model, "openvino", [model.image_size]) == "openvino"
+        assert attach_cpu_runtime(model, "openvino", [model.image_size], cache_dir=graph_cache) == "openvino"
         openvino_run = segmenter.run(phantom, prompts, session_key=("openvino",))
     finally:
         attach_cpu_runtime(model, "torch")

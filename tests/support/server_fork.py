@@ -21,7 +21,8 @@ import threading
 import time
 
 # what every server imports first and which reads nothing of a server's own settings at import
-PRELOADED = ("torch", "monai", "monai.apps", "monai.bundle", "monai.bundle.scripts", "fastapi", "uvicorn")
+PRELOADED = ("torch", "monai", "monai.apps", "monai.bundle", "monai.bundle.scripts", "fastapi", "uvicorn",
+             "girder_client", "jwt", "pydicom_seg", "highdicom", "tensordict", "sam2")  # not openvino: it starts a thread
 # environment read by the preloaded libraries at import: a server asking for other values is not forked
 READ_AT_IMPORT = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "PYTHONHASHSEED", "PYTHONPATH", "LD_PRELOAD")
 
