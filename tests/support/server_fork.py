@@ -20,6 +20,7 @@ import sys
 import threading
 import time
 
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # what every server imports first and which reads nothing of a server's own settings at import
 PRELOADED = ("torch", "monai", "monai.apps", "monai.bundle", "monai.bundle.scripts", "fastapi", "uvicorn",
              "girder_client", "jwt", "pydicom_seg", "highdicom", "tensordict", "sam2")  # not openvino: it starts a thread
@@ -58,8 +59,7 @@ class Zygote:
         self.env = dict(env)
         self._lock = threading.Lock()
         self._process = subprocess.Popen([sys.executable, "-m", "tests.support.server_fork"], env=self.env,
-                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                                         cwd=os.getcwd())
+                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)
         self.ask({"op": "ready"})
 
     def can_start(self, env: dict) -> bool:
@@ -110,6 +110,7 @@ def _run_server(request: dict) -> None:
         os.environ.update(request["env"])
         os.chdir(request["cwd"])
         sys.path[0] = os.getcwd()  # as `python -m monailabel.main` run there has it
+        sys.path.append(ROOT)  # last: only for a spawned grandchild, which imports this module as its main
         import tempfile
 
         tempfile.tempdir = None  # TMPDIR is the server's own
