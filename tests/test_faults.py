@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import signal
 import threading
 import time
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import psutil
 import pytest
 import requests
 import torch
@@ -201,3 +203,39 @@ def test_kill_while_publishing_a_checkpoint_keeps_the_served_one_whole(tmp_path,
         server.stop()
     print(f"\nfaults: {FAULTS}")
 
+
+
+def test_a_killed_fine_tune_is_interrupted_even_as_a_zombie_or_when_its_pid_is_reused(tmp_path, small_model_files):
+    """The server reports a fine-tune RUNNING only while the process that wrote its stats runs. A
+    killed one whose parent died too stays a zombie until init reaps it (some container inits
+    never do); after a restart its pid may be another process's. Both are the fine-tune ended."""
+    import subprocess
+    import sys
+
+    from medsam2_engine.checkpoints import preset_for_config_file
+    from medsam2_engine.model_source import ModelSource
+    from lib.trainers.finetune import FineTuneTask, this_process, write_stats
+
+    config, checkpoint = small_model_files
+    task = FineTuneTask(ModelSource(preset_for_config_file(config), tmp_path, checkpoint=str(checkpoint)), ["organ"])
+
+    def status(**process) -> str:
+        write_stats(task.stats_path, {"status": "RUNNING", "epoch": 1, **process})
+        return task.stats()["status"]
+
+    assert status(**this_process()) == "RUNNING"
+    assert status(pid=os.getpid()) == "RUNNING"  # a stats file from before the start time was recorded
+    reused = this_process()
+    reused["pid_started"] -= 3600  # the recorded process started an hour before this one: not it
+    assert status(**reused) == "INTERRUPTED"
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    deadline = time.monotonic() + 30
+    while psutil.Process(child.pid).status() != psutil.STATUS_ZOMBIE:  # exited, not yet reaped
+        assert time.monotonic() < deadline, "the child never exited"
+        time.sleep(0.05)
+    try:
+        assert status(pid=child.pid, pid_started=psutil.Process(child.pid).create_time()) == "INTERRUPTED"
+    finally:
+        child.wait()
+    assert status(pid=child.pid) == "INTERRUPTED"  # reaped: gone
+    assert "stopped before it finished" in task.stats()["error"]

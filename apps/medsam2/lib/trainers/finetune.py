@@ -16,6 +16,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
 from monailabel.interfaces.datastore import Datastore
 from monailabel.interfaces.tasks.train import TrainTask
 
@@ -53,14 +54,25 @@ def _flag(request: dict, key: str, default: bool) -> bool:
     return flag(request.get(key, default), f"train request: {key}")
 
 
-def _process_alive(pid) -> bool:
+def this_process() -> dict:
+    """What the stats file records of the fine-tune's process, to tell later whether it still runs."""
+    return {"pid": os.getpid(), "pid_started": psutil.Process().create_time()}
+
+
+def _process_alive(stats: dict) -> bool:
+    """Whether the process that wrote ``stats`` still runs. A killed fine-tune whose parent died too
+    stays a zombie until init reaps it (some container inits never do), and after a restart its pid
+    may belong to another process: neither is the fine-tune."""
     try:
-        os.kill(int(pid), 0)
-    except (TypeError, ValueError, ProcessLookupError):
+        process = psutil.Process(int(stats.get("pid")))
+        if process.status() == psutil.STATUS_ZOMBIE:
+            return False
+        started = stats.get("pid_started")
+        return started is None or abs(process.create_time() - float(started)) < 0.5
+    except (TypeError, ValueError, psutil.NoSuchProcess):
         return False
-    except PermissionError:
+    except psutil.AccessDenied:
         return True
-    return True
 
 
 def write_stats(path: Path, stats: dict) -> None:
@@ -78,7 +90,7 @@ class StatsWriter:
     extra: dict = field(default_factory=dict)
 
     def __call__(self, summary: dict) -> None:
-        write_stats(self.path, {**summary, **self.extra, "pid": os.getpid()})
+        write_stats(self.path, {**summary, **self.extra, **this_process()})
 
 
 class FineTuneTask(TrainTask):
@@ -106,7 +118,7 @@ class FineTuneTask(TrainTask):
             stats = json.loads(self.stats_path.read_text())
         except (OSError, ValueError):
             return {}
-        if stats.get("status") in ("LOADING", "RUNNING") and not _process_alive(stats.get("pid")):
+        if stats.get("status") in ("LOADING", "RUNNING") and not _process_alive(stats):
             # the fine-tune was killed; what it published before stays served
             stats["status"] = "INTERRUPTED"
             stats["error"] = ("the fine-tune stopped before it finished (stopped from the page, or the server "
@@ -194,7 +206,8 @@ class FineTuneTask(TrainTask):
         cfg = self.fine_tune_config(request)
         rejected = []
         pairs = [CaseFiles(d["image"], d["label"], Path(d["image"]).name) for d in datastore.datalist()]
-        self._write_stats({"status": "LOADING", "start_ts": time.time(), "studies": len(pairs), "pid": os.getpid()})
+        self._write_stats({"status": "LOADING", "start_ts": time.time(), "studies": len(pairs),
+                           **this_process()})
         cases = load_cases(pairs, on_reject=lambda item, why: rejected.append({"image": item.name, "error": why}))
         if not cases:
             raise ValueError(f"nothing to train on: {len(pairs)} final label(s) in the datastore, "
