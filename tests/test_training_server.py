@@ -61,7 +61,7 @@ def _wait_for_training(client, server, timeout=400.0) -> dict:
         if status and status.get("status") in ("DONE", "ERROR"):
             return status
         assert server.alive(), server.log()[-3000:]
-        time.sleep(2.0)
+        time.sleep(0.5)
     raise TimeoutError(f"training did not finish in {timeout}s:\n{server.log()[-3000:]}")
 
 
@@ -114,3 +114,7 @@ def test_train_publishes_weights_that_the_next_infer_uses(setup, tmp_path):
     _, after = client.infer("medsam2_3d", "phantom_2", prompt)
     assert after["model"]["checkpoint"] == str(finetuned)
     assert "preparing model" in server.log() and "now serving" in server.log()
+    # the fine-tune's own process (MONAI Label's task process) never loaded the served model
+    trainer_pid = next(line.split("] [")[1] for line in server.log().splitlines() if "fine-tune from" in line)
+    assert trainer_pid != str(server.process.pid)
+    assert not [line for line in server.log().splitlines() if f"] [{trainer_pid}] " in line and "loading model" in line]

@@ -13,6 +13,7 @@ See the README for what each does.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import sys
@@ -53,6 +54,12 @@ from medsam2_engine.study_memory import StudyMemory  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
+# MONAI Label runs each fine-tune (and scoring off the request) in a process of its own,
+# ``python -m monailabel.interfaces.utils.app``, that builds this app again: there the served
+# model is read only when the task asks for it, and nobody watches for new weights.
+TASK_PROCESS = getattr(getattr(sys.modules.get("__main__"), "__spec__", None), "name", None) \
+    == "monailabel.interfaces.utils.app"
+
 FINETUNE = "medsam2_finetune"
 
 
@@ -74,8 +81,9 @@ class MedSam2App(MONAILabelApp):
             runtime_cache_dir=((self.settings.runtime_cache_dir or self.settings.model_dir / "runtime-cache")
                                / (self.settings.replica.name or "server") if self.settings.runtime_cache else None),
         )
-        self.models.ensure_available(allow_download=self.settings.allow_download)
-        self.models.watch()  # published weights are prepared before the next click needs them
+        self.models.ensure_available(allow_download=self.settings.allow_download, load=not TASK_PROCESS)
+        if not TASK_PROCESS:
+            self.models.watch()  # published weights are prepared before the next click needs them
         # the one owner of what the server keeps in memory: images read, their encoded slices, every
         # session, one budget; the segmenters below are services over it and the model source
         self.memory = StudyMemory.from_settings(self.settings.engine)
@@ -110,6 +118,10 @@ class MedSam2App(MONAILabelApp):
         one_prompt = self._infers["medsam2_one_prompt"]
         self.one_prompt_runs = OnePromptRuns(one_prompt.segment, lambda image: self.datastore().get_image_uri(image),
                                              one_prompt.study_kind, picture_or_volume_affine)
+        if TASK_PROCESS:
+            # the task's process ends with the task: what was built so far lives until then, and its
+            # exit then skips a final collection of ~700k objects (2.5 s measured on a 2-core EPYC)
+            gc.freeze()
 
     def init_datastore(self):
         if self.studies.startswith(("http://", "https://")):

@@ -181,8 +181,9 @@ class ModelSource:
             f"{self.official_path}, or start with --conf checkpoint PATH (or 'random' for untrained weights)"
         )
 
-    def ensure_available(self, allow_download: bool = True) -> None:
-        """At start-up: fetch the official file if nothing usable is there, then load it.
+    def ensure_available(self, allow_download: bool = True, load: bool = True) -> None:
+        """At start-up: fetch the official file if nothing usable is there, then load it (unless
+        ``load`` is False: then the first ``get`` does).
 
         Never raises: a server without a usable model still starts and says why in /info.
         """
@@ -199,6 +200,8 @@ class ModelSource:
                 self.last_error = str(download_err)
                 logger.error("model not ready: %s", download_err)
                 return
+        if not load:
+            return
         try:
             self.get()
         except (ModelNotReady, CheckpointError) as err:
@@ -232,7 +235,7 @@ class ModelSource:
                              self._loaded.checkpoint)
             return self._loaded
 
-    def watch(self, interval_s: float = 5.0) -> threading.Thread:
+    def watch(self, interval_s: float = 1.0) -> threading.Thread:
         """Reload in the background when the served file changes (a fine-tune published new
         weights), so the model is rebuilt and its CPU runtime compiled before the next click
         rather than during it. Requests still check on their own (``get``)."""

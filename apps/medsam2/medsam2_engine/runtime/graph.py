@@ -24,6 +24,20 @@ class RuntimeUnavailable(RuntimeError):
     """The runtime is not installed, or cannot take this model: serve with PyTorch."""
 
 
+def convert_graph(ov, module: torch.nn.Module, example_input, **options):
+    """``ov.convert_model`` of ``module``, traced once by torch.jit on ``example_input``.
+
+    OpenVINO's own tracing keeps torch.jit's ``check_trace``, which traces and runs the network
+    twice more only to compare the second trace with the first. The graph is the same without
+    it (the tests compare the compiled outputs bit for bit), and it was about half of each
+    conversion: sam2.1 tiny's image encoder at 1024 px, 24 s to 13 s (docs/performance.md)."""
+    from openvino.frontend.pytorch.ts_decoder import TorchScriptPythonDecoder
+
+    traced = TorchScriptPythonDecoder(module.eval(), example_input=example_input,
+                                      trace_kwargs={"check_trace": False})
+    return ov.convert_model(traced, example_input=example_input, **options)
+
+
 class CompiledGraph:
     """An OpenVINO graph compiled for CPU at float32 inference precision, with one infer request
     per concurrent caller (a request holds its outputs: two callers never share one)."""

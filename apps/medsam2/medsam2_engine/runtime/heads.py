@@ -22,7 +22,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-from .graph import CompiledGraph, GraphCache, cache_key
+from .graph import CompiledGraph, convert_graph, GraphCache, cache_key
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +71,7 @@ def _usable(*tensors) -> bool:
 def _compiled(ov, core, module, graph, examples, shapes, stage: str, precision: str, threads: int,
               cache: GraphCache | None) -> CompiledGraph:
     def convert():
-        return ov.convert_model(graph.eval(), example_input=examples, input=shapes)
+        return convert_graph(ov, graph, examples, input=shapes)
 
     if cache is not None:
         cache.configure(core)

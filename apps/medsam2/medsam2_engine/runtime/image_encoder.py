@@ -31,7 +31,7 @@ import time
 import torch
 
 from ..precision import cpu_bf16_units
-from .graph import CompiledGraph, GraphCache, RuntimeUnavailable, cache_key, int8_key, quantized
+from .graph import CompiledGraph, convert_graph, GraphCache, RuntimeUnavailable, cache_key, int8_key, quantized
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ class OpenVinoImageEncoder:
                 example = torch.zeros(1, 3, size, size)
                 levels = len(self._model.forward_image(example)["backbone_fpn"])
                 def convert():
-                    converted = self._ov.convert_model(_ForwardImage(self._model).eval(), example_input=example)
+                    converted = convert_graph(self._ov, _ForwardImage(self._model), example)
                     if self.int8:
                         converted = quantized(converted, [image.numpy() for image in calibration_slices(size)])
                     return converted

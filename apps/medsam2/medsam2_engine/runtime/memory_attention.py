@@ -27,7 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .graph import CompiledGraph, GraphCache, cache_key, int8_key, quantized
+from .graph import CompiledGraph, convert_graph, GraphCache, cache_key, int8_key, quantized
 
 logger = logging.getLogger(__name__)
 
@@ -139,8 +139,7 @@ class OpenVinoMemoryAttention:
         shapes = [[self.queries, 1, dims[0]]] * 2 + [[-1, 1, dims[1]]] * 4
 
         def convert():
-            converted = ov.convert_model(MemoryAttentionGraph(memory_attention, self.queries).eval(),
-                                         example_input=examples, input=shapes)
+            converted = convert_graph(ov, MemoryAttentionGraph(memory_attention, self.queries), examples, input=shapes)
             # calibration: the inputs themselves, or a callable that records them (only on a cache miss)
             return quantized(converted, calibration() if callable(calibration) else calibration) if self.int8 \
                 else converted

@@ -67,4 +67,7 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     logging.basicConfig(level=logging.WARNING)
-    sys.exit(main())
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # the graphs are on disk: no final collection of torch's and OpenVINO's objects
