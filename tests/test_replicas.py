@@ -211,7 +211,7 @@ def test_the_trainer_publishes_and_both_replicas_serve_it(cluster, two_studies):
             break
         stats = cluster["model_dir"] / "train_stats.json"
         assert not stats.exists() or json.loads(stats.read_text()).get("status") != "FAILED", stats.read_text()
-        time.sleep(2)
+        time.sleep(0.5)
     assert versions["a"] == versions["b"] and versions["a"]["name"] == "fine-tune 1", versions
     for replica, series in two_studies.items():  # each replica's next click is made by those weights
         result = _click(cluster["nginx"].url, series, f"user-{replica}", [[20, 20, 5], [22, 21, 5]]).json()
