@@ -129,39 +129,34 @@ def test_bf16_heads_run_only_when_asked_and_say_so_on_a_real_scan(fine_tuned, mo
     assert _dice(reference["l"], converted["l"]) >= 0.99
 
 
-def test_graphs_traced_once_are_the_graphs_openvino_traces_with_its_check(small_source, monkeypatch):
+def test_graphs_traced_once_are_the_graphs_openvino_traces_with_its_check(small_source):
     """The runtime traces each network once (``graph.convert_graph``: no torch.jit ``check_trace``,
-    which traces and runs it twice more). A graph it converts, converted again by OpenVINO's own
-    tracing, computes the same outputs bit for bit on inputs other than the tracing example:
-    memory attention (dynamic memory length) and the memory encoder here, the cheapest two; the
-    image encoder's graph is compared with PyTorch in test_runtime.py."""
+    which traces and runs it twice more). Its graph and OpenVINO's own conversion compute the same
+    outputs bit for bit on inputs other than the tracing example. Shown on memory attention, the
+    cheapest graph with the options the others use (a dynamic memory length); the image encoder's
+    graph is compared with PyTorch in test_runtime.py."""
     import numpy as np
     import openvino as ov
-    from medsam2_engine.runtime import graph, heads, memory_attention
+    from medsam2_engine.runtime.graph import convert_graph
+    from medsam2_engine.runtime.memory_attention import MemoryAttentionGraph, example_inputs
 
-    converted = []
-
-    def recording(ov_module, module, example_input, **options):
-        result = graph.convert_graph(ov_module, module, example_input, **options)
-        converted.append((module, example_input, options, result))
-        return result
-
-    for stage in (memory_attention, heads):
-        monkeypatch.setattr(stage, "convert_graph", recording)
-    model = small_source.get().model
-    e = model.image_size // model.backbone_stride
-    memory_attention.OpenVinoMemoryAttention(ov, ov.Core(), model._modules["memory_attention"], e * e, 1)
-    heads.OpenVinoMemoryEncoder(ov, ov.Core(), model._modules["memory_encoder"], model.image_size, e,
-                                model.hidden_dim, 1)
-    assert [type(m).__name__ for m, *_ in converted] == ["MemoryAttentionGraph", "MemoryEncoderGraph"]
-    core = ov.Core()
+    attention = small_source.get().model._modules["memory_attention"]
+    queries = 8 * 8
+    module = MemoryAttentionGraph(attention, queries).eval()
+    examples = example_inputs(queries, attention.d_model, attention.layers[0].cross_attn_image.kv_in_dim)
+    shapes = [[queries, 1, attention.d_model]] * 2 + [[-1, 1, examples[2].shape[-1]]] * 4
+    with torch.no_grad():  # as the runtime converts (cached tensors of earlier inference-mode runs)
+        ours = convert_graph(ov, module, examples, input=shapes)
+        reference = ov.convert_model(module, example_input=examples, input=shapes)
     generator = torch.Generator().manual_seed(7)
-    for module, example, options, ours in converted:
-        with torch.no_grad():  # as the runtime converts (cached tensors of earlier inference-mode runs)
-            reference = ov.convert_model(module, example_input=example, **options)
-        feed = {i: torch.randn(t.shape, generator=generator).numpy() for i, t in enumerate(example)}
-        got = core.compile_model(ours, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})(feed)
-        want = core.compile_model(reference, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})(feed)
+    core = ov.Core()
+    ours, reference = (core.compile_model(g, "CPU", {"INFERENCE_PRECISION_HINT": "f32"}) for g in (ours, reference))
+    for frames in (1, 3):  # memory lengths other than the example's
+        inputs = [torch.randn(*t.shape, generator=generator) for t in examples[:2]]
+        inputs += [torch.randn(frames * queries if n < 2 else t.shape[0], 1, t.shape[2], generator=generator)
+                   for n, t in enumerate(examples[2:])]
+        feed = {i: t.numpy() for i, t in enumerate(inputs)}
+        got, want = ours(feed), reference(feed)
         assert len(got) == len(want) > 0
         for a, b in zip(got.values(), want.values()):
-            np.testing.assert_array_equal(a, b, err_msg=type(module).__name__)
+            np.testing.assert_array_equal(a, b)
