@@ -101,8 +101,9 @@ def test_missing_runtime_falls_back_to_pytorch(small_source, monkeypatch, phanto
     assert result.labels["l"].mask.shape == phantom.array.shape
 
 
-def _served_with_openvino(small_model_files, tmp_path) -> tuple:
-    """(config, served checkpoint file, ModelSource on it with the OpenVINO encoder)."""
+def _served_with_openvino(small_model_files, tmp_path, graph_cache) -> tuple:
+    """(config, served checkpoint file, ModelSource on it with the OpenVINO encoder; the small model's
+    graph from the session's cache, new weights converted)."""
     from medsam2_engine.checkpoints import preset_for_config_file
     from medsam2_engine.model_source import ModelSource
 
@@ -110,15 +111,15 @@ def _served_with_openvino(small_model_files, tmp_path) -> tuple:
     served = tmp_path / "served.pt"
     served.write_bytes(checkpoint.read_bytes())
     return config, served, ModelSource(preset_for_config_file(config), tmp_path, checkpoint=str(served),
-                                       device="cpu", cpu_runtime="openvino")
+                                       device="cpu", cpu_runtime="openvino", runtime_cache_dir=graph_cache)
 
 
-def test_new_weights_get_a_new_graph_compiled_at_load(small_model_files, tmp_path):
+def test_new_weights_get_a_new_graph_compiled_at_load(small_model_files, tmp_path, graph_cache):
     from medsam2_engine.checkpoints import build_model, preset_for_config_file, save_checkpoint
     from medsam2_engine.runtime import image_runtime
     from sam2.sam2_video_predictor import SAM2VideoPredictor
 
-    config, served, source = _served_with_openvino(small_model_files, tmp_path)
+    config, served, source = _served_with_openvino(small_model_files, tmp_path, graph_cache)
     first = source.get()
     runtime = image_runtime(first.model)
     assert source.status()["cpu_runtime"] == "openvino"
@@ -193,11 +194,11 @@ def test_concurrent_callers_each_get_their_own_features(small_source, graph_cach
         assert torch.equal(features, expected[index % 6]), index
 
 
-def test_published_weights_are_loaded_and_compiled_before_the_next_request(small_model_files, tmp_path):
+def test_published_weights_are_loaded_and_compiled_before_the_next_request(small_model_files, tmp_path, graph_cache):
     from medsam2_engine.checkpoints import build_model, preset_for_config_file, save_checkpoint
     from medsam2_engine.runtime import image_runtime
 
-    config, served, source = _served_with_openvino(small_model_files, tmp_path)
+    config, served, source = _served_with_openvino(small_model_files, tmp_path, graph_cache)
     first = source.get()
     source.watch(interval_s=0.05)
     try:
