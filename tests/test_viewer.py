@@ -121,6 +121,23 @@ def test_viewer_round_trip_on_a_studies_folder(viewer_server, chromium_page, tmp
     np.testing.assert_array_equal(stack[..., 0] > 0, done["lesion"] > 0)  # the saved lesion stood as it was
 
 
+@needs_chromium
+def test_a_study_pressed_while_the_list_is_refreshed_still_opens(viewer_server, chromium_page):
+    """The study list is refreshed whenever a final label is saved, in this tab or another. A study
+    pressed just before a refresh and released just after it is opened all the same."""
+    server, _, _ = viewer_server
+    page = chromium_page
+    page.goto(server.url + "/medsam2/viewer/")
+    page.evaluate("window.medsam2Viewer.ready")
+    box = page.locator("#studies li[data-image='photo']").bounding_box()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.mouse.down()
+    page.evaluate("window.medsam2Viewer.refreshStudies()")
+    page.mouse.up()
+    page.wait_for_function("window.medsam2Viewer.state.image === 'photo'", timeout=20_000)
+    assert page.locator("#studies li.selected").get_attribute("data-image") == "photo"
+
+
 def reopen_correct_and_save_again(page, url: str, image: str, truth, done: dict, shots: Path) -> None:
     """Open the study again: its saved structures are shown and kept; re-segment one, save again."""
     from tests.support.viewer_page import assert_mask_on_screen, click_voxel

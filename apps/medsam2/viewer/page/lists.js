@@ -4,18 +4,26 @@ import { $, hooks, state, labelValue } from './page.js';
 import { LABEL_COLOURS } from './view.js';
 
 export function renderStudies() {
+  // Items are updated in place, not rebuilt: the list is refreshed whenever a label is saved (here
+  // or in another tab), and a press on an item that is replaced before the release is no click.
   const list = $('studies');
-  list.replaceChildren();
-  for (const study of state.studies) {
-    const item = document.createElement('li');
-    item.dataset.image = study.image;
-    item.textContent = study.description || study.image;
+  const items = new Map([...list.children].map((item) => [item.dataset.image, item]));
+  state.studies.forEach((study, n) => {
+    let item = items.get(study.image);
+    if (!item) {
+      item = document.createElement('li');
+      item.dataset.image = study.image;
+      item.append(document.createTextNode(''), Object.assign(document.createElement('span'), { className: 'tag' }));
+      item.addEventListener('click', () => hooks.openStudy(study.image));
+    }
+    item.firstChild.data = study.description || study.image;
     item.title = study.image;
-    if (study.final) item.append(Object.assign(document.createElement('span'), { className: 'tag', textContent: 'final ✓' }));
-    if (study.image === state.image) item.classList.add('selected');
-    item.addEventListener('click', () => hooks.openStudy(study.image));
-    list.append(item);
-  }
+    item.lastChild.textContent = 'final ✓';
+    item.lastChild.hidden = !study.final;
+    item.classList.toggle('selected', study.image === state.image);
+    if (list.children[n] !== item) list.insertBefore(item, list.children[n] || null);
+  });
+  while (list.children.length > state.studies.length) list.lastElementChild.remove();
 }
 
 export function renderLabels() {

@@ -468,6 +468,7 @@ window.medsam2Viewer = {
   },
   goToSlice,
   showPlane,
+  refreshStudies: () => hooks.studiesChanged(), // as after a save here or in another tab
   others,
   cine,
   // where a voxel is on the page in other plane n (0, 1) of the three-view layout
