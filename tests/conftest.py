@@ -93,4 +93,3 @@ def fine_tuned(small_model_files, tmp_path_factory):
 from tests.support.browser import chromium_browser  # noqa: E402,F401
 from tests.support.orthanc import orthanc  # noqa: E402,F401
 from tests.support.pacs_app import pacs_server, pacs_studies  # noqa: E402,F401
-

@@ -13,12 +13,11 @@ export function renderStudies() {
     if (!item) {
       item = document.createElement('li');
       item.dataset.image = study.image;
-      item.append(document.createTextNode(''), Object.assign(document.createElement('span'), { className: 'tag' }));
+      item.append(document.createTextNode(''), Object.assign(document.createElement('span'), { className: 'tag', textContent: 'final ✓' }));
       item.addEventListener('click', () => hooks.openStudy(study.image));
     }
     item.firstChild.data = study.description || study.image;
     item.title = study.image;
-    item.lastChild.textContent = 'final ✓';
     item.lastChild.hidden = !study.final;
     item.classList.toggle('selected', study.image === state.image);
     if (list.children[n] !== item) list.insertBefore(item, list.children[n] || null);
