@@ -21,6 +21,7 @@ from __future__ import annotations
 import filecmp
 import logging
 import os
+from pathlib import Path
 import time
 import uuid
 
@@ -55,8 +56,11 @@ def extension_of(filename: str, field: str) -> str:
     for ext in ALLOWED_EXTENSIONS:
         if lowered.endswith(ext):
             return ext
-    raise OptionError(field, f"file type of {os.path.basename(filename or '')!r} is not accepted; "
-                             f"allowed: {', '.join(ALLOWED_EXTENSIONS)}", status=415)
+    # MONAI Label hands over a temporary copy that keeps only the client's suffixes: name the type
+    suffix = "".join(Path(lowered).suffixes)
+    kind = repr(suffix) if suffix else "(no extension)"
+    raise OptionError(field, f"file type {kind} is not accepted; allowed: {', '.join(ALLOWED_EXTENSIONS)}",
+                      status=415)
 
 
 class SafeLocalDatastore(SharedRecords, LocalDatastore):
