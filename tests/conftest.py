@@ -19,6 +19,30 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 # MEDSAM2_TEST_THREADS=1 when something else is busy on the CPU: two threads sharing one core spin-wait
 torch.set_num_threads(int(os.environ.get("MEDSAM2_TEST_THREADS", min(2, os.cpu_count() or 1))))
 
+# Run on two processes (``-n 2 --dist loadfile``: a file's tests on one process, in order), the longest
+# files go first, so the run does not end with one long file on one core while the other is idle.
+# Seconds per file, serial, on 2 cores: 45-80 each.
+LONGEST_FILES_FIRST = ("test_viewer_loop.py", "test_exact_stop.py", "test_runtime.py", "test_load.py",
+                       "test_replicas.py", "test_viewer_tools_real.py", "test_weights_switch.py", "test_faults.py",
+                       "test_encode_ahead.py", "test_training_server.py", "test_distributed_training.py")
+
+
+def pytest_configure(config):
+    if hasattr(config.option, "loadscopereorder"):
+        config.option.loadscopereorder = False  # xdist would order files by their number of tests
+
+
+def pytest_collection_modifyitems(config, items):
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return  # one process: files in name order
+
+    def rank(item):
+        name = item.path.name
+        return LONGEST_FILES_FIRST.index(name) if name in LONGEST_FILES_FIRST else len(LONGEST_FILES_FIRST)
+
+    items.sort(key=rank)  # stable: every file's tests stay in their order
+
+
 needs_shared_data = pytest.mark.skipif(
     not SHARED_DATA.is_dir(), reason=f"real scans not available: {SHARED_DATA} is absent (only on developer/CI machines)"
 )

@@ -47,10 +47,17 @@ def cached_file(server, series_uid: str) -> Path:
 
 def test_ct_and_mr_series_are_listed(pacs_server, pacs_studies, orthanc):  # noqa: F811
     # CT and MR series, and each ultrasound loop (a study of its own: test_pacs_cine.py)
-    images = set(orthanc.series_uids("CT")) | set(orthanc.series_uids("MR")) | ({pacs_studies.loop["uid"]}
-                                                                                 if pacs_studies.loop else set())
+    from lib.datastores.dicomweb import PACS_LIST_TTL_S
+
     assert orthanc.series_uids("MR"), "the PACS holds no MR series"
-    stats = requests.get(f"{pacs_server.url}/datastore/", params={"output": "stats"}, timeout=60).json()
+    deadline = time.monotonic() + PACS_LIST_TTL_S + 5  # other tests store series in this PACS: listed within that
+    while True:
+        images = set(orthanc.series_uids("CT")) | set(orthanc.series_uids("MR")) | ({pacs_studies.loop["uid"]}
+                                                                                     if pacs_studies.loop else set())
+        stats = requests.get(f"{pacs_server.url}/datastore/", params={"output": "stats"}, timeout=60).json()
+        if stats["total"] == len(images) or time.monotonic() > deadline:
+            break
+        time.sleep(1)
     assert stats["total"] == len(images)
     # offline start: MONAI Label's own DICOMweb set-up downloads dcmqi from GitHub (and logs its file name)
     assert "dcmqi" not in pacs_server.log()
@@ -60,6 +67,25 @@ def test_ct_and_mr_series_are_listed(pacs_server, pacs_studies, orthanc):  # noq
     for patient in pacs_studies.patient_ids():
         assert patient not in everything and patient not in studies, patient
     assert "PatientID" not in everything
+
+
+def test_a_series_stored_in_the_pacs_is_listed_within_seconds(pacs_server, orthanc, tmp_path):  # noqa: F811
+    from lib.datastores.dicomweb import PACS_LIST_TTL_S
+    from tests.support.dicom_series import write_series
+    from tests.support.trained_small_model import AFFINE, phantom
+
+    def listed() -> list:
+        page = requests.get(f"{pacs_server.url}/medsam2/viewer/studies", timeout=60).json()
+        return [study["image"] for study in page["studies"]]
+
+    assert listed()  # the list is read (and kept) before the new series exists
+    array, _ = phantom(12, shape=(32, 28, 6))
+    uid = write_series(array, AFFINE, tmp_path / "stored_now", description="stored now")["series"]
+    orthanc.upload(tmp_path / "stored_now")
+    stored = time.monotonic()
+    while uid not in listed():
+        assert time.monotonic() - stored < PACS_LIST_TTL_S + 5, "a series stored in the PACS is not listed"
+        time.sleep(0.5)
 
 
 def test_ohif_sequence_clear_and_click_on_another_slice_then_seg(pacs_server, pacs_studies, orthanc, tmp_path):  # noqa: F811

@@ -46,6 +46,9 @@ from ..privacy import KEYWORDS as PATIENT_IDENTIFIERS
 logger = logging.getLogger(__name__)
 
 DICOM_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+# the study list asks the PACS again after this: a study stored now is listed within seconds (MONAI Label's
+# own list is kept for MONAI_LABEL_DICOMWEB_CACHE_EXPIRY, two hours by default)
+PACS_LIST_TTL_S = 10
 RAW_TRANSFER_SYNTAXES = {"1.2.840.10008.1.2", "1.2.840.10008.1.2.1", "1.2.840.10008.1.2.2"}
 
 
@@ -91,7 +94,7 @@ class MedSam2DicomWebDatastore(DICOMWebDatastore):
         self._synced: Dict[str, float] = {}  # series UID -> when its label was last compared with the PACS
         self.label_sync_s = 2.0  # within one request (several label lookups) the PACS is asked once
 
-    @cached(cache=TTLCache(maxsize=16, ttl=settings.MONAI_LABEL_DICOMWEB_CACHE_EXPIRY))
+    @cached(cache=TTLCache(maxsize=16, ttl=PACS_LIST_TTL_S))
     def list_images(self) -> List[str]:
         series = []
         for modality in self._modalities:  # one query per modality: list matching is not universal in QIDO
