@@ -46,14 +46,14 @@ def cached_file(server, series_uid: str) -> Path:
 
 
 def test_ct_and_mr_series_are_listed(pacs_server, pacs_studies, orthanc):  # noqa: F811
-    # CT and MR series, and each ultrasound loop (a study of its own: test_pacs_cine.py)
+    # CT and MR series, and each ultrasound loop and still (a study of its own: test_pacs_cine.py)
     from lib.datastores.dicomweb import PACS_LIST_TTL_S
 
     assert orthanc.series_uids("MR"), "the PACS holds no MR series"
     deadline = time.monotonic() + PACS_LIST_TTL_S + 5  # other tests store series in this PACS: listed within that
     while True:
-        images = set(orthanc.series_uids("CT")) | set(orthanc.series_uids("MR")) | ({pacs_studies.loop["uid"]}
-                                                                                     if pacs_studies.loop else set())
+        images = (set(orthanc.series_uids("CT")) | set(orthanc.series_uids("MR"))
+                  | {study["uid"] for study in (pacs_studies.loop, pacs_studies.still) if study})
         stats = requests.get(f"{pacs_server.url}/datastore/", params={"output": "stats"}, timeout=60).json()
         if stats["total"] == len(images) or time.monotonic() > deadline:
             break

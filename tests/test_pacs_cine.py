@@ -1,9 +1,11 @@
-"""A cine loop on a PACS, end to end: a real echocardiogram (CAMUS) stored in Orthanc as an ultrasound
+"""A cine loop and an ultrasound still on a PACS, end to end: a real echocardiogram (CAMUS) stored in Orthanc as an ultrasound
 multi-frame image (no frame of reference, as scanners write loops) is listed as a study, opened in
 the page as a loop of its frames, segmented both ways from a box on a middle frame, and saved back
 to the PACS as a DICOM SEG whose every frame names its source frame. The SEG is read by highdicom
 and checked by dciodvfy (dicom3tools); a newer SEG of the loop in the PACS (another replica's save)
-is what the page shows next. Phantom-trained weights: the masks prove plumbing, not accuracy.
+is what the page shows next. A single-frame colour ultrasound image (a still) is a study of its own,
+opens in the page as a picture in its colours, and its label goes back as a DICOM SEG of that
+instance. Phantom-trained weights: the masks prove plumbing, not accuracy.
 """
 
 from __future__ import annotations
@@ -126,13 +128,84 @@ def test_a_loop_on_the_pacs_is_segmented_in_the_page_and_saved_back_as_seg(pacs_
     np.testing.assert_array_equal(np.asarray(nib.load(label).dataobj) == 1, newer.mask)
 
 
+@needs_orthanc
+@needs_chromium
+@needs_shared_data
+def test_an_ultrasound_still_on_the_pacs_is_a_picture_segmented_in_the_page_and_saved_back_as_seg(
+        pacs_server, pacs_studies, orthanc, chromium_page, tmp_path):
+    import highdicom as hd
+    import nibabel as nib
+    from dicomweb_client import DICOMwebClient
+    from PIL import Image
+
+    from lib.datastores.dicom_seg import SegAuthor
+    from lib.datastores.dicomweb import MedSam2DicomWebDatastore
+
+    uid, rgb, truth, source = (pacs_studies.still[key] for key in ("uid", "rgb", "truth", "dataset"))
+    status, body = get(pacs_server.url + "/medsam2/viewer/studies")
+    listed = {s["image"]: s for s in json.loads(body)["studies"]}
+    assert uid in listed and "still image" in listed[uid]["description"], listed.get(uid)
+    assert "apical four chamber stills" in listed[uid]["description"] and "ECHO-8" not in body.decode()
+    assert source.SeriesInstanceUID not in listed  # the still is the study, not its series
+
+    page = chromium_page
+    page.goto(pacs_server.url + "/medsam2/viewer/")
+    page.evaluate("window.medsam2Viewer.ready")
+    page.click(f"#studies li[data-image='{uid}']")
+    wait_idle(page)
+    shape = (rgb.shape[0], rgb.shape[1], 1)
+    assert page.evaluate("window.medsam2Viewer.view.dims") == list(shape)
+    assert page.is_disabled("#slice")  # a picture: no slices, no frames
+    shot = Image.open(screenshot(page, "pacs-still-1-opened", tmp_path)).convert("RGB")
+    for i, j in ((3, 80), (200, 200), tuple(np.argwhere(truth).mean(axis=0).round().astype(int))):
+        x, y = position(page, [i, j, 0])  # the yellow depth scale, the sector, the cavity: in the still's colours
+        around = rgb[i - 1:i + 2, j - 1:j + 2].reshape(-1, 3).astype(int)  # drawn scaled: between its neighbours
+        shown = np.array(shot.getpixel((round(x), round(y))))
+        assert (shown >= around.min(axis=0) - 3).all() and (shown <= around.max(axis=0) + 3).all(), (i, j, shown)
+    assert np.array(shot.getpixel(tuple(round(v) for v in position(page, [3, 80, 0])))) @ [1, 1, -2] > 200  # yellow
+
+    page.click("#labels li[data-label=lesion]")
+    ii, jj = np.nonzero(truth)
+    draw(page, "box", [position(page, [ii.min(), jj.min(), 0]), position(page, [ii.max(), jj.max(), 0])])
+    mask = held(page, 1, shape)
+    assert mask.any()
+    page.click("#save")
+    page.wait_for_function("document.getElementById('save-status').textContent.length > 0", timeout=120_000)
+    assert "saved" in page.inner_text("#save-status").lower(), page.inner_text("#save-status")
+    screenshot(page, "pacs-still-2-saved", tmp_path)
+
+    # in the PACS: a SEG of that instance, in its study, with the pixels the page held
+    info = final_label_info(pacs_server.url, uid)
+    (dataset,) = DICOMwebClient(orthanc.dicomweb).retrieve_series(str(source.StudyInstanceUID),
+                                                                  info["SeriesInstanceUID"])
+    seg = hd.seg.Segmentation.from_dataset(dataset)
+    assert [str(s.SegmentLabel) for s in seg.SegmentSequence] == ["lesion"]
+    pixels = seg.get_pixels_by_source_instance([uid], segment_numbers=[1], combine_segments=False)
+    np.testing.assert_array_equal(np.transpose(pixels[0, :, :, 0] > 0), mask[:, :, 0])
+    assert dataset.PatientID == "ECHO-8" and dataset.StudyInstanceUID == source.StudyInstanceUID
+    if shutil.which("dciodvfy"):
+        checked = _dciodvfy(dataset, tmp_path)
+        assert "Error" not in checked, checked
+
+    # the page reopens it with its label; a replica that never opened it reads the SEG from the PACS
+    page.reload()
+    page.evaluate("window.medsam2Viewer.ready")
+    page.click(f"#studies li[data-image='{uid}']")
+    wait_idle(page)
+    np.testing.assert_array_equal(held(page, 1, shape), mask)
+    replica = MedSam2DicomWebDatastore(DICOMwebClient(orthanc.dicomweb), ["CT", "MR", "US"], SegAuthor("a", "1", "d"),
+                                       ["lesion"], cache_path=str(tmp_path / "replica-cache"))
+    label = np.asarray(nib.load(replica.get_label_uri(uid, "final")).dataobj)
+    np.testing.assert_array_equal(label.reshape(shape) == 1, mask)
+
+
 @needs_dciodvfy
 def test_the_loop_seg_writer_passes_dciodvfy_with_overlapping_segments(tmp_path):
     """Two overlapping structures on a small loop: dciodvfy finds no error; highdicom reads back each
     segment whole."""
     import pydicom
 
-    from lib.datastores.cine_seg import build_cine_segmentation, read_cine_segmentation
+    from lib.datastores.cine_seg import build_cine_segmentation, read_instance_segmentation
     from lib.datastores.dicom_seg import SegAuthor
 
     rng = np.random.default_rng(4)
@@ -147,7 +220,7 @@ def test_the_loop_seg_writer_passes_dciodvfy_with_overlapping_segments(tmp_path)
     assert seg.SegmentsOverlap == "YES" and [s.SegmentLabel for s in seg.SegmentSequence] == ["heart", "label 3"]
     checked = _dciodvfy(seg, tmp_path)
     assert "Error" not in checked, checked
-    masks, names = read_cine_segmentation(pydicom.dcmread(_saved(seg, tmp_path / "seg.dcm")),
+    masks, names = read_instance_segmentation(pydicom.dcmread(_saved(seg, tmp_path / "seg.dcm")),
                                           str(source.SOPInstanceUID), 6)
     np.testing.assert_array_equal(masks[..., 0], a)
     np.testing.assert_array_equal(masks[..., 1], b)

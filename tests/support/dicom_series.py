@@ -102,3 +102,25 @@ def write_cine_dicom(path, frames: np.ndarray, frame_time_ms: float, **attribute
     ds.is_little_endian, ds.is_implicit_VR = True, False
     ds.save_as(str(path))
     return Path(path)
+
+
+def write_still_dicom(path, rgb: np.ndarray, **attributes) -> Path:
+    """``rgb`` [i, j, 3] (uint8) as an Ultrasound Image (one frame, RGB, no frame of reference, as a scanner
+    stores a still); ``attributes``: more DICOM keywords and values."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.6.1"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.PatientID = "US", "STILL1"
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.Rows, ds.Columns = rgb.shape[1], rgb.shape[0]
+    ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    for keyword, value in attributes.items():
+        setattr(ds, keyword, value)
+    ds.PixelData = np.ascontiguousarray(rgb.transpose(1, 0, 2)).tobytes()
+    ds.is_little_endian, ds.is_implicit_VR = True, False
+    ds.save_as(str(path))
+    return Path(path)

@@ -47,10 +47,12 @@ class PacsStudies:
     tcia: dict = field(default_factory=dict)  # SeriesDescription -> SeriesInstanceUID (real MR), if present
     tcia_study: str = ""
     loop: dict = field(default_factory=dict)  # a real echo loop (CAMUS) as ultrasound multi-frame DICOM, if present
+    still: dict = field(default_factory=dict)  # a real echo frame (CAMUS) as a colour ultrasound still, if present
 
     def patient_ids(self) -> list:
         """The phantoms' PatientID values, which the app must never return."""
-        return [f"PHANTOM-{name.upper()}" for name in self.phantoms] + (["ECHO-7"] if self.loop else [])
+        return ([f"PHANTOM-{name.upper()}" for name in self.phantoms] + (["ECHO-7"] if self.loop else [])
+                + (["ECHO-8"] if self.still else []))
 
 
 def _phantom_series(folder: Path, seed: int, name: str) -> PhantomSeries:
@@ -97,7 +99,8 @@ def pacs_studies(orthanc, tmp_path_factory):  # noqa: F811
         orthanc.upload([p for p in CT_3SLICE.rglob("*.dcm")])
     if CAMUS_LOOP.is_dir():
         studies.loop = _echo_loop(folder / "echo.dcm")
-        orthanc.upload([folder / "echo.dcm"])
+        studies.still = _echo_still(folder / "still.dcm")
+        orthanc.upload([folder / "echo.dcm", folder / "still.dcm"])
     return studies
 
 
@@ -116,6 +119,26 @@ def _echo_loop(path: Path) -> dict:
                      SeriesNumber=4, PatientOrientation="")
     dataset = pydicom.dcmread(path, stop_before_pixels=True)
     return {"uid": str(dataset.SOPInstanceUID), "frames": frames, "truth": truth, "dataset": dataset}
+
+
+def _echo_still(path: Path) -> dict:
+    """CAMUS patient 1's four-chamber end-diastole frame as a scanner stores a still: colour, with a yellow
+    depth scale along the left edge: {uid, rgb [i, j, 3], truth [i, j], dataset}."""
+    import nibabel as nib
+    import pydicom
+
+    from tests.support.dicom_series import write_still_dicom
+
+    frame = np.asarray(nib.load(CAMUS_LOOP / "patient0001_4CH_ED.nii.gz").dataobj)  # [i, j]
+    truth = np.asarray(nib.load(CAMUS_LOOP / "patient0001_4CH_ED_gt.nii.gz").dataobj) == 1  # LV cavity
+    grey = np.clip(np.rint(frame), 0, 255).astype(np.uint8)
+    rgb = np.repeat(grey[:, :, None], 3, axis=2)
+    rgb[2:6, ::40] = (230, 210, 40)
+    write_still_dicom(path, rgb, PatientID="ECHO-8", PatientName="Echo^Eight", StudyDate="20260313",
+                      StudyTime="091500", SeriesDescription="apical four chamber stills", SeriesNumber=5,
+                      PatientOrientation="")
+    dataset = pydicom.dcmread(path, stop_before_pixels=True)
+    return {"uid": str(dataset.SOPInstanceUID), "rgb": rgb, "truth": truth, "dataset": dataset}
 
 
 @pytest.fixture(scope="session")

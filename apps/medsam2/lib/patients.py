@@ -82,7 +82,7 @@ def study_times(datastore, images: list) -> dict:
     client = getattr(datastore, "_client", None)  # MONAI Label's DICOMwebClient of a PACS datastore
     if client is not None:
         found = _pacs(client)
-        for loop in (datastore.loops.listed().values() if hasattr(datastore, "loops") else ()):  # cine loops
+        for loop in (datastore.instances.listed().values() if hasattr(datastore, "instances") else ()):  # cine loops
             if loop.patient_id:
                 found[loop.instance_uid] = StudyTime(loop.instance_uid, loop.patient_id, loop.study_date,
                                                      (loop.study_date, loop.study_time, loop.study_uid,

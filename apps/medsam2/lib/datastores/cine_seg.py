@@ -17,6 +17,7 @@ highdicom reads it back (:func:`read_cine_segmentation`) and dciodvfy checks it 
 
 from __future__ import annotations
 
+import copy
 import datetime
 
 import numpy as np
@@ -90,10 +91,10 @@ def build_cine_segmentation(source, masks: dict, names: dict, author):
     return seg
 
 
-def loop_masks(prepared) -> dict:
-    """Label value -> bool ``[frame, row, column]`` of a saved label of a loop (``PreparedLabel``: each
-    structure whole when it has them, else the label map's values), from the engine's
-    ``[column, row, frame]``."""
+def instance_masks(prepared) -> dict:
+    """Label value -> bool ``[frame, row, column]`` of a saved label of a loop or a still
+    (``PreparedLabel``: each structure whole when it has them, else the label map's values), from
+    the engine's ``[column, row, frame]`` (a still: one frame)."""
     import nibabel as nib
 
     if prepared.stack is not None:
@@ -101,21 +102,56 @@ def loop_masks(prepared) -> dict:
     else:
         label = np.asarray(nib.load(prepared.label_file).dataobj)
         by_value = {int(v): label == v for v in np.unique(label) if v != 0}
-    return {value: np.transpose(mask, (2, 1, 0)) for value, mask in by_value.items()}
+    return {value: np.transpose(mask.reshape(mask.shape[:2] + (-1,)), (2, 1, 0)) for value, mask in by_value.items()}
 
 
-def read_cine_segmentation(instance, source_uid: str, frames: int) -> tuple:
-    """(masks ``[frame, row, column, segment]`` bool, segment names) of a SEG of the loop ``source_uid``
-    with ``frames`` frames, read by highdicom; frames the SEG leaves out are empty."""
+def build_still_segmentation(source, masks: dict, names: dict, author):
+    """A SEG of ``source``, a single-frame image with no frame of reference (an ultrasound still),
+    from ``masks`` (label value -> bool ``[1, row, column]``), written by highdicom. Raises
+    ValueError for an empty label or a mask off the source's grid."""
+    import highdicom as hd
+
+    from .dicom_seg import segment_descriptions
+
+    grid = (1, int(source.Rows), int(source.Columns))
+    for value, mask in masks.items():
+        if mask.shape != grid:
+            raise ValueError(f"label value {value}: {mask.shape} (frames, rows, columns) is not the still's {grid}")
+    values = sorted(v for v, m in masks.items() if m.any())
+    descriptions = segment_descriptions(values, names, author)
+    source = copy.deepcopy(source)  # highdicom reads the patient and study from it: type 2, present if empty
+    for keyword in _PATIENT_AND_STUDY.values():
+        if keyword not in source:
+            setattr(source, keyword, None)
+    seg = hd.seg.Segmentation(
+        source_images=[source], pixel_array=np.stack([masks[v] for v in values], axis=-1).astype(np.uint8),
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=descriptions,
+        series_instance_uid=hd.UID(), series_number=int(getattr(source, "SeriesNumber", 0) or 0) + 300,
+        sop_instance_uid=hd.UID(), instance_number=1, manufacturer="MONAI Label",
+        manufacturer_model_name=author.app_name, software_versions=author.app_version, device_serial_number="0",
+        series_description=author.series_description, content_label="MEDSAM2",
+        content_description=author.series_description[:64])
+    seg.PatientOrientation = getattr(source, "PatientOrientation", None)  # 2C: there is no plane orientation
+    return seg
+
+
+def read_instance_segmentation(instance, source_uid: str, frames: int) -> tuple:
+    """(masks ``[frame, row, column, segment]`` bool, segment names) of a SEG of the loop or still
+    ``source_uid`` with ``frames`` frames (a still: 1), read by highdicom; frames the SEG leaves out
+    are empty."""
     import highdicom as hd
 
     seg = hd.seg.Segmentation.from_dataset(instance)
     numbers = list(seg.segment_numbers)
     names = [str(seg.get_segment_description(n).segment_label) for n in numbers]
-    pixels = seg.get_pixels_by_source_frame(source_sop_instance_uid=source_uid,
-                                            source_frame_numbers=list(range(1, frames + 1)),
-                                            segment_numbers=numbers, combine_segments=False,
-                                            assert_missing_frames_are_empty=True)
+    if frames == 1:
+        pixels = seg.get_pixels_by_source_instance(source_sop_instance_uids=[source_uid], segment_numbers=numbers,
+                                                   combine_segments=False, assert_missing_frames_are_empty=True)
+    else:
+        pixels = seg.get_pixels_by_source_frame(source_sop_instance_uid=source_uid,
+                                                source_frame_numbers=list(range(1, frames + 1)),
+                                                segment_numbers=numbers, combine_segments=False,
+                                                assert_missing_frames_are_empty=True)
     return pixels > 0, names
 
 

@@ -3,7 +3,7 @@
 Over MONAI Label's ``DICOMWebDatastore``, it changes four things:
 - lists every series of the configured modalities (``--conf dicomweb_modalities``,
   default CT, MR and US: MONAI Label's default search filter shows CT only); of ultrasound
-  and angiography, each cine loop (a multi-frame instance) is a study (``pacs_loops.py``);
+  and angiography, each instance is a study: a cine loop or a still (``pacs_instances.py``);
 - resolves a series once to one stable file in the cache (download and conversion under
   a per-series lock, then an atomic rename), so later requests read the same file and
   the engine's session for that image lives on instead of re-encoding the volume;
@@ -35,10 +35,10 @@ from monailabel.datastore.utils.convert import binary_to_image, dicom_to_nifti
 from monailabel.interfaces.datastore import DefaultLabelTag
 from pydicom.dataset import Dataset
 
-from .cine_seg import build_cine_segmentation, loop_masks
+from .cine_seg import build_cine_segmentation, build_still_segmentation, instance_masks
 from .dicom_seg import SegAuthor, build_segmentation
 from .pacs_labels import PacsLabels
-from .pacs_loops import PacsLoops
+from .pacs_instances import PacsInstances
 from .saved_structures import PreparedLabel, image_grid, keep_structures_beside, prepare_label
 from medsam2_engine.label_structures import structures_path, write_stack
 from ..privacy import KEYWORDS as PATIENT_IDENTIFIERS
@@ -90,7 +90,7 @@ class MedSam2DicomWebDatastore(DICOMWebDatastore):
         self.on_series_ready: Callable[[str, str], None] | None = None
         # the final label is the PACS's newest SEG of the series (replicas share the PACS; the cache is a cache)
         self._pacs_labels = PacsLabels(client, label_names)
-        self.loops = PacsLoops(client, modalities)
+        self.instances = PacsInstances(client, modalities)
         self._synced: Dict[str, float] = {}  # series UID -> when its label was last compared with the PACS
         self.label_sync_s = 2.0  # within one request (several label lookups) the PACS is asked once
 
@@ -98,34 +98,34 @@ class MedSam2DicomWebDatastore(DICOMWebDatastore):
     def list_images(self) -> List[str]:
         series = []
         for modality in self._modalities:  # one query per modality: list matching is not universal in QIDO
-            if modality in self.loops.modalities:
-                continue  # their loops are studies, not their series
+            if modality in self.instances.modalities:
+                continue  # their instances are studies, not their series
             for entry in self._client.search_for_series(search_filters={"Modality": modality}):
                 uid = str(Dataset.from_json(entry)["SeriesInstanceUID"].value)
                 if uid not in series:
                     series.append(uid)
-        return series + [uid for uid in self.loops.listed() if uid not in series]
+        return series + [uid for uid in self.instances.listed() if uid not in series]
 
     def _dicom_info(self, series_id):
         """What MONAI Label records per series, without the patient's identifiers (never returned by the API)."""
-        loop = self.loops.find(series_id)
-        if loop is not None:
-            return loop.info()
+        study = self.instances.find(series_id)
+        if study is not None:
+            return study.info()
         info = super()._dicom_info(series_id)
         for keyword in PATIENT_IDENTIFIERS:
             info.pop(keyword, None)
         return info
 
-    def _is_loop(self, image_id: str) -> bool:
-        """A cine loop (``pacs_loops.py``: the study is one multi-frame instance), not a series."""
-        return self.loops.find(image_id) is not None
+    def _is_instance(self, image_id: str) -> bool:
+        """A study that is one instance (``pacs_instances.py``: a cine loop or a still), not a series."""
+        return self.instances.find(image_id) is not None
 
     def _lock_for(self, series_uid: str) -> threading.Lock:
         with self._locks_guard:
             return self._series_locks.setdefault(series_uid, threading.Lock())
 
     def _stable_path(self, series_uid: str) -> str:
-        suffix = ".dcm" if self._is_loop(series_uid) else ".nii.gz"  # a loop as the PACS holds it
+        suffix = ".dcm" if self._is_instance(series_uid) else ".nii.gz"  # an instance as the PACS holds it
         return os.path.join(self._datastore.image_path(), f"{series_uid}{suffix}")
 
     def _series_dir(self, series_uid: str) -> str:
@@ -137,9 +137,9 @@ class MedSam2DicomWebDatastore(DICOMWebDatastore):
         with self._lock_for(series_uid):
             if os.path.exists(stable) and series_uid in self._datastore.objects:
                 return stable
-            loop = self.loops.find(series_uid)
-            if loop is not None:
-                converted = self.loops.download(loop, self._datastore.image_path())
+            study = self.instances.find(series_uid)
+            if study is not None:
+                converted = self.instances.download(study, self._datastore.image_path())
             else:
                 converted = self._convert(series_uid, self._download(series_uid))
             try:
@@ -256,9 +256,10 @@ class MedSam2DicomWebDatastore(DICOMWebDatastore):
             return
         try:
             if fetch and series_uid not in self._datastore.objects:
-                loop = self.loops.find(series_uid)
-                found = [] if loop else self._client.search_for_series(search_filters={"SeriesInstanceUID": series_uid})
-                study_uid = (loop.study_uid if loop else
+                instance = self.instances.find(series_uid)
+                found = [] if instance else self._client.search_for_series(
+                    search_filters={"SeriesInstanceUID": series_uid})
+                study_uid = (instance.study_uid if instance else
                              str(Dataset.from_json(found[0])["StudyInstanceUID"].value) if found else "")
                 if not study_uid or self._pacs_labels.latest(series_uid, study_uid) is None:
                     return
@@ -281,8 +282,8 @@ class MedSam2DicomWebDatastore(DICOMWebDatastore):
         cached = obj.labels.get(DefaultLabelTag.FINAL) if obj else None
         if latest is None or (cached is not None and cached.info.get("version") == latest[0]):
             return
-        if self._is_loop(series_uid):
-            path, segments, (stack, values) = self._pacs_labels.to_loop_label_file(
+        if self._is_instance(series_uid):
+            path, segments, (stack, values) = self._pacs_labels.to_instance_label_file(
                 latest[0], study_uid, series_uid, self._stable_path(series_uid))
         else:
             path, segments, (stack, values) = self._pacs_labels.to_label_file(
@@ -347,8 +348,8 @@ class MedSam2DicomWebDatastore(DICOMWebDatastore):
     def _store_seg(self, series_uid: str, prepared: PreparedLabel, label_info) -> dict:
         try:
             names = self.segment_names(label_info)
-            if self._is_loop(series_uid):
-                seg = self._loop_seg(series_uid, prepared, names)
+            if self._is_instance(series_uid):
+                seg = self._instance_seg(series_uid, prepared, names)
             elif prepared.stack is not None:  # each structure whole, overlaps included
                 seg = build_segmentation(self._series_dir(series_uid), prepared.label_file, names, self._author,
                                          stack=prepared.stack, stack_values=[s.value for s in prepared.structures])
@@ -371,11 +372,14 @@ class MedSam2DicomWebDatastore(DICOMWebDatastore):
                 "StudyInstanceUID": info.get("StudyInstanceUID"),
                 "seg_segments": [d.SegmentLabel for d in seg.SegmentSequence]}
 
-    def _loop_seg(self, loop_uid: str, prepared: PreparedLabel, names: dict):
+    def _instance_seg(self, instance_uid: str, prepared: PreparedLabel, names: dict):
         import pydicom
 
-        source = pydicom.dcmread(self._stable_path(loop_uid))  # the loop as the PACS holds it
-        return build_cine_segmentation(source, loop_masks(prepared), names, self._author)
+        source = pydicom.dcmread(self._stable_path(instance_uid))  # the loop or still as the PACS holds it
+        masks = instance_masks(prepared)
+        if self.instances.find(instance_uid).is_loop:
+            return build_cine_segmentation(source, masks, names, self._author)
+        return build_still_segmentation(source, masks, names, self._author)
 
 
 def _transfer_syntax(series_dir: str) -> str:

@@ -56,7 +56,7 @@ class PacsLabels:
 
     def latest(self, series_uid: str, study_uid: str):
         """(SEG series UID, study UID) of the newest SEG referencing ``series_uid`` (or the loop of that
-        instance UID: ``pacs_loops.py``), or None."""
+        instance UID: ``pacs_instances.py``), or None."""
         found = []
         for entry in self._client.search_for_series(search_filters={"Modality": "SEG",
                                                                      "StudyInstanceUID": study_uid}):
@@ -133,24 +133,32 @@ class PacsLabels:
         sitk.WriteImage(out, path)
         return path, info, (np.transpose(stack, (2, 1, 0, 3)), values)
 
-    def to_loop_label_file(self, seg_uid: str, study_uid: str, loop_uid: str, loop_file: str) -> tuple:
-        """As :meth:`to_label_file`, for a SEG of a cine loop (``cine_seg.py``): on the grid of the loop as
-        the engine reads ``loop_file`` (``[column, row, frame]``)."""
+    def to_instance_label_file(self, seg_uid: str, study_uid: str, instance_uid: str, instance_file: str) -> tuple:
+        """As :meth:`to_label_file`, for a SEG of a cine loop or a still (``cine_seg.py``): on the grid of
+        the instance as the engine reads ``instance_file`` (``[column, row, frame]``; a still: one frame)."""
         from medsam2_engine.label_structures import label_map_of
-        from medsam2_engine.volume_io import load_image, save_mask
+        import nibabel as nib
+        from medsam2_engine.volume_io import Volume, load_image, save_mask
 
-        from .cine_seg import read_cine_segmentation
+        from ..shown_volumes import PICTURE_AFFINE
+        from .cine_seg import read_instance_segmentation
 
-        loop = load_image(loop_file)
+        image = load_image(instance_file)
+        still = not image.is_3d  # a picture, whose label is the one-slice study the page shows, [i, j, 1]
+        if still:
+            image = Volume(array=np.zeros(image.spatial_shape + (1,), np.uint8), affine=PICTURE_AFFINE)
         instance = self._client.retrieve_series(study_uid, seg_uid)[0]
-        masks, names = read_cine_segmentation(instance, loop_uid, loop.array.shape[2])
+        masks, names = read_instance_segmentation(instance, instance_uid, image.array.shape[2])
         stack = np.transpose(masks, (2, 1, 0, 3)).astype(np.uint8)  # [frame, row, column, s] -> [i, j, k, s]
-        if stack.shape[:3] != loop.array.shape:
-            raise ValueError(f"SEG {seg_uid}: frames of {masks.shape[1:3]} do not fit the loop {loop.array.shape}")
+        if stack.shape[:3] != image.array.shape:
+            raise ValueError(f"SEG {seg_uid}: frames of {masks.shape[1:3]} do not fit the image {image.array.shape}")
         values = [self.value_of(name, number) for number, name in enumerate(names, start=1)]
         info = [{"name": name, "idx": value} for name, value in zip(names, values)]
-        label = label_map_of(stack, values) if values else np.zeros(loop.array.shape, dtype=np.uint8)
+        label = label_map_of(stack, values) if values else np.zeros(image.array.shape, dtype=np.uint8)
         fd, path = tempfile.mkstemp(suffix=".nii.gz")
         os.close(fd)
-        save_mask(path, label, loop)  # as a folder's loop label is written
+        if still:  # as the page saves a picture's label
+            nib.save(nib.Nifti1Image(label.astype(np.uint8), PICTURE_AFFINE), path)
+        else:
+            save_mask(path, label, image)  # as a folder's loop label is written
         return path, info, (stack, values)

@@ -58,7 +58,7 @@ def _series_descriptions(datastore) -> dict:
     client = getattr(datastore, "_client", None)  # MONAI Label's DICOMwebClient of the datastore
     if client is None:
         return {}
-    loops = datastore.loops.descriptions() if hasattr(datastore, "loops") else {}  # cine loops: by instance
+    loops = datastore.instances.descriptions() if hasattr(datastore, "instances") else {}  # cine loops: by instance
     fields = {"Modality": "00080060", "StudyDate": "00080020", "SeriesDescription": "0008103E",
               "SeriesInstanceUID": "0020000E"}
     try:
