@@ -6,6 +6,8 @@ The engine packages are installed (``pip install -e .``); pyproject.toml puts th
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 from pathlib import Path
 
@@ -19,33 +21,25 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 # MEDSAM2_TEST_THREADS=1 when something else is busy on the CPU: two threads sharing one core spin-wait
 torch.set_num_threads(int(os.environ.get("MEDSAM2_TEST_THREADS", min(2, os.cpu_count() or 1))))
 
-# Run on two processes (``-n 2 --dist loadfile``: a file's tests on one process, in order), the longest
-# files go first, so the run does not end with one long file on one core while the other is idle.
-# Seconds per file, serial, on 2 cores: 45-80 each.
-LONGEST_FILES_FIRST = ("test_viewer_loop.py", "test_exact_stop.py", "test_runtime.py", "test_load.py",
-                       "test_replicas.py", "test_viewer_tools_real.py", "test_weights_switch.py", "test_faults.py",
-                       "test_encode_ahead.py", "test_training_server.py", "test_distributed_training.py")
-
-
-def pytest_configure(config):
-    if hasattr(config.option, "loadscopereorder"):
-        config.option.loadscopereorder = False  # xdist would order files by their number of tests
-
-
-def pytest_collection_modifyitems(config, items):
-    if not os.environ.get("PYTEST_XDIST_WORKER"):
-        return  # one process: files in name order
-
-    def rank(item):
-        name = item.path.name
-        return LONGEST_FILES_FIRST.index(name) if name in LONGEST_FILES_FIRST else len(LONGEST_FILES_FIRST)
-
-    items.sort(key=rank)  # stable: every file's tests stay in their order
-
-
 needs_shared_data = pytest.mark.skipif(
     not SHARED_DATA.is_dir(), reason=f"real scans not available: {SHARED_DATA} is absent (only on developer/CI machines)"
 )
+
+
+@contextlib.contextmanager
+def made_once(tmp_path_factory, name: str):
+    """(folder, to_make): on several test processes (pytest-xdist) one folder for the run, whose content
+    the first process makes while the others wait for it; on one process, a new folder."""
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        yield tmp_path_factory.mktemp(name), True
+        return
+    folder = tmp_path_factory.getbasetemp().parent / name  # the run's folder, above each process's own
+    folder.mkdir(exist_ok=True)
+    with open(folder.parent / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        made = folder / ".made"
+        yield folder, not made.exists()
+        made.touch()
 
 
 @pytest.fixture(scope="session")
@@ -105,8 +99,9 @@ def fine_tuned(small_model_files, tmp_path_factory):
 
     pytest.importorskip("training.model.sam2", reason="sam2's training package (needs tensordict) is not installed")
     config, checkpoint = small_model_files
-    folder = tmp_path_factory.mktemp("fine_tuned")  # its own model dir: finetuned.pt here hijacks nothing else
-    fine_tune_small_model(checkpoint, folder / "finetuned.pt")
+    with made_once(tmp_path_factory, "fine_tuned") as (folder, to_make):  # its own model dir: hijacks nothing
+        if to_make:
+            fine_tune_small_model(checkpoint, folder / "finetuned.pt")  # seeded: the same weights on any process
     source = ModelSource(preset_for_config_file(config), folder, checkpoint=str(folder / "finetuned.pt"),
                          device="cpu")
     return VolumeSegmenter(source, EngineSettings(early_stop=EarlyStop(enabled=False))), training_cases()

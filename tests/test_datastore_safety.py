@@ -160,6 +160,53 @@ def test_a_new_image_can_be_uploaded_and_segmented(server, area):
     assert answer.status_code == 200, answer.text
 
 
+def _shown(server, image: str) -> np.ndarray:
+    """The study as the page receives it (``/medsam2/viewer/volume``: gzipped NIfTI on the app's grid)."""
+    import gzip
+
+    answer = requests.get(f"{server.url}/medsam2/viewer/volume", params={"image": image}, timeout=120)
+    assert answer.status_code == 200, answer.text
+    data = answer.content
+    return np.asarray(nib.Nifti1Image.from_bytes(gzip.decompress(data) if data[:2] == b"\x1f\x8b" else data).dataobj)
+
+
+def test_a_video_a_dicom_loop_and_a_dicom_still_upload_as_studies_and_broken_ones_are_refused(server, area, tmp_path):
+    from tests.support.dicom_series import write_cine_dicom, write_still_dicom
+    from tests.test_viewer_cine import write_loop_avi
+
+    frames = (np.random.default_rng(7).random((48, 40, 9)) * 255).astype(np.uint8)  # [i, j, t]
+    write_loop_avi(tmp_path / "echo.avi", frames, 25)
+    write_cine_dicom(tmp_path / "echo.dcm", frames, 40.0)
+    still = np.repeat(frames[:, :, :1], 3, axis=2)
+    still[:, :, 0] = 255 - still[:, :, 0]  # colour: red differs from green and blue
+    write_still_dicom(tmp_path / "still.dcm", still)
+    for image, path in (("uploaded_video", tmp_path / "echo.avi"), ("uploaded_loop", tmp_path / "echo.dcm"),
+                        ("uploaded_still", tmp_path / "still.dcm")):
+        response = put_image(server, image, path.read_bytes(), filename=path.name)
+        assert response.status_code == 200, (image, response.text)
+        assert (area / "studies" / f"{image}{path.suffix}").read_bytes() == path.read_bytes()
+    np.testing.assert_array_equal(_shown(server, "uploaded_video"), frames)  # a loop of its frames (lossless)
+    np.testing.assert_array_equal(_shown(server, "uploaded_loop"), frames)
+    shown = _shown(server, "uploaded_still")  # a picture: one slice of RGB voxels
+    assert shown.shape == (48, 40, 1)
+    np.testing.assert_array_equal(np.stack([shown[name][:, :, 0] for name in "RGB"], axis=-1), still)
+
+    import pydicom
+
+    huge = write_cine_dicom(tmp_path / "huge.dcm", frames[:, :, :2], 40.0)
+    declared = pydicom.dcmread(huge)
+    declared.Rows, declared.Columns, declared.NumberOfFrames = 4096, 4096, 5000  # 80 GB declared, 4 kB sent
+    declared.save_as(str(huge))
+    refused = {"truncated video": (tmp_path / "echo.avi").read_bytes()[:2000], "text as DICOM": b"not a DICOM file",
+               "80 GB declared": huge.read_bytes()}
+    for why, content in refused.items():
+        suffix = ".avi" if why == "truncated video" else ".dcm"
+        response = put_image(server, "refused_upload", content, filename=f"upload{suffix}")
+        assert 400 <= response.status_code < 500 and response.status_code != 404, (why, response.text)
+        assert response.json()["detail"].startswith("file"), (why, response.text)
+        assert not list((area / "studies").glob("refused_upload*")), why
+
+
 try:
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st

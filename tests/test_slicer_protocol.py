@@ -132,6 +132,14 @@ def test_slicer_points_roi_label_change_and_save_on_a_real_series(pacs_server, p
     export.CopyInformation(volume)
     label_file = tmp_path / "label.nii.gz"
     sitk.WriteImage(export, str(label_file))
+    client = DICOMwebClient(orthanc.dicomweb)
+    study = pacs_studies.tcia_study
+
+    def segs_of_study() -> set:  # other tests may have saved labels of this study's other series
+        return {s["0020000E"]["Value"][0] for s in client.search_for_series(search_filters={"Modality": "SEG"})
+                if s["0020000D"]["Value"][0] == study}
+
+    before = segs_of_study()
     saved = requests.put(f"{pacs_server.url}/datastore/label", params={"image": uid},
                          files={"label": ("label.nii.gz", label_file.read_bytes()),
                                 "params": (None, json.dumps({"label_info": [{"name": "organ", "idx": 1},
@@ -139,12 +147,9 @@ def test_slicer_points_roi_label_change_and_save_on_a_real_series(pacs_server, p
                                                              "client_id": CLIENT_ID}))}, timeout=300)
     assert saved.status_code == 200, saved.text
 
-    client = DICOMwebClient(orthanc.dicomweb)
-    study = pacs_studies.tcia_study
-    segs = [s for s in client.search_for_series(search_filters={"Modality": "SEG"})
-            if s["0020000D"]["Value"][0] == study]
+    segs = segs_of_study() - before
     assert len(segs) == 1
-    [instance] = client.retrieve_series(study, segs[0]["0020000E"]["Value"][0])
+    [instance] = client.retrieve_series(study, segs.pop())
     seg = hd.seg.Segmentation.from_dataset(instance)
     names = {d.SegmentNumber: d.SegmentLabel for d in seg.SegmentSequence}
     assert sorted(names.values()) == ["lesion", "organ"]

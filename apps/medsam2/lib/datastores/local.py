@@ -29,6 +29,7 @@ from monailabel.datastore.local import DataModel, ImageLabelModel, LocalDatastor
 
 from medsam2_engine.atomic_files import atomic_copy as _atomic_copy
 from medsam2_engine.training.cases import CaseFiles, LabelMismatch, check_label_file
+from medsam2_engine.video_io import VIDEO_SUFFIXES
 from medsam2_engine.volume_io import ImageReadError, cine_frame_time_ms, load_image
 
 from medsam2_engine.label_structures import structures_path, write_stack
@@ -36,11 +37,13 @@ from medsam2_engine.label_structures import structures_path, write_stack
 from .records import SharedRecords, check_replaces
 from ..options import OptionError, identifier, image_size
 from .saved_structures import PreparedLabel, image_grid, prepare_label
-from .upload_checks import decoded
+from .upload_checks import check_image_upload
 
 logger = logging.getLogger(__name__)
 
 ALLOWED_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+# a study may also be a video or one DICOM file (a multi-frame loop, or a single frame: a picture)
+IMAGE_EXTENSIONS = ALLOWED_EXTENSIONS + VIDEO_SUFFIXES + (".dcm",)
 TEMP_SUFFIX = ".partial"  # matches none of the datastore's patterns, so never listed as data
 
 
@@ -51,15 +54,15 @@ def atomic_copy(source: str, dest: str) -> None:
 HISTORY_DIR = ".label_history"
 
 
-def extension_of(filename: str, field: str) -> str:
+def extension_of(filename: str, field: str, allowed=ALLOWED_EXTENSIONS) -> str:
     lowered = os.path.basename(filename or "").lower()
-    for ext in ALLOWED_EXTENSIONS:
+    for ext in allowed:
         if lowered.endswith(ext):
             return ext
     # MONAI Label hands over a temporary copy that keeps only the client's suffixes: name the type
     suffix = "".join(Path(lowered).suffixes)
     kind = repr(suffix) if suffix else "(no extension)"
-    raise OptionError(field, f"file type {kind} is not accepted; allowed: {', '.join(ALLOWED_EXTENSIONS)}",
+    raise OptionError(field, f"file type {kind} is not accepted; allowed: {', '.join(allowed)}",
                       status=415)
 
 
@@ -153,12 +156,12 @@ class SafeLocalDatastore(SharedRecords, LocalDatastore):
 
     # --- images ---------------------------------------------------------------------------
     def add_image(self, image_id: str, image_filename: str, image_info: dict) -> str:
-        ext = extension_of(image_filename, "file")
+        ext = extension_of(image_filename, "file", IMAGE_EXTENSIONS)
         if not image_id:
             image_id = os.path.basename(image_filename)[: -len(ext)]
         identifier(image_id, "image")
         self._check_upload(image_filename, "file")
-        decoded(image_filename, image_filename, self._max_decoded_bytes, "file")  # whole, within the limit
+        check_image_upload(image_filename, image_filename, self._max_decoded_bytes, "file")  # whole, within the limit
         try:
             image = load_image(image_filename)
         except ImageReadError as err:

@@ -147,6 +147,65 @@ def _picture(path: str, limit: int, field: str, grid=None) -> np.ndarray:
         raise OptionError(field, f"the picture cannot be decoded whole ({err})", status=422) from err
 
 
+def _video(path: str, limit: int, field: str) -> None:
+    """A video decoded whole (PyAV, as the engine reads it), within ``limit`` bytes of RGB frames."""
+    import av
+
+    total = 0
+    try:
+        with av.open(path) as container:
+            if not container.streams.video:
+                raise OptionError(field, "the file holds no video stream", status=422)
+            stream = container.streams.video[0]
+            declared = int(stream.frames or 0) * int(stream.width) * int(stream.height) * 3
+            if declared > limit:
+                raise _too_large(field, (stream.width, stream.height, stream.frames), declared, limit)
+            for frame in container.decode(stream):
+                total += frame.width * frame.height * 3
+                if total > limit:
+                    raise OptionError(field, f"decodes to over {limit / 2**20:.0f} MB (--conf upload_max_decoded_mb)",
+                                      status=413)
+    except OptionError:
+        raise
+    except Exception as err:  # noqa: BLE001 - PyAV raises many types: say what the file is not
+        raise OptionError(field, f"the video cannot be decoded whole ({err})", status=422) from err
+    if not total:
+        raise OptionError(field, "the video holds no frame", status=422)
+
+
+def _dicom_file(path: str, limit: int, field: str) -> None:
+    """A DICOM file's image (one frame, or a multi-frame loop) decoded whole, within ``limit``."""
+    import pydicom
+
+    try:
+        header = pydicom.dcmread(path, stop_before_pixels=True)
+        shape = (int(header.Columns), int(header.Rows), int(header.get("NumberOfFrames", 1) or 1))
+        nbytes = int(np.prod(shape, dtype=np.int64)) * int(header.get("SamplesPerPixel", 1) or 1) \
+            * max(1, int(header.BitsAllocated) // 8)
+    except Exception as err:  # noqa: BLE001 - not DICOM, or not an image (no rows, columns, bits)
+        raise OptionError(field, f"not a readable DICOM image ({err})", status=422) from err
+    if nbytes > limit:
+        raise _too_large(field, shape, nbytes, limit)
+    try:
+        pydicom.dcmread(path).pixel_array
+    except Exception as err:  # noqa: BLE001 - truncated, or compressed in a way no decoder here reads
+        raise OptionError(field, f"the DICOM image cannot be decoded whole ({err})", status=422) from err
+
+
+def check_image_upload(path: str, filename: str, limit: int, field: str) -> None:
+    """An uploaded study decodes whole within ``limit``: a volume or picture (:func:`decoded`), a
+    video, or a DICOM file (``filename``: the client's name, for its type)."""
+    from medsam2_engine.video_io import VIDEO_SUFFIXES
+
+    name = filename.lower()
+    if name.endswith(VIDEO_SUFFIXES):
+        _video(path, limit, field)
+    elif name.endswith(".dcm"):
+        _dicom_file(path, limit, field)
+    else:
+        decoded(path, filename, limit, field)
+
+
 def decoded(path: str, filename: str, limit: int, field: str, grid=None) -> np.ndarray:
     """The whole array of an uploaded file (``filename``: the client's name, for its type);
     ``grid``: the spatial shape its header must declare (a label: its image's)."""
