@@ -167,8 +167,9 @@ def _video(path: str, limit: int, field: str) -> None:
                                       status=413)
     except OptionError:
         raise
-    except Exception as err:  # noqa: BLE001 - PyAV raises many types: say what the file is not
-        raise OptionError(field, f"the video cannot be decoded whole ({err})", status=422) from err
+    except Exception as err:  # noqa: BLE001 - PyAV raises many types: say what, not where (a temporary file)
+        raise OptionError(field, f"the video cannot be decoded whole ({getattr(err, 'strerror', None) or err})",
+                          status=422) from err
     if not total:
         raise OptionError(field, "the video holds no frame", status=422)
 
@@ -179,11 +180,14 @@ def _dicom_file(path: str, limit: int, field: str) -> None:
 
     try:
         header = pydicom.dcmread(path, stop_before_pixels=True)
-        shape = (int(header.Columns), int(header.Rows), int(header.get("NumberOfFrames", 1) or 1))
-        nbytes = int(np.prod(shape, dtype=np.int64)) * int(header.get("SamplesPerPixel", 1) or 1) \
-            * max(1, int(header.BitsAllocated) // 8)
-    except Exception as err:  # noqa: BLE001 - not DICOM, or not an image (no rows, columns, bits)
-        raise OptionError(field, f"not a readable DICOM image ({err})", status=422) from err
+    except Exception as err:  # noqa: BLE001 - pydicom's words name its own options: say what the file is not
+        raise OptionError(field, "not a DICOM file (no DICOM header)", status=422) from err
+    missing = [k for k in ("Rows", "Columns", "BitsAllocated") if k not in header]
+    if missing:  # a structured report, a key object
+        raise OptionError(field, f"a DICOM file without an image (no {', '.join(missing)})", status=422)
+    shape = (int(header.Columns), int(header.Rows), int(header.get("NumberOfFrames", 1) or 1))
+    nbytes = int(np.prod(shape, dtype=np.int64)) * int(header.get("SamplesPerPixel", 1) or 1) \
+        * max(1, int(header.BitsAllocated) // 8)
     if nbytes > limit:
         raise _too_large(field, shape, nbytes, limit)
     try:
