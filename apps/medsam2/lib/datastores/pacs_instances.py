@@ -18,7 +18,7 @@ from dataclasses import dataclass
 INSTANCE_MODALITIES = ("US", "XA")
 _FIELDS = {"SOPInstanceUID": "00080018", "SeriesInstanceUID": "0020000E", "StudyInstanceUID": "0020000D",
            "Modality": "00080060", "NumberOfFrames": "00280008", "StudyDate": "00080020", "StudyTime": "00080030",
-           "SeriesDescription": "0008103E", "PatientID": "00100020", "Rows": "00280010"}
+           "SeriesDescription": "0008103E", "PatientID": "00100020"}
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,8 @@ class InstanceStudy:
 
 
 def _instance_study(entry: dict) -> InstanceStudy | None:
-    """The study of a QIDO instance entry, or None: not an image (no Rows: a report, a key object)."""
+    """The study of a QIDO instance entry (None without an instance UID)."""
+
     def value(name, default=""):
         values = entry.get(_FIELDS[name], {}).get("Value") or [default]
         return values[0]
@@ -60,7 +61,7 @@ def _instance_study(entry: dict) -> InstanceStudy | None:
         frames = int(value("NumberOfFrames", 1) or 1)
     except (TypeError, ValueError):
         frames = 1
-    if not value("SOPInstanceUID") or not value("Rows", 0):
+    if not value("SOPInstanceUID"):
         return None
     return InstanceStudy(str(value("SOPInstanceUID")), str(value("SeriesInstanceUID")),
                          str(value("StudyInstanceUID")), str(value("Modality")), max(frames, 1),
