@@ -38,6 +38,20 @@ def pacs_loop(pacs_studies):
     return loop["uid"], loop["frames"], loop["truth"], loop["dataset"]
 
 
+def _listed_alone_then_opened(server, page, uid: str, source, described: list, patient_id: str):
+    """The instance ``uid`` is a study of the page's list (described with each of ``described``, never with
+    the patient's id), its series is not; the page opens it."""
+    status, body = get(server.url + "/medsam2/viewer/studies")
+    listed = {s["image"]: s for s in json.loads(body)["studies"]}
+    assert uid in listed and all(words in listed[uid]["description"] for words in described), listed.get(uid)
+    assert patient_id not in body.decode() and source.SeriesInstanceUID not in listed
+    page.goto(server.url + "/medsam2/viewer/")
+    page.evaluate("window.medsam2Viewer.ready")
+    page.click(f"#studies li[data-image='{uid}']")
+    wait_idle(page)
+    return page
+
+
 def _seg_frames(orthanc, study_uid: str, seg_series: str, loop_uid: str, frames: int) -> dict:
     """Segment label -> [i, j, t] mask, read from Orthanc by highdicom over the loop's frames."""
     import highdicom as hd
@@ -58,17 +72,8 @@ def _seg_frames(orthanc, study_uid: str, seg_series: str, loop_uid: str, frames:
 def test_a_loop_on_the_pacs_is_segmented_in_the_page_and_saved_back_as_seg(pacs_server, pacs_loop, orthanc,
                                                                          chromium_page, tmp_path):
     uid, frames, truth, source = pacs_loop
-    status, body = get(pacs_server.url + "/medsam2/viewer/studies")
-    listed = {s["image"]: s for s in json.loads(body)["studies"]}
-    assert uid in listed and f"loop of {frames.shape[2]} frames" in listed[uid]["description"]
-    assert "apical two chamber" in listed[uid]["description"] and "ECHO-7" not in body.decode()
-    assert source.SeriesInstanceUID not in listed  # the loop is the study, not its series
-
-    page = chromium_page
-    page.goto(pacs_server.url + "/medsam2/viewer/")
-    page.evaluate("window.medsam2Viewer.ready")
-    page.click(f"#studies li[data-image='{uid}']")
-    wait_idle(page)
+    page = _listed_alone_then_opened(pacs_server, chromium_page, uid, source,
+                                     [f"loop of {frames.shape[2]} frames", "apical two chamber"], "ECHO-7")
     shape = frames.shape
     assert page.evaluate("window.medsam2Viewer.view.dims") == list(shape)
     assert page.inner_text("#slice-name") == "Frame" and page.is_visible("#play")
@@ -142,17 +147,8 @@ def test_an_ultrasound_still_on_the_pacs_is_a_picture_segmented_in_the_page_and_
     from lib.datastores.dicomweb import MedSam2DicomWebDatastore
 
     uid, rgb, truth, source = (pacs_studies.still[key] for key in ("uid", "rgb", "truth", "dataset"))
-    status, body = get(pacs_server.url + "/medsam2/viewer/studies")
-    listed = {s["image"]: s for s in json.loads(body)["studies"]}
-    assert uid in listed and "still image" in listed[uid]["description"], listed.get(uid)
-    assert "apical four chamber stills" in listed[uid]["description"] and "ECHO-8" not in body.decode()
-    assert source.SeriesInstanceUID not in listed  # the still is the study, not its series
-
-    page = chromium_page
-    page.goto(pacs_server.url + "/medsam2/viewer/")
-    page.evaluate("window.medsam2Viewer.ready")
-    page.click(f"#studies li[data-image='{uid}']")
-    wait_idle(page)
+    page = _listed_alone_then_opened(pacs_server, chromium_page, uid, source,
+                                     ["still image", "apical four chamber stills"], "ECHO-8")
     shape = (rgb.shape[0], rgb.shape[1], 1)
     assert page.evaluate("window.medsam2Viewer.view.dims") == list(shape)
     assert page.is_disabled("#slice")  # a picture: no slices, no frames

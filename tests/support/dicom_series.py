@@ -79,48 +79,44 @@ def write_undecodable_series(folder: Path, rows: int = 16, columns: int = 16, sl
     return uids
 
 
+def _ultrasound(path, sop_class_uid: str, patient_id: str, columns: int, rows: int) -> FileDataset:
+    """An ultrasound instance as a scanner stores one: its own study and series, no frame of reference."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = sop_class_uid
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.PatientID = "US", patient_id
+    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds.Rows, ds.Columns = rows, columns
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    return ds
+
+
+def _saved(ds: FileDataset, pixels: np.ndarray, attributes: dict, path) -> Path:
+    for keyword, value in attributes.items():
+        setattr(ds, keyword, value)
+    ds.PixelData = np.ascontiguousarray(pixels).tobytes()
+    ds.is_little_endian, ds.is_implicit_VR = True, False
+    ds.save_as(str(path))
+    return Path(path)
+
+
 def write_cine_dicom(path, frames: np.ndarray, frame_time_ms: float, **attributes) -> Path:
     """``frames`` [i, j, t] (uint8) as an Ultrasound Multi-frame Image (one file, NumberOfFrames, FrameTime,
     no frame of reference, as a scanner writes a loop); ``attributes``: more DICOM keywords and values."""
     from pydicom.tag import Tag
 
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.3.1"
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality, ds.PatientID = "US", "CINE1"
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
+    ds = _ultrasound(path, "1.2.840.10008.5.1.4.1.1.3.1", "CINE1", frames.shape[0], frames.shape[1])
     ds.NumberOfFrames, ds.FrameTime, ds.FrameIncrementPointer = frames.shape[2], frame_time_ms, Tag(0x0018, 0x1063)
-    ds.Rows, ds.Columns = frames.shape[1], frames.shape[0]
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
-    for keyword, value in attributes.items():
-        setattr(ds, keyword, value)
-    ds.PixelData = np.ascontiguousarray(frames.transpose(2, 1, 0)).tobytes()
-    ds.is_little_endian, ds.is_implicit_VR = True, False
-    ds.save_as(str(path))
-    return Path(path)
+    return _saved(ds, frames.transpose(2, 1, 0), attributes, path)
 
 
 def write_still_dicom(path, rgb: np.ndarray, **attributes) -> Path:
     """``rgb`` [i, j, 3] (uint8) as an Ultrasound Image (one frame, RGB, no frame of reference, as a scanner
     stores a still); ``attributes``: more DICOM keywords and values."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.6.1"
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality, ds.PatientID = "US", "STILL1"
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = generate_uid(), generate_uid()
-    ds.Rows, ds.Columns = rgb.shape[1], rgb.shape[0]
+    ds = _ultrasound(path, "1.2.840.10008.5.1.4.1.1.6.1", "STILL1", rgb.shape[0], rgb.shape[1])
     ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
-    for keyword, value in attributes.items():
-        setattr(ds, keyword, value)
-    ds.PixelData = np.ascontiguousarray(rgb.transpose(1, 0, 2)).tobytes()
-    ds.is_little_endian, ds.is_implicit_VR = True, False
-    ds.save_as(str(path))
-    return Path(path)
+    return _saved(ds, rgb.transpose(1, 0, 2), attributes, path)
