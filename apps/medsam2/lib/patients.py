@@ -82,11 +82,12 @@ def study_times(datastore, images: list) -> dict:
     client = getattr(datastore, "_client", None)  # MONAI Label's DICOMwebClient of a PACS datastore
     if client is not None:
         found = _pacs(client)
-        for loop in (datastore.instances.listed().values() if hasattr(datastore, "instances") else ()):  # cine loops
-            if loop.patient_id:
-                found[loop.instance_uid] = StudyTime(loop.instance_uid, loop.patient_id, loop.study_date,
-                                                     (loop.study_date, loop.study_time, loop.study_uid,
-                                                      loop.instance_uid))
+        # ultrasound and angiography loops and stills: studies by instance
+        for study in (datastore.instances.listed().values() if hasattr(datastore, "instances") else ()):
+            if study.patient_id:
+                found[study.instance_uid] = StudyTime(study.instance_uid, study.patient_id, study.study_date,
+                                                      (study.study_date, study.study_time, study.study_uid,
+                                                       study.instance_uid))
         return {k: v for k, v in found.items() if k in set(images)}
     found = {}
     for image in images:

@@ -14,6 +14,7 @@ import gzip
 import zlib
 
 import numpy as np
+from medsam2_engine.video_io import VIDEO_SUFFIXES
 
 from ..options import OptionError
 
@@ -199,8 +200,6 @@ def _dicom_file(path: str, limit: int, field: str) -> None:
 def check_image_upload(path: str, filename: str, limit: int, field: str) -> None:
     """An uploaded study decodes whole within ``limit``: a volume or picture (:func:`decoded`), a
     video, or a DICOM file (``filename``: the client's name, for its type)."""
-    from medsam2_engine.video_io import VIDEO_SUFFIXES
-
     name = filename.lower()
     if name.endswith(VIDEO_SUFFIXES):
         _video(path, limit, field)

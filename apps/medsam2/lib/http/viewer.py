@@ -58,7 +58,8 @@ def _series_descriptions(datastore) -> dict:
     client = getattr(datastore, "_client", None)  # MONAI Label's DICOMwebClient of the datastore
     if client is None:
         return {}
-    loops = datastore.instances.descriptions() if hasattr(datastore, "instances") else {}  # cine loops: by instance
+    # ultrasound and angiography: each loop or still is a study, named by its instance
+    instances = datastore.instances.descriptions() if hasattr(datastore, "instances") else {}
     fields = {"Modality": "00080060", "StudyDate": "00080020", "SeriesDescription": "0008103E",
               "SeriesInstanceUID": "0020000E"}
     try:
@@ -73,7 +74,7 @@ def _series_descriptions(datastore) -> dict:
 
     return {**{value(e, "SeriesInstanceUID"): ", ".join(v for v in (value(e, "Modality"), value(e, "StudyDate"),
                                                                        value(e, "SeriesDescription")) if v)
-               for e in entries}, **loops}
+               for e in entries}, **instances}
 
 
 def _prefetch(app, http, image: str, client_id: str, user, uri: str, focus: int | None = None,
